@@ -1,0 +1,298 @@
+// Package collector takes in call records and quota checks over HTTP: it
+// decodes and validates them, then routes records to the limiter and the
+// metrics, and checks to the limiter.
+package collector
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// Observer is told what the collector accepted and decided, for metrics.
+type Observer interface {
+	// ObserveRecords is called with the records of every accepted request.
+	ObserveRecords(recs []record.Record)
+	// ObserveRejected is called with the number of records in a request
+	// refused as invalid.
+	ObserveRejected(n int)
+	// ObserveCheck is called with every decided quota check.
+	ObserveCheck(userID string, allowed bool)
+}
+
+// Options configure a Collector.
+type Options struct {
+	// Limiter enforces the rules; required.
+	Limiter *limiter.Limiter
+	// Observer receives what was accepted and decided; optional.
+	Observer Observer
+	// Providers infers providers from model names; the built-in table when nil.
+	Providers *ProviderTable
+	// MaxBodyBytes bounds a request body (1 MiB when zero).
+	MaxBodyBytes int64
+	// Clock stamps records without a timestamp; the wall clock when nil.
+	Clock limiter.Clock
+	// Logger logs rejected requests at debug level; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Collector serves the intake API.
+type Collector struct {
+	limiter      *limiter.Limiter
+	observer     Observer
+	maxBodyBytes int64
+	clock        limiter.Clock
+	logger       *slog.Logger
+	// providers is swapped whole when the limits file is reloaded.
+	providers atomic.Pointer[ProviderTable]
+}
+
+// Route is one endpoint of the API.
+type Route struct {
+	// Pattern is a net/http ServeMux pattern, without method.
+	Pattern string
+	// Name labels the route in metrics and logs.
+	Name string
+	// Handler serves it.
+	Handler http.Handler
+}
+
+// New returns a Collector.
+func New(opts Options) *Collector {
+	c := &Collector{
+		limiter:      opts.Limiter,
+		observer:     opts.Observer,
+		maxBodyBytes: opts.MaxBodyBytes,
+		clock:        opts.Clock,
+		logger:       opts.Logger,
+	}
+	if c.observer == nil {
+		c.observer = nopObserver{}
+	}
+	if c.maxBodyBytes <= 0 {
+		c.maxBodyBytes = 1 << 20
+	}
+	if c.clock == nil {
+		c.clock = limiter.SystemClock{}
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	providers := opts.Providers
+	if providers == nil {
+		providers = NewProviderTable(nil)
+	}
+	c.providers.Store(providers)
+	return c
+}
+
+// SetProviders replaces the provider inference table.
+func (c *Collector) SetProviders(t *ProviderTable) { c.providers.Store(t) }
+
+// Routes lists the API endpoints. Each checks its own method so that a
+// wrong one gets a JSON 405 rather than ServeMux's plain-text answer.
+func (c *Collector) Routes() []Route {
+	return []Route{
+		{"/v1/calls", "calls", allow(http.MethodPost, c.serveCalls)},
+		{"/v1/check", "check", allow(http.MethodPost, c.serveCheck)},
+		{"/v1/limits", "limits", allow(http.MethodGet, c.serveLimits)},
+		{"/api/llm/usage/rate-limits", "seed_rate_limits", allow(http.MethodGet, c.serveSeedRateLimits)},
+		{"/api/llm/usage/rate-limit/{type}", "seed_rate_limit", allow(http.MethodGet, c.serveSeedRateLimit)},
+	}
+}
+
+// NotFound answers every path that no route serves, in JSON.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, errorf(http.StatusNotFound, "cannot find %s: no such endpoint", r.URL.Path))
+}
+
+// ingest validates and applies the records of one request body. Nothing
+// is applied unless every record is valid.
+func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
+	raws, err := splitRecords(body, format)
+	if err != nil {
+		return 0, err
+	}
+	now := c.clock.Now().UTC()
+	recs := make([]record.Record, 0, len(raws))
+	var details []Detail
+	for i, raw := range raws {
+		r, ds := c.parseRecord(raw, i, now)
+		details = append(details, ds...)
+		recs = append(recs, r)
+	}
+	if len(details) > 0 {
+		sortDetails(details)
+		c.observer.ObserveRejected(len(raws))
+		return 0, &Error{Status: http.StatusBadRequest, Message: invalidMessage(details, len(raws)), Details: details}
+	}
+	for i := range recs {
+		r := &recs[i]
+		c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID})
+	}
+	c.observer.ObserveRecords(recs)
+	return len(recs), nil
+}
+
+func (c *Collector) serveCalls(w http.ResponseWriter, r *http.Request) {
+	format, err := parseContentType(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	body, err := c.readBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	n, err := c.ingest(body, format)
+	if err != nil {
+		c.logger.Debug("rejected records", "error", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": n})
+}
+
+// limitJSON is one bucket in API answers.
+type limitJSON struct {
+	LimitType string `json:"limit_type"`
+	Unit      string `json:"unit"`
+	Limit     int64  `json:"limit"`
+	Remaining int64  `json:"remaining"`
+	ResetAt   string `json:"reset_at"`
+	Provider  string `json:"provider,omitempty"`
+	Model     string `json:"model,omitempty"`
+}
+
+func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
+	if _, err := parseContentType(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	body, err := c.readBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, details := c.parseCheck(body)
+	if len(details) > 0 {
+		sortDetails(details)
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: invalid request", Details: details})
+		return
+	}
+	d, err := c.limiter.Check(limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID})
+	if tooLarge := (*limiter.EstimateTooLargeError)(nil); errors.As(err, &tooLarge) {
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error(), Details: []Detail{{Field: "tokens", Message: tooLarge.Error()}}})
+		return
+	} else if err != nil {
+		writeError(w, err)
+		return
+	}
+	c.observer.ObserveCheck(req.UserID, d.Allowed)
+	answer := struct {
+		Allowed           bool        `json:"allowed"`
+		RequestID         string      `json:"request_id"`
+		Provider          string      `json:"provider"`
+		RetryAfterSeconds int64       `json:"retry_after_seconds,omitempty"`
+		Limits            []limitJSON `json:"limits"`
+	}{Allowed: d.Allowed, RequestID: req.RequestID, Provider: req.Provider, Limits: limitsJSON(d.Limits)}
+	status := http.StatusOK
+	if !d.Allowed {
+		status = http.StatusTooManyRequests
+		answer.RetryAfterSeconds = ceilSeconds(d.RetryAfter)
+		w.Header().Set("Retry-After", strconv.FormatInt(answer.RetryAfterSeconds, 10))
+	}
+	writeJSON(w, status, answer)
+}
+
+func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	user, err := requiredUser(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	provider := NormalizeProvider(q.Get("provider"))
+	if provider == "" && q.Get("model") != "" {
+		provider = c.providers.Load().Infer(q.Get("model"))
+	}
+	statuses := c.limiter.Limits(user, provider, q.Get("model"))
+	writeJSON(w, http.StatusOK, map[string]any{"user_id": user, "limits": limitsJSON(statuses)})
+}
+
+func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, c.maxBodyBytes))
+	if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
+		return nil, errorf(http.StatusRequestEntityTooLarge, "cannot accept a body over %d bytes (--max-body-bytes): split the batch", maxErr.Limit)
+	}
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "cannot read the request body: %s", err)
+	}
+	return body, nil
+}
+
+func requiredUser(r *http.Request) (string, error) {
+	user := r.URL.Query().Get("user_id")
+	if user == "" {
+		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer without the user_id query parameter", Details: []Detail{{Field: "user_id", Message: "is required"}}}
+	}
+	return user, nil
+}
+
+func limitsJSON(statuses []limiter.Status) []limitJSON {
+	out := make([]limitJSON, len(statuses))
+	for i, s := range statuses {
+		out[i] = limitJSON{
+			LimitType: s.Window.String(), Unit: s.Unit.String(), Limit: s.Limit, Remaining: s.Remaining,
+			ResetAt: formatResetAt(s.ResetAt), Provider: s.Provider, Model: s.Model,
+		}
+	}
+	return out
+}
+
+// formatResetAt rounds up to the second, so that a client waiting until
+// reset_at never comes back a fraction too early.
+func formatResetAt(t time.Time) string {
+	if t.Nanosecond() != 0 {
+		t = t.Truncate(time.Second).Add(time.Second)
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64(math.Ceil(d.Seconds()))
+}
+
+func invalidMessage(details []Detail, records int) string {
+	bad := map[int]bool{}
+	for _, d := range details {
+		bad[d.Index] = true
+	}
+	return "cannot accept the request: " + strconv.Itoa(len(bad)) + " of " + strconv.Itoa(records) + " records are invalid; nothing was applied"
+}
+
+func allow(method string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method {
+			w.Header().Set("Allow", method)
+			writeError(w, errorf(http.StatusMethodNotAllowed, "cannot %s %s: use %s", r.Method, r.URL.Path, method))
+			return
+		}
+		h(w, r)
+	})
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ObserveRecords([]record.Record) {}
+func (nopObserver) ObserveRejected(int)            {}
+func (nopObserver) ObserveCheck(string, bool)      {}

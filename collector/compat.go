@@ -1,0 +1,74 @@
+package collector
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// seedLimit is the answer of the seed's check_rate_limit, for the
+// requests unit of one limit type. Limit, Used, Remaining and ResetAt are
+// null when no rule of that type applies, in which case nothing limits the user.
+type seedLimit struct {
+	CanCall   bool    `json:"can_call"`
+	LimitType string  `json:"limit_type"`
+	Limit     *int64  `json:"limit"`
+	Used      *int64  `json:"used"`
+	Remaining *int64  `json:"remaining"`
+	ResetAt   *string `json:"reset_at"`
+}
+
+// serveSeedRateLimit answers GET /api/llm/usage/rate-limit/{type} like the
+// seed's check_rate_limit(user_id, limit_type).
+func (c *Collector) serveSeedRateLimit(w http.ResponseWriter, r *http.Request) {
+	w2, err := limiter.ParseWindow(r.PathValue("type"))
+	if err != nil {
+		writeError(w, errorf(http.StatusNotFound, "cannot find limit type %q: valid types are %s", r.PathValue("type"), windowList()))
+		return
+	}
+	user, err := requiredUser(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, seedLimitOf(w2, c.limiter.Limits(user, "", "")))
+}
+
+// serveSeedRateLimits answers GET /api/llm/usage/rate-limits with the
+// seed's check_rate_limit answer for every limit type, keyed by type.
+func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) {
+	user, err := requiredUser(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	statuses := c.limiter.Limits(user, "", "")
+	out := make(map[string]seedLimit, len(limiter.Windows))
+	for _, win := range limiter.Windows {
+		out[win.String()] = seedLimitOf(win, statuses)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// seedLimitOf picks the unscoped requests bucket of a window; Limits lists
+// those before any provider- or model-scoped bucket.
+func seedLimitOf(win limiter.Window, statuses []limiter.Status) seedLimit {
+	for _, s := range statuses {
+		if s.Window != win || s.Unit != limiter.Requests || s.Provider != "" || s.Model != "" {
+			continue
+		}
+		used := s.Limit - s.Remaining
+		resetAt := formatResetAt(s.ResetAt)
+		return seedLimit{CanCall: s.Remaining >= 1, LimitType: win.String(), Limit: &s.Limit, Used: &used, Remaining: &s.Remaining, ResetAt: &resetAt}
+	}
+	return seedLimit{CanCall: true, LimitType: win.String()}
+}
+
+func windowList() string {
+	names := make([]string, len(limiter.Windows))
+	for i, w := range limiter.Windows {
+		names[i] = w.String()
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,113 @@
+package collector
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// Config is the content of the limits file.
+type Config struct {
+	// Rules are the token-bucket rules, in file order.
+	Rules []limiter.Rule
+	// Providers extends the built-in model-prefix table.
+	Providers []ProviderPrefix
+}
+
+// fileRule is one entry of the file's limits list.
+type fileRule struct {
+	UserID      string `yaml:"user_id"`
+	Provider    string `yaml:"provider"`
+	Model       string `yaml:"model"`
+	LimitType   string `yaml:"limit_type"`
+	Requests    *int64 `yaml:"requests"`
+	Tokens      *int64 `yaml:"tokens"`
+	Description string `yaml:"description"`
+}
+
+type configFile struct {
+	Providers []ProviderPrefix `yaml:"providers"`
+	Limits    []fileRule       `yaml:"limits"`
+}
+
+// LoadConfig reads and validates a limits file.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read limits file: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses and validates a limits file's content; name prefixes
+// messages, which carry the line of the offending entry.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	var f configFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("cannot parse %s: %w", name, err)
+	}
+	// A second pass keeps each entry's node, for line numbers in messages.
+	var lines struct {
+		Providers []yaml.Node `yaml:"providers"`
+		Limits    []yaml.Node `yaml:"limits"`
+	}
+	_ = yaml.Unmarshal(data, &lines)
+
+	cfg := &Config{}
+	for i, p := range f.Providers {
+		at := fmt.Sprintf("%s:%d: providers[%d]", name, lineOf(lines.Providers, i), i)
+		if p.Prefix == "" || p.Provider == "" {
+			return nil, fmt.Errorf("cannot use %s: both prefix and provider are required", at)
+		}
+		cfg.Providers = append(cfg.Providers, p)
+	}
+	for i, fr := range f.Limits {
+		at := fmt.Sprintf("%s:%d", name, lineOf(lines.Limits, i))
+		if fr.LimitType == "" {
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: limit_type is required (second, minute, hour or day)", at, i)
+		}
+		w, err := limiter.ParseWindow(fr.LimitType)
+		if err != nil {
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+		}
+		if fr.Requests == nil && fr.Tokens == nil {
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: set requests, tokens or both", at, i)
+		}
+		for _, u := range []struct {
+			unit  limiter.Unit
+			value *int64
+		}{{limiter.Requests, fr.Requests}, {limiter.Tokens, fr.Tokens}} {
+			if u.value == nil {
+				continue
+			}
+			r := limiter.Rule{
+				UserID: fr.UserID, Provider: NormalizeProvider(fr.Provider), Model: fr.Model,
+				Window: w, Unit: u.unit, Limit: *u.value, Source: at,
+			}
+			if err := r.Validate(); err != nil {
+				return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+			}
+			cfg.Rules = append(cfg.Rules, r)
+		}
+	}
+	// Catch conflicting rules (same scope twice) now, with their lines.
+	if _, err := limiter.New(cfg.Rules, limiter.Options{}); err != nil {
+		return nil, fmt.Errorf("cannot use %s: %w", name, err)
+	}
+	return cfg, nil
+}
+
+func lineOf(nodes []yaml.Node, i int) int {
+	if i < len(nodes) {
+		return nodes[i].Line
+	}
+	return 0
+}

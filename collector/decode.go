@@ -1,0 +1,419 @@
+package collector
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/llmusage/llmusage/record"
+)
+
+// Limits on record fields. Values past them are rejected rather than
+// truncated, so that nothing is stored differently from what was sent.
+const (
+	// MaxIDLength bounds user_id and model, in bytes.
+	MaxIDLength = 256
+	// MaxProviderLength bounds provider, in bytes.
+	MaxProviderLength = 64
+	// MaxRequestIDLength bounds request_id, in bytes.
+	MaxRequestIDLength = 128
+	// MaxErrorTypeLength bounds error_type, in bytes.
+	MaxErrorTypeLength = 256
+	// MaxTokens bounds each token count of one call.
+	MaxTokens = 1_000_000_000_000
+	// MaxLatency bounds latency_ms: a day.
+	MaxLatency = 24 * time.Hour
+	// MaxFutureSkew is how far in the future a timestamp may be, for clock skew.
+	MaxFutureSkew = 5 * time.Minute
+	// MaxAge is how far in the past a timestamp may be.
+	MaxAge = 31 * 24 * time.Hour
+)
+
+// bodyFormat is how a request body is framed.
+type bodyFormat int
+
+const (
+	formatJSON bodyFormat = iota
+	formatNDJSON
+)
+
+// parseContentType accepts JSON and NDJSON. A missing Content-Type is
+// taken as JSON, which is what a bare client library usually sends.
+func parseContentType(r *http.Request) (bodyFormat, error) {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return formatJSON, nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return 0, errorf(http.StatusUnsupportedMediaType, "cannot parse Content-Type %q: %s", ct, err)
+	}
+	switch mt {
+	case "application/json":
+		return formatJSON, nil
+	case "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines":
+		return formatNDJSON, nil
+	}
+	return 0, errorf(http.StatusUnsupportedMediaType, "cannot accept Content-Type %q: use application/json or application/x-ndjson", mt)
+}
+
+// splitRecords cuts a body into one raw JSON value per record.
+func splitRecords(body []byte, format bodyFormat) ([]json.RawMessage, error) {
+	if format == formatNDJSON {
+		var raws []json.RawMessage
+		for line := range bytes.Lines(body) {
+			if line = bytes.TrimSpace(line); len(line) > 0 {
+				raws = append(raws, line)
+			}
+		}
+		if len(raws) == 0 {
+			return nil, errorf(http.StatusBadRequest, "cannot find any record in an empty NDJSON body")
+		}
+		return raws, nil
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, errorf(http.StatusBadRequest, "cannot find any record in an empty body")
+	}
+	if trimmed[0] == '[' {
+		var raws []json.RawMessage
+		if err := json.Unmarshal(trimmed, &raws); err != nil {
+			return nil, errorf(http.StatusBadRequest, "cannot parse the JSON array: %s", err)
+		}
+		return raws, nil
+	}
+	if !json.Valid(trimmed) {
+		var v any
+		err := json.Unmarshal(trimmed, &v)
+		return nil, errorf(http.StatusBadRequest, "cannot parse the JSON body: %s (several records need a JSON array or Content-Type: application/x-ndjson)", err)
+	}
+	return []json.RawMessage{trimmed}, nil
+}
+
+// recordFields are the fields of a call record, as the seed's log_llm_call names them.
+var recordFields = []string{
+	"user_id", "model", "provider", "tokens_used", "prompt_tokens", "completion_tokens",
+	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "request_id",
+	"timestamp", "metadata",
+}
+
+// checkFields are the fields of a quota check.
+var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id"}
+
+// fieldParser decodes the fields of one JSON object, collecting a Detail
+// for every problem instead of stopping at the first.
+type fieldParser struct {
+	index   int
+	fields  map[string]json.RawMessage
+	details []Detail
+}
+
+func newFieldParser(raw json.RawMessage, index int, known []string) *fieldParser {
+	p := &fieldParser{index: index}
+	if err := json.Unmarshal(raw, &p.fields); err != nil || p.fields == nil {
+		p.fail("", "must be a JSON object")
+		return p
+	}
+	for name := range p.fields {
+		if !contains(known, name) {
+			msg := "unknown field"
+			if s := suggest(name, known); s != "" {
+				msg += fmt.Sprintf("; did you mean %q?", s)
+			}
+			p.fail(name, "%s", msg)
+		}
+	}
+	return p
+}
+
+func (p *fieldParser) fail(field, format string, args ...any) {
+	p.details = append(p.details, Detail{Index: p.index, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// raw returns a field's JSON, or nil when it is absent or null.
+func (p *fieldParser) raw(name string) json.RawMessage {
+	v := p.fields[name]
+	if v == nil || string(v) == "null" {
+		return nil
+	}
+	return v
+}
+
+// str decodes a string field. Identifiers (ident) must also be free of
+// control characters, since they become label values and log fields.
+func (p *fieldParser) str(name string, required, ident bool, maxLen int) string {
+	v := p.raw(name)
+	if v == nil {
+		if required {
+			p.fail(name, "is required")
+		}
+		return ""
+	}
+	// encoding/json silently replaces invalid UTF-8 with U+FFFD; refuse it
+	// instead so that what is stored is what was sent.
+	if !utf8.Valid(v) {
+		p.fail(name, "must be valid UTF-8")
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		p.fail(name, "must be a string")
+		return ""
+	}
+	switch {
+	case required && strings.TrimSpace(s) == "":
+		p.fail(name, "must not be empty")
+	case len(s) > maxLen:
+		p.fail(name, "must be at most %d bytes, got %d", maxLen, len(s))
+	case ident && strings.IndexFunc(s, isControl) >= 0:
+		p.fail(name, "must not contain control characters")
+	default:
+		return s
+	}
+	return ""
+}
+
+// count decodes a non-negative integer field; ok is false when absent or invalid.
+func (p *fieldParser) count(name string) (n int64, ok bool) {
+	v := p.raw(name)
+	if v == nil {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		// Accept integral floats such as 12.0, which some JSON encoders emit.
+		f, ferr := strconv.ParseFloat(string(v), 64)
+		if ferr != nil || f != math.Trunc(f) || math.Abs(f) > MaxTokens {
+			p.fail(name, "must be a non-negative integer, got %s", truncate(v))
+			return 0, false
+		}
+		n = int64(f)
+	}
+	if n < 0 || n > MaxTokens {
+		p.fail(name, "must be between 0 and %d, got %d", int64(MaxTokens), n)
+		return 0, false
+	}
+	return n, true
+}
+
+func (p *fieldParser) latency(name string) (time.Duration, bool) {
+	v := p.raw(name)
+	if v == nil {
+		return 0, false
+	}
+	ms, err := strconv.ParseFloat(string(v), 64)
+	if err != nil || math.IsNaN(ms) || math.IsInf(ms, 0) {
+		p.fail(name, "must be a number of milliseconds, got %s", truncate(v))
+		return 0, false
+	}
+	if ms < 0 || ms > float64(MaxLatency/time.Millisecond) {
+		p.fail(name, "must be between 0 and %d milliseconds, got %g", MaxLatency/time.Millisecond, ms)
+		return 0, false
+	}
+	return time.Duration(ms * float64(time.Millisecond)), true
+}
+
+func (p *fieldParser) timestamp(name string, now time.Time) time.Time {
+	s := p.str(name, false, true, 64)
+	if s == "" {
+		return now
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	switch {
+	case err != nil:
+		p.fail(name, "must be an RFC 3339 time such as 2006-01-02T15:04:05Z, got %q", s)
+	case t.After(now.Add(MaxFutureSkew)):
+		p.fail(name, "must not be more than %s in the future, got %s", MaxFutureSkew, s)
+	case t.Before(now.Add(-MaxAge)):
+		p.fail(name, "must not be more than %s in the past, got %s", MaxAge, s)
+	default:
+		return t.UTC()
+	}
+	return now
+}
+
+func (p *fieldParser) object(name string) json.RawMessage {
+	v := p.raw(name)
+	if v == nil {
+		return nil
+	}
+	if !utf8.Valid(v) {
+		p.fail(name, "must be valid UTF-8")
+		return nil
+	}
+	if v[0] != '{' {
+		p.fail(name, "must be a JSON object")
+		return nil
+	}
+	return v
+}
+
+// parseRecord validates one raw record and normalises it.
+func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (record.Record, []Detail) {
+	p := newFieldParser(raw, index, recordFields)
+	if p.fields == nil {
+		return record.Record{}, p.details
+	}
+	r := record.Record{
+		UserID:    p.str("user_id", true, true, MaxIDLength),
+		Model:     p.str("model", true, true, MaxIDLength),
+		ErrorType: p.str("error_type", false, false, MaxErrorTypeLength),
+		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
+		Timestamp: p.timestamp("timestamp", now),
+		Metadata:  p.object("metadata"),
+		Status:    record.StatusSuccess,
+	}
+	r.PromptTokens, _ = p.count("prompt_tokens")
+	r.CompletionTokens, _ = p.count("completion_tokens")
+	r.CachedTokens, _ = p.count("cached_tokens")
+	r.ReasoningTokens, _ = p.count("reasoning_tokens")
+	total, hasTotal := p.count("tokens_used")
+	switch {
+	case !hasTotal:
+		r.TotalTokens = r.PromptTokens + r.CompletionTokens
+	case total < r.PromptTokens+r.CompletionTokens:
+		p.fail("tokens_used", "must be at least prompt_tokens + completion_tokens (%d), got %d", r.PromptTokens+r.CompletionTokens, total)
+	default:
+		r.TotalTokens = total
+	}
+	r.Latency, r.HasLatency = p.latency("latency_ms")
+	if s := p.str("status", false, true, 16); s != "" {
+		if s != record.StatusSuccess && s != record.StatusError {
+			p.fail("status", "must be %q or %q, got %q", record.StatusSuccess, record.StatusError, s)
+		}
+		r.Status = s
+	}
+	r.Provider = c.resolveProvider(p, r.Model, r.Metadata)
+	if r.RequestID == "" {
+		r.RequestID = newRequestID()
+	}
+	return r, p.details
+}
+
+// checkRequest is a decoded POST /v1/check body.
+type checkRequest struct {
+	UserID, Model, Provider, RequestID string
+	Tokens                             int64
+}
+
+func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
+	p := newFieldParser(raw, 0, checkFields)
+	if p.fields == nil {
+		return checkRequest{}, p.details
+	}
+	req := checkRequest{
+		UserID:    p.str("user_id", true, true, MaxIDLength),
+		Model:     p.str("model", true, true, MaxIDLength),
+		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
+	}
+	req.Tokens, _ = p.count("tokens")
+	req.Provider = c.resolveProvider(p, req.Model, nil)
+	if req.RequestID == "" {
+		req.RequestID = newRequestID()
+	}
+	return req, p.details
+}
+
+// resolveProvider takes the provider field, else metadata.provider, else
+// infers it from the model name.
+func (c *Collector) resolveProvider(p *fieldParser, model string, metadata json.RawMessage) string {
+	if prov := p.str("provider", false, true, MaxProviderLength); prov != "" {
+		return NormalizeProvider(prov)
+	}
+	if metadata != nil {
+		var m struct {
+			Provider any `json:"provider"`
+		}
+		if json.Unmarshal(metadata, &m) == nil {
+			if s, ok := m.Provider.(string); ok && s != "" && len(s) <= MaxProviderLength && strings.IndexFunc(s, isControl) < 0 {
+				return NormalizeProvider(s)
+			}
+		}
+	}
+	if model == "" {
+		return record.UnknownProvider
+	}
+	return c.providers.Load().Infer(model)
+}
+
+// newRequestID returns a random UUID (version 4), so that a record without
+// a request_id can still be stored exactly once.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// suggest returns the known field closest to name, if it is close enough
+// to be a typo.
+func suggest(name string, known []string) string {
+	best, bestDist := "", 3
+	for _, k := range known {
+		if d := editDistance(name, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return math.MaxInt
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func truncate(v []byte) string {
+	if len(v) > 32 {
+		return string(v[:32]) + "..."
+	}
+	return string(v)
+}

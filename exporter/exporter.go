@@ -1,0 +1,133 @@
+// Package exporter turns call records, checks and limiter state into
+// Prometheus metrics, on a registry of its own.
+//
+// Events (requests, tokens, checks) are counters updated on ingest; state
+// (quota limit and remaining) is built at scrape time from the limiter's
+// live buckets. A guard caps the number of distinct user label values.
+package exporter
+
+import (
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// OverflowUser is the user label value of records whose user did not fit
+// under the cardinality cap.
+const OverflowUser = "__other__"
+
+// Options configure an Exporter.
+type Options struct {
+	// Limiter is the source of the quota gauges; optional.
+	Limiter *limiter.Limiter
+	// MaxUsers caps the distinct user label values (10,000 when zero).
+	MaxUsers int
+	// UserTTL removes the series of users idle this long (1h when zero).
+	UserTTL time.Duration
+	// NoUserLabel drops the user label from every metric, and with it the
+	// per-user quota gauges.
+	NoUserLabel bool
+	// Clock tells the time for the TTL; the wall clock when nil.
+	Clock limiter.Clock
+	// Version and Revision describe the build, for llmusage_build_info.
+	Version, Revision string
+}
+
+// Exporter implements collector.Observer and serves /metrics.
+type Exporter struct {
+	reg     *prometheus.Registry
+	guard   *userGuard
+	usage   *usageMetrics
+	clock   limiter.Clock
+	httpDur *prometheus.HistogramVec
+}
+
+// New returns an Exporter with its registry populated.
+func New(opts Options) *Exporter {
+	if opts.MaxUsers <= 0 {
+		opts.MaxUsers = 10_000
+	}
+	if opts.UserTTL <= 0 {
+		opts.UserTTL = time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = limiter.SystemClock{}
+	}
+	e := &Exporter{
+		reg:   prometheus.NewRegistry(),
+		clock: opts.Clock,
+	}
+	e.guard = newUserGuard(opts.MaxUsers, opts.UserTTL, !opts.NoUserLabel)
+	e.usage = newUsageMetrics(!opts.NoUserLabel)
+	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "llmusage_http_request_duration_seconds",
+		Help:    "Duration of HTTP requests served by the sidecar, by route.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	}, []string{"handler", "method", "code"})
+
+	e.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newBuildInfo(opts.Version, opts.Revision, runtime.Version()),
+		e.usage,
+		e.guard,
+		e.httpDur,
+	)
+	if opts.Limiter != nil && !opts.NoUserLabel {
+		e.reg.MustRegister(newQuotaCollector(opts.Limiter, e.guard))
+	}
+	if opts.Limiter != nil {
+		e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "llmusage_limiter_buckets",
+			Help: "Live token buckets in the limiter (full, idle buckets are dropped).",
+		}, func() float64 { return float64(opts.Limiter.Len()) }))
+	}
+	return e
+}
+
+// Registry returns the registry every metric is on.
+func (e *Exporter) Registry() *prometheus.Registry { return e.reg }
+
+// Handler serves the registry in the Prometheus exposition formats.
+func (e *Exporter) Handler() http.Handler {
+	return promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{Registry: e.reg, ErrorHandling: promhttp.ContinueOnError})
+}
+
+// InstrumentRoute records the duration of every request to h under name.
+func (e *Exporter) InstrumentRoute(name string, h http.Handler) http.Handler {
+	return promhttp.InstrumentHandlerDuration(e.httpDur.MustCurryWith(prometheus.Labels{"handler": name}), h)
+}
+
+// ObserveRecords counts the records of one accepted request.
+func (e *Exporter) ObserveRecords(recs []record.Record) {
+	now := e.clock.Now()
+	for i := range recs {
+		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now))
+	}
+	e.usage.accepted.Add(float64(len(recs)))
+}
+
+// ObserveRejected counts the records of a request refused as invalid.
+func (e *Exporter) ObserveRejected(n int) { e.usage.rejected.Add(float64(n)) }
+
+// ObserveCheck counts a quota decision.
+func (e *Exporter) ObserveCheck(userID string, allowed bool) {
+	e.usage.observeCheck(e.guard.label(userID, e.clock.Now()), allowed)
+}
+
+// Sweep removes the series of users idle longer than the TTL, returning
+// how many users were forgotten.
+func (e *Exporter) Sweep() int {
+	expired := e.guard.expire(e.clock.Now())
+	for _, u := range expired {
+		e.usage.deleteUser(u)
+	}
+	return len(expired)
+}

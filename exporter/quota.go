@@ -1,0 +1,65 @@
+package exporter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// quotaCollector builds llm_quota_limit and llm_quota_remaining at scrape
+// time from the limiter's live buckets, as node_exporter builds state
+// metrics, so that nothing has to be kept in sync between the two. Only
+// users with series of their own (see userGuard) are exported. A user
+// without a live bucket has its whole quota left; those series vanish
+// until the user calls again.
+type quotaCollector struct {
+	limiter   *limiter.Limiter
+	guard     *userGuard
+	limit     *prometheus.Desc
+	remaining *prometheus.Desc
+}
+
+// quotaLabels: provider and model are empty for unscoped rules, which
+// Prometheus treats as absent.
+var quotaLabels = []string{"user", "limit_type", "unit", "provider", "model"}
+
+func newQuotaCollector(l *limiter.Limiter, g *userGuard) *quotaCollector {
+	return &quotaCollector{
+		limiter: l,
+		guard:   g,
+		limit: prometheus.NewDesc("llm_quota_limit",
+			"Capacity of the user's token bucket for a limit type and unit (requests or tokens); provider and model are set for scoped rules.",
+			quotaLabels, nil),
+		remaining: prometheus.NewDesc("llm_quota_remaining",
+			"Whole units left in the user's token bucket now; 0 while the bucket is in debt.",
+			quotaLabels, nil),
+	}
+}
+
+func (c *quotaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.limit
+	ch <- c.remaining
+}
+
+type quotaSample struct {
+	user   string
+	status limiter.Status
+}
+
+func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
+	// Copy first: Each holds a limiter lock, which must not wait on the
+	// registry reading ch, nor on the guard's lock.
+	var samples []quotaSample
+	c.limiter.Each(func(user string, s limiter.Status) {
+		samples = append(samples, quotaSample{user, s})
+	})
+	for _, q := range samples {
+		if !c.guard.tracked(q.user) {
+			continue
+		}
+		s := q.status
+		labels := []string{labelValue(q.user), s.Window.String(), s.Unit.String(), labelValue(s.Provider), labelValue(s.Model)}
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(s.Limit), labels...)
+		ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, float64(s.Remaining), labels...)
+	}
+}

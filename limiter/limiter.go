@@ -1,0 +1,454 @@
+// Package limiter keeps per-user token buckets on golang.org/x/time/rate.
+//
+// Each rule is a token bucket with a capacity of its limit, refilled
+// continuously at limit per window. For every (limit type, unit) the most
+// specific matching rule applies, and its bucket is keyed by the user plus
+// the scope values of that rule, so a provider-scoped rule gives each user a
+// separate budget per provider. The package knows nothing of HTTP or
+// metrics: callers pass plain values and read plain values back, and time
+// comes from an injected Clock.
+package limiter
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Options tune a Limiter. The zero value is usable.
+type Options struct {
+	// Clock tells the time; SystemClock when nil.
+	Clock Clock
+	// PendingTTL is how long a check's token estimate waits for the record
+	// of the same request_id before it is forgotten (15 minutes when zero).
+	PendingTTL time.Duration
+	// MaxPending bounds the estimates remembered across all users (100,000
+	// when zero). Past it, checks are still decided, but their records are
+	// charged in full, as if no check had preceded them.
+	MaxPending int
+}
+
+// Request asks whether a user may make one call.
+type Request struct {
+	// UserID is the caller; required.
+	UserID string
+	// Provider and Model select the rules scoped by them.
+	Provider, Model string
+	// Tokens is the estimated token use, charged to token buckets now and
+	// reconciled by the record with the same RequestID.
+	Tokens int64
+	// RequestID, when set, lets the later record settle against this check.
+	RequestID string
+}
+
+// Usage is what a finished call used, charged after the fact.
+type Usage struct {
+	// UserID, Provider and Model select the buckets, as in Request.
+	UserID, Provider, Model string
+	// Tokens is the call's total token count.
+	Tokens int64
+	// RequestID matches the usage with an earlier check, if any.
+	RequestID string
+}
+
+// Status is the state of one bucket as the API and metrics report it.
+type Status struct {
+	// Window and Unit identify the rule's limit type and what it counts.
+	Window Window
+	Unit   Unit
+	// Provider and Model are the rule's scope values; empty when unscoped.
+	Provider, Model string
+	// Limit is the bucket's capacity.
+	Limit int64
+	// Remaining is the whole units left now, never negative: a bucket in
+	// debt reports 0 and a ResetAt further away.
+	Remaining int64
+	// ResetAt is when the bucket is full again.
+	ResetAt time.Time
+}
+
+// Decision answers a Request.
+type Decision struct {
+	// Allowed tells whether the call may go ahead; if so, it was charged.
+	Allowed bool
+	// RetryAfter is how long to wait before the same request could pass;
+	// zero when allowed.
+	RetryAfter time.Duration
+	// Limits holds the status of every applicable bucket after the decision.
+	Limits []Status
+}
+
+// EstimateTooLargeError is returned by Check when an estimate exceeds a
+// bucket's capacity, so that no amount of waiting could let it pass.
+type EstimateTooLargeError struct {
+	// Tokens is the estimate asked for.
+	Tokens int64
+	// Status describes the bucket that can never hold it.
+	Status Status
+}
+
+func (e *EstimateTooLargeError) Error() string {
+	return fmt.Sprintf("cannot ever allow %d estimated tokens: the %s limit is %d tokens", e.Tokens, e.Status.Window, e.Status.Limit)
+}
+
+// ErrNoUser is returned for a request without a user.
+var ErrNoUser = errors.New("cannot check a request without user_id")
+
+// Limiter holds the rules and the live buckets. It is safe for concurrent use.
+type Limiter struct {
+	clock      Clock
+	pendingTTL time.Duration
+	maxPending int64
+
+	// rules is swapped whole on reload; buckets pick up new limits lazily.
+	rules atomic.Pointer[ruleSet]
+	// pendingCount counts remembered estimates across shards.
+	pendingCount atomic.Int64
+	// seed spreads users over shards.
+	seed   maphash.Seed
+	shards [numShards]shard
+}
+
+// numShards spreads lock contention; every bucket of one user lives in the
+// same shard so that a check takes exactly one lock.
+const numShards = 64
+
+type shard struct {
+	mu      sync.Mutex
+	buckets map[bucketKey]*bucket
+	pending map[string]pendingCheck
+	// pad keeps neighbouring shards' mutexes on separate cache lines.
+	_ [40]byte
+}
+
+type bucketKey struct {
+	user, provider, model string
+	window                Window
+	unit                  Unit
+}
+
+type bucket struct {
+	lim *rate.Limiter
+	// limit is the rule limit lim is configured for; a reload that changes
+	// it is applied on the next access, keeping the bucket's level.
+	limit int64
+}
+
+type pendingCheck struct {
+	user    string
+	tokens  int64
+	expires time.Time
+}
+
+// New returns a Limiter enforcing rules, which must each pass Validate.
+func New(rules []Rule, opts Options) (*Limiter, error) {
+	l := &Limiter{
+		clock:      opts.Clock,
+		pendingTTL: opts.PendingTTL,
+		maxPending: int64(opts.MaxPending),
+		seed:       maphash.MakeSeed(),
+	}
+	if l.clock == nil {
+		l.clock = SystemClock{}
+	}
+	if l.pendingTTL <= 0 {
+		l.pendingTTL = 15 * time.Minute
+	}
+	if l.maxPending <= 0 {
+		l.maxPending = 100_000
+	}
+	for i := range l.shards {
+		l.shards[i].buckets = make(map[bucketKey]*bucket)
+		l.shards[i].pending = make(map[string]pendingCheck)
+	}
+	if err := l.SetRules(rules); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// SetRules replaces the rules. Buckets keep their levels: a bucket whose
+// rule changed limit adopts the new limit on its next use, and a bucket no
+// rule maps to any more is dropped by the next Sweep.
+func (l *Limiter) SetRules(rules []Rule) error {
+	rs, err := newRuleSet(rules)
+	if err != nil {
+		return err
+	}
+	l.rules.Store(rs)
+	return nil
+}
+
+// Rules returns the rules in force.
+func (l *Limiter) Rules() []Rule {
+	return append([]Rule(nil), l.rules.Load().all...)
+}
+
+// Check decides whether req may go ahead. It charges one request and the
+// estimated tokens to every applicable bucket only if all of them allow it.
+// A token bucket allows a call while it holds at least max(estimate, 1)
+// tokens, so that an exhausted token budget stops calls that give no estimate.
+func (l *Limiter) Check(req Request) (Decision, error) {
+	if req.UserID == "" {
+		return Decision{}, ErrNoUser
+	}
+	now := l.clock.Now()
+	var buf [2 * int(numWindows)]*Rule
+	rules := l.rules.Load().applicable(req.UserID, req.Provider, req.Model, buf[:0])
+	for _, r := range rules {
+		if r.Unit == Tokens && req.Tokens > r.Limit {
+			return Decision{}, &EstimateTooLargeError{Tokens: req.Tokens, Status: Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit}}
+		}
+	}
+
+	sh := l.shard(req.UserID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+
+	var bbuf [2 * int(numWindows)]*bucket
+	buckets := bbuf[:0]
+	d := Decision{Allowed: true}
+	for _, r := range rules {
+		b := sh.bucket(req.UserID, r, now)
+		buckets = append(buckets, b)
+		need := checkCost(r.Unit, req.Tokens)
+		if have := b.lim.TokensAt(now); have < float64(need) {
+			d.Allowed = false
+			d.RetryAfter = max(d.RetryAfter, refillTime(r, float64(need)-have))
+		}
+	}
+	if d.Allowed {
+		for i, r := range rules {
+			debit(buckets[i].lim, now, chargeCost(r.Unit, 1, req.Tokens))
+		}
+		if req.RequestID != "" {
+			l.remember(sh, req, now)
+		}
+	}
+	d.Limits = make([]Status, len(rules))
+	for i, r := range rules {
+		d.Limits[i] = status(r, buckets[i], now)
+	}
+	return d, nil
+}
+
+// Record charges a finished call. A call is never refused (it already
+// happened), so it may put buckets into debt that later checks wait out.
+// If an allowed check with the same RequestID and user came first, the
+// request was already charged and only the difference between the actual
+// and the estimated tokens is applied, refunding an over-estimate.
+func (l *Limiter) Record(u Usage) {
+	if u.UserID == "" {
+		return
+	}
+	now := l.clock.Now()
+	var buf [2 * int(numWindows)]*Rule
+	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
+
+	sh := l.shard(u.UserID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+
+	requests, tokens := int64(1), u.Tokens
+	if p, ok := sh.pending[u.RequestID]; ok && u.RequestID != "" && p.user == u.UserID {
+		delete(sh.pending, u.RequestID)
+		l.pendingCount.Add(-1)
+		requests, tokens = 0, u.Tokens-p.tokens
+	}
+	for _, r := range rules {
+		b := sh.bucket(u.UserID, r, now)
+		n := chargeCost(r.Unit, requests, tokens)
+		if n >= 0 {
+			debit(b.lim, now, n)
+		} else {
+			refund(b, now, -n)
+		}
+	}
+}
+
+// Limits reports the user's buckets without charging anything. With a
+// provider or a model it reports exactly the buckets a check for that call
+// would use; without, the buckets of the rules not scoped by provider or
+// model plus every live bucket of the user's scoped rules.
+func (l *Limiter) Limits(user, provider, model string) []Status {
+	now := l.clock.Now()
+	rs := l.rules.Load()
+	var buf [2 * int(numWindows)]*Rule
+	rules := rs.applicable(user, provider, model, buf[:0])
+
+	sh := l.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	out := make([]Status, 0, len(rules))
+	for _, r := range rules {
+		out = append(out, status(r, sh.buckets[keyFor(user, r)], now))
+	}
+	if provider != "" || model != "" {
+		return out
+	}
+	for k, b := range sh.buckets {
+		if k.user != user || (k.provider == "" && k.model == "") {
+			continue
+		}
+		if r := rs.byScope(k); r != nil {
+			out = append(out, status(r, b, now))
+		}
+	}
+	return out
+}
+
+// Each calls fn with every live bucket, for metrics built at scrape time.
+// fn runs under a shard lock: it must be quick and must not call l.
+func (l *Limiter) Each(fn func(user string, s Status)) {
+	now := l.clock.Now()
+	rs := l.rules.Load()
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, b := range sh.buckets {
+			if r := rs.byScope(k); r != nil {
+				fn(k.user, status(r, b, now))
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Sweep drops the buckets that have refilled completely (a new bucket
+// starts full, so nothing is lost), the buckets no rule maps to any more,
+// and expired check estimates. Memory thus follows active users, not every
+// user ever seen. It returns the number of live buckets left.
+func (l *Limiter) Sweep() (live int) {
+	now := l.clock.Now()
+	rs := l.rules.Load()
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, b := range sh.buckets {
+			r := rs.byScope(k)
+			if r == nil || (b.limit == r.Limit && b.lim.TokensAt(now) >= float64(r.Limit)) {
+				delete(sh.buckets, k)
+			}
+		}
+		for id, p := range sh.pending {
+			if now.After(p.expires) {
+				delete(sh.pending, id)
+				l.pendingCount.Add(-1)
+			}
+		}
+		live += len(sh.buckets)
+		sh.mu.Unlock()
+	}
+	return live
+}
+
+func (l *Limiter) shard(user string) *shard {
+	return &l.shards[maphash.String(l.seed, user)%numShards]
+}
+
+func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
+	if _, dup := sh.pending[req.RequestID]; !dup {
+		if l.pendingCount.Load() >= l.maxPending {
+			return
+		}
+		l.pendingCount.Add(1)
+	}
+	sh.pending[req.RequestID] = pendingCheck{user: req.UserID, tokens: req.Tokens, expires: now.Add(l.pendingTTL)}
+}
+
+// bucket returns the user's bucket for r, creating a full one or adopting
+// a changed limit as needed. The shard lock must be held.
+func (sh *shard) bucket(user string, r *Rule, now time.Time) *bucket {
+	k := keyFor(user, r)
+	b := sh.buckets[k]
+	if b == nil {
+		b = &bucket{lim: rate.NewLimiter(refillRate(r), int(r.Limit)), limit: r.Limit}
+		sh.buckets[k] = b
+	} else if b.limit != r.Limit {
+		b.lim.SetLimitAt(now, refillRate(r))
+		b.lim.SetBurstAt(now, int(r.Limit))
+		b.limit = r.Limit
+	}
+	return b
+}
+
+func keyFor(user string, r *Rule) bucketKey {
+	return bucketKey{user: user, provider: r.Provider, model: r.Model, window: r.Window, unit: r.Unit}
+}
+
+func refillRate(r *Rule) rate.Limit {
+	return rate.Limit(float64(r.Limit) / r.Window.Duration().Seconds())
+}
+
+// refillTime is how long r's bucket takes to gain missing units.
+func refillTime(r *Rule, missing float64) time.Duration {
+	if missing <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil(missing / float64(r.Limit) * float64(r.Window.Duration())))
+}
+
+// checkCost is what a bucket must hold for a check to pass.
+func checkCost(u Unit, tokens int64) int64 {
+	if u == Requests {
+		return 1
+	}
+	return max(tokens, 1)
+}
+
+func chargeCost(u Unit, requests, tokens int64) int64 {
+	if u == Requests {
+		return requests
+	}
+	return tokens
+}
+
+// debit takes n units, going into debt if need be. rate.Limiter refuses a
+// single reservation larger than its burst, so a large debit is split.
+func debit(lim *rate.Limiter, now time.Time, n int64) {
+	burst := int64(lim.Burst())
+	for n > 0 {
+		c := min(n, burst)
+		lim.ReserveN(now, int(c))
+		n -= c
+	}
+}
+
+// refund gives n units back. rate.Limiter cannot add tokens (a
+// reservation can only be cancelled before its time), so the bucket is
+// replaced by a full one and charged down to the refunded level.
+func refund(b *bucket, now time.Time, n int64) {
+	level := min(b.lim.TokensAt(now)+float64(n), float64(b.limit))
+	lim := rate.NewLimiter(b.lim.Limit(), b.lim.Burst())
+	debit(lim, now, b.limit-int64(math.Floor(level)))
+	b.lim = lim
+}
+
+func status(r *Rule, b *bucket, now time.Time) Status {
+	s := Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit, Remaining: r.Limit, ResetAt: now}
+	if b == nil {
+		return s
+	}
+	tokens := b.lim.TokensAt(now)
+	s.Remaining = max(0, int64(math.Floor(tokens)))
+	s.ResetAt = now.Add(refillTime(r, float64(r.Limit)-tokens))
+	return s
+}
+
+// Len returns the number of live buckets.
+func (l *Limiter) Len() int {
+	n := 0
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		n += len(sh.buckets)
+		sh.mu.Unlock()
+	}
+	return n
+}
