@@ -16,7 +16,7 @@ import (
 // of memory.
 type userGuard struct {
 	// enabled is false when the user label is dropped altogether.
-	enabled bool
+	enabled  bool
 	maxUsers int
 	ttl      time.Duration
 

@@ -1,0 +1,274 @@
+package exporter
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+type manualClock struct{ t time.Time }
+
+func (c *manualClock) Now() time.Time { return c.t }
+
+var testNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+func rec(user, provider, model string, prompt, completion int64) record.Record {
+	return record.Record{UserID: user, Provider: provider, Model: model, PromptTokens: prompt, CompletionTokens: completion,
+		TotalTokens: prompt + completion, Status: record.StatusSuccess}
+}
+
+func TestUsageMetrics(t *testing.T) {
+	e := New(Options{Clock: &manualClock{testNow}})
+	slow := rec("u2", "anthropic", "claude-3-opus", 7, 3)
+	slow.Latency, slow.HasLatency, slow.Status = 1500*time.Millisecond, true, record.StatusError
+	reasoning := rec("u1", "openai", "o3-mini", 5, 20)
+	reasoning.CachedTokens, reasoning.ReasoningTokens = 2, 11
+	e.ObserveRecords([]record.Record{rec("u1", "groq", "llama-3.1-70b-versatile", 100, 50), rec("u1", "groq", "llama-3.1-70b-versatile", 1, 1), slow, reasoning})
+	e.ObserveCheck("u1", true)
+	e.ObserveCheck("u1", false)
+	e.ObserveRejected(4)
+
+	want := `
+# HELP llm_requests_total LLM API calls recorded, by user, provider, model and status (success or error).
+# TYPE llm_requests_total counter
+llm_requests_total{model="claude-3-opus",provider="anthropic",status="error",user="u2"} 1
+llm_requests_total{model="llama-3.1-70b-versatile",provider="groq",status="success",user="u1"} 2
+llm_requests_total{model="o3-mini",provider="openai",status="success",user="u1"} 1
+# HELP llm_tokens_total Tokens used by LLM API calls, by user, provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.
+# TYPE llm_tokens_total counter
+llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="completion",user="u2"} 3
+llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="prompt",user="u2"} 7
+llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="completion",user="u1"} 51
+llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="prompt",user="u1"} 101
+llm_tokens_total{model="o3-mini",provider="openai",token_type="cached",user="u1"} 2
+llm_tokens_total{model="o3-mini",provider="openai",token_type="completion",user="u1"} 20
+llm_tokens_total{model="o3-mini",provider="openai",token_type="prompt",user="u1"} 5
+llm_tokens_total{model="o3-mini",provider="openai",token_type="reasoning",user="u1"} 11
+# HELP llm_rate_limit_checks_total Quota checks, by user and decision (allowed or limited).
+# TYPE llm_rate_limit_checks_total counter
+llm_rate_limit_checks_total{decision="allowed",user="u1"} 1
+llm_rate_limit_checks_total{decision="limited",user="u1"} 1
+# HELP llmusage_records_accepted_total Call records accepted by the sidecar.
+# TYPE llmusage_records_accepted_total counter
+llmusage_records_accepted_total 4
+# HELP llmusage_records_rejected_total Call records refused because their request held an invalid record.
+# TYPE llmusage_records_rejected_total counter
+llmusage_records_rejected_total 4
+`
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want),
+		"llm_requests_total", "llm_tokens_total", "llm_rate_limit_checks_total", "llmusage_records_accepted_total", "llmusage_records_rejected_total"); err != nil {
+		t.Fatal(err)
+	}
+	hist := `
+# HELP llm_request_duration_seconds Latency of LLM API calls as reported in latency_ms, by provider and model.
+# TYPE llm_request_duration_seconds histogram
+`
+	var b strings.Builder
+	b.WriteString(hist)
+	for _, le := range []string{"0.01", "0.02", "0.04", "0.08", "0.16", "0.32", "0.64", "1.28"} {
+		b.WriteString(`llm_request_duration_seconds_bucket{model="claude-3-opus",provider="anthropic",le="` + le + `"} 0` + "\n")
+	}
+	for _, le := range []string{"2.56", "5.12", "10.24", "20.48", "40.96", "81.92", "+Inf"} {
+		b.WriteString(`llm_request_duration_seconds_bucket{model="claude-3-opus",provider="anthropic",le="` + le + `"} 1` + "\n")
+	}
+	b.WriteString(`llm_request_duration_seconds_sum{model="claude-3-opus",provider="anthropic"} 1.5` + "\n")
+	b.WriteString(`llm_request_duration_seconds_count{model="claude-3-opus",provider="anthropic"} 1` + "\n")
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(b.String()), "llm_request_duration_seconds"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUserGuard(t *testing.T) {
+	clock := &manualClock{testNow}
+	e := New(Options{Clock: clock, MaxUsers: 2, UserTTL: time.Hour})
+	e.ObserveRecords([]record.Record{rec("a", "openai", "gpt-4", 1, 1), rec("b", "openai", "gpt-4", 1, 1)})
+	clock.t = clock.t.Add(30 * time.Minute)
+	e.ObserveRecords([]record.Record{rec("c", "openai", "gpt-4", 1, 1), rec("d", "openai", "gpt-4", 1, 1), rec("b", "openai", "gpt-4", 1, 1)})
+	e.ObserveCheck("e", true)
+
+	requests := func(want string) {
+		t.Helper()
+		full := "# HELP llm_requests_total LLM API calls recorded, by user, provider, model and status (success or error).\n# TYPE llm_requests_total counter\n" + want
+		if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(full), "llm_requests_total"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="a"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
+`)
+	if got := testutil.ToFloat64(e.guard.overflow); got != 3 {
+		t.Fatalf("overflow %v, want 3 (c, d and e's check)", got)
+	}
+	// a has been idle for more than the TTL, b has not.
+	clock.t = clock.t.Add(31 * time.Minute)
+	if n := e.Sweep(); n != 1 {
+		t.Fatalf("Sweep forgot %d users, want 1", n)
+	}
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
+`)
+	// The freed slot goes to the next new user.
+	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+`)
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader("# HELP llmusage_metrics_users Distinct user label values currently exported (capped by --metrics-max-users).\n# TYPE llmusage_metrics_users gauge\nllmusage_metrics_users 2\n"), "llmusage_metrics_users"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestQuotaGauges(t *testing.T) {
+	clock := &manualClock{testNow}
+	l, err := limiter.New([]limiter.Rule{
+		{Window: limiter.Minute, Unit: limiter.Requests, Limit: 3},
+		{Provider: "openai", Window: limiter.Day, Unit: limiter.Tokens, Limit: 1000},
+	}, limiter.Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Options{Clock: clock, Limiter: l})
+	l.Record(limiter.Usage{UserID: "u", Provider: "openai", Model: "gpt-4", Tokens: 250})
+	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 200, 50)})
+	// A user over the cap, or never observed, gets no quota series.
+	l.Record(limiter.Usage{UserID: "ghost", Provider: "openai", Model: "gpt-4", Tokens: 1})
+
+	want := `
+# HELP llm_quota_limit Capacity of the user's token bucket for a limit type and unit (requests or tokens); provider and model are set for scoped rules.
+# TYPE llm_quota_limit gauge
+llm_quota_limit{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 1000
+llm_quota_limit{limit_type="minute",model="",provider="",unit="requests",user="u"} 3
+# HELP llm_quota_remaining Whole units left in the user's token bucket now; 0 while the bucket is in debt.
+# TYPE llm_quota_remaining gauge
+llm_quota_remaining{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 750
+llm_quota_remaining{limit_type="minute",model="",provider="",unit="requests",user="u"} 2
+`
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want), "llm_quota_limit", "llm_quota_remaining"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNoUserLabel(t *testing.T) {
+	l, _ := limiter.New([]limiter.Rule{{Window: limiter.Minute, Unit: limiter.Requests, Limit: 3}}, limiter.Options{})
+	e := New(Options{NoUserLabel: true, Limiter: l})
+	l.Record(limiter.Usage{UserID: "u", Model: "m"})
+	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 1, 2), rec("v", "openai", "gpt-4", 1, 2)})
+	e.ObserveCheck("u", false)
+	out := scrape(t, e)
+	if strings.Contains(grep(out, "llm_"), "user=") || strings.Contains(out, "llm_quota_") {
+		t.Fatalf("user label or quota gauges present with NoUserLabel:\n%s", grep(out, "llm_"))
+	}
+	if !strings.Contains(out, `llm_requests_total{model="gpt-4",provider="openai",status="success"} 2`) ||
+		!strings.Contains(out, `llm_rate_limit_checks_total{decision="limited"} 1`) {
+		t.Fatalf("aggregated series missing:\n%s", grep(out, "llm_"))
+	}
+}
+
+// TestHostileLabelValues checks that any user_id survives the exposition:
+// the text parser reads back exactly the value that went in.
+func TestHostileLabelValues(t *testing.T) {
+	e := New(Options{})
+	hostile := []string{`a"b`, `back\slash`, "new\nline", "tab\there", "{}=,", "\xff\xfe invalid utf8", "ünïcödé ✓", `__other__`}
+	var recs []record.Record
+	for _, u := range hostile {
+		recs = append(recs, rec(u, "openai", `gpt-4"x`, 1, 1))
+	}
+	e.ObserveRecords(recs)
+	if problems, err := testutil.GatherAndLint(e.Registry()); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", problems, err)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(scrape(t, e)))
+	if err != nil {
+		t.Fatalf("exposition does not parse: %s", err)
+	}
+	users := map[string]bool{}
+	for _, m := range families["llm_requests_total"].GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == "user" {
+				users[lp.GetValue()] = true
+			}
+		}
+	}
+	for _, u := range hostile {
+		if !users[labelValue(u)] {
+			t.Fatalf("user %q not read back; got %v", u, users)
+		}
+	}
+}
+
+func TestPush(t *testing.T) {
+	bodies := make(chan string, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			t.Errorf("push method %s, want POST", r.Method)
+		}
+		var body io.Reader = r.Body
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			gz, err := gzipReader(r.Body)
+			if err != nil {
+				t.Errorf("gzip: %s", err)
+				return
+			}
+			body = gz
+		}
+		b, _ := io.ReadAll(body)
+		select {
+		case bodies <- string(b):
+		default:
+		}
+	}))
+	defer srv.Close()
+	e := New(Options{})
+	e.ObserveRecords([]record.Record{rec("pushed-user", "openai", "gpt-4", 3, 4)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := e.StartPush(ctx, srv.URL+"/api/v1/import/prometheus", 50*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case body := <-bodies:
+		if !strings.Contains(body, `llm_tokens_total{model="gpt-4",provider="openai",token_type="completion",user="pushed-user"} 4`) {
+			t.Fatalf("pushed body lacks the token series:\n%s", grep(body, "llm_"))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing pushed")
+	}
+	if err := e.StartPush(ctx, "::not a url", time.Second, slog.Default()); err == nil {
+		t.Fatal("a bad push URL was accepted")
+	}
+}
+
+func scrape(t *testing.T, e *Exporter) string {
+	t.Helper()
+	var buf bytes.Buffer
+	e.WriteText(&buf)
+	return buf.String()
+}
+
+func grep(s, prefix string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func gzipReader(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
