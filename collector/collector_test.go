@@ -235,13 +235,19 @@ func TestCallsAccepted(t *testing.T) {
 			r.UserID, r.Model, r.Provider = "u", "gpt-4o", "openai"
 			r.Metadata = []byte(`{"provider":"OpenAI","x":[1,{"y":null}]}`)
 		}),
-		with(func(r *record.Record) { r.UserID, r.Model, r.Provider, r.CachedTokens, r.ReasoningTokens = "u", "o3-mini", "openai", 4, 9 }),
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.CachedTokens, r.ReasoningTokens = "u", "o3-mini", "openai", 4, 9
+		}),
 		with(func(r *record.Record) { r.UserID, r.Model, r.Provider = "u", "llama-3.3-70b", "groq" }),
-		with(func(r *record.Record) { r.UserID, r.Model, r.Provider, r.TotalTokens = "u", "my-finetune", "unknown", 12 }),
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.TotalTokens = "u", "my-finetune", "unknown", 12
+		}),
 	)
 	// No Content-Type at all is taken as JSON.
 	f("", `{"user_id":"u","model":"claude-3-5-sonnet","prompt_tokens":1}`,
-		with(func(r *record.Record) { r.UserID, r.Model, r.Provider, r.PromptTokens, r.TotalTokens = "u", "claude-3-5-sonnet", "anthropic", 1, 1 }))
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.PromptTokens, r.TotalTokens = "u", "claude-3-5-sonnet", "anthropic", 1, 1
+		}))
 	// An empty array is a valid, empty batch.
 	f("application/json", `[]`)
 }

@@ -1,0 +1,23 @@
+# The two commands a new machine needs: `make run` and `make test`.
+GO ?= go
+
+.PHONY: run test deps bench build
+
+## run: start the sidecar on its defaults, with the example limits file
+run:
+	$(GO) run ./cmd/llmusage serve --limits-file deploy/limits.example.yaml
+
+## test: install what the tests need (promtool), then run every test with the race detector
+test: deps
+	$(GO) test -race -count=1 ./...
+
+## deps: install the test dependencies that are not Go modules
+deps:
+	./scripts/test-deps.sh
+
+## bench: run every benchmark once, briefly, so that they keep compiling and running
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 100x ./...
+
+build:
+	$(GO) build -o llmusage ./cmd/llmusage

@@ -1,0 +1,14 @@
+package collector
+
+import "testing"
+
+// TestExampleLimitsFile keeps the shipped example loadable.
+func TestExampleLimitsFile(t *testing.T) {
+	cfg, err := LoadConfig("../deploy/limits.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Rules) != 5 || len(cfg.Providers) != 1 {
+		t.Fatalf("example file: %d rules and %d prefixes, want 5 and 1", len(cfg.Rules), len(cfg.Providers))
+	}
+}
