@@ -208,7 +208,7 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusOK
 	if !d.Allowed {
 		status = http.StatusTooManyRequests
-		answer.RetryAfterSeconds = ceilSeconds(d.RetryAfter)
+		answer.RetryAfterSeconds = max(ceilSeconds(d.RetryAfter), 1)
 		w.Header().Set("Retry-After", strconv.FormatInt(answer.RetryAfterSeconds, 10))
 	}
 	writeJSON(w, status, answer)
@@ -268,8 +268,11 @@ func formatResetAt(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
+// ceilSeconds rounds up to whole seconds, ignoring the last microsecond:
+// bucket arithmetic in float64 can overshoot an exact 5 s by a nanosecond,
+// which must not become 6 s.
 func ceilSeconds(d time.Duration) int64 {
-	return int64(math.Ceil(d.Seconds()))
+	return int64(math.Ceil((d - time.Microsecond).Seconds()))
 }
 
 func invalidMessage(details []Detail, records int) string {

@@ -182,6 +182,20 @@ func (l *Limiter) SetRules(rules []Rule) error {
 		return err
 	}
 	l.rules.Store(rs)
+	// Adopt changed limits now rather than on each bucket's next use, so
+	// that an idle bucket refills at the new rate from the reload on and
+	// reports the new limit.
+	now := l.clock.Now()
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, b := range sh.buckets {
+			if r := rs.byScope(k); r != nil {
+				b.adopt(r, now)
+			}
+		}
+		sh.mu.Unlock()
+	}
 	return nil
 }
 
@@ -256,10 +270,14 @@ func (l *Limiter) Record(u Usage) {
 	defer sh.mu.Unlock()
 
 	requests, tokens := int64(1), u.Tokens
-	if p, ok := sh.pending[u.RequestID]; ok && u.RequestID != "" && p.user == u.UserID {
-		delete(sh.pending, u.RequestID)
-		l.pendingCount.Add(-1)
-		requests, tokens = 0, u.Tokens-p.tokens
+	if p, ok := sh.pending[u.RequestID]; ok && u.RequestID != "" {
+		if p.user == u.UserID || now.After(p.expires) {
+			delete(sh.pending, u.RequestID)
+			l.pendingCount.Add(-1)
+		}
+		if p.user == u.UserID && !now.After(p.expires) {
+			requests, tokens = 0, u.Tokens-p.tokens
+		}
 	}
 	for _, r := range rules {
 		b := sh.bucket(u.UserID, r, now)
@@ -293,7 +311,7 @@ func (l *Limiter) Limits(user, provider, model string) []Status {
 		return out
 	}
 	for k, b := range sh.buckets {
-		if k.user != user || (k.provider == "" && k.model == "") {
+		if k.user != user || (k.provider == "" && k.model == "") || reported(rules, user, k) {
 			continue
 		}
 		if r := rs.byScope(k); r != nil {
@@ -332,7 +350,7 @@ func (l *Limiter) Sweep() (live int) {
 		sh.mu.Lock()
 		for k, b := range sh.buckets {
 			r := rs.byScope(k)
-			if r == nil || (b.limit == r.Limit && b.lim.TokensAt(now) >= float64(r.Limit)) {
+			if r == nil || b.lim.TokensAt(now) >= float64(b.limit) {
 				delete(sh.buckets, k)
 			}
 		}
@@ -354,10 +372,10 @@ func (l *Limiter) shard(user string) *shard {
 
 func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
 	if _, dup := sh.pending[req.RequestID]; !dup {
-		if l.pendingCount.Load() >= l.maxPending {
+		if l.pendingCount.Add(1) > l.maxPending {
+			l.pendingCount.Add(-1)
 			return
 		}
-		l.pendingCount.Add(1)
 	}
 	sh.pending[req.RequestID] = pendingCheck{user: req.UserID, tokens: req.Tokens, expires: now.Add(l.pendingTTL)}
 }
@@ -370,12 +388,29 @@ func (sh *shard) bucket(user string, r *Rule, now time.Time) *bucket {
 	if b == nil {
 		b = &bucket{lim: rate.NewLimiter(refillRate(r), int(r.Limit)), limit: r.Limit}
 		sh.buckets[k] = b
-	} else if b.limit != r.Limit {
+	} else {
+		b.adopt(r, now)
+	}
+	return b
+}
+
+// adopt applies a changed rule limit, keeping the bucket's level.
+func (b *bucket) adopt(r *Rule, now time.Time) {
+	if b.limit != r.Limit {
 		b.lim.SetLimitAt(now, refillRate(r))
 		b.lim.SetBurstAt(now, int(r.Limit))
 		b.limit = r.Limit
 	}
-	return b
+}
+
+// reported tells whether one of rules owns the bucket k of user.
+func reported(rules []*Rule, user string, k bucketKey) bool {
+	for _, r := range rules {
+		if keyFor(user, r) == k {
+			return true
+		}
+	}
+	return false
 }
 
 func keyFor(user string, r *Rule) bucketKey {
