@@ -1,0 +1,215 @@
+package store
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/record"
+)
+
+// groqSchema is the Groq-era schema of the system llmusage replaces, with
+// the fewest log columns it may have had, uuid keys, and its own view,
+// function and indexes.
+const groqSchema = `
+CREATE TABLE groq_usage_logs (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL,
+    model VARCHAR(100) NOT NULL,
+    tokens_used INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    metadata JSONB,
+    created_at TIMESTAMPTZ DEFAULT NOW()
+);
+CREATE INDEX idx_groq_usage_user_id ON groq_usage_logs(user_id);
+CREATE INDEX idx_groq_usage_model ON groq_usage_logs(model);
+CREATE INDEX idx_groq_usage_created_at ON groq_usage_logs(created_at);
+CREATE TABLE groq_rate_limit_configs (id SERIAL PRIMARY KEY, limit_type VARCHAR(20) NOT NULL, limit_value INTEGER NOT NULL, description TEXT);
+INSERT INTO groq_rate_limit_configs (limit_type, limit_value, description) VALUES ('minute', 30, 'Groq free tier'), ('day', 14400, 'Groq free tier');
+CREATE TABLE groq_rate_limits (id SERIAL PRIMARY KEY, user_id UUID NOT NULL, limit_type VARCHAR(20) NOT NULL, limit_value INTEGER NOT NULL, reset_at TIMESTAMPTZ);
+INSERT INTO groq_rate_limits (user_id, limit_type, limit_value) VALUES ('11111111-1111-1111-1111-111111111111', 'minute', 200);
+INSERT INTO groq_usage_logs (user_id, model, tokens_used, prompt_tokens, completion_tokens, metadata, created_at) VALUES
+    ('11111111-1111-1111-1111-111111111111', 'llama-3.1-70b-versatile', 150, 100, 50, NULL, '2025-06-01T10:00:00Z'),
+    ('11111111-1111-1111-1111-111111111111', 'llama-3.1-8b-instant', 15, 10, 5, '{"route": "/chat"}', '2025-06-01T11:00:00Z'),
+    ('22222222-2222-2222-2222-222222222222', 'gpt-4', 30, 20, 10, '{"provider": "OpenAI"}', '2025-06-02T09:00:00Z');
+CREATE MATERIALIZED VIEW groq_usage_daily_summary AS
+    SELECT user_id, DATE(created_at) AS date, model, COUNT(*) AS total_calls, SUM(tokens_used) AS total_tokens
+    FROM groq_usage_logs GROUP BY user_id, DATE(created_at), model;
+CREATE UNIQUE INDEX idx_groq_usage_daily_summary ON groq_usage_daily_summary(user_id, date, model);
+CREATE FUNCTION refresh_groq_usage_summary() RETURNS void AS $$
+BEGIN
+    REFRESH MATERIALIZED VIEW CONCURRENTLY groq_usage_daily_summary;
+END;
+$$ LANGUAGE plpgsql;
+`
+
+func execAll(t *testing.T, url, sql string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %s", sql, err)
+	}
+}
+
+func queryStrings(t *testing.T, s *postgresStore, sql string) []string {
+	t.Helper()
+	rows, err := s.pool.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("%s: %s", sql, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("%s: %s", sql, err)
+	}
+	return out
+}
+
+func TestAdoptGroqDatabase(t *testing.T) {
+	url := pgtest.URL(t)
+	execAll(t, url, groqSchema)
+	s := openMigrated(t, Options{DatabaseURL: url}).(*postgresStore)
+	ctx := context.Background()
+
+	if got := queryStrings(t, s, `SELECT relname::text FROM pg_class WHERE relname LIKE 'groq%' OR relname LIKE 'idx_groq%'`); len(got) != 0 {
+		t.Fatalf("legacy objects left: %v", got)
+	}
+	if got := queryStrings(t, s, `SELECT proname::text FROM pg_proc WHERE proname LIKE '%groq%'`); len(got) != 0 {
+		t.Fatalf("legacy functions left: %v", got)
+	}
+	got := queryStrings(t, s, `SELECT user_id || ' ' || model || ' ' || provider || ' ' || tokens_used FROM llm_usage_logs ORDER BY created_at`)
+	want := []string{
+		"11111111-1111-1111-1111-111111111111 llama-3.1-70b-versatile groq 150",
+		"11111111-1111-1111-1111-111111111111 llama-3.1-8b-instant groq 15",
+		"22222222-2222-2222-2222-222222222222 gpt-4 openai 30",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("adopted rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, idx := range []string{"idx_llm_usage_user_id", "idx_llm_usage_model", "idx_llm_usage_created_at", "idx_llm_usage_request_id"} {
+		if got := queryStrings(t, s, `SELECT indexname::text FROM pg_indexes WHERE indexname = '`+idx+`'`); len(got) != 1 {
+			t.Fatalf("index %s missing", idx)
+		}
+	}
+	execAll(t, url, `SELECT refresh_llm_usage_summary()`)
+	if got := queryStrings(t, s, `SELECT provider || ' ' || calls FROM llm_usage_daily_summary ORDER BY day, provider, model`); len(got) != 3 {
+		t.Fatalf("summary over adopted rows: %v", got)
+	}
+	rules, skipped, err := s.Rules(ctx)
+	if err != nil || len(skipped) != 0 || len(rules) != 3 {
+		t.Fatalf("rules from adopted tables: %+v %v %v", rules, skipped, err)
+	}
+
+	// The adopted table takes new records, with any user_id, and pages by its uuid keys.
+	var recs []record.Record
+	for i := 0; i < 5; i++ {
+		recs = append(recs, rec("new-"+string(rune('a'+i)), "alice", "openai", "gpt-4o", 1, 1, t0))
+	}
+	if n, err := s.Insert(ctx, recs); err != nil || n != 5 {
+		t.Fatalf("insert into the adopted table: %d, %v", n, err)
+	}
+	seen := 0
+	for q := (LogQuery{Limit: 3}); ; {
+		page, err := s.Logs(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen += len(page.Logs)
+		if page.NextCursor == "" {
+			break
+		}
+		q.Before = page.NextCursor
+	}
+	if seen != 8 {
+		t.Fatalf("paged through %d rows, want 8", seen)
+	}
+
+	// Idempotent: a second run changes nothing.
+	if applied, err := s.Migrate(ctx); err != nil || len(applied) != 0 {
+		t.Fatalf("second migrate: %v, %v", applied, err)
+	}
+}
+
+func TestAdoptRefusesTwoFullTables(t *testing.T) {
+	url := pgtest.URL(t)
+	execAll(t, url, groqSchema+`
+CREATE TABLE llm_usage_logs (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, model TEXT NOT NULL, tokens_used BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT, metadata JSONB, created_at TIMESTAMPTZ);
+INSERT INTO llm_usage_logs (user_id, model, tokens_used, created_at) VALUES ('bob', 'gpt-4', 9, now());`)
+	s, err := Open(context.Background(), Options{DatabaseURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.Migrate(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "cannot adopt the legacy table groq_usage_logs: llm_usage_logs holds rows too") {
+		t.Fatalf("migrate: %v, want a refusal naming both tables", err)
+	}
+	ps := s.(*postgresStore)
+	if got := queryStrings(t, ps, `SELECT count(*)::text FROM groq_usage_logs`); got[0] != "3" {
+		t.Fatalf("groq_usage_logs changed: %v rows", got)
+	}
+	if got := queryStrings(t, ps, `SELECT count(*)::text FROM llm_usage_logs`); got[0] != "1" {
+		t.Fatalf("llm_usage_logs changed: %v rows", got)
+	}
+	if got := queryStrings(t, ps, `SELECT relname::text FROM pg_class WHERE relname IN ('groq_usage_daily_summary', 'idx_groq_usage_model', 'groq_rate_limits')`); len(got) != 3 {
+		t.Fatalf("legacy objects touched: %v", got)
+	}
+}
+
+func TestAdoptOverEmptyNewTables(t *testing.T) {
+	// The seed's renamed migration may have created empty llm_* tables
+	// beside the Groq-era ones that hold the data.
+	url := pgtest.URL(t)
+	execAll(t, url, groqSchema+`
+CREATE TABLE llm_usage_logs (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, model TEXT NOT NULL, tokens_used BIGINT, metadata JSONB, created_at TIMESTAMPTZ);
+CREATE TABLE llm_rate_limits (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, limit_type TEXT NOT NULL, limit_value BIGINT NOT NULL);`)
+	s := openMigrated(t, Options{DatabaseURL: url}).(*postgresStore)
+	if got := queryStrings(t, s, `SELECT count(*)::text FROM llm_usage_logs`); got[0] != "3" {
+		t.Fatalf("llm_usage_logs has %v rows, want the 3 adopted ones", got)
+	}
+	if got := queryStrings(t, s, `SELECT count(*)::text FROM llm_rate_limits`); got[0] != "1" {
+		t.Fatalf("llm_rate_limits has %v rows, want the adopted one", got)
+	}
+}
+
+// TestQueriesUseIndexes checks with EXPLAIN that the usage and logs
+// queries can be answered from indexes.
+func TestQueriesUseIndexes(t *testing.T) {
+	s := openMigrated(t, Options{DatabaseURL: pgtest.URL(t)}).(*postgresStore)
+	ctx := context.Background()
+	execAll(t, pgURL(s), `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, created_at)
+		SELECT 'r' || i, 'u' || (i % 500), 'openai', 'gpt-' || (i % 7), now() - i * interval '1 minute' FROM generate_series(1, 20000) i;
+		ANALYZE llm_usage_logs;`)
+	f := func(sql string, args ...any) {
+		t.Helper()
+		rows, err := s.pool.Query(ctx, "EXPLAIN "+sql, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan := strings.Join(must(pgx.CollectRows(rows, pgx.RowTo[string])), "\n")
+		if strings.Contains(plan, "Seq Scan on llm_usage_logs") {
+			t.Fatalf("full scan for %s:\n%s", sql, plan)
+		}
+	}
+	f(`SELECT id FROM llm_usage_logs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 51`, "u7")
+	f(`SELECT id FROM llm_usage_logs ORDER BY created_at DESC, id DESC LIMIT 51`)
+	f(`SELECT model, count(*) FROM llm_usage_logs WHERE created_at >= now() - interval '1 day' AND user_id = $1 GROUP BY model`, "u7")
+	f(`SELECT model, count(*) FROM llm_usage_logs WHERE created_at >= now() - interval '1 hour' GROUP BY model`)
+}
+
+func pgURL(s *postgresStore) string { return s.pool.Config().ConnString() }
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

@@ -1,0 +1,392 @@
+package store
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// notifyChannel is the channel the rule tables' trigger notifies.
+const notifyChannel = "llmusage_limits"
+
+type postgresStore struct {
+	pool *pgxpool.Pool
+	// redacted names the database in messages, without its password.
+	redacted string
+
+	idTypeOnce sync.Once
+	// idType is llm_usage_logs.id's SQL type, for casting cursors: an
+	// adopted legacy table may key rows by uuid rather than bigint.
+	idType    string
+	idTypeErr error
+}
+
+// incomingColumns are copied into a per-connection temporary table, then
+// moved with INSERT ... ON CONFLICT DO NOTHING: COPY alone is the fastest
+// path into Postgres but aborts on the first duplicate request_id.
+var incomingColumns = []string{
+	"request_id", "user_id", "provider", "model", "tokens_used", "prompt_tokens", "completion_tokens",
+	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at",
+}
+
+const createIncoming = `CREATE TEMPORARY TABLE IF NOT EXISTS llmusage_incoming (
+	request_id text, user_id text, provider text, model text, tokens_used bigint, prompt_tokens bigint,
+	completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint, latency_ms double precision,
+	status text, error_type text, metadata jsonb, created_at timestamptz) ON COMMIT DELETE ROWS`
+
+func openPostgres(ctx context.Context, dsn string) (*postgresStore, error) {
+	redacted := Redact(dsn)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx's parse errors may quote the URL; never pass them on.
+		return nil, fmt.Errorf("cannot parse --database-url %s: check its syntax", redacted)
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, createIncoming)
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to %s: %s", redacted, scrub(err, dsn))
+	}
+	return &postgresStore{pool: pool, redacted: redacted}, nil
+}
+
+func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, s.fail("begin a transaction", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = tx.CopyFrom(ctx, pgx.Identifier{"llmusage_incoming"}, incomingColumns, pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
+		r := &recs[i]
+		var latency any
+		if r.HasLatency {
+			latency = float64(r.Latency) / float64(time.Millisecond)
+		}
+		var metadata any
+		if r.Metadata != nil {
+			metadata = r.Metadata
+		}
+		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
+			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp}, nil
+	}))
+	if err != nil {
+		return 0, s.fail("copy records", err)
+	}
+	cols := strings.Join(incomingColumns, ", ")
+	tag, err := tx.Exec(ctx, "INSERT INTO llm_usage_logs ("+cols+") SELECT "+cols+" FROM llmusage_incoming ON CONFLICT (request_id) DO NOTHING")
+	if err != nil {
+		return 0, s.fail("insert records", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, s.fail("commit records", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (s *postgresStore) Rules(ctx context.Context) ([]limiter.Rule, []error, error) {
+	var rows []ruleRow
+	for _, q := range []struct{ table, user string }{
+		{"llm_rate_limit_configs", "''"},
+		{"llm_rate_limits", "user_id::text"},
+	} {
+		r, err := s.pool.Query(ctx, `SELECT id::text, `+q.user+`, limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value::bigint
+			FROM `+q.table+` ORDER BY id`)
+		if err != nil {
+			return nil, nil, s.fail("read "+q.table, err)
+		}
+		for r.Next() {
+			row := ruleRow{table: q.table}
+			if err := r.Scan(&row.id, &row.userID, &row.limitType, &row.unit, &row.provider, &row.model, &row.limitValue); err != nil {
+				r.Close()
+				return nil, nil, s.fail("read "+q.table, err)
+			}
+			rows = append(rows, row)
+		}
+		if err := r.Err(); err != nil {
+			return nil, nil, s.fail("read "+q.table, err)
+		}
+	}
+	rules, skipped := rulesFromRows(rows)
+	return rules, skipped, nil
+}
+
+// WatchRules LISTENs on the channel the rule tables' trigger notifies.
+// After a lost connection it reconnects and reports a change, since
+// notifications sent meanwhile are lost.
+func (s *postgresStore) WatchRules(ctx context.Context, changed func()) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.listen(ctx, changed)
+		if ctx.Err() != nil {
+			break
+		}
+		_ = err // the caller learns of outages through Ping
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		changed()
+	}
+	return nil
+}
+
+func (s *postgresStore) listen(ctx context.Context, changed func()) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// The connection carries the LISTEN; it must not go back to the pool.
+	c := conn.Hijack()
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return err
+	}
+	for {
+		if _, err := c.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		changed()
+	}
+}
+
+func (s *postgresStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
+	where, args := "created_at >= $1", []any{q.Since}
+	if q.UserID != "" {
+		where, args = where+" AND user_id = $2", append(args, q.UserID)
+	}
+	const sums = `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
+		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`
+	u := newUsage()
+	rows, err := s.pool.Query(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	if err != nil {
+		return Usage{}, s.fail("sum usage", err)
+	}
+	for rows.Next() {
+		var model, provider string
+		var t Totals
+		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
+			rows.Close()
+			return Usage{}, s.fail("sum usage", err)
+		}
+		u.add(model, provider, t)
+	}
+	if err := rows.Err(); err != nil {
+		return Usage{}, s.fail("sum usage", err)
+	}
+	rows, err = s.pool.Query(ctx, `SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, `+sums+`
+		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
+	if err != nil {
+		return Usage{}, s.fail("sum usage by day", err)
+	}
+	for rows.Next() {
+		var d DayTotals
+		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
+			rows.Close()
+			return Usage{}, s.fail("sum usage by day", err)
+		}
+		u.ByDay = append(u.ByDay, d)
+	}
+	if err := rows.Err(); err != nil {
+		return Usage{}, s.fail("sum usage by day", err)
+	}
+	return u, nil
+}
+
+func (s *postgresStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
+	s.idTypeOnce.Do(func() {
+		s.idTypeErr = s.pool.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+			WHERE attrelid = 'llm_usage_logs'::regclass AND attname = 'id'`).Scan(&s.idType)
+	})
+	if s.idTypeErr != nil {
+		return LogPage{}, s.fail("read the type of llm_usage_logs.id", s.idTypeErr)
+	}
+	var conds []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
+		if f.val != "" {
+			conds = append(conds, f.col+"::text = "+arg(f.val))
+		}
+	}
+	if q.Before != "" {
+		at, id, err := decodeCursor(q.Before)
+		if err != nil {
+			return LogPage{}, err
+		}
+		conds = append(conds, fmt.Sprintf("(created_at, id) < (%s, %s::text::%s)", arg(at), arg(id), s.idType))
+	}
+	sql := `SELECT id::text, coalesce(request_id, ''), user_id::text, provider, model, tokens_used, prompt_tokens, completion_tokens,
+		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at FROM llm_usage_logs`
+	if len(conds) > 0 {
+		sql += " WHERE " + strings.Join(conds, " AND ")
+	}
+	// Qualified: a bare "id" would name the id::text output column and sort as text.
+	sql += " ORDER BY llm_usage_logs.created_at DESC, llm_usage_logs.id DESC LIMIT " + arg(q.Limit+1)
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return LogPage{}, s.fail("read logs", err)
+	}
+	defer rows.Close()
+	page := LogPage{Logs: []LogEntry{}}
+	for rows.Next() {
+		var e LogEntry
+		var metadata []byte
+		if err := rows.Scan(&e.ID, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
+			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &e.CreatedAt); err != nil {
+			return LogPage{}, s.fail("read logs", err)
+		}
+		if metadata != nil {
+			e.Metadata = json.RawMessage(metadata)
+		}
+		e.CreatedAt = e.CreatedAt.UTC()
+		page.Logs = append(page.Logs, e)
+	}
+	if err := rows.Err(); err != nil {
+		return LogPage{}, s.fail("read logs", err)
+	}
+	return page.trim(q.Limit), nil
+}
+
+func (s *postgresStore) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return s.fail("reach the database", err)
+	}
+	return nil
+}
+
+func (s *postgresStore) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// Migrate applies the embedded Postgres migrations.
+func (s *postgresStore) Migrate(ctx context.Context) ([]int64, error) {
+	p, closeDB, err := s.goose()
+	if err != nil {
+		return nil, err
+	}
+	defer closeDB()
+	return migrateUp(ctx, p)
+}
+
+// MigrationStatus lists the embedded Postgres migrations.
+func (s *postgresStore) MigrationStatus(ctx context.Context) ([]MigrationStatus, error) {
+	p, closeDB, err := s.goose()
+	if err != nil {
+		return nil, err
+	}
+	defer closeDB()
+	return migrationStatus(ctx, p)
+}
+
+func (s *postgresStore) goose() (*goose.Provider, func(), error) {
+	db := stdlib.OpenDBFromPool(s.pool)
+	p, err := newGoose(db, goose.DialectPostgres, "postgres")
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return p, func() { db.Close() }, nil
+}
+
+// fail wraps a database error as "cannot <what> in <database>: ...".
+func (s *postgresStore) fail(what string, err error) error {
+	return fmt.Errorf("cannot %s in %s: %w", what, s.redacted, err)
+}
+
+// scrub removes the connection string from an error message, should a
+// driver have quoted it.
+func scrub(err error, dsn string) string {
+	msg := err.Error()
+	if dsn != "" {
+		msg = strings.ReplaceAll(msg, dsn, Redact(dsn))
+	}
+	return msg
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// encodeCursor and decodeCursor carry a page boundary: the last row's
+// created_at and id.
+func encodeCursor(at time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", ErrBadCursor
+	}
+	ts, id, ok := strings.Cut(string(b), "|")
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if !ok || err != nil || id == "" {
+		return time.Time{}, "", ErrBadCursor
+	}
+	return at, id, nil
+}
+
+// trim cuts a page fetched with one row too many and sets NextCursor when
+// that extra row shows there is more.
+func (p LogPage) trim(limit int) LogPage {
+	if len(p.Logs) > limit {
+		p.Logs = p.Logs[:limit]
+		last := p.Logs[limit-1]
+		p.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return p
+}
+
+func newUsage() Usage {
+	return Usage{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByDay: []DayTotals{}}
+}
+
+// add folds one (model, provider) group into the breakdowns.
+func (u *Usage) add(model, provider string, t Totals) {
+	u.Totals.add(t)
+	m := u.ByModel[model]
+	if t.Calls > m.Calls-t.Calls || m.Provider == "" {
+		// The provider with the most calls names the model.
+		if t.Calls*2 > m.Calls+t.Calls || m.Provider == "" {
+			m.Provider = provider
+		}
+	}
+	m.Totals.add(t)
+	u.ByModel[model] = m
+	p := u.ByProvider[provider]
+	p.add(t)
+	u.ByProvider[provider] = p
+}
+
+func (t *Totals) add(o Totals) {
+	t.Calls += o.Calls
+	t.Errors += o.Errors
+	t.Tokens += o.Tokens
+	t.PromptTokens += o.PromptTokens
+	t.CompletionTokens += o.CompletionTokens
+}

@@ -1,0 +1,278 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // pure Go, so the binary needs no cgo
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// sqlitePollInterval is how often the embedded store looks for changed
+// rule rows; SQLite has no LISTEN.
+const sqlitePollInterval = time.Second
+
+type sqliteStore struct {
+	db   *sql.DB
+	path string
+}
+
+func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("cannot create the data directory %s: %w", dir, err)
+		}
+	}
+	// WAL lets the usage API read while records are written; synchronous
+	// FULL makes a commit survive a power cut, since the spool is
+	// truncated once a record is committed.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open %s: %w", path, err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cannot open %s: %w", path, err)
+	}
+	return &sqliteStore{db: db, path: path}, nil
+}
+
+const sqliteInsert = `INSERT OR IGNORE INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens,
+	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, s.fail("begin a transaction", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	stmt, err := tx.PrepareContext(ctx, sqliteInsert)
+	if err != nil {
+		return 0, s.fail("prepare the insert", err)
+	}
+	defer stmt.Close()
+	inserted := 0
+	for i := range recs {
+		r := &recs[i]
+		var latency, metadata any
+		if r.HasLatency {
+			latency = float64(r.Latency) / float64(time.Millisecond)
+		}
+		if r.Metadata != nil {
+			metadata = string(r.Metadata)
+		}
+		res, err := stmt.ExecContext(ctx, r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens,
+			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro())
+		if err != nil {
+			return 0, s.fail("insert a record", err)
+		}
+		n, _ := res.RowsAffected()
+		inserted += int(n)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.fail("commit records", err)
+	}
+	return inserted, nil
+}
+
+func (s *sqliteStore) Rules(ctx context.Context) ([]limiter.Rule, []error, error) {
+	rows, err := s.ruleRows(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	rules, skipped := rulesFromRows(rows)
+	return rules, skipped, nil
+}
+
+func (s *sqliteStore) ruleRows(ctx context.Context) ([]ruleRow, error) {
+	var out []ruleRow
+	for _, q := range []struct{ table, user string }{
+		{"llm_rate_limit_configs", "''"},
+		{"llm_rate_limits", "user_id"},
+	} {
+		rows, err := s.db.QueryContext(ctx, `SELECT id, `+q.user+`, limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value
+			FROM `+q.table+` ORDER BY id`)
+		if err != nil {
+			return nil, s.fail("read "+q.table, err)
+		}
+		for rows.Next() {
+			row := ruleRow{table: q.table}
+			if err := rows.Scan(&row.id, &row.userID, &row.limitType, &row.unit, &row.provider, &row.model, &row.limitValue); err != nil {
+				rows.Close()
+				return nil, s.fail("read "+q.table, err)
+			}
+			out = append(out, row)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, s.fail("read "+q.table, err)
+		}
+	}
+	return out, nil
+}
+
+// WatchRules polls the rule tables and calls changed when their content
+// differs from the last poll.
+func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
+	last := ""
+	t := time.NewTicker(sqlitePollInterval)
+	defer t.Stop()
+	for {
+		if rows, err := s.ruleRows(ctx); err == nil {
+			sum := fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(rows))))
+			if last != "" && sum != last {
+				changed()
+			}
+			last = sum
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *sqliteStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
+	where, args := "created_at >= ?", []any{q.Since.UnixMicro()}
+	if q.UserID != "" {
+		where, args = where+" AND user_id = ?", append(args, q.UserID)
+	}
+	const sums = `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
+		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`
+	u := newUsage()
+	rows, err := s.db.QueryContext(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	if err != nil {
+		return Usage{}, s.fail("sum usage", err)
+	}
+	for rows.Next() {
+		var model, provider string
+		var t Totals
+		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
+			rows.Close()
+			return Usage{}, s.fail("sum usage", err)
+		}
+		u.add(model, provider, t)
+	}
+	if err := rows.Err(); err != nil {
+		return Usage{}, s.fail("sum usage", err)
+	}
+	rows, err = s.db.QueryContext(ctx, `SELECT date(created_at / 1000000, 'unixepoch') AS day, `+sums+`
+		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
+	if err != nil {
+		return Usage{}, s.fail("sum usage by day", err)
+	}
+	for rows.Next() {
+		var d DayTotals
+		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
+			rows.Close()
+			return Usage{}, s.fail("sum usage by day", err)
+		}
+		u.ByDay = append(u.ByDay, d)
+	}
+	if err := rows.Err(); err != nil {
+		return Usage{}, s.fail("sum usage by day", err)
+	}
+	return u, nil
+}
+
+func (s *sqliteStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
+	var conds []string
+	var args []any
+	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
+		if f.val != "" {
+			conds = append(conds, f.col+" = ?")
+			args = append(args, f.val)
+		}
+	}
+	if q.Before != "" {
+		at, id, err := decodeCursor(q.Before)
+		if err != nil {
+			return LogPage{}, err
+		}
+		n, err := strconv.ParseInt(id, 10, 64)
+		if err != nil {
+			return LogPage{}, ErrBadCursor
+		}
+		conds = append(conds, "(created_at, id) < (?, ?)")
+		args = append(args, at.UnixMicro(), n)
+	}
+	query := `SELECT id, coalesce(request_id, ''), user_id, provider, model, tokens_used, prompt_tokens, completion_tokens,
+		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at FROM llm_usage_logs`
+	if len(conds) > 0 {
+		query += " WHERE " + strings.Join(conds, " AND ")
+	}
+	query += " ORDER BY created_at DESC, id DESC LIMIT ?"
+	args = append(args, q.Limit+1)
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return LogPage{}, s.fail("read logs", err)
+	}
+	defer rows.Close()
+	page := LogPage{Logs: []LogEntry{}}
+	for rows.Next() {
+		var e LogEntry
+		var id, createdAt int64
+		var metadata sql.NullString
+		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
+			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &createdAt); err != nil {
+			return LogPage{}, s.fail("read logs", err)
+		}
+		e.ID = strconv.FormatInt(id, 10)
+		e.CreatedAt = time.UnixMicro(createdAt).UTC()
+		if metadata.Valid {
+			e.Metadata = json.RawMessage(metadata.String)
+		}
+		page.Logs = append(page.Logs, e)
+	}
+	if err := rows.Err(); err != nil {
+		return LogPage{}, s.fail("read logs", err)
+	}
+	return page.trim(q.Limit), nil
+}
+
+func (s *sqliteStore) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return s.fail("reach the database", err)
+	}
+	return nil
+}
+
+func (s *sqliteStore) Close() error { return s.db.Close() }
+
+// Migrate applies the embedded SQLite migrations.
+func (s *sqliteStore) Migrate(ctx context.Context) ([]int64, error) {
+	p, err := newGoose(s.db, goose.DialectSQLite3, "sqlite")
+	if err != nil {
+		return nil, err
+	}
+	return migrateUp(ctx, p)
+}
+
+// MigrationStatus lists the embedded SQLite migrations.
+func (s *sqliteStore) MigrationStatus(ctx context.Context) ([]MigrationStatus, error) {
+	p, err := newGoose(s.db, goose.DialectSQLite3, "sqlite")
+	if err != nil {
+		return nil, err
+	}
+	return migrationStatus(ctx, p)
+}
+
+func (s *sqliteStore) fail(what string, err error) error {
+	return fmt.Errorf("cannot %s in %s: %w", what, s.path, err)
+}
