@@ -7,9 +7,9 @@ GO ?= go
 run:
 	$(GO) run ./cmd/llmusage serve --limits-file deploy/limits.example.yaml
 
-## test: install what the tests need (promtool), then run every test with the race detector
-test: deps
-	$(GO) test -race -count=1 ./...
+## test: install and start what the tests need (promtool, PostgreSQL), then run every test with the race detector
+test:
+	./scripts/test.sh
 
 ## deps: install the test dependencies that are not Go modules
 deps:

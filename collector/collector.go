@@ -28,10 +28,22 @@ type Observer interface {
 	ObserveCheck(userID string, allowed bool)
 }
 
+// Sink takes accepted records for persistence. It must take all of a
+// request's records or none, so that a refused request changed nothing.
+type Sink interface {
+	Enqueue(recs []record.Record) error
+}
+
 // Options configure a Collector.
 type Options struct {
 	// Limiter enforces the rules; required.
 	Limiter *limiter.Limiter
+	// Sink persists accepted records; optional (records then only count
+	// in the limiter and the metrics).
+	Sink Sink
+	// Usage answers the usage API (/api/llm/usage/summary, stats, logs);
+	// optional, those routes are absent without it.
+	Usage UsageReader
 	// Observer receives what was accepted and decided; optional.
 	Observer Observer
 	// Providers infers providers from model names; the built-in table when nil.
@@ -47,6 +59,8 @@ type Options struct {
 // Collector serves the intake API.
 type Collector struct {
 	limiter      *limiter.Limiter
+	sink         Sink
+	usage        UsageReader
 	observer     Observer
 	maxBodyBytes int64
 	clock        limiter.Clock
@@ -69,6 +83,8 @@ type Route struct {
 func New(opts Options) *Collector {
 	c := &Collector{
 		limiter:      opts.Limiter,
+		sink:         opts.Sink,
+		usage:        opts.Usage,
 		observer:     opts.Observer,
 		maxBodyBytes: opts.MaxBodyBytes,
 		clock:        opts.Clock,
@@ -100,13 +116,21 @@ func (c *Collector) SetProviders(t *ProviderTable) { c.providers.Store(t) }
 // Routes lists the API endpoints. Each checks its own method so that a
 // wrong one gets a JSON 405 rather than ServeMux's plain-text answer.
 func (c *Collector) Routes() []Route {
-	return []Route{
+	routes := []Route{
 		{"/v1/calls", "calls", allow(http.MethodPost, c.serveCalls)},
 		{"/v1/check", "check", allow(http.MethodPost, c.serveCheck)},
 		{"/v1/limits", "limits", allow(http.MethodGet, c.serveLimits)},
 		{"/api/llm/usage/rate-limits", "seed_rate_limits", allow(http.MethodGet, c.serveSeedRateLimits)},
 		{"/api/llm/usage/rate-limit/{type}", "seed_rate_limit", allow(http.MethodGet, c.serveSeedRateLimit)},
 	}
+	if c.usage != nil {
+		routes = append(routes,
+			Route{"/api/llm/usage/summary", "usage_summary", allow(http.MethodGet, c.serveSummary)},
+			Route{"/api/llm/usage/stats", "usage_stats", allow(http.MethodGet, c.serveStats)},
+			Route{"/api/llm/usage/logs", "usage_logs", allow(http.MethodGet, c.serveLogs)},
+		)
+	}
+	return routes
 }
 
 // NotFound answers every path that no route serves, in JSON.
@@ -134,6 +158,11 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 		c.observer.ObserveRejected(len(raws))
 		return 0, &Error{Status: http.StatusBadRequest, Message: invalidMessage(details, len(raws)), Details: details}
 	}
+	if c.sink != nil {
+		if err := c.sink.Enqueue(recs); err != nil {
+			return 0, &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
+		}
+	}
 	for i := range recs {
 		r := &recs[i]
 		c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID})
@@ -156,6 +185,9 @@ func (c *Collector) serveCalls(w http.ResponseWriter, r *http.Request) {
 	n, err := c.ingest(body, format)
 	if err != nil {
 		c.logger.Debug("rejected records", "error", err)
+		if e, ok := err.(*Error); ok && e.Status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, err)
 		return
 	}

@@ -45,6 +45,7 @@ type Exporter struct {
 	reg     *prometheus.Registry
 	guard   *userGuard
 	usage   *usageMetrics
+	persist *persistMetrics
 	clock   limiter.Clock
 	httpDur *prometheus.HistogramVec
 }
@@ -66,6 +67,7 @@ func New(opts Options) *Exporter {
 	}
 	e.guard = newUserGuard(opts.MaxUsers, opts.UserTTL, !opts.NoUserLabel)
 	e.usage = newUsageMetrics(!opts.NoUserLabel)
+	e.persist = newPersistMetrics()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -79,6 +81,7 @@ func New(opts Options) *Exporter {
 		e.usage,
 		e.guard,
 		e.httpDur,
+		e.persist.persisted, e.persist.errors, e.persist.flush,
 	)
 	if opts.Limiter != nil && !opts.NoUserLabel {
 		e.reg.MustRegister(newQuotaCollector(opts.Limiter, e.guard))

@@ -287,7 +287,11 @@ func (s *postgresStore) Migrate(ctx context.Context) ([]int64, error) {
 		return nil, err
 	}
 	defer closeDB()
-	return migrateUp(ctx, p)
+	applied, err := migrateUp(ctx, p)
+	if err != nil {
+		return applied, fmt.Errorf("%s: %w", s.redacted, err)
+	}
+	return applied, nil
 }
 
 // MigrationStatus lists the embedded Postgres migrations.

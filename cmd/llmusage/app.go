@@ -19,6 +19,7 @@ func newApp() *cli.App {
 		Usage: "LLM usage meter and quota sidecar",
 		Commands: []*cli.Command{
 			serveCommand(),
+			migrateCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version, commit and Go version",

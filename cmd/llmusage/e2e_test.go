@@ -16,9 +16,12 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/llmusage/llmusage/internal/pgtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -40,7 +43,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "cannot build llmusage:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := pgtest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -50,7 +53,7 @@ type sidecarProc struct {
 	cmd         *exec.Cmd
 	api         string // base URL of the API
 	metrics     string // base URL of /metrics
-	stderr      *bytes.Buffer
+	stderr      *syncBuffer
 	exited      chan error
 	client      *http.Client
 	limitsFile  string
@@ -68,7 +71,9 @@ func freePort(t *testing.T) string {
 }
 
 // startSidecar runs llmusage serve with a limits file and extra
-// environment, and waits until /readyz answers 200.
+// environment, and waits until /readyz answers 200. Unless the environment
+// names a database, it gets an SQLite file of its own without the seeded
+// default rules, so that the limits file alone decides.
 func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
 	t.Helper()
 	dir := t.TempDir()
@@ -76,12 +81,42 @@ func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
 	if err := os.WriteFile(limitsFile, []byte(limits), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(strings.Join(env, " "), "LLMUSAGE_DATABASE_URL=") {
+		env = append(env, "LLMUSAGE_DATABASE_URL="+sqliteWithoutDefaults(t, filepath.Join(dir, "llmusage.db")))
+	}
 	apiAddr, metricsAddr := freePort(t), freePort(t)
-	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", metricsAddr, "--log-level", "debug")
+	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", metricsAddr, "--log-level", "debug", "--flush-interval", "50ms")
 	// The API address comes from the environment, as in a pod spec.
 	cmd.Env = append(os.Environ(), append([]string{"LLMUSAGE_LISTEN_ADDRESS=" + apiAddr}, env...)...)
-	p := &sidecarProc{cmd: cmd, api: "http://" + apiAddr, metrics: "http://" + metricsAddr, stderr: &bytes.Buffer{},
+	p := &sidecarProc{cmd: cmd, api: "http://" + apiAddr, metrics: "http://" + metricsAddr, stderr: &syncBuffer{},
 		exited: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}, limitsFile: limitsFile}
+	startProc(t, p)
+	return p
+}
+
+// syncBuffer is a bytes.Buffer that the process's output copier and the
+// test may use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startProc starts p.cmd and waits until its /readyz answers 200.
+func startProc(t *testing.T, p *sidecarProc) {
+	t.Helper()
+	cmd := p.cmd
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -102,7 +137,7 @@ func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return p
+				return
 			}
 		}
 		select {
@@ -353,6 +388,7 @@ func TestStartupErrors(t *testing.T) {
 	f := func(wantInStderr string, args ...string) {
 		t.Helper()
 		cmd := exec.Command(binary, args...)
+		cmd.Dir = t.TempDir()
 		out, err := cmd.CombinedOutput()
 		if err == nil {
 			t.Fatalf("llmusage %v exited 0, want an error", args)
@@ -371,6 +407,13 @@ func TestStartupErrors(t *testing.T) {
 	f("cannot read limits file", "serve", "--limits-file", filepath.Join(dir, "missing.yaml"))
 	f("flag provided but not defined: -no-such-flag", "serve", "--no-such-flag")
 	f("cannot use --log-format", "serve", "--log-format", "xml")
+
+	f("cannot migrate", "serve", "--listen-address", freePort(t), "--metrics-address", freePort(t),
+		"--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2")
+	out, _ := exec.Command(binary, "migrate", "--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2").CombinedOutput()
+	if strings.Contains(string(out), "s3cret-pw") {
+		t.Fatalf("the password leaks into the error: %s", out)
+	}
 
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -4,11 +4,14 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 )
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "llmusage:", err)
+		// One line, whatever the error: drivers such as pgx nest theirs over several.
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+		fmt.Fprintln(os.Stderr, "llmusage:", msg)
 		os.Exit(1)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/store"
 )
 
 func serveCommand() *cli.Command {
@@ -39,6 +41,12 @@ func serveCommand() *cli.Command {
 			durationFlag("shutdown-timeout", 15*time.Second, "time allowed to finish in-flight requests on SIGTERM"),
 			stringFlag("log-format", "text", "log format: text or json"),
 			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
+			databaseURLFlag(),
+			dataDirFlag(),
+			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
+			intFlag("batch-size", 1000, "most records one database transaction writes"),
+			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
+			intFlag("queue-max-records", 100_000, "most records waiting for the database; past it, POST /v1/calls answers 503"),
 		},
 		Action: func(c *cli.Context) error {
 			logger, err := newLogger(c.String("log-format"), c.String("log-level"))
@@ -56,10 +64,17 @@ type sidecar struct {
 	limiter   *limiter.Limiter
 	exporter  *exporter.Exporter
 	collector *collector.Collector
+	store     store.Store
+	writer    *store.Writer
 	// limitsFile is reloaded on SIGHUP; empty when none was given.
 	limitsFile string
 	// ready is false until the listeners serve and again once shutdown starts.
 	ready atomic.Bool
+
+	// rulesMu guards the two sources of rules, merged into the limiter's.
+	rulesMu   sync.Mutex
+	fileRules []limiter.Rule
+	dbRules   []limiter.Rule
 }
 
 func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
@@ -71,8 +86,26 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 			return err
 		}
 	}
-	var err error
-	if s.limiter, err = limiter.New(cfg.Rules, limiter.Options{}); err != nil {
+	s.fileRules = cfg.Rules
+	// Ports first: a busy port is the commonest start-up error, and must
+	// not wait for (or touch) the database.
+	apiLn, err := listen(c.String("listen-address"))
+	if err != nil {
+		return err
+	}
+	defer apiLn.Close()
+	metricsLn, err := listen(c.String("metrics-address"))
+	if err != nil {
+		return err
+	}
+	defer metricsLn.Close()
+	if s.store, err = openStore(ctx, c, logger, c.Bool("migrate")); err != nil {
+		return err
+	}
+	defer s.store.Close()
+	s.dbRules = s.readDBRules(ctx)
+	rules := s.mergedRules()
+	if s.limiter, err = limiter.New(rules, limiter.Options{}); err != nil {
 		return err
 	}
 	userTTL := c.Duration("metrics-user-ttl")
@@ -84,24 +117,23 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		Version:     version,
 		Revision:    revision(),
 	})
+	s.writer = store.NewWriter(s.store, store.WriterOptions{
+		BatchSize:     c.Int("batch-size"),
+		FlushInterval: c.Duration("flush-interval"),
+		MaxQueue:      c.Int("queue-max-records"),
+		Observer:      s.exporter,
+		Logger:        logger,
+	})
+	s.exporter.RegisterPersistQueue(s.writer.Len)
 	s.collector = collector.New(collector.Options{
 		Limiter:      s.limiter,
+		Sink:         s.writer,
+		Usage:        s.store,
 		Observer:     s.exporter,
 		Providers:    collector.NewProviderTable(cfg.Providers),
 		MaxBodyBytes: c.Int64("max-body-bytes"),
 		Logger:       logger,
 	})
-
-	apiLn, err := listen(c.String("listen-address"))
-	if err != nil {
-		return err
-	}
-	defer apiLn.Close()
-	metricsLn, err := listen(c.String("metrics-address"))
-	if err != nil {
-		return err
-	}
-	defer metricsLn.Close()
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -112,6 +144,15 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	}
 	go s.sweepLoop(ctx, min(30*time.Second, max(userTTL/2, 100*time.Millisecond)))
 	go s.reloadOnHUP(ctx)
+	go func() { _ = s.store.WatchRules(ctx, s.reloadDBRules) }()
+	// The writer outlives the signal: it must drain after the servers stop.
+	writerCtx, stopWriter := context.WithCancel(context.Background())
+	defer stopWriter()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		s.writer.Run(writerCtx)
+	}()
 
 	servers := []*http.Server{newServer(s.apiHandler(), logger), newServer(s.metricsHandler(), logger)}
 	errc := make(chan error, len(servers))
@@ -123,7 +164,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		}()
 	}
 	s.ready.Store(true)
-	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(cfg.Rules))
+	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(rules))
 
 	select {
 	case err := <-errc:
@@ -140,7 +181,59 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 			logger.Warn("cannot finish in-flight requests in time", "error", err)
 		}
 	}
+	stopWriter()
+	<-writerDone
+	if err := s.writer.Flush(shutdownCtx); err != nil {
+		logger.Error("records not persisted before shutdown", "records", s.writer.Len(), "error", err)
+	}
 	return nil
+}
+
+// readDBRules reads the database's rules; a failure leaves the sidecar on
+// the limits file's rules rather than stopping it.
+func (s *sidecar) readDBRules(ctx context.Context) []limiter.Rule {
+	rules, skipped, err := s.store.Rules(ctx)
+	if err != nil {
+		s.logger.Error("cannot read limit rules from the database; using the limits file's", "error", err)
+		return nil
+	}
+	for _, e := range skipped {
+		s.logger.Warn("limit rule row ignored", "error", e)
+	}
+	return rules
+}
+
+// mergedRules combines the file's and the database's rules, the
+// database's winning for the same scope, and says which file rules lost:
+// the seeded defaults of llm_rate_limit_configs (minute and day) override
+// unscoped minute and day rules of the file until those rows are deleted.
+func (s *sidecar) mergedRules() []limiter.Rule {
+	merged := limiter.Merge(s.fileRules, s.dbRules)
+	key := func(r limiter.Rule) string { return r.Source + "/" + r.Unit.String() }
+	kept := make(map[string]bool, len(merged))
+	for _, r := range merged {
+		kept[key(r)] = true
+	}
+	for _, r := range s.fileRules {
+		if !kept[key(r)] {
+			s.logger.Warn("limits file rule overridden by a database rule of the same scope", "rule", r.Source,
+				"limit_type", r.Window.String(), "unit", r.Unit.String(), "user_id", r.UserID, "provider", r.Provider, "model", r.Model)
+		}
+	}
+	return merged
+}
+
+// reloadDBRules applies changed database rules.
+func (s *sidecar) reloadDBRules() {
+	rules := s.readDBRules(context.Background())
+	s.rulesMu.Lock()
+	defer s.rulesMu.Unlock()
+	s.dbRules = rules
+	if err := s.limiter.SetRules(s.mergedRules()); err != nil {
+		s.logger.Error("database limit rules not applied", "error", err)
+		return
+	}
+	s.logger.Info("limit rules reloaded from the database", "rules", len(rules))
 }
 
 func (s *sidecar) apiHandler() http.Handler {
@@ -215,7 +308,13 @@ func (s *sidecar) reloadOnHUP(ctx context.Context) {
 		}
 		cfg, err := collector.LoadConfig(s.limitsFile)
 		if err == nil {
-			err = s.limiter.SetRules(cfg.Rules)
+			s.rulesMu.Lock()
+			previous := s.fileRules
+			s.fileRules = cfg.Rules
+			if err = s.limiter.SetRules(s.mergedRules()); err != nil {
+				s.fileRules = previous
+			}
+			s.rulesMu.Unlock()
 		}
 		if err != nil {
 			s.logger.Error("limits file not reloaded; the previous rules stay in force", "error", err)

@@ -1,0 +1,139 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/store"
+)
+
+// UsageReader answers usage queries from the stored records.
+type UsageReader interface {
+	Usage(ctx context.Context, q store.UsageQuery) (store.Usage, error)
+	Logs(ctx context.Context, q store.LogQuery) (store.LogPage, error)
+}
+
+// Bounds of the usage API's parameters.
+const (
+	// MaxStatsDays bounds ?days= of /api/llm/usage/stats.
+	MaxStatsDays = 366
+	// DefaultLogsLimit and MaxLogsLimit bound ?limit= of /api/llm/usage/logs.
+	DefaultLogsLimit = 50
+	MaxLogsLimit     = 1000
+)
+
+// serveSummary answers what the seed's usage card showed: calls and
+// tokens today (UTC) and, for a user, each limit type's quota.
+func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user_id")
+	now := c.clock.Now().UTC()
+	today := now.Truncate(24 * time.Hour)
+	u, err := c.usage.Usage(r.Context(), store.UsageQuery{UserID: user, Since: today})
+	if err != nil {
+		writeError(w, storeError(err))
+		return
+	}
+	answer := map[string]any{
+		"user_id":                 nullable(user),
+		"date":                    today.Format(time.DateOnly),
+		"calls_today":             u.Calls,
+		"errors_today":            u.Errors,
+		"tokens_today":            u.Tokens,
+		"prompt_tokens_today":     u.PromptTokens,
+		"completion_tokens_today": u.CompletionTokens,
+	}
+	if user != "" {
+		statuses := c.limiter.Limits(user, "", "")
+		limits := map[string]seedLimit{}
+		for _, win := range limiter.Windows {
+			if l := seedLimitOf(win, statuses); l.Limit != nil {
+				limits[win.String()] = l
+			}
+		}
+		answer["limits"] = limits
+	}
+	writeJSON(w, http.StatusOK, answer)
+}
+
+// serveStats answers the seed's get_usage_stats(user_id, days).
+func (c *Collector) serveStats(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	days, err := intParam(q.Get("days"), 30, 1, MaxStatsDays, "days")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	user := q.Get("user_id")
+	today := c.clock.Now().UTC().Truncate(24 * time.Hour)
+	since := today.AddDate(0, 0, -(days - 1))
+	u, err := c.usage.Usage(r.Context(), store.UsageQuery{UserID: user, Since: since})
+	if err != nil {
+		writeError(w, storeError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"user_id":           nullable(user),
+		"days":              days,
+		"since":             since.Format(time.DateOnly),
+		"total_calls":       u.Calls,
+		"total_errors":      u.Errors,
+		"total_tokens":      u.Tokens,
+		"prompt_tokens":     u.PromptTokens,
+		"completion_tokens": u.CompletionTokens,
+		"by_model":          u.ByModel,
+		"by_provider":       u.ByProvider,
+		"by_day":            u.ByDay,
+	})
+}
+
+// serveLogs answers a page of stored records, newest first.
+func (c *Collector) serveLogs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, err := intParam(q.Get("limit"), DefaultLogsLimit, 1, MaxLogsLimit, "limit")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	page, err := c.usage.Logs(r.Context(), store.LogQuery{
+		UserID: q.Get("user_id"), Model: q.Get("model"), Provider: NormalizeProvider(q.Get("provider")),
+		Limit: limit, Before: q.Get("before"),
+	})
+	if errors.Is(err, store.ErrBadCursor) {
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: err.Error(), Details: []Detail{{Field: "before", Message: "is not a next_cursor value"}}})
+		return
+	}
+	if err != nil {
+		writeError(w, storeError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func intParam(raw string, def, lo, hi int, name string) (int, error) {
+	if raw == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < lo || n > hi {
+		return 0, &Error{Status: http.StatusBadRequest, Message: "cannot use " + name + "=" + strconv.Quote(raw),
+			Details: []Detail{{Field: name, Message: "must be an integer from " + strconv.Itoa(lo) + " to " + strconv.Itoa(hi)}}}
+	}
+	return n, nil
+}
+
+// storeError answers a database failure with 503: the request was fine,
+// the database is not.
+func storeError(err error) error {
+	return &Error{Status: http.StatusServiceUnavailable, Message: err.Error()}
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

@@ -1,0 +1,136 @@
+package collector
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/store"
+)
+
+// newStoreServer serves the API over a real SQLite store, records going
+// through a real Writer.
+func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := store.Open(ctx, store.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rules, _, err := s.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &manualClock{t: testNow}
+	l, err := limiter.New(rules, limiter.Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := store.NewWriter(s, store.WriterOptions{MaxQueue: maxQueue})
+	obs := &recordingObserver{}
+	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clock})
+	mux := http.NewServeMux()
+	for _, r := range c.Routes() {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	return &testServer{handler: mux, observer: obs, limiter: l, clock: clock}, w
+}
+
+func TestUsageAPI(t *testing.T) {
+	s, w := newStoreServer(t, 1000)
+	rec, _ := s.do(t, http.MethodPost, "/v1/calls", "application/x-ndjson", `{"user_id":"alice","model":"gpt-4","prompt_tokens":100,"completion_tokens":50}
+{"user_id":"alice","model":"llama-3.1-70b-versatile","provider":"groq","prompt_tokens":10,"completion_tokens":5,"status":"error"}
+{"user_id":"bob","model":"claude-3-opus","prompt_tokens":7,"completion_tokens":3,"timestamp":"2026-11-25T08:00:00Z"}`)
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("records: %d %s", rec.Code, rec.Body)
+	}
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	_, sum := s.do(t, http.MethodGet, "/api/llm/usage/summary?user_id=alice", "", "")
+	limits := sum["limits"].(map[string]any)
+	if sum["calls_today"] != float64(2) || sum["tokens_today"] != float64(165) || sum["errors_today"] != float64(1) || sum["date"] != "2026-11-27" {
+		t.Fatalf("summary %v", sum)
+	}
+	if m := limits["minute"].(map[string]any); m["limit"] != float64(30) || m["used"] != float64(2) || m["can_call"] != true {
+		t.Fatalf("summary minute limit %v", m)
+	}
+	_, all := s.do(t, http.MethodGet, "/api/llm/usage/summary", "", "")
+	if all["calls_today"] != float64(2) || all["user_id"] != nil || all["limits"] != nil {
+		t.Fatalf("all-users summary %v (bob's call was two days ago)", all)
+	}
+
+	_, stats := s.do(t, http.MethodGet, "/api/llm/usage/stats?days=7", "", "")
+	if stats["total_calls"] != float64(3) || stats["days"] != float64(7) || stats["since"] != "2026-11-21" {
+		t.Fatalf("stats %v", stats)
+	}
+	if p := stats["by_provider"].(map[string]any)["anthropic"].(map[string]any); p["tokens"] != float64(10) {
+		t.Fatalf("anthropic %v", p)
+	}
+	_, stats = s.do(t, http.MethodGet, "/api/llm/usage/stats?days=1", "", "")
+	if stats["total_calls"] != float64(2) {
+		t.Fatalf("one day of stats %v", stats)
+	}
+
+	_, page := s.do(t, http.MethodGet, "/api/llm/usage/logs?limit=1&user_id=alice", "", "")
+	logs := page["logs"].([]any)
+	if len(logs) != 1 || page["next_cursor"] == "" {
+		t.Fatalf("first page %v", page)
+	}
+	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?limit=1&user_id=alice&before="+page["next_cursor"].(string), "", "")
+	if logs := page["logs"].([]any); len(logs) != 1 || page["next_cursor"] != "" {
+		t.Fatalf("second page %v", page)
+	}
+	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?provider=Anthropic", "", "")
+	if logs := page["logs"].([]any); len(logs) != 1 || logs[0].(map[string]any)["user_id"] != "bob" {
+		t.Fatalf("provider filter %v", page)
+	}
+}
+
+func TestUsageAPIErrors(t *testing.T) {
+	s, _ := newStoreServer(t, 1000)
+	f := func(path string, wantStatus int, wantField string) {
+		t.Helper()
+		rec, out := s.do(t, http.MethodGet, path, "", "")
+		if rec.Code != wantStatus {
+			t.Fatalf("%s: %d %s, want %d", path, rec.Code, rec.Body, wantStatus)
+		}
+		if d, _ := out["details"].([]any); wantField != "" && (len(d) == 0 || d[0].(map[string]any)["field"] != wantField) {
+			t.Fatalf("%s: %s, want a detail on %s", path, rec.Body, wantField)
+		}
+	}
+	f("/api/llm/usage/stats?days=0", http.StatusBadRequest, "days")
+	f("/api/llm/usage/stats?days=367", http.StatusBadRequest, "days")
+	f("/api/llm/usage/stats?days=week", http.StatusBadRequest, "days")
+	f("/api/llm/usage/logs?limit=1001", http.StatusBadRequest, "limit")
+	f("/api/llm/usage/logs?limit=-1", http.StatusBadRequest, "limit")
+	f("/api/llm/usage/logs?before=garbage", http.StatusBadRequest, "before")
+	rec := httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/llm/usage/logs", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("POST logs: %d", rec.Code)
+	}
+}
+
+func TestSinkFull(t *testing.T) {
+	s, w := newStoreServer(t, 2)
+	body := `[{"user_id":"u","model":"m"},{"user_id":"u","model":"m"},{"user_id":"u","model":"m"}]`
+	rec, out := s.do(t, http.MethodPost, "/v1/calls", "application/json", body)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || out["error"] == nil {
+		t.Fatalf("over the queue bound: %d %s, want 503 with Retry-After", rec.Code, rec.Body)
+	}
+	// Nothing from the refused request was applied.
+	if w.Len() != 0 || len(s.observer.records) != 0 {
+		t.Fatalf("refused request applied: queue %d, observed %d", w.Len(), len(s.observer.records))
+	}
+	if got := s.limiter.Limits("u", "", ""); got[0].Remaining != got[0].Limit {
+		t.Fatalf("refused request charged the limiter: %+v", got)
+	}
+}

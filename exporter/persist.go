@@ -1,0 +1,52 @@
+package exporter
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// persistMetrics describe the batched writer that stores records.
+type persistMetrics struct {
+	persisted prometheus.Counter
+	errors    prometheus.Counter
+	flush     *prometheus.HistogramVec
+}
+
+func newPersistMetrics() *persistMetrics {
+	return &persistMetrics{
+		persisted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_persisted_records_total",
+			Help: "Records written to the store (a redelivered request_id counts, but is stored once).",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_persist_errors_total",
+			Help: "Batches the store refused or could not be reached for; their records stay queued and are retried.",
+		}),
+		flush: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "llmusage_persist_flush_duration_seconds",
+			Help:    "Duration of one batch write to the store, by result (ok or error).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"result"}),
+	}
+}
+
+// ObserveFlush records one batch write of the persistence writer.
+func (e *Exporter) ObserveFlush(n int, d time.Duration, err error) {
+	if err != nil {
+		e.persist.errors.Inc()
+		e.persist.flush.WithLabelValues("error").Observe(d.Seconds())
+		return
+	}
+	e.persist.persisted.Add(float64(n))
+	e.persist.flush.WithLabelValues("ok").Observe(d.Seconds())
+}
+
+// RegisterPersistQueue exports the writer's queue length as
+// llmusage_persist_queue_records.
+func (e *Exporter) RegisterPersistQueue(length func() int) {
+	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "llmusage_persist_queue_records",
+		Help: "Accepted records waiting to be written to the store.",
+	}, func() float64 { return float64(length()) }))
+}

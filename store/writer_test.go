@@ -1,0 +1,137 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/record"
+)
+
+// flakyStore is an SQLite store that fails while down is set, so that
+// writer tests exercise a real Insert.
+type flakyStore struct {
+	Store
+	mu      sync.Mutex
+	down    bool
+	batches []int
+}
+
+func (f *flakyStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
+	f.mu.Lock()
+	down := f.down
+	f.batches = append(f.batches, len(recs))
+	f.mu.Unlock()
+	if down {
+		return 0, errors.New("database unreachable")
+	}
+	return f.Store.Insert(ctx, recs)
+}
+
+func (f *flakyStore) setDown(d bool) {
+	f.mu.Lock()
+	f.down = d
+	f.mu.Unlock()
+}
+
+type flushCounter struct {
+	mu         sync.Mutex
+	ok, failed int
+}
+
+func (c *flushCounter) ObserveFlush(n int, _ time.Duration, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.failed++
+	} else {
+		c.ok += n
+	}
+}
+
+func records(prefix string, n int) []record.Record {
+	out := make([]record.Record, n)
+	for i := range out {
+		out[i] = rec(fmt.Sprintf("%s-%d", prefix, i), "u", "openai", "gpt-4", 1, 1, t0)
+	}
+	return out
+}
+
+func countRows(t *testing.T, s Store) int {
+	t.Helper()
+	var n int
+	if err := s.(*sqliteStore).db.QueryRow(`SELECT count(*) FROM llm_usage_logs`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestWriterBatchesAndRetries(t *testing.T) {
+	base := openMigrated(t, Options{DataDir: t.TempDir()})
+	fs := &flakyStore{Store: base}
+	obs := &flushCounter{}
+	w := NewWriter(fs, WriterOptions{BatchSize: 4, MaxQueue: 10, Observer: obs})
+
+	if err := w.Enqueue(records("a", 6)); err != nil {
+		t.Fatal(err)
+	}
+	// All or nothing: 6 + 5 > 10.
+	if err := w.Enqueue(records("b", 5)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("Enqueue over the bound: %v, want ErrQueueFull", err)
+	}
+	if w.Len() != 6 {
+		t.Fatalf("queue %d, want 6 (the refused request added nothing)", w.Len())
+	}
+	fs.setDown(true)
+	if err := w.Flush(context.Background()); err == nil {
+		t.Fatal("flush against a down store succeeded")
+	}
+	if w.Len() != 6 || countRows(t, base) != 0 || w.Err() == nil {
+		t.Fatalf("after a failed flush: queue %d, rows %d, err %v; want everything still queued", w.Len(), countRows(t, base), w.Err())
+	}
+	fs.setDown(false)
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w.Len() != 0 || countRows(t, base) != 6 || w.Err() != nil {
+		t.Fatalf("after recovery: queue %d, rows %d, err %v", w.Len(), countRows(t, base), w.Err())
+	}
+	// Batches of at most BatchSize: the failed 4, then 4 and 2.
+	if fmt.Sprint(fs.batches) != "[4 4 2]" {
+		t.Fatalf("batches %v, want [4 4 2]", fs.batches)
+	}
+	if obs.ok != 6 || obs.failed != 1 {
+		t.Fatalf("observed %d ok, %d failed flushes", obs.ok, obs.failed)
+	}
+	// Redelivery is harmless.
+	if err := w.Enqueue(records("a", 6)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(context.Background()); err != nil || countRows(t, base) != 6 {
+		t.Fatalf("redelivered: %v, %d rows", err, countRows(t, base))
+	}
+}
+
+func TestWriterRunFlushesBySize(t *testing.T) {
+	base := openMigrated(t, Options{DataDir: t.TempDir()})
+	// An interval far longer than the test: only the size trigger can flush.
+	w := NewWriter(base, WriterOptions{BatchSize: 5, FlushInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	if err := w.Enqueue(records("r", 5)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countRows(t, base) != 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("a full batch was not flushed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
