@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run test deps bench build
+.PHONY: run test bench build
 
 ## run: start the sidecar on its defaults, with the example limits file
 run:
@@ -11,13 +11,9 @@ run:
 test:
 	./scripts/test.sh
 
-## deps: install the test dependencies that are not Go modules
-deps:
-	./scripts/test-deps.sh
-
 ## bench: run every benchmark once, briefly, so that they keep compiling and running
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 100x ./...
+	./scripts/bench.sh
 
 build:
 	$(GO) build -o llmusage ./cmd/llmusage

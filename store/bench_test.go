@@ -1,0 +1,107 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/record"
+)
+
+// BenchmarkPersistPostgres compares, in one run and one database, the rows
+// per second that reach llm_usage_logs through the batched Writer (COPY
+// into a temporary table, then INSERT ... ON CONFLICT DO NOTHING) with a
+// raw COPY of the same rows straight into the table, the physical limit.
+// Each op is one batch of batchSize records.
+func BenchmarkPersistPostgres(b *testing.B) {
+	const batchSize = 1000
+	s := openMigratedB(b, Options{DatabaseURL: pgtest.URL(b)}).(*postgresStore)
+	ctx := context.Background()
+	seq := 0
+	batch := func() []record.Record {
+		recs := make([]record.Record, batchSize)
+		for i := range recs {
+			seq++
+			recs[i] = record.Record{RequestID: fmt.Sprintf("bench-%d", seq), UserID: fmt.Sprintf("user-%d", seq%1000),
+				Provider: "openai", Model: "gpt-4o", PromptTokens: 1200, CompletionTokens: 350, TotalTokens: 1550,
+				Latency: 812 * time.Millisecond, HasLatency: true, Status: record.StatusSuccess, Timestamp: t0,
+				Metadata: []byte(`{"route":"/chat"}`)}
+		}
+		return recs
+	}
+	// Each run starts from an empty table, so that neither side pays for
+	// the other's index growth.
+	truncate := func(b *testing.B) {
+		if _, err := s.pool.Exec(ctx, "TRUNCATE llm_usage_logs"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("raw-copy", func(b *testing.B) {
+		truncate(b)
+		for b.Loop() {
+			recs := batch()
+			_, err := s.pool.CopyFrom(ctx, pgx.Identifier{"llm_usage_logs"}, incomingColumns, pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
+				r := &recs[i]
+				return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
+					r.CachedTokens, r.ReasoningTokens, float64(r.Latency) / 1e6, r.Status, nil, r.Metadata, r.Timestamp}, nil
+			}))
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "rows/s")
+	})
+	b.Run("writer", func(b *testing.B) {
+		truncate(b)
+		w := NewWriter(s, WriterOptions{BatchSize: batchSize, MaxQueue: 10 * batchSize})
+		for b.Loop() {
+			if err := w.Enqueue(batch()); err != nil {
+				b.Fatal(err)
+			}
+			if err := w.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "rows/s")
+	})
+}
+
+// BenchmarkPersistSQLite is the embedded store's rate through the Writer.
+func BenchmarkPersistSQLite(b *testing.B) {
+	const batchSize = 1000
+	s := openMigratedB(b, Options{DataDir: b.TempDir()})
+	w := NewWriter(s, WriterOptions{BatchSize: batchSize, MaxQueue: 10 * batchSize})
+	seq := 0
+	for b.Loop() {
+		recs := make([]record.Record, batchSize)
+		for i := range recs {
+			seq++
+			recs[i] = rec(fmt.Sprint("bench-", seq), "u", "openai", "gpt-4o", 1200, 350, t0)
+		}
+		if err := w.Enqueue(recs); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Flush(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "rows/s")
+}
+
+func openMigratedB(b *testing.B, opts Options) Store {
+	b.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	if _, err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
