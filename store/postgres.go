@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -176,35 +175,20 @@ func (s *postgresStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) 
 		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`
 	u := newUsage()
 	rows, err := s.pool.Query(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	if err == nil {
+		err = readModelGroups(rows, &u)
+		rows.Close()
+	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage", err)
-	}
-	for rows.Next() {
-		var model, provider string
-		var t Totals
-		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
-			rows.Close()
-			return Usage{}, s.fail("sum usage", err)
-		}
-		u.add(model, provider, t)
-	}
-	if err := rows.Err(); err != nil {
 		return Usage{}, s.fail("sum usage", err)
 	}
 	rows, err = s.pool.Query(ctx, `SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, `+sums+`
 		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
+	if err == nil {
+		err = readDays(rows, &u)
+		rows.Close()
+	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage by day", err)
-	}
-	for rows.Next() {
-		var d DayTotals
-		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
-			rows.Close()
-			return Usage{}, s.fail("sum usage by day", err)
-		}
-		u.ByDay = append(u.ByDay, d)
-	}
-	if err := rows.Err(); err != nil {
 		return Usage{}, s.fail("sum usage by day", err)
 	}
 	return u, nil
@@ -336,61 +320,3 @@ func nullString(s string) any {
 	return s
 }
 
-// encodeCursor and decodeCursor carry a page boundary: the last row's
-// created_at and id.
-func encodeCursor(at time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
-}
-
-func decodeCursor(c string) (time.Time, string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return time.Time{}, "", ErrBadCursor
-	}
-	ts, id, ok := strings.Cut(string(b), "|")
-	at, err := time.Parse(time.RFC3339Nano, ts)
-	if !ok || err != nil || id == "" {
-		return time.Time{}, "", ErrBadCursor
-	}
-	return at, id, nil
-}
-
-// trim cuts a page fetched with one row too many and sets NextCursor when
-// that extra row shows there is more.
-func (p LogPage) trim(limit int) LogPage {
-	if len(p.Logs) > limit {
-		p.Logs = p.Logs[:limit]
-		last := p.Logs[limit-1]
-		p.NextCursor = encodeCursor(last.CreatedAt, last.ID)
-	}
-	return p
-}
-
-func newUsage() Usage {
-	return Usage{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByDay: []DayTotals{}}
-}
-
-// add folds one (model, provider) group into the breakdowns.
-func (u *Usage) add(model, provider string, t Totals) {
-	u.Totals.add(t)
-	m := u.ByModel[model]
-	if t.Calls > m.Calls-t.Calls || m.Provider == "" {
-		// The provider with the most calls names the model.
-		if t.Calls*2 > m.Calls+t.Calls || m.Provider == "" {
-			m.Provider = provider
-		}
-	}
-	m.Totals.add(t)
-	u.ByModel[model] = m
-	p := u.ByProvider[provider]
-	p.add(t)
-	u.ByProvider[provider] = p
-}
-
-func (t *Totals) add(o Totals) {
-	t.Calls += o.Calls
-	t.Errors += o.Errors
-	t.Tokens += o.Tokens
-	t.PromptTokens += o.PromptTokens
-	t.CompletionTokens += o.CompletionTokens
-}

@@ -157,35 +157,20 @@ func (s *sqliteStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
 		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`
 	u := newUsage()
 	rows, err := s.db.QueryContext(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	if err == nil {
+		err = readModelGroups(rows, &u)
+		rows.Close()
+	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage", err)
-	}
-	for rows.Next() {
-		var model, provider string
-		var t Totals
-		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
-			rows.Close()
-			return Usage{}, s.fail("sum usage", err)
-		}
-		u.add(model, provider, t)
-	}
-	if err := rows.Err(); err != nil {
 		return Usage{}, s.fail("sum usage", err)
 	}
 	rows, err = s.db.QueryContext(ctx, `SELECT date(created_at / 1000000, 'unixepoch') AS day, `+sums+`
 		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
+	if err == nil {
+		err = readDays(rows, &u)
+		rows.Close()
+	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage by day", err)
-	}
-	for rows.Next() {
-		var d DayTotals
-		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
-			rows.Close()
-			return Usage{}, s.fail("sum usage by day", err)
-		}
-		u.ByDay = append(u.ByDay, d)
-	}
-	if err := rows.Err(); err != nil {
 		return Usage{}, s.fail("sum usage by day", err)
 	}
 	return u, nil

@@ -7,6 +7,7 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,6 +121,8 @@ type ModelTotals struct {
 	// Provider is the model's provider (the most frequent, should a model
 	// have been recorded under several).
 	Provider string `json:"provider"`
+	// providerCalls counts Provider's calls, to pick the most frequent.
+	providerCalls int64
 }
 
 // DayTotals are the totals of one UTC day.
@@ -235,4 +238,94 @@ func rulesFromRows(rows []ruleRow) (rules []limiter.Rule, skipped []error) {
 		rules = append(rules, r)
 	}
 	return rules, skipped
+}
+
+// rowScanner is what pgx.Rows and *sql.Rows share, so that both stores
+// read query results with the same code.
+type rowScanner interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// readModelGroups folds rows of (model, provider, totals...) into u.
+func readModelGroups(rows rowScanner, u *Usage) error {
+	for rows.Next() {
+		var model, provider string
+		var t Totals
+		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
+			return err
+		}
+		u.add(model, provider, t)
+	}
+	return rows.Err()
+}
+
+// readDays appends rows of (day, totals...) to u.ByDay.
+func readDays(rows rowScanner, u *Usage) error {
+	for rows.Next() {
+		var d DayTotals
+		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
+			return err
+		}
+		u.ByDay = append(u.ByDay, d)
+	}
+	return rows.Err()
+}
+
+// encodeCursor and decodeCursor carry a page boundary: the last row's
+// created_at and id.
+func encodeCursor(at time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", ErrBadCursor
+	}
+	ts, id, ok := strings.Cut(string(b), "|")
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if !ok || err != nil || id == "" {
+		return time.Time{}, "", ErrBadCursor
+	}
+	return at, id, nil
+}
+
+// trim cuts a page fetched with one row too many and sets NextCursor when
+// that extra row shows there is more.
+func (p LogPage) trim(limit int) LogPage {
+	if len(p.Logs) > limit {
+		p.Logs = p.Logs[:limit]
+		last := p.Logs[limit-1]
+		p.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return p
+}
+
+func newUsage() Usage {
+	return Usage{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByDay: []DayTotals{}}
+}
+
+// add folds one (model, provider) group into the breakdowns.
+func (u *Usage) add(model, provider string, t Totals) {
+	u.Totals.add(t)
+	m := u.ByModel[model]
+	// The provider with the most calls names the model.
+	if m.Provider == "" || t.Calls > m.providerCalls {
+		m.Provider, m.providerCalls = provider, t.Calls
+	}
+	m.Totals.add(t)
+	u.ByModel[model] = m
+	p := u.ByProvider[provider]
+	p.add(t)
+	u.ByProvider[provider] = p
+}
+
+func (t *Totals) add(o Totals) {
+	t.Calls += o.Calls
+	t.Errors += o.Errors
+	t.Tokens += o.Tokens
+	t.PromptTokens += o.PromptTokens
+	t.CompletionTokens += o.CompletionTokens
 }
