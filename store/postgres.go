@@ -319,4 +319,3 @@ func nullString(s string) any {
 	}
 	return s
 }
-
