@@ -32,7 +32,7 @@ func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := store.NewWriter(s, store.WriterOptions{MaxQueue: maxQueue})
+	w := store.NewWriter(s, store.NewMemoryQueue(maxQueue), store.WriterOptions{})
 	obs := &recordingObserver{}
 	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clock})
 	mux := http.NewServeMux()

@@ -42,11 +42,8 @@ func (e *Exporter) ObserveFlush(n int, d time.Duration, err error) {
 	e.persist.flush.WithLabelValues("ok").Observe(d.Seconds())
 }
 
-// RegisterPersistQueue exports the writer's queue length as
-// llmusage_persist_queue_records.
-func (e *Exporter) RegisterPersistQueue(length func() int) {
-	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "llmusage_persist_queue_records",
-		Help: "Accepted records waiting to be written to the store.",
-	}, func() float64 { return float64(length()) }))
+// AddGauge exports fn, read at scrape time, as a gauge: state such as
+// queue lengths belongs to its owner and is only read here.
+func (e *Exporter) AddGauge(name, help string, fn func() float64) {
+	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn))
 }

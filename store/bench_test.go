@@ -57,7 +57,7 @@ func BenchmarkPersistPostgres(b *testing.B) {
 	})
 	b.Run("writer", func(b *testing.B) {
 		truncate(b)
-		w := NewWriter(s, WriterOptions{BatchSize: batchSize, MaxQueue: 10 * batchSize})
+		w := NewWriter(s, NewMemoryQueue(10*batchSize), WriterOptions{BatchSize: batchSize})
 		for b.Loop() {
 			if err := w.Enqueue(batch()); err != nil {
 				b.Fatal(err)
@@ -74,7 +74,7 @@ func BenchmarkPersistPostgres(b *testing.B) {
 func BenchmarkPersistSQLite(b *testing.B) {
 	const batchSize = 1000
 	s := openMigratedB(b, Options{DataDir: b.TempDir()})
-	w := NewWriter(s, WriterOptions{BatchSize: batchSize, MaxQueue: 10 * batchSize})
+	w := NewWriter(s, NewMemoryQueue(10*batchSize), WriterOptions{BatchSize: batchSize})
 	seq := 0
 	for b.Loop() {
 		recs := make([]record.Record, batchSize)

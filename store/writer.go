@@ -11,9 +11,19 @@ import (
 	"github.com/llmusage/llmusage/record"
 )
 
-// ErrQueueFull is returned by Enqueue when the records would not fit;
-// none of them was taken.
-var ErrQueueFull = errors.New("cannot queue records for persistence: the queue is full")
+// Queue holds accepted records, in order, until the store has them. The
+// durable spool is one; MemoryQueue is the opt-out that loses its records
+// with the process.
+type Queue interface {
+	// Enqueue takes all of recs, or none with an error.
+	Enqueue(recs []record.Record) error
+	// Peek returns up to limit of the oldest records, the same ones until Commit.
+	Peek(limit int) ([]record.Record, error)
+	// Commit drops the n records of the last Peek: they are persisted.
+	Commit(n int) error
+	// Len returns the number of records waiting.
+	Len() int
+}
 
 // WriterObserver is told about every flush, for metrics.
 type WriterObserver interface {
@@ -26,63 +36,57 @@ type WriterOptions struct {
 	// BatchSize is the most records one transaction writes (1000), and the
 	// queue length that triggers a flush before the interval is up.
 	BatchSize int
-	// FlushInterval is the longest a record waits in the queue while the
-	// store is healthy (1s).
+	// FlushInterval is the longest a record waits while the store is
+	// healthy (1s); the store is pinged as often while there is nothing to write.
 	FlushInterval time.Duration
-	// MaxQueue bounds the queued records (100,000): past it, Enqueue
-	// refuses rather than growing memory without limit.
-	MaxQueue int
 	// Observer receives flush outcomes; optional.
 	Observer WriterObserver
 	// Logger logs failed flushes; slog.Default() when nil.
 	Logger *slog.Logger
 }
 
-// Writer persists records asynchronously in batches, so that neither
-// intake nor checks wait for the database. A batch that fails stays at the
-// head of the queue and is retried with backoff: records leave the queue
-// only once stored.
+// maxRetryWait bounds the backoff after failures, and so how long a
+// recovered database waits for the backlog to start draining.
+const maxRetryWait = 5 * time.Second
+
+// Writer moves records from a Queue to the Store in batches, so that
+// neither intake nor checks wait for the database. A batch that fails
+// stays at the head of the queue and is retried with backoff: records
+// leave the queue only once stored.
 type Writer struct {
 	store Store
+	queue Queue
 	opts  WriterOptions
 
-	mu    sync.Mutex
-	queue []record.Record
-	// lastErr is the error of the last flush, nil after a success.
-	lastErr error
+	mu sync.Mutex
+	// storeErr is the error of the last write or ping, nil after a success.
+	storeErr error
 
-	// kick wakes Run when the queue reaches a batch.
+	// kick wakes Run when a batch is waiting.
 	kick chan struct{}
 }
 
-// NewWriter returns a Writer over s; call Run to start it.
-func NewWriter(s Store, opts WriterOptions) *Writer {
+// NewWriter returns a Writer from q to s; call Run to start it.
+func NewWriter(s Store, q Queue, opts WriterOptions) *Writer {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 1000
 	}
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = time.Second
 	}
-	if opts.MaxQueue <= 0 {
-		opts.MaxQueue = 100_000
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Writer{store: s, opts: opts, kick: make(chan struct{}, 1)}
+	return &Writer{store: s, queue: q, opts: opts, kick: make(chan struct{}, 1)}
 }
 
-// Enqueue queues all of recs, or none of them with ErrQueueFull.
+// Enqueue hands recs to the queue (for the spool: returns once they are
+// on disk) and wakes the writer when a batch is waiting.
 func (w *Writer) Enqueue(recs []record.Record) error {
-	w.mu.Lock()
-	if len(w.queue)+len(recs) > w.opts.MaxQueue {
-		w.mu.Unlock()
-		return fmt.Errorf("%w (%d records queued, --queue-max-records %d)", ErrQueueFull, len(w.queue), w.opts.MaxQueue)
+	if err := w.queue.Enqueue(recs); err != nil {
+		return err
 	}
-	w.queue = append(w.queue, recs...)
-	full := len(w.queue) >= w.opts.BatchSize
-	w.mu.Unlock()
-	if full {
+	if w.queue.Len() >= w.opts.BatchSize {
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -92,21 +96,17 @@ func (w *Writer) Enqueue(recs []record.Record) error {
 }
 
 // Len returns the number of records waiting.
-func (w *Writer) Len() int {
+func (w *Writer) Len() int { return w.queue.Len() }
+
+// StoreErr tells why the store could not be written or reached last time,
+// or nil.
+func (w *Writer) StoreErr() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.queue)
+	return w.storeErr
 }
 
-// Err returns the error of the last flush, or nil if it succeeded.
-func (w *Writer) Err() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.lastErr
-}
-
-// Run flushes by size or interval until ctx ends. After a failed flush it
-// waits longer, up to 30 s, before retrying.
+// Run flushes by size or interval until ctx ends.
 func (w *Writer) Run(ctx context.Context) {
 	wait := w.opts.FlushInterval
 	timer := time.NewTimer(wait)
@@ -118,8 +118,12 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-timer.C:
 		case <-w.kick:
 		}
-		if err := w.Flush(ctx); err != nil {
-			wait = min(2*wait, 30*time.Second)
+		n, err := w.flush(ctx)
+		if err == nil && n == 0 {
+			err = w.ping(ctx)
+		}
+		if err != nil {
+			wait = min(2*wait, maxRetryWait)
 		} else {
 			wait = w.opts.FlushInterval
 		}
@@ -127,35 +131,123 @@ func (w *Writer) Run(ctx context.Context) {
 	}
 }
 
-// Flush writes every queued record, batch by batch, and stops at the first
-// failure, which it returns; the failed batch stays queued.
+// Flush writes every queued record, batch by batch, and stops at the
+// first failure, which it returns; the failed batch stays queued.
 func (w *Writer) Flush(ctx context.Context) error {
+	_, err := w.flush(ctx)
+	return err
+}
+
+func (w *Writer) flush(ctx context.Context) (int, error) {
+	total := 0
 	for {
-		w.mu.Lock()
-		n := min(len(w.queue), w.opts.BatchSize)
-		// The batch is a copy: Enqueue may append (and reallocate) meanwhile.
-		batch := append([]record.Record(nil), w.queue[:n]...)
-		w.mu.Unlock()
-		if n == 0 {
-			return nil
+		batch, err := w.queue.Peek(w.opts.BatchSize)
+		if err != nil {
+			return total, fmt.Errorf("cannot read the queue: %w", err)
+		}
+		if len(batch) == 0 {
+			return total, nil
 		}
 		start := time.Now()
-		_, err := w.store.Insert(ctx, batch)
+		_, err = w.store.Insert(ctx, batch)
 		if w.opts.Observer != nil {
-			w.opts.Observer.ObserveFlush(n, time.Since(start), err)
+			w.opts.Observer.ObserveFlush(len(batch), time.Since(start), err)
 		}
-		w.mu.Lock()
-		w.lastErr = err
-		if err == nil {
-			w.queue = w.queue[n:]
-			if len(w.queue) == 0 {
-				w.queue = nil // release the backing array
-			}
-		}
-		w.mu.Unlock()
+		w.setStoreErr(err)
 		if err != nil {
-			w.opts.Logger.Warn("cannot persist records; they stay queued and will be retried", "records", n, "error", err)
-			return err
+			w.opts.Logger.Warn("cannot persist records; they stay queued and will be retried", "records", len(batch), "queued", w.queue.Len(), "error", err)
+			return total, err
 		}
+		if err := w.queue.Commit(len(batch)); err != nil {
+			return total, err
+		}
+		total += len(batch)
 	}
+}
+
+func (w *Writer) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := w.store.Ping(ctx)
+	w.setStoreErr(err)
+	return err
+}
+
+func (w *Writer) setStoreErr(err error) {
+	w.mu.Lock()
+	w.storeErr = err
+	w.mu.Unlock()
+}
+
+// ErrQueueFull is returned by MemoryQueue.Enqueue when the records would
+// not fit; none of them was taken.
+var ErrQueueFull = errors.New("cannot queue records for persistence: the queue is full")
+
+// MemoryQueue is a bounded in-memory Queue: records in it are lost if the
+// process dies (--durability=memory).
+type MemoryQueue struct {
+	// max bounds the records held.
+	max int
+
+	mu      sync.Mutex
+	records []record.Record
+	// peeked counts the records handed out by the last Peek.
+	peeked int
+}
+
+// NewMemoryQueue returns a queue of at most max records (100,000 when zero).
+func NewMemoryQueue(max int) *MemoryQueue {
+	if max <= 0 {
+		max = 100_000
+	}
+	return &MemoryQueue{max: max}
+}
+
+// Enqueue takes all of recs, or none with ErrQueueFull.
+func (q *MemoryQueue) Enqueue(recs []record.Record) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.records)+len(recs) > q.max {
+		return fmt.Errorf("%w (%d records queued, --queue-max-records %d)", ErrQueueFull, len(q.records), q.max)
+	}
+	q.records = append(q.records, recs...)
+	return nil
+}
+
+// Peek returns a copy of up to limit of the oldest records.
+func (q *MemoryQueue) Peek(limit int) ([]record.Record, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.peeked = min(limit, len(q.records))
+	return append([]record.Record(nil), q.records[:q.peeked]...), nil
+}
+
+// Commit drops the records of the last Peek.
+func (q *MemoryQueue) Commit(n int) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if n != q.peeked {
+		return fmt.Errorf("cannot commit %d records: %d were peeked", n, q.peeked)
+	}
+	q.records = q.records[n:]
+	if len(q.records) == 0 {
+		q.records = nil // release the backing array
+	}
+	q.peeked = 0
+	return nil
+}
+
+// Len returns the number of records waiting.
+func (q *MemoryQueue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.records)
+}
+
+// Err tells why records cannot be queued (the bound is reached), or nil.
+func (q *MemoryQueue) Err() error {
+	if q.Len() >= q.max {
+		return fmt.Errorf("%w (--queue-max-records %d)", ErrQueueFull, q.max)
+	}
+	return nil
 }

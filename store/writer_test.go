@@ -73,7 +73,7 @@ func TestWriterBatchesAndRetries(t *testing.T) {
 	base := openMigrated(t, Options{DataDir: t.TempDir()})
 	fs := &flakyStore{Store: base}
 	obs := &flushCounter{}
-	w := NewWriter(fs, WriterOptions{BatchSize: 4, MaxQueue: 10, Observer: obs})
+	w := NewWriter(fs, NewMemoryQueue(10), WriterOptions{BatchSize: 4, Observer: obs})
 
 	if err := w.Enqueue(records("a", 6)); err != nil {
 		t.Fatal(err)
@@ -89,15 +89,15 @@ func TestWriterBatchesAndRetries(t *testing.T) {
 	if err := w.Flush(context.Background()); err == nil {
 		t.Fatal("flush against a down store succeeded")
 	}
-	if w.Len() != 6 || countRows(t, base) != 0 || w.Err() == nil {
-		t.Fatalf("after a failed flush: queue %d, rows %d, err %v; want everything still queued", w.Len(), countRows(t, base), w.Err())
+	if w.Len() != 6 || countRows(t, base) != 0 || w.StoreErr() == nil {
+		t.Fatalf("after a failed flush: queue %d, rows %d, err %v; want everything still queued", w.Len(), countRows(t, base), w.StoreErr())
 	}
 	fs.setDown(false)
 	if err := w.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if w.Len() != 0 || countRows(t, base) != 6 || w.Err() != nil {
-		t.Fatalf("after recovery: queue %d, rows %d, err %v", w.Len(), countRows(t, base), w.Err())
+	if w.Len() != 0 || countRows(t, base) != 6 || w.StoreErr() != nil {
+		t.Fatalf("after recovery: queue %d, rows %d, err %v", w.Len(), countRows(t, base), w.StoreErr())
 	}
 	// Batches of at most BatchSize: the failed 4, then 4 and 2.
 	if fmt.Sprint(fs.batches) != "[4 4 2]" {
@@ -118,7 +118,7 @@ func TestWriterBatchesAndRetries(t *testing.T) {
 func TestWriterRunFlushesBySize(t *testing.T) {
 	base := openMigrated(t, Options{DataDir: t.TempDir()})
 	// An interval far longer than the test: only the size trigger can flush.
-	w := NewWriter(base, WriterOptions{BatchSize: 5, FlushInterval: time.Hour})
+	w := NewWriter(base, NewMemoryQueue(0), WriterOptions{BatchSize: 5, FlushInterval: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()

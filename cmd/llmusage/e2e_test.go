@@ -86,6 +86,7 @@ func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
 	}
 	apiAddr, metricsAddr := freePort(t), freePort(t)
 	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", metricsAddr, "--log-level", "debug", "--flush-interval", "50ms")
+	cmd.Dir = dir // the default --data-dir, ./llmusage-data, lands in the test's directory
 	// The API address comes from the environment, as in a pod spec.
 	cmd.Env = append(os.Environ(), append([]string{"LLMUSAGE_LISTEN_ADDRESS=" + apiAddr}, env...)...)
 	p := &sidecarProc{cmd: cmd, api: "http://" + apiAddr, metrics: "http://" + metricsAddr, stderr: &syncBuffer{},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
 )
 
@@ -46,7 +49,9 @@ func serveCommand() *cli.Command {
 			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
 			intFlag("batch-size", 1000, "most records one database transaction writes"),
 			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
-			intFlag("queue-max-records", 100_000, "most records waiting for the database; past it, POST /v1/calls answers 503"),
+			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
+			&cli.Int64Flag{Name: "spool-max-bytes", Value: 1 << 30, Usage: "most bytes of records the spool holds for the database; past it, POST /v1/calls answers 503", EnvVars: envVars("spool-max-bytes")},
+			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
 		},
 		Action: func(c *cli.Context) error {
 			logger, err := newLogger(c.String("log-format"), c.String("log-level"))
@@ -66,6 +71,14 @@ type sidecar struct {
 	collector *collector.Collector
 	store     store.Store
 	writer    *store.Writer
+	// queue holds records for the writer: the spool, or memory.
+	queue interface {
+		store.Queue
+		// Err tells why records cannot be accepted now, or nil.
+		Err() error
+	}
+	// spool is the queue when --durability=fsync.
+	spool *spool.Spool
 	// limitsFile is reloaded on SIGHUP; empty when none was given.
 	limitsFile string
 	// ready is false until the listeners serve and again once shutdown starts.
@@ -117,14 +130,17 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		Version:     version,
 		Revision:    revision(),
 	})
-	s.writer = store.NewWriter(s.store, store.WriterOptions{
+	if err := s.openQueue(c); err != nil {
+		return err
+	}
+	defer s.closeQueue()
+	s.writer = store.NewWriter(s.store, s.queue, store.WriterOptions{
 		BatchSize:     c.Int("batch-size"),
 		FlushInterval: c.Duration("flush-interval"),
-		MaxQueue:      c.Int("queue-max-records"),
 		Observer:      s.exporter,
 		Logger:        logger,
 	})
-	s.exporter.RegisterPersistQueue(s.writer.Len)
+	s.registerQueueMetrics()
 	s.collector = collector.New(collector.Options{
 		Limiter:      s.limiter,
 		Sink:         s.writer,
@@ -258,21 +274,77 @@ func (s *sidecar) metricsHandler() http.Handler {
 // accepts records).
 func (s *sidecar) handleHealth(mux *http.ServeMux) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeStatus(w, http.StatusOK, "ok")
+		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() {
-			writeStatus(w, http.StatusServiceUnavailable, "unavailable")
-			return
-		}
-		writeStatus(w, http.StatusOK, "ok")
-	})
+	mux.HandleFunc("/readyz", s.serveReady)
 }
 
-func writeStatus(w http.ResponseWriter, code int, status string) {
+// serveReady answers 503 only when records cannot be accepted at all: a
+// database outage degrades the sidecar but must not take the
+// application's pod out of service while records still reach the spool.
+func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
+	switch {
+	case !s.ready.Load():
+		writeStatus(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "not serving (starting or shutting down)"})
+	case s.queue.Err() != nil:
+		writeStatus(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "spool": s.queue.Err().Error()})
+	case s.writer.StoreErr() != nil:
+		writeStatus(w, http.StatusOK, map[string]string{"status": "degraded", "store": s.writer.StoreErr().Error()})
+	default:
+		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+}
+
+func writeStatus(w http.ResponseWriter, code int, body map[string]string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	fmt.Fprintf(w, "{\"status\":%q}\n", status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// openQueue opens the durable spool in --data-dir, or with
+// --durability=memory a bounded queue in memory.
+func (s *sidecar) openQueue(c *cli.Context) error {
+	switch d := c.String("durability"); d {
+	case "fsync":
+		sp, err := spool.Open(filepath.Join(c.String("data-dir"), "spool"), spool.Options{MaxBytes: c.Int64("spool-max-bytes")})
+		if err != nil {
+			return err
+		}
+		s.spool, s.queue = sp, sp
+		if n := sp.Len(); n > 0 {
+			s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
+		}
+	case "memory":
+		s.logger.Warn("--durability=memory: acknowledged records that the database does not have yet are lost if the process dies")
+		s.queue = store.NewMemoryQueue(c.Int("queue-max-records"))
+	default:
+		return fmt.Errorf("cannot use --durability %q: want fsync or memory", d)
+	}
+	return nil
+}
+
+func (s *sidecar) closeQueue() {
+	if s.spool != nil {
+		_ = s.spool.Close()
+	}
+}
+
+func (s *sidecar) registerQueueMetrics() {
+	e := s.exporter
+	e.AddGauge("llmusage_persist_queue_records", "Accepted records waiting to be written to the store.",
+		func() float64 { return float64(s.queue.Len()) })
+	e.AddGauge("llmusage_store_up", "Whether the last write to, or ping of, the store succeeded (1) or not (0).", func() float64 {
+		if s.writer.StoreErr() != nil {
+			return 0
+		}
+		return 1
+	})
+	if s.spool != nil {
+		e.AddGauge("llmusage_spool_records", "Records in the spool that the store does not have yet.",
+			func() float64 { return float64(s.spool.Len()) })
+		e.AddGauge("llmusage_spool_bytes", "Bytes of the records in the spool that the store does not have yet.",
+			func() float64 { return float64(s.spool.Bytes()) })
+	}
 }
 
 // sweepLoop drops idle buckets and expires idle users' series.

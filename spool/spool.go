@@ -1,0 +1,493 @@
+// Package spool is a durable, ordered, bounded queue of call records on
+// local disk. A record is acknowledged only once it is on disk (fsync);
+// concurrent appends share one fsync (group commit). The consumer reads
+// records in order and commits what it persisted; a checkpoint file
+// survives restarts, so that after a crash the unpersisted records are
+// replayed, and segments wholly persisted are deleted.
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/llmusage/llmusage/record"
+)
+
+// ErrFull is returned by Enqueue when the records would take the spool
+// past its size bound; none of them was taken.
+var ErrFull = errors.New("cannot spool records: the spool is full")
+
+// Options configure a Spool.
+type Options struct {
+	// MaxBytes bounds the bytes of unpersisted records (1 GiB when zero).
+	MaxBytes int64
+	// SegmentBytes is the size past which a new segment file is started
+	// (16 MiB when zero); persisted segments are deleted whole.
+	SegmentBytes int64
+}
+
+// Spool is safe for concurrent Enqueue; Peek and Commit belong to one consumer.
+type Spool struct {
+	dir          string
+	maxBytes     int64
+	segmentBytes int64
+
+	mu sync.Mutex
+	// seg and off locate the end of the durable data; file is that
+	// segment, open for appending.
+	seg  uint64
+	off  int64
+	file *os.File
+	// batch collects the frames of appends waiting for the next fsync.
+	batch *commitBatch
+	// flushing tells whether an appender is writing a batch (the leader).
+	flushing bool
+	// appendErr is the last write or fsync failure, cleared by a success.
+	appendErr error
+	// bytes and records count what is spooled and not yet committed,
+	// including the batch being written.
+	bytes, records int64
+
+	// The consumer's side, guarded by mu too.
+	// rSeg and rOff locate the first uncommitted record (the checkpoint).
+	rSeg uint64
+	rOff int64
+	// peeked are the records handed out by Peek and not yet committed,
+	// ending at peekSeg/peekOff and spanning peekBytes.
+	peeked           []record.Record
+	peekSeg          uint64
+	peekOff          int64
+	peekBytes        int64
+	rFile            *os.File
+	rFileSeg         uint64
+	checkpointFailed error
+}
+
+type commitBatch struct {
+	buf     []byte
+	records int
+	done    chan struct{}
+	err     error
+}
+
+// Open opens (or creates) the spool in dir, recovering from a crash: a
+// record cut short at the end of the last segment is dropped (it was never
+// acknowledged), and everything after the checkpoint will be replayed.
+func Open(dir string, opts Options) (*Spool, error) {
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 1 << 30
+	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = 16 << 20
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("cannot create the spool directory: %w", err)
+	}
+	s := &Spool{dir: dir, maxBytes: opts.MaxBytes, segmentBytes: opts.SegmentBytes, batch: newBatch()}
+	segs, err := s.segments()
+	if err != nil {
+		return nil, err
+	}
+	s.rSeg, s.rOff, err = s.readCheckpoint()
+	if err != nil {
+		return nil, err
+	}
+	var live []uint64
+	for _, seg := range segs {
+		if seg < s.rSeg {
+			_ = os.Remove(s.path(seg)) // persisted; a crash came before its deletion
+			continue
+		}
+		live = append(live, seg)
+	}
+	switch {
+	case len(live) == 0:
+		// Nothing left to replay: start a fresh segment after the checkpoint.
+		s.rSeg, s.rOff = s.rSeg+1, 0
+		live = []uint64{s.rSeg}
+	case live[0] != s.rSeg:
+		s.rSeg, s.rOff = live[0], 0
+	}
+	if size := fileSize(s.path(s.rSeg)); s.rOff > size {
+		s.rOff = size
+	}
+	for _, seg := range live {
+		from := int64(0)
+		if seg == s.rSeg {
+			from = s.rOff
+		}
+		n, end, err := s.scan(seg, from)
+		if err != nil {
+			return nil, err
+		}
+		s.records += int64(n)
+		s.bytes += end - from
+		s.seg, s.off = seg, end
+	}
+	f, err := os.OpenFile(s.path(s.seg), os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the spool segment: %w", err)
+	}
+	// Drop a torn tail: it was never fsynced, so never acknowledged.
+	if err := f.Truncate(s.off); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cannot truncate the spool segment: %w", err)
+	}
+	if _, err := f.Seek(s.off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.file = f
+	return s, syncDir(dir)
+}
+
+// Enqueue writes recs to disk and returns once they are durable, or
+// refuses all of them with ErrFull.
+func (s *Spool) Enqueue(recs []record.Record) error {
+	var frames []byte
+	for i := range recs {
+		frames = appendFrame(frames, &recs[i])
+	}
+	s.mu.Lock()
+	if s.bytes+int64(len(frames)) > s.maxBytes {
+		s.mu.Unlock()
+		return fmt.Errorf("%w (%d of %d bytes, --spool-max-bytes): the store is behind", ErrFull, s.bytes, s.maxBytes)
+	}
+	b := s.batch
+	b.buf = append(b.buf, frames...)
+	b.records += len(recs)
+	s.bytes += int64(len(frames))
+	s.records += int64(len(recs))
+	if s.flushing {
+		s.mu.Unlock()
+		<-b.done
+		return b.err
+	}
+	// No write in progress: this appender leads, writing batches until
+	// none is waiting, each with the appends that arrived meanwhile.
+	s.flushing = true
+	for s.batch.records > 0 {
+		cur := s.batch
+		s.batch = newBatch()
+		s.mu.Unlock()
+		err := s.write(cur.buf)
+		s.mu.Lock()
+		if err != nil {
+			s.bytes -= int64(len(cur.buf))
+			s.records -= int64(cur.records)
+			s.appendErr = err
+			cur.err = fmt.Errorf("cannot spool records: %w", err)
+		} else {
+			s.appendErr = nil
+			s.off += int64(len(cur.buf))
+			if s.off >= s.segmentBytes {
+				if rerr := s.rotate(); rerr != nil {
+					s.appendErr = rerr
+				}
+			}
+		}
+		close(cur.done)
+	}
+	s.flushing = false
+	s.mu.Unlock()
+	<-b.done
+	return b.err
+}
+
+// write appends buf to the current segment and fsyncs it. It runs
+// outside the lock; only the leader calls it.
+func (s *Spool) write(buf []byte) error {
+	if _, err := s.file.Write(buf); err != nil {
+		// Leave no partial frame behind for the next batch to follow.
+		_ = s.file.Truncate(s.off)
+		_, _ = s.file.Seek(s.off, io.SeekStart)
+		return err
+	}
+	if err := s.file.Sync(); err != nil {
+		_ = s.file.Truncate(s.off)
+		_, _ = s.file.Seek(s.off, io.SeekStart)
+		return err
+	}
+	return nil
+}
+
+// rotate starts the next segment. The lock is held.
+func (s *Spool) rotate() error {
+	f, err := os.OpenFile(s.path(s.seg+1), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if err := syncDir(s.dir); err != nil {
+		f.Close()
+		return err
+	}
+	s.file.Close()
+	s.file, s.seg, s.off = f, s.seg+1, 0
+	return nil
+}
+
+// Peek returns up to limit of the oldest uncommitted records, the same
+// ones again until Commit.
+func (s *Spool) Peek(limit int) ([]record.Record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.peeked) > 0 {
+		return s.peeked, nil
+	}
+	seg, off := s.rSeg, s.rOff
+	var out []record.Record
+	var size int64
+	segEnd := int64(-1) // size of seg when it is finished, read once
+	for len(out) < limit {
+		if seg == s.seg && off >= s.off {
+			break
+		}
+		if seg < s.seg {
+			if segEnd < 0 {
+				segEnd = fileSize(s.path(seg))
+			}
+			if off >= segEnd {
+				seg, off, segEnd = seg+1, 0, -1
+				continue
+			}
+		}
+		f, err := s.reader(seg)
+		if err != nil {
+			return nil, err
+		}
+		r, n, err := readFrame(f, off)
+		if err != nil {
+			// A damaged frame in a finished segment: skip the rest of it
+			// rather than block the spool forever.
+			if seg < s.seg {
+				size += max(segEnd, off) - off
+				seg, off, segEnd = seg+1, 0, -1
+				continue
+			}
+			return nil, fmt.Errorf("cannot read the spool: %w", err)
+		}
+		out = append(out, r)
+		off += n
+		size += n
+	}
+	s.peeked, s.peekSeg, s.peekOff, s.peekBytes = out, seg, off, size
+	return out, nil
+}
+
+// Commit marks the records of the last Peek as persisted: the checkpoint
+// moves past them, and wholly persisted segments are deleted.
+func (s *Spool) Commit(n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n != len(s.peeked) {
+		return fmt.Errorf("cannot commit %d records: %d were peeked", n, len(s.peeked))
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := s.writeCheckpoint(s.peekSeg, s.peekOff); err != nil {
+		// The records are persisted; without a checkpoint they will be
+		// replayed after a restart, and request_id keeps that harmless.
+		s.checkpointFailed = err
+	}
+	for seg := s.rSeg; seg < s.peekSeg; seg++ {
+		if s.rFile != nil && s.rFileSeg == seg {
+			s.rFile.Close()
+			s.rFile = nil
+		}
+		_ = os.Remove(s.path(seg))
+	}
+	s.rSeg, s.rOff = s.peekSeg, s.peekOff
+	s.bytes -= s.peekBytes
+	s.records -= int64(n)
+	s.peeked, s.peekBytes = nil, 0
+	return nil
+}
+
+// Len returns the number of uncommitted records.
+func (s *Spool) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.records)
+}
+
+// Bytes returns the bytes of uncommitted records.
+func (s *Spool) Bytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes
+}
+
+// Err tells why records cannot be spooled now (disk full, unwritable,
+// or the size bound reached), or nil.
+func (s *Spool) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.appendErr != nil {
+		return fmt.Errorf("cannot write the spool: %w", s.appendErr)
+	}
+	if s.bytes >= s.maxBytes {
+		return fmt.Errorf("%w (%d bytes, --spool-max-bytes)", ErrFull, s.bytes)
+	}
+	return nil
+}
+
+// Close closes the files; uncommitted records stay for the next Open.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rFile != nil {
+		s.rFile.Close()
+	}
+	return s.file.Close()
+}
+
+func (s *Spool) reader(seg uint64) (*os.File, error) {
+	if s.rFile != nil && s.rFileSeg == seg {
+		return s.rFile, nil
+	}
+	if s.rFile != nil {
+		s.rFile.Close()
+		s.rFile = nil
+	}
+	f, err := os.Open(s.path(seg))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the spool: %w", err)
+	}
+	s.rFile, s.rFileSeg = f, seg
+	return f, nil
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// scan counts the valid frames of a segment from an offset and returns
+// where they end.
+func (s *Spool) scan(seg uint64, from int64) (n int, end int64, err error) {
+	f, err := os.Open(s.path(seg))
+	if os.IsNotExist(err) {
+		return 0, from, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("cannot read the spool: %w", err)
+	}
+	defer f.Close()
+	end = from
+	for {
+		_, size, err := readFrame(f, end)
+		if err != nil {
+			return n, end, nil
+		}
+		n++
+		end += size
+	}
+}
+
+func readFrame(f *os.File, off int64) (record.Record, int64, error) {
+	var h [frameHeader]byte
+	if _, err := f.ReadAt(h[:], off); err != nil {
+		return record.Record{}, 0, errCorrupt
+	}
+	size := binary.LittleEndian.Uint32(h[:])
+	if size == 0 || size > 64<<20 {
+		return record.Record{}, 0, errCorrupt
+	}
+	payload := make([]byte, size)
+	if _, err := f.ReadAt(payload, off+frameHeader); err != nil {
+		return record.Record{}, 0, errCorrupt
+	}
+	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(h[4:]) {
+		return record.Record{}, 0, errCorrupt
+	}
+	r, err := decodePayload(payload)
+	return r, frameHeader + int64(size), err
+}
+
+func (s *Spool) path(seg uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%020d.seg", seg))
+}
+
+func (s *Spool) segments() ([]uint64, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("cannot list the spool: %w", err)
+	}
+	var segs []uint64
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".seg"); ok {
+			if n, err := strconv.ParseUint(name, 10, 64); err == nil {
+				segs = append(segs, n)
+			}
+		}
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i] < segs[j] })
+	return segs, nil
+}
+
+const checkpointFile = "checkpoint"
+
+func (s *Spool) readCheckpoint() (uint64, int64, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, checkpointFile))
+	if os.IsNotExist(err) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("cannot read the spool checkpoint: %w", err)
+	}
+	var seg uint64
+	var off int64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &seg, &off); err != nil {
+		return 0, 0, fmt.Errorf("cannot parse the spool checkpoint %q: %w", b, err)
+	}
+	return seg, off, nil
+}
+
+// writeCheckpoint replaces the checkpoint atomically: write, fsync, rename.
+func (s *Spool) writeCheckpoint(seg uint64, off int64) error {
+	tmp := filepath.Join(s.dir, checkpointFile+".tmp")
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(f, "%d %d\n", seg, off); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, checkpointFile)); err != nil {
+		return err
+	}
+	return syncDir(s.dir)
+}
+
+func newBatch() *commitBatch { return &commitBatch{done: make(chan struct{})} }
+
+// syncDir makes a file's creation, deletion or rename durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

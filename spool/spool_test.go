@@ -1,0 +1,247 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/record"
+)
+
+func rec(i int) record.Record {
+	return record.Record{
+		RequestID: fmt.Sprintf("req-%d", i), UserID: "user \"quoted\"\n", Provider: "openai", Model: "gpt-4o",
+		PromptTokens: int64(i), CompletionTokens: 2, TotalTokens: int64(i) + 2, CachedTokens: 1, ReasoningTokens: 1,
+		Latency: 1500 * time.Microsecond, HasLatency: i%2 == 0, Status: record.StatusSuccess, ErrorType: "",
+		Timestamp: time.Date(2026, 11, 27, 12, 0, 0, i, time.UTC), Metadata: []byte(`{ "kept":  "as is" }`),
+	}
+}
+
+func recs(from, n int) []record.Record {
+	out := make([]record.Record, n)
+	for i := range out {
+		out[i] = rec(from + i)
+	}
+	return out
+}
+
+func open(t *testing.T, dir string, opts Options) *Spool {
+	t.Helper()
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// drain peeks and commits everything, returning the request ids in order.
+func drain(t *testing.T, s *Spool, batch int) []string {
+	t.Helper()
+	var ids []string
+	for {
+		got, err := s.Peek(batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			return ids
+		}
+		for _, r := range got {
+			ids = append(ids, r.RequestID)
+		}
+		if err := s.Commit(len(got)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	in := recs(0, 3)
+	in[1].Metadata = nil
+	in[2].Status, in[2].ErrorType = record.StatusError, "timeout"
+	if err := s.Enqueue(in); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Peek(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, in) {
+		t.Fatalf("read back\n%+v\nwant\n%+v", got, in)
+	}
+	// Peek again before Commit: the same records (a failed batch is retried).
+	again, _ := s.Peek(10)
+	if !reflect.DeepEqual(again, in) || s.Len() != 3 {
+		t.Fatalf("second peek %d records, Len %d", len(again), s.Len())
+	}
+	if err := s.Commit(3); err != nil {
+		t.Fatal(err)
+	}
+	if s.Len() != 0 || s.Bytes() != 0 {
+		t.Fatalf("after commit: Len %d, Bytes %d", s.Len(), s.Bytes())
+	}
+}
+
+func TestReplayAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentBytes: 400})
+	if err := s.Enqueue(recs(0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Enqueue(recs(10, 10)); err != nil {
+		t.Fatal(err)
+	}
+	// Persist 7, then "crash" with 3 peeked but not committed.
+	got, _ := s.Peek(7)
+	if err := s.Commit(len(got)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Peek(3); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s2 := open(t, dir, Options{SegmentBytes: 400})
+	if s2.Len() != 13 {
+		t.Fatalf("after restart Len %d, want 13", s2.Len())
+	}
+	ids := drain(t, s2, 4)
+	if len(ids) != 13 || ids[0] != "req-7" || ids[12] != "req-19" {
+		t.Fatalf("replayed %v, want req-7..req-19 in order", ids)
+	}
+	// Persisted segments are deleted; only the segment being written remains.
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if len(segs) != 1 {
+		t.Fatalf("segments left after draining: %v", segs)
+	}
+	// Appends continue after a restart, and survive another one.
+	if err := s2.Enqueue(recs(20, 2)); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	s3 := open(t, dir, Options{SegmentBytes: 400})
+	if ids := drain(t, s3, 10); len(ids) != 2 || ids[0] != "req-20" {
+		t.Fatalf("after a second restart: %v", ids)
+	}
+}
+
+func TestTornTail(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	if err := s.Enqueue(recs(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// A crash in the middle of writing a frame leaves half of it.
+	seg := filepath.Join(dir, fmt.Sprintf("%020d.seg", 1))
+	half := appendFrame(nil, &[]record.Record{rec(99)}[0])
+	f, _ := os.OpenFile(seg, os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(half[:len(half)/2])
+	f.Close()
+
+	s2 := open(t, dir, Options{})
+	if s2.Len() != 3 {
+		t.Fatalf("Len %d after a torn tail, want the 3 whole records", s2.Len())
+	}
+	if err := s2.Enqueue(recs(3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if ids := drain(t, s2, 10); fmt.Sprint(ids) != "[req-0 req-1 req-2 req-3]" {
+		t.Fatalf("records %v", ids)
+	}
+}
+
+func TestCorruptFrameDetected(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	if err := s.Enqueue(recs(0, 2)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	seg := filepath.Join(dir, fmt.Sprintf("%020d.seg", 1))
+	b, _ := os.ReadFile(seg)
+	b[len(b)-3] ^= 0xff // flip bits in the second record's payload
+	os.WriteFile(seg, b, 0o640)
+	s2 := open(t, dir, Options{})
+	if s2.Len() != 1 {
+		t.Fatalf("Len %d, want the 1 intact record", s2.Len())
+	}
+}
+
+func TestFull(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 1000})
+	if err := s.Enqueue(recs(0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Len()
+	err := s.Enqueue(recs(5, 20))
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("over the bound: %v, want ErrFull", err)
+	}
+	if s.Len() != before {
+		t.Fatalf("a refused append changed Len from %d to %d", before, s.Len())
+	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("Err %v while there is still room", err)
+	}
+	// Draining makes room again.
+	drain(t, s, 100)
+	if err := s.Enqueue(recs(5, 5)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentAppendsGroupCommit(t *testing.T) {
+	s := open(t, t.TempDir(), Options{SegmentBytes: 4096})
+	const writers, each = 8, 50
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if err := s.Enqueue(recs(w*1000+i, 1)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	// The consumer reads concurrently with the appends.
+	seen := map[string]bool{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(seen) < writers*each {
+		for _, id := range drain(t, s, 7) {
+			if seen[id] {
+				t.Fatalf("%s read twice", id)
+			}
+			seen[id] = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("read %d of %d records", len(seen), writers*each)
+		}
+	}
+	wg.Wait()
+	if s.Len() != 0 {
+		t.Fatalf("Len %d after draining", s.Len())
+	}
+}
+
+func TestUnwritable(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	s.file.Close() // the disk goes away under the spool
+	err := s.Enqueue(recs(0, 1))
+	if err == nil || s.Err() == nil {
+		t.Fatalf("append to a closed segment: %v, Err %v", err, s.Err())
+	}
+	if s.Len() != 0 {
+		t.Fatalf("a failed append counts %d records", s.Len())
+	}
+}
