@@ -408,6 +408,8 @@ func TestStartupErrors(t *testing.T) {
 	f("cannot read limits file", "serve", "--limits-file", filepath.Join(dir, "missing.yaml"))
 	f("flag provided but not defined: -no-such-flag", "serve", "--no-such-flag")
 	f("cannot use --log-format", "serve", "--log-format", "xml")
+	f("cannot use --metrics-auth without --auth-token-file", "serve", "--metrics-auth")
+	f("cannot use --durability", "serve", "--durability", "maybe", "--listen-address", freePort(t), "--metrics-address", freePort(t))
 
 	f("cannot migrate", "serve", "--listen-address", freePort(t), "--metrics-address", freePort(t),
 		"--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2")
@@ -432,4 +434,44 @@ func TestVersion(t *testing.T) {
 	if !regexp.MustCompile(`^llmusage \S+ \(commit \S+, go1\.\d+`).Match(out) {
 		t.Fatalf("version output %q", out)
 	}
+}
+
+func TestAuthToken(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSidecar(t, seedLimits, "LLMUSAGE_AUTH_TOKEN_FILE="+tokenFile, "LLMUSAGE_METRICS_AUTH=true")
+	f := func(url, auth string, wantStatus int) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := p.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != wantStatus {
+			t.Fatalf("GET %s with %q: %d %s, want %d", url, auth, resp.StatusCode, body, wantStatus)
+		}
+		if wantStatus == http.StatusUnauthorized && !json.Valid(body) {
+			t.Fatalf("401 body is not JSON: %s", body)
+		}
+	}
+	limits := p.api + "/v1/limits?user_id=u"
+	f(limits, "", http.StatusUnauthorized)
+	f(limits, "Bearer wrong", http.StatusUnauthorized)
+	f(limits, "Bearer s3cret-token-and-more", http.StatusUnauthorized)
+	f(limits, "Basic s3cret-token", http.StatusUnauthorized)
+	f(limits, "Bearer s3cret-token", http.StatusOK)
+	f(p.api+"/api/llm/usage/rate-limits?user_id=u", "", http.StatusUnauthorized)
+	f(p.api+"/api/llm/usage/rate-limits?user_id=u", "Bearer s3cret-token", http.StatusOK)
+	f(p.metrics+"/metrics", "", http.StatusUnauthorized)
+	f(p.metrics+"/metrics", "Bearer s3cret-token", http.StatusOK)
+	// The kubelet's probes need no token.
+	f(p.metrics+"/healthz", "", http.StatusOK)
+	f(p.api+"/readyz", "", http.StatusOK)
 }

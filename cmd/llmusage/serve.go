@@ -44,6 +44,8 @@ func serveCommand() *cli.Command {
 			durationFlag("shutdown-timeout", 15*time.Second, "time allowed to finish in-flight requests on SIGTERM"),
 			stringFlag("log-format", "text", "log format: text or json"),
 			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
+			stringFlag("auth-token-file", "", "file holding a shared token that /v1/* and /api/* then require as Authorization: Bearer <token>"),
+			boolFlag("metrics-auth", false, "require the --auth-token-file token on /metrics too"),
 			databaseURLFlag(),
 			dataDirFlag(),
 			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
@@ -81,6 +83,9 @@ type sidecar struct {
 	spool *spool.Spool
 	// limitsFile is reloaded on SIGHUP; empty when none was given.
 	limitsFile string
+	// token, when set, is required on the API (and on /metrics with metricsAuth).
+	token       string
+	metricsAuth bool
 	// ready is false until the listeners serve and again once shutdown starts.
 	ready atomic.Bool
 
@@ -100,6 +105,15 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		}
 	}
 	s.fileRules = cfg.Rules
+	if f := c.String("auth-token-file"); f != "" {
+		var err error
+		if s.token, err = collector.LoadToken(f); err != nil {
+			return err
+		}
+	} else if c.Bool("metrics-auth") {
+		return errors.New("cannot use --metrics-auth without --auth-token-file")
+	}
+	s.metricsAuth = c.Bool("metrics-auth")
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
 	apiLn, err := listen(c.String("listen-address"))
@@ -255,7 +269,11 @@ func (s *sidecar) reloadDBRules() {
 func (s *sidecar) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	for _, r := range s.collector.Routes() {
-		mux.Handle(r.Pattern, s.exporter.InstrumentRoute(r.Name, r.Handler))
+		h := r.Handler
+		if s.token != "" {
+			h = collector.RequireBearer(s.token, h)
+		}
+		mux.Handle(r.Pattern, s.exporter.InstrumentRoute(r.Name, h))
 	}
 	s.handleHealth(mux)
 	mux.HandleFunc("/", collector.NotFound)
@@ -264,7 +282,11 @@ func (s *sidecar) apiHandler() http.Handler {
 
 func (s *sidecar) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", s.exporter.InstrumentRoute("metrics", s.exporter.Handler()))
+	metrics := s.exporter.Handler()
+	if s.metricsAuth {
+		metrics = collector.RequireBearer(s.token, metrics)
+	}
+	mux.Handle("/metrics", s.exporter.InstrumentRoute("metrics", metrics))
 	s.handleHealth(mux)
 	mux.HandleFunc("/", collector.NotFound)
 	return mux
