@@ -126,6 +126,10 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		return err
 	}
 	defer metricsLn.Close()
+	if err := s.openQueue(c); err != nil {
+		return err
+	}
+	defer s.closeQueue()
 	if s.store, err = openStore(ctx, c, logger, c.Bool("migrate")); err != nil {
 		return err
 	}
@@ -144,10 +148,6 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		Version:     version,
 		Revision:    revision(),
 	})
-	if err := s.openQueue(c); err != nil {
-		return err
-	}
-	defer s.closeQueue()
 	s.writer = store.NewWriter(s.store, s.queue, store.WriterOptions{
 		BatchSize:     c.Int("batch-size"),
 		FlushInterval: c.Duration("flush-interval"),
