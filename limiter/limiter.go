@@ -426,8 +426,18 @@ func refillTime(r *Rule, missing float64) time.Duration {
 	if missing <= 0 {
 		return 0
 	}
-	return time.Duration(math.Ceil(missing / float64(r.Limit) * float64(r.Window.Duration())))
+	d := math.Ceil(missing / float64(r.Limit) * float64(r.Window.Duration()))
+	if d > float64(MaxWait) {
+		// A huge debt (a record of 10^12 tokens against a small bucket)
+		// would overflow time.Duration.
+		return MaxWait
+	}
+	return time.Duration(d)
 }
+
+// MaxWait caps reported waits and reset times: beyond it, a bucket is
+// effectively closed, and a longer figure would overflow time.Duration.
+const MaxWait = 100 * 365 * 24 * time.Hour
 
 // checkCost is what a bucket must hold for a check to pass.
 func checkCost(u Unit, tokens int64) int64 {
@@ -445,14 +455,23 @@ func chargeCost(u Unit, requests, tokens int64) int64 {
 }
 
 // debit takes n units, going into debt if need be. rate.Limiter refuses a
-// single reservation larger than its burst, so a large debit is split.
+// single reservation larger than its burst, so for a large debit the burst
+// is raised for the one reservation and restored: setting the burst keeps
+// the level, and a level below the burst is not capped. This keeps a
+// record of 10^12 tokens against a 1,000-token bucket to three calls
+// rather than 10^9.
 func debit(lim *rate.Limiter, now time.Time, n int64) {
-	burst := int64(lim.Burst())
-	for n > 0 {
-		c := min(n, burst)
-		lim.ReserveN(now, int(c))
-		n -= c
+	if n <= 0 {
+		return
 	}
+	burst := lim.Burst()
+	if n <= int64(burst) {
+		lim.ReserveN(now, int(n))
+		return
+	}
+	lim.SetBurstAt(now, int(n))
+	lim.ReserveN(now, int(n))
+	lim.SetBurstAt(now, burst)
 }
 
 // refund gives n units back. rate.Limiter cannot add tokens (a

@@ -1194,3 +1194,27 @@ func TestCheckConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestHugeDebitIsCheap guards against a record of 10^12 tokens costing
+// 10^9 reservations against a small bucket (found by FuzzIngest), and
+// against its wait overflowing time.Duration.
+func TestHugeDebitIsCheap(t *testing.T) {
+	l, c := newTestLimiter(t, Rule{Window: Second, Unit: Tokens, Limit: 1000}, Rule{Window: Day, Unit: Tokens, Limit: 1000})
+	l.Record(Usage{UserID: "alice", Tokens: 1_000_000_000_000})
+	ss := l.Limits("alice", "", "")
+	if ss[0].Remaining != 0 || ss[1].Remaining != 0 {
+		t.Fatalf("remaining %+v after a huge debit", ss)
+	}
+	// Per second: 10^12 tokens of debt refill in 10^9 s, about 31.7 years.
+	if want := c.t.Add(1_000_000_000 * time.Second); ss[0].ResetAt.Sub(want).Abs() > time.Second {
+		t.Fatalf("per-second reset_at %s, want %s", ss[0].ResetAt, want)
+	}
+	// Per day it would take 2.7 million years: capped.
+	if want := c.t.Add(MaxWait); !ss[1].ResetAt.Equal(want) {
+		t.Fatalf("per-day reset_at %s, want the cap %s", ss[1].ResetAt, want)
+	}
+	d, err := l.Check(Request{UserID: "alice"})
+	if err != nil || d.Allowed || d.RetryAfter != MaxWait {
+		t.Fatalf("check after the debt: %+v, %v", d, err)
+	}
+}
