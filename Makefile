@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run test bench build
+.PHONY: run test bench fault build
 
 ## run: start the sidecar on its defaults, with the example limits file
 run:
@@ -14,6 +14,10 @@ test:
 ## bench: run every benchmark once, briefly, so that they keep compiling and running
 bench:
 	./scripts/bench.sh
+
+## fault: kill -9 and Postgres outages under load, a full spool, a 1,000,000-user flood
+fault:
+	./scripts/fault.sh
 
 build:
 	$(GO) build -o llmusage ./cmd/llmusage

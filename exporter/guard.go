@@ -59,12 +59,15 @@ func (g *userGuard) label(user string, now time.Time) string {
 	return OverflowUser
 }
 
-// tracked tells whether user has series of its own.
-func (g *userGuard) tracked(user string) bool {
+// users returns the set of users with series of their own.
+func (g *userGuard) users() map[string]bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	_, ok := g.lastSeen[user]
-	return ok
+	set := make(map[string]bool, len(g.lastSeen))
+	for u := range g.lastSeen {
+		set[u] = true
+	}
+	return set
 }
 
 // expire forgets the users idle longer than the TTL and returns them.

@@ -47,16 +47,18 @@ type quotaSample struct {
 }
 
 func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
-	// Copy first: Each holds a limiter lock, which must not wait on the
-	// registry reading ch, nor on the guard's lock.
+	// Copy the tracked users' buckets first: Each holds a limiter lock,
+	// which must not wait on the registry reading ch. Only tracked users
+	// are copied, so that a scrape during a flood of users costs memory
+	// for at most --metrics-max-users of them.
+	tracked := c.guard.users()
 	var samples []quotaSample
 	c.limiter.Each(func(user string, s limiter.Status) {
-		samples = append(samples, quotaSample{user, s})
+		if tracked[user] {
+			samples = append(samples, quotaSample{user, s})
+		}
 	})
 	for _, q := range samples {
-		if !c.guard.tracked(q.user) {
-			continue
-		}
 		s := q.status
 		labels := []string{labelValue(q.user), s.Window.String(), s.Unit.String(), labelValue(s.Provider), labelValue(s.Model)}
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(s.Limit), labels...)

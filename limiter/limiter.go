@@ -120,24 +120,24 @@ type Limiter struct {
 const numShards = 64
 
 type shard struct {
-	mu      sync.Mutex
-	buckets map[bucketKey]*bucket
+	mu sync.Mutex
+	// users holds each active user's buckets. A user has a handful at
+	// most (one per limit type and unit), so a slice searched in order
+	// is smaller and faster than a map keyed by user and scope.
+	users   map[string][]bucket
 	pending map[string]pendingCheck
 	// pad keeps neighbouring shards' mutexes on separate cache lines.
 	_ [40]byte
 }
 
-type bucketKey struct {
-	user, provider, model string
-	window                Window
-	unit                  Unit
-}
-
 type bucket struct {
+	// scope identifies the bucket within its user's; it points into the
+	// ruleSet that created the bucket and is compared by value.
+	scope *scope
+	// lim is the token bucket. Its burst is the rule limit it is
+	// configured for; a reload that changes the limit is applied to every
+	// bucket at once, keeping its level.
 	lim *rate.Limiter
-	// limit is the rule limit lim is configured for; a reload that changes
-	// it is applied on the next access, keeping the bucket's level.
-	limit int64
 }
 
 type pendingCheck struct {
@@ -164,7 +164,7 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 		l.maxPending = 100_000
 	}
 	for i := range l.shards {
-		l.shards[i].buckets = make(map[bucketKey]*bucket)
+		l.shards[i].users = make(map[string][]bucket)
 		l.shards[i].pending = make(map[string]pendingCheck)
 	}
 	if err := l.SetRules(rules); err != nil {
@@ -174,24 +174,24 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 }
 
 // SetRules replaces the rules. Buckets keep their levels: a bucket whose
-// rule changed limit adopts the new limit on its next use, and a bucket no
-// rule maps to any more is dropped by the next Sweep.
+// rule changed limit adopts the new limit now, and refills at the new
+// rate from now on; a bucket no rule maps to any more is dropped by the
+// next Sweep.
 func (l *Limiter) SetRules(rules []Rule) error {
 	rs, err := newRuleSet(rules)
 	if err != nil {
 		return err
 	}
 	l.rules.Store(rs)
-	// Adopt changed limits now rather than on each bucket's next use, so
-	// that an idle bucket refills at the new rate from the reload on and
-	// reports the new limit.
 	now := l.clock.Now()
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		for k, b := range sh.buckets {
-			if r := rs.byScope(k); r != nil {
-				b.adopt(r, now)
+		for user, bs := range sh.users {
+			for j := range bs {
+				if r := rs.owner(user, bs[j].scope); r != nil {
+					bs[j].adopt(r, now)
+				}
 			}
 		}
 		sh.mu.Unlock()
@@ -201,7 +201,12 @@ func (l *Limiter) SetRules(rules []Rule) error {
 
 // Rules returns the rules in force.
 func (l *Limiter) Rules() []Rule {
-	return append([]Rule(nil), l.rules.Load().all...)
+	all := l.rules.Load().all
+	out := make([]Rule, len(all))
+	for i := range all {
+		out[i] = all[i].Rule
+	}
+	return out
 }
 
 // Check decides whether req may go ahead. It charges one request and the
@@ -213,7 +218,7 @@ func (l *Limiter) Check(req Request) (Decision, error) {
 		return Decision{}, ErrNoUser
 	}
 	now := l.clock.Now()
-	var buf [2 * int(numWindows)]*Rule
+	var buf [2 * int(numWindows)]*rule
 	rules := l.rules.Load().applicable(req.UserID, req.Provider, req.Model, buf[:0])
 	for _, r := range rules {
 		if r.Unit == Tokens && req.Tokens > r.Limit {
@@ -226,15 +231,13 @@ func (l *Limiter) Check(req Request) (Decision, error) {
 	defer sh.mu.Unlock()
 
 	var bbuf [2 * int(numWindows)]*bucket
-	buckets := bbuf[:0]
+	buckets := sh.buckets(req.UserID, rules, bbuf[:0])
 	d := Decision{Allowed: true}
-	for _, r := range rules {
-		b := sh.bucket(req.UserID, r, now)
-		buckets = append(buckets, b)
+	for i, r := range rules {
 		need := checkCost(r.Unit, req.Tokens)
-		if have := b.lim.TokensAt(now); have < float64(need) {
+		if have := buckets[i].lim.TokensAt(now); have < float64(need) {
 			d.Allowed = false
-			d.RetryAfter = max(d.RetryAfter, refillTime(r, float64(need)-have))
+			d.RetryAfter = max(d.RetryAfter, refillTime(&r.Rule, float64(need)-have))
 		}
 	}
 	if d.Allowed {
@@ -247,7 +250,7 @@ func (l *Limiter) Check(req Request) (Decision, error) {
 	}
 	d.Limits = make([]Status, len(rules))
 	for i, r := range rules {
-		d.Limits[i] = status(r, buckets[i], now)
+		d.Limits[i] = status(r, buckets[i].lim, now)
 	}
 	return d, nil
 }
@@ -262,7 +265,7 @@ func (l *Limiter) Record(u Usage) {
 		return
 	}
 	now := l.clock.Now()
-	var buf [2 * int(numWindows)]*Rule
+	var buf [2 * int(numWindows)]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
 
 	sh := l.shard(u.UserID)
@@ -279,13 +282,14 @@ func (l *Limiter) Record(u Usage) {
 			requests, tokens = 0, u.Tokens-p.tokens
 		}
 	}
-	for _, r := range rules {
-		b := sh.bucket(u.UserID, r, now)
+	var bbuf [2 * int(numWindows)]*bucket
+	buckets := sh.buckets(u.UserID, rules, bbuf[:0])
+	for i, r := range rules {
 		n := chargeCost(r.Unit, requests, tokens)
 		if n >= 0 {
-			debit(b.lim, now, n)
+			debit(buckets[i].lim, now, n)
 		} else {
-			refund(b, now, -n)
+			buckets[i].refund(now, -n)
 		}
 	}
 }
@@ -297,25 +301,27 @@ func (l *Limiter) Record(u Usage) {
 func (l *Limiter) Limits(user, provider, model string) []Status {
 	now := l.clock.Now()
 	rs := l.rules.Load()
-	var buf [2 * int(numWindows)]*Rule
+	var buf [2 * int(numWindows)]*rule
 	rules := rs.applicable(user, provider, model, buf[:0])
 
 	sh := l.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	bs := sh.users[user]
 	out := make([]Status, 0, len(rules))
 	for _, r := range rules {
-		out = append(out, status(r, sh.buckets[keyFor(user, r)], now))
+		out = append(out, status(r, find(bs, r.scope), now))
 	}
 	if provider != "" || model != "" {
 		return out
 	}
-	for k, b := range sh.buckets {
-		if k.user != user || (k.provider == "" && k.model == "") || reported(rules, user, k) {
+	for j := range bs {
+		sc := bs[j].scope
+		if (sc.provider == "" && sc.model == "") || reported(rules, sc) {
 			continue
 		}
-		if r := rs.byScope(k); r != nil {
-			out = append(out, status(r, b, now))
+		if r := rs.owner(user, sc); r != nil {
+			out = append(out, status(r, bs[j].lim, now))
 		}
 	}
 	return out
@@ -329,9 +335,11 @@ func (l *Limiter) Each(fn func(user string, s Status)) {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		for k, b := range sh.buckets {
-			if r := rs.byScope(k); r != nil {
-				fn(k.user, status(r, b, now))
+		for user, bs := range sh.users {
+			for j := range bs {
+				if r := rs.owner(user, bs[j].scope); r != nil {
+					fn(user, status(r, bs[j].lim, now))
+				}
 			}
 		}
 		sh.mu.Unlock()
@@ -348,11 +356,20 @@ func (l *Limiter) Sweep() (live int) {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		for k, b := range sh.buckets {
-			r := rs.byScope(k)
-			if r == nil || b.lim.TokensAt(now) >= float64(b.limit) {
-				delete(sh.buckets, k)
+		for user, bs := range sh.users {
+			kept := bs[:0]
+			for _, b := range bs {
+				if rs.owner(user, b.scope) != nil && b.lim.TokensAt(now) < float64(b.lim.Burst()) {
+					kept = append(kept, b)
+				}
 			}
+			if len(kept) == 0 {
+				delete(sh.users, user)
+				continue
+			}
+			clear(bs[len(kept):]) // let the dropped limiters go
+			sh.users[user] = kept
+			live += len(kept)
 		}
 		for id, p := range sh.pending {
 			if now.After(p.expires) {
@@ -360,10 +377,23 @@ func (l *Limiter) Sweep() (live int) {
 				l.pendingCount.Add(-1)
 			}
 		}
-		live += len(sh.buckets)
 		sh.mu.Unlock()
 	}
 	return live
+}
+
+// Len returns the number of live buckets.
+func (l *Limiter) Len() int {
+	n := 0
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for _, bs := range sh.users {
+			n += len(bs)
+		}
+		sh.mu.Unlock()
+	}
+	return n
 }
 
 func (l *Limiter) shard(user string) *shard {
@@ -380,41 +410,62 @@ func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
 	sh.pending[req.RequestID] = pendingCheck{user: req.UserID, tokens: req.Tokens, expires: now.Add(l.pendingTTL)}
 }
 
-// bucket returns the user's bucket for r, creating a full one or adopting
-// a changed limit as needed. The shard lock must be held.
-func (sh *shard) bucket(user string, r *Rule, now time.Time) *bucket {
-	k := keyFor(user, r)
-	b := sh.buckets[k]
-	if b == nil {
-		b = &bucket{lim: rate.NewLimiter(refillRate(r), int(r.Limit)), limit: r.Limit}
-		sh.buckets[k] = b
-	} else {
-		b.adopt(r, now)
+// buckets appends to dst the user's bucket for each rule, creating full
+// ones as needed. The pointers stay valid while the shard lock is held
+// and no bucket is added. The shard lock must be held.
+func (sh *shard) buckets(user string, rules []*rule, dst []*bucket) []*bucket {
+	bs := sh.users[user]
+	var idx [2 * int(numWindows)]int
+	for i, r := range rules {
+		idx[i] = index(bs, r.scope)
+		if idx[i] < 0 {
+			idx[i] = len(bs)
+			bs = append(bs, bucket{scope: r.scope, lim: rate.NewLimiter(refillRate(&r.Rule), int(r.Limit))})
+		}
 	}
-	return b
+	if len(bs) != len(sh.users[user]) {
+		sh.users[user] = bs
+	}
+	for i := range rules {
+		dst = append(dst, &bs[idx[i]])
+	}
+	return dst
+}
+
+// index returns the position of the bucket with scope sc, or -1.
+func index(bs []bucket, sc *scope) int {
+	for i := range bs {
+		if bs[i].scope == sc || *bs[i].scope == *sc {
+			return i
+		}
+	}
+	return -1
+}
+
+// find returns the limiter of the bucket with scope sc, or nil.
+func find(bs []bucket, sc *scope) *rate.Limiter {
+	if i := index(bs, sc); i >= 0 {
+		return bs[i].lim
+	}
+	return nil
 }
 
 // adopt applies a changed rule limit, keeping the bucket's level.
-func (b *bucket) adopt(r *Rule, now time.Time) {
-	if b.limit != r.Limit {
-		b.lim.SetLimitAt(now, refillRate(r))
+func (b *bucket) adopt(r *rule, now time.Time) {
+	if int64(b.lim.Burst()) != r.Limit {
+		b.lim.SetLimitAt(now, refillRate(&r.Rule))
 		b.lim.SetBurstAt(now, int(r.Limit))
-		b.limit = r.Limit
 	}
 }
 
-// reported tells whether one of rules owns the bucket k of user.
-func reported(rules []*Rule, user string, k bucketKey) bool {
+// reported tells whether one of rules owns buckets of scope sc.
+func reported(rules []*rule, sc *scope) bool {
 	for _, r := range rules {
-		if keyFor(user, r) == k {
+		if *r.scope == *sc {
 			return true
 		}
 	}
 	return false
-}
-
-func keyFor(user string, r *Rule) bucketKey {
-	return bucketKey{user: user, provider: r.Provider, model: r.Model, window: r.Window, unit: r.Unit}
 }
 
 func refillRate(r *Rule) rate.Limit {
@@ -475,34 +526,23 @@ func debit(lim *rate.Limiter, now time.Time, n int64) {
 }
 
 // refund gives n units back. rate.Limiter cannot add tokens (a
-// reservation can only be cancelled before its time), so the bucket is
-// replaced by a full one and charged down to the refunded level.
-func refund(b *bucket, now time.Time, n int64) {
-	level := min(b.lim.TokensAt(now)+float64(n), float64(b.limit))
-	lim := rate.NewLimiter(b.lim.Limit(), b.lim.Burst())
-	debit(lim, now, b.limit-int64(math.Floor(level)))
+// reservation can only be cancelled before its time), so the bucket's
+// limiter is replaced by a full one charged down to the refunded level.
+func (b *bucket) refund(now time.Time, n int64) {
+	burst := b.lim.Burst()
+	level := min(b.lim.TokensAt(now)+float64(n), float64(burst))
+	lim := rate.NewLimiter(b.lim.Limit(), burst)
+	debit(lim, now, int64(burst)-int64(math.Floor(level)))
 	b.lim = lim
 }
 
-func status(r *Rule, b *bucket, now time.Time) Status {
+func status(r *rule, lim *rate.Limiter, now time.Time) Status {
 	s := Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit, Remaining: r.Limit, ResetAt: now}
-	if b == nil {
+	if lim == nil {
 		return s
 	}
-	tokens := b.lim.TokensAt(now)
+	tokens := lim.TokensAt(now)
 	s.Remaining = max(0, int64(math.Floor(tokens)))
-	s.ResetAt = now.Add(refillTime(r, float64(r.Limit)-tokens))
+	s.ResetAt = now.Add(refillTime(&r.Rule, float64(r.Limit)-tokens))
 	return s
-}
-
-// Len returns the number of live buckets.
-func (l *Limiter) Len() int {
-	n := 0
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.Lock()
-		n += len(sh.buckets)
-		sh.mu.Unlock()
-	}
-	return n
 }

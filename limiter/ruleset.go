@@ -7,43 +7,64 @@ import (
 
 // ruleSet indexes the rules for matching. It is immutable once built.
 type ruleSet struct {
-	all []Rule
+	all []rule
 	// slots holds, per (window, unit), the candidate rules, most specific first.
 	slots [numWindows][numUnits]slotRules
-	// scopes finds the rule a bucket key belongs to.
-	scopes map[bucketKey]*Rule
+	// owners finds the rule a user's bucket belongs to.
+	owners map[ownerKey]*rule
+}
+
+// rule is a Rule with the scope its buckets are keyed by.
+type rule struct {
+	Rule
+	scope *scope
+}
+
+// scope is what, besides the user, identifies a bucket: the limit type,
+// the unit, and the rule's provider and model scope values.
+type scope struct {
+	provider, model string
+	window          Window
+	unit            Unit
+}
+
+type ownerKey struct {
+	user  string
+	scope scope
 }
 
 type slotRules struct {
 	// byUser holds user-scoped rules; they outrank every other rule.
-	byUser map[string][]*Rule
+	byUser map[string][]*rule
 	// general holds the rules that apply to every user.
-	general []*Rule
+	general []*rule
 }
 
 func newRuleSet(rules []Rule) (*ruleSet, error) {
-	rs := &ruleSet{all: append([]Rule(nil), rules...), scopes: make(map[bucketKey]*Rule)}
-	for i := range rs.all {
+	rs := &ruleSet{all: make([]rule, len(rules)), owners: make(map[ownerKey]*rule)}
+	for i := range rules {
 		r := &rs.all[i]
+		r.Rule = rules[i]
+		r.scope = &scope{provider: r.Provider, model: r.Model, window: r.Window, unit: r.Unit}
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Source, err)
 		}
-		k := keyFor(r.UserID, r)
-		if prev, dup := rs.scopes[k]; dup {
+		k := ownerKey{r.UserID, *r.scope}
+		if prev, dup := rs.owners[k]; dup {
 			return nil, fmt.Errorf("%s: a %s %s rule with the same scope is already defined at %s", r.Source, r.Window, r.Unit, prev.Source)
 		}
-		rs.scopes[k] = r
+		rs.owners[k] = r
 		slot := &rs.slots[r.Window][r.Unit]
 		if r.UserID != "" {
 			if slot.byUser == nil {
-				slot.byUser = make(map[string][]*Rule)
+				slot.byUser = make(map[string][]*rule)
 			}
 			slot.byUser[r.UserID] = append(slot.byUser[r.UserID], r)
 		} else {
 			slot.general = append(slot.general, r)
 		}
 	}
-	bySpecificity := func(rules []*Rule) {
+	bySpecificity := func(rules []*rule) {
 		// Stable, so that among equally specific rules (two model globs
 		// that both match) the one written first wins.
 		sort.SliceStable(rules, func(i, j int) bool { return rules[i].specificity() > rules[j].specificity() })
@@ -62,7 +83,7 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 
 // applicable appends the most specific matching rule of every (window,
 // unit) to dst.
-func (rs *ruleSet) applicable(user, provider, model string, dst []*Rule) []*Rule {
+func (rs *ruleSet) applicable(user, provider, model string, dst []*rule) []*rule {
 	for w := range rs.slots {
 		for u := range rs.slots[w] {
 			if r := rs.slots[w][u].match(user, provider, model); r != nil {
@@ -73,7 +94,7 @@ func (rs *ruleSet) applicable(user, provider, model string, dst []*Rule) []*Rule
 	return dst
 }
 
-func (s *slotRules) match(user, provider, model string) *Rule {
+func (s *slotRules) match(user, provider, model string) *rule {
 	for _, r := range s.byUser[user] {
 		if r.matches(provider, model) {
 			return r
@@ -87,13 +108,12 @@ func (s *slotRules) match(user, provider, model string) *Rule {
 	return nil
 }
 
-// byScope returns the rule that a bucket key belongs to, or nil if the
-// rules changed and none does any more. A key carries the rule's scope
-// values and the user, and the user may or may not be part of the scope.
-func (rs *ruleSet) byScope(k bucketKey) *Rule {
-	if r := rs.scopes[k]; r != nil {
+// owner returns the rule that a user's bucket of scope sc belongs to, or
+// nil if the rules changed and none does any more. The user may or may
+// not be part of the rule's scope.
+func (rs *ruleSet) owner(user string, sc *scope) *rule {
+	if r := rs.owners[ownerKey{user, *sc}]; r != nil {
 		return r
 	}
-	k.user = ""
-	return rs.scopes[k]
+	return rs.owners[ownerKey{"", *sc}]
 }

@@ -56,6 +56,9 @@ type Spool struct {
 	// bytes and records count what is spooled and not yet committed,
 	// including the batch being written.
 	bytes, records int64
+	// full is set when an append was refused for lack of room, until a
+	// commit frees some: the spool cannot take records meanwhile.
+	full bool
 
 	// The consumer's side, guarded by mu too.
 	// rSeg and rOff locate the first uncommitted record (the checkpoint).
@@ -159,6 +162,7 @@ func (s *Spool) Enqueue(recs []record.Record) error {
 	}
 	s.mu.Lock()
 	if s.bytes+int64(len(frames)) > s.maxBytes {
+		s.full = true
 		s.mu.Unlock()
 		return fmt.Errorf("%w (%d of %d bytes, --spool-max-bytes): the store is behind", ErrFull, s.bytes, s.maxBytes)
 	}
@@ -309,6 +313,7 @@ func (s *Spool) Commit(n int) error {
 	s.rSeg, s.rOff = s.peekSeg, s.peekOff
 	s.bytes -= s.peekBytes
 	s.records -= int64(n)
+	s.full = false
 	s.peeked, s.peekBytes = nil, 0
 	return nil
 }
@@ -335,8 +340,8 @@ func (s *Spool) Err() error {
 	if s.appendErr != nil {
 		return fmt.Errorf("cannot write the spool: %w", s.appendErr)
 	}
-	if s.bytes >= s.maxBytes {
-		return fmt.Errorf("%w (%d bytes, --spool-max-bytes)", ErrFull, s.bytes)
+	if s.full {
+		return fmt.Errorf("%w (%d of %d bytes, --spool-max-bytes): the store is behind", ErrFull, s.bytes, s.maxBytes)
 	}
 	return nil
 }

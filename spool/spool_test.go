@@ -188,11 +188,14 @@ func TestFull(t *testing.T) {
 	if s.Len() != before {
 		t.Fatalf("a refused append changed Len from %d to %d", before, s.Len())
 	}
-	if err := s.Err(); err != nil {
-		t.Fatalf("Err %v while there is still room", err)
+	if err := s.Err(); !errors.Is(err, ErrFull) {
+		t.Fatalf("Err %v after a refused append, want ErrFull", err)
 	}
 	// Draining makes room again.
 	drain(t, s, 100)
+	if err := s.Err(); err != nil {
+		t.Fatalf("Err %v after draining", err)
+	}
 	if err := s.Enqueue(recs(5, 5)); err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,7 @@ func serveCommand() *cli.Command {
 			durationFlag("shutdown-timeout", 15*time.Second, "time allowed to finish in-flight requests on SIGTERM"),
 			stringFlag("log-format", "text", "log format: text or json"),
 			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
+			stringFlag("memory-limit", "auto", "Go soft memory limit: auto (90% of the container's memory limit, if any), 0 for none, or a size such as 256MiB; GOMEMLIMIT wins"),
 			stringFlag("auth-token-file", "", "file holding a shared token that /v1/* and /api/* then require as Authorization: Bearer <token>"),
 			boolFlag("metrics-auth", false, "require the --auth-token-file token on /metrics too"),
 			databaseURLFlag(),
@@ -105,6 +106,9 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		}
 	}
 	s.fileRules = cfg.Rules
+	if err := applyMemoryLimit(c.String("memory-limit"), logger); err != nil {
+		return err
+	}
 	if f := c.String("auth-token-file"); f != "" {
 		var err error
 		if s.token, err = collector.LoadToken(f); err != nil {
@@ -134,7 +138,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		return err
 	}
 	defer s.store.Close()
-	s.dbRules = s.readDBRules(ctx)
+	s.dbRules, _ = s.readDBRules(ctx)
 	rules := s.mergedRules()
 	if s.limiter, err = limiter.New(rules, limiter.Options{}); err != nil {
 		return err
@@ -219,18 +223,19 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	return nil
 }
 
-// readDBRules reads the database's rules; a failure leaves the sidecar on
-// the limits file's rules rather than stopping it.
-func (s *sidecar) readDBRules(ctx context.Context) []limiter.Rule {
+// readDBRules reads the database's rules. A failure is logged, not
+// fatal: the sidecar keeps the rules it has (at start, the file's) and
+// reads again when the database is back.
+func (s *sidecar) readDBRules(ctx context.Context) ([]limiter.Rule, bool) {
 	rules, skipped, err := s.store.Rules(ctx)
 	if err != nil {
-		s.logger.Error("cannot read limit rules from the database; using the limits file's", "error", err)
-		return nil
+		s.logger.Error("cannot read limit rules from the database; the rules in force stay", "error", err)
+		return nil, false
 	}
 	for _, e := range skipped {
 		s.logger.Warn("limit rule row ignored", "error", e)
 	}
-	return rules
+	return rules, true
 }
 
 // mergedRules combines the file's and the database's rules, the
@@ -253,9 +258,13 @@ func (s *sidecar) mergedRules() []limiter.Rule {
 	return merged
 }
 
-// reloadDBRules applies changed database rules.
+// reloadDBRules applies changed database rules. During an outage it
+// changes nothing: an unreachable database is not an empty one.
 func (s *sidecar) reloadDBRules() {
-	rules := s.readDBRules(context.Background())
+	rules, ok := s.readDBRules(context.Background())
+	if !ok {
+		return
+	}
 	s.rulesMu.Lock()
 	defer s.rulesMu.Unlock()
 	s.dbRules = rules
@@ -369,17 +378,27 @@ func (s *sidecar) registerQueueMetrics() {
 	}
 }
 
-// sweepLoop drops idle buckets and expires idle users' series.
+// sweepLoop drops idle buckets and expires idle users' series every
+// interval, and sweeps the limiter sooner when its buckets have doubled
+// since the last sweep: under a flood of new users, memory must follow
+// the users active in the last refill period, not wait for the next tick.
 func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+	t := time.NewTicker(min(every, time.Second))
 	defer t.Stop()
+	last, lastLive := time.Now(), 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			s.limiter.Sweep()
-			s.exporter.Sweep()
+		case now := <-t.C:
+			due := now.Sub(last) >= every
+			if due || s.limiter.Len() >= max(2*lastLive, 10_000) {
+				lastLive = s.limiter.Sweep()
+			}
+			if due {
+				s.exporter.Sweep()
+				last = now
+			}
 		}
 	}
 }

@@ -1,0 +1,567 @@
+//go:build fault
+
+// Package fault is llmusage's fault-injection suite: kill -9 under load,
+// a Postgres outage under load, a full spool, and a flood of distinct
+// users. Each scenario reports records acknowledged (2xx), persisted,
+// duplicated and lost; lost and duplicated must be 0.
+//
+//	go test -tags fault -count=1 -v ./test/fault/   (make fault)
+package fault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/llmusage/llmusage/internal/pgtest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "llmusage-fault")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "llmusage")
+	build := exec.Command("go", "build", "-o", binary, "../../cmd/llmusage")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "cannot build llmusage:", err)
+		os.Exit(1)
+	}
+	code := pgtest.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// sidecar is an llmusage serve process that the test kills and restarts
+// on the same data directory and ports.
+type sidecar struct {
+	t       *testing.T
+	args    []string
+	api     string
+	metrics string
+	cmd     *exec.Cmd
+	exited  chan error
+	log     *os.File
+	client  *http.Client
+	// env is added to the process's environment.
+	env []string
+}
+
+func newSidecar(t *testing.T, dataDir string, extra ...string) *sidecar {
+	t.Helper()
+	apiAddr, metricsAddr := freePort(t), freePort(t)
+	log, err := os.Create(filepath.Join(dataDir, "sidecar.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	s := &sidecar{
+		t:       t,
+		args:    append([]string{"serve", "--listen-address", apiAddr, "--metrics-address", metricsAddr, "--data-dir", dataDir, "--flush-interval", "100ms"}, extra...),
+		api:     "http://" + apiAddr,
+		metrics: "http://" + metricsAddr,
+		log:     log,
+		client:  &http.Client{Timeout: 10 * time.Second},
+	}
+	t.Cleanup(func() {
+		if s.cmd != nil {
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("sidecar log (tail):\n%s", b)
+		}
+	})
+	return s
+}
+
+func (s *sidecar) start() {
+	s.t.Helper()
+	s.cmd = exec.Command(binary, s.args...)
+	s.cmd.Env = append(os.Environ(), s.env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.exited = make(chan error, 1)
+	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(s.cmd, s.exited)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if resp, err := s.client.Get(s.metrics + "/healthz"); err == nil {
+			resp.Body.Close()
+			return
+		}
+		select {
+		case err := <-s.exited:
+			s.cmd = nil
+			s.t.Fatalf("sidecar exited at start: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatal("sidecar not up after 60 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill9 kills the process without warning, as the OOM killer or a node
+// failure would.
+func (s *sidecar) kill9() {
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.exited
+	s.cmd = nil
+}
+
+func (s *sidecar) term() {
+	s.t.Helper()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		if err != nil {
+			s.t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		s.t.Fatal("no exit 60 s after SIGTERM")
+	}
+	s.cmd = nil
+}
+
+func (s *sidecar) ready() (int, map[string]string) {
+	resp, err := s.client.Get(s.metrics + "/readyz")
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	var body map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
+// gauge reads one unlabelled sample from /metrics.
+func (s *sidecar) gauge(name string) float64 {
+	resp, err := s.client.Get(s.metrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// load posts NDJSON batches from several clients until stopped, each
+// record tagged with a sequence number in its metadata; half carry a
+// request_id, half get one generated at intake. It remembers which
+// sequence numbers were acknowledged.
+type load struct {
+	url     string
+	next    atomic.Int64
+	mu      sync.Mutex
+	acked   map[int64]bool
+	refused atomic.Int64
+	codes   sync.Map
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func startLoad(api string, clients, batch int) *load {
+	l := &load{url: api + "/v1/calls", acked: map[int64]bool{}, stop: make(chan struct{})}
+	client := &http.Client{Timeout: 30 * time.Second}
+	for c := 0; c < clients; c++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				var body bytes.Buffer
+				seqs := make([]int64, batch)
+				for i := range seqs {
+					seq := l.next.Add(1)
+					seqs[i] = seq
+					id := ""
+					if seq%2 == 0 {
+						id = fmt.Sprintf(`"request_id":"load-%d",`, seq)
+					}
+					fmt.Fprintf(&body, `{%s"user_id":"user-%d","model":"gpt-4o","prompt_tokens":%d,"completion_tokens":1,"metadata":{"seq":%d}}`+"\n", id, seq%100, seq%1000, seq)
+				}
+				resp, err := client.Post(l.url, "application/x-ndjson", &body)
+				if err != nil {
+					l.refused.Add(int64(batch))
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n, _ := l.codes.LoadOrStore(resp.StatusCode, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+				if resp.StatusCode/100 == 2 {
+					l.mu.Lock()
+					for _, s := range seqs {
+						l.acked[s] = true
+					}
+					l.mu.Unlock()
+				} else {
+					l.refused.Add(int64(batch))
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+func (l *load) ackedCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.acked)
+}
+
+func (l *load) codesString() string {
+	var parts []string
+	l.codes.Range(func(k, v any) bool {
+		parts = append(parts, fmt.Sprintf("%v:%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	return strings.Join(parts, " ")
+}
+
+// audit compares the acknowledged records with the rows, by sequence number.
+type audit struct {
+	acked, persisted, duplicated, lost int
+}
+
+func (a audit) String() string {
+	return fmt.Sprintf("acknowledged %d, persisted %d, duplicated %d, lost %d", a.acked, a.persisted, a.duplicated, a.lost)
+}
+
+func auditRows(t *testing.T, dbURL string, l *load) audit {
+	t.Helper()
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	rows, err := db.Query(ctx, `SELECT (metadata->>'seq')::bigint, count(*) FROM llm_usage_logs GROUP BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[int64]int{}
+	a := audit{}
+	for rows.Next() {
+		var seq int64
+		var n int
+		if err := rows.Scan(&seq, &n); err != nil {
+			t.Fatal(err)
+		}
+		stored[seq] = n
+		a.persisted += n
+		a.duplicated += n - 1
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a.acked = len(l.acked)
+	for seq := range l.acked {
+		if stored[seq] == 0 {
+			a.lost++
+		}
+	}
+	return a
+}
+
+// waitDrained waits until the sidecar's queue is empty and its store up.
+func waitDrained(t *testing.T, s *sidecar) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for s.gauge("llmusage_persist_queue_records") != 0 || s.gauge("llmusage_store_up") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue not drained after 3 min: %v records, store_up %v", s.gauge("llmusage_persist_queue_records"), s.gauge("llmusage_store_up"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func newDatabase(t *testing.T, srv *pgtest.Server) string {
+	t.Helper()
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, "CREATE DATABASE llmusage_fault"); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Replace(srv.URL(), "/postgres?", "/llmusage_fault?", 1)
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestKillAndOutageUnderLoad: under continuous load, kill -9 the sidecar
+// five times, then stop Postgres for LLMUSAGE_FAULT_OUTAGE (30 s); every
+// acknowledged record must be stored exactly once.
+func TestKillAndOutageUnderLoad(t *testing.T) {
+	srv := pgtest.StartServer(t)
+	dbURL := newDatabase(t, srv)
+	s := newSidecar(t, t.TempDir(), "--database-url", dbURL, "--durability", "fsync")
+	s.start()
+	l := startLoad(s.api, 4, 20)
+
+	for i := 1; i <= 5; i++ {
+		time.Sleep(time.Duration(300+i*150) * time.Millisecond)
+		before := l.ackedCount()
+		s.kill9()
+		t.Logf("kill -9 #%d after %d acknowledged records", i, before)
+		time.Sleep(200 * time.Millisecond) // the load keeps knocking
+		s.start()
+	}
+
+	outage := envDuration("LLMUSAGE_FAULT_OUTAGE", 30*time.Second)
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Postgres stopped for %s under load", outage)
+	during := l.ackedCount()
+	deadline := time.Now().Add(outage)
+	sawDegraded := false
+	for time.Now().Before(deadline) {
+		code, body := s.ready()
+		if code == http.StatusOK && body["status"] == "degraded" {
+			sawDegraded = true
+		}
+		if code != http.StatusOK && code != 0 {
+			t.Fatalf("/readyz answered %d %v during the outage; records still reach the spool", code, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !sawDegraded {
+		t.Fatal("/readyz never reported degraded while Postgres was down")
+	}
+	if l.ackedCount() <= during {
+		t.Fatal("no record was acknowledged while Postgres was down")
+	}
+	t.Logf("acknowledged during the outage: %d, spooled: %.0f records", l.ackedCount()-during, s.gauge("llmusage_spool_records"))
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	l.finish()
+	waitDrained(t, s)
+	s.term()
+
+	a := auditRows(t, dbURL, l)
+	t.Logf("kill -9 x5 and a %s Postgres outage: %s (HTTP answers %s; not acknowledged: %d)", outage, a, l.codesString(), l.refused.Load())
+	if a.lost != 0 || a.duplicated != 0 {
+		t.Fatalf("lost %d, duplicated %d; want 0 and 0", a.lost, a.duplicated)
+	}
+	if a.acked == 0 {
+		t.Fatal("nothing was acknowledged")
+	}
+}
+
+// TestFullSpool: with Postgres down and a small spool, records are
+// refused with 503 and Retry-After once the spool is full, /readyz says
+// unavailable, and everything acknowledged is stored once Postgres returns.
+func TestFullSpool(t *testing.T) {
+	srv := pgtest.StartServer(t)
+	dbURL := newDatabase(t, srv)
+	s := newSidecar(t, t.TempDir(), "--database-url", dbURL, "--spool-max-bytes", "65536")
+	s.start()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(s.api, 2, 10)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, body := s.ready()
+		if code == http.StatusServiceUnavailable && body["status"] == "unavailable" && strings.Contains(body["spool"], "full") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never said unavailable: %d %v", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A refused request gets a 503 with Retry-After and a JSON reason.
+	// A request larger than what is left: 50 records, where the load's
+	// batches of 10 no longer fit.
+	probe := strings.Repeat(`{"user_id":"u","model":"m","metadata":{"seq":-1}}`+"\n", 50)
+	resp, err := http.Post(s.api+"/v1/calls", "application/x-ndjson", strings.NewReader(probe))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), "spool is full") {
+		t.Fatalf("post to a full spool: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	full := l.ackedCount()
+	time.Sleep(500 * time.Millisecond)
+	if l.ackedCount() != full {
+		t.Fatalf("records acknowledged while the spool was full: %d -> %d", full, l.ackedCount())
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The spool drains and intake resumes by itself.
+	deadline = time.Now().Add(time.Minute)
+	for l.ackedCount() == full {
+		if time.Now().After(deadline) {
+			t.Fatal("intake did not resume after Postgres returned")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.finish()
+	waitDrained(t, s)
+	if code, body := s.ready(); code != http.StatusOK || body["status"] != "ok" {
+		t.Fatalf("/readyz after recovery: %d %v", code, body)
+	}
+	s.term()
+	a := auditRows(t, dbURL, l)
+	t.Logf("full spool (64 KiB) during an outage: %s (HTTP answers %s)", a, l.codesString())
+	if a.lost != 0 || a.duplicated != 0 || a.acked == 0 {
+		t.Fatalf("lost %d, duplicated %d, acknowledged %d", a.lost, a.duplicated, a.acked)
+	}
+}
+
+// TestUserFlood posts 1,000,000 records of distinct users and reads the
+// sidecar's peak RSS (VmHWM): idle buckets are swept, user series capped.
+func TestUserFlood(t *testing.T) {
+	users := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("LLMUSAGE_FAULT_FLOOD_USERS")); err == nil {
+		users = v
+	}
+	dir := t.TempDir()
+	// The embedded store and the seeded default rules: two buckets per user.
+	// As in a pod whose container limit is 192 MiB: --memory-limit=auto
+	// would take 90% of it. LLMUSAGE_FAULT_MEMORY_LIMIT=0 shows the
+	// unlimited figure.
+	limit := "172MiB"
+	if v, ok := os.LookupEnv("LLMUSAGE_FAULT_MEMORY_LIMIT"); ok {
+		limit = v
+	}
+	s := newSidecar(t, dir, "--batch-size", "5000", "--memory-limit", limit)
+	s.start()
+	const batch, clients = 1000, 2
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: time.Minute}
+			var body bytes.Buffer
+			for {
+				first := next.Add(batch) - batch
+				if first >= int64(users) {
+					return
+				}
+				body.Reset()
+				for i := first; i < first+batch && i < int64(users); i++ {
+					fmt.Fprintf(&body, `{"user_id":"flood-%d","model":"gpt-4o-mini","prompt_tokens":3,"completion_tokens":1}`+"\n", i)
+				}
+				resp, err := client.Post(s.api+"/v1/calls", "application/x-ndjson", &body)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					t.Errorf("flood batch at %d: %d", first, resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	users64 := s.gauge("llmusage_metrics_users")
+	overflow := s.gauge("llmusage_metrics_users_overflow_total")
+	buckets := s.gauge("llmusage_limiter_buckets")
+	waitDrained(t, s)
+	hwm := peakRSS(t, s.cmd.Process.Pid)
+	s.term()
+	t.Logf("flood of %d distinct users in %s (%.0f records/s), --memory-limit %s: peak RSS %.1f MiB; user series %.0f (overflow %.0f); live buckets at the end of the flood %.0f",
+		users, elapsed.Round(time.Millisecond), float64(users)/elapsed.Seconds(), limit, float64(hwm)/(1<<20), users64, overflow, buckets)
+	if users64 > 10000 {
+		t.Fatalf("%v user series: the cap of 10,000 did not hold", users64)
+	}
+	if limit != "0" && hwm > 300<<20 {
+		t.Fatalf("peak RSS %.1f MiB, over the 300 MiB target", float64(hwm)/(1<<20))
+	}
+}
+
+// peakRSS reads VmHWM, the process's peak resident set, in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc status")
+	return 0
+}
