@@ -60,8 +60,10 @@ func Open(ctx context.Context, opts Options) (Store, error) {
 	switch kind, target := Kind(opts); kind {
 	case "postgres":
 		return openPostgres(ctx, target)
-	default:
+	case "sqlite":
 		return openSQLite(ctx, target)
+	default:
+		return nil, fmt.Errorf("cannot use --database-url %s: want postgres://, postgresql:// or sqlite:", Redact(opts.DatabaseURL))
 	}
 }
 
@@ -76,6 +78,8 @@ func Kind(opts Options) (kind, target string) {
 		return "sqlite", strings.TrimPrefix(strings.TrimPrefix(u, "sqlite:"), "//")
 	case u == "":
 		return "sqlite", filepath.Join(opts.DataDir, "llmusage.db")
+	case strings.Contains(u, "://"):
+		return "unknown", u
 	}
 	return "sqlite", u
 }

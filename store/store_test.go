@@ -355,6 +355,10 @@ func TestSQLiteFileLocation(t *testing.T) {
 	f(Options{DatabaseURL: "sqlite:/var/lib/x.db"}, "sqlite", "/var/lib/x.db")
 	f(Options{DatabaseURL: "postgres://u:p@h/db"}, "postgres", "postgres://u:p@h/db")
 	f(Options{DatabaseURL: "postgresql://h/db"}, "postgres", "postgresql://h/db")
+	f(Options{DatabaseURL: "mysql://u:pw@h/db"}, "unknown", "mysql://u:pw@h/db")
+	if _, err := Open(context.Background(), Options{DatabaseURL: "mysql://u:pw@h/db"}); err == nil || strings.Contains(err.Error(), "pw@") {
+		t.Fatalf("an unknown scheme: %v", err)
+	}
 
 	dir := t.TempDir()
 	s := openMigrated(t, Options{DataDir: filepath.Join(dir, "nested", "data")})
