@@ -1,0 +1,215 @@
+// Package dashboards builds llmusage's Grafana dashboards with the Grafana
+// Foundation SDK. The JSON under this directory is generated from it
+// (go generate ./dashboards) and committed; a test fails when it is stale.
+// rules/ holds the Prometheus recording and alerting rules they go with.
+package dashboards
+
+//go:generate go run ./gen
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/grafana/grafana-foundation-sdk/go/bargauge"
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/common"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+	"github.com/grafana/grafana-foundation-sdk/go/prometheus"
+	"github.com/grafana/grafana-foundation-sdk/go/stat"
+	"github.com/grafana/grafana-foundation-sdk/go/table"
+	"github.com/grafana/grafana-foundation-sdk/go/timeseries"
+)
+
+// Files maps each dashboard's file name to its builder.
+func Files() map[string]func() *dashboard.DashboardBuilder {
+	return map[string]func() *dashboard.DashboardBuilder{
+		"llm-usage-overview.json": Overview,
+		"llm-user-quota.json":     UserQuota,
+		"llmusage-sidecar.json":   Sidecar,
+	}
+}
+
+// Render builds a dashboard and encodes it as the committed JSON.
+func Render(b *dashboard.DashboardBuilder) ([]byte, error) {
+	d, err := b.Build()
+	if err != nil {
+		return nil, fmt.Errorf("cannot build dashboard: %w", err)
+	}
+	// Panel ids must be unique within a dashboard; the builder leaves
+	// panels without one and rows at 0.
+	for i, p := range d.Panels {
+		id := uint32(i + 1)
+		switch {
+		case p.Panel != nil:
+			p.Panel.Id = &id
+		case p.RowPanel != nil:
+			p.RowPanel.Id = id
+		}
+	}
+	out, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// Overview is the LLM usage overview: traffic, tokens, errors, latency
+// and quota across users, providers and models.
+func Overview() *dashboard.DashboardBuilder {
+	return base("llm-usage-overview", "LLM usage overview", "Requests, tokens, errors, latency and quota of LLM calls recorded by llmusage sidecars.").
+		WithRow(dashboard.NewRowBuilder("Traffic")).
+		WithPanel(timeSeries("Requests by provider and model", "Calls per second (recording rule provider_model:llm_requests:rate5m).", "reqps",
+			target(`sum by (provider, model) (provider_model:llm_requests:rate5m{`+sel+`})`, "{{provider}} {{model}}"))).
+		WithPanel(timeSeries("Tokens by provider and model", "Tokens per second by kind; cached is part of prompt, reasoning part of completion.", "short",
+			target(`sum by (provider, model, token_type) (provider_model_token_type:llm_tokens:rate5m{`+sel+`})`, "{{provider}} {{model}} {{token_type}}"))).
+		WithPanel(barGauge("Top users by tokens", "The ten users with the most prompt and completion tokens per second.", "short",
+			target(`topk(10, sum by (user) (user:llm_tokens:rate5m{`+sel+`}))`, "{{user}}").Instant())).
+		WithRow(dashboard.NewRowBuilder("Errors and latency")).
+		WithPanel(timeSeries("Error ratio by provider", "Share of calls with status error.", "percentunit",
+			target(`max by (provider) (provider:llm_requests_errors:ratio_rate5m{`+sel+`})`, "{{provider}}"))).
+		WithPanel(timeSeries("Latency percentiles by model", "From latency_ms as the application reported it.", "s",
+			target(`histogram_quantile(0.5, sum by (model, le) (model_le:llm_request_duration_seconds_bucket:rate5m{`+sel+`}))`, "p50 {{model}}"),
+			target(`histogram_quantile(0.95, sum by (model, le) (model_le:llm_request_duration_seconds_bucket:rate5m{`+sel+`}))`, "p95 {{model}}"),
+			target(`histogram_quantile(0.99, sum by (model, le) (model_le:llm_request_duration_seconds_bucket:rate5m{`+sel+`}))`, "p99 {{model}}"))).
+		WithRow(dashboard.NewRowBuilder("Quota")).
+		WithPanel(timeSeries("Quota checks by decision", "Checks answered allowed (200) or limited (429), per second.", "reqps",
+			target(`sum by (decision) (rate(llm_rate_limit_checks_total{`+sel+`}[$__rate_interval]))`, "{{decision}}"))).
+		WithPanel(quotaTable("Users closest to their quota", "The twenty buckets with the highest share used; 1 means no quota left.",
+			target(`topk(20, max by (user, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant()))
+}
+
+// UserQuota is the successor of the seed's usage card: one user's quota
+// against each limit, and their usage in the time range.
+func UserQuota() *dashboard.DashboardBuilder {
+	userSel := sel + `, user="$user"`
+	return base("llm-user-quota", "LLM user quota", "One user's quota and usage: the successor of the LLM API usage card.").
+		Time("now/d", "now").
+		WithVariable(dashboard.NewQueryVariableBuilder("user").
+			Label("User").
+			Query(dashboard.StringOrMap{String: cog.ToPtr(`label_values(llm_quota_limit{` + sel + `}, user)`)}).
+			Datasource(datasourceRef).
+			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
+			Sort(dashboard.VariableSortAlphabeticalAsc)).
+		WithRow(dashboard.NewRowBuilder("Quota")).
+		WithPanel(quotaTable("Quota by limit type", "For each limit the user's bucket: limit, used, remaining, and the share used.",
+			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`})`, "limit").Instant().RefId("limit"),
+			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`} - llm_quota_remaining{`+userSel+`})`, "used").Instant().RefId("used"),
+			target(`max by (limit_type, unit, provider, model) (llm_quota_remaining{`+userSel+`})`, "remaining").Instant().RefId("remaining"))).
+		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets; the warning alert fires above 0.8 for 10 minutes.", "percentunit",
+			target(`max by (limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+userSel+`})`, "{{limit_type}} {{unit}} {{provider}} {{model}}"))).
+		WithRow(dashboard.NewRowBuilder("Usage in the time range (today by default)")).
+		WithPanel(statPanel("Calls", "LLM calls recorded for the user in the time range.", "short",
+			target(`sum(increase(llm_requests_total{`+userSel+`}[$__range]))`, "calls").Instant())).
+		WithPanel(statPanel("Tokens", "Prompt and completion tokens in the time range.", "short",
+			target(`sum(increase(llm_tokens_total{`+userSel+`, token_type=~"prompt|completion"}[$__range]))`, "tokens").Instant())).
+		WithPanel(barGauge("Tokens by model", "Prompt and completion tokens in the time range, by model.", "short",
+			target(`sum by (model) (increase(llm_tokens_total{`+userSel+`, token_type=~"prompt|completion"}[$__range]))`, "{{model}}").Instant())).
+		WithPanel(barGauge("Calls by provider", "Calls in the time range, by provider.", "short",
+			target(`sum by (provider) (increase(llm_requests_total{`+userSel+`}[$__range]))`, "{{provider}}").Instant()))
+}
+
+// Sidecar is the llmusage sidecar's own health: intake, persistence,
+// spool, cardinality guard and process resources.
+func Sidecar() *dashboard.DashboardBuilder {
+	return base("llmusage-sidecar", "llmusage sidecar", "Health of the llmusage sidecars: intake, persistence, spool, series guard, resources.").
+		WithRow(dashboard.NewRowBuilder("Intake")).
+		WithPanel(timeSeries("Records accepted and rejected", "Records per second; rejected records came in a request with an invalid record.", "short",
+			target(`sum(rate(llmusage_records_accepted_total{`+sel+`}[$__rate_interval]))`, "accepted"),
+			target(`sum(rate(llmusage_records_rejected_total{`+sel+`}[$__rate_interval]))`, "rejected"))).
+		WithPanel(timeSeries("API latency (p99) by route", "Time to answer, measured by the sidecar.", "s",
+			target(`histogram_quantile(0.99, sum by (handler, le) (rate(llmusage_http_request_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "{{handler}}"))).
+		WithPanel(timeSeries("API errors by route and code", "4xx and 5xx answers per second.", "reqps",
+			target(`sum by (handler, code) (rate(llmusage_http_request_duration_seconds_count{`+sel+`, code=~"4..|5.."}[$__rate_interval]))`, "{{handler}} {{code}}"))).
+		WithRow(dashboard.NewRowBuilder("Persistence")).
+		WithPanel(timeSeries("Records waiting for the database", "Queue (spool) length; it grows while the database is down and drains when it returns.", "short",
+			target(`sum by (instance) (llmusage_persist_queue_records{`+sel+`})`, "{{instance}}"))).
+		WithPanel(timeSeries("Spool backlog", "Bytes in the spool that the database does not have yet; at --spool-max-bytes, records are refused.", "bytes",
+			target(`sum by (instance) (llmusage_spool_bytes{`+sel+`})`, "{{instance}}"))).
+		WithPanel(timeSeries("Records persisted and failed batches", "Records written per second, and batches that failed (they are retried).", "short",
+			target(`sum(rate(llmusage_persisted_records_total{`+sel+`}[$__rate_interval]))`, "persisted"),
+			target(`sum(rate(llmusage_persist_errors_total{`+sel+`}[$__rate_interval]))`, "failed batches"))).
+		WithPanel(timeSeries("Batch write latency (p99)", "Duration of one batch written to the database.", "s",
+			target(`histogram_quantile(0.99, sum by (le) (rate(llmusage_persist_flush_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99"))).
+		WithPanel(statPanel("Database reachable", "1 when the last write or ping succeeded.", "bool_yes_no",
+			target(`min(llmusage_store_up{`+sel+`})`, "store up").Instant())).
+		WithRow(dashboard.NewRowBuilder("Series guard and resources")).
+		WithPanel(timeSeries("User series", "Distinct user label values exported, and observations counted as __other__ past the cap.", "short",
+			target(`sum by (instance) (llmusage_metrics_users{`+sel+`})`, "users {{instance}}"),
+			target(`sum by (instance) (rate(llmusage_metrics_users_overflow_total{`+sel+`}[$__rate_interval]))`, "overflow/s {{instance}}"))).
+		WithPanel(timeSeries("Live limiter buckets", "Token buckets held in memory; full, idle ones are dropped.", "short",
+			target(`sum by (instance) (llmusage_limiter_buckets{`+sel+`})`, "{{instance}}"))).
+		WithPanel(timeSeries("Memory", "Resident memory of the sidecar process.", "bytes",
+			target(`process_resident_memory_bytes{`+sel+`}`, "{{instance}}"))).
+		WithPanel(timeSeries("CPU", "CPU seconds per second of the sidecar process.", "short",
+			target(`rate(process_cpu_seconds_total{`+sel+`}[$__rate_interval])`, "{{instance}}")))
+}
+
+// sel selects the sidecars chosen by the dashboard's job and namespace variables.
+const sel = `job=~"$job", namespace=~"$namespace"`
+
+var datasourceRef = common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
+
+// base is a dashboard with the variables every llmusage dashboard has: a
+// Prometheus data source, and job and namespace.
+func base(uid, title, description string) *dashboard.DashboardBuilder {
+	labelVar := func(name, label, query string) *dashboard.QueryVariableBuilder {
+		return dashboard.NewQueryVariableBuilder(name).
+			Label(label).
+			Query(dashboard.StringOrMap{String: cog.ToPtr(query)}).
+			Datasource(datasourceRef).
+			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
+			Sort(dashboard.VariableSortAlphabeticalAsc).
+			Multi(true).
+			IncludeAll(true).
+			AllValue(".*")
+	}
+	return dashboard.NewDashboardBuilder(title).
+		Uid(uid).
+		Description(description).
+		Tags([]string{"llmusage", "llm"}).
+		Editable().
+		Tooltip(dashboard.DashboardCursorSyncCrosshair).
+		Refresh("1m").
+		Time("now-6h", "now").
+		Timezone(common.TimeZoneBrowser).
+		WithVariable(dashboard.NewDatasourceVariableBuilder("datasource").Label("Data source").Type("prometheus")).
+		WithVariable(labelVar("job", "Job", `label_values(llmusage_build_info, job)`)).
+		WithVariable(labelVar("namespace", "Namespace", `label_values(llmusage_build_info{job=~"$job"}, namespace)`))
+}
+
+func target(expr, legend string) *prometheus.DataqueryBuilder {
+	return prometheus.NewDataqueryBuilder().Expr(expr).LegendFormat(legend).Datasource(datasourceRef)
+}
+
+func timeSeries(title, description, unit string, targets ...*prometheus.DataqueryBuilder) *timeseries.PanelBuilder {
+	p := timeseries.NewPanelBuilder().Title(title).Description(description).Unit(unit).Datasource(datasourceRef).Height(8).Span(12)
+	for _, t := range targets {
+		p.WithTarget(t)
+	}
+	return p
+}
+
+func statPanel(title, description, unit string, targets ...*prometheus.DataqueryBuilder) *stat.PanelBuilder {
+	p := stat.NewPanelBuilder().Title(title).Description(description).Unit(unit).Datasource(datasourceRef).Height(6).Span(6)
+	for _, t := range targets {
+		p.WithTarget(t)
+	}
+	return p
+}
+
+func barGauge(title, description, unit string, targets ...*prometheus.DataqueryBuilder) *bargauge.PanelBuilder {
+	p := bargauge.NewPanelBuilder().Title(title).Description(description).Unit(unit).Datasource(datasourceRef).Height(8).Span(12).
+		Orientation(common.VizOrientationHorizontal).DisplayMode(common.BarGaugeDisplayModeGradient)
+	for _, t := range targets {
+		p.WithTarget(t)
+	}
+	return p
+}
+
+func quotaTable(title, description string, targets ...*prometheus.DataqueryBuilder) *table.PanelBuilder {
+	p := table.NewPanelBuilder().Title(title).Description(description).Datasource(datasourceRef).Height(8).Span(12)
+	for _, t := range targets {
+		p.WithTarget(t.Format(prometheus.PromQueryFormatTable))
+	}
+	return p
+}

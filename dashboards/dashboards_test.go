@@ -1,0 +1,83 @@
+package dashboards
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"testing"
+
+	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+)
+
+// TestGeneratedUpToDate fails when the committed JSON no longer matches
+// the Go source.
+func TestGeneratedUpToDate(t *testing.T) {
+	for name, build := range Files() {
+		want, err := Render(build())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatalf("%s: %s (run go generate ./dashboards)", name, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s is stale: run go generate ./dashboards and commit the result", name)
+		}
+	}
+}
+
+// TestDashboardsLoad decodes each committed dashboard into the Foundation
+// SDK's types, as Grafana's schema has them, and checks what every
+// llmusage dashboard must have.
+func TestDashboardsLoad(t *testing.T) {
+	plugins.RegisterDefaultPlugins()
+	for name := range Files() {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d dashboard.Dashboard
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatalf("%s does not decode into dashboard.Dashboard: %s", name, err)
+		}
+		if d.Uid == nil || *d.Uid == "" || d.Title == nil {
+			t.Fatalf("%s: no uid or title", name)
+		}
+		vars := map[string]string{}
+		for _, v := range d.Templating.List {
+			vars[v.Name] = string(v.Type)
+		}
+		for _, want := range []struct{ name, kind string }{{"datasource", "datasource"}, {"job", "query"}, {"namespace", "query"}} {
+			if vars[want.name] != want.kind {
+				t.Fatalf("%s: variable %s is %q, want a %s variable", name, want.name, vars[want.name], want.kind)
+			}
+		}
+		ids := map[uint32]bool{}
+		panels := 0
+		for _, p := range d.Panels {
+			var id uint32
+			switch {
+			case p.Panel != nil:
+				panels++
+				if p.Panel.Id == nil {
+					t.Fatalf("%s: panel %v has no id", name, p.Panel.Title)
+				}
+				id = *p.Panel.Id
+				if len(p.Panel.Targets) == 0 {
+					t.Fatalf("%s: panel %v has no query", name, *p.Panel.Title)
+				}
+			case p.RowPanel != nil:
+				id = p.RowPanel.Id
+			}
+			if ids[id] {
+				t.Fatalf("%s: panel id %d used twice", name, id)
+			}
+			ids[id] = true
+		}
+		if panels < 5 {
+			t.Fatalf("%s: %d panels", name, panels)
+		}
+	}
+}

@@ -1,0 +1,483 @@
+package dashboards
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/promql/parser"
+	"go.yaml.in/yaml/v3"
+)
+
+// TestAgainstPrometheus starts a sidecar and a real Prometheus that
+// scrapes it and evaluates the rules, drives traffic through the sidecar,
+// and checks that every dashboard query returns data, that every metric
+// the dashboards and rules name exists (in a real scrape, or as a
+// recording rule), and that the quota alert fires for a user over 80%.
+func TestAgainstPrometheus(t *testing.T) {
+	promBin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatal("prometheus is not installed: run make test (Debian package prometheus)")
+	}
+	dir := t.TempDir()
+	side := startSidecar(t, dir)
+	prom := startPrometheus(t, promBin, dir, side.metricsAddr)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		side.traffic(t, stop)
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	// "light" uses 5 of its 20 requests an hour, "heavy" 17: 85% of the quota.
+	for i := 0; i < 5; i++ {
+		side.post(t, "/v1/check", `{"user_id":"light","model":"gpt-4o"}`, http.StatusOK)
+	}
+	for i := 0; i < 17; i++ {
+		side.post(t, "/v1/check", `{"user_id":"heavy","model":"gpt-4o","request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusOK)
+		side.post(t, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
+	}
+
+	t.Run("every panel query returns data", func(t *testing.T) {
+		for _, q := range panelQueries(t) {
+			expr := substitute(q.expr)
+			waitFor(t, 90*time.Second, func() bool { return len(prom.query(t, expr)) > 0 },
+				"%s / %s: no data for %s", q.dashboard, q.panel, expr)
+		}
+	})
+
+	t.Run("every metric named exists", func(t *testing.T) {
+		exposed := scrapedNames(t, "http://"+side.metricsAddr+"/metrics")
+		recorded, alertExprs := ruleExprs(t)
+		var exprs []string
+		for _, q := range panelQueries(t) {
+			exprs = append(exprs, substitute(q.expr))
+		}
+		for name := range recorded {
+			exprs = append(exprs, recorded[name])
+		}
+		exprs = append(exprs, alertExprs...)
+		for _, e := range exprs {
+			for _, name := range metricNames(t, e) {
+				switch {
+				case strings.Contains(name, ":"):
+					if _, ok := recorded[name]; !ok {
+						t.Errorf("%s names %s, which no recording rule defines", e, name)
+					}
+				case name == "up":
+					// Prometheus' own series for every target.
+				case !exposed[name]:
+					t.Errorf("%s names %s, which the sidecar does not expose", e, name)
+				}
+			}
+		}
+	})
+
+	t.Run("the quota alert fires for the user over 80%", func(t *testing.T) {
+		waitFor(t, 90*time.Second, func() bool {
+			for _, a := range prom.alerts(t) {
+				if a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "heavy" &&
+					a.Labels["limit_type"] == "hour" && a.State == "firing" {
+					return true
+				}
+			}
+			return false
+		}, "LLMUsageQuotaNearlyExhausted is not firing for user heavy")
+		// "light" has used 25% of the same hourly limit: quota series, no alert.
+		if len(prom.query(t, `user_limit_type_unit:llm_quota_used:ratio{user="light", limit_type="hour"}`)) == 0 {
+			t.Fatal("no quota series for light")
+		}
+		for _, a := range prom.alerts(t) {
+			if a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "light" {
+				t.Errorf("quota alert for light, at 25%% of the limit: %+v", a)
+			}
+		}
+	})
+}
+
+// substitute fills in the dashboards' variables as Grafana would: all
+// jobs and namespaces, the heavy user, and Grafana's interval macros.
+func substitute(expr string) string {
+	return strings.NewReplacer(
+		"$job", "llmusage",
+		"$namespace", ".*",
+		"$user", "heavy",
+		"$__rate_interval", "1m",
+		"$__range", "1h",
+	).Replace(expr)
+}
+
+type panelQuery struct{ dashboard, panel, expr string }
+
+// panelQueries reads every target of every committed dashboard.
+func panelQueries(t *testing.T) []panelQuery {
+	t.Helper()
+	var out []panelQuery
+	names := make([]string, 0, len(Files()))
+	for name := range Files() {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			Panels []struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					Expr string `json:"expr"`
+				} `json:"targets"`
+			} `json:"panels"`
+		}
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				out = append(out, panelQuery{name, p.Title, tg.Expr})
+			}
+		}
+	}
+	if len(out) < 20 {
+		t.Fatalf("only %d panel queries found", len(out))
+	}
+	return out
+}
+
+// ruleExprs returns the recording rules (name to expression) and the
+// alert expressions of the rules file.
+func ruleExprs(t *testing.T) (map[string]string, []string) {
+	t.Helper()
+	raw, err := os.ReadFile("rules/llmusage.rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Groups []struct {
+			Rules []struct {
+				Record string `yaml:"record"`
+				Alert  string `yaml:"alert"`
+				Expr   string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(raw, &f); err != nil {
+		t.Fatal(err)
+	}
+	recorded := map[string]string{}
+	var alerts []string
+	for _, g := range f.Groups {
+		for _, r := range g.Rules {
+			if r.Record != "" {
+				recorded[r.Record] = r.Expr
+			} else {
+				alerts = append(alerts, r.Expr)
+			}
+		}
+	}
+	return recorded, alerts
+}
+
+// metricNames parses expr with the Prometheus parser and returns the
+// metric names of its selectors.
+func metricNames(t *testing.T, expr string) []string {
+	t.Helper()
+	e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+	if err != nil {
+		t.Fatalf("%s does not parse: %s", expr, err)
+	}
+	var names []string
+	parser.Inspect(e, func(node parser.Node, _ []parser.Node) error {
+		if vs, ok := node.(*parser.VectorSelector); ok {
+			names = append(names, vs.Name)
+		}
+		return nil
+	})
+	return names
+}
+
+// scrapedNames returns the series names of a real scrape, histograms
+// and summaries expanded to their _bucket, _sum and _count series.
+func scrapedNames(t *testing.T, u string) map[string]bool {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for name, mf := range families {
+		names[name] = true
+		switch mf.GetType().String() {
+		case "HISTOGRAM":
+			names[name+"_bucket"], names[name+"_sum"], names[name+"_count"] = true, true, true
+		case "SUMMARY":
+			names[name+"_sum"], names[name+"_count"] = true, true
+		}
+	}
+	return names
+}
+
+type sidecarProc struct {
+	apiAddr, metricsAddr string
+	client               *http.Client
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+func startSidecar(t *testing.T, dir string) *sidecarProc {
+	t.Helper()
+	buildOnce.Do(func() {
+		binary = filepath.Join(os.TempDir(), fmt.Sprintf("llmusage-dashboards-%d", os.Getpid()))
+		out, err := exec.Command("go", "build", "-o", binary, "../cmd/llmusage").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("%s: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("cannot build llmusage: %s", buildErr)
+	}
+	t.Cleanup(func() { os.Remove(binary) })
+	limits := filepath.Join(dir, "limits.yaml")
+	os.WriteFile(limits, []byte(`
+limits:
+  - user_id: heavy
+    limit_type: hour
+    requests: 20
+  - user_id: light
+    limit_type: hour
+    requests: 20
+  - provider: openai
+    limit_type: minute
+    tokens: 1000000
+`), 0o644)
+	s := &sidecarProc{apiAddr: freeAddr(t), metricsAddr: freeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
+	log, _ := os.Create(filepath.Join(dir, "sidecar.log"))
+	cmd := exec.Command(binary, "serve", "--listen-address", s.apiAddr, "--metrics-address", s.metricsAddr,
+		"--limits-file", limits, "--data-dir", filepath.Join(dir, "data"), "--flush-interval", "100ms")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("sidecar log:\n%s", b)
+		}
+	})
+	waitFor(t, 60*time.Second, func() bool {
+		resp, err := s.client.Get("http://" + s.metricsAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "sidecar not ready")
+	return s
+}
+
+func (s *sidecarProc) post(t *testing.T, path, body string, want int) {
+	t.Helper()
+	resp, err := s.client.Post("http://"+s.apiAddr+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want != 0 && resp.StatusCode != want {
+		t.Errorf("POST %s %s: %d %s, want %d", path, body, resp.StatusCode, b, want)
+	}
+}
+
+// traffic keeps every kind of series moving until stop: records of
+// several users, providers and models (some failed), checks (some
+// refused), and invalid requests.
+func (s *sidecarProc) traffic(t *testing.T, stop chan struct{}) {
+	models := []struct{ provider, model string }{{"openai", "gpt-4o"}, {"anthropic", "claude-3-5-sonnet"}, {"groq", "llama-3.1-8b-instant"}}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		m := models[i%len(models)]
+		status := "success"
+		if i%4 == 0 {
+			status = "error"
+		}
+		s.post(t, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
+			i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status), http.StatusAccepted)
+		// "burst" checks more than its 30 a minute: some are refused.
+		s.post(t, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
+		s.post(t, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
+	}
+}
+
+type promProc struct {
+	addr   string
+	client *http.Client
+}
+
+// startPrometheus runs Prometheus with the rules file as shipped, except
+// that every for: and the recording interval are cut to seconds, so that
+// alerts fire within the test.
+func startPrometheus(t *testing.T, bin, dir, target string) *promProc {
+	t.Helper()
+	rules, err := os.ReadFile("rules/llmusage.rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules = regexp.MustCompile(`(?m)^(\s+for:) \S+$`).ReplaceAll(rules, []byte("$1 2s"))
+	rules = regexp.MustCompile(`(?m)^(\s+interval:) \S+$`).ReplaceAll(rules, []byte("$1 1s"))
+	os.WriteFile(filepath.Join(dir, "rules.yaml"), rules, 0o644)
+	config := fmt.Sprintf(`global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [rules.yaml]
+scrape_configs:
+  - job_name: llmusage
+    static_configs:
+      - targets: [%q]
+`, target)
+	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644)
+	p := &promProc{addr: freeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
+	log, _ := os.Create(filepath.Join(dir, "prometheus.log"))
+	cmd := exec.Command(bin, "--config.file", filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path", filepath.Join(dir, "tsdb"),
+		"--web.listen-address", p.addr)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			t.Logf("prometheus log (tail):\n%s", b)
+		}
+	})
+	waitFor(t, 60*time.Second, func() bool {
+		resp, err := p.client.Get("http://" + p.addr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "prometheus not ready")
+	return p
+}
+
+// query runs an instant query and returns its result (vector or scalar).
+func (p *promProc) query(t *testing.T, expr string) []json.RawMessage {
+	t.Helper()
+	resp, err := p.client.Get("http://" + p.addr + "/api/v1/query?query=" + url.QueryEscape(expr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Status != "success" {
+		t.Fatalf("query %s: %s", expr, out.Error)
+	}
+	var vector []json.RawMessage
+	if out.Data.ResultType == "vector" {
+		_ = json.Unmarshal(out.Data.Result, &vector)
+		// A series whose value is NaN (a quantile of no observations) is no data.
+		var kept []json.RawMessage
+		for _, v := range vector {
+			if !bytes.Contains(v, []byte(`"NaN"`)) {
+				kept = append(kept, v)
+			}
+		}
+		return kept
+	}
+	return []json.RawMessage{out.Data.Result}
+}
+
+type alert struct {
+	Labels map[string]string `json:"labels"`
+	State  string            `json:"state"`
+}
+
+func (p *promProc) alerts(t *testing.T) []alert {
+	t.Helper()
+	resp, err := p.client.Get("http://" + p.addr + "/api/v1/alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Data struct {
+			Alerts []alert `json:"alerts"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Data.Alerts
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf(format, args...)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
