@@ -332,6 +332,9 @@ func (s *Spool) Bytes() int64 {
 	return s.bytes
 }
 
+// MaxBytes returns the bound on uncommitted bytes.
+func (s *Spool) MaxBytes() int64 { return s.maxBytes }
+
 // Err tells why records cannot be spooled now (disk full, unwritable,
 // or the size bound reached), or nil.
 func (s *Spool) Err() error {

@@ -375,6 +375,8 @@ func (s *sidecar) registerQueueMetrics() {
 			func() float64 { return float64(s.spool.Len()) })
 		e.AddGauge("llmusage_spool_bytes", "Bytes of the records in the spool that the store does not have yet.",
 			func() float64 { return float64(s.spool.Bytes()) })
+		e.AddGauge("llmusage_spool_max_bytes", "Bound on llmusage_spool_bytes (--spool-max-bytes); at it, records are refused.",
+			func() float64 { return float64(s.spool.MaxBytes()) })
 	}
 }
 
