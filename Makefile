@@ -5,7 +5,7 @@ GO ?= go
 
 ## run: start the sidecar on its defaults, with the example limits file
 run:
-	$(GO) run ./cmd/llmusage serve --limits-file deploy/limits.example.yaml
+	$(GO) run ./cmd/llmusage serve --limits-file deploy/kubernetes/limits.yaml
 
 ## test: install and start what the tests need (promtool, PostgreSQL), then run every test with the race detector
 test:

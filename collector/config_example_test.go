@@ -4,7 +4,7 @@ import "testing"
 
 // TestExampleLimitsFile keeps the shipped example loadable.
 func TestExampleLimitsFile(t *testing.T) {
-	cfg, err := LoadConfig("../deploy/limits.example.yaml")
+	cfg, err := LoadConfig("../deploy/kubernetes/limits.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

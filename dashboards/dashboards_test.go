@@ -81,3 +81,21 @@ func TestDashboardsLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestKubernetesManifestsUpToDate fails when the PrometheusRule or the
+// dashboards' ConfigMap under deploy/kubernetes no longer match.
+func TestKubernetesManifestsUpToDate(t *testing.T) {
+	files, err := KubernetesFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range files {
+		got, err := os.ReadFile(KubernetesDir + "/" + name)
+		if err != nil {
+			t.Fatalf("%s: %s (run go generate ./dashboards)", name, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s/%s is stale: run go generate ./dashboards and commit the result", KubernetesDir, name)
+		}
+	}
+}

@@ -1,10 +1,11 @@
-// Command gen writes the dashboards' JSON next to their Go source:
-// go generate ./dashboards.
+// Command gen writes the dashboards' JSON next to their Go source, and
+// the Kubernetes manifests made from them: go generate ./dashboards.
 package main
 
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/llmusage/llmusage/dashboards"
 )
@@ -16,8 +17,22 @@ func main() {
 			err = os.WriteFile(name, out, 0o644)
 		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "cannot write %s: %s\n", name, err)
-			os.Exit(1)
+			fail(name, err)
 		}
 	}
+	files, err := dashboards.KubernetesFiles()
+	if err != nil {
+		fail(dashboards.KubernetesDir, err)
+	}
+	for name, out := range files {
+		path := filepath.Join(dashboards.KubernetesDir, name)
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			fail(path, err)
+		}
+	}
+}
+
+func fail(name string, err error) {
+	fmt.Fprintf(os.Stderr, "cannot write %s: %s\n", name, err)
+	os.Exit(1)
 }
