@@ -291,4 +291,3 @@ func hasLLMUsage(cs []corev1.Container) bool {
 	}
 	return false
 }
-
