@@ -2,6 +2,8 @@ package limiter
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -89,4 +91,40 @@ func BenchmarkRecord(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		l.Record(u)
 	}
+}
+
+// BenchmarkMemoryPerActiveUser reports the heap held per user with a
+// live bucket under the seed's default rules (30 requests a minute, 14,400
+// a day), user IDs included: the bytes/user metric, not ns/op, is the
+// figure.
+func BenchmarkMemoryPerActiveUser(b *testing.B) {
+	const users = 100_000
+	ids := make([]string, users)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("user-%08d", i)
+	}
+	var perUser float64
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		l, err := New([]Rule{
+			{Window: Minute, Unit: Requests, Limit: 30},
+			{Window: Day, Unit: Requests, Limit: 14400},
+		}, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, id := range ids {
+			l.Record(Usage{UserID: strings.Clone(id), Model: "gpt-4o"})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if l.Len() != 2*users {
+			b.Fatalf("%d buckets", l.Len())
+		}
+		perUser = float64(after.HeapAlloc-before.HeapAlloc) / users
+		runtime.KeepAlive(l)
+	}
+	b.ReportMetric(perUser, "bytes/user")
 }

@@ -20,6 +20,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			migrateCommand(),
+			loadgenCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version, commit and Go version",

@@ -1,0 +1,73 @@
+package exporter
+
+import (
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// BenchmarkScrape serves /metrics with about 10k and 100k usage series
+// (users x models x series kinds, plus their quota gauges); ns/op is one
+// scrape.
+func BenchmarkScrape(b *testing.B) {
+	for _, tc := range []struct {
+		name          string
+		users, models int
+	}{{"10k-series", 1000, 2}, {"100k-series", 10000, 2}} {
+		b.Run(tc.name, func(b *testing.B) {
+			l, err := limiter.New([]limiter.Rule{
+				{Window: limiter.Minute, Unit: limiter.Requests, Limit: 30},
+				{Window: limiter.Day, Unit: limiter.Requests, Limit: 14400},
+			}, limiter.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			e := New(Options{Limiter: l, MaxUsers: tc.users})
+			for u := 0; u < tc.users; u++ {
+				user := fmt.Sprintf("user-%d", u)
+				l.Record(limiter.Usage{UserID: user, Model: "m"})
+				for m := 0; m < tc.models; m++ {
+					r := record.Record{UserID: user, Provider: "openai", Model: fmt.Sprintf("model-%d", m), PromptTokens: 10,
+						CompletionTokens: 5, TotalTokens: 15, CachedTokens: 1, ReasoningTokens: 1, Status: record.StatusSuccess}
+					e.ObserveRecords([]record.Record{r})
+				}
+				e.ObserveCheck(user, true)
+			}
+			series := countSeries(b, e)
+			h := e.Handler()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+				if rec.Code != 200 {
+					b.Fatal(rec.Code)
+				}
+				_, _ = io.Copy(io.Discard, rec.Body)
+			}
+			b.ReportMetric(float64(series), "series")
+		})
+	}
+}
+
+func countSeries(b *testing.B, e *Exporter) int {
+	mfs, err := e.Registry().Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				n += len(h.GetBucket()) + 2
+				continue
+			}
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,307 @@
+// Package loadgen drives a running llmusage sidecar over loopback, or a
+// unix socket, and measures throughput and latency. It also serves the
+// bare net/http baseline that the sidecar's figures are compared with.
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Options describe a run.
+type Options struct {
+	// Target is the API's base URL (http://127.0.0.1:9470) or unix:/path.
+	Target string
+	// Mode is "record" (one record per request), "batch" (NDJSON of
+	// BatchSize records) or "check".
+	Mode string
+	// Connections is the number of concurrent clients.
+	Connections int
+	// Duration is how long to drive load.
+	Duration time.Duration
+	// BatchSize is the records per request in batch mode.
+	BatchSize int
+	// Users is the number of distinct users, Zipf-distributed (a few are
+	// busy, most are not), as real traffic is.
+	Users int
+	// Rate, when positive, paces requests to this many per second in all
+	// (an open loop: latency counts from the scheduled send time, so a
+	// slow answer cannot hide the requests that should have gone out
+	// meanwhile); zero sends as fast as answers come back.
+	Rate float64
+	// Token is sent as a bearer token when set.
+	Token string
+}
+
+// Result is what a run measured.
+type Result struct {
+	Mode        string  `json:"mode"`
+	Connections int     `json:"connections"`
+	DurationS   float64 `json:"duration_seconds"`
+	Requests    int64   `json:"requests"`
+	Records     int64   `json:"records"`
+	Errors      int64   `json:"errors"`
+	// Limited counts checks answered 429: an answer, not an error.
+	Limited          int64   `json:"limited"`
+	RequestsPerSec   float64 `json:"requests_per_second"`
+	RecordsPerSec    float64 `json:"records_per_second"`
+	LatencyP50Ms     float64 `json:"latency_p50_ms"`
+	LatencyP90Ms     float64 `json:"latency_p90_ms"`
+	LatencyP99Ms     float64 `json:"latency_p99_ms"`
+	LatencyMaxMs     float64 `json:"latency_max_ms"`
+	TargetRatePerSec float64 `json:"target_rate_per_second,omitempty"`
+	// FirstError is an example of what failed, if anything did.
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// Text renders r for a terminal.
+func (r Result) Text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "mode %s, %d connections, %.1fs", r.Mode, r.Connections, r.DurationS)
+	if r.TargetRatePerSec > 0 {
+		fmt.Fprintf(&b, ", paced at %.0f requests/s", r.TargetRatePerSec)
+	}
+	fmt.Fprintf(&b, "\nrequests  %d (%.0f/s)\nrecords   %d (%.0f/s)\nerrors    %d\n", r.Requests, r.RequestsPerSec, r.Records, r.RecordsPerSec, r.Errors)
+	if r.Mode == "check" {
+		fmt.Fprintf(&b, "limited   %d (429 answers)\n", r.Limited)
+	}
+	fmt.Fprintf(&b, "latency   p50 %.3fms  p90 %.3fms  p99 %.3fms  max %.3fms\n", r.LatencyP50Ms, r.LatencyP90Ms, r.LatencyP99Ms, r.LatencyMaxMs)
+	if r.FirstError != "" {
+		fmt.Fprintf(&b, "first error: %s\n", r.FirstError)
+	}
+	return b.String()
+}
+
+// JSON renders r as one JSON object.
+func (r Result) JSON() string {
+	b, _ := json.Marshal(r)
+	return string(b)
+}
+
+// Run drives load until the duration is up or ctx ends.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if o.Connections <= 0 || o.Duration <= 0 || o.Users <= 0 {
+		return Result{}, fmt.Errorf("cannot run: --connections, --duration and --users must be positive")
+	}
+	if o.Mode != "record" && o.Mode != "batch" && o.Mode != "check" {
+		return Result{}, fmt.Errorf("cannot run mode %q: want record, batch or check", o.Mode)
+	}
+	if o.Mode == "batch" && o.BatchSize <= 0 {
+		return Result{}, fmt.Errorf("cannot run batch mode with --batch-size %d", o.BatchSize)
+	}
+	base, client, err := newClient(o.Target, o.Connections)
+	if err != nil {
+		return Result{}, err
+	}
+	path, contentType := "/v1/calls", "application/json"
+	switch o.Mode {
+	case "batch":
+		contentType = "application/x-ndjson"
+	case "check":
+		path = "/v1/check"
+	}
+	url := base + path
+
+	ctx, cancel := context.WithTimeout(ctx, o.Duration)
+	defer cancel()
+	start := time.Now()
+	workers := make([]*worker, o.Connections)
+	var wg sync.WaitGroup
+	for i := range workers {
+		w := &worker{opts: o, id: i, rng: rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))}
+		w.zipf = newZipf(w.rng, o.Users)
+		workers[i] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(ctx, client, url, contentType, start)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+
+	r := Result{Mode: o.Mode, Connections: o.Connections, DurationS: elapsed, TargetRatePerSec: o.Rate}
+	var lat []time.Duration
+	for _, w := range workers {
+		r.Requests += w.requests
+		r.Records += w.records
+		r.Errors += w.errors
+		r.Limited += w.limited
+		lat = append(lat, w.latencies...)
+		if r.FirstError == "" {
+			r.FirstError = w.firstError
+		}
+	}
+	r.RequestsPerSec = float64(r.Requests) / elapsed
+	r.RecordsPerSec = float64(r.Records) / elapsed
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r.LatencyP50Ms, r.LatencyP90Ms, r.LatencyP99Ms = quantile(lat, 0.5), quantile(lat, 0.9), quantile(lat, 0.99)
+	if len(lat) > 0 {
+		r.LatencyMaxMs = ms(lat[len(lat)-1])
+	}
+	return r, nil
+}
+
+type worker struct {
+	opts Options
+	id   int
+	rng  *rand.Rand
+	zipf *zipf
+	buf  bytes.Buffer
+
+	requests, records, errors, limited int64
+	latencies                          []time.Duration
+	firstError                         string
+}
+
+var models = []struct{ provider, model string }{
+	{"openai", "gpt-4o"}, {"openai", "gpt-4o-mini"}, {"anthropic", "claude-3-5-sonnet"},
+	{"groq", "llama-3.1-70b-versatile"}, {"gcp.gemini", "gemini-1.5-pro"},
+}
+
+func (w *worker) run(ctx context.Context, client *http.Client, url, contentType string, start time.Time) {
+	// Paced: this worker's share of the rate, its sends spread evenly.
+	var interval time.Duration
+	next := start
+	if w.opts.Rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(w.opts.Connections) / w.opts.Rate)
+		next = start.Add(interval * time.Duration(w.id) / time.Duration(w.opts.Connections))
+	}
+	for ctx.Err() == nil {
+		sent := time.Now()
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+			sent = next
+			next = next.Add(interval)
+		}
+		n := w.body()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(w.buf.Bytes()))
+		req.Header.Set("Content-Type", contentType)
+		if w.opts.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+w.opts.Token)
+		}
+		resp, err := client.Do(req)
+		if ctx.Err() != nil {
+			return // the run ended mid-request: neither success nor error
+		}
+		w.requests++
+		if err != nil {
+			w.fail(err.Error())
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		w.latencies = append(w.latencies, time.Since(sent))
+		switch {
+		case resp.StatusCode/100 == 2:
+			w.records += int64(n)
+		case resp.StatusCode == http.StatusTooManyRequests && w.opts.Mode == "check":
+			w.limited++
+		default:
+			w.fail(fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body)))
+		}
+	}
+}
+
+func (w *worker) fail(msg string) {
+	w.errors++
+	if w.firstError == "" {
+		w.firstError = msg
+	}
+}
+
+// body writes the next request body into w.buf and returns its records.
+func (w *worker) body() int {
+	w.buf.Reset()
+	n := 1
+	if w.opts.Mode == "batch" {
+		n = w.opts.BatchSize
+	}
+	for i := 0; i < n; i++ {
+		m := models[w.rng.IntN(len(models))]
+		user := w.zipf.next()
+		if w.opts.Mode == "check" {
+			fmt.Fprintf(&w.buf, `{"user_id":"user-%d","model":%q,"provider":%q,"tokens":%d}`, user, m.model, m.provider, 200+w.rng.IntN(800))
+			continue
+		}
+		prompt := 50 + w.rng.IntN(2000)
+		completion := 10 + w.rng.IntN(500)
+		w.buf.WriteString(`{"user_id":"user-`)
+		w.buf.WriteString(strconv.Itoa(user))
+		fmt.Fprintf(&w.buf, `","model":%q,"provider":%q,"prompt_tokens":%d,"completion_tokens":%d,"latency_ms":%d,"metadata":{"route":"/chat"}}`,
+			m.model, m.provider, prompt, completion, 100+w.rng.IntN(4000))
+		w.buf.WriteByte('\n')
+	}
+	return n
+}
+
+func newClient(target string, conns int) (string, *http.Client, error) {
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
+	base := strings.TrimRight(target, "/")
+	if path, ok := strings.CutPrefix(target, "unix:"); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}
+		base = "http://llmusage"
+	} else if !strings.HasPrefix(target, "http://") {
+		return "", nil, fmt.Errorf("cannot use --target %q: want http://host:port or unix:/path", target)
+	}
+	return base, &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
+}
+
+// zipf draws user numbers with P(k) proportional to 1/(k+1)^1.1.
+type zipf struct{ z *rand.Zipf }
+
+func newZipf(r *rand.Rand, n int) *zipf {
+	if n == 1 {
+		return &zipf{}
+	}
+	return &zipf{z: rand.NewZipf(r, 1.1, 1, uint64(n-1))}
+}
+
+func (z *zipf) next() int {
+	if z.z == nil {
+		return 0
+	}
+	return int(z.z.Uint64())
+}
+
+func quantile(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return ms(sorted[max(i, 0)])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BaselineHandler is the ceiling the sidecar is measured against: a bare
+// net/http handler that reads the body and answers 202, with the same
+// server timeouts as the sidecar's.
+func BaselineHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"accepted":1}` + "\n"))
+	})
+}
