@@ -27,9 +27,24 @@ func BenchmarkCheckHotUser(b *testing.B) {
 	req := Request{UserID: "alice", Provider: "openai", Model: "gpt-4o"}
 	b.ReportAllocs()
 	b.ResetTimer()
+	var limits []Status
 	for i := 0; i < b.N; i++ {
-		d, err := l.Check(req)
+		d, err := l.CheckInto(req, limits)
 		if err != nil || !d.Allowed {
+			b.Fatalf("unexpected decision: %+v, %v", d, err)
+		}
+		limits = d.Limits
+	}
+}
+
+// BenchmarkCheckAllocating is Check as the HTTP handler calls it, with a
+// fresh Limits slice per call, for comparison with CheckInto.
+func BenchmarkCheckAllocating(b *testing.B) {
+	l := newBenchLimiter(b)
+	req := Request{UserID: "alice", Provider: "openai", Model: "gpt-4o"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d, err := l.Check(req); err != nil || !d.Allowed {
 			b.Fatalf("unexpected decision: %+v, %v", d, err)
 		}
 	}
@@ -41,8 +56,10 @@ func BenchmarkCheckHotUserParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
+		var limits []Status
 		for pb.Next() {
-			d, err := l.Check(req)
+			d, err := l.CheckInto(req, limits)
+			limits = d.Limits
 			if err != nil || !d.Allowed {
 				b.Errorf("unexpected decision: %+v, %v", d, err)
 				return
@@ -65,9 +82,11 @@ func BenchmarkCheck100kUsersParallel(b *testing.B) {
 		// Every goroutine walks the users from its own offset.
 		i := int(worker.Add(1)*7919) % numUsers
 		req := Request{Provider: "openai", Model: "gpt-4o"}
+		var limits []Status
 		for pb.Next() {
 			req.UserID = users[i]
-			d, err := l.Check(req)
+			d, err := l.CheckInto(req, limits)
+			limits = d.Limits
 			if err != nil || !d.Allowed {
 				b.Errorf("unexpected decision: %+v, %v", d, err)
 				return

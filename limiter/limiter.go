@@ -214,6 +214,12 @@ func (l *Limiter) Rules() []Rule {
 // A token bucket allows a call while it holds at least max(estimate, 1)
 // tokens, so that an exhausted token budget stops calls that give no estimate.
 func (l *Limiter) Check(req Request) (Decision, error) {
+	return l.CheckInto(req, nil)
+}
+
+// CheckInto is Check, appending the statuses to limits[:0] so that a
+// caller that reuses the slice makes the check allocation-free.
+func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	if req.UserID == "" {
 		return Decision{}, ErrNoUser
 	}
@@ -232,25 +238,35 @@ func (l *Limiter) Check(req Request) (Decision, error) {
 
 	var bbuf [2 * int(numWindows)]*bucket
 	buckets := sh.buckets(req.UserID, rules, bbuf[:0])
+	// Each bucket's level is read once: the decision, the debit and the
+	// reported status all follow from it, which saves two limiter lock
+	// round trips per bucket on the hot path.
+	var levels [2 * int(numWindows)]float64
 	d := Decision{Allowed: true}
 	for i, r := range rules {
 		need := checkCost(r.Unit, req.Tokens)
-		if have := buckets[i].lim.TokensAt(now); have < float64(need) {
+		levels[i] = buckets[i].lim.TokensAt(now)
+		if levels[i] < float64(need) {
 			d.Allowed = false
-			d.RetryAfter = max(d.RetryAfter, refillTime(&r.Rule, float64(need)-have))
+			d.RetryAfter = max(d.RetryAfter, refillTime(&r.Rule, float64(need)-levels[i]))
 		}
 	}
 	if d.Allowed {
 		for i, r := range rules {
-			debit(buckets[i].lim, now, chargeCost(r.Unit, 1, req.Tokens))
+			cost := chargeCost(r.Unit, 1, req.Tokens)
+			debit(buckets[i].lim, now, cost)
+			levels[i] -= float64(cost)
 		}
 		if req.RequestID != "" {
 			l.remember(sh, req, now)
 		}
 	}
-	d.Limits = make([]Status, len(rules))
+	if limits == nil {
+		limits = make([]Status, 0, len(rules))
+	}
+	d.Limits = limits[:0]
 	for i, r := range rules {
-		d.Limits[i] = status(r, buckets[i].lim, now)
+		d.Limits = append(d.Limits, statusAt(r, levels[i], now))
 	}
 	return d, nil
 }
@@ -537,12 +553,17 @@ func (b *bucket) refund(now time.Time, n int64) {
 }
 
 func status(r *rule, lim *rate.Limiter, now time.Time) Status {
-	s := Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit, Remaining: r.Limit, ResetAt: now}
 	if lim == nil {
-		return s
+		return statusAt(r, float64(r.Limit), now)
 	}
-	tokens := lim.TokensAt(now)
-	s.Remaining = max(0, int64(math.Floor(tokens)))
-	s.ResetAt = now.Add(refillTime(&r.Rule, float64(r.Limit)-tokens))
-	return s
+	return statusAt(r, lim.TokensAt(now), now)
+}
+
+// statusAt reports a bucket of rule r holding tokens.
+func statusAt(r *rule, tokens float64, now time.Time) Status {
+	return Status{
+		Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit,
+		Remaining: max(0, int64(math.Floor(tokens))),
+		ResetAt:   now.Add(refillTime(&r.Rule, float64(r.Limit)-tokens)),
+	}
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Measures the sidecar against its ceilings in one run, on this machine:
+#   - single-record ingest against a bare net/http server (loopback ceiling);
+#   - checks: the maximum rate, then latency paced at 70% of it;
+#   - batched ingest persisted to Postgres (spool on) against a raw COPY of
+#     the same kind of rows into the same database.
+# Usage: bench/run.sh [seconds per run, default 10]. Needs DATABASE_URL for
+# the Postgres part (scripts/test-env.sh sets one up, as make test does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+dur="${secs}s"
+bin=$(mktemp -d)/llmusage
+go build -o "$bin" ./cmd/llmusage
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_up() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+echo "== single-record ingest, 8 connections, $dur each"
+"$bin" loadgen --serve-baseline 127.0.0.1:9480 & pids+=($!)
+wait_up http://127.0.0.1:9480/
+base=$("$bin" loadgen --target http://127.0.0.1:9480 --mode record --connections 8 --duration "$dur" --json)
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+echo "baseline (bare net/http): $base"
+
+"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/fsync" >"$work/fsync.log" 2>&1 & pids+=($!)
+wait_up http://127.0.0.1:9471/readyz
+side=$("$bin" loadgen --mode record --connections 8 --duration "$dur" --json)
+echo "sidecar (spool fsync, SQLite): $side"
+check_max=$("$bin" loadgen --mode check --connections 8 --duration "$dur" --users 100000 --json)
+echo "checks, closed loop: $check_max"
+rate=$(python3 -c "print(round(0.7 * $(field "$check_max" requests_per_second)))")
+check_70=$("$bin" loadgen --mode check --connections 8 --duration "$dur" --users 100000 --rate "$rate" --json)
+echo "checks paced at 70% ($rate/s): $check_70"
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/memory" --durability memory >"$work/memory.log" 2>&1 & pids+=($!)
+wait_up http://127.0.0.1:9471/readyz
+mem=$("$bin" loadgen --mode record --connections 8 --duration "$dur" --json)
+echo "sidecar (--durability=memory, SQLite): $mem"
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+python3 - "$base" "$side" "$mem" "$check_70" <<'PY'
+import json, sys
+base, side, mem, c70 = (json.loads(a) for a in sys.argv[1:])
+print(f"single-record ingest: {side['requests_per_second']:.0f}/s = {side['requests_per_second']/base['requests_per_second']:.2f} of the bare server ({base['requests_per_second']:.0f}/s); "
+      f"--durability=memory {mem['requests_per_second']:.0f}/s = {mem['requests_per_second']/base['requests_per_second']:.2f}")
+print(f"checks at 70% of the maximum: p50 {c70['latency_p50_ms']:.3f} ms, p99 {c70['latency_p99_ms']:.3f} ms, max {c70['latency_max_ms']:.3f} ms")
+PY
+
+if [ -z "${DATABASE_URL:-}" ]; then
+	echo "DATABASE_URL not set: skipping the Postgres part" >&2
+	exit 0
+fi
+echo "== batched ingest persisted to Postgres (spool on), 1000 records a request, 4 connections, $dur"
+db="llmusage_bench_$$"
+psql -q "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+dburl=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path='/$db').geturl())" "$DATABASE_URL")
+"$bin" migrate --database-url "$dburl" >/dev/null 2>&1
+"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/pg" --database-url "$dburl" --batch-size 5000 >"$work/pg.log" 2>&1 & pids+=($!)
+wait_up http://127.0.0.1:9471/readyz
+start=$(date +%s.%N)
+batch=$("$bin" loadgen --mode batch --batch-size 1000 --connections 4 --duration "$dur" --json)
+accepted=$(field "$batch" records)
+while :; do
+	rows=$(psql -tA "$dburl" -c "SELECT count(*) FROM llm_usage_logs")
+	[ "$rows" -ge "$accepted" ] && break
+	sleep 0.2
+done
+end=$(date +%s.%N)
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+psql -q "$DATABASE_URL" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
+echo "loadgen: $batch"
+copy=$(go test -run '^$' -bench 'PersistPostgres/raw-copy' -benchtime 200x -count 1 ./store/ | awk '/raw-copy/ {for (i=1;i<=NF;i++) if ($(i+1)=="rows/s") print $i}')
+python3 - "$accepted" "$start" "$end" "$copy" <<'PY'
+import sys
+rows, start, end, copy = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+rate = rows / (end - start)
+print(f"batched ingest into Postgres: {rows} rows stored in {end-start:.1f}s = {rate:.0f} rows/s = {rate/copy:.2f} of a raw COPY ({copy:.0f} rows/s)")
+PY
