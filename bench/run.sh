@@ -17,32 +17,46 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_up() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+# wait_up URL PID: the server answers, and it is ours (not a leftover on the port).
+wait_up() {
+	for _ in $(seq 1 100); do
+		kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
+		curl -fs "$1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "not up: $1" >&2
+	exit 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+api=127.0.0.1:$(free_port)
+metrics=127.0.0.1:$(free_port)
+baseline=127.0.0.1:$(free_port)
+stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "== single-record ingest, 8 connections, $dur each"
-"$bin" loadgen --serve-baseline 127.0.0.1:9480 & pids+=($!)
-wait_up http://127.0.0.1:9480/
-base=$("$bin" loadgen --target http://127.0.0.1:9480 --mode record --connections 8 --duration "$dur" --json)
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+"$bin" loadgen --serve-baseline $baseline & pids+=($!)
+wait_up http://$baseline/ "${pids[-1]}"
+base=$("$bin" loadgen --target http://$baseline --mode record --connections 8 --duration "$dur" --json)
+stop_last
 echo "baseline (bare net/http): $base"
 
-"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/fsync" >"$work/fsync.log" 2>&1 & pids+=($!)
-wait_up http://127.0.0.1:9471/readyz
-side=$("$bin" loadgen --mode record --connections 8 --duration "$dur" --json)
+"$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/fsync" >"$work/fsync.log" 2>&1 & pids+=($!)
+wait_up http://$metrics/readyz "${pids[-1]}"
+side=$("$bin" loadgen --target "http://$api" --mode record --connections 8 --duration "$dur" --json)
 echo "sidecar (spool fsync, SQLite): $side"
-check_max=$("$bin" loadgen --mode check --connections 8 --duration "$dur" --users 100000 --json)
+check_max=$("$bin" loadgen --target "http://$api" --mode check --connections 8 --duration "$dur" --users 100000 --json)
 echo "checks, closed loop: $check_max"
 rate=$(python3 -c "print(round(0.7 * $(field "$check_max" requests_per_second)))")
-check_70=$("$bin" loadgen --mode check --connections 8 --duration "$dur" --users 100000 --rate "$rate" --json)
+check_70=$("$bin" loadgen --target "http://$api" --mode check --connections 32 --duration "$dur" --users 100000 --rate "$rate" --json)
 echo "checks paced at 70% ($rate/s): $check_70"
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+stop_last
 
-"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/memory" --durability memory >"$work/memory.log" 2>&1 & pids+=($!)
-wait_up http://127.0.0.1:9471/readyz
-mem=$("$bin" loadgen --mode record --connections 8 --duration "$dur" --json)
+"$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/memory" --durability memory >"$work/memory.log" 2>&1 & pids+=($!)
+wait_up http://$metrics/readyz "${pids[-1]}"
+mem=$("$bin" loadgen --target "http://$api" --mode record --connections 8 --duration "$dur" --json)
 echo "sidecar (--durability=memory, SQLite): $mem"
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+stop_last
 
 python3 - "$base" "$side" "$mem" "$check_70" <<'PY'
 import json, sys
@@ -61,10 +75,10 @@ db="llmusage_bench_$$"
 psql -q "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
 dburl=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path='/$db').geturl())" "$DATABASE_URL")
 "$bin" migrate --database-url "$dburl" >/dev/null 2>&1
-"$bin" serve --listen-address 127.0.0.1:9470 --metrics-address 127.0.0.1:9471 --data-dir "$work/pg" --database-url "$dburl" --batch-size 5000 >"$work/pg.log" 2>&1 & pids+=($!)
-wait_up http://127.0.0.1:9471/readyz
+"$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/pg" --database-url "$dburl" --batch-size 5000 >"$work/pg.log" 2>&1 & pids+=($!)
+wait_up http://$metrics/readyz "${pids[-1]}"
 start=$(date +%s.%N)
-batch=$("$bin" loadgen --mode batch --batch-size 1000 --connections 4 --duration "$dur" --json)
+batch=$("$bin" loadgen --target "http://$api" --mode batch --batch-size 1000 --connections 4 --duration "$dur" --json)
 accepted=$(field "$batch" records)
 while :; do
 	rows=$(psql -tA "$dburl" -c "SELECT count(*) FROM llm_usage_logs")
@@ -72,7 +86,7 @@ while :; do
 	sleep 0.2
 done
 end=$(date +%s.%N)
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+stop_last
 psql -q "$DATABASE_URL" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
 echo "loadgen: $batch"
 copy=$(go test -run '^$' -bench 'PersistPostgres/raw-copy' -benchtime 200x -count 1 ./store/ | awk '/raw-copy/ {for (i=1;i<=NF;i++) if ($(i+1)=="rows/s") print $i}')

@@ -2,6 +2,8 @@ package collector
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -60,5 +62,30 @@ func BenchmarkIngestBatch(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkCheckHandler is POST /v1/check through the handler, without
+// the network: decoding, the limiter, the JSON answer.
+func BenchmarkCheckHandler(b *testing.B) {
+	c := benchCollector(b)
+	var h http.Handler
+	for _, r := range c.Routes() {
+		if r.Pattern == "/v1/check" {
+			h = r.Handler
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		body := fmt.Sprintf(`{"user_id":"user-%d","model":"gpt-4o","provider":"openai","tokens":500}`, i%100000)
+		req := httptest.NewRequest(http.MethodPost, "/v1/check", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK && rec.Code != http.StatusTooManyRequests {
+			b.Fatal(rec.Code, rec.Body.String())
+		}
 	}
 }

@@ -112,18 +112,33 @@ var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id
 // fieldParser decodes the fields of one JSON object, collecting a Detail
 // for every problem instead of stopping at the first.
 type fieldParser struct {
-	index   int
-	fields  map[string]json.RawMessage
+	index int
+	// fields are the object's members in order; nil when it is not an object.
+	fields  []field
 	details []Detail
+}
+
+// field is one member of a JSON object, its value still encoded.
+type field struct {
+	name string
+	raw  []byte
 }
 
 func newFieldParser(raw json.RawMessage, index int, known []string) *fieldParser {
 	p := &fieldParser{index: index}
-	if err := json.Unmarshal(raw, &p.fields); err != nil || p.fields == nil {
+	// One validating pass, then a scan that only has to find member
+	// boundaries: cheaper than decoding into a map and every value twice.
+	var ok bool
+	if json.Valid(raw) {
+		p.fields, ok = scanObject(raw)
+	}
+	if !ok {
+		p.fields = nil
 		p.fail("", "must be a JSON object")
 		return p
 	}
-	for name := range p.fields {
+	for _, f := range p.fields {
+		name := f.name
 		if !contains(known, name) {
 			msg := "unknown field"
 			if s := suggest(name, known); s != "" {
@@ -139,13 +154,18 @@ func (p *fieldParser) fail(field, format string, args ...any) {
 	p.details = append(p.details, Detail{Index: p.index, Field: field, Message: fmt.Sprintf(format, args...)})
 }
 
-// raw returns a field's JSON, or nil when it is absent or null.
+// raw returns a field's JSON, or nil when it is absent or null. A name
+// given twice takes its last value, as encoding/json does.
 func (p *fieldParser) raw(name string) json.RawMessage {
-	v := p.fields[name]
-	if v == nil || string(v) == "null" {
-		return nil
+	for i := len(p.fields) - 1; i >= 0; i-- {
+		if p.fields[i].name == name {
+			if v := p.fields[i].raw; string(v) != "null" {
+				return v
+			}
+			return nil
+		}
 	}
-	return v
+	return nil
 }
 
 // str decodes a string field. Identifiers (ident) must also be free of
@@ -164,8 +184,8 @@ func (p *fieldParser) str(name string, required, ident bool, maxLen int) string 
 		p.fail(name, "must be valid UTF-8")
 		return ""
 	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
+	s, ok := unquote(v)
+	if !ok {
 		p.fail(name, "must be a string")
 		return ""
 	}
@@ -416,4 +436,91 @@ func truncate(v []byte) string {
 		return string(v[:32]) + "..."
 	}
 	return string(v)
+}
+
+// scanObject lists the members of a JSON object already known to be
+// valid JSON; ok is false when it is valid JSON but not an object.
+func scanObject(b []byte) (fields []field, ok bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, false
+	}
+	fields = make([]field, 0, 16)
+	for i = skipSpace(b, i+1); i < len(b) && b[i] != '}'; {
+		end := endOfString(b, i)
+		name, _ := unquote(b[i:end])
+		i = skipSpace(b, end)
+		i = skipSpace(b, i+1) // the colon
+		vend := endOfValue(b, i)
+		fields = append(fields, field{name: name, raw: b[i:vend]})
+		i = skipSpace(b, vend)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+	return fields, true
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// endOfString returns the index after the string starting at b[i].
+func endOfString(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(b)
+}
+
+// endOfValue returns the index after the value starting at b[i].
+func endOfValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return endOfString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = endOfString(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+		j++
+	}
+	return j
+}
+
+// unquote decodes a JSON string; ok is false if v is not one. The common
+// case, no escapes, costs one allocation.
+func unquote(v []byte) (string, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
+		return string(v[1 : len(v)-1]), true
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }

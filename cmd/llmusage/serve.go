@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -44,6 +45,7 @@ func serveCommand() *cli.Command {
 			durationFlag("shutdown-timeout", 15*time.Second, "time allowed to finish in-flight requests on SIGTERM"),
 			stringFlag("log-format", "text", "log format: text or json"),
 			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
+			boolFlag("debug-pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-address (keep that port off the internet)"),
 			stringFlag("memory-limit", "auto", "Go soft memory limit: auto (90% of the container's memory limit, if any), 0 for none, or a size such as 256MiB; GOMEMLIMIT wins"),
 			stringFlag("auth-token-file", "", "file holding a shared token that /v1/* and /api/* then require as Authorization: Bearer <token>"),
 			boolFlag("metrics-auth", false, "require the --auth-token-file token on /metrics too"),
@@ -87,6 +89,8 @@ type sidecar struct {
 	// token, when set, is required on the API (and on /metrics with metricsAuth).
 	token       string
 	metricsAuth bool
+	// pprof serves /debug/pprof/ on the metrics listener.
+	pprof bool
 	// ready is false until the listeners serve and again once shutdown starts.
 	ready atomic.Bool
 
@@ -118,6 +122,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		return errors.New("cannot use --metrics-auth without --auth-token-file")
 	}
 	s.metricsAuth = c.Bool("metrics-auth")
+	s.pprof = c.Bool("debug-pprof")
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
 	apiLn, err := listen(c.String("listen-address"))
@@ -296,6 +301,12 @@ func (s *sidecar) metricsHandler() http.Handler {
 		metrics = collector.RequireBearer(s.token, metrics)
 	}
 	mux.Handle("/metrics", s.exporter.InstrumentRoute("metrics", metrics))
+	if s.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s.handleHealth(mux)
 	mux.HandleFunc("/", collector.NotFound)
 	return mux
