@@ -1,0 +1,74 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestLoadgen drives a running sidecar in each mode and checks the
+// report, and the baseline server.
+func TestLoadgen(t *testing.T) {
+	p := startSidecar(t, "limits:\n  - limit_type: minute\n    requests: 50\n")
+	f := func(wantRecordsPerRequest float64, args ...string) {
+		t.Helper()
+		out, err := exec.Command(binary, append([]string{"loadgen", "--target", p.api, "--duration", "1s", "--connections", "2", "--json"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("loadgen %v: %s\n%s", args, err, out)
+		}
+		var r struct {
+			Mode           string  `json:"mode"`
+			Requests       int64   `json:"requests"`
+			Records        int64   `json:"records"`
+			Errors         int64   `json:"errors"`
+			Limited        int64   `json:"limited"`
+			RequestsPerSec float64 `json:"requests_per_second"`
+			P50            float64 `json:"latency_p50_ms"`
+			P99ms          float64 `json:"latency_p99_ms"`
+			FirstError     string  `json:"first_error"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("loadgen --json printed %q: %s", out, err)
+		}
+		if r.Requests == 0 || r.Errors != 0 || r.RequestsPerSec <= 0 || r.P50 <= 0 || r.P99ms < r.P50 {
+			t.Fatalf("loadgen %v: %+v", args, r)
+		}
+		if wantRecordsPerRequest > 0 && float64(r.Records) != wantRecordsPerRequest*float64(r.Requests) {
+			t.Fatalf("loadgen %v: %d records for %d requests", args, r.Records, r.Requests)
+		}
+		if r.Mode == "check" && r.Limited == 0 {
+			t.Fatalf("loadgen %v: no check was limited by a 50-a-minute rule: %+v", args, r)
+		}
+	}
+	f(1, "--mode", "record")
+	f(25, "--mode", "batch", "--batch-size", "25")
+	f(0, "--mode", "check", "--users", "3")
+	f(1, "--mode", "record", "--rate", "200")
+
+	// The text report names throughput and percentiles.
+	out, err := exec.Command(binary, "loadgen", "--target", p.api, "--duration", "500ms").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "requests") || !strings.Contains(string(out), "p99") {
+		t.Fatalf("loadgen text report: %v\n%s", err, out)
+	}
+
+	// The baseline server answers 202 to anything, until SIGTERM.
+	addr := freePort(t)
+	base := exec.Command(binary, "loadgen", "--serve-baseline", addr)
+	if err := base.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = base.Process.Kill(); _ = base.Wait() }()
+	waitFor(t, func() bool {
+		resp, err := http.Post("http://"+addr+"/v1/calls", "application/json", strings.NewReader("{}"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusAccepted
+	})
+	if out, err := exec.Command(binary, "loadgen", "--target", "ftp://x").CombinedOutput(); err == nil || !strings.Contains(string(out), "cannot use --target") {
+		t.Fatalf("a bad target: %v %s", err, out)
+	}
+}
