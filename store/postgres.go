@@ -3,12 +3,14 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -67,25 +69,29 @@ func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, 
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	// The fast path, a COPY straight into the table, is what Postgres
+	// does fastest; it fails whole on a request_id already stored (a
+	// replay after a crash, a client's redelivery), and such a batch is
+	// written again through the temporary table, skipping what is there.
+	n, err := s.pool.CopyFrom(ctx, pgx.Identifier{"llm_usage_logs"}, incomingColumns, recordRows(recs))
+	if err == nil {
+		return int(n), nil
+	}
+	if pgErr := (*pgconn.PgError)(nil); !errors.As(err, &pgErr) || pgErr.Code != uniqueViolation {
+		return 0, s.fail("copy records", err)
+	}
+	return s.insertSkippingStored(ctx, recs)
+}
+
+// insertSkippingStored copies recs into the connection's temporary table
+// and moves them with ON CONFLICT (request_id) DO NOTHING.
+func (s *postgresStore) insertSkippingStored(ctx context.Context, recs []record.Record) (int, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, s.fail("begin a transaction", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	_, err = tx.CopyFrom(ctx, pgx.Identifier{"llmusage_incoming"}, incomingColumns, pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
-		r := &recs[i]
-		var latency any
-		if r.HasLatency {
-			latency = float64(r.Latency) / float64(time.Millisecond)
-		}
-		var metadata any
-		if r.Metadata != nil {
-			metadata = r.Metadata
-		}
-		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
-			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp}, nil
-	}))
-	if err != nil {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"llmusage_incoming"}, incomingColumns, recordRows(recs)); err != nil {
 		return 0, s.fail("copy records", err)
 	}
 	cols := strings.Join(incomingColumns, ", ")
@@ -97,6 +103,23 @@ func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, 
 		return 0, s.fail("commit records", err)
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// recordRows feeds recs to COPY in the order of incomingColumns.
+func recordRows(recs []record.Record) pgx.CopyFromSource {
+	return pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
+		r := &recs[i]
+		var latency any
+		if r.HasLatency {
+			latency = float64(r.Latency) / float64(time.Millisecond)
+		}
+		var metadata any
+		if r.Metadata != nil {
+			metadata = r.Metadata
+		}
+		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
+			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp}, nil
+	})
 }
 
 func (s *postgresStore) Rules(ctx context.Context) ([]limiter.Rule, []error, error) {
@@ -319,3 +342,6 @@ func nullString(s string) any {
 	}
 	return s
 }
+
+// uniqueViolation is Postgres' SQLSTATE for a duplicate key.
+const uniqueViolation = "23505"
