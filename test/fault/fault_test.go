@@ -489,10 +489,10 @@ func TestUserFlood(t *testing.T) {
 	}
 	dir := t.TempDir()
 	// The embedded store and the seeded default rules: two buckets per user.
-	// As in a pod whose container limit is 166 MiB: --memory-limit=auto
+	// As in a pod whose container limit is 142 MiB: --memory-limit=auto
 	// would take 90% of it. LLMUSAGE_FAULT_MEMORY_LIMIT=0 shows the
 	// unlimited figure.
-	limit := "150MiB"
+	limit := "128MiB"
 	if v, ok := os.LookupEnv("LLMUSAGE_FAULT_MEMORY_LIMIT"); ok {
 		limit = v
 	}
