@@ -100,7 +100,7 @@ db="llmusage_bench_$$"
 psql -q "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
 dburl=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path='/$db').geturl())" "$DATABASE_URL")
 "$bin" migrate --database-url "$dburl" >/dev/null 2>&1
-"$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/pg" --database-url "$dburl" --batch-size 5000 >"$work/pg.log" 2>&1 & pids+=($!)
+"$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/pg" --database-url "$dburl" --batch-size 20000 >"$work/pg.log" 2>&1 & pids+=($!)
 wait_up http://$metrics/readyz "${pids[-1]}"
 start=$(date +%s.%N)
 batch=$("$bin" loadgen --target "http://$api" --mode batch --batch-size 1000 --connections 4 --duration "$dur" --json)
