@@ -14,7 +14,12 @@ bin=$(mktemp -d)/llmusage
 go build -o "$bin" ./cmd/llmusage
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+db=""
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	rm -rf "$work"
+	if [ -n "$db" ]; then psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; fi
+}
 trap cleanup EXIT
 
 # wait_up URL PID: the server answers, and it is ours (not a leftover on the port).
@@ -118,7 +123,6 @@ rows=$(psql -tA "$dburl" -c "SELECT count(*) FROM llm_usage_logs")
 # may have been stored without their answer being counted.
 [ "$rows" -ge "$accepted" ] || { echo "$accepted records acknowledged, only $rows rows stored" >&2; exit 1; }
 stop_last
-psql -q "$DATABASE_URL" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
 echo "loadgen: $batch"
 # The ceiling: a raw COPY of as many rows, in batches of 1,000, into an
 # empty table with the same schema and indexes (index upkeep grows with
