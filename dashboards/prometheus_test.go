@@ -279,9 +279,11 @@ limits:
     limit_type: minute
     tokens: 1000000
 `), 0o644)
-	s := &sidecarProc{apiAddr: freeAddr(t), metricsAddr: freeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
+	s := &sidecarProc{client: &http.Client{Timeout: 10 * time.Second}}
 	log, _ := os.Create(filepath.Join(dir, "sidecar.log"))
-	cmd := exec.Command(binary, "serve", "--listen-address", s.apiAddr, "--metrics-address", s.metricsAddr,
+	// Port 0: the sidecar logs the ports the kernel chose, so that tests
+	// running in parallel never race for one.
+	cmd := exec.Command(binary, "serve", "--listen-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0",
 		"--limits-file", limits, "--data-dir", filepath.Join(dir, "data"), "--flush-interval", "100ms")
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -295,7 +297,14 @@ limits:
 			t.Logf("sidecar log:\n%s", b)
 		}
 	})
+	serving := regexp.MustCompile(`msg="llmusage serving".* api=(\S+) metrics=(\S+)`)
 	waitFor(t, 60*time.Second, func() bool {
+		logged, _ := os.ReadFile(log.Name())
+		m := serving.FindSubmatch(logged)
+		if m == nil {
+			return false
+		}
+		s.apiAddr, s.metricsAddr = string(m[1]), string(m[2])
 		resp, err := s.client.Get("http://" + s.metricsAddr + "/readyz")
 		if err != nil {
 			return false

@@ -84,12 +84,13 @@ func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
 	if !strings.Contains(strings.Join(env, " "), "LLMUSAGE_DATABASE_URL=") {
 		env = append(env, "LLMUSAGE_DATABASE_URL="+sqliteWithoutDefaults(t, filepath.Join(dir, "llmusage.db")))
 	}
-	apiAddr, metricsAddr := freePort(t), freePort(t)
-	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", metricsAddr, "--log-level", "debug", "--flush-interval", "50ms")
+	// Port 0: the kernel picks free ports and the sidecar logs them, so
+	// that tests running in parallel never race for a port.
+	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", "127.0.0.1:0", "--log-level", "debug", "--flush-interval", "50ms")
 	cmd.Dir = dir // the default --data-dir, ./llmusage-data, lands in the test's directory
 	// The API address comes from the environment, as in a pod spec.
-	cmd.Env = append(os.Environ(), append([]string{"LLMUSAGE_LISTEN_ADDRESS=" + apiAddr}, env...)...)
-	p := &sidecarProc{cmd: cmd, api: "http://" + apiAddr, metrics: "http://" + metricsAddr, stderr: &syncBuffer{},
+	cmd.Env = append(os.Environ(), append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...)...)
+	p := &sidecarProc{cmd: cmd, stderr: &syncBuffer{},
 		exited: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}, limitsFile: limitsFile}
 	startProc(t, p)
 	return p
@@ -134,7 +135,16 @@ func startProc(t *testing.T, p *sidecarProc) {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		if m := servingLine.FindStringSubmatch(p.stderr.String()); m != nil && p.metrics == "" {
+			p.metrics = "http://" + m[2]
+			if !strings.HasPrefix(m[1], "/") { // not a unix socket
+				p.api = "http://" + m[1]
+			}
+		}
 		resp, err := p.client.Get(p.metrics + "/readyz")
+		if p.metrics == "" {
+			err = fmt.Errorf("no address logged yet")
+		}
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -153,6 +163,9 @@ func startProc(t *testing.T, p *sidecarProc) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// servingLine is the log line that names the addresses serve listens on.
+var servingLine = regexp.MustCompile(`msg="llmusage serving".* api=(\S+) metrics=(\S+)`)
 
 func (p *sidecarProc) post(t *testing.T, path, contentType, body string) (int, http.Header, map[string]any) {
 	t.Helper()

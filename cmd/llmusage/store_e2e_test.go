@@ -42,10 +42,9 @@ func sqliteWithoutDefaults(t *testing.T, path string) string {
 // in <data-dir>/llmusage.db and come back through the usage API.
 func TestDefaultStore(t *testing.T) {
 	dataDir := t.TempDir()
-	apiAddr, metricsAddr := freePort(t), freePort(t)
-	cmd := exec.Command(binary, "serve", "--listen-address", apiAddr, "--metrics-address", metricsAddr, "--flush-interval", "50ms")
+	cmd := exec.Command(binary, "serve", "--listen-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--flush-interval", "50ms")
 	cmd.Dir = dataDir // the default --data-dir is ./llmusage-data
-	p := &sidecarProc{cmd: cmd, api: "http://" + apiAddr, metrics: "http://" + metricsAddr, stderr: &syncBuffer{},
+	p := &sidecarProc{cmd: cmd, stderr: &syncBuffer{},
 		exited: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
 	startProc(t, p)
 
