@@ -498,7 +498,7 @@ func TestUserFlood(t *testing.T) {
 	}
 	s := newSidecar(t, dir, "--batch-size", "5000", "--memory-limit", limit)
 	s.start()
-	const batch, clients = 1000, 2
+	const batch, clients = 1000, 1
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
