@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -77,8 +78,11 @@ func TestDefaultStore(t *testing.T) {
 	if err := p.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := filepath.Glob(filepath.Join(dataDir, "llmusage-data", "llmusage.db")); err != nil {
-		t.Fatal(err)
+	// The default --data-dir is ./llmusage-data: the database and the spool live there.
+	for _, path := range []string{"llmusage.db", "spool"} {
+		if _, err := os.Stat(filepath.Join(dataDir, "llmusage-data", path)); err != nil {
+			t.Fatalf("default data directory: %s", err)
+		}
 	}
 }
 
