@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,8 @@ type Collector struct {
 	logger       *slog.Logger
 	// providers is swapped whole when the limits file is reloaded.
 	providers atomic.Pointer[ProviderTable]
+	parsers   parsers
+	scratches scratches
 }
 
 // Route is one endpoint of the API.
@@ -177,21 +180,24 @@ func (c *Collector) serveCalls(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	body, err := c.readBody(w, r)
+	s := c.scratches.get()
+	defer c.scratches.put(s)
+	s.body, err = c.readBody(r, s.body)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	n, err := c.ingest(body, format)
+	n, err := c.ingest(s.body, format)
 	if err != nil {
 		c.logger.Debug("rejected records", "error", err)
 		if e, ok := err.(*Error); ok && e.Status == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", "1")
+			w.Header()["Retry-After"] = retryAfterOne
 		}
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": n})
+	s.out = appendAccepted(s.out, n)
+	writeAnswer(w, http.StatusAccepted, s.out)
 }
 
 // limitJSON is one bucket in API answers.
@@ -210,18 +216,22 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	body, err := c.readBody(w, r)
+	s := c.scratches.get()
+	defer c.scratches.put(s)
+	var err error
+	s.body, err = c.readBody(r, s.body)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	req, details := c.parseCheck(body)
+	req, details := c.parseCheck(s.body)
 	if len(details) > 0 {
 		sortDetails(details)
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: invalid request", Details: details})
 		return
 	}
-	d, err := c.limiter.Check(limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID})
+	d, err := c.limiter.CheckInto(limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}, s.limits)
+	s.limits = d.Limits
 	if tooLarge := (*limiter.EstimateTooLargeError)(nil); errors.As(err, &tooLarge) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error(), Details: []Detail{{Field: "tokens", Message: tooLarge.Error()}}})
 		return
@@ -230,20 +240,31 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.observer.ObserveCheck(req.UserID, d.Allowed)
-	answer := struct {
-		Allowed           bool        `json:"allowed"`
-		RequestID         string      `json:"request_id"`
-		Provider          string      `json:"provider"`
-		RetryAfterSeconds int64       `json:"retry_after_seconds,omitempty"`
-		Limits            []limitJSON `json:"limits"`
-	}{Allowed: d.Allowed, RequestID: req.RequestID, Provider: req.Provider, Limits: limitsJSON(d.Limits)}
-	status := http.StatusOK
+	status, retryAfter := http.StatusOK, int64(0)
 	if !d.Allowed {
 		status = http.StatusTooManyRequests
-		answer.RetryAfterSeconds = max(ceilSeconds(d.RetryAfter), 1)
-		w.Header().Set("Retry-After", strconv.FormatInt(answer.RetryAfterSeconds, 10))
+		retryAfter = max(ceilSeconds(d.RetryAfter), 1)
+		w.Header()["Retry-After"] = retryAfterValue(retryAfter)
 	}
-	writeJSON(w, status, answer)
+	s.out = appendCheckAnswer(s.out, d, req.RequestID, req.Provider, retryAfter)
+	writeAnswer(w, status, s.out)
+}
+
+// retryAfterValues are the Retry-After header values up to two minutes,
+// the usual waits, made once.
+var retryAfterValues = func() [][]string {
+	vs := make([][]string, 121)
+	for i := range vs {
+		vs[i] = []string{strconv.Itoa(i)}
+	}
+	return vs
+}()
+
+func retryAfterValue(seconds int64) []string {
+	if seconds >= 0 && seconds < int64(len(retryAfterValues)) {
+		return retryAfterValues[seconds]
+	}
+	return []string{strconv.FormatInt(seconds, 10)}
 }
 
 func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
@@ -261,15 +282,34 @@ func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"user_id": user, "limits": limitsJSON(statuses)})
 }
 
-func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, c.maxBodyBytes))
-	if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
-		return nil, errorf(http.StatusRequestEntityTooLarge, "cannot accept a body over %d bytes (--max-body-bytes): split the batch", maxErr.Limit)
+// readBody reads the request body into buf[:0], growing it as needed,
+// and refuses one over --max-body-bytes.
+func (c *Collector) readBody(r *http.Request, buf []byte) ([]byte, error) {
+	tooLarge := func() error {
+		return errorf(http.StatusRequestEntityTooLarge, "cannot accept a body over %d bytes (--max-body-bytes): split the batch", c.maxBodyBytes)
 	}
-	if err != nil {
-		return nil, errorf(http.StatusBadRequest, "cannot read the request body: %s", err)
+	if r.ContentLength > c.maxBodyBytes {
+		return buf, tooLarge()
 	}
-	return body, nil
+	// One byte more than announced, so that the read that finds the end
+	// does not have to grow the buffer.
+	buf = slices.Grow(buf[:0], int(max(r.ContentLength, 511))+1)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, len(buf))
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > c.maxBodyBytes {
+			return buf, tooLarge()
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, errorf(http.StatusBadRequest, "cannot read the request body: %s", err)
+		}
+	}
 }
 
 func requiredUser(r *http.Request) (string, error) {
@@ -294,10 +334,14 @@ func limitsJSON(statuses []limiter.Status) []limitJSON {
 // formatResetAt rounds up to the second, so that a client waiting until
 // reset_at never comes back a fraction too early.
 func formatResetAt(t time.Time) string {
+	return roundUpToSecond(t).Format(time.RFC3339)
+}
+
+func roundUpToSecond(t time.Time) time.Time {
 	if t.Nanosecond() != 0 {
 		t = t.Truncate(time.Second).Add(time.Second)
 	}
-	return t.UTC().Format(time.RFC3339)
+	return t.UTC()
 }
 
 // ceilSeconds rounds up to whole seconds, ignoring the last microsecond:

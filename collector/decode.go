@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -106,6 +107,10 @@ var recordFields = []string{
 	"timestamp", "metadata",
 }
 
+// maxFields sizes a parser's member slice: every known field of a record
+// fits; more (unknown fields) grow it.
+const maxFields = 16
+
 // checkFields are the fields of a quota check.
 var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id"}
 
@@ -113,33 +118,60 @@ var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id
 // for every problem instead of stopping at the first.
 type fieldParser struct {
 	index int
-	// fields are the object's members in order; nil when it is not an object.
-	fields  []field
+	// fields are the object's members in order.
+	fields []field
+	// invalid is set when the value is not a JSON object.
+	invalid bool
 	details []Detail
 }
 
 // field is one member of a JSON object, its value still encoded.
 type field struct {
-	name string
+	// name is decoded; it shares the body's bytes unless it had escapes.
+	name []byte
 	raw  []byte
 }
 
-func newFieldParser(raw json.RawMessage, index int, known []string) *fieldParser {
-	p := &fieldParser{index: index}
+// parsers recycles fieldParsers and their member slices, which would
+// otherwise be a third of the garbage a record or a check makes.
+type parsers struct{ pool sync.Pool }
+
+// get returns a parser of raw; hand it back with put once done with it.
+func (ps *parsers) get(raw json.RawMessage, index int, known []string) *fieldParser {
+	p, _ := ps.pool.Get().(*fieldParser)
+	if p == nil {
+		p = &fieldParser{fields: make([]field, 0, maxFields)}
+	}
+	p.parse(raw, index, known)
+	return p
+}
+
+// put recycles p. Its details belong to the caller now; the members are
+// cleared so that the pool does not hold request bodies.
+func (ps *parsers) put(p *fieldParser) {
+	clear(p.fields[:cap(p.fields)])
+	p.fields, p.details = p.fields[:0], nil
+	ps.pool.Put(p)
+}
+
+func (p *fieldParser) parse(raw json.RawMessage, index int, known []string) {
+	p.index = index
 	// One validating pass, then a scan that only has to find member
 	// boundaries: cheaper than decoding into a map and every value twice.
 	var ok bool
 	if json.Valid(raw) {
-		p.fields, ok = scanObject(raw)
+		p.fields, ok = scanObject(raw, p.fields[:0])
 	}
 	if !ok {
-		p.fields = nil
+		p.fields = p.fields[:0]
+		p.invalid = true
 		p.fail("", "must be a JSON object")
-		return p
+		return
 	}
+	p.invalid = false
 	for _, f := range p.fields {
-		name := f.name
-		if !contains(known, name) {
+		if !containsBytes(known, f.name) {
+			name := string(f.name)
 			msg := "unknown field"
 			if s := suggest(name, known); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
@@ -147,7 +179,6 @@ func newFieldParser(raw json.RawMessage, index int, known []string) *fieldParser
 			p.fail(name, "%s", msg)
 		}
 	}
-	return p
 }
 
 func (p *fieldParser) fail(field, format string, args ...any) {
@@ -158,7 +189,7 @@ func (p *fieldParser) fail(field, format string, args ...any) {
 // given twice takes its last value, as encoding/json does.
 func (p *fieldParser) raw(name string) json.RawMessage {
 	for i := len(p.fields) - 1; i >= 0; i-- {
-		if p.fields[i].name == name {
+		if string(p.fields[i].name) == name {
 			if v := p.fields[i].raw; string(v) != "null" {
 				return v
 			}
@@ -279,8 +310,9 @@ func (p *fieldParser) object(name string) json.RawMessage {
 
 // parseRecord validates one raw record and normalises it.
 func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (record.Record, []Detail) {
-	p := newFieldParser(raw, index, recordFields)
-	if p.fields == nil {
+	p := c.parsers.get(raw, index, recordFields)
+	defer c.parsers.put(p)
+	if p.invalid {
 		return record.Record{}, p.details
 	}
 	r := record.Record{
@@ -289,8 +321,9 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 		ErrorType: p.str("error_type", false, false, MaxErrorTypeLength),
 		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
 		Timestamp: p.timestamp("timestamp", now),
-		Metadata:  p.object("metadata"),
-		Status:    record.StatusSuccess,
+		// A copy: the body's buffer is recycled once the request is answered.
+		Metadata: bytes.Clone(p.object("metadata")),
+		Status:   record.StatusSuccess,
 	}
 	r.PromptTokens, _ = p.count("prompt_tokens")
 	r.CompletionTokens, _ = p.count("completion_tokens")
@@ -326,8 +359,9 @@ type checkRequest struct {
 }
 
 func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
-	p := newFieldParser(raw, 0, checkFields)
-	if p.fields == nil {
+	p := c.parsers.get(raw, 0, checkFields)
+	defer c.parsers.put(p)
+	if p.invalid {
 		return checkRequest{}, p.details
 	}
 	req := checkRequest{
@@ -387,6 +421,15 @@ func newRequestID() string {
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
 
+func containsBytes(list []string, b []byte) bool {
+	for _, s := range list {
+		if s == string(b) {
+			return true
+		}
+	}
+	return false
+}
+
 func contains(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {
@@ -440,15 +483,14 @@ func truncate(v []byte) string {
 
 // scanObject lists the members of a JSON object already known to be
 // valid JSON; ok is false when it is valid JSON but not an object.
-func scanObject(b []byte) (fields []field, ok bool) {
+func scanObject(b []byte, fields []field) ([]field, bool) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return nil, false
 	}
-	fields = make([]field, 0, 16)
 	for i = skipSpace(b, i+1); i < len(b) && b[i] != '}'; {
 		end := endOfString(b, i)
-		name, _ := unquote(b[i:end])
+		name := unquoteBytes(b[i:end])
 		i = skipSpace(b, end)
 		i = skipSpace(b, i+1) // the colon
 		vend := endOfValue(b, i)
@@ -507,6 +549,16 @@ func endOfValue(b []byte, i int) int {
 		j++
 	}
 	return j
+}
+
+// unquoteBytes decodes a JSON string known to be valid, sharing v's
+// bytes when it has no escapes.
+func unquoteBytes(v []byte) []byte {
+	if len(v) >= 2 && bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
+		return v[1 : len(v)-1]
+	}
+	s, _ := unquote(v)
+	return []byte(s)
 }
 
 // unquote decodes a JSON string; ok is false if v is not one. The common

@@ -131,7 +131,7 @@ func FuzzScanObject(f *testing.F) {
 		}
 		var want map[string]json.RawMessage
 		isObject := json.Unmarshal(b, &want) == nil && want != nil
-		fields, ok := scanObject(b)
+		fields, ok := scanObject(b, nil)
 		if ok != isObject {
 			t.Fatalf("scanObject(%q) ok=%v, encoding/json says object=%v", b, ok, isObject)
 		}
@@ -140,7 +140,7 @@ func FuzzScanObject(f *testing.F) {
 		}
 		got := map[string]json.RawMessage{}
 		for _, fl := range fields {
-			got[fl.name] = fl.raw
+			got[string(fl.name)] = fl.raw
 		}
 		if len(got) != len(want) {
 			t.Fatalf("scanObject(%q) found %d names, encoding/json %d", b, len(got), len(want))

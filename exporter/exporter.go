@@ -103,11 +103,6 @@ func (e *Exporter) Handler() http.Handler {
 	return promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{Registry: e.reg, ErrorHandling: promhttp.ContinueOnError})
 }
 
-// InstrumentRoute records the duration of every request to h under name.
-func (e *Exporter) InstrumentRoute(name string, h http.Handler) http.Handler {
-	return promhttp.InstrumentHandlerDuration(e.httpDur.MustCurryWith(prometheus.Labels{"handler": name}), h)
-}
-
 // ObserveRecords counts the records of one accepted request.
 func (e *Exporter) ObserveRecords(recs []record.Record) {
 	now := e.clock.Now()

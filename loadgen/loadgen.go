@@ -117,16 +117,24 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
 	start := time.Now()
+	// Paced, every send is a ticket carrying its scheduled time, taken by
+	// whichever connection is free: a slow answer on one connection does
+	// not hold back the sends scheduled after it.
+	var tickets chan time.Time
+	if o.Rate > 0 {
+		tickets = make(chan time.Time)
+		go pace(ctx, o.Rate, tickets)
+	}
 	workers := make([]*worker, o.Connections)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{opts: o, id: i, rng: rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))}
+		w := &worker{opts: o, rng: rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))}
 		w.zipf = newZipf(w.rng, o.Users)
 		workers[i] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.run(ctx, client, url, contentType, start)
+			w.run(ctx, client, url, contentType, tickets)
 		}()
 	}
 	wg.Wait()
@@ -156,7 +164,6 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 type worker struct {
 	opts Options
-	id   int
 	rng  *rand.Rand
 	zipf *zipf
 	buf  bytes.Buffer
@@ -171,28 +178,18 @@ var models = []struct{ provider, model string }{
 	{"groq", "llama-3.1-70b-versatile"}, {"gcp.gemini", "gemini-1.5-pro"},
 }
 
-func (w *worker) run(ctx context.Context, client *http.Client, url, contentType string, start time.Time) {
-	// Paced: this worker's share of the rate, its sends spread evenly.
-	var interval time.Duration
-	next := start
-	if w.opts.Rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(w.opts.Connections) / w.opts.Rate)
-		next = start.Add(interval * time.Duration(w.id) / time.Duration(w.opts.Connections))
-	}
+// run sends requests until ctx ends: one after the other, or one per
+// ticket when paced, its latency counted from the ticket's scheduled time.
+func (w *worker) run(ctx context.Context, client *http.Client, url, contentType string, tickets <-chan time.Time) {
 	for ctx.Err() == nil {
-		sent := time.Now()
-		if interval > 0 {
-			if d := time.Until(next); d > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(d):
-				}
-			}
-			sent = next
-			next = next.Add(interval)
-		}
 		n := w.body()
+		sent := time.Now()
+		if tickets != nil {
+			var ok bool
+			if sent, ok = <-tickets; !ok {
+				return
+			}
+		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(w.buf.Bytes()))
 		req.Header.Set("Content-Type", contentType)
 		if w.opts.Token != "" {
@@ -225,6 +222,38 @@ func (w *worker) fail(msg string) {
 	w.errors++
 	if w.firstError == "" {
 		w.firstError = msg
+	}
+}
+
+// pace sends the scheduled time of every request to tickets, rate a
+// second, until ctx ends. The ticks come from a metronome rather than
+// from Go's timers: those wake up to a millisecond late on Linux when the
+// process is otherwise idle (the runtime sleeps in epoll_wait, whose
+// timeout is in milliseconds; 1.08 ms for any sleep under 1 ms on the
+// project's machine), and that lag would count as the server's latency.
+func pace(ctx context.Context, rate float64, tickets chan<- time.Time) {
+	defer close(tickets)
+	interval := max(time.Duration(float64(time.Second)/rate), time.Microsecond)
+	m, start, err := newMetronome(ctx, interval)
+	if err != nil {
+		return
+	}
+	defer m.close()
+	for i := 1; ; {
+		n, err := m.wait()
+		if err != nil {
+			return
+		}
+		for ; n > 0; n-- {
+			// Blocks while every connection is busy: the sends queue, and
+			// their latency still counts from when they were due.
+			select {
+			case tickets <- start.Add(time.Duration(i) * interval):
+				i++
+			case <-ctx.Done():
+				return
+			}
+		}
 	}
 }
 

@@ -12,23 +12,24 @@ import (
 // report, and the baseline server.
 func TestLoadgen(t *testing.T) {
 	p := startSidecar(t, "limits:\n  - limit_type: minute\n    requests: 50\n")
-	f := func(wantRecordsPerRequest float64, args ...string) {
+	type report struct {
+		Mode           string  `json:"mode"`
+		Requests       int64   `json:"requests"`
+		Records        int64   `json:"records"`
+		Errors         int64   `json:"errors"`
+		Limited        int64   `json:"limited"`
+		RequestsPerSec float64 `json:"requests_per_second"`
+		P50            float64 `json:"latency_p50_ms"`
+		P99ms          float64 `json:"latency_p99_ms"`
+		FirstError     string  `json:"first_error"`
+	}
+	f := func(wantRecordsPerRequest float64, args ...string) report {
 		t.Helper()
 		out, err := exec.Command(binary, append([]string{"loadgen", "--target", p.api, "--duration", "1s", "--connections", "2", "--json"}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("loadgen %v: %s\n%s", args, err, out)
 		}
-		var r struct {
-			Mode           string  `json:"mode"`
-			Requests       int64   `json:"requests"`
-			Records        int64   `json:"records"`
-			Errors         int64   `json:"errors"`
-			Limited        int64   `json:"limited"`
-			RequestsPerSec float64 `json:"requests_per_second"`
-			P50            float64 `json:"latency_p50_ms"`
-			P99ms          float64 `json:"latency_p99_ms"`
-			FirstError     string  `json:"first_error"`
-		}
+		var r report
 		if err := json.Unmarshal(out, &r); err != nil {
 			t.Fatalf("loadgen --json printed %q: %s", out, err)
 		}
@@ -41,11 +42,15 @@ func TestLoadgen(t *testing.T) {
 		if r.Mode == "check" && r.Limited == 0 {
 			t.Fatalf("loadgen %v: no check was limited by a 50-a-minute rule: %+v", args, r)
 		}
+		return r
 	}
 	f(1, "--mode", "record")
 	f(25, "--mode", "batch", "--batch-size", "25")
 	f(0, "--mode", "check", "--users", "3")
-	f(1, "--mode", "record", "--rate", "200")
+	// Paced: no more sends than scheduled in the second, and not far fewer.
+	if r := f(1, "--mode", "record", "--rate", "200"); r.Requests > 201 || r.Requests < 100 {
+		t.Fatalf("loadgen --rate 200 for 1s sent %d requests", r.Requests)
+	}
 
 	// The text report names throughput and percentiles.
 	out, err := exec.Command(binary, "loadgen", "--target", p.api, "--duration", "500ms").CombinedOutput()
