@@ -347,7 +347,7 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	}
 	r.Provider = c.resolveProvider(p, r.Model, r.Metadata)
 	if r.RequestID == "" {
-		r.RequestID = newRequestID()
+		r.RequestID = newRequestID(now)
 	}
 	return r, p.details
 }
@@ -372,7 +372,7 @@ func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
 	req.Tokens, _ = p.count("tokens")
 	req.Provider = c.resolveProvider(p, req.Model, nil)
 	if req.RequestID == "" {
-		req.RequestID = newRequestID()
+		req.RequestID = newRequestID(c.clock.Now())
 	}
 	return req, p.details
 }
@@ -399,12 +399,19 @@ func (c *Collector) resolveProvider(p *fieldParser, model string, metadata json.
 	return c.providers.Load().Infer(model)
 }
 
-// newRequestID returns a random UUID (version 4), so that a record without
-// a request_id can still be stored exactly once.
-func newRequestID() string {
+// newRequestID returns a UUID version 7 (RFC 9562): the time in
+// milliseconds, then 74 random bits. A record without a request_id can
+// still be stored exactly once, and since these IDs grow with time, the
+// stores' unique index on request_id takes them at its right edge, where
+// random (version 4) IDs dirtied a random index page with every insert.
+func newRequestID(now time.Time) string {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
+	_, _ = rand.Read(b[6:])
+	ms := uint64(now.UnixMilli())
+	for i := range 6 {
+		b[i] = byte(ms >> (40 - 8*i))
+	}
+	b[6] = b[6]&0x0f | 0x70
 	b[8] = b[8]&0x3f | 0x80
 	var s [36]byte
 	hex.Encode(s[0:8], b[0:4])

@@ -67,20 +67,25 @@ type Spool struct {
 	rOff int64
 	// peeked are the records handed out by Peek and not yet committed,
 	// ending at peekSeg/peekOff and spanning peekBytes.
-	peeked           []record.Record
-	peekSeg          uint64
-	peekOff          int64
-	peekBytes        int64
-	rFile            *os.File
-	rFileSeg         uint64
+	peeked    []record.Record
+	peekSeg   uint64
+	peekOff   int64
+	peekBytes int64
+	rFile     *os.File
+	rFileSeg  uint64
+	// rBuf buffers the consumer's reads; only Peek uses it.
+	rBuf             *bufio.Reader
 	checkpointFailed error
 }
 
 type commitBatch struct {
 	buf     []byte
 	records int
-	done    chan struct{}
-	err     error
+	// done is closed once the batch is written, or failed with err.
+	done chan struct{}
+	err  error
+	// lead promotes one of the batch's appenders to write it.
+	lead chan struct{}
 }
 
 // Open opens (or creates) the spool in dir, recovering from a crash: a
@@ -174,38 +179,46 @@ func (s *Spool) Enqueue(recs []record.Record) error {
 	s.records += int64(len(recs))
 	if s.flushing {
 		s.mu.Unlock()
-		<-b.done
-		return b.err
+		select {
+		case <-b.done:
+			return b.err
+		case <-b.lead:
+			// The last leader handed over: this appender writes b.
+			s.mu.Lock()
+		}
 	}
-	// No write in progress: this appender leads, writing batches until
-	// none is waiting, each with the appends that arrived meanwhile.
+	// This appender leads: it writes the batch that is collecting
+	// appends, b or the one b was promoted in, then hands over to an
+	// appender of the next batch, if any, rather than write that one too:
+	// its own answer should not wait for others' fsyncs.
 	s.flushing = true
-	for s.batch.records > 0 {
-		cur := s.batch
-		s.batch = newBatch()
-		s.mu.Unlock()
-		err := s.write(cur.buf)
-		s.mu.Lock()
-		if err != nil {
-			s.bytes -= int64(len(cur.buf))
-			s.records -= int64(cur.records)
-			s.appendErr = err
-			cur.err = fmt.Errorf("cannot spool records: %w", err)
-		} else {
-			s.appendErr = nil
-			s.off += int64(len(cur.buf))
-			if s.off >= s.segmentBytes {
-				if rerr := s.rotate(); rerr != nil {
-					s.appendErr = rerr
-				}
+	cur := s.batch
+	s.batch = newBatch()
+	s.mu.Unlock()
+	err := s.write(cur.buf)
+	s.mu.Lock()
+	if err != nil {
+		s.bytes -= int64(len(cur.buf))
+		s.records -= int64(cur.records)
+		s.appendErr = err
+		cur.err = fmt.Errorf("cannot spool records: %w", err)
+	} else {
+		s.appendErr = nil
+		s.off += int64(len(cur.buf))
+		if s.off >= s.segmentBytes {
+			if rerr := s.rotate(); rerr != nil {
+				s.appendErr = rerr
 			}
 		}
-		close(cur.done)
 	}
-	s.flushing = false
+	close(cur.done)
+	if s.batch.records > 0 {
+		s.batch.lead <- struct{}{}
+	} else {
+		s.flushing = false
+	}
 	s.mu.Unlock()
-	<-b.done
-	return b.err
+	return cur.err
 }
 
 // write appends buf to the current segment and fsyncs it. It runs
@@ -294,7 +307,13 @@ func (s *Spool) readSegment(seg uint64, off, end int64, limit int) ([]record.Rec
 	if err != nil {
 		return nil, 0, err
 	}
-	r := bufio.NewReaderSize(io.NewSectionReader(f, off, end-off), 1<<20)
+	// The buffer is the consumer's and kept: a fresh megabyte per batch
+	// was most of what reading the spool allocated.
+	if s.rBuf == nil {
+		s.rBuf = bufio.NewReaderSize(nil, 1<<20)
+	}
+	r := s.rBuf
+	r.Reset(io.NewSectionReader(f, off, end-off))
 	var out []record.Record
 	var read int64
 	var h [frameHeader]byte
@@ -519,7 +538,9 @@ func (s *Spool) writeCheckpoint(seg uint64, off int64) error {
 	return os.Rename(tmp, filepath.Join(s.dir, checkpointFile))
 }
 
-func newBatch() *commitBatch { return &commitBatch{done: make(chan struct{})} }
+func newBatch() *commitBatch {
+	return &commitBatch{done: make(chan struct{}), lead: make(chan struct{}, 1)}
+}
 
 // syncDir makes a file's creation, deletion or rename durable.
 func syncDir(dir string) error {

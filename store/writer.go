@@ -33,7 +33,7 @@ type WriterObserver interface {
 
 // WriterOptions tune a Writer. Zero values take the defaults.
 type WriterOptions struct {
-	// BatchSize is the most records one transaction writes (1000), and the
+	// BatchSize is the most records one transaction writes (5000), and the
 	// queue length that triggers a flush before the interval is up.
 	BatchSize int
 	// FlushInterval is the longest a record waits while the store is
@@ -69,7 +69,7 @@ type Writer struct {
 // NewWriter returns a Writer from q to s; call Run to start it.
 func NewWriter(s Store, q Queue, opts WriterOptions) *Writer {
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 1000
+		opts.BatchSize = 5000
 	}
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = time.Second

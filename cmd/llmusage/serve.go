@@ -52,7 +52,7 @@ func serveCommand() *cli.Command {
 			databaseURLFlag(),
 			dataDirFlag(),
 			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
-			intFlag("batch-size", 1000, "most records one database transaction writes"),
+			intFlag("batch-size", 5000, "most records one database transaction writes"),
 			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
 			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
 			&cli.Int64Flag{Name: "spool-max-bytes", Value: 1 << 30, Usage: "most bytes of records the spool holds for the database; past it, POST /v1/calls answers 503", EnvVars: envVars("spool-max-bytes")},
@@ -316,7 +316,7 @@ func (s *sidecar) metricsHandler() http.Handler {
 // accepts records).
 func (s *sidecar) handleHealth(mux *http.ServeMux) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeStatus(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("/readyz", s.serveReady)
 }
@@ -324,20 +324,22 @@ func (s *sidecar) handleHealth(mux *http.ServeMux) {
 // serveReady answers 503 only when records cannot be accepted at all: a
 // database outage degrades the sidecar but must not take the
 // application's pod out of service while records still reach the spool.
+// queued_records is the backlog, cheap to poll where a scrape is not.
 func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
+	queued := s.queue.Len()
 	switch {
 	case !s.ready.Load():
-		writeStatus(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "not serving (starting or shutting down)"})
+		writeStatus(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "not serving (starting or shutting down)", "queued_records": queued})
 	case s.queue.Err() != nil:
-		writeStatus(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "spool": s.queue.Err().Error()})
+		writeStatus(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "spool": s.queue.Err().Error(), "queued_records": queued})
 	case s.writer.StoreErr() != nil:
-		writeStatus(w, http.StatusOK, map[string]string{"status": "degraded", "store": s.writer.StoreErr().Error()})
+		writeStatus(w, http.StatusOK, map[string]any{"status": "degraded", "store": s.writer.StoreErr().Error(), "queued_records": queued})
 	default:
-		writeStatus(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeStatus(w, http.StatusOK, map[string]any{"status": "ok", "queued_records": queued})
 	}
 }
 
-func writeStatus(w http.ResponseWriter, code int, body map[string]string) {
+func writeStatus(w http.ResponseWriter, code int, body map[string]any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(body)

@@ -150,13 +150,21 @@ func (s *sidecar) term() {
 	s.cmd = nil
 }
 
-func (s *sidecar) ready() (int, map[string]string) {
+// readiness is a /readyz answer.
+type readiness struct {
+	Status        string `json:"status"`
+	Spool         string `json:"spool"`
+	Store         string `json:"store"`
+	QueuedRecords int    `json:"queued_records"`
+}
+
+func (s *sidecar) ready() (int, readiness) {
+	var body readiness
 	resp, err := s.client.Get(s.metrics + "/readyz")
 	if err != nil {
-		return 0, nil
+		return 0, body
 	}
 	defer resp.Body.Close()
-	var body map[string]string
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	return resp.StatusCode, body
 }
@@ -379,12 +387,13 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 	t.Logf("Postgres stopped for %s under load", outage)
 	during := l.ackedCount()
 	deadline := time.Now().Add(outage)
-	sawDegraded := false
+	sawDegraded, maxQueued := false, 0
 	for time.Now().Before(deadline) {
 		code, body := s.ready()
-		if code == http.StatusOK && body["status"] == "degraded" {
+		if code == http.StatusOK && body.Status == "degraded" {
 			sawDegraded = true
 		}
+		maxQueued = max(maxQueued, body.QueuedRecords)
 		if code != http.StatusOK && code != 0 {
 			t.Fatalf("/readyz answered %d %v during the outage; records still reach the spool", code, body)
 		}
@@ -395,6 +404,10 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 	}
 	if l.ackedCount() <= during {
 		t.Fatal("no record was acknowledged while Postgres was down")
+	}
+	// The backlog /readyz reports grew with what was acknowledged.
+	if maxQueued < (l.ackedCount()-during)/2 {
+		t.Fatalf("/readyz reported at most %d queued records; %d were acknowledged during the outage", maxQueued, l.ackedCount()-during)
 	}
 	t.Logf("acknowledged during the outage: %d, spooled: %.0f records", l.ackedCount()-during, s.gauge("llmusage_spool_records"))
 	if err := srv.Start(); err != nil {
@@ -430,7 +443,7 @@ func TestFullSpool(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		code, body := s.ready()
-		if code == http.StatusServiceUnavailable && body["status"] == "unavailable" && strings.Contains(body["spool"], "full") {
+		if code == http.StatusServiceUnavailable && body.Status == "unavailable" && strings.Contains(body.Spool, "full") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -469,7 +482,7 @@ func TestFullSpool(t *testing.T) {
 	}
 	l.finish()
 	waitDrained(t, s)
-	if code, body := s.ready(); code != http.StatusOK || body["status"] != "ok" {
+	if code, body := s.ready(); code != http.StatusOK || body.Status != "ok" {
 		t.Fatalf("/readyz after recovery: %d %v", code, body)
 	}
 	s.term()
