@@ -7,11 +7,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -101,7 +101,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.Mode == "batch" && o.BatchSize <= 0 {
 		return Result{}, fmt.Errorf("cannot run batch mode with --batch-size %d", o.BatchSize)
 	}
-	base, client, err := newClient(o.Target, o.Connections)
+	ep, err := parseTarget(o.Target)
 	if err != nil {
 		return Result{}, err
 	}
@@ -112,7 +112,6 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	case "check":
 		path = "/v1/check"
 	}
-	url := base + path
 
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
@@ -128,13 +127,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	workers := make([]*worker, o.Connections)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{opts: o, rng: rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))}
+		w := &worker{opts: o, conn: conn{ep: ep}, rng: rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))}
 		w.zipf = newZipf(w.rng, o.Users)
 		workers[i] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.run(ctx, client, url, contentType, tickets)
+			defer w.conn.close()
+			w.run(ctx, path, contentType, tickets)
 		}()
 	}
 	wg.Wait()
@@ -164,6 +164,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 type worker struct {
 	opts Options
+	// conn is the worker's connection: one per worker, as --connections says.
+	conn conn
 	rng  *rand.Rand
 	zipf *zipf
 	buf  bytes.Buffer
@@ -180,7 +182,7 @@ var models = []struct{ provider, model string }{
 
 // run sends requests until ctx ends: one after the other, or one per
 // ticket when paced, its latency counted from the ticket's scheduled time.
-func (w *worker) run(ctx context.Context, client *http.Client, url, contentType string, tickets <-chan time.Time) {
+func (w *worker) run(ctx context.Context, path, contentType string, tickets <-chan time.Time) {
 	for ctx.Err() == nil {
 		n := w.body()
 		sent := time.Now()
@@ -190,13 +192,8 @@ func (w *worker) run(ctx context.Context, client *http.Client, url, contentType 
 				return
 			}
 		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(w.buf.Bytes()))
-		req.Header.Set("Content-Type", contentType)
-		if w.opts.Token != "" {
-			req.Header.Set("Authorization", "Bearer "+w.opts.Token)
-		}
-		resp, err := client.Do(req)
-		if ctx.Err() != nil {
+		status, body, err := w.conn.do(ctx, path, contentType, w.opts.Token, w.buf.Bytes())
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			return // the run ended mid-request: neither success nor error
 		}
 		w.requests++
@@ -204,16 +201,14 @@ func (w *worker) run(ctx context.Context, client *http.Client, url, contentType 
 			w.fail(err.Error())
 			continue
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
 		w.latencies = append(w.latencies, time.Since(sent))
 		switch {
-		case resp.StatusCode/100 == 2:
+		case status/100 == 2:
 			w.records += int64(n)
-		case resp.StatusCode == http.StatusTooManyRequests && w.opts.Mode == "check":
+		case status == http.StatusTooManyRequests && w.opts.Mode == "check":
 			w.limited++
 		default:
-			w.fail(fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body)))
+			w.fail(fmt.Sprintf("%d %s", status, bytes.TrimSpace(body)))
 		}
 	}
 }
@@ -280,20 +275,6 @@ func (w *worker) body() int {
 		w.buf.WriteByte('\n')
 	}
 	return n
-}
-
-func newClient(target string, conns int) (string, *http.Client, error) {
-	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
-	base := strings.TrimRight(target, "/")
-	if path, ok := strings.CutPrefix(target, "unix:"); ok {
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", path)
-		}
-		base = "http://llmusage"
-	} else if !strings.HasPrefix(target, "http://") {
-		return "", nil, fmt.Errorf("cannot use --target %q: want http://host:port or unix:/path", target)
-	}
-	return base, &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
 }
 
 // zipf draws user numbers with P(k) proportional to 1/(k+1)^1.1.
