@@ -71,3 +71,19 @@ func countSeries(b *testing.B, e *Exporter) int {
 	}
 	return n
 }
+
+// BenchmarkObserveRecords counts batches of 100 records over 1,000 users
+// and five models, as a busy sidecar sees them; ns/op is one batch.
+func BenchmarkObserveRecords(b *testing.B) {
+	e := New(Options{MaxUsers: 10_000})
+	batch := make([]record.Record, 100)
+	for i := range batch {
+		batch[i] = record.Record{UserID: fmt.Sprintf("user-%d", (i*7919)%1000), Provider: "openai", Model: fmt.Sprintf("model-%d", i%5),
+			PromptTokens: 1200, CompletionTokens: 350, TotalTokens: 1550, CachedTokens: 100, Latency: 800_000_000, HasLatency: true,
+			Status: record.StatusSuccess}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		e.ObserveRecords(batch)
+	}
+}

@@ -131,6 +131,17 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader("# HELP llmusage_metrics_users Distinct user label values currently exported (capped by --metrics-max-users).\n# TYPE llmusage_metrics_users gauge\nllmusage_metrics_users 2\n"), "llmusage_metrics_users"); err != nil {
 		t.Fatal(err)
 	}
+
+	// A user that comes back after its series were swept gets them anew:
+	// nothing it records goes to a forgotten child.
+	clock.t = clock.t.Add(2 * time.Hour)
+	if n := e.Sweep(); n != 2 {
+		t.Fatalf("Sweep forgot %d users, want 2 (b and f)", n)
+	}
+	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+`)
 }
 
 func TestQuotaGauges(t *testing.T) {

@@ -1,6 +1,8 @@
 package exporter
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmusage/llmusage/record"
@@ -16,7 +18,29 @@ type usageMetrics struct {
 	checks    *prometheus.CounterVec
 	accepted  prometheus.Counter
 	rejected  prometheus.Counter
+
+	mu sync.Mutex
+	// series caches, by user, then provider and model, the children of
+	// the vectors above: WithLabelValues hashes and checks every label
+	// value on every call, and a record made five calls, which cost as
+	// much CPU as parsing it. A user's go with its series (deleteUser).
+	series map[string]map[seriesKey]*recordSeries
 }
+
+// seriesKey names the series a record updates, but for status and token type.
+type seriesKey struct{ user, provider, model string }
+
+// recordSeries holds one seriesKey's children, each made on first use:
+// a series of zeros would claim a breakdown that was never measured.
+type recordSeries struct {
+	// requests by status: success, error.
+	requests [2]prometheus.Counter
+	// tokens by type: prompt, completion, cached, reasoning.
+	tokens   [4]prometheus.Counter
+	duration prometheus.Observer
+}
+
+var tokenTypes = [4]string{"prompt", "completion", "cached", "reasoning"}
 
 // durationBuckets are the OpenTelemetry GenAI buckets for
 // gen_ai.client.operation.duration: 0.01 s doubling up to 81.92 s.
@@ -56,28 +80,48 @@ func newUsageMetrics(userLabel bool) *usageMetrics {
 			Name: "llmusage_records_rejected_total",
 			Help: "Call records refused because their request held an invalid record.",
 		}),
+		series: map[string]map[seriesKey]*recordSeries{},
 	}
 }
 
 func (m *usageMetrics) observeRecord(r *record.Record, user string) {
-	provider, model := labelValue(r.Provider), labelValue(r.Model)
-	m.requests.WithLabelValues(m.labels(user, provider, model, r.Status)...).Inc()
-	m.addTokens(user, provider, model, "prompt", r.PromptTokens, true)
-	m.addTokens(user, provider, model, "completion", r.CompletionTokens, true)
-	// cached and reasoning exist only for the providers that report them:
-	// a series of zeros would claim a breakdown that was never measured.
-	m.addTokens(user, provider, model, "cached", r.CachedTokens, false)
-	m.addTokens(user, provider, model, "reasoning", r.ReasoningTokens, false)
+	k := seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	users := m.series[k.user]
+	if users == nil {
+		users = map[seriesKey]*recordSeries{}
+		m.series[k.user] = users
+	}
+	s := users[k]
+	if s == nil {
+		s = &recordSeries{}
+		users[k] = s
+	}
+	status := 0
+	if r.Status == record.StatusError {
+		status = 1
+	}
+	if s.requests[status] == nil {
+		s.requests[status] = m.requests.WithLabelValues(m.labels(k, r.Status)...)
+	}
+	s.requests[status].Inc()
+	// cached and reasoning exist only for the providers that report them.
+	for i, n := range [4]int64{r.PromptTokens, r.CompletionTokens, r.CachedTokens, r.ReasoningTokens} {
+		if n == 0 && i >= 2 {
+			continue
+		}
+		if s.tokens[i] == nil {
+			s.tokens[i] = m.tokens.WithLabelValues(m.labels(k, tokenTypes[i])...)
+		}
+		s.tokens[i].Add(float64(n))
+	}
 	if r.HasLatency {
-		m.duration.WithLabelValues(provider, model).Observe(r.Latency.Seconds())
+		if s.duration == nil {
+			s.duration = m.duration.WithLabelValues(k.provider, k.model)
+		}
+		s.duration.Observe(r.Latency.Seconds())
 	}
-}
-
-func (m *usageMetrics) addTokens(user, provider, model, tokenType string, n int64, always bool) {
-	if n == 0 && !always {
-		return
-	}
-	m.tokens.WithLabelValues(m.labels(user, provider, model, tokenType)...).Add(float64(n))
 }
 
 func (m *usageMetrics) observeCheck(user string, allowed bool) {
@@ -93,14 +137,17 @@ func (m *usageMetrics) observeCheck(user string, allowed bool) {
 }
 
 // labels prepends the user when the user label is on.
-func (m *usageMetrics) labels(user, provider, model, last string) []string {
+func (m *usageMetrics) labels(k seriesKey, last string) []string {
 	if m.userLabel {
-		return []string{user, provider, model, last}
+		return []string{k.user, k.provider, k.model, last}
 	}
-	return []string{provider, model, last}
+	return []string{k.provider, k.model, last}
 }
 
 func (m *usageMetrics) deleteUser(user string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.series, user)
 	match := prometheus.Labels{"user": user}
 	m.requests.DeletePartialMatch(match)
 	m.tokens.DeletePartialMatch(match)

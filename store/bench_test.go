@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"testing"
 	"time"
@@ -12,13 +13,17 @@ import (
 	"github.com/llmusage/llmusage/record"
 )
 
+// persistBatch is the rows per op of the persistence benchmarks:
+// bench/run.sh sets it to the sidecar's --batch-size, so that its
+// ceiling, a raw COPY, copies as many rows at a time as the sidecar does.
+var persistBatch = flag.Int("persist-batch", 1000, "rows per op of BenchmarkPersist*")
+
 // BenchmarkPersistPostgres compares, in one run and one database, the rows
-// per second that reach llm_usage_logs through the batched Writer (COPY
-// into a temporary table, then INSERT ... ON CONFLICT DO NOTHING) with a
-// raw COPY of the same rows straight into the table, the physical limit.
-// Each op is one batch of batchSize records.
+// per second that reach llm_usage_logs through the batched Writer (a COPY
+// straight into the table) with a raw COPY of the same rows, the physical
+// limit. Each op is one batch of -persist-batch records.
 func BenchmarkPersistPostgres(b *testing.B) {
-	const batchSize = 1000
+	batchSize := *persistBatch
 	s := openMigratedB(b, Options{DatabaseURL: pgtest.URL(b)}).(*postgresStore)
 	ctx := context.Background()
 	seq := 0
@@ -26,7 +31,8 @@ func BenchmarkPersistPostgres(b *testing.B) {
 		recs := make([]record.Record, batchSize)
 		for i := range recs {
 			seq++
-			recs[i] = record.Record{RequestID: fmt.Sprintf("bench-%d", seq), UserID: fmt.Sprintf("user-%d", seq%1000),
+			// Increasing IDs, as the sidecar's own (UUID version 7) are.
+			recs[i] = record.Record{RequestID: fmt.Sprintf("bench-%012d", seq), UserID: fmt.Sprintf("user-%d", seq%1000),
 				Provider: "openai", Model: "gpt-4o", PromptTokens: 1200, CompletionTokens: 350, TotalTokens: 1550,
 				Latency: 812 * time.Millisecond, HasLatency: true, Status: record.StatusSuccess, Timestamp: t0,
 				Metadata: []byte(`{"route":"/chat"}`)}
@@ -72,7 +78,7 @@ func BenchmarkPersistPostgres(b *testing.B) {
 
 // BenchmarkPersistSQLite is the embedded store's rate through the Writer.
 func BenchmarkPersistSQLite(b *testing.B) {
-	const batchSize = 1000
+	batchSize := *persistBatch
 	s := openMigratedB(b, Options{DataDir: b.TempDir()})
 	w := NewWriter(s, NewMemoryQueue(10*batchSize), WriterOptions{BatchSize: batchSize})
 	seq := 0
@@ -80,7 +86,7 @@ func BenchmarkPersistSQLite(b *testing.B) {
 		recs := make([]record.Record, batchSize)
 		for i := range recs {
 			seq++
-			recs[i] = rec(fmt.Sprint("bench-", seq), "u", "openai", "gpt-4o", 1200, 350, t0)
+			recs[i] = rec(fmt.Sprintf("bench-%012d", seq), "u", "openai", "gpt-4o", 1200, 350, t0)
 		}
 		if err := w.Enqueue(recs); err != nil {
 			b.Fatal(err)
