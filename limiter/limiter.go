@@ -437,14 +437,16 @@ func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
 func (sh *shard) buckets(user string, rules []*rule, dst []*bucket) []*bucket {
 	bs := sh.users[user]
 	var idx [2 * int(numWindows)]int
+	added := 0
 	for i, r := range rules {
 		idx[i] = index(bs, r.scope)
 		if idx[i] < 0 {
 			idx[i] = len(bs)
 			bs = append(bs, bucket{scope: r.scope, lim: rate.NewLimiter(refillRate(&r.Rule), int(r.Limit))})
+			added++
 		}
 	}
-	if added := len(bs) - len(sh.users[user]); added > 0 {
+	if added > 0 {
 		sh.live += added
 		sh.users[user] = bs
 	}
@@ -537,11 +539,13 @@ func debit(lim *rate.Limiter, now time.Time, n int64) {
 	if n <= 0 {
 		return
 	}
-	burst := lim.Burst()
-	if n <= int64(burst) {
-		lim.ReserveN(now, int(n))
+	// A reservation over the burst is refused without touching the
+	// bucket: try first, and raise the burst only when that happens
+	// (one lock round trip on the common path instead of two).
+	if n <= math.MaxInt32 && lim.ReserveN(now, int(n)).OK() {
 		return
 	}
+	burst := lim.Burst()
 	lim.SetBurstAt(now, int(n))
 	lim.ReserveN(now, int(n))
 	lim.SetBurstAt(now, burst)
