@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
@@ -85,5 +86,31 @@ func BenchmarkObserveRecords(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		e.ObserveRecords(batch)
+	}
+}
+
+// BenchmarkSweep expires 5,000 of 10,000 users at once, as an hour after
+// a burst of new users; ns/op is one sweep.
+func BenchmarkSweep(b *testing.B) {
+	for b.Loop() {
+		b.StopTimer()
+		clock := &manualClock{testNow}
+		e := New(Options{Clock: clock, MaxUsers: 10_000, UserTTL: time.Hour})
+		for u := 0; u < 10_000; u++ {
+			if u == 5_000 {
+				clock.t = clock.t.Add(time.Hour)
+			}
+			user := fmt.Sprintf("user-%d", u)
+			for m := 0; m < 2; m++ {
+				e.ObserveRecords([]record.Record{{UserID: user, Provider: "openai", Model: fmt.Sprintf("model-%d", m), PromptTokens: 10,
+					CompletionTokens: 5, TotalTokens: 15, Status: record.StatusSuccess}})
+			}
+			e.ObserveCheck(user, true)
+		}
+		clock.t = clock.t.Add(time.Minute)
+		b.StartTimer()
+		if n := e.Sweep(); n != 5_000 {
+			b.Fatalf("swept %d users, want 5000", n)
+		}
 	}
 }

@@ -283,3 +283,54 @@ func grep(s, prefix string) string {
 }
 
 func gzipReader(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
+
+// TestSweepDeletesEverySeries checks that an expired user leaves no
+// series behind, whichever it had, and that other users keep theirs.
+func TestSweepDeletesEverySeries(t *testing.T) {
+	clock := &manualClock{testNow}
+	e := New(Options{Clock: clock, UserTTL: time.Hour})
+	observe := func(user string) {
+		r := rec(user, "openai", "gpt-4", 10, 5)
+		r.CachedTokens, r.ReasoningTokens, r.Latency, r.HasLatency = 2, 1, time.Second, true
+		failed := rec(user, "anthropic", "claude", 1, 0)
+		failed.Status = record.StatusError
+		e.ObserveRecords([]record.Record{r, failed})
+		e.ObserveCheck(user, true)
+		e.ObserveCheck(user, false)
+	}
+	count := func(user string) int {
+		t.Helper()
+		mfs, err := e.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "user" && l.GetValue() == user {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	observe("old")
+	clock.t = clock.t.Add(50 * time.Minute)
+	observe("new")
+	// requests: 2; tokens: 4, and prompt and completion of the failed call; checks: 2.
+	if got := count("old"); got != 10 {
+		t.Fatalf("%d series for user old before the sweep, want 10", got)
+	}
+	clock.t = clock.t.Add(20 * time.Minute)
+	if n := e.Sweep(); n != 1 {
+		t.Fatalf("Sweep forgot %d users, want 1", n)
+	}
+	if got := count("old"); got != 0 {
+		t.Fatalf("%d series left for the expired user", got)
+	}
+	if got := count("new"); got != 10 {
+		t.Fatalf("%d series for user new after the sweep, want 10", got)
+	}
+}
