@@ -437,15 +437,6 @@ func containsBytes(list []string, b []byte) bool {
 	return false
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // suggest returns the known field closest to name, if it is close enough
 // to be a typo.
 func suggest(name string, known []string) string {

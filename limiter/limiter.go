@@ -111,7 +111,7 @@ type Limiter struct {
 	rules atomic.Pointer[ruleSet]
 	// pendingCount counts remembered estimates across shards.
 	pendingCount atomic.Int64
-	// seed spreads users over shards, and hashes them in pendingChecks.
+	// seed hashes users (userHash).
 	seed maphash.Seed
 	// idSeeds hash request_ids into pendingKeys.
 	idSeeds [2]maphash.Seed
@@ -248,7 +248,8 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 		}
 	}
 
-	sh := l.shard(req.UserID)
+	uh := l.userHash(req.UserID)
+	sh := l.shardOf(uh)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 
@@ -274,7 +275,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 			levels[i] -= float64(cost)
 		}
 		if req.RequestID != "" {
-			l.remember(sh, req, now)
+			l.remember(sh, req, uh, now)
 		}
 	}
 	if limits == nil {
@@ -300,7 +301,8 @@ func (l *Limiter) Record(u Usage) {
 	var buf [2 * int(numWindows)]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
 
-	sh := l.shard(u.UserID)
+	uh := l.userHash(u.UserID)
+	sh := l.shardOf(uh)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 
@@ -308,7 +310,7 @@ func (l *Limiter) Record(u Usage) {
 	if u.RequestID != "" {
 		key := l.pendingKey(u.RequestID)
 		if p, ok := sh.pending[key]; ok {
-			own, expired := p.user == maphash.String(l.seed, u.UserID), now.UnixNano() > p.expires
+			own, expired := p.user == uh, now.UnixNano() > p.expires
 			if own || expired {
 				delete(sh.pending, key)
 				l.pendingCount.Add(-1)
@@ -434,11 +436,15 @@ func (l *Limiter) Len() int {
 	return n
 }
 
-func (l *Limiter) shard(user string) *shard {
-	return &l.shards[maphash.String(l.seed, user)%numShards]
-}
+func (l *Limiter) shard(user string) *shard { return l.shardOf(l.userHash(user)) }
 
-func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
+// userHash places a user in a shard and names it in pendingChecks; the
+// hot paths compute it once for both.
+func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
+
+func (l *Limiter) shardOf(userHash uint64) *shard { return &l.shards[userHash%numShards] }
+
+func (l *Limiter) remember(sh *shard, req Request, userHash uint64, now time.Time) {
 	key := l.pendingKey(req.RequestID)
 	if _, dup := sh.pending[key]; !dup {
 		if l.pendingCount.Add(1) > l.maxPending {
@@ -446,7 +452,7 @@ func (l *Limiter) remember(sh *shard, req Request, now time.Time) {
 			return
 		}
 	}
-	sh.pending[key] = pendingCheck{user: maphash.String(l.seed, req.UserID), tokens: req.Tokens, expires: now.Add(l.pendingTTL).UnixNano()}
+	sh.pending[key] = pendingCheck{user: userHash, tokens: req.Tokens, expires: now.Add(l.pendingTTL).UnixNano()}
 }
 
 func (l *Limiter) pendingKey(requestID string) pendingKey {
