@@ -121,8 +121,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	// not hold back the sends scheduled after it.
 	var tickets chan time.Time
 	if o.Rate > 0 {
+		interval := max(time.Duration(float64(time.Second)/o.Rate), time.Microsecond)
+		m, mStart, err := newMetronome(ctx, interval)
+		if err != nil {
+			return Result{}, err
+		}
 		tickets = make(chan time.Time)
-		go pace(ctx, o.Rate, tickets)
+		go pace(ctx, m, mStart, interval, tickets)
 	}
 	workers := make([]*worker, o.Connections)
 	var wg sync.WaitGroup
@@ -220,19 +225,15 @@ func (w *worker) fail(msg string) {
 	}
 }
 
-// pace sends the scheduled time of every request to tickets, rate a
-// second, until ctx ends. The ticks come from a metronome rather than
+// pace sends the scheduled time of every request to tickets, one each
+// tick of m (started at start, ticking every interval), until ctx ends,
+// then closes m and tickets. The ticks come from a metronome rather than
 // from Go's timers: those wake up to a millisecond late on Linux when the
 // process is otherwise idle (the runtime sleeps in epoll_wait, whose
 // timeout is in milliseconds; 1.08 ms for any sleep under 1 ms on the
 // project's machine), and that lag would count as the server's latency.
-func pace(ctx context.Context, rate float64, tickets chan<- time.Time) {
+func pace(ctx context.Context, m *metronome, start time.Time, interval time.Duration, tickets chan<- time.Time) {
 	defer close(tickets)
-	interval := max(time.Duration(float64(time.Second)/rate), time.Microsecond)
-	m, start, err := newMetronome(ctx, interval)
-	if err != nil {
-		return
-	}
 	defer m.close()
 	for i := 1; ; {
 		n, err := m.wait()

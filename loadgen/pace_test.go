@@ -13,8 +13,13 @@ func TestPace(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), d)
 		defer cancel()
+		interval := time.Duration(float64(time.Second) / rate)
+		m, start, err := newMetronome(ctx, interval)
+		if err != nil {
+			t.Fatal(err)
+		}
 		tickets := make(chan time.Time)
-		go pace(ctx, rate, tickets)
+		go pace(ctx, m, start, interval, tickets)
 		var due []time.Time
 		for tk := range tickets {
 			due = append(due, tk)
@@ -23,7 +28,6 @@ func TestPace(t *testing.T) {
 		if len(due) > want+1 || len(due) < want/2 {
 			t.Fatalf("rate %g for %s: %d tickets, want about %d", rate, d, len(due), want)
 		}
-		interval := time.Duration(float64(time.Second) / rate)
 		for i := 1; i < len(due); i++ {
 			if gap := due[i].Sub(due[i-1]); gap != interval {
 				t.Fatalf("rate %g: tickets %d and %d are %s apart, want %s", rate, i-1, i, gap, interval)

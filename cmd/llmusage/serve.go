@@ -326,17 +326,17 @@ func (s *sidecar) handleHealth(mux *http.ServeMux) {
 // application's pod out of service while records still reach the spool.
 // queued_records is the backlog, cheap to poll where a scrape is not.
 func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
-	queued := s.queue.Len()
+	code, body := http.StatusOK, map[string]any{"status": "ok"}
 	switch {
 	case !s.ready.Load():
-		writeStatus(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "not serving (starting or shutting down)", "queued_records": queued})
+		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "not serving (starting or shutting down)"}
 	case s.queue.Err() != nil:
-		writeStatus(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "spool": s.queue.Err().Error(), "queued_records": queued})
+		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "spool": s.queue.Err().Error()}
 	case s.writer.StoreErr() != nil:
-		writeStatus(w, http.StatusOK, map[string]any{"status": "degraded", "store": s.writer.StoreErr().Error(), "queued_records": queued})
-	default:
-		writeStatus(w, http.StatusOK, map[string]any{"status": "ok", "queued_records": queued})
+		body = map[string]any{"status": "degraded", "store": s.writer.StoreErr().Error()}
 	}
+	body["queued_records"] = s.queue.Len()
+	writeStatus(w, code, body)
 }
 
 func writeStatus(w http.ResponseWriter, code int, body map[string]any) {
