@@ -235,16 +235,24 @@ func (w *worker) fail(msg string) {
 func pace(ctx context.Context, m *metronome, start time.Time, interval time.Duration, tickets chan<- time.Time) {
 	defer close(tickets)
 	defer m.close()
+	deadline, bounded := ctx.Deadline()
 	for i := 1; ; {
 		n, err := m.wait()
 		if err != nil {
 			return
 		}
 		for ; n > 0; n-- {
+			due := start.Add(time.Duration(i) * interval)
+			// A late wake-up reports several expirations at once; those
+			// due after the run ends would be sends the run has no time
+			// for, and select would pick them at random over ctx.Done.
+			if ctx.Err() != nil || bounded && due.After(deadline) {
+				return
+			}
 			// Blocks while every connection is busy: the sends queue, and
 			// their latency still counts from when they were due.
 			select {
-			case tickets <- start.Add(time.Duration(i) * interval):
+			case tickets <- due:
 				i++
 			case <-ctx.Done():
 				return

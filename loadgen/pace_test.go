@@ -7,7 +7,7 @@ import (
 )
 
 // TestPace checks the schedule a paced run follows: tickets every
-// 1/rate exactly, all of them until the run ends, then a closed channel.
+// 1/rate exactly, none due after the run ends, then a closed channel.
 func TestPace(t *testing.T) {
 	f := func(rate float64, d time.Duration) {
 		t.Helper()
@@ -24,8 +24,14 @@ func TestPace(t *testing.T) {
 		for tk := range tickets {
 			due = append(due, tk)
 		}
+		deadline, _ := ctx.Deadline()
+		for i, tk := range due {
+			if tk.After(deadline) {
+				t.Fatalf("rate %g: ticket %d is due %s after the run ended", rate, i, tk.Sub(deadline))
+			}
+		}
 		want := int(rate * d.Seconds())
-		if len(due) > want+1 || len(due) < want/2 {
+		if len(due) > want || len(due) < want/2 {
 			t.Fatalf("rate %g for %s: %d tickets, want about %d", rate, d, len(due), want)
 		}
 		for i := 1; i < len(due); i++ {
