@@ -136,6 +136,9 @@ func Sidecar() *dashboard.DashboardBuilder {
 		WithPanel(timeSeries("User series", "Distinct user label values exported, and observations counted as __other__ past the cap.", "short",
 			target(`sum by (instance) (llmusage_metrics_users{`+sel+`})`, "users {{instance}}"),
 			target(`sum by (instance) (rate(llmusage_metrics_users_overflow_total{`+sel+`}[$__rate_interval]))`, "overflow/s {{instance}}"))).
+		WithPanel(timeSeries("Provider and model series", "Distinct provider and model pairs exported, and records counted as model=\"__other__\" past the cap.", "short",
+			target(`sum by (instance) (llmusage_metrics_models{`+sel+`})`, "pairs {{instance}}"),
+			target(`sum by (instance) (rate(llmusage_metrics_models_overflow_total{`+sel+`}[$__rate_interval]))`, "overflow/s {{instance}}"))).
 		WithPanel(timeSeries("Live limiter buckets", "Token buckets held in memory; full, idle ones are dropped.", "short",
 			target(`sum by (instance) (llmusage_limiter_buckets{`+sel+`})`, "{{instance}}"))).
 		WithPanel(timeSeries("Memory", "Resident memory of the sidecar process.", "bytes",

@@ -3,7 +3,8 @@
 //
 // Events (requests, tokens, checks) are counters updated on ingest; state
 // (quota limit and remaining) is built at scrape time from the limiter's
-// live buckets. A guard caps the number of distinct user label values.
+// live buckets. Guards cap the number of distinct user label values and
+// of provider and model pairs.
 package exporter
 
 import (
@@ -23,14 +24,23 @@ import (
 // under the cardinality cap.
 const OverflowUser = "__other__"
 
+// OverflowModel is the model label value (and the provider's, when that
+// provider has no series of its own) of records whose provider and model
+// did not fit under the cardinality cap.
+const OverflowModel = "__other__"
+
 // Options configure an Exporter.
 type Options struct {
 	// Limiter is the source of the quota gauges; optional.
 	Limiter *limiter.Limiter
 	// MaxUsers caps the distinct user label values (10,000 when zero).
 	MaxUsers int
-	// UserTTL removes the series of users idle this long (1h when zero).
+	// UserTTL removes the series of users idle this long (1h when zero),
+	// and of provider and model pairs.
 	UserTTL time.Duration
+	// MaxModels caps the distinct provider and model label pairs (1,000
+	// when zero).
+	MaxModels int
 	// NoUserLabel drops the user label from every metric, and with it the
 	// per-user quota gauges.
 	NoUserLabel bool
@@ -44,6 +54,7 @@ type Options struct {
 type Exporter struct {
 	reg     *prometheus.Registry
 	guard   *userGuard
+	models  *modelGuard
 	usage   *usageMetrics
 	persist *persistMetrics
 	clock   limiter.Clock
@@ -54,6 +65,9 @@ type Exporter struct {
 func New(opts Options) *Exporter {
 	if opts.MaxUsers <= 0 {
 		opts.MaxUsers = 10_000
+	}
+	if opts.MaxModels <= 0 {
+		opts.MaxModels = 1_000
 	}
 	if opts.UserTTL <= 0 {
 		opts.UserTTL = time.Hour
@@ -66,7 +80,8 @@ func New(opts Options) *Exporter {
 		clock: opts.Clock,
 	}
 	e.guard = newUserGuard(opts.MaxUsers, opts.UserTTL, !opts.NoUserLabel)
-	e.usage = newUsageMetrics(!opts.NoUserLabel)
+	e.models = newModelGuard(opts.MaxModels, opts.UserTTL)
+	e.usage = newUsageMetrics(!opts.NoUserLabel, e.models)
 	e.persist = newPersistMetrics()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
@@ -80,6 +95,7 @@ func New(opts Options) *Exporter {
 		newBuildInfo(opts.Version, opts.Revision, runtime.Version()),
 		e.usage,
 		e.guard,
+		e.models,
 		e.httpDur,
 		e.persist.persisted, e.persist.errors, e.persist.flush,
 	)
@@ -107,7 +123,7 @@ func (e *Exporter) Handler() http.Handler {
 func (e *Exporter) ObserveRecords(recs []record.Record) {
 	now := e.clock.Now()
 	for i := range recs {
-		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now))
+		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now), now)
 	}
 	e.usage.accepted.Add(float64(len(recs)))
 }
@@ -120,12 +136,16 @@ func (e *Exporter) ObserveCheck(userID string, allowed bool) {
 	e.usage.observeCheck(e.guard.label(userID, e.clock.Now()), allowed)
 }
 
-// Sweep removes the series of users idle longer than the TTL, returning
-// how many users were forgotten.
+// Sweep removes the series of users, and of provider and model pairs,
+// idle longer than the TTL, returning how many users were forgotten.
 func (e *Exporter) Sweep() int {
-	expired := e.guard.expire(e.clock.Now())
+	now := e.clock.Now()
+	expired := e.guard.expire(now)
 	for _, u := range expired {
 		e.usage.deleteUser(u)
+	}
+	for _, p := range e.models.expire(now) {
+		e.usage.deletePair(p)
 	}
 	return len(expired)
 }

@@ -133,15 +133,81 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 	}
 
 	// A user that comes back after its series were swept gets them anew:
-	// nothing it records goes to a forgotten child.
+	// nothing it records goes to a forgotten child. (The model, idle as
+	// long, took the overflowed users' series with it.)
 	clock.t = clock.t.Add(2 * time.Hour)
 	if n := e.Sweep(); n != 2 {
 		t.Fatalf("Sweep forgot %d users, want 2 (b and f)", n)
 	}
 	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 `)
+}
+
+// TestModelGuard checks the cap on provider and model pairs: pairs past
+// it keep a provider that has series, others become __other__ on both
+// labels, and an idle pair's series go, of every user, freeing its slot.
+func TestModelGuard(t *testing.T) {
+	clock := &manualClock{testNow}
+	e := New(Options{Clock: clock, MaxModels: 2, UserTTL: time.Hour})
+	timed := func(user, provider, model string) record.Record {
+		r := rec(user, provider, model, 1, 1)
+		r.Latency, r.HasLatency = time.Second, true
+		return r
+	}
+	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o"), timed("b", "openai", "gpt-4o-mini")})
+	clock.t = clock.t.Add(30 * time.Minute)
+	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o-2026-11-27T12:30"), timed("b", "acme", "x-1"), timed("a", "openai", "gpt-4o")})
+
+	f := func(name, want string) {
+		t.Helper()
+		var lines []string
+		for _, line := range strings.Split(scrape(t, e), "\n") {
+			if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+				lines = append(lines, line)
+			}
+		}
+		if got := strings.Join(lines, "\n"); got != want {
+			t.Fatalf("%s:\n%s\nwant\n%s", name, got, want)
+		}
+	}
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",user="a"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 2
+llm_requests_total{model="gpt-4o-mini",provider="openai",status="success",user="b"} 1`)
+	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
+llm_request_duration_seconds_count{model="__other__",provider="openai"} 1
+llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2
+llm_request_duration_seconds_count{model="gpt-4o-mini",provider="openai"} 1`)
+	f("llmusage_metrics_models", "llmusage_metrics_models 2")
+	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 2")
+
+	// gpt-4o-mini has been idle for more than the TTL, gpt-4o has not;
+	// both users have (so no user expires): only the pair's series go.
+	clock.t = clock.t.Add(31 * time.Minute)
+	if n := e.Sweep(); n != 0 {
+		t.Fatalf("Sweep forgot %d users, want 0", n)
+	}
+	f("llmusage_metrics_models", "llmusage_metrics_models 1")
+	f("llm_tokens_total", `llm_tokens_total{model="__other__",provider="__other__",token_type="completion",user="b"} 1
+llm_tokens_total{model="__other__",provider="__other__",token_type="prompt",user="b"} 1
+llm_tokens_total{model="__other__",provider="openai",token_type="completion",user="a"} 1
+llm_tokens_total{model="__other__",provider="openai",token_type="prompt",user="a"} 1
+llm_tokens_total{model="gpt-4o",provider="openai",token_type="completion",user="a"} 2
+llm_tokens_total{model="gpt-4o",provider="openai",token_type="prompt",user="a"} 2`)
+	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
+llm_request_duration_seconds_count{model="__other__",provider="openai"} 1
+llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2`)
+
+	// The freed slot goes to the next new pair, and a pair that comes back
+	// after its series were swept gets them anew.
+	e.ObserveRecords([]record.Record{timed("b", "acme", "x-1"), timed("b", "openai", "gpt-4o-mini")})
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",user="a"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 2
+llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
+	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 3")
 }
 
 func TestQuotaGauges(t *testing.T) {

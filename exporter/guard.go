@@ -3,6 +3,7 @@ package exporter
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -24,8 +25,7 @@ type userGuard struct {
 	// lastSeen holds, per tracked user, the last time it was observed.
 	lastSeen map[string]time.Time
 
-	usersDesc *prometheus.Desc
-	overflow  prometheus.Counter
+	guardMetrics
 }
 
 func newUserGuard(maxUsers int, ttl time.Duration, enabled bool) *userGuard {
@@ -34,12 +34,9 @@ func newUserGuard(maxUsers int, ttl time.Duration, enabled bool) *userGuard {
 		maxUsers: maxUsers,
 		ttl:      ttl,
 		lastSeen: make(map[string]time.Time),
-		usersDesc: prometheus.NewDesc("llmusage_metrics_users",
-			"Distinct user label values currently exported (capped by --metrics-max-users).", nil, nil),
-		overflow: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "llmusage_metrics_users_overflow_total",
-			Help: "Observations counted under user=\"" + OverflowUser + "\" because the user cap was reached.",
-		}),
+		guardMetrics: newGuardMetrics("llmusage_metrics_users",
+			"Distinct user label values currently exported (capped by --metrics-max-users).",
+			"Observations counted under user=\""+OverflowUser+"\" because the user cap was reached."),
 	}
 }
 
@@ -84,17 +81,36 @@ func (g *userGuard) expire(now time.Time) []string {
 	return expired
 }
 
-func (g *userGuard) Describe(ch chan<- *prometheus.Desc) {
-	ch <- g.usersDesc
-	g.overflow.Describe(ch)
-}
-
 func (g *userGuard) Collect(ch chan<- prometheus.Metric) {
 	g.mu.Lock()
 	n := len(g.lastSeen)
 	g.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(g.usersDesc, prometheus.GaugeValue, float64(n))
-	g.overflow.Collect(ch)
+	g.collect(ch, n)
+}
+
+// guardMetrics are a guard's own metrics: how many values it tracks (a
+// gauge built at scrape time) and how many observations overflowed.
+type guardMetrics struct {
+	tracked  *prometheus.Desc
+	overflow prometheus.Counter
+}
+
+// newGuardMetrics names the gauge name and the counter name_overflow_total.
+func newGuardMetrics(name, trackedHelp, overflowHelp string) guardMetrics {
+	return guardMetrics{
+		tracked:  prometheus.NewDesc(name, trackedHelp, nil, nil),
+		overflow: prometheus.NewCounter(prometheus.CounterOpts{Name: name + "_overflow_total", Help: overflowHelp}),
+	}
+}
+
+func (m guardMetrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.tracked
+	m.overflow.Describe(ch)
+}
+
+func (m guardMetrics) collect(ch chan<- prometheus.Metric, tracked int) {
+	ch <- prometheus.MustNewConstMetric(m.tracked, prometheus.GaugeValue, float64(tracked))
+	m.overflow.Collect(ch)
 }
 
 // labelValue makes s safe as a label value. The collector already refuses
@@ -106,4 +122,101 @@ func labelValue(s string) string {
 		return s
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// modelGuard bounds the distinct (provider, model) label pairs the way
+// userGuard bounds users: both are free-form strings a client sends, and
+// one that puts a date or an ID in its model name would otherwise add
+// series for every call, times every user. A pair past the cap keeps its
+// provider when that provider already has series, so a provider's error
+// rate still adds up; otherwise both labels become OverflowModel.
+type modelGuard struct {
+	maxPairs int
+	ttl      time.Duration
+
+	mu sync.Mutex
+	// lastSeen holds, per tracked pair, the last time it was observed. The
+	// usage series cache holds the same cells and refreshes them itself,
+	// so that a known pair costs no trip here.
+	lastSeen map[modelPair]*pairSeen
+	// pairsOf counts the tracked pairs of each provider.
+	pairsOf map[string]int
+
+	guardMetrics
+}
+
+// modelPair is a provider and model label value.
+type modelPair struct{ provider, model string }
+
+// pairSeen is when a pair was last observed, in Unix nanoseconds.
+type pairSeen struct{ ns atomic.Int64 }
+
+// refresh sets the cell to now unless it is less than a second old: the
+// TTL is counted in minutes, and an atomic store on every record of a
+// busy model costs a tenth of counting the record.
+func (s *pairSeen) refresh(now time.Time) {
+	if ns := now.UnixNano(); ns-s.ns.Load() >= int64(time.Second) {
+		s.ns.Store(ns)
+	}
+}
+
+func newModelGuard(maxPairs int, ttl time.Duration) *modelGuard {
+	return &modelGuard{
+		maxPairs: maxPairs,
+		ttl:      ttl,
+		lastSeen: make(map[modelPair]*pairSeen),
+		pairsOf:  make(map[string]int),
+		guardMetrics: newGuardMetrics("llmusage_metrics_models",
+			"Distinct provider and model label pairs currently exported (capped by --metrics-max-models).",
+			"Records counted under model=\""+OverflowModel+"\" because the provider and model cap was reached."),
+	}
+}
+
+// label returns the provider and model label values for a record of
+// provider and model (already safe label values) at now, and the pair's
+// last-seen cell, nil when the record overflowed.
+func (g *modelGuard) label(provider, model string, now time.Time) (string, string, *pairSeen) {
+	p := modelPair{provider, model}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if seen := g.lastSeen[p]; seen != nil {
+		seen.ns.Store(now.UnixNano())
+		return provider, model, seen
+	}
+	if len(g.lastSeen) < g.maxPairs {
+		seen := &pairSeen{}
+		seen.ns.Store(now.UnixNano())
+		g.lastSeen[p] = seen
+		g.pairsOf[provider]++
+		return provider, model, seen
+	}
+	g.overflow.Inc()
+	if g.pairsOf[provider] > 0 {
+		return provider, OverflowModel, nil
+	}
+	return OverflowModel, OverflowModel, nil
+}
+
+// expire forgets the pairs idle longer than the TTL and returns them.
+func (g *modelGuard) expire(now time.Time) []modelPair {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var expired []modelPair
+	for p, seen := range g.lastSeen {
+		if now.UnixNano()-seen.ns.Load() > int64(g.ttl) {
+			delete(g.lastSeen, p)
+			if g.pairsOf[p.provider]--; g.pairsOf[p.provider] == 0 {
+				delete(g.pairsOf, p.provider)
+			}
+			expired = append(expired, p)
+		}
+	}
+	return expired
+}
+
+func (g *modelGuard) Collect(ch chan<- prometheus.Metric) {
+	g.mu.Lock()
+	n := len(g.lastSeen)
+	g.mu.Unlock()
+	g.collect(ch, n)
 }

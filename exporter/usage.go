@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,12 +13,14 @@ import (
 type usageMetrics struct {
 	// userLabel tells whether the per-user vectors carry the user label.
 	userLabel bool
-	requests  *prometheus.CounterVec
-	tokens    *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	checks    *prometheus.CounterVec
-	accepted  prometheus.Counter
-	rejected  prometheus.Counter
+	// models chooses the provider and model label values of a record.
+	models   *modelGuard
+	requests *prometheus.CounterVec
+	tokens   *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	checks   *prometheus.CounterVec
+	accepted prometheus.Counter
+	rejected prometheus.Counter
 
 	mu sync.Mutex
 	// series caches, by user, then provider and model, the children of
@@ -38,6 +41,9 @@ type recordSeries struct {
 	// tokens by type: prompt, completion, cached, reasoning.
 	tokens   [4]prometheus.Counter
 	duration prometheus.Observer
+	// seen is the pair's last-seen cell in the model guard, refreshed on
+	// every record; nil for a series of overflowed pairs.
+	seen *pairSeen
 }
 
 var (
@@ -49,7 +55,7 @@ var (
 // gen_ai.client.operation.duration: 0.01 s doubling up to 81.92 s.
 var durationBuckets = prometheus.ExponentialBuckets(0.01, 2, 14)
 
-func newUsageMetrics(userLabel bool) *usageMetrics {
+func newUsageMetrics(userLabel bool, models *modelGuard) *usageMetrics {
 	withUser := func(labels ...string) []string {
 		if userLabel {
 			return append([]string{"user"}, labels...)
@@ -58,6 +64,7 @@ func newUsageMetrics(userLabel bool) *usageMetrics {
 	}
 	return &usageMetrics{
 		userLabel: userLabel,
+		models:    models,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_requests_total",
 			Help: "LLM API calls recorded, by user, provider, model and status (success or error).",
@@ -87,20 +94,11 @@ func newUsageMetrics(userLabel bool) *usageMetrics {
 	}
 }
 
-func (m *usageMetrics) observeRecord(r *record.Record, user string) {
-	k := seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}
+// observeRecord counts r under user, the user guard's label value, at now.
+func (m *usageMetrics) observeRecord(r *record.Record, user string, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	users := m.series[k.user]
-	if users == nil {
-		users = map[seriesKey]*recordSeries{}
-		m.series[k.user] = users
-	}
-	s := users[k]
-	if s == nil {
-		s = &recordSeries{}
-		users[k] = s
-	}
+	s, k := m.seriesOf(seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}, now)
 	status := 0
 	if r.Status == record.StatusError {
 		status = 1
@@ -139,6 +137,29 @@ func (m *usageMetrics) observeCheck(user string, allowed bool) {
 	}
 }
 
+// seriesOf returns the series a record of k updates, and their labels.
+// A known pair is found in the cache under its own values; any other asks
+// the model guard, which may put it under the overflow labels. m.mu is held.
+func (m *usageMetrics) seriesOf(k seriesKey, now time.Time) (*recordSeries, seriesKey) {
+	users := m.series[k.user]
+	if users == nil {
+		users = map[seriesKey]*recordSeries{}
+		m.series[k.user] = users
+	}
+	if s := users[k]; s != nil && s.seen != nil {
+		s.seen.refresh(now)
+		return s, k
+	}
+	var seen *pairSeen
+	k.provider, k.model, seen = m.models.label(k.provider, k.model, now)
+	s := users[k]
+	if s == nil {
+		s = &recordSeries{seen: seen}
+		users[k] = s
+	}
+	return s, k
+}
+
 // labels prepends the user when the user label is on.
 func (m *usageMetrics) labels(k seriesKey, last string) []string {
 	if m.userLabel {
@@ -155,20 +176,44 @@ func (m *usageMetrics) deleteUser(user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, s := range m.series[user] {
-		for i, c := range s.requests {
-			if c != nil {
-				m.requests.DeleteLabelValues(m.labels(k, statuses[i])...)
-			}
-		}
-		for i, c := range s.tokens {
-			if c != nil {
-				m.tokens.DeleteLabelValues(m.labels(k, tokenTypes[i])...)
-			}
-		}
+		m.deleteSeries(k, s)
 	}
 	delete(m.series, user)
 	m.checks.DeleteLabelValues(user, "allowed")
 	m.checks.DeleteLabelValues(user, "limited")
+}
+
+// deleteSeries removes the per-user series of k that s made; m.mu is held.
+func (m *usageMetrics) deleteSeries(k seriesKey, s *recordSeries) {
+	for i, c := range s.requests {
+		if c != nil {
+			m.requests.DeleteLabelValues(m.labels(k, statuses[i])...)
+		}
+	}
+	for i, c := range s.tokens {
+		if c != nil {
+			m.tokens.DeleteLabelValues(m.labels(k, tokenTypes[i])...)
+		}
+	}
+}
+
+// deletePair removes the series of a provider and model pair, of every
+// user. Pairs expire rarely (a model nobody calls any more), so walking
+// every user's cache costs less than keeping an index by pair on the
+// ingest path.
+func (m *usageMetrics) deletePair(p modelPair) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for user, keys := range m.series {
+		k := seriesKey{user: user, provider: p.provider, model: p.model}
+		s := keys[k]
+		if s == nil {
+			continue
+		}
+		m.deleteSeries(k, s)
+		delete(keys, k)
+	}
+	m.duration.DeleteLabelValues(p.provider, p.model)
 }
 
 func (m *usageMetrics) Describe(ch chan<- *prometheus.Desc) {

@@ -488,3 +488,45 @@ func TestAuthToken(t *testing.T) {
 	f(p.metrics+"/healthz", "", http.StatusOK)
 	f(p.api+"/readyz", "", http.StatusOK)
 }
+
+// TestCardinalityCaps sets both label caps from the environment, as a pod
+// spec would, and checks what a client inventing user ids and model names
+// leaves in /metrics: the first of each, and __other__ for the rest, while
+// every record is still stored as sent.
+func TestCardinalityCaps(t *testing.T) {
+	p := startSidecar(t, seedLimits, "LLMUSAGE_METRICS_MAX_USERS=1", "LLMUSAGE_METRICS_MAX_MODELS=2")
+	var body strings.Builder
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(&body, `{"user_id":"user-%d","provider":"openai","model":"gpt-4o-2026-11-27T12:0%d","prompt_tokens":1,"completion_tokens":1}`+"\n", i, i)
+	}
+	body.WriteString(`{"user_id":"user-0","provider":"acme","model":"a-1","prompt_tokens":1,"completion_tokens":1}` + "\n")
+	if code, _, out := p.post(t, "/v1/calls", "application/x-ndjson", body.String()); code != http.StatusAccepted {
+		t.Fatalf("POST /v1/calls: %d %v", code, out)
+	}
+	var requests []string
+	for _, line := range strings.Split(usageLines(p.scrape(t)), "\n") {
+		if strings.HasPrefix(line, "llm_requests_total") {
+			requests = append(requests, line)
+		}
+	}
+	want := []string{
+		`llm_requests_total{model="__other__",provider="__other__",status="success",user="user-0"} 1`,
+		`llm_requests_total{model="__other__",provider="openai",status="success",user="__other__"} 3`,
+		`llm_requests_total{model="gpt-4o-2026-11-27T12:00",provider="openai",status="success",user="user-0"} 1`,
+		`llm_requests_total{model="gpt-4o-2026-11-27T12:01",provider="openai",status="success",user="__other__"} 1`,
+	}
+	if got := strings.Join(requests, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("llm_requests_total:\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+	metrics := p.scrape(t)
+	for _, line := range []string{"llmusage_metrics_users 1", "llmusage_metrics_users_overflow_total 4",
+		"llmusage_metrics_models 2", "llmusage_metrics_models_overflow_total 4"} {
+		if !strings.Contains(metrics, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	waitFor(t, func() bool {
+		_, stats := p.get(t, p.api+"/api/llm/usage/stats")
+		return stats["total_calls"] == float64(6) && len(stats["by_model"].(map[string]any)) == 6
+	})
+}

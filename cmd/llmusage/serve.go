@@ -38,7 +38,8 @@ func serveCommand() *cli.Command {
 			stringFlag("limits-file", "", "YAML file of limit rules and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
 			&cli.Int64Flag{Name: "max-body-bytes", Value: 1 << 20, Usage: "largest request body accepted", EnvVars: envVars("max-body-bytes")},
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
-			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users idle this long"),
+			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
+			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users, and of provider and model pairs, idle this long"),
 			boolFlag("metrics-user-label", true, "label usage metrics by user; false drops the label and the per-user quota gauges"),
 			stringFlag("metrics-push-url", "", "also push metrics in the Prometheus text format to this URL (VictoriaMetrics, vmagent)"),
 			durationFlag("metrics-push-interval", 15*time.Second, "interval between pushes to --metrics-push-url"),
@@ -152,6 +153,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	s.exporter = exporter.New(exporter.Options{
 		Limiter:     s.limiter,
 		MaxUsers:    c.Int("metrics-max-users"),
+		MaxModels:   c.Int("metrics-max-models"),
 		UserTTL:     userTTL,
 		NoUserLabel: !c.Bool("metrics-user-label"),
 		Version:     version,
