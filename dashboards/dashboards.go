@@ -141,6 +141,9 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`sum by (instance) (rate(llmusage_metrics_models_overflow_total{`+sel+`}[$__rate_interval]))`, "overflow/s {{instance}}"))).
 		WithPanel(timeSeries("Live limiter buckets", "Token buckets held in memory; full, idle ones are dropped.", "short",
 			target(`sum by (instance) (llmusage_limiter_buckets{`+sel+`})`, "{{instance}}"))).
+		WithPanel(timeSeries("Check estimates", "Allowed checks' token estimates waiting for their record, and those that expired without it per second: a steady rate means a client not sending the check's request_id back, whose calls are charged twice.", "short",
+			target(`sum by (instance) (llmusage_limiter_estimates{`+sel+`})`, "pending {{instance}}"),
+			target(`sum by (instance) (rate(llmusage_limiter_estimates_expired_total{`+sel+`}[$__rate_interval]))`, "expired/s {{instance}}"))).
 		WithPanel(timeSeries("Memory", "Resident memory of the sidecar process.", "bytes",
 			target(`process_resident_memory_bytes{`+sel+`}`, "{{instance}}"))).
 		WithPanel(timeSeries("CPU", "CPU seconds per second of the sidecar process.", "short",

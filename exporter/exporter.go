@@ -107,6 +107,7 @@ func New(opts Options) *Exporter {
 			Name: "llmusage_limiter_buckets",
 			Help: "Live token buckets in the limiter (full, idle buckets are dropped).",
 		}, func() float64 { return float64(opts.Limiter.Len()) }))
+		e.reg.MustRegister(newEstimatesCollector(opts.Limiter))
 	}
 	return e
 }

@@ -210,6 +210,46 @@ llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 3")
 }
 
+// TestEstimates checks the limiter's estimate counts as exported: one
+// settled, one expired, one dropped past the bound, one pending.
+func TestEstimates(t *testing.T) {
+	clock := &manualClock{testNow}
+	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.Tokens, Limit: 10_000}},
+		limiter.Options{Clock: clock, PendingTTL: time.Minute, MaxPending: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Options{Clock: clock, Limiter: l})
+	check := func(id string) {
+		t.Helper()
+		if d, err := l.Check(limiter.Request{UserID: "u", Tokens: 100, RequestID: id}); err != nil || !d.Allowed {
+			t.Fatalf("check %s: %+v, %v", id, d, err)
+		}
+	}
+	check("settled")
+	l.Record(limiter.Usage{UserID: "u", Tokens: 90, RequestID: "settled"})
+	check("expires")
+	clock.t = clock.t.Add(2 * time.Minute)
+	l.Sweep()
+	check("pending")
+	check("dropped")
+	want := `
+# HELP llmusage_limiter_estimates Token estimates of allowed checks waiting for the record with the same request_id.
+# TYPE llmusage_limiter_estimates gauge
+llmusage_limiter_estimates 1
+# HELP llmusage_limiter_estimates_dropped_total Estimates not remembered because the bound on pending ones was reached; their records are charged in full.
+# TYPE llmusage_limiter_estimates_dropped_total counter
+llmusage_limiter_estimates_dropped_total 1
+# HELP llmusage_limiter_estimates_expired_total Estimates forgotten without their record within the pending TTL: calls not made, or records without the check's request_id, charged twice.
+# TYPE llmusage_limiter_estimates_expired_total counter
+llmusage_limiter_estimates_expired_total 1
+`
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want),
+		"llmusage_limiter_estimates", "llmusage_limiter_estimates_expired_total", "llmusage_limiter_estimates_dropped_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestQuotaGauges(t *testing.T) {
 	clock := &manualClock{testNow}
 	l, err := limiter.New([]limiter.Rule{

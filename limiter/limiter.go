@@ -111,6 +111,9 @@ type Limiter struct {
 	rules atomic.Pointer[ruleSet]
 	// pendingCount counts remembered estimates across shards.
 	pendingCount atomic.Int64
+	// expiredCount and droppedCount count estimates forgotten without
+	// their record and never remembered (see Estimates).
+	expiredCount, droppedCount atomic.Int64
 	// seed hashes users (userHash).
 	seed maphash.Seed
 	// idSeeds hash request_ids into pendingKeys.
@@ -315,6 +318,9 @@ func (l *Limiter) Record(u Usage) {
 				delete(sh.pending, key)
 				l.pendingCount.Add(-1)
 			}
+			if expired {
+				l.expiredCount.Add(1)
+			}
 			if own && !expired {
 				requests, tokens = 0, u.Tokens-p.tokens
 			}
@@ -414,6 +420,7 @@ func (l *Limiter) Sweep() (live int) {
 			if now.UnixNano() > p.expires {
 				delete(sh.pending, id)
 				l.pendingCount.Add(-1)
+				l.expiredCount.Add(1)
 			}
 		}
 		sh.mu.Unlock()
@@ -422,6 +429,26 @@ func (l *Limiter) Sweep() (live int) {
 		runtime.Gosched()
 	}
 	return live
+}
+
+// EstimateStats counts the token estimates of allowed checks, which wait
+// for the record of the same request_id to settle them.
+type EstimateStats struct {
+	// Pending are remembered now.
+	Pending int64
+	// Expired were forgotten after PendingTTL without their record, or met
+	// it too late: either the call was never made, or its record did not
+	// carry the check's request_id and was charged in full on top of the
+	// estimate.
+	Expired int64
+	// Dropped were never remembered because MaxPending were; their
+	// records are charged in full too.
+	Dropped int64
+}
+
+// Estimates returns the counts of estimates since the Limiter was made.
+func (l *Limiter) Estimates() EstimateStats {
+	return EstimateStats{Pending: l.pendingCount.Load(), Expired: l.expiredCount.Load(), Dropped: l.droppedCount.Load()}
 }
 
 // Len returns the number of live buckets.
@@ -449,6 +476,7 @@ func (l *Limiter) remember(sh *shard, req Request, userHash uint64, now time.Tim
 	if _, dup := sh.pending[key]; !dup {
 		if l.pendingCount.Add(1) > l.maxPending {
 			l.pendingCount.Add(-1)
+			l.droppedCount.Add(1)
 			return
 		}
 	}

@@ -549,10 +549,27 @@ func TestPendingExpires(t *testing.T) {
 	// Past the TTL, Sweep forgets the estimate and the record is charged in full.
 	mustCheck(t, l, Request{UserID: "alice", Tokens: 500, RequestID: "r2"})
 	remaining(8, 200)
+	estimates(t, l, EstimateStats{Pending: 1})
 	c.Advance(10*time.Second + time.Nanosecond)
 	l.Sweep()
+	estimates(t, l, EstimateStats{Expired: 1})
 	l.Record(Usage{UserID: "alice", Tokens: 100, RequestID: "r2"})
 	remaining(7, 100)
+
+	// A record that comes after the TTL, before a sweep, is charged in
+	// full and counts its estimate as expired.
+	mustCheck(t, l, Request{UserID: "alice", Tokens: 50, RequestID: "r3"})
+	c.Advance(10*time.Second + time.Nanosecond)
+	l.Record(Usage{UserID: "alice", Tokens: 10, RequestID: "r3"})
+	remaining(5, 40)
+	estimates(t, l, EstimateStats{Expired: 2})
+}
+
+func estimates(t *testing.T, l *Limiter, want EstimateStats) {
+	t.Helper()
+	if got := l.Estimates(); got != want {
+		t.Fatalf("estimates %+v, want %+v", got, want)
+	}
 }
 
 func TestPendingDefaultTTL(t *testing.T) {
@@ -604,8 +621,10 @@ func TestMaxPending(t *testing.T) {
 	l.Record(Usage{UserID: "alice", Tokens: 50, RequestID: "r3"})
 	limitsAre("alice", 97, 750)
 	// r1 was: settled, 50 refunded.
+	estimates(t, l, EstimateStats{Pending: 1, Dropped: 2})
 	l.Record(Usage{UserID: "alice", Tokens: 50, RequestID: "r1"})
 	limitsAre("alice", 97, 800)
+	estimates(t, l, EstimateStats{Dropped: 2})
 
 	// Settling freed the slot.
 	mustCheck(t, l, Request{UserID: "bob", Tokens: 100, RequestID: "r4"})
