@@ -55,10 +55,16 @@ func TestMain(m *testing.M) {
 // sidecar is an llmusage serve process that the test kills and restarts
 // on the same data directory and ports.
 type sidecar struct {
-	t       *testing.T
+	t *testing.T
+	// dataDir and extra make up the command line with the ports.
+	dataDir string
+	extra   []string
 	args    []string
 	api     string
 	metrics string
+	// started is set once the process has answered: its ports are then
+	// its own, and a restart must keep them.
+	started bool
 	cmd     *exec.Cmd
 	exited  chan error
 	log     *os.File
@@ -69,7 +75,6 @@ type sidecar struct {
 
 func newSidecar(t *testing.T, dataDir string, extra ...string) *sidecar {
 	t.Helper()
-	apiAddr, metricsAddr := freePort(t), freePort(t)
 	log, err := os.Create(filepath.Join(dataDir, "sidecar.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -77,12 +82,12 @@ func newSidecar(t *testing.T, dataDir string, extra ...string) *sidecar {
 	t.Cleanup(func() { log.Close() })
 	s := &sidecar{
 		t:       t,
-		args:    append([]string{"serve", "--listen-address", apiAddr, "--metrics-address", metricsAddr, "--data-dir", dataDir, "--flush-interval", "100ms"}, extra...),
-		api:     "http://" + apiAddr,
-		metrics: "http://" + metricsAddr,
+		dataDir: dataDir,
+		extra:   extra,
 		log:     log,
 		client:  &http.Client{Timeout: 10 * time.Second},
 	}
+	s.pickPorts()
 	t.Cleanup(func() {
 		if s.cmd != nil {
 			_ = s.cmd.Process.Kill()
@@ -99,30 +104,58 @@ func newSidecar(t *testing.T, dataDir string, extra ...string) *sidecar {
 	return s
 }
 
+// pickPorts chooses free ports for the API and /metrics. The sidecar must
+// restart on the same ones after kill -9, so it cannot take port 0; a
+// port another process takes between the pick and the first start only
+// costs a retry (see start).
+func (s *sidecar) pickPorts() {
+	apiAddr, metricsAddr := freePort(s.t), freePort(s.t)
+	s.args = append([]string{"serve", "--listen-address", apiAddr, "--metrics-address", metricsAddr,
+		"--data-dir", s.dataDir, "--flush-interval", "100ms"}, s.extra...)
+	s.api, s.metrics = "http://"+apiAddr, "http://"+metricsAddr
+}
+
 func (s *sidecar) start() {
 	s.t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := s.startOnce()
+		if err == nil {
+			s.started = true
+			return
+		}
+		b, _ := os.ReadFile(s.log.Name())
+		if s.started || attempt == 3 || !strings.Contains(string(b), "address already in use") {
+			s.t.Fatal(err)
+		}
+		s.t.Logf("%v; picking other ports", err)
+		s.pickPorts()
+	}
+}
+
+// startOnce starts the process and waits until it answers /healthz.
+func (s *sidecar) startOnce() error {
 	s.cmd = exec.Command(binary, s.args...)
 	s.cmd.Env = append(os.Environ(), s.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
+		return err
 	}
 	s.exited = make(chan error, 1)
 	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(s.cmd, s.exited)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if resp, err := s.client.Get(s.metrics + "/healthz"); err == nil {
-			resp.Body.Close()
-			return
-		}
 		select {
 		case err := <-s.exited:
 			s.cmd = nil
-			s.t.Fatalf("sidecar exited at start: %v", err)
+			return fmt.Errorf("sidecar exited at start: %v", err)
 		default:
 		}
+		if resp, err := s.client.Get(s.metrics + "/healthz"); err == nil {
+			resp.Body.Close()
+			return nil
+		}
 		if time.Now().After(deadline) {
-			s.t.Fatal("sidecar not up after 60 s")
+			return fmt.Errorf("sidecar not up after 60 s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
