@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 )
@@ -111,6 +113,39 @@ func BenchmarkSweep(b *testing.B) {
 		b.StartTimer()
 		if n := e.Sweep(); n != 5_000 {
 			b.Fatalf("swept %d users, want 5000", n)
+		}
+	}
+}
+
+// BenchmarkSweepModels expires 998 junk model names (a client that put a
+// timestamp in them) at once while 10,000 users keep two real models;
+// ns/op is one sweep, which walks the series cache once for all of them.
+func BenchmarkSweepModels(b *testing.B) {
+	for b.Loop() {
+		b.StopTimer()
+		clock := &manualClock{testNow}
+		e := New(Options{Clock: clock, MaxUsers: 10_000, MaxModels: 1_000, UserTTL: time.Hour})
+		for j := 0; j < 998; j++ {
+			e.ObserveRecords([]record.Record{{UserID: fmt.Sprintf("user-%d", j), Provider: "openai", Model: fmt.Sprintf("gpt-4o-%d", j),
+				PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15, Status: record.StatusSuccess}})
+		}
+		clock.t = clock.t.Add(time.Hour)
+		for u := 0; u < 10_000; u++ {
+			for m := 0; m < 2; m++ {
+				e.ObserveRecords([]record.Record{{UserID: fmt.Sprintf("user-%d", u), Provider: "openai", Model: fmt.Sprintf("model-%d", m),
+					PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15, Status: record.StatusSuccess}})
+			}
+		}
+		clock.t = clock.t.Add(time.Minute)
+		b.StartTimer()
+		if n := e.Sweep(); n != 0 {
+			b.Fatalf("swept %d users, want 0", n)
+		}
+		if got := testutil.ToFloat64(e.models.overflow); got != 0 {
+			b.Fatalf("%v records overflowed, want 0", got)
+		}
+		if n := len(e.models.lastSeen); n != 2 {
+			b.Fatalf("%d pairs left, want 2", n)
 		}
 	}
 }

@@ -80,7 +80,7 @@ func New(opts Options) *Exporter {
 		clock: opts.Clock,
 	}
 	e.guard = newUserGuard(opts.MaxUsers, opts.UserTTL, !opts.NoUserLabel)
-	e.models = newModelGuard(opts.MaxModels, opts.UserTTL)
+	e.models = newModelGuard(opts.MaxModels, opts.UserTTL, opts.Clock.Now())
 	e.usage = newUsageMetrics(!opts.NoUserLabel, e.models)
 	e.persist = newPersistMetrics()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -123,8 +123,9 @@ func (e *Exporter) Handler() http.Handler {
 // ObserveRecords counts the records of one accepted request.
 func (e *Exporter) ObserveRecords(recs []record.Record) {
 	now := e.clock.Now()
+	ns := e.models.nanos(now)
 	for i := range recs {
-		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now), now)
+		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now), ns)
 	}
 	e.usage.accepted.Add(float64(len(recs)))
 }
@@ -145,8 +146,6 @@ func (e *Exporter) Sweep() int {
 	for _, u := range expired {
 		e.usage.deleteUser(u)
 	}
-	for _, p := range e.models.expire(now) {
-		e.usage.deletePair(p)
-	}
+	e.usage.deletePairs(e.models.expire(now))
 	return len(expired)
 }

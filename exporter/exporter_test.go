@@ -133,14 +133,16 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 	}
 
 	// A user that comes back after its series were swept gets them anew:
-	// nothing it records goes to a forgotten child. (The model, idle as
-	// long, took the overflowed users' series with it.)
+	// nothing it records goes to a forgotten child. (g, over the cap until
+	// the sweep, keeps the model from expiring with the users.)
 	clock.t = clock.t.Add(2 * time.Hour)
+	e.ObserveRecords([]record.Record{rec("g", "openai", "gpt-4", 1, 1)})
 	if n := e.Sweep(); n != 2 {
 		t.Fatalf("Sweep forgot %d users, want 2 (b and f)", n)
 	}
 	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 3
+llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 `)
 }
 
@@ -199,8 +201,8 @@ llm_tokens_total{model="gpt-4o",provider="openai",token_type="prompt",user="a"} 
 llm_request_duration_seconds_count{model="__other__",provider="openai"} 1
 llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2`)
 
-	// The freed slot goes to the next new pair, and a pair that comes back
-	// after its series were swept gets them anew.
+	// The freed slot goes to the next new pair; gpt-4o-mini, back, finds
+	// the cap full again.
 	e.ObserveRecords([]record.Record{timed("b", "acme", "x-1"), timed("b", "openai", "gpt-4o-mini")})
 	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
 llm_requests_total{model="__other__",provider="openai",status="success",user="a"} 1
@@ -208,6 +210,40 @@ llm_requests_total{model="__other__",provider="openai",status="success",user="b"
 llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 2
 llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 3")
+
+	// 95m: gpt-4o (last seen at 30m) and the (__other__, __other__)
+	// overflow pair (30m) expire, and so does user a (30m); openai then has
+	// no pair of its own, but its overflow pair (61m) stays. gpt-4o comes
+	// back to a free slot and gets its series anew; x-2 finds the cap full
+	// and acme known.
+	clock.t = clock.t.Add(34 * time.Minute)
+	if n := e.Sweep(); n != 1 {
+		t.Fatalf("Sweep forgot %d users, want 1 (a)", n)
+	}
+	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o"), timed("b", "acme", "x-2")})
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="acme",status="success",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 1
+llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
+
+	// 130m: x-1 (61m), acme's only pair, and openai's overflow pair (61m)
+	// expire. gpt-5 takes the free slot; x-3 finds the cap full and acme
+	// without a pair of its own, so both its labels overflow.
+	clock.t = clock.t.Add(35 * time.Minute)
+	if n := e.Sweep(); n != 0 {
+		t.Fatalf("Sweep forgot %d users, want 0", n)
+	}
+	e.ObserveRecords([]record.Record{timed("b", "openai", "gpt-5"), timed("b", "acme", "x-3")})
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
+llm_requests_total{model="__other__",provider="acme",status="success",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 1
+llm_requests_total{model="gpt-5",provider="openai",status="success",user="b"} 1`)
+	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
+llm_request_duration_seconds_count{model="__other__",provider="acme"} 1
+llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 1
+llm_request_duration_seconds_count{model="gpt-5",provider="openai"} 1`)
+	f("llmusage_metrics_models", "llmusage_metrics_models 2")
+	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 5")
 }
 
 // TestEstimates checks the limiter's estimate counts as exported: one

@@ -128,19 +128,28 @@ func labelValue(s string) string {
 // userGuard bounds users: both are free-form strings a client sends, and
 // one that puts a date or an ID in its model name would otherwise add
 // series for every call, times every user. A pair past the cap keeps its
-// provider when that provider already has series, so a provider's error
-// rate still adds up; otherwise both labels become OverflowModel.
+// provider when that provider has pairs under the cap, so a provider's
+// error rate still adds up; otherwise both labels become OverflowModel.
 type modelGuard struct {
 	maxPairs int
 	ttl      time.Duration
+	// epoch is the guard's time zero: cells hold nanoseconds since it,
+	// from the monotonic clock when now carries it, so that a step of the
+	// wall clock does not expire every pair at once.
+	epoch time.Time
 
 	mu sync.Mutex
-	// lastSeen holds, per tracked pair, the last time it was observed. The
+	// lastSeen holds, per tracked pair, when it was last observed. The
 	// usage series cache holds the same cells and refreshes them itself,
 	// so that a known pair costs no trip here.
 	lastSeen map[modelPair]*pairSeen
 	// pairsOf counts the tracked pairs of each provider.
 	pairsOf map[string]int
+	// overflowSeen holds the same for the overflow pairs, (provider,
+	// OverflowModel) and (OverflowModel, OverflowModel), so that their
+	// series expire too. A provider gets one only while it has tracked
+	// pairs, so there are at most about twice maxPairs.
+	overflowSeen map[modelPair]*pairSeen
 
 	guardMetrics
 }
@@ -148,67 +157,87 @@ type modelGuard struct {
 // modelPair is a provider and model label value.
 type modelPair struct{ provider, model string }
 
-// pairSeen is when a pair was last observed, in Unix nanoseconds.
+// pairSeen is when a pair was last observed, in nanoseconds since the
+// guard's epoch.
 type pairSeen struct{ ns atomic.Int64 }
 
-// refresh sets the cell to now unless it is less than a second old: the
+// refresh sets the cell to ns unless it is less than a second older: the
 // TTL is counted in minutes, and an atomic store on every record of a
 // busy model costs a tenth of counting the record.
-func (s *pairSeen) refresh(now time.Time) {
-	if ns := now.UnixNano(); ns-s.ns.Load() >= int64(time.Second) {
+func (s *pairSeen) refresh(ns int64) {
+	if ns-s.ns.Load() >= int64(time.Second) {
 		s.ns.Store(ns)
 	}
 }
 
-func newModelGuard(maxPairs int, ttl time.Duration) *modelGuard {
+func newModelGuard(maxPairs int, ttl time.Duration, now time.Time) *modelGuard {
 	return &modelGuard{
-		maxPairs: maxPairs,
-		ttl:      ttl,
-		lastSeen: make(map[modelPair]*pairSeen),
-		pairsOf:  make(map[string]int),
+		maxPairs:     maxPairs,
+		ttl:          ttl,
+		epoch:        now,
+		lastSeen:     make(map[modelPair]*pairSeen),
+		pairsOf:      make(map[string]int),
+		overflowSeen: make(map[modelPair]*pairSeen),
 		guardMetrics: newGuardMetrics("llmusage_metrics_models",
 			"Distinct provider and model label pairs currently exported (capped by --metrics-max-models).",
 			"Records counted under model=\""+OverflowModel+"\" because the provider and model cap was reached."),
 	}
 }
 
-// label returns the provider and model label values for a record of
-// provider and model (already safe label values) at now, and the pair's
-// last-seen cell, nil when the record overflowed.
-func (g *modelGuard) label(provider, model string, now time.Time) (string, string, *pairSeen) {
+// nanos is now on the guard's clock.
+func (g *modelGuard) nanos(now time.Time) int64 { return int64(now.Sub(g.epoch)) }
+
+// label returns the pair a record of provider and model (already safe
+// label values) is counted under at ns, and that pair's last-seen cell.
+func (g *modelGuard) label(provider, model string, ns int64) (modelPair, *pairSeen) {
 	p := modelPair{provider, model}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if seen := g.lastSeen[p]; seen != nil {
-		seen.ns.Store(now.UnixNano())
-		return provider, model, seen
+		seen.ns.Store(ns)
+		return p, seen
 	}
 	if len(g.lastSeen) < g.maxPairs {
 		seen := &pairSeen{}
-		seen.ns.Store(now.UnixNano())
+		seen.ns.Store(ns)
 		g.lastSeen[p] = seen
 		g.pairsOf[provider]++
-		return provider, model, seen
+		return p, seen
 	}
 	g.overflow.Inc()
+	o := modelPair{OverflowModel, OverflowModel}
 	if g.pairsOf[provider] > 0 {
-		return provider, OverflowModel, nil
+		o.provider = provider
 	}
-	return OverflowModel, OverflowModel, nil
+	seen := g.overflowSeen[o]
+	if seen == nil {
+		seen = &pairSeen{}
+		g.overflowSeen[o] = seen
+	}
+	seen.ns.Store(ns)
+	return o, seen
 }
 
-// expire forgets the pairs idle longer than the TTL and returns them.
-func (g *modelGuard) expire(now time.Time) []modelPair {
+// expire forgets the pairs, tracked or overflow, idle longer than the TTL
+// at now and returns them.
+func (g *modelGuard) expire(now time.Time) map[modelPair]bool {
+	ns := g.nanos(now)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var expired []modelPair
+	expired := map[modelPair]bool{}
 	for p, seen := range g.lastSeen {
-		if now.UnixNano()-seen.ns.Load() > int64(g.ttl) {
+		if ns-seen.ns.Load() > int64(g.ttl) {
 			delete(g.lastSeen, p)
 			if g.pairsOf[p.provider]--; g.pairsOf[p.provider] == 0 {
 				delete(g.pairsOf, p.provider)
 			}
-			expired = append(expired, p)
+			expired[p] = true
+		}
+	}
+	for p, seen := range g.overflowSeen {
+		if ns-seen.ns.Load() > int64(g.ttl) {
+			delete(g.overflowSeen, p)
+			expired[p] = true
 		}
 	}
 	return expired

@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -41,8 +40,8 @@ type recordSeries struct {
 	// tokens by type: prompt, completion, cached, reasoning.
 	tokens   [4]prometheus.Counter
 	duration prometheus.Observer
-	// seen is the pair's last-seen cell in the model guard, refreshed on
-	// every record; nil for a series of overflowed pairs.
+	// seen is the pair's last-seen cell in the model guard (an overflow
+	// pair's too), refreshed by the records that find these series.
 	seen *pairSeen
 }
 
@@ -94,11 +93,12 @@ func newUsageMetrics(userLabel bool, models *modelGuard) *usageMetrics {
 	}
 }
 
-// observeRecord counts r under user, the user guard's label value, at now.
-func (m *usageMetrics) observeRecord(r *record.Record, user string, now time.Time) {
+// observeRecord counts r under user, the user guard's label value, at ns
+// on the model guard's clock.
+func (m *usageMetrics) observeRecord(r *record.Record, user string, ns int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s, k := m.seriesOf(seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}, now)
+	s, k := m.seriesOf(seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}, ns)
 	status := 0
 	if r.Status == record.StatusError {
 		status = 1
@@ -137,26 +137,28 @@ func (m *usageMetrics) observeCheck(user string, allowed bool) {
 	}
 }
 
-// seriesOf returns the series a record of k updates, and their labels.
-// A known pair is found in the cache under its own values; any other asks
-// the model guard, which may put it under the overflow labels. m.mu is held.
-func (m *usageMetrics) seriesOf(k seriesKey, now time.Time) (*recordSeries, seriesKey) {
+// seriesOf returns the series a record of k updates at ns (the model
+// guard's clock), and their labels. A known pair is found in the cache
+// under its own values; any other asks the model guard, which may put it
+// under an overflow pair. m.mu is held.
+func (m *usageMetrics) seriesOf(k seriesKey, ns int64) (*recordSeries, seriesKey) {
 	users := m.series[k.user]
 	if users == nil {
 		users = map[seriesKey]*recordSeries{}
 		m.series[k.user] = users
 	}
-	if s := users[k]; s != nil && s.seen != nil {
-		s.seen.refresh(now)
+	if s := users[k]; s != nil {
+		s.seen.refresh(ns)
 		return s, k
 	}
-	var seen *pairSeen
-	k.provider, k.model, seen = m.models.label(k.provider, k.model, now)
+	pair, seen := m.models.label(k.provider, k.model, ns)
+	k.provider, k.model = pair.provider, pair.model
 	s := users[k]
 	if s == nil {
-		s = &recordSeries{seen: seen}
+		s = &recordSeries{}
 		users[k] = s
 	}
+	s.seen = seen
 	return s, k
 }
 
@@ -197,23 +199,27 @@ func (m *usageMetrics) deleteSeries(k seriesKey, s *recordSeries) {
 	}
 }
 
-// deletePair removes the series of a provider and model pair, of every
-// user. Pairs expire rarely (a model nobody calls any more), so walking
-// every user's cache costs less than keeping an index by pair on the
-// ingest path.
-func (m *usageMetrics) deletePair(p modelPair) {
+// deletePairs removes the series of provider and model pairs, of every
+// user. One walk over the cache serves all the pairs a sweep expires: it
+// costs less than keeping an index by pair on the ingest path, and junk
+// model names expire by the hundred.
+func (m *usageMetrics) deletePairs(pairs map[modelPair]bool) {
+	if len(pairs) == 0 {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for user, keys := range m.series {
-		k := seriesKey{user: user, provider: p.provider, model: p.model}
-		s := keys[k]
-		if s == nil {
-			continue
+	for _, keys := range m.series {
+		for k, s := range keys {
+			if pairs[modelPair{k.provider, k.model}] {
+				m.deleteSeries(k, s)
+				delete(keys, k)
+			}
 		}
-		m.deleteSeries(k, s)
-		delete(keys, k)
 	}
-	m.duration.DeleteLabelValues(p.provider, p.model)
+	for p := range pairs {
+		m.duration.DeleteLabelValues(p.provider, p.model)
+	}
 }
 
 func (m *usageMetrics) Describe(ch chan<- *prometheus.Desc) {
