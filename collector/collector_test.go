@@ -143,6 +143,17 @@ func TestCallsErrors(t *testing.T) {
 	f(http.MethodPost, js, `{"user_id":"u","model":"`+strings.Repeat("m", MaxIDLength+1)+`"}`, http.StatusBadRequest, "0:model")
 	f(http.MethodPost, js, "{\"user_id\":\"u\xff\",\"model\":\"m\"}", http.StatusBadRequest, "0:user_id")
 	f(http.MethodPost, js, `{"user_id":42,"model":"m"}`, http.StatusBadRequest, "0:user_id")
+	// What Postgres would refuse to store, refused here instead.
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","error_type":"time\u0000out"}`, http.StatusBadRequest, "0:error_type")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":"\u0000"}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"\u0000":1}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":"\ud800"}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":"\ud800\u0041"}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":["\udc00"]}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":1e1000000}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":-1e-1000000}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","metadata":{"k":0.`+strings.Repeat("0", 1000)+`1}}`, http.StatusBadRequest, "0:metadata")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","error_type":"\udc00"}`, http.StatusBadRequest, "0:error_type")
 	// One bad record among good ones: every bad one is named, none applied.
 	f(http.MethodPost, js, `[{"user_id":"u","model":"m"},{"user_id":"u"},{"user_id":"u","model":"m","prompt_tokens":-1,"status":"x"}]`,
 		http.StatusBadRequest, "1:model", "2:prompt_tokens", "2:status")
@@ -250,6 +261,15 @@ func TestCallsAccepted(t *testing.T) {
 		}))
 	// An empty array is a valid, empty batch.
 	f("application/json", `[]`)
+	// What Postgres stores as sent: a surrogate pair, escapes of other
+	// control characters in free text, numbers at the edges of a double,
+	// a backslash before a u that is not an escape.
+	meta := `{"emoji":"\ud83d\ude00","tab":"a\u0009b","big":1.7e308,"small":-2.5e-307,"zero":0.000e-999,"path":"C:\\user","n":[-0,1E+2]}`
+	f("application/json", `{"user_id":"u","model":"m","error_type":"rate\u0009limit \ud83d\ude00","metadata":`+meta+`}`,
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.ErrorType = "u", "m", "unknown", "rate\tlimit \U0001F600"
+			r.Metadata = []byte(meta)
+		}))
 }
 
 func TestCheckAndLimits(t *testing.T) {

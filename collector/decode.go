@@ -220,6 +220,10 @@ func (p *fieldParser) str(name string, required, ident bool, maxLen int) string 
 		p.fail(name, "must be a string")
 		return ""
 	}
+	if problem := unstorable(v); problem != "" {
+		p.fail(name, "%s", problem)
+		return ""
+	}
 	switch {
 	case required && strings.TrimSpace(s) == "":
 		p.fail(name, "must not be empty")
@@ -303,6 +307,10 @@ func (p *fieldParser) object(name string) json.RawMessage {
 	}
 	if v[0] != '{' {
 		p.fail(name, "must be a JSON object")
+		return nil
+	}
+	if problem := unstorable(v); problem != "" {
+		p.fail(name, "%s", problem)
 		return nil
 	}
 	return v

@@ -125,9 +125,10 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`sum by (instance) (llmusage_persist_queue_records{`+sel+`})`, "{{instance}}"))).
 		WithPanel(timeSeries("Spool backlog", "Bytes in the spool that the database does not have yet; at --spool-max-bytes, records are refused.", "bytes",
 			target(`sum by (instance) (llmusage_spool_bytes{`+sel+`})`, "{{instance}}"))).
-		WithPanel(timeSeries("Records persisted and failed batches", "Records written per second, and batches that failed (they are retried).", "short",
+		WithPanel(timeSeries("Records persisted and failed batches", "Records written per second, batches that failed (they are retried), and records the database refused (moved to the dead-letter file).", "short",
 			target(`sum(rate(llmusage_persisted_records_total{`+sel+`}[$__rate_interval]))`, "persisted"),
-			target(`sum(rate(llmusage_persist_errors_total{`+sel+`}[$__rate_interval]))`, "failed batches"))).
+			target(`sum(rate(llmusage_persist_errors_total{`+sel+`}[$__rate_interval]))`, "failed batches"),
+			target(`sum(rate(llmusage_persist_dead_lettered_total{`+sel+`}[$__rate_interval]))`, "dead-lettered"))).
 		WithPanel(timeSeries("Batch write latency (p99)", "Duration of one batch written to the database.", "s",
 			target(`histogram_quantile(0.99, sum by (le) (rate(llmusage_persist_flush_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99"))).
 		WithPanel(statPanel("Database reachable", "1 when the last write or ping succeeded.", "bool_yes_no",

@@ -8,9 +8,10 @@ import (
 
 // persistMetrics describe the batched writer that stores records.
 type persistMetrics struct {
-	persisted prometheus.Counter
-	errors    prometheus.Counter
-	flush     *prometheus.HistogramVec
+	persisted    prometheus.Counter
+	errors       prometheus.Counter
+	deadLettered prometheus.Counter
+	flush        *prometheus.HistogramVec
 }
 
 func newPersistMetrics() *persistMetrics {
@@ -22,6 +23,10 @@ func newPersistMetrics() *persistMetrics {
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmusage_persist_errors_total",
 			Help: "Batches the store refused or could not be reached for; their records stay queued and are retried.",
+		}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_persist_dead_lettered_total",
+			Help: "Records the store rejected (a value the database refuses), moved to the dead-letter file so that the records behind them are stored.",
 		}),
 		flush: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llmusage_persist_flush_duration_seconds",
@@ -41,6 +46,9 @@ func (e *Exporter) ObserveFlush(n int, d time.Duration, err error) {
 	e.persist.persisted.Add(float64(n))
 	e.persist.flush.WithLabelValues("ok").Observe(d.Seconds())
 }
+
+// ObserveDeadLettered counts a record the store rejected.
+func (e *Exporter) ObserveDeadLettered() { e.persist.deadLettered.Inc() }
 
 // AddGauge exports fn, read at scrape time, as a gauge: state such as
 // queue lengths belongs to its owner and is only read here.

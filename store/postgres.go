@@ -78,9 +78,27 @@ func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, 
 		return int(n), nil
 	}
 	if pgErr := (*pgconn.PgError)(nil); !errors.As(err, &pgErr) || pgErr.Code != uniqueViolation {
-		return 0, s.fail("copy records", err)
+		return 0, rejected(s.fail("copy records", err))
 	}
 	return s.insertSkippingStored(ctx, recs)
+}
+
+// rejected marks err with ErrRejected when Postgres refused the data
+// itself: a data exception (SQLSTATE class 22: a value a column's type
+// cannot hold), an integrity violation other than a duplicate request_id
+// (23) or a program limit (54, such as a row too large). Any other error
+// (a connection lost, a missing table, a read-only server) may pass once
+// the database or its schema is mended, so the batch is retried.
+func rejected(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch class := pgErr.Code[:2]; {
+	case class == "22", class == "54", class == "23" && pgErr.Code != uniqueViolation:
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return err
 }
 
 // insertSkippingStored copies recs into the connection's temporary table
@@ -92,12 +110,12 @@ func (s *postgresStore) insertSkippingStored(ctx context.Context, recs []record.
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"llmusage_incoming"}, incomingColumns, recordRows(recs)); err != nil {
-		return 0, s.fail("copy records", err)
+		return 0, rejected(s.fail("copy records", err))
 	}
 	cols := strings.Join(incomingColumns, ", ")
 	tag, err := tx.Exec(ctx, "INSERT INTO llm_usage_logs ("+cols+") SELECT "+cols+" FROM llmusage_incoming ON CONFLICT (request_id) DO NOTHING")
 	if err != nil {
-		return 0, s.fail("insert records", err)
+		return 0, rejected(s.fail("insert records", err))
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, s.fail("commit records", err)

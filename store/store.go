@@ -45,6 +45,11 @@ type Store interface {
 	Close() error
 }
 
+// ErrRejected marks an Insert error caused by the records rather than by
+// the database: a value it refuses. Retrying the same batch cannot
+// succeed; the Writer isolates the records at fault instead.
+var ErrRejected = errors.New("the database rejects the records")
+
 // Options select and configure a store.
 type Options struct {
 	// DatabaseURL is postgres://... or postgresql://... for Postgres,

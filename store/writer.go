@@ -29,6 +29,8 @@ type Queue interface {
 type WriterObserver interface {
 	// ObserveFlush reports a batch of n records written in d, or failed with err.
 	ObserveFlush(n int, d time.Duration, err error)
+	// ObserveDeadLettered reports a record the store rejected, now in the dead letter.
+	ObserveDeadLettered()
 }
 
 // WriterOptions tune a Writer. Zero values take the defaults.
@@ -43,6 +45,9 @@ type WriterOptions struct {
 	Observer WriterObserver
 	// Logger logs failed flushes; slog.Default() when nil.
 	Logger *slog.Logger
+	// DeadLetter takes the records the store rejects (ErrRejected). When
+	// nil, a rejected batch is retried like any failed one.
+	DeadLetter DeadLetter
 }
 
 // maxRetryWait bounds the backoff after failures, and so how long a
@@ -52,7 +57,9 @@ const maxRetryWait = 5 * time.Second
 // Writer moves records from a Queue to the Store in batches, so that
 // neither intake nor checks wait for the database. A batch that fails
 // stays at the head of the queue and is retried with backoff: records
-// leave the queue only once stored.
+// leave the queue only once stored, or, when the store rejects them
+// (ErrRejected), once the dead letter has them: the batch is halved until
+// the records at fault are alone, and the others are stored.
 type Writer struct {
 	store Store
 	queue Queue
@@ -149,9 +156,9 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 			return total, nil
 		}
 		start := time.Now()
-		_, err = w.store.Insert(ctx, batch)
+		dead, err := w.insert(ctx, batch)
 		if w.opts.Observer != nil {
-			w.opts.Observer.ObserveFlush(len(batch), time.Since(start), err)
+			w.opts.Observer.ObserveFlush(len(batch)-dead, time.Since(start), err)
 		}
 		w.setStoreErr(err)
 		if err != nil {
@@ -163,6 +170,36 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 		}
 		total += len(batch)
 	}
+}
+
+// insert stores recs, isolating by halves the records the store rejects
+// and handing them to the dead letter; it returns how many went there. A
+// batch of 5,000 with one such record costs about 26 inserts. Should it
+// fail otherwise halfway, the whole batch is retried later: the store
+// skips what it already has.
+func (w *Writer) insert(ctx context.Context, recs []record.Record) (dead int, err error) {
+	_, err = w.store.Insert(ctx, recs)
+	if err == nil || !errors.Is(err, ErrRejected) || w.opts.DeadLetter == nil {
+		return 0, err
+	}
+	if len(recs) > 1 {
+		half := len(recs) / 2
+		first, err := w.insert(ctx, recs[:half])
+		if err != nil {
+			return 0, err
+		}
+		second, err := w.insert(ctx, recs[half:])
+		return first + second, err
+	}
+	if dlErr := w.opts.DeadLetter.Put(recs[0], err); dlErr != nil {
+		return 0, fmt.Errorf("%w; %w", err, dlErr)
+	}
+	w.opts.Logger.Error("the store rejected a record; it is in the dead letter, to be posted again once the cause is mended",
+		"request_id", recs[0].RequestID, "user_id", recs[0].UserID, "error", err)
+	if w.opts.Observer != nil {
+		w.opts.Observer.ObserveDeadLettered()
+	}
+	return 1, nil
 }
 
 func (w *Writer) ping(ctx context.Context) error {

@@ -1,13 +1,19 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/record"
 )
 
@@ -38,8 +44,8 @@ func (f *flakyStore) setDown(d bool) {
 }
 
 type flushCounter struct {
-	mu         sync.Mutex
-	ok, failed int
+	mu               sync.Mutex
+	ok, failed, dead int
 }
 
 func (c *flushCounter) ObserveFlush(n int, _ time.Duration, err error) {
@@ -50,6 +56,12 @@ func (c *flushCounter) ObserveFlush(n int, _ time.Duration, err error) {
 	} else {
 		c.ok += n
 	}
+}
+
+func (c *flushCounter) ObserveDeadLettered() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dead++
 }
 
 func records(prefix string, n int) []record.Record {
@@ -134,4 +146,63 @@ func TestWriterRunFlushesBySize(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestWriterDeadLetter: records Postgres refuses (a NUL in text, \u0000
+// in jsonb), among good ones in one batch and on both sides of a stored
+// request_id, go to the dead letter; every other record is stored, and
+// the queue empties. Without a dead letter the batch stays queued.
+func TestWriterDeadLetter(t *testing.T) {
+	ctx := context.Background()
+	s := openMigrated(t, Options{DatabaseURL: pgtest.URL(t)})
+	recs := records("dl", 40)
+	recs[3].ErrorType = "time\x00out"
+	recs[30].Metadata = []byte(`{"k":"\u0000"}`)
+	if _, err := s.Insert(ctx, recs[10:12]); err != nil { // stored already: the slow path
+		t.Fatal(err)
+	}
+
+	q := NewMemoryQueue(0)
+	if err := q.Enqueue(recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWriter(s, q, WriterOptions{}).Flush(ctx); !errors.Is(err, ErrRejected) || q.Len() != 40 {
+		t.Fatalf("without a dead letter: %v, %d queued; want ErrRejected and 40", err, q.Len())
+	}
+
+	obs := &flushCounter{}
+	dl := &DeadLetterFile{Path: filepath.Join(t.TempDir(), "dl", "dead-letter.ndjson")}
+	if err := NewWriter(s, q, WriterOptions{Observer: obs, DeadLetter: dl}).Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if q.Len() != 0 || obs.ok != 38 || obs.dead != 2 {
+		t.Fatalf("%d queued, %d persisted, %d dead-lettered; want 0, 38, 2", q.Len(), obs.ok, obs.dead)
+	}
+	var stored int
+	if err := s.(*postgresStore).pool.QueryRow(ctx, `SELECT count(*) FROM llm_usage_logs WHERE request_id LIKE 'dl-%'`).Scan(&stored); err != nil || stored != 38 {
+		t.Fatalf("%d rows stored (%v), want 38", stored, err)
+	}
+
+	b, err := os.ReadFile(dl.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		var l struct {
+			Error  string
+			Record map[string]any
+		}
+		if err := json.Unmarshal(line, &l); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if !strings.Contains(l.Error, "SQLSTATE") || l.Record["user_id"] != "u" {
+			t.Fatalf("dead letter %s", line)
+		}
+		got = append(got, l.Record["request_id"].(string)+" "+fmt.Sprint(l.Record["error_type"], l.Record["metadata"]))
+	}
+	want := []string{recs[3].RequestID + " time\x00out<nil>", recs[30].RequestID + " <nil> map[k:\x00]"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("dead letters %q, want %q", got, want)
+	}
 }

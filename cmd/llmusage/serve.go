@@ -164,6 +164,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		FlushInterval: c.Duration("flush-interval"),
 		Observer:      s.exporter,
 		Logger:        logger,
+		DeadLetter:    &store.DeadLetterFile{Path: filepath.Join(c.String("data-dir"), "dead-letter.ndjson")},
 	})
 	s.registerQueueMetrics()
 	s.collector = collector.New(collector.Options{

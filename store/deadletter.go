@@ -1,0 +1,99 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/llmusage/llmusage/record"
+)
+
+// DeadLetter keeps the records the store rejects, so that one record the
+// database refuses neither blocks those behind it nor is lost.
+type DeadLetter interface {
+	// Put keeps rec, refused with err, durably: the Writer drops it from
+	// the queue once Put returns nil.
+	Put(rec record.Record, err error) error
+}
+
+// DeadLetterFile appends rejected records to an NDJSON file, one
+// {"error": ..., "record": {...}} per line, fsynced. Each "record" is in
+// the intake format, so that once the cause is mended the records can be
+// posted again: jq -c .record FILE | curl --data-binary @- -H
+// 'Content-Type: application/x-ndjson' http://127.0.0.1:9470/v1/calls
+// (the store skips a request_id it already has).
+type DeadLetterFile struct {
+	// Path is the file, created with its directory on the first Put.
+	Path string
+
+	mu sync.Mutex
+}
+
+// Put appends rec and err as one line and syncs the file.
+func (d *DeadLetterFile) Put(rec record.Record, err error) error {
+	line, merr := json.Marshal(deadLetterLine{Error: err.Error(), Record: intakeRecord(rec)})
+	if merr != nil {
+		return fmt.Errorf("cannot encode a rejected record: %w", merr)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(d.Path), 0o700); err != nil {
+		return fmt.Errorf("cannot create the dead-letter directory: %w", err)
+	}
+	f, ferr := os.OpenFile(d.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if ferr != nil {
+		return fmt.Errorf("cannot open the dead-letter file: %w", ferr)
+	}
+	_, werr := f.Write(append(line, '\n'))
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return fmt.Errorf("cannot write the dead-letter file %s: %w", d.Path, werr)
+	}
+	return nil
+}
+
+type deadLetterLine struct {
+	Error  string       `json:"error"`
+	Record intakeFields `json:"record"`
+}
+
+// intakeFields is a record as POST /v1/calls takes it.
+type intakeFields struct {
+	RequestID        string          `json:"request_id"`
+	UserID           string          `json:"user_id"`
+	Provider         string          `json:"provider"`
+	Model            string          `json:"model"`
+	TokensUsed       int64           `json:"tokens_used"`
+	PromptTokens     int64           `json:"prompt_tokens"`
+	CompletionTokens int64           `json:"completion_tokens"`
+	CachedTokens     int64           `json:"cached_tokens,omitempty"`
+	ReasoningTokens  int64           `json:"reasoning_tokens,omitempty"`
+	LatencyMs        *float64        `json:"latency_ms,omitempty"`
+	Status           string          `json:"status"`
+	ErrorType        string          `json:"error_type,omitempty"`
+	Timestamp        string          `json:"timestamp"`
+	Metadata         json.RawMessage `json:"metadata,omitempty"`
+}
+
+func intakeRecord(r record.Record) intakeFields {
+	f := intakeFields{
+		RequestID: r.RequestID, UserID: r.UserID, Provider: r.Provider, Model: r.Model,
+		TokensUsed: r.TotalTokens, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens,
+		CachedTokens: r.CachedTokens, ReasoningTokens: r.ReasoningTokens,
+		Status: r.Status, ErrorType: r.ErrorType, Timestamp: r.Timestamp.UTC().Format(time.RFC3339Nano),
+		Metadata: r.Metadata,
+	}
+	if r.HasLatency {
+		ms := float64(r.Latency) / float64(time.Millisecond)
+		f.LatencyMs = &ms
+	}
+	return f
+}
