@@ -159,12 +159,29 @@ func Open(dir string, opts Options) (*Spool, error) {
 	return s, syncDir(dir)
 }
 
+// MaxRecordBytes bounds one record's frame: the readers refuse larger
+// ones as corrupt, so Enqueue refuses them before acknowledging anything.
+const MaxRecordBytes = 64 << 20
+
+// ErrTooLarge is returned by Enqueue for a record over MaxRecordBytes;
+// none of the records was taken.
+var ErrTooLarge = errors.New("cannot spool a record over 64 MiB")
+
 // Enqueue writes recs to disk and returns once they are durable, or
-// refuses all of them with ErrFull.
+// refuses all of them with ErrFull or ErrTooLarge.
 func (s *Spool) Enqueue(recs []record.Record) error {
+	// Nothing to write: joining a batch being written would wait on a
+	// leader that only writes batches with records in them.
+	if len(recs) == 0 {
+		return nil
+	}
 	var frames []byte
 	for i := range recs {
+		start := len(frames)
 		frames = appendFrame(frames, &recs[i])
+		if len(frames)-start-frameHeader > MaxRecordBytes {
+			return ErrTooLarge
+		}
 	}
 	s.mu.Lock()
 	if s.bytes+int64(len(frames)) > s.maxBytes {
@@ -323,7 +340,7 @@ func (s *Spool) readSegment(seg uint64, off, end int64, limit int) ([]record.Rec
 			return out, read, errCorrupt
 		}
 		size := binary.LittleEndian.Uint32(h[:])
-		if size == 0 || size > 64<<20 {
+		if size == 0 || size > MaxRecordBytes {
 			return out, read, errCorrupt
 		}
 		if cap(payload) < int(size) {
@@ -470,7 +487,7 @@ func readFrame(f *os.File, off int64) (record.Record, int64, error) {
 		return record.Record{}, 0, errCorrupt
 	}
 	size := binary.LittleEndian.Uint32(h[:])
-	if size == 0 || size > 64<<20 {
+	if size == 0 || size > MaxRecordBytes {
 		return record.Record{}, 0, errCorrupt
 	}
 	payload := make([]byte, size)

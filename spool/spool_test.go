@@ -201,6 +201,43 @@ func TestFull(t *testing.T) {
 	}
 }
 
+// TestRefusedWithoutTrace: a record the readers could not read back is
+// refused before anything is acknowledged, and an empty append, which
+// used to wait for a leader that writes only batches with records, takes
+// nothing and returns at once even while others append.
+func TestRefusedWithoutTrace(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	huge := recs(0, 2)
+	huge[1].Metadata = []byte(`{"pad":"` + string(make([]byte, MaxRecordBytes)) + `"}`)
+	if err := s.Enqueue(huge); !errors.Is(err, ErrTooLarge) || s.Len() != 0 {
+		t.Fatalf("a record over the bound: %v, Len %d; want ErrTooLarge and 0", err, s.Len())
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if err := s.Enqueue(recs(w*100+i, 1)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if err := s.Enqueue(nil); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := drain(t, s, 1000); len(got) != 200 {
+		t.Fatalf("%d records read back, want 200", len(got))
+	}
+}
+
 func TestConcurrentAppendsGroupCommit(t *testing.T) {
 	s := open(t, t.TempDir(), Options{SegmentBytes: 4096})
 	const writers, each = 8, 50

@@ -423,6 +423,7 @@ func TestStartupErrors(t *testing.T) {
 	f("cannot use --log-format", "serve", "--log-format", "xml")
 	f("cannot use --metrics-auth without --auth-token-file", "serve", "--metrics-auth")
 	f("cannot use --durability", "serve", "--durability", "maybe", "--listen-address", freePort(t), "--metrics-address", freePort(t))
+	f("cannot use --max-body-bytes 67108864", "serve", "--max-body-bytes", "67108864", "--listen-address", freePort(t), "--metrics-address", freePort(t))
 
 	f("cannot migrate", "serve", "--listen-address", freePort(t), "--metrics-address", freePort(t),
 		"--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2")

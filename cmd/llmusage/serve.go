@@ -124,6 +124,11 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	}
 	s.metricsAuth = c.Bool("metrics-auth")
 	s.pprof = c.Bool("debug-pprof")
+	// A body is one record at most, and the spool refuses records over
+	// spool.MaxRecordBytes; half of it leaves room for the frame's fields.
+	if n := c.Int64("max-body-bytes"); n <= 0 || n > spool.MaxRecordBytes/2 {
+		return fmt.Errorf("cannot use --max-body-bytes %d: want 1 to %d (32 MiB)", n, spool.MaxRecordBytes/2)
+	}
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
 	apiLn, err := listen(c.String("listen-address"))
@@ -216,7 +221,8 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	s.ready.Store(false)
 	timeout := c.Duration("shutdown-timeout")
 	logger.Info("shutting down", "timeout", timeout)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), timeout)
+	deadline := time.Now().Add(timeout)
+	shutdownCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	for _, srv := range servers {
 		if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -225,7 +231,11 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	}
 	stopWriter()
 	<-writerDone
-	if err := s.writer.Flush(shutdownCtx); err != nil {
+	// In-flight requests may have taken the whole timeout; the last flush
+	// still gets a moment (the manifests' grace period leaves 10 s).
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), max(time.Until(deadline), 2*time.Second))
+	defer cancelFlush()
+	if err := s.writer.Flush(flushCtx); err != nil {
 		logger.Error("records not persisted before shutdown", "records", s.writer.Len(), "error", err)
 	}
 	return nil
