@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/llmusage/llmusage/record"
 )
@@ -34,6 +36,8 @@ type Options struct {
 	// SegmentBytes is the size past which a new segment file is started
 	// (16 MiB when zero); persisted segments are deleted whole.
 	SegmentBytes int64
+	// Logger reports damage found in the segments; slog.Default() when nil.
+	Logger *slog.Logger
 }
 
 // Spool is safe for concurrent Enqueue; Peek and Commit belong to one consumer.
@@ -41,6 +45,7 @@ type Spool struct {
 	dir          string
 	maxBytes     int64
 	segmentBytes int64
+	logger       *slog.Logger
 
 	mu sync.Mutex
 	// seg and off locate the end of the durable data; file is that
@@ -76,6 +81,10 @@ type Spool struct {
 	// rBuf buffers the consumer's reads; only Peek uses it.
 	rBuf             *bufio.Reader
 	checkpointFailed error
+	// damaged holds the finished segments with a frame that did not
+	// check out: what follows it cannot be read, so Commit keeps such a
+	// segment aside (.corrupt) rather than delete it.
+	damaged map[uint64]bool
 }
 
 type commitBatch struct {
@@ -101,7 +110,11 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("cannot create the spool directory: %w", err)
 	}
-	s := &Spool{dir: dir, maxBytes: opts.MaxBytes, segmentBytes: opts.SegmentBytes, batch: newBatch()}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Spool{dir: dir, maxBytes: opts.MaxBytes, segmentBytes: opts.SegmentBytes, logger: opts.Logger,
+		batch: newBatch(), damaged: map[uint64]bool{}}
 	segs, err := s.segments()
 	if err != nil {
 		return nil, err
@@ -126,10 +139,12 @@ func Open(dir string, opts Options) (*Spool, error) {
 	case live[0] != s.rSeg:
 		s.rSeg, s.rOff = live[0], 0
 	}
-	if size := fileSize(s.path(s.rSeg)); s.rOff > size {
-		s.rOff = size
+	size, err := fileSize(s.path(s.rSeg))
+	if err != nil {
+		return nil, err
 	}
-	for _, seg := range live {
+	s.rOff = min(s.rOff, size)
+	for i, seg := range live {
 		from := int64(0)
 		if seg == s.rSeg {
 			from = s.rOff
@@ -141,12 +156,26 @@ func Open(dir string, opts Options) (*Spool, error) {
 		s.records += int64(n)
 		s.bytes += end - from
 		s.seg, s.off = seg, end
+		size, err := fileSize(s.path(seg))
+		if err != nil {
+			return nil, err
+		}
+		if end < size && i < len(live)-1 {
+			s.damaged[seg] = true
+			s.logger.Error("a spool segment is damaged: the records after the damage cannot be read, and the segment will be kept aside once the records before it are stored",
+				"segment", s.path(seg), "offset", end, "bytes_unreadable", size-end)
+		}
+	}
+	// The last segment's tail past the last whole frame was never fsynced,
+	// so never acknowledged: a record torn by a crash. It is dropped, but
+	// kept in a file of its own first, since damage can look the same.
+	if err := s.keepTail(s.seg, s.off); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(s.path(s.seg), os.O_CREATE|os.O_WRONLY, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open the spool segment: %w", err)
 	}
-	// Drop a torn tail: it was never fsynced, so never acknowledged.
 	if err := f.Truncate(s.off); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("cannot truncate the spool segment: %w", err)
@@ -290,7 +319,10 @@ func (s *Spool) Peek(limit int) ([]record.Record, error) {
 	for len(out) < limit && (seg < endSeg || off < endOff) {
 		end := endOff
 		if seg < endSeg {
-			end = fileSize(s.path(seg))
+			var err error
+			if end, err = fileSize(s.path(seg)); err != nil {
+				return nil, err
+			}
 		}
 		if off >= end {
 			seg, off = seg+1, 0
@@ -301,11 +333,17 @@ func (s *Spool) Peek(limit int) ([]record.Record, error) {
 		off += n
 		size += n
 		if err != nil {
-			if seg == endSeg {
+			if seg == endSeg || !errors.Is(err, errCorrupt) {
 				return nil, fmt.Errorf("cannot read the spool: %w", err)
 			}
 			// A damaged frame in a finished segment: skip the rest of it
-			// rather than block the spool forever.
+			// rather than block the spool forever; Commit keeps the
+			// segment aside.
+			s.logger.Error("a spool segment is damaged: skipping the records after the damage; the segment will be kept aside",
+				"segment", s.path(seg), "offset", off, "bytes_unreadable", end-off)
+			s.mu.Lock()
+			s.damaged[seg] = true
+			s.mu.Unlock()
 			size += end - off
 			seg, off = seg+1, 0
 		}
@@ -337,7 +375,7 @@ func (s *Spool) readSegment(seg uint64, off, end int64, limit int) ([]record.Rec
 	var payload []byte
 	for len(out) < limit && off+read < end {
 		if _, err := io.ReadFull(r, h[:]); err != nil {
-			return out, read, errCorrupt
+			return out, read, shortRead(err)
 		}
 		size := binary.LittleEndian.Uint32(h[:])
 		if size == 0 || size > MaxRecordBytes {
@@ -348,7 +386,7 @@ func (s *Spool) readSegment(seg uint64, off, end int64, limit int) ([]record.Rec
 		}
 		payload = payload[:size]
 		if _, err := io.ReadFull(r, payload); err != nil {
-			return out, read, errCorrupt
+			return out, read, shortRead(err)
 		}
 		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(h[4:]) {
 			return out, read, errCorrupt
@@ -383,6 +421,11 @@ func (s *Spool) Commit(n int) error {
 		if s.rFile != nil && s.rFileSeg == seg {
 			s.rFile.Close()
 			s.rFile = nil
+		}
+		if s.damaged[seg] {
+			_ = os.Rename(s.path(seg), s.path(seg)+".corrupt")
+			delete(s.damaged, seg)
+			continue
 		}
 		_ = os.Remove(s.path(seg))
 	}
@@ -451,12 +494,43 @@ func (s *Spool) reader(seg uint64) (*os.File, error) {
 	return f, nil
 }
 
-func fileSize(path string) int64 {
+// fileSize is the size of path, 0 if it does not exist. Any other error
+// is returned: taking it for an empty file would skip, then delete, a
+// segment that holds records.
+func fileSize(path string) (int64, error) {
 	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
+	if os.IsNotExist(err) {
+		return 0, nil
 	}
-	return fi.Size()
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the spool: %w", err)
+	}
+	return fi.Size(), nil
+}
+
+// keepTail copies what follows off in segment seg, if anything, to a file
+// beside it before Open truncates it, and says so.
+func (s *Spool) keepTail(seg uint64, off int64) error {
+	size, err := fileSize(s.path(seg))
+	if err != nil || size <= off {
+		return err
+	}
+	f, err := os.Open(s.path(seg))
+	if err != nil {
+		return fmt.Errorf("cannot read the spool: %w", err)
+	}
+	defer f.Close()
+	tail := make([]byte, size-off)
+	if _, err := f.ReadAt(tail, off); err != nil {
+		return fmt.Errorf("cannot read the spool: %w", err)
+	}
+	kept := fmt.Sprintf("%s.tail-%d", s.path(seg), time.Now().UnixNano())
+	if err := os.WriteFile(kept, tail, 0o640); err != nil {
+		return fmt.Errorf("cannot keep the spool's torn tail: %w", err)
+	}
+	s.logger.Warn("dropped the spool's last, unacknowledged bytes (a record torn by a crash, or damage); kept them aside",
+		"segment", s.path(seg), "offset", off, "bytes", len(tail), "kept_in", kept)
+	return nil
 }
 
 // scan counts the valid frames of a segment from an offset and returns
@@ -473,8 +547,11 @@ func (s *Spool) scan(seg uint64, from int64) (n int, end int64, err error) {
 	end = from
 	for {
 		_, size, err := readFrame(f, end)
-		if err != nil {
+		if errors.Is(err, errCorrupt) {
 			return n, end, nil
+		}
+		if err != nil {
+			return 0, 0, err
 		}
 		n++
 		end += size
@@ -484,7 +561,7 @@ func (s *Spool) scan(seg uint64, from int64) (n int, end int64, err error) {
 func readFrame(f *os.File, off int64) (record.Record, int64, error) {
 	var h [frameHeader]byte
 	if _, err := f.ReadAt(h[:], off); err != nil {
-		return record.Record{}, 0, errCorrupt
+		return record.Record{}, 0, shortRead(err)
 	}
 	size := binary.LittleEndian.Uint32(h[:])
 	if size == 0 || size > MaxRecordBytes {
@@ -492,7 +569,7 @@ func readFrame(f *os.File, off int64) (record.Record, int64, error) {
 	}
 	payload := make([]byte, size)
 	if _, err := f.ReadAt(payload, off+frameHeader); err != nil {
-		return record.Record{}, 0, errCorrupt
+		return record.Record{}, 0, shortRead(err)
 	}
 	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(h[4:]) {
 		return record.Record{}, 0, errCorrupt
@@ -567,4 +644,14 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// shortRead maps a read that ended early to errCorrupt (a frame cut
+// short) and passes any other error on: a disk that fails to read is not
+// a reason to drop what follows.
+func shortRead(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errCorrupt
+	}
+	return fmt.Errorf("cannot read the spool: %w", err)
 }

@@ -1,11 +1,14 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -173,6 +176,65 @@ func TestCorruptFrameDetected(t *testing.T) {
 	if s2.Len() != 1 {
 		t.Fatalf("Len %d, want the 1 intact record", s2.Len())
 	}
+	// The dropped bytes were kept aside, not destroyed.
+	kept, _ := filepath.Glob(seg + ".tail-*")
+	cut, _ := os.ReadFile(seg)
+	if len(kept) != 1 {
+		t.Fatalf("tail files %v, want one", kept)
+	}
+	if tail, _ := os.ReadFile(kept[0]); !bytes.Equal(append(cut, tail...), b) {
+		t.Fatalf("segment (%d bytes) and kept tail (%d) are not the damaged file (%d)", len(cut), len(tail), len(b))
+	}
+}
+
+// TestDamagedFinishedSegment: a frame that does not check out in a
+// segment before the last, found when the spool opens or only when it is
+// read, costs the records after it in that segment, and nothing else:
+// later segments are read, the damage is logged, and the segment is kept
+// aside as .corrupt instead of being deleted.
+func TestDamagedFinishedSegment(t *testing.T) {
+	f := func(damageBeforeOpen bool) {
+		t.Helper()
+		dir := t.TempDir()
+		var log strings.Builder
+		opts := Options{SegmentBytes: 1024, Logger: slog.New(slog.NewTextHandler(&log, nil))}
+		s := open(t, dir, opts)
+		for i := 0; i < 40; i++ {
+			if err := s.Enqueue(recs(i, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seg1 := filepath.Join(dir, fmt.Sprintf("%020d.seg", 1))
+		damage := func() {
+			b, err := os.ReadFile(seg1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0xff
+			if err := os.WriteFile(seg1, b, 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if damageBeforeOpen {
+			s.Close()
+			damage()
+			s = open(t, dir, opts)
+		} else {
+			damage()
+		}
+		ids := drain(t, s, 7)
+		if len(ids) < 30 || len(ids) >= 40 || ids[len(ids)-1] != "req-39" {
+			t.Fatalf("read %d records ending %v; want most of the 40, through req-39", len(ids), ids[len(ids)-1:])
+		}
+		if !strings.Contains(log.String(), "damaged") {
+			t.Fatalf("no damage logged: %s", log.String())
+		}
+		if _, err := os.Stat(seg1 + ".corrupt"); err != nil {
+			t.Fatalf("the damaged segment was not kept aside: %v", err)
+		}
+	}
+	f(true)
+	f(false)
 }
 
 func TestFull(t *testing.T) {

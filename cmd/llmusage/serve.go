@@ -363,7 +363,7 @@ func writeStatus(w http.ResponseWriter, code int, body map[string]any) {
 func (s *sidecar) openQueue(c *cli.Context) error {
 	switch d := c.String("durability"); d {
 	case "fsync":
-		sp, err := spool.Open(filepath.Join(c.String("data-dir"), "spool"), spool.Options{MaxBytes: c.Int64("spool-max-bytes")})
+		sp, err := spool.Open(filepath.Join(c.String("data-dir"), "spool"), spool.Options{MaxBytes: c.Int64("spool-max-bytes"), Logger: s.logger})
 		if err != nil {
 			return err
 		}
