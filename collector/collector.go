@@ -5,6 +5,7 @@ package collector
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -156,6 +157,9 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 		details = append(details, ds...)
 		recs = append(recs, r)
 	}
+	if len(recs) > 1 {
+		details = append(details, repeatedRequestIDs(recs)...)
+	}
 	if len(details) > 0 {
 		sortDetails(details)
 		c.observer.ObserveRejected(len(raws))
@@ -172,6 +176,27 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	}
 	c.observer.ObserveRecords(recs)
 	return len(recs), nil
+}
+
+// repeatedRequestIDs names the records of one request that reuse an
+// earlier one's request_id. The store keeps one row per request_id, so
+// the later record would be answered as accepted and never stored.
+func repeatedRequestIDs(recs []record.Record) []Detail {
+	var details []Detail
+	first := make(map[string]int, len(recs))
+	for i := range recs {
+		id := recs[i].RequestID
+		if id == "" {
+			continue
+		}
+		if j, seen := first[id]; seen {
+			details = append(details, Detail{Index: i, Field: "request_id",
+				Message: fmt.Sprintf("repeats record %d's %q: a request_id names one call, and only one record of it is stored", j, id)})
+			continue
+		}
+		first[id] = i
+	}
+	return details
 }
 
 func (c *Collector) serveCalls(w http.ResponseWriter, r *http.Request) {

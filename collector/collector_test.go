@@ -158,6 +158,9 @@ func TestCallsErrors(t *testing.T) {
 	f(http.MethodPost, js, `[{"user_id":"u","model":"m"},{"user_id":"u"},{"user_id":"u","model":"m","prompt_tokens":-1,"status":"x"}]`,
 		http.StatusBadRequest, "1:model", "2:prompt_tokens", "2:status")
 	f(http.MethodPost, "application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\n\n{\"model\":\"m\"}\n", http.StatusBadRequest, "1:user_id")
+	// One request_id twice in a request: the store would keep one of them.
+	f(http.MethodPost, js, `[{"user_id":"u","model":"m","request_id":"r"},{"user_id":"v","model":"m"},{"user_id":"v","model":"m","prompt_tokens":7,"request_id":"r"}]`,
+		http.StatusBadRequest, "2:request_id")
 
 	if len(s.observer.records) != 0 {
 		t.Fatalf("records applied from rejected requests: %+v", s.observer.records)

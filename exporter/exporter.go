@@ -97,7 +97,7 @@ func New(opts Options) *Exporter {
 		e.guard,
 		e.models,
 		e.httpDur,
-		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.flush,
+		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
 	)
 	if opts.Limiter != nil && !opts.NoUserLabel {
 		e.reg.MustRegister(newQuotaCollector(opts.Limiter, e.guard))

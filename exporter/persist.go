@@ -11,6 +11,7 @@ type persistMetrics struct {
 	persisted    prometheus.Counter
 	errors       prometheus.Counter
 	deadLettered prometheus.Counter
+	duplicates   prometheus.Counter
 	flush        *prometheus.HistogramVec
 }
 
@@ -27,6 +28,10 @@ func newPersistMetrics() *persistMetrics {
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmusage_persist_dead_lettered_total",
 			Help: "Records the store rejected (a value the database refuses), moved to the dead-letter file so that the records behind them are stored.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_persist_duplicates_total",
+			Help: "Records not stored because their request_id was stored already: a replay after a crash or a retried POST (harmless), or a client reusing request_ids for different calls (their usage is not stored).",
 		}),
 		flush: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llmusage_persist_flush_duration_seconds",
@@ -46,6 +51,9 @@ func (e *Exporter) ObserveFlush(n int, d time.Duration, err error) {
 	e.persist.persisted.Add(float64(n))
 	e.persist.flush.WithLabelValues("ok").Observe(d.Seconds())
 }
+
+// ObserveDuplicates counts records whose request_id was stored already.
+func (e *Exporter) ObserveDuplicates(n int) { e.persist.duplicates.Add(float64(n)) }
 
 // ObserveDeadLettered counts a record the store rejected.
 func (e *Exporter) ObserveDeadLettered() { e.persist.deadLettered.Inc() }

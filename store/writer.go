@@ -31,6 +31,9 @@ type WriterObserver interface {
 	ObserveFlush(n int, d time.Duration, err error)
 	// ObserveDeadLettered reports a record the store rejected, now in the dead letter.
 	ObserveDeadLettered()
+	// ObserveDuplicates reports n records not stored because the store
+	// already had their request_id.
+	ObserveDuplicates(n int)
 }
 
 // WriterOptions tune a Writer. Zero values take the defaults.
@@ -156,9 +159,12 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 			return total, nil
 		}
 		start := time.Now()
-		dead, err := w.insert(ctx, batch)
+		stored, dead, err := w.insert(ctx, batch)
 		if w.opts.Observer != nil {
 			w.opts.Observer.ObserveFlush(len(batch)-dead, time.Since(start), err)
+			if dup := len(batch) - dead - stored; err == nil && dup > 0 {
+				w.opts.Observer.ObserveDuplicates(dup)
+			}
 		}
 		w.setStoreErr(err)
 		if err != nil {
@@ -173,33 +179,33 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 }
 
 // insert stores recs, isolating by halves the records the store rejects
-// and handing them to the dead letter; it returns how many went there. A
-// batch of 5,000 with one such record costs about 26 inserts. Should it
-// fail otherwise halfway, the whole batch is retried later: the store
-// skips what it already has.
-func (w *Writer) insert(ctx context.Context, recs []record.Record) (dead int, err error) {
-	_, err = w.store.Insert(ctx, recs)
+// and handing them to the dead letter; it returns how many rows were new
+// and how many records went there. A batch of 5,000 with one such record
+// costs about 26 inserts. Should it fail otherwise halfway, the whole
+// batch is retried later: the store skips what it already has.
+func (w *Writer) insert(ctx context.Context, recs []record.Record) (stored, dead int, err error) {
+	stored, err = w.store.Insert(ctx, recs)
 	if err == nil || !errors.Is(err, ErrRejected) || w.opts.DeadLetter == nil {
-		return 0, err
+		return stored, 0, err
 	}
 	if len(recs) > 1 {
 		half := len(recs) / 2
-		first, err := w.insert(ctx, recs[:half])
+		stored1, dead1, err := w.insert(ctx, recs[:half])
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		second, err := w.insert(ctx, recs[half:])
-		return first + second, err
+		stored2, dead2, err := w.insert(ctx, recs[half:])
+		return stored1 + stored2, dead1 + dead2, err
 	}
 	if dlErr := w.opts.DeadLetter.Put(recs[0], err); dlErr != nil {
-		return 0, fmt.Errorf("%w; %w", err, dlErr)
+		return 0, 0, fmt.Errorf("%w; %w", err, dlErr)
 	}
 	w.opts.Logger.Error("the store rejected a record; it is in the dead letter, to be posted again once the cause is mended",
 		"request_id", recs[0].RequestID, "user_id", recs[0].UserID, "error", err)
 	if w.opts.Observer != nil {
 		w.opts.Observer.ObserveDeadLettered()
 	}
-	return 1, nil
+	return 0, 1, nil
 }
 
 func (w *Writer) ping(ctx context.Context) error {

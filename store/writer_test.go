@@ -44,8 +44,14 @@ func (f *flakyStore) setDown(d bool) {
 }
 
 type flushCounter struct {
-	mu               sync.Mutex
-	ok, failed, dead int
+	mu                    sync.Mutex
+	ok, failed, dead, dup int
+}
+
+func (c *flushCounter) ObserveDuplicates(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dup += n
 }
 
 func (c *flushCounter) ObserveFlush(n int, _ time.Duration, err error) {
@@ -175,8 +181,9 @@ func TestWriterDeadLetter(t *testing.T) {
 	if err := NewWriter(s, q, WriterOptions{Observer: obs, DeadLetter: dl}).Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if q.Len() != 0 || obs.ok != 38 || obs.dead != 2 {
-		t.Fatalf("%d queued, %d persisted, %d dead-lettered; want 0, 38, 2", q.Len(), obs.ok, obs.dead)
+	if q.Len() != 0 || obs.ok != 38 || obs.dead != 2 || obs.dup != 2 {
+		t.Fatalf("%d queued, %d persisted, %d dead-lettered, %d duplicates; want 0, 38, 2, 2 (dl-10 and dl-11 were stored before)",
+			q.Len(), obs.ok, obs.dead, obs.dup)
 	}
 	var stored int
 	if err := s.(*postgresStore).pool.QueryRow(ctx, `SELECT count(*) FROM llm_usage_logs WHERE request_id LIKE 'dl-%'`).Scan(&stored); err != nil || stored != 38 {
@@ -205,4 +212,28 @@ func TestWriterDeadLetter(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("dead letters %q, want %q", got, want)
 	}
+}
+
+// TestWriterCountsDuplicates: records whose request_id is stored already
+// (a replay, a retried POST, or a client reusing ids) are counted, not
+// silently taken for stored.
+func TestWriterCountsDuplicates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s Store, _ func(string)) {
+		ctx := context.Background()
+		recs := records("dup", 5)
+		if _, err := s.Insert(ctx, recs[1:3]); err != nil {
+			t.Fatal(err)
+		}
+		q := NewMemoryQueue(0)
+		if err := q.Enqueue(recs); err != nil {
+			t.Fatal(err)
+		}
+		obs := &flushCounter{}
+		if err := NewWriter(s, q, WriterOptions{Observer: obs}).Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if obs.ok != 5 || obs.dup != 2 {
+			t.Fatalf("%d written, %d duplicates; want 5 and 2", obs.ok, obs.dup)
+		}
+	})
 }
