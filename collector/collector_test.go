@@ -158,7 +158,10 @@ func TestCallsErrors(t *testing.T) {
 	f(http.MethodPost, js, `[{"user_id":"u","model":"m"},{"user_id":"u"},{"user_id":"u","model":"m","prompt_tokens":-1,"status":"x"}]`,
 		http.StatusBadRequest, "1:model", "2:prompt_tokens", "2:status")
 	f(http.MethodPost, "application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\n\n{\"model\":\"m\"}\n", http.StatusBadRequest, "1:user_id")
-	// One request_id twice in a request: the store would keep one of them.
+	// A field given twice: which one was meant is not for the sidecar to guess.
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":1,"prompt_tokens":9}`, http.StatusBadRequest, "0:prompt_tokens")
+	f(http.MethodPost, "application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\nnot json at all\n", http.StatusBadRequest, "1:")
+		// One request_id twice in a request: the store would keep one of them.
 	f(http.MethodPost, js, `[{"user_id":"u","model":"m","request_id":"r"},{"user_id":"v","model":"m"},{"user_id":"v","model":"m","prompt_tokens":7,"request_id":"r"}]`,
 		http.StatusBadRequest, "2:request_id")
 
@@ -175,6 +178,23 @@ func jsonNumber(v any) string {
 		return strconv.Itoa(int(f))
 	}
 	return ""
+}
+
+// TestParseErrorsSayWhy: a line that is not JSON says so, with the
+// parser's reason, and the hint about several records comes only where
+// several records are the likely cause.
+func TestParseErrorsSayWhy(t *testing.T) {
+	s := newTestServer(t, "")
+	f := func(contentType, body, want, notWant string) {
+		t.Helper()
+		rec, _ := s.do(t, http.MethodPost, "/v1/calls", contentType, body)
+		if got := rec.Body.String(); !strings.Contains(got, want) || notWant != "" && strings.Contains(got, notWant) {
+			t.Fatalf("%q: answer %s; want %q in it and not %q", body, got, want, notWant)
+		}
+	}
+	f("application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\nnot json\n", "is not valid JSON: invalid character 'o'", "")
+	f("application/json", `{"user_id":"u","model":"m"}{"user_id":"u","model":"m"}`, "several records need a JSON array", "")
+	f("application/json", "\xef\xbb\xbf{}", "cannot parse the JSON body", "several records")
 }
 
 func TestUnknownFieldSuggestion(t *testing.T) {

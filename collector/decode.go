@@ -95,7 +95,11 @@ func splitRecords(body []byte, format bodyFormat) ([]json.RawMessage, error) {
 	if !json.Valid(trimmed) {
 		var v any
 		err := json.Unmarshal(trimmed, &v)
-		return nil, errorf(http.StatusBadRequest, "cannot parse the JSON body: %s (several records need a JSON array or Content-Type: application/x-ndjson)", err)
+		hint := ""
+		if strings.Contains(err.Error(), "after top-level value") {
+			hint = " (several records need a JSON array or Content-Type: application/x-ndjson)"
+		}
+		return nil, errorf(http.StatusBadRequest, "cannot parse the JSON body: %s%s", err, hint)
 	}
 	return []json.RawMessage{trimmed}, nil
 }
@@ -158,18 +162,31 @@ func (p *fieldParser) parse(raw json.RawMessage, index int, known []string) {
 	p.index = index
 	// One validating pass, then a scan that only has to find member
 	// boundaries: cheaper than decoding into a map and every value twice.
-	var ok bool
-	if json.Valid(raw) {
-		p.fields, ok = scanObject(raw, p.fields[:0])
+	if !json.Valid(raw) {
+		var v any
+		err := json.Unmarshal(raw, &v)
+		p.fields = p.fields[:0]
+		p.invalid = true
+		p.fail("", "must be a JSON object, and is not valid JSON: %s", err)
+		return
 	}
-	if !ok {
+	var ok bool
+	if p.fields, ok = scanObject(raw, p.fields[:0]); !ok {
 		p.fields = p.fields[:0]
 		p.invalid = true
 		p.fail("", "must be a JSON object")
 		return
 	}
 	p.invalid = false
-	for _, f := range p.fields {
+	for i, f := range p.fields {
+		// encoding/json would take the last silently; which one the
+		// client meant is not for the sidecar to guess.
+		for _, g := range p.fields[:i] {
+			if bytes.Equal(f.name, g.name) {
+				p.fail(string(f.name), "is given more than once")
+				break
+			}
+		}
 		if !containsBytes(known, f.name) {
 			name := string(f.name)
 			msg := "unknown field"
@@ -185,8 +202,8 @@ func (p *fieldParser) fail(field, format string, args ...any) {
 	p.details = append(p.details, Detail{Index: p.index, Field: field, Message: fmt.Sprintf(format, args...)})
 }
 
-// raw returns a field's JSON, or nil when it is absent or null. A name
-// given twice takes its last value, as encoding/json does.
+// raw returns a field's JSON, or nil when it is absent or null. (A name
+// given twice is refused in parse; raw would take its last value.)
 func (p *fieldParser) raw(name string) json.RawMessage {
 	for i := len(p.fields) - 1; i >= 0; i-- {
 		if string(p.fields[i].name) == name {

@@ -168,7 +168,11 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 		}
 		w.setStoreErr(err)
 		if err != nil {
-			w.opts.Logger.Warn("cannot persist records; they stay queued and will be retried", "records", len(batch), "queued", w.queue.Len(), "error", err)
+			// A flush cut short by shutdown is not a database problem: the
+			// final Flush takes over, and says so if it fails.
+			if ctx.Err() == nil {
+				w.opts.Logger.Warn("cannot persist records; they stay queued and will be retried", "records", len(batch), "queued", w.queue.Len(), "error", err)
+			}
 			return total, err
 		}
 		if err := w.queue.Commit(len(batch)); err != nil {
