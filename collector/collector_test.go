@@ -161,7 +161,7 @@ func TestCallsErrors(t *testing.T) {
 	// A field given twice: which one was meant is not for the sidecar to guess.
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":1,"prompt_tokens":9}`, http.StatusBadRequest, "0:prompt_tokens")
 	f(http.MethodPost, "application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\nnot json at all\n", http.StatusBadRequest, "1:")
-		// One request_id twice in a request: the store would keep one of them.
+	// One request_id twice in a request: the store would keep one of them.
 	f(http.MethodPost, js, `[{"user_id":"u","model":"m","request_id":"r"},{"user_id":"v","model":"m"},{"user_id":"v","model":"m","prompt_tokens":7,"request_id":"r"}]`,
 		http.StatusBadRequest, "2:request_id")
 
