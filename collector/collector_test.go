@@ -197,6 +197,26 @@ func TestParseErrorsSayWhy(t *testing.T) {
 	f("application/json", "\xef\xbb\xbf{}", "cannot parse the JSON body", "several records")
 }
 
+// TestCompressedBodyRefused: a gzip body gets 415 naming the encoding,
+// on both POST routes, not a JSON parse error.
+func TestCompressedBodyRefused(t *testing.T) {
+	s := newTestServer(t, "")
+	for _, path := range []string{"/v1/calls", "/v1/check"} {
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader("\x1f\x8b\x08"))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Encoding", "gzip")
+		rec := httptest.NewRecorder()
+		s.handler.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnsupportedMediaType || !strings.Contains(rec.Body.String(), `Content-Encoding \"gzip\"`) {
+			t.Fatalf("%s: %d %s; want 415 naming Content-Encoding gzip", path, rec.Code, rec.Body)
+		}
+	}
+	rec, out := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"m"}`)
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("uncompressed: %d %v", rec.Code, out)
+	}
+}
+
 func TestUnknownFieldSuggestion(t *testing.T) {
 	s := newTestServer(t, "")
 	_, out := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"m","prompt_token":3}`)
