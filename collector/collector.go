@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
@@ -341,6 +343,19 @@ func requiredUser(r *http.Request) (string, error) {
 	user := r.URL.Query().Get("user_id")
 	if user == "" {
 		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer without the user_id query parameter", Details: []Detail{{Field: "user_id", Message: "is required"}}}
+	}
+	// The same bounds as intake: no record could carry such a user.
+	problem := ""
+	switch {
+	case !utf8.ValidString(user):
+		problem = "must be valid UTF-8"
+	case len(user) > MaxIDLength:
+		problem = fmt.Sprintf("must be at most %d bytes, got %d", MaxIDLength, len(user))
+	case strings.IndexFunc(user, isControl) >= 0:
+		problem = "must not contain control characters"
+	}
+	if problem != "" {
+		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer for this user_id: it " + problem, Details: []Detail{{Field: "user_id", Message: problem}}}
 	}
 	return user, nil
 }

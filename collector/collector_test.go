@@ -414,6 +414,9 @@ func TestCheckErrors(t *testing.T) {
 	f(http.MethodGet, "/api/llm/usage/rate-limit/week?user_id=u", ``, http.StatusNotFound, "")
 	f(http.MethodGet, "/api/llm/usage/rate-limit/minute", ``, http.StatusBadRequest, "user_id")
 	f(http.MethodGet, "/api/llm/usage/rate-limits", ``, http.StatusBadRequest, "user_id")
+	f(http.MethodGet, "/v1/limits?user_id=%01", ``, http.StatusBadRequest, "user_id")
+	f(http.MethodGet, "/api/llm/usage/rate-limits?user_id=%FF", ``, http.StatusBadRequest, "user_id")
+	f(http.MethodGet, "/api/llm/usage/rate-limit/minute?user_id="+strings.Repeat("u", MaxIDLength+1), ``, http.StatusBadRequest, "user_id")
 	f(http.MethodGet, "/nowhere", ``, http.StatusNotFound, "")
 
 	_, out := s.do(t, http.MethodGet, "/api/llm/usage/rate-limit/week?user_id=u", "", "")
