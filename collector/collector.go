@@ -167,6 +167,11 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 		c.observer.ObserveRejected(len(raws))
 		return 0, &Error{Status: http.StatusBadRequest, Message: invalidMessage(details, len(raws)), Details: details}
 	}
+	for i := range recs {
+		if recs[i].RequestID == "" {
+			recs[i].RequestID = newRequestID(now)
+		}
+	}
 	if c.sink != nil {
 		if err := c.sink.Enqueue(recs); err != nil {
 			return 0, &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
@@ -182,14 +187,18 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 
 // repeatedRequestIDs names the records of one request that reuse an
 // earlier one's request_id. The store keeps one row per request_id, so
-// the later record would be answered as accepted and never stored.
+// the later record would be answered as accepted and never stored. Only
+// the clients' ids are compared: the others are not generated yet.
 func repeatedRequestIDs(recs []record.Record) []Detail {
 	var details []Detail
-	first := make(map[string]int, len(recs))
+	var first map[string]int
 	for i := range recs {
 		id := recs[i].RequestID
 		if id == "" {
 			continue
+		}
+		if first == nil {
+			first = make(map[string]int)
 		}
 		if j, seen := first[id]; seen {
 			details = append(details, Detail{Index: i, Field: "request_id",

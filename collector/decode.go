@@ -338,7 +338,8 @@ func (p *fieldParser) object(name string) json.RawMessage {
 	return v
 }
 
-// parseRecord validates one raw record and normalises it.
+// parseRecord validates one raw record and normalises it; a record
+// without a request_id gets one in ingest, once the batch is valid.
 func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (record.Record, []Detail) {
 	p := c.parsers.get(raw, index, recordFields)
 	defer c.parsers.put(p)
@@ -376,9 +377,6 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 		r.Status = s
 	}
 	r.Provider = c.resolveProvider(p, r.Model, r.Metadata)
-	if r.RequestID == "" {
-		r.RequestID = newRequestID(now)
-	}
 	return r, p.details
 }
 

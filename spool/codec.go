@@ -23,6 +23,13 @@ var errCorrupt = errors.New("corrupt spool frame")
 
 // appendFrame encodes r as a frame at the end of dst. The metadata is kept
 // byte for byte (a JSON re-encoding would compact it).
+// maxFrameSize bounds the bytes appendFrame adds for r, so that a buffer
+// for many records can be sized once.
+func maxFrameSize(r *record.Record) int {
+	const fixed = frameHeader + 1 + 6*binary.MaxVarintLen64 + 7*binary.MaxVarintLen64 + 1 + binary.MaxVarintLen64
+	return fixed + len(r.RequestID) + len(r.UserID) + len(r.Provider) + len(r.Model) + len(r.Status) + len(r.ErrorType) + len(r.Metadata)
+}
+
 func appendFrame(dst []byte, r *record.Record) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, frameHeader)...)
