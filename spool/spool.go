@@ -163,6 +163,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 			return nil, err
 		}
 		if end < size && i < len(live)-1 {
+			// Counted, as Peek will subtract them when it skips them.
+			s.bytes += size - end
 			s.damaged[seg] = true
 			s.logger.Error("a spool segment is damaged: the records after the damage cannot be read, and the segment will be kept aside once the records before it are stored",
 				"segment", s.path(seg), "offset", end, "bytes_unreadable", size-end)
@@ -326,7 +328,7 @@ func (s *Spool) Peek(limit int) ([]record.Record, error) {
 	}
 	seg, off := s.rSeg, s.rOff
 	endSeg, endOff := s.seg, s.off
-	out := make([]record.Record, 0, min(int64(limit), s.records))
+	out := make([]record.Record, 0, max(0, min(int64(limit), s.records)))
 	s.mu.Unlock()
 
 	var size int64
@@ -365,6 +367,12 @@ func (s *Spool) Peek(limit int) ([]record.Record, error) {
 	}
 	s.mu.Lock()
 	s.peeked, s.peekSeg, s.peekOff, s.peekBytes = out, seg, off, size
+	if len(out) == 0 && (seg != s.rSeg || off != s.rOff) {
+		// Only spent or damaged segments were passed, and no Commit
+		// follows an empty Peek: move past them now, or every Peek would
+		// pass (and log) them again.
+		s.commitLocked(0)
+	}
 	s.mu.Unlock()
 	return out, nil
 }
@@ -427,6 +435,13 @@ func (s *Spool) Commit(n int) error {
 	if n == 0 {
 		return nil
 	}
+	s.commitLocked(n)
+	return nil
+}
+
+// commitLocked moves the checkpoint to the end of the last Peek, which
+// returned n records; s.mu is held.
+func (s *Spool) commitLocked(n int) {
 	if err := s.writeCheckpoint(s.peekSeg, s.peekOff); err != nil {
 		// The records are persisted; without a checkpoint they will be
 		// replayed after a restart, and request_id keeps that harmless.
@@ -449,7 +464,6 @@ func (s *Spool) Commit(n int) error {
 	s.records -= int64(n)
 	s.full = false
 	s.peeked, s.peekBytes = nil, 0
-	return nil
 }
 
 // Len returns the number of uncommitted records.
@@ -539,8 +553,13 @@ func (s *Spool) keepTail(seg uint64, off int64) error {
 	if _, err := f.ReadAt(tail, off); err != nil {
 		return fmt.Errorf("cannot read the spool: %w", err)
 	}
+	// Durable before the segment is truncated: a crash in between must
+	// not keep the truncation and lose the copy.
 	kept := fmt.Sprintf("%s.tail-%d", s.path(seg), time.Now().UnixNano())
-	if err := os.WriteFile(kept, tail, 0o640); err != nil {
+	if err := writeSynced(kept, tail); err != nil {
+		return fmt.Errorf("cannot keep the spool's torn tail: %w", err)
+	}
+	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("cannot keep the spool's torn tail: %w", err)
 	}
 	s.logger.Warn("dropped the spool's last, unacknowledged bytes (a record torn by a crash, or damage); kept them aside",
@@ -669,4 +688,20 @@ func shortRead(err error) error {
 		return errCorrupt
 	}
 	return fmt.Errorf("cannot read the spool: %w", err)
+}
+
+// writeSynced creates path with b and fsyncs it.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

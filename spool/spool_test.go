@@ -232,6 +232,21 @@ func TestDamagedFinishedSegment(t *testing.T) {
 		if _, err := os.Stat(seg1 + ".corrupt"); err != nil {
 			t.Fatalf("the damaged segment was not kept aside: %v", err)
 		}
+		// The backlog's bytes come back to zero; its records too when the
+		// damage was found at Open (found later, the lost ones are not known).
+		if s.Bytes() != 0 || damageBeforeOpen && s.Len() != 0 {
+			t.Fatalf("after draining: %d bytes, %d records; want 0", s.Bytes(), s.Len())
+		}
+		// Passed once, the damage is not logged again by idle reads.
+		logged := strings.Count(log.String(), "damaged")
+		for i := 0; i < 3; i++ {
+			if got, err := s.Peek(10); err != nil || len(got) != 0 {
+				t.Fatalf("idle Peek: %d records, %v", len(got), err)
+			}
+		}
+		if again := strings.Count(log.String(), "damaged"); again != logged {
+			t.Fatalf("the damage was logged %d times, then %d after idle reads", logged, again)
+		}
 	}
 	f(true)
 	f(false)

@@ -22,9 +22,9 @@ type DeadLetter interface {
 // DeadLetterFile appends rejected records to an NDJSON file, one
 // {"error": ..., "record": {...}} per line, fsynced. Each "record" is in
 // the intake format, so that once the cause is mended the records can be
-// posted again: jq -c .record FILE | curl --data-binary @- -H
-// 'Content-Type: application/x-ndjson' http://127.0.0.1:9470/v1/calls
-// (the store skips a request_id it already has).
+// posted again (README: the command). A crash between Put and the
+// queue's commit can write a record twice; the store skips a request_id
+// it already has.
 type DeadLetterFile struct {
 	// Path is the file, created with its directory on the first Put.
 	Path string
@@ -54,10 +54,27 @@ func (d *DeadLetterFile) Put(rec record.Record, err error) error {
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
+	if werr == nil {
+		// The file may be new: its directory entry must be durable too.
+		// Put is rare (a record the database refused), so always.
+		werr = syncDir(filepath.Dir(d.Path))
+	}
 	if werr != nil {
 		return fmt.Errorf("cannot write the dead-letter file %s: %w", d.Path, werr)
 	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 type deadLetterLine struct {

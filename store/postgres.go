@@ -83,19 +83,22 @@ func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, 
 	return s.insertSkippingStored(ctx, recs)
 }
 
-// rejected marks err with ErrRejected when Postgres refused the data
-// itself: a data exception (SQLSTATE class 22: a value a column's type
-// cannot hold), an integrity violation other than a duplicate request_id
-// (23) or a program limit (54, such as a row too large). Any other error
-// (a connection lost, a missing table, a read-only server) may pass once
-// the database or its schema is mended, so the batch is retried.
+// rejected marks err with ErrRejected when Postgres refused a record's
+// own values: a data exception (SQLSTATE class 22: a value a column's
+// type cannot hold), a foreign key the record's user_id does not meet
+// (23503, on adopted legacy tables) or a program limit (54, such as a row
+// too large). Any other error may pass once the database or its schema is
+// mended, so the batch is retried: a lost connection, a missing table, a
+// read-only server, and the other integrity violations (a NOT NULL or
+// CHECK constraint added by hand fails every record alike, and must not
+// send them all to the dead letter).
 func rejected(err error) error {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return err
 	}
 	switch class := pgErr.Code[:2]; {
-	case class == "22", class == "54", class == "23" && pgErr.Code != uniqueViolation:
+	case class == "22", class == "54", pgErr.Code == foreignKeyViolation:
 		return fmt.Errorf("%w: %w", ErrRejected, err)
 	}
 	return err
@@ -361,5 +364,8 @@ func nullString(s string) any {
 	return s
 }
 
-// uniqueViolation is Postgres' SQLSTATE for a duplicate key.
-const uniqueViolation = "23505"
+// Postgres' SQLSTATEs for a duplicate key and a missing referenced row.
+const (
+	uniqueViolation     = "23505"
+	foreignKeyViolation = "23503"
+)

@@ -74,6 +74,10 @@ type Writer struct {
 
 	// kick wakes Run when a batch is waiting.
 	kick chan struct{}
+	// deadLettered holds the request_ids of the batch at the head of the
+	// queue already in the dead letter: when the batch fails later on
+	// and is retried, they are not written there twice.
+	deadLettered map[string]bool
 }
 
 // NewWriter returns a Writer from q to s; call Run to start it.
@@ -178,6 +182,7 @@ func (w *Writer) flush(ctx context.Context) (int, error) {
 		if err := w.queue.Commit(len(batch)); err != nil {
 			return total, err
 		}
+		clear(w.deadLettered)
 		total += len(batch)
 	}
 }
@@ -201,9 +206,16 @@ func (w *Writer) insert(ctx context.Context, recs []record.Record) (stored, dead
 		stored2, dead2, err := w.insert(ctx, recs[half:])
 		return stored1 + stored2, dead1 + dead2, err
 	}
+	if w.deadLettered[recs[0].RequestID] {
+		return 0, 1, nil
+	}
 	if dlErr := w.opts.DeadLetter.Put(recs[0], err); dlErr != nil {
 		return 0, 0, fmt.Errorf("%w; %w", err, dlErr)
 	}
+	if w.deadLettered == nil {
+		w.deadLettered = map[string]bool{}
+	}
+	w.deadLettered[recs[0].RequestID] = true
 	w.opts.Logger.Error("the store rejected a record; it is in the dead letter, to be posted again once the cause is mended",
 		"request_id", recs[0].RequestID, "user_id", recs[0].UserID, "error", err)
 	if w.opts.Observer != nil {

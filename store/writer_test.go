@@ -237,3 +237,73 @@ func TestWriterCountsDuplicates(t *testing.T) {
 		}
 	})
 }
+
+// failingOnce fails its nth Insert with a transient error.
+type failingOnce struct {
+	Store
+	calls, nth int
+}
+
+func (f *failingOnce) Insert(ctx context.Context, recs []record.Record) (int, error) {
+	f.calls++
+	if f.calls == f.nth {
+		return 0, errors.New("connection reset")
+	}
+	return f.Store.Insert(ctx, recs)
+}
+
+// TestWriterDeadLetterRetries: a batch that fails for another reason
+// halfway through its halving is retried whole, without writing its
+// refused records to the dead letter twice; and a constraint every record
+// fails alike (a NOT NULL column added by hand) is not the records' fault:
+// the batch stays queued, nothing goes to the dead letter.
+func TestWriterDeadLetterRetries(t *testing.T) {
+	ctx := context.Background()
+	s := openMigrated(t, Options{DatabaseURL: pgtest.URL(t)})
+	exec := func(q string) {
+		t.Helper()
+		if _, err := s.(*postgresStore).pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	dl := &DeadLetterFile{Path: filepath.Join(t.TempDir(), "dead-letter.ndjson")}
+	lines := func() int {
+		b, _ := os.ReadFile(dl.Path)
+		return bytes.Count(b, []byte("\n"))
+	}
+
+	recs := records("retry", 16)
+	recs[2].ErrorType, recs[13].ErrorType = "a\x00", "b\x00"
+	q := NewMemoryQueue(0)
+	if err := q.Enqueue(recs); err != nil {
+		t.Fatal(err)
+	}
+	// Inserts: the whole batch, its first half, that half's halves, ... and
+	// the 9th lands in the second half, after recs[2] went to the dead letter.
+	w := NewWriter(&failingOnce{Store: s, nth: 9}, q, WriterOptions{DeadLetter: dl})
+	if err := w.Flush(ctx); err == nil || errors.Is(err, ErrRejected) {
+		t.Fatalf("first flush: %v, want the transient error", err)
+	}
+	if n := lines(); n != 1 || q.Len() != 16 {
+		t.Fatalf("after the failed flush: %d dead letters, %d queued; want 1 and 16", n, q.Len())
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := lines(); n != 2 || q.Len() != 0 {
+		t.Fatalf("after the retry: %d dead letters, %d queued; want 2 (one per refused record) and 0", n, q.Len())
+	}
+
+	exec(`ALTER TABLE llm_usage_logs ADD COLUMN required_by_hand text NOT NULL DEFAULT 'old rows'`)
+	exec(`ALTER TABLE llm_usage_logs ALTER COLUMN required_by_hand DROP DEFAULT`)
+	if err := q.Enqueue(records("schema", 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err == nil || errors.Is(err, ErrRejected) || q.Len() != 4 || lines() != 2 {
+		t.Fatalf("under a NOT NULL column: %v, %d queued, %d dead letters; want a plain error, 4, 2", err, q.Len(), lines())
+	}
+	exec(`ALTER TABLE llm_usage_logs DROP COLUMN required_by_hand`)
+	if err := w.Flush(ctx); err != nil || q.Len() != 0 {
+		t.Fatalf("once mended: %v, %d queued", err, q.Len())
+	}
+}
