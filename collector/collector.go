@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -354,14 +353,9 @@ func requiredUser(r *http.Request) (string, error) {
 		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer without the user_id query parameter", Details: []Detail{{Field: "user_id", Message: "is required"}}}
 	}
 	// The same bounds as intake: no record could carry such a user.
-	problem := ""
-	switch {
-	case !utf8.ValidString(user):
+	problem := lengthOrControl(user, MaxIDLength, true)
+	if !utf8.ValidString(user) {
 		problem = "must be valid UTF-8"
-	case len(user) > MaxIDLength:
-		problem = fmt.Sprintf("must be at most %d bytes, got %d", MaxIDLength, len(user))
-	case strings.IndexFunc(user, isControl) >= 0:
-		problem = "must not contain control characters"
 	}
 	if problem != "" {
 		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer for this user_id: it " + problem, Details: []Detail{{Field: "user_id", Message: problem}}}

@@ -242,19 +242,33 @@ func (p *fieldParser) str(name string, required, ident bool, maxLen int) string 
 		p.fail(name, "must be a string")
 		return ""
 	}
-	if problem := unstorable(v); problem != "" {
+	// Only an escape can put in a string what the store refuses.
+	if bytes.IndexByte(v, '\\') >= 0 {
+		if problem := unstorable(v); problem != "" {
+			p.fail(name, "%s", problem)
+			return ""
+		}
+	}
+	if required && strings.TrimSpace(s) == "" {
+		p.fail(name, "must not be empty")
+		return ""
+	}
+	if problem := lengthOrControl(s, maxLen, ident); problem != "" {
 		p.fail(name, "%s", problem)
 		return ""
 	}
+	return s
+}
+
+// lengthOrControl tells why s, decoded, is over maxLen bytes or, for an
+// identifier (a label value and log field), holds control characters; ""
+// when it is neither. Intake and the quota reads share it.
+func lengthOrControl(s string, maxLen int, ident bool) string {
 	switch {
-	case required && strings.TrimSpace(s) == "":
-		p.fail(name, "must not be empty")
 	case len(s) > maxLen:
-		p.fail(name, "must be at most %d bytes, got %d", maxLen, len(s))
+		return fmt.Sprintf("must be at most %d bytes, got %d", maxLen, len(s))
 	case ident && strings.IndexFunc(s, isControl) >= 0:
-		p.fail(name, "must not contain control characters")
-	default:
-		return s
+		return "must not contain control characters"
 	}
 	return ""
 }
