@@ -12,12 +12,12 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 // Observer is told what the collector accepted and decided, for metrics.
@@ -49,8 +49,10 @@ type Options struct {
 	Usage UsageReader
 	// Observer receives what was accepted and decided; optional.
 	Observer Observer
-	// Providers infers providers from model names; the built-in table when nil.
-	Providers *ProviderTable
+	// Rules returns the rules in force, for /v1/rules and the provider
+	// table that infers providers from model names; nil means no rules
+	// beyond the limiter's and the built-in table.
+	Rules func() *rules.Set
 	// MaxBodyBytes bounds a request body (1 MiB when zero).
 	MaxBodyBytes int64
 	// Clock stamps records without a timestamp; the wall clock when nil.
@@ -68,8 +70,8 @@ type Collector struct {
 	maxBodyBytes int64
 	clock        limiter.Clock
 	logger       *slog.Logger
-	// providers is swapped whole when the limits file is reloaded.
-	providers atomic.Pointer[ProviderTable]
+	// rules returns the rules in force, swapped whole on every reload.
+	rules     func() *rules.Set
 	parsers   parsers
 	scratches scratches
 }
@@ -107,16 +109,13 @@ func New(opts Options) *Collector {
 	if c.logger == nil {
 		c.logger = slog.Default()
 	}
-	providers := opts.Providers
-	if providers == nil {
-		providers = NewProviderTable(nil)
+	c.rules = opts.Rules
+	if c.rules == nil {
+		none := rules.Merge(nil, nil)
+		c.rules = func() *rules.Set { return none }
 	}
-	c.providers.Store(providers)
 	return c
 }
-
-// SetProviders replaces the provider inference table.
-func (c *Collector) SetProviders(t *ProviderTable) { c.providers.Store(t) }
 
 // Routes lists the API endpoints. Each checks its own method so that a
 // wrong one gets a JSON 405 rather than ServeMux's plain-text answer.
@@ -125,6 +124,7 @@ func (c *Collector) Routes() []Route {
 		{"/v1/calls", "calls", allow(http.MethodPost, c.serveCalls)},
 		{"/v1/check", "check", allow(http.MethodPost, c.serveCheck)},
 		{"/v1/limits", "limits", allow(http.MethodGet, c.serveLimits)},
+		{"/v1/rules", "rules", allow(http.MethodGet, c.serveRules)},
 		{"/api/llm/usage/rate-limits", "seed_rate_limits", allow(http.MethodGet, c.serveSeedRateLimits)},
 		{"/api/llm/usage/rate-limit/{type}", "seed_rate_limit", allow(http.MethodGet, c.serveSeedRateLimit)},
 	}
@@ -309,11 +309,7 @@ func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	provider := NormalizeProvider(q.Get("provider"))
-	if provider == "" && q.Get("model") != "" {
-		provider = c.providers.Load().Infer(q.Get("model"))
-	}
-	statuses := c.limiter.Limits(user, provider, q.Get("model"))
+	statuses := c.limiter.Limits(user, c.queryProvider(q), q.Get("model"))
 	writeJSON(w, http.StatusOK, map[string]any{"user_id": user, "limits": limitsJSON(statuses)})
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 type manualClock struct{ t time.Time }
@@ -48,17 +49,18 @@ type testServer struct {
 
 func newTestServer(t *testing.T, limitsYAML string) *testServer {
 	t.Helper()
-	cfg, err := ParseConfig("limits.yaml", []byte(limitsYAML))
+	file, err := rules.ParseFile("limits.yaml", []byte(limitsYAML))
 	if err != nil {
-		t.Fatalf("ParseConfig: %s", err)
+		t.Fatalf("ParseFile: %s", err)
 	}
+	set := rules.Merge(file, nil)
 	clock := &manualClock{t: testNow}
-	l, err := limiter.New(cfg.Rules, limiter.Options{Clock: clock})
+	l, err := limiter.New(set.InForce, limiter.Options{Clock: clock})
 	if err != nil {
 		t.Fatalf("limiter.New: %s", err)
 	}
 	obs := &recordingObserver{}
-	c := New(Options{Limiter: l, Observer: obs, Providers: NewProviderTable(cfg.Providers), Clock: clock, MaxBodyBytes: 4096})
+	c := New(Options{Limiter: l, Observer: obs, Rules: func() *rules.Set { return set }, Clock: clock, MaxBodyBytes: 4096})
 	mux := http.NewServeMux()
 	for _, r := range c.Routes() {
 		mux.Handle(r.Pattern, r.Handler)
@@ -178,52 +180,6 @@ func jsonNumber(v any) string {
 		return strconv.Itoa(int(f))
 	}
 	return ""
-}
-
-// TestParseErrorsSayWhy: a line that is not JSON says so, with the
-// parser's reason, and the hint about several records comes only where
-// several records are the likely cause.
-func TestParseErrorsSayWhy(t *testing.T) {
-	s := newTestServer(t, "")
-	f := func(contentType, body, want, notWant string) {
-		t.Helper()
-		rec, _ := s.do(t, http.MethodPost, "/v1/calls", contentType, body)
-		if got := rec.Body.String(); !strings.Contains(got, want) || notWant != "" && strings.Contains(got, notWant) {
-			t.Fatalf("%q: answer %s; want %q in it and not %q", body, got, want, notWant)
-		}
-	}
-	f("application/x-ndjson", "{\"user_id\":\"u\",\"model\":\"m\"}\nnot json\n", "is not valid JSON: invalid character 'o'", "")
-	f("application/json", `{"user_id":"u","model":"m"}{"user_id":"u","model":"m"}`, "several records need a JSON array", "")
-	f("application/json", "\xef\xbb\xbf{}", "cannot parse the JSON body", "several records")
-}
-
-// TestCompressedBodyRefused: a gzip body gets 415 naming the encoding,
-// on both POST routes, not a JSON parse error.
-func TestCompressedBodyRefused(t *testing.T) {
-	s := newTestServer(t, "")
-	for _, path := range []string{"/v1/calls", "/v1/check"} {
-		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader("\x1f\x8b\x08"))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Content-Encoding", "gzip")
-		rec := httptest.NewRecorder()
-		s.handler.ServeHTTP(rec, req)
-		if rec.Code != http.StatusUnsupportedMediaType || !strings.Contains(rec.Body.String(), `Content-Encoding \"gzip\"`) {
-			t.Fatalf("%s: %d %s; want 415 naming Content-Encoding gzip", path, rec.Code, rec.Body)
-		}
-	}
-	rec, out := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"m"}`)
-	if rec.Code != http.StatusAccepted {
-		t.Fatalf("uncompressed: %d %v", rec.Code, out)
-	}
-}
-
-func TestUnknownFieldSuggestion(t *testing.T) {
-	s := newTestServer(t, "")
-	_, out := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"m","prompt_token":3}`)
-	msg := out["details"].([]any)[0].(map[string]any)["message"].(string)
-	if !strings.Contains(msg, `did you mean "prompt_tokens"`) {
-		t.Fatalf("message %q does not suggest prompt_tokens", msg)
-	}
 }
 
 func TestCallsAccepted(t *testing.T) {

@@ -2,9 +2,6 @@ package collector
 
 import (
 	"bytes"
-	"encoding/json"
-	"reflect"
-	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -77,26 +74,6 @@ func FuzzIngest(f *testing.F) {
 	})
 }
 
-// FuzzParseConfig: a limits file either fails with an error or yields
-// rules that the limiter accepts. Seeds: testdata/fuzz/FuzzParseConfig.
-func FuzzParseConfig(f *testing.F) {
-	f.Add([]byte("limits:\n  - limit_type: minute\n    requests: 30\n"))
-	f.Add([]byte("providers:\n  - prefix: llama-\n    provider: groq\nlimits:\n  - user_id: vip\n    model: gpt-4*\n    limit_type: day\n    tokens: 100000\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig("fuzz.yaml", data)
-		if err != nil {
-			if !strings.HasPrefix(err.Error(), "cannot ") {
-				t.Fatalf("error %q does not start with cannot", err)
-			}
-			return
-		}
-		if _, err := limiter.New(cfg.Rules, limiter.Options{}); err != nil {
-			t.Fatalf("accepted rules the limiter refuses: %s", err)
-		}
-		NewProviderTable(cfg.Providers).Infer("gpt-4")
-	})
-}
-
 // multiObserver tells several observers.
 type multiObserver []Observer
 
@@ -116,40 +93,4 @@ func (m multiObserver) ObserveCheck(user string, allowed bool) {
 	for _, o := range m {
 		o.ObserveCheck(user, allowed)
 	}
-}
-
-// FuzzScanObject checks the member scanner against encoding/json: for any
-// valid JSON object, the same names with the same values (the last of a
-// repeated name winning, as with encoding/json).
-func FuzzScanObject(f *testing.F) {
-	f.Add([]byte(`{"a":1,"b":"x\"y","c":{"d":[1,{"e":"}"}]},"a":null, "f" : true }`))
-	f.Add([]byte(`{"\u0075ser_id":"u","model":"m"}`))
-	f.Add([]byte(`[1,2]`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if !json.Valid(b) {
-			return
-		}
-		var want map[string]json.RawMessage
-		isObject := json.Unmarshal(b, &want) == nil && want != nil
-		fields, ok := scanObject(b, nil)
-		if ok != isObject {
-			t.Fatalf("scanObject(%q) ok=%v, encoding/json says object=%v", b, ok, isObject)
-		}
-		if !ok {
-			return
-		}
-		got := map[string]json.RawMessage{}
-		for _, fl := range fields {
-			got[string(fl.name)] = fl.raw
-		}
-		if len(got) != len(want) {
-			t.Fatalf("scanObject(%q) found %d names, encoding/json %d", b, len(got), len(want))
-		}
-		for name, v := range want {
-			var a, b2 any
-			if json.Unmarshal(v, &a) != nil || json.Unmarshal(got[name], &b2) != nil || !reflect.DeepEqual(a, b2) {
-				t.Fatalf("member %q: scanned %s, encoding/json %s", name, got[name], v)
-			}
-		}
-	})
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
 	"github.com/llmusage/llmusage/store"
 )
 
@@ -99,7 +100,7 @@ func (c *Collector) serveLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := c.usage.Logs(r.Context(), store.LogQuery{
-		UserID: q.Get("user_id"), Model: q.Get("model"), Provider: NormalizeProvider(q.Get("provider")),
+		UserID: q.Get("user_id"), Model: q.Get("model"), Provider: provider.Normalize(q.Get("provider")),
 		Limit: limit, Before: q.Get("before"),
 	})
 	if errors.Is(err, store.ErrBadCursor) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/store"
 )
 
@@ -23,18 +24,18 @@ func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 	if _, err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rules, _, err := s.Rules(ctx)
+	m, err := rules.New(ctx, rules.Options{DB: s})
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := &manualClock{t: testNow}
-	l, err := limiter.New(rules, limiter.Options{Clock: clock})
+	l, err := limiter.New(m.Set().InForce, limiter.Options{Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := store.NewWriter(s, store.NewMemoryQueue(maxQueue), store.WriterOptions{})
 	obs := &recordingObserver{}
-	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clock})
+	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clock, Rules: m.Set})
 	mux := http.NewServeMux()
 	for _, r := range c.Routes() {
 		mux.Handle(r.Pattern, r.Handler)

@@ -58,8 +58,49 @@ func (e *Exporter) ObserveDuplicates(n int) { e.persist.duplicates.Add(float64(n
 // ObserveDeadLettered counts a record the store rejected.
 func (e *Exporter) ObserveDeadLettered() { e.persist.deadLettered.Inc() }
 
-// AddGauge exports fn, read at scrape time, as a gauge: state such as
+// addGauge exports fn, read at scrape time, as a gauge: state such as
 // queue lengths belongs to its owner and is only read here.
-func (e *Exporter) AddGauge(name, help string, fn func() float64) {
+func (e *Exporter) addGauge(name, help string, fn func() float64) {
 	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn))
+}
+
+// Backlog is what the persistence pipeline tells about itself at scrape
+// time: the records waiting for the store, and whether it is reachable.
+type Backlog interface {
+	// Len is the number of accepted records the store does not have yet.
+	Len() int
+	// StoreErr is why the last write to (or ping of) the store failed, or nil.
+	StoreErr() error
+}
+
+// Spool is the durable queue's size, read at scrape time.
+type Spool interface {
+	// Len is the number of records in the spool.
+	Len() int
+	// Bytes is the size of those records.
+	Bytes() int64
+	// MaxBytes is the bound past which records are refused.
+	MaxBytes() int64
+}
+
+// WatchPersistence exports the backlog's gauges, and the spool's when
+// spool is not nil (--durability=memory has none). Call it once.
+func (e *Exporter) WatchPersistence(backlog Backlog, spool Spool) {
+	e.addGauge("llmusage_persist_queue_records", "Accepted records waiting to be written to the store.",
+		func() float64 { return float64(backlog.Len()) })
+	e.addGauge("llmusage_store_up", "Whether the last write to, or ping of, the store succeeded (1) or not (0).", func() float64 {
+		if backlog.StoreErr() != nil {
+			return 0
+		}
+		return 1
+	})
+	if spool == nil {
+		return
+	}
+	e.addGauge("llmusage_spool_records", "Records in the spool that the store does not have yet.",
+		func() float64 { return float64(spool.Len()) })
+	e.addGauge("llmusage_spool_bytes", "Bytes of the records in the spool that the store does not have yet.",
+		func() float64 { return float64(spool.Bytes()) })
+	e.addGauge("llmusage_spool_max_bytes", "Bound on llmusage_spool_bytes (--spool-max-bytes); at it, records are refused.",
+		func() float64 { return float64(spool.MaxBytes()) })
 }

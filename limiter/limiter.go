@@ -228,6 +228,18 @@ func (l *Limiter) Rules() []Rule {
 	return out
 }
 
+// Applicable returns the rule that applies to a call of user on provider
+// and model for each limit type and unit, as Check would choose them.
+func (l *Limiter) Applicable(user, provider, model string) []Rule {
+	var buf [2 * int(numWindows)]*rule
+	rules := l.rules.Load().applicable(user, provider, model, buf[:0])
+	out := make([]Rule, len(rules))
+	for i, r := range rules {
+		out[i] = r.Rule
+	}
+	return out
+}
+
 // Check decides whether req may go ahead. It charges one request and the
 // estimated tokens to every applicable bucket only if all of them allow it.
 // A token bucket allows a call while it holds at least max(estimate, 1)

@@ -148,25 +148,3 @@ func globMatch(p, s string) bool {
 	}
 	return pi == len(p)
 }
-
-// Merge returns base with every rule of the same scope (user, provider,
-// model, window, unit) as one in override replaced: override's rules win.
-// The database's rules override the limits file's this way.
-func Merge(base, override []Rule) []Rule {
-	type scope struct {
-		user, provider, model string
-		w                     Window
-		u                     Unit
-	}
-	overridden := make(map[scope]bool, len(override))
-	for _, r := range override {
-		overridden[scope{r.UserID, r.Provider, r.Model, r.Window, r.Unit}] = true
-	}
-	out := make([]Rule, 0, len(base)+len(override))
-	for _, r := range base {
-		if !overridden[scope{r.UserID, r.Provider, r.Model, r.Window, r.Unit}] {
-			out = append(out, r)
-		}
-	}
-	return append(out, override...)
-}

@@ -509,26 +509,3 @@ func equalInts(a, b []int64) bool {
 	}
 	return true
 }
-
-func TestMerge(t *testing.T) {
-	file := []Rule{
-		{Window: Minute, Unit: Requests, Limit: 30, Source: "file:1"},
-		{Window: Minute, Unit: Tokens, Limit: 6000, Source: "file:2"},
-		{UserID: "vip", Window: Minute, Unit: Requests, Limit: 200, Source: "file:3"},
-	}
-	db := []Rule{
-		{Window: Minute, Unit: Requests, Limit: 100, Source: "db:1"},
-		{Provider: "groq", Window: Minute, Unit: Requests, Limit: 10, Source: "db:2"},
-	}
-	got := Merge(file, db)
-	var sources []string
-	for _, r := range got {
-		sources = append(sources, r.Source)
-	}
-	if want := "file:2 file:3 db:1 db:2"; strings.Join(sources, " ") != want {
-		t.Fatalf("merged %v, want %s", sources, want)
-	}
-	if _, err := New(got, Options{}); err != nil {
-		t.Fatalf("merged rules conflict: %s", err)
-	}
-}

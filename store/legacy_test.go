@@ -9,6 +9,7 @@ import (
 
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 // groqSchema is the Groq-era schema of the system llmusage replaces, with
@@ -28,9 +29,12 @@ CREATE TABLE groq_usage_logs (
 CREATE INDEX idx_groq_usage_user_id ON groq_usage_logs(user_id);
 CREATE INDEX idx_groq_usage_model ON groq_usage_logs(model);
 CREATE INDEX idx_groq_usage_created_at ON groq_usage_logs(created_at);
-CREATE TABLE groq_rate_limit_configs (id SERIAL PRIMARY KEY, limit_type VARCHAR(20) NOT NULL, limit_value INTEGER NOT NULL, description TEXT);
-INSERT INTO groq_rate_limit_configs (limit_type, limit_value, description) VALUES ('minute', 30, 'Groq free tier'), ('day', 14400, 'Groq free tier');
-CREATE TABLE groq_rate_limits (id SERIAL PRIMARY KEY, user_id UUID NOT NULL, limit_type VARCHAR(20) NOT NULL, limit_value INTEGER NOT NULL, reset_at TIMESTAMPTZ);
+CREATE TABLE groq_rate_limit_configs (id SERIAL PRIMARY KEY, limit_type VARCHAR(20) NOT NULL UNIQUE, limit_value INTEGER NOT NULL, description TEXT);
+INSERT INTO groq_rate_limit_configs (limit_type, limit_value, description) VALUES ('minute', 30, 'Default'), ('day', 14400, 'Groq free tier');
+CREATE TABLE groq_rate_limits (id SERIAL PRIMARY KEY, user_id UUID NOT NULL, limit_type VARCHAR(20) NOT NULL, limit_value INTEGER NOT NULL, reset_at TIMESTAMPTZ,
+    CONSTRAINT groq_rate_limits_positive CHECK (limit_value > 0));
+CREATE FUNCTION touch_row() RETURNS trigger AS $$ BEGIN RETURN NEW; END; $$ LANGUAGE plpgsql;
+CREATE TRIGGER groq_rate_limits_touch BEFORE INSERT ON groq_rate_limits FOR EACH ROW EXECUTE FUNCTION touch_row();
 INSERT INTO groq_rate_limits (user_id, limit_type, limit_value) VALUES ('11111111-1111-1111-1111-111111111111', 'minute', 200);
 INSERT INTO groq_usage_logs (user_id, model, tokens_used, prompt_tokens, completion_tokens, metadata, created_at) VALUES
     ('11111111-1111-1111-1111-111111111111', 'llama-3.1-70b-versatile', 150, 100, 50, NULL, '2025-06-01T10:00:00Z'),
@@ -82,8 +86,21 @@ func TestAdoptGroqDatabase(t *testing.T) {
 	if got := queryStrings(t, s, `SELECT relname::text FROM pg_class WHERE relname LIKE 'groq%' OR relname LIKE 'idx_groq%'`); len(got) != 0 {
 		t.Fatalf("legacy objects left: %v", got)
 	}
+	if got := queryStrings(t, s, `SELECT relname::text FROM pg_class WHERE relname LIKE '%groq%'`); len(got) != 0 {
+		t.Fatalf("legacy relations (tables, indexes, sequences, views) left: %v", got)
+	}
+	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conname LIKE '%groq%'`); len(got) != 0 {
+		t.Fatalf("legacy constraints left: %v", got)
+	}
+	if got := queryStrings(t, s, `SELECT tgname::text FROM pg_trigger WHERE tgname LIKE '%groq%'`); len(got) != 0 {
+		t.Fatalf("legacy triggers left: %v", got)
+	}
 	if got := queryStrings(t, s, `SELECT proname::text FROM pg_proc WHERE proname LIKE '%groq%'`); len(got) != 0 {
 		t.Fatalf("legacy functions left: %v", got)
+	}
+	// The renamed constraints still hold.
+	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conrelid IN ('llm_rate_limit_configs'::regclass, 'llm_rate_limits'::regclass) ORDER BY 1`); strings.Join(got, " ") != "llm_rate_limit_configs_limit_type_key llm_rate_limit_configs_pkey llm_rate_limits_pkey llm_rate_limits_positive" {
+		t.Fatalf("constraints of the adopted rule tables: %v", got)
 	}
 	got := queryStrings(t, s, `SELECT user_id || ' ' || model || ' ' || provider || ' ' || tokens_used FROM llm_usage_logs ORDER BY created_at`)
 	want := []string{
@@ -103,9 +120,17 @@ func TestAdoptGroqDatabase(t *testing.T) {
 	if got := queryStrings(t, s, `SELECT provider || ' ' || calls FROM llm_usage_daily_summary ORDER BY day, provider, model`); len(got) != 3 {
 		t.Fatalf("summary over adopted rows: %v", got)
 	}
-	rules, skipped, err := s.Rules(ctx)
-	if err != nil || len(skipped) != 0 || len(rules) != 3 {
-		t.Fatalf("rules from adopted tables: %+v %v %v", rules, skipped, err)
+	rows, err := s.RuleRows(ctx)
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("rule rows from adopted tables: %+v %v", rows, err)
+	}
+	for _, r := range rows {
+		if r.Seeded {
+			t.Fatalf("adopted row %+v taken for a seeded default", r)
+		}
+	}
+	if set := rules.Merge(nil, rows); len(set.InForce) != 3 || len(set.Skipped) != 0 {
+		t.Fatalf("rules from adopted tables: %+v", set)
 	}
 
 	// The adopted table takes new records, with any user_id, and pages by its uuid keys.

@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
-	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 // notifyChannel is the channel the rule tables' trigger notifies.
@@ -143,31 +143,19 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 	})
 }
 
-func (s *postgresStore) Rules(ctx context.Context) ([]limiter.Rule, []error, error) {
-	var rows []ruleRow
-	for _, q := range []struct{ table, user string }{
-		{"llm_rate_limit_configs", "''"},
-		{"llm_rate_limits", "user_id::text"},
-	} {
-		r, err := s.pool.Query(ctx, `SELECT id::text, `+q.user+`, limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value::bigint
-			FROM `+q.table+` ORDER BY id`)
+func (s *postgresStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
+	var out []rules.Row
+	for _, t := range ruleTables("::text") {
+		rows, err := s.pool.Query(ctx, t.sql)
+		if err == nil {
+			out, err = scanRuleRows(out, t.name, rows)
+			rows.Close()
+		}
 		if err != nil {
-			return nil, nil, s.fail("read "+q.table, err)
-		}
-		for r.Next() {
-			row := ruleRow{table: q.table}
-			if err := r.Scan(&row.id, &row.userID, &row.limitType, &row.unit, &row.provider, &row.model, &row.limitValue); err != nil {
-				r.Close()
-				return nil, nil, s.fail("read "+q.table, err)
-			}
-			rows = append(rows, row)
-		}
-		if err := r.Err(); err != nil {
-			return nil, nil, s.fail("read "+q.table, err)
+			return nil, s.fail("read "+t.name, err)
 		}
 	}
-	rules, skipped := rulesFromRows(rows)
-	return rules, skipped, nil
+	return out, nil
 }
 
 // WatchRules LISTENs on the channel the rule tables' trigger notifies.

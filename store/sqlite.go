@@ -15,8 +15,8 @@ import (
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // pure Go, so the binary needs no cgo
 
-	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 // sqlitePollInterval is how often the embedded store looks for changed
@@ -91,36 +91,16 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 	return inserted, nil
 }
 
-func (s *sqliteStore) Rules(ctx context.Context) ([]limiter.Rule, []error, error) {
-	rows, err := s.ruleRows(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	rules, skipped := rulesFromRows(rows)
-	return rules, skipped, nil
-}
-
-func (s *sqliteStore) ruleRows(ctx context.Context) ([]ruleRow, error) {
-	var out []ruleRow
-	for _, q := range []struct{ table, user string }{
-		{"llm_rate_limit_configs", "''"},
-		{"llm_rate_limits", "user_id"},
-	} {
-		rows, err := s.db.QueryContext(ctx, `SELECT id, `+q.user+`, limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value
-			FROM `+q.table+` ORDER BY id`)
+func (s *sqliteStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
+	var out []rules.Row
+	for _, t := range ruleTables("") {
+		rows, err := s.db.QueryContext(ctx, t.sql)
+		if err == nil {
+			out, err = scanRuleRows(out, t.name, rows)
+			rows.Close()
+		}
 		if err != nil {
-			return nil, s.fail("read "+q.table, err)
-		}
-		for rows.Next() {
-			row := ruleRow{table: q.table}
-			if err := rows.Scan(&row.id, &row.userID, &row.limitType, &row.unit, &row.provider, &row.model, &row.limitValue); err != nil {
-				rows.Close()
-				return nil, s.fail("read "+q.table, err)
-			}
-			out = append(out, row)
-		}
-		if err := rows.Err(); err != nil {
-			return nil, s.fail("read "+q.table, err)
+			return nil, s.fail("read "+t.name, err)
 		}
 	}
 	return out, nil
@@ -133,7 +113,7 @@ func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
 	t := time.NewTicker(sqlitePollInterval)
 	defer t.Stop()
 	for {
-		if rows, err := s.ruleRows(ctx); err == nil {
+		if rows, err := s.RuleRows(ctx); err == nil {
 			sum := fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(rows))))
 			if last != "" && sum != last {
 				changed()

@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 // Store is what the rest of llmusage needs from a database.
@@ -26,13 +26,9 @@ type Store interface {
 	// request_id is already stored is skipped, so redelivery is harmless.
 	// It returns how many rows were new.
 	Insert(ctx context.Context, recs []record.Record) (int, error)
-	// Rules reads the limit rules from llm_rate_limit_configs (for every
-	// user) and llm_rate_limits (per user). Rows that are not valid rules
-	// are returned in skipped rather than failing the whole read.
-	Rules(ctx context.Context) (rules []limiter.Rule, skipped []error, err error)
-	// WatchRules calls changed, soon after the rule tables change, until
-	// ctx ends.
-	WatchRules(ctx context.Context, changed func()) error
+	// Source reads the rows of llm_rate_limit_configs (rules for every
+	// user) and llm_rate_limits (per user), and watches them for changes.
+	rules.Source
 	// Usage answers the usage API.
 	Usage(ctx context.Context, q UsageQuery) (Usage, error)
 	// Logs returns a page of records, newest first.
@@ -189,64 +185,35 @@ type LogPage struct {
 // ErrBadCursor is returned for a cursor that no page handed out.
 var ErrBadCursor = errors.New("cannot use the cursor: it was not returned by /api/llm/usage/logs")
 
-// ruleRow is a row of llm_rate_limit_configs or llm_rate_limits.
-type ruleRow struct {
-	table                   string
-	id                      string
-	userID, limitType, unit string
-	provider, model         string
-	limitValue              int64
+// ruleTable is how a store reads one rule table.
+type ruleTable struct {
+	// name is rules.ConfigsTable or rules.UserLimitsTable.
+	name string
+	// sql selects the rows in id order, as the columns scanRuleRows reads.
+	sql string
 }
 
-// toRule validates a row as a limit rule.
-func (r ruleRow) toRule() (limiter.Rule, error) {
-	at := fmt.Sprintf("%s id %s", r.table, r.id)
-	w, err := limiter.ParseWindow(r.limitType)
-	if err != nil {
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
+// ruleTables returns the queries of both rule tables; text casts id and
+// user_id to text where the database needs it (a legacy table may key
+// them by uuid).
+func ruleTables(text string) []ruleTable {
+	const cols = `limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value`
+	return []ruleTable{
+		{rules.ConfigsTable, `SELECT id` + text + `, '', ` + cols + `, seeded FROM ` + rules.ConfigsTable + ` ORDER BY id`},
+		{rules.UserLimitsTable, `SELECT id` + text + `, user_id` + text + `, ` + cols + `, false FROM ` + rules.UserLimitsTable + ` ORDER BY id`},
 	}
-	var unit limiter.Unit
-	switch r.unit {
-	case "requests", "":
-		unit = limiter.Requests
-	case "tokens":
-		unit = limiter.Tokens
-	default:
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is neither requests nor tokens", at, r.unit)
-	}
-	rule := limiter.Rule{UserID: r.userID, Provider: strings.ToLower(strings.TrimSpace(r.provider)), Model: r.model,
-		Window: w, Unit: unit, Limit: r.limitValue, Source: at}
-	if err := rule.Validate(); err != nil {
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
-	}
-	return rule, nil
 }
 
-// rulesFromRows turns rows into rules. Rows read in id order, so when
-// several rows share a scope (the seed inserted a new llm_rate_limits row
-// for each change) the newest wins.
-func rulesFromRows(rows []ruleRow) (rules []limiter.Rule, skipped []error) {
-	type scope struct {
-		user, provider, model string
-		w                     limiter.Window
-		u                     limiter.Unit
-	}
-	index := map[scope]int{}
-	for _, row := range rows {
-		r, err := row.toRule()
-		if err != nil {
-			skipped = append(skipped, err)
-			continue
+// scanRuleRows appends the rows of one rule table's query to out.
+func scanRuleRows(out []rules.Row, table string, rows rowScanner) ([]rules.Row, error) {
+	for rows.Next() {
+		r := rules.Row{Table: table}
+		if err := rows.Scan(&r.ID, &r.UserID, &r.LimitType, &r.Unit, &r.Provider, &r.Model, &r.LimitValue, &r.Seeded); err != nil {
+			return nil, err
 		}
-		k := scope{r.UserID, r.Provider, r.Model, r.Window, r.Unit}
-		if i, dup := index[k]; dup {
-			rules[i] = r
-			continue
-		}
-		index[k] = len(rules)
-		rules = append(rules, r)
+		out = append(out, r)
 	}
-	return rules, skipped
+	return out, rows.Err()
 }
 
 // rowScanner is what pgx.Rows and *sql.Rows share, so that both stores

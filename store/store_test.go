@@ -17,6 +17,7 @@ import (
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/rules"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -228,20 +229,21 @@ func TestUsage(t *testing.T) {
 	})
 }
 
-func TestRules(t *testing.T) {
+func TestRuleRows(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s Store, exec func(string)) {
 		ctx := context.Background()
-		rules := func() []string {
+		inForce := func() []string {
 			t.Helper()
-			rs, skipped, err := s.Rules(ctx)
+			rows, err := s.RuleRows(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
+			set := rules.Merge(nil, rows)
 			var out []string
-			for _, r := range rs {
+			for _, r := range set.InForce {
 				out = append(out, fmt.Sprintf("%s/%s/%s %s %s=%d", r.UserID, r.Provider, r.Model, r.Window, r.Unit, r.Limit))
 			}
-			for _, e := range skipped {
+			for _, e := range set.Skipped {
 				out = append(out, "skipped: "+e.Error())
 			}
 			sort.Strings(out)
@@ -250,22 +252,45 @@ func TestRules(t *testing.T) {
 		check := func(want ...string) {
 			t.Helper()
 			sort.Strings(want)
-			if got := rules(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			if got := inForce(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		}
-		// The seed's defaults.
+		seeded := func(want string) {
+			t.Helper()
+			rows, err := s.RuleRows(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range rows {
+				if r.Seeded {
+					got = append(got, r.LimitType)
+				}
+			}
+			if strings.Join(got, " ") != want {
+				t.Fatalf("seeded rows: %v, want %s", got, want)
+			}
+		}
+		// The seed's defaults, marked as seeded until someone changes them.
 		check("// minute requests=30", "// day requests=14400")
+		seeded("minute day")
+		exec(`UPDATE llm_rate_limit_configs SET description = 'still the default' WHERE limit_type = 'minute'`)
+		seeded("minute day")
 		exec(`UPDATE llm_rate_limit_configs SET limit_value = 100 WHERE limit_type = 'minute'`)
+		seeded("day")
 		exec(`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('user-id', 'minute', 200)`)
 		exec(`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value, provider) VALUES ('user-id', 'minute', 30, 'groq'), ('user-id', 'minute', 60, 'openai')`)
 		// A later row for the same scope wins; a bad row is skipped, not fatal.
 		exec(`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('user-id', 'minute', 250)`)
 		exec(`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('user-id', 'fortnight', 1)`)
 		exec(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value, unit, provider) VALUES ('minute', 6000, 'tokens', 'groq')`)
-		check("// minute requests=100", "// day requests=14400", "/groq/ minute tokens=6000",
+		// Providers are spelled as intake spells them.
+		exec(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value, provider) VALUES ('minute', 2, ' Azure ')`)
+		check("// minute requests=100", "// day requests=14400", "/groq/ minute tokens=6000", "/azure.ai.openai/ minute requests=2",
 			"user-id// minute requests=250", "user-id/groq/ minute requests=30", "user-id/openai/ minute requests=60",
 			`skipped: cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day`)
+		seeded("day")
 	})
 }
 
@@ -283,9 +308,9 @@ func TestSeedSQLVerbatimOnPostgres(t *testing.T) {
 			t.Fatalf("%s: %s", q, err)
 		}
 	}
-	rules, _, err := s.Rules(ctx)
-	if err != nil || len(rules) != 5 {
-		t.Fatalf("rules after the seed's SQL: %+v, %v", rules, err)
+	rows, err := s.RuleRows(ctx)
+	if set := rules.Merge(nil, rows); err != nil || len(set.InForce) != 5 || len(set.Skipped) != 0 {
+		t.Fatalf("rules after the seed's SQL: %+v, %v", set, err)
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/rules"
 )
 
 const kubeDir = "../../deploy/kubernetes"
@@ -148,7 +148,7 @@ func TestKustomization(t *testing.T) {
 		t.Fatalf("want the llmusage-limits ConfigMap generator, got %+v", k.ConfigMapGenerator)
 	}
 	for _, f := range k.ConfigMapGenerator[0].Files {
-		if _, err := collector.LoadConfig(filepath.Join(kubeDir, f)); err != nil {
+		if _, err := rules.LoadFile(filepath.Join(kubeDir, f)); err != nil {
 			t.Fatalf("the limits ConfigMap's %s: %s", f, err)
 		}
 	}

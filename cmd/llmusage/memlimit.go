@@ -59,23 +59,3 @@ func cgroupMemoryLimit() (int64, bool) {
 	}
 	return 0, false
 }
-
-// parseBytes parses 1048576, 512KiB, 256MiB, 1GiB (or KB, MB, GB as powers of 1000).
-func parseBytes(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = strings.TrimSpace(v), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("want a positive size such as 256MiB")
-	}
-	return n * mult, nil
-}

@@ -41,7 +41,7 @@ func migrateCommand() *cli.Command {
 				}
 				return nil
 			}
-			s, err := openStore(ctx, c, slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), true)
+			s, err := openStore(ctx, storeOptions(c), slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), true)
 			if err != nil {
 				return err
 			}
@@ -64,8 +64,7 @@ func storeOptions(c *cli.Context) store.Options {
 
 // openStore opens the selected store and, if migrate, brings its schema
 // up to date, logging what it applied.
-func openStore(ctx context.Context, c *cli.Context, logger *slog.Logger, migrate bool) (store.Store, error) {
-	opts := storeOptions(c)
+func openStore(ctx context.Context, opts store.Options, logger *slog.Logger, migrate bool) (store.Store, error) {
 	kind, target := store.Kind(opts)
 	if kind == "postgres" {
 		target = store.Redact(target)

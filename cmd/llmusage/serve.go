@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,8 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,6 +20,7 @@ import (
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
 )
@@ -36,7 +34,7 @@ func serveCommand() *cli.Command {
 			stringFlag("listen-address", "127.0.0.1:9470", "address of the intake API: host:port, or unix:/path/to/socket"),
 			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz to Prometheus and the kubelet"),
 			stringFlag("limits-file", "", "YAML file of limit rules and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
-			&cli.Int64Flag{Name: "max-body-bytes", Value: 1 << 20, Usage: "largest request body accepted", EnvVars: envVars("max-body-bytes")},
+			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
 			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
 			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users, and of provider and model pairs, idle this long"),
@@ -56,142 +54,214 @@ func serveCommand() *cli.Command {
 			intFlag("batch-size", 5000, "most records one database transaction writes"),
 			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
 			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
-			&cli.Int64Flag{Name: "spool-max-bytes", Value: 1 << 30, Usage: "most bytes of records the spool holds for the database; past it, POST /v1/calls answers 503", EnvVars: envVars("spool-max-bytes")},
+			byteSizeFlag("spool-max-bytes", 1<<30, "most bytes of records the spool holds for the database (1GiB); past it, POST /v1/calls answers 503"),
 			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
 		},
 		Action: func(c *cli.Context) error {
-			logger, err := newLogger(c.String("log-format"), c.String("log-level"))
+			cfg, err := serveConfigFrom(c)
 			if err != nil {
 				return err
 			}
-			return serve(c.Context, logger, c)
+			return run(c.Context, cfg)
 		},
 	}
 }
 
-// sidecar holds what serve wires together.
+// serveConfig is everything serve's flags say, read once and validated.
+type serveConfig struct {
+	// Logger is built from --log-format and --log-level.
+	Logger *slog.Logger
+	// ListenAddress is the API's host:port, or unix:/path.
+	ListenAddress string
+	// MetricsAddress serves /metrics, /healthz and /readyz.
+	MetricsAddress string
+	// LimitsFile holds the limit rules; empty for none.
+	LimitsFile string
+	// MaxBodyBytes bounds a request body.
+	MaxBodyBytes int64
+	// Exporter configures the metrics; run adds the limiter.
+	Exporter exporter.Options
+	// PushURL, when set, receives the metrics every PushInterval.
+	PushURL string
+	// PushInterval is the time between pushes.
+	PushInterval time.Duration
+	// ShutdownTimeout is how long in-flight requests get on SIGTERM.
+	ShutdownTimeout time.Duration
+	// DebugPprof serves Go's profiler on the metrics listener.
+	DebugPprof bool
+	// MemoryLimit is the Go soft memory limit: auto, 0 or a size.
+	MemoryLimit string
+	// Token, when set, is required on the API (and on /metrics with MetricsAuth).
+	Token string
+	// MetricsAuth requires Token on /metrics too.
+	MetricsAuth bool
+	// Store selects the database.
+	Store store.Options
+	// Migrate applies the schema migrations at start.
+	Migrate bool
+	// Writer batches records into the database; run adds observer,
+	// logger and dead letter.
+	Writer store.WriterOptions
+	// Durability is fsync (the spool) or memory (a queue in memory).
+	Durability string
+	// SpoolMaxBytes bounds the spool.
+	SpoolMaxBytes int64
+	// QueueMaxRecords bounds the memory queue.
+	QueueMaxRecords int
+}
+
+// serveConfigFrom reads and validates serve's flags.
+func serveConfigFrom(c *cli.Context) (serveConfig, error) {
+	logger, err := newLogger(c.String("log-format"), c.String("log-level"))
+	if err != nil {
+		return serveConfig{}, err
+	}
+	cfg := serveConfig{
+		Logger:         logger,
+		ListenAddress:  c.String("listen-address"),
+		MetricsAddress: c.String("metrics-address"),
+		LimitsFile:     c.String("limits-file"),
+		MaxBodyBytes:   bytesOf(c, "max-body-bytes"),
+		Exporter: exporter.Options{
+			MaxUsers:    c.Int("metrics-max-users"),
+			MaxModels:   c.Int("metrics-max-models"),
+			UserTTL:     c.Duration("metrics-user-ttl"),
+			NoUserLabel: !c.Bool("metrics-user-label"),
+			Version:     version,
+			Revision:    revision(),
+		},
+		PushURL:         c.String("metrics-push-url"),
+		PushInterval:    c.Duration("metrics-push-interval"),
+		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		DebugPprof:      c.Bool("debug-pprof"),
+		MemoryLimit:     c.String("memory-limit"),
+		MetricsAuth:     c.Bool("metrics-auth"),
+		Store:           storeOptions(c),
+		Migrate:         c.Bool("migrate"),
+		Writer:          store.WriterOptions{BatchSize: c.Int("batch-size"), FlushInterval: c.Duration("flush-interval")},
+		Durability:      c.String("durability"),
+		SpoolMaxBytes:   bytesOf(c, "spool-max-bytes"),
+		QueueMaxRecords: c.Int("queue-max-records"),
+	}
+	if f := c.String("auth-token-file"); f != "" {
+		if cfg.Token, err = collector.LoadToken(f); err != nil {
+			return serveConfig{}, err
+		}
+	} else if cfg.MetricsAuth {
+		return serveConfig{}, errors.New("cannot use --metrics-auth without --auth-token-file")
+	}
+	// A body is one record at most, and the spool refuses records over
+	// spool.MaxRecordBytes; half of it leaves room for the frame's fields.
+	if n := cfg.MaxBodyBytes; n <= 0 || n > spool.MaxRecordBytes/2 {
+		return serveConfig{}, fmt.Errorf("cannot use --max-body-bytes %d: want 1 to %d (32MiB)", n, spool.MaxRecordBytes/2)
+	}
+	// A bad limits file ends serve before it touches ports or the database.
+	if cfg.LimitsFile != "" {
+		if _, err := rules.LoadFile(cfg.LimitsFile); err != nil {
+			return serveConfig{}, err
+		}
+	}
+	if cfg.Durability != "fsync" && cfg.Durability != "memory" {
+		return serveConfig{}, fmt.Errorf("cannot use --durability %q: want fsync or memory", cfg.Durability)
+	}
+	return cfg, nil
+}
+
+// sidecar holds what run wires together.
 type sidecar struct {
-	logger    *slog.Logger
-	limiter   *limiter.Limiter
-	exporter  *exporter.Exporter
+	// cfg is the validated configuration.
+	cfg serveConfig
+	// logger is cfg.Logger.
+	logger *slog.Logger
+	// rules owns the limit rules and reloads them.
+	rules *rules.Manager
+	// limiter enforces the rules in force.
+	limiter *limiter.Limiter
+	// exporter holds the metrics.
+	exporter *exporter.Exporter
+	// collector serves the API.
 	collector *collector.Collector
-	store     store.Store
-	writer    *store.Writer
+	// store is the database.
+	store store.Store
+	// writer moves records from the queue to the store.
+	writer *store.Writer
 	// queue holds records for the writer: the spool, or memory.
 	queue interface {
 		store.Queue
 		// Err tells why records cannot be accepted now, or nil.
 		Err() error
 	}
-	// spool is the queue when --durability=fsync.
+	// spool is the queue when cfg.Durability is fsync.
 	spool *spool.Spool
-	// limitsFile is reloaded on SIGHUP; empty when none was given.
-	limitsFile string
-	// token, when set, is required on the API (and on /metrics with metricsAuth).
-	token       string
-	metricsAuth bool
-	// pprof serves /debug/pprof/ on the metrics listener.
-	pprof bool
 	// ready is false until the listeners serve and again once shutdown starts.
 	ready atomic.Bool
-
-	// rulesMu guards the two sources of rules, merged into the limiter's.
-	rulesMu   sync.Mutex
-	fileRules []limiter.Rule
-	dbRules   []limiter.Rule
 }
 
-func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
-	s := &sidecar{logger: logger, limitsFile: c.String("limits-file")}
-	cfg := &collector.Config{}
-	if s.limitsFile != "" {
-		var err error
-		if cfg, err = collector.LoadConfig(s.limitsFile); err != nil {
-			return err
-		}
-	}
-	s.fileRules = cfg.Rules
-	if err := applyMemoryLimit(c.String("memory-limit"), logger); err != nil {
+// run serves until ctx ends or SIGTERM/SIGINT, then drains.
+func run(ctx context.Context, cfg serveConfig) error {
+	logger := cfg.Logger
+	s := &sidecar{cfg: cfg, logger: logger}
+	if err := applyMemoryLimit(cfg.MemoryLimit, logger); err != nil {
 		return err
-	}
-	if f := c.String("auth-token-file"); f != "" {
-		var err error
-		if s.token, err = collector.LoadToken(f); err != nil {
-			return err
-		}
-	} else if c.Bool("metrics-auth") {
-		return errors.New("cannot use --metrics-auth without --auth-token-file")
-	}
-	s.metricsAuth = c.Bool("metrics-auth")
-	s.pprof = c.Bool("debug-pprof")
-	// A body is one record at most, and the spool refuses records over
-	// spool.MaxRecordBytes; half of it leaves room for the frame's fields.
-	if n := c.Int64("max-body-bytes"); n <= 0 || n > spool.MaxRecordBytes/2 {
-		return fmt.Errorf("cannot use --max-body-bytes %d: want 1 to %d (32 MiB)", n, spool.MaxRecordBytes/2)
 	}
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
-	apiLn, err := listen(c.String("listen-address"))
+	apiLn, err := listen(cfg.ListenAddress)
 	if err != nil {
 		return err
 	}
 	defer apiLn.Close()
-	metricsLn, err := listen(c.String("metrics-address"))
+	metricsLn, err := listen(cfg.MetricsAddress)
 	if err != nil {
 		return err
 	}
 	defer metricsLn.Close()
-	if err := s.openQueue(c); err != nil {
+	if err := s.openQueue(); err != nil {
 		return err
 	}
 	defer s.closeQueue()
-	if s.store, err = openStore(ctx, c, logger, c.Bool("migrate")); err != nil {
+	if s.store, err = openStore(ctx, cfg.Store, logger, cfg.Migrate); err != nil {
 		return err
 	}
 	defer s.store.Close()
-	s.dbRules, _ = s.readDBRules(ctx)
-	rules := s.mergedRules()
-	if s.limiter, err = limiter.New(rules, limiter.Options{}); err != nil {
+	if s.rules, err = rules.New(ctx, rules.Options{File: cfg.LimitsFile, DB: s.store, Logger: logger}); err != nil {
 		return err
 	}
-	userTTL := c.Duration("metrics-user-ttl")
-	s.exporter = exporter.New(exporter.Options{
-		Limiter:     s.limiter,
-		MaxUsers:    c.Int("metrics-max-users"),
-		MaxModels:   c.Int("metrics-max-models"),
-		UserTTL:     userTTL,
-		NoUserLabel: !c.Bool("metrics-user-label"),
-		Version:     version,
-		Revision:    revision(),
-	})
-	s.writer = store.NewWriter(s.store, s.queue, store.WriterOptions{
-		BatchSize:     c.Int("batch-size"),
-		FlushInterval: c.Duration("flush-interval"),
-		Observer:      s.exporter,
-		Logger:        logger,
-		DeadLetter:    &store.DeadLetterFile{Path: filepath.Join(c.String("data-dir"), "dead-letter.ndjson")},
-	})
-	s.registerQueueMetrics()
+	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{}); err != nil {
+		return err
+	}
+	exporterOpts := cfg.Exporter
+	exporterOpts.Limiter = s.limiter
+	s.exporter = exporter.New(exporterOpts)
+	writerOpts := cfg.Writer
+	writerOpts.Observer, writerOpts.Logger = s.exporter, logger
+	writerOpts.DeadLetter = &store.DeadLetterFile{Path: filepath.Join(cfg.Store.DataDir, "dead-letter.ndjson")}
+	s.writer = store.NewWriter(s.store, s.queue, writerOpts)
+	var sp exporter.Spool
+	if s.spool != nil {
+		sp = s.spool
+	}
+	s.exporter.WatchPersistence(s.writer, sp)
 	s.collector = collector.New(collector.Options{
 		Limiter:      s.limiter,
 		Sink:         s.writer,
 		Usage:        s.store,
 		Observer:     s.exporter,
-		Providers:    collector.NewProviderTable(cfg.Providers),
-		MaxBodyBytes: c.Int64("max-body-bytes"),
+		Rules:        s.rules.Set,
+		MaxBodyBytes: cfg.MaxBodyBytes,
 		Logger:       logger,
 	})
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if url := c.String("metrics-push-url"); url != "" {
-		if err := s.exporter.StartPush(ctx, url, c.Duration("metrics-push-interval"), logger); err != nil {
+	if cfg.PushURL != "" {
+		if err := s.exporter.StartPush(ctx, cfg.PushURL, cfg.PushInterval, logger); err != nil {
 			return err
 		}
 	}
+	userTTL := cfg.Exporter.UserTTL
 	go s.sweepLoop(ctx, min(30*time.Second, max(userTTL/2, 100*time.Millisecond)))
-	go s.reloadOnHUP(ctx)
-	go func() { _ = s.store.WatchRules(ctx, s.reloadDBRules) }()
+	go s.rules.Run(ctx, func(set *rules.Set) error { return s.limiter.SetRules(set.InForce) })
 	// The writer outlives the signal: it must drain after the servers stop.
 	writerCtx, stopWriter := context.WithCancel(context.Background())
 	defer stopWriter()
@@ -211,7 +281,7 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 		}()
 	}
 	s.ready.Store(true)
-	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(rules))
+	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(s.rules.Set().InForce))
 
 	select {
 	case err := <-errc:
@@ -219,9 +289,8 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	case <-ctx.Done():
 	}
 	s.ready.Store(false)
-	timeout := c.Duration("shutdown-timeout")
-	logger.Info("shutting down", "timeout", timeout)
-	deadline := time.Now().Add(timeout)
+	logger.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	deadline := time.Now().Add(cfg.ShutdownTimeout)
 	shutdownCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	for _, srv := range servers {
@@ -241,64 +310,12 @@ func serve(ctx context.Context, logger *slog.Logger, c *cli.Context) error {
 	return nil
 }
 
-// readDBRules reads the database's rules. A failure is logged, not
-// fatal: the sidecar keeps the rules it has (at start, the file's) and
-// reads again when the database is back.
-func (s *sidecar) readDBRules(ctx context.Context) ([]limiter.Rule, bool) {
-	rules, skipped, err := s.store.Rules(ctx)
-	if err != nil {
-		s.logger.Error("cannot read limit rules from the database; the rules in force stay", "error", err)
-		return nil, false
-	}
-	for _, e := range skipped {
-		s.logger.Warn("limit rule row ignored", "error", e)
-	}
-	return rules, true
-}
-
-// mergedRules combines the file's and the database's rules, the
-// database's winning for the same scope, and says which file rules lost:
-// the seeded defaults of llm_rate_limit_configs (minute and day) override
-// unscoped minute and day rules of the file until those rows are deleted.
-func (s *sidecar) mergedRules() []limiter.Rule {
-	merged := limiter.Merge(s.fileRules, s.dbRules)
-	key := func(r limiter.Rule) string { return r.Source + "/" + r.Unit.String() }
-	kept := make(map[string]bool, len(merged))
-	for _, r := range merged {
-		kept[key(r)] = true
-	}
-	for _, r := range s.fileRules {
-		if !kept[key(r)] {
-			s.logger.Warn("limits file rule overridden by a database rule of the same scope", "rule", r.Source,
-				"limit_type", r.Window.String(), "unit", r.Unit.String(), "user_id", r.UserID, "provider", r.Provider, "model", r.Model)
-		}
-	}
-	return merged
-}
-
-// reloadDBRules applies changed database rules. During an outage it
-// changes nothing: an unreachable database is not an empty one.
-func (s *sidecar) reloadDBRules() {
-	rules, ok := s.readDBRules(context.Background())
-	if !ok {
-		return
-	}
-	s.rulesMu.Lock()
-	defer s.rulesMu.Unlock()
-	s.dbRules = rules
-	if err := s.limiter.SetRules(s.mergedRules()); err != nil {
-		s.logger.Error("database limit rules not applied", "error", err)
-		return
-	}
-	s.logger.Info("limit rules reloaded from the database", "rules", len(rules))
-}
-
 func (s *sidecar) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	for _, r := range s.collector.Routes() {
 		h := r.Handler
-		if s.token != "" {
-			h = collector.RequireBearer(s.token, h)
+		if s.cfg.Token != "" {
+			h = collector.RequireBearer(s.cfg.Token, h)
 		}
 		mux.Handle(r.Pattern, s.exporter.InstrumentRoute(r.Name, h))
 	}
@@ -310,11 +327,11 @@ func (s *sidecar) apiHandler() http.Handler {
 func (s *sidecar) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	metrics := s.exporter.Handler()
-	if s.metricsAuth {
-		metrics = collector.RequireBearer(s.token, metrics)
+	if s.cfg.MetricsAuth {
+		metrics = collector.RequireBearer(s.cfg.Token, metrics)
 	}
 	mux.Handle("/metrics", s.exporter.InstrumentRoute("metrics", metrics))
-	if s.pprof {
+	if s.cfg.DebugPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
@@ -325,57 +342,21 @@ func (s *sidecar) metricsHandler() http.Handler {
 	return mux
 }
 
-// handleHealth serves /healthz (the process is alive) and /readyz (it
-// accepts records).
-func (s *sidecar) handleHealth(mux *http.ServeMux) {
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeStatus(w, http.StatusOK, map[string]any{"status": "ok"})
-	})
-	mux.HandleFunc("/readyz", s.serveReady)
-}
-
-// serveReady answers 503 only when records cannot be accepted at all: a
-// database outage degrades the sidecar but must not take the
-// application's pod out of service while records still reach the spool.
-// queued_records is the backlog, cheap to poll where a scrape is not.
-func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
-	code, body := http.StatusOK, map[string]any{"status": "ok"}
-	switch {
-	case !s.ready.Load():
-		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "not serving (starting or shutting down)"}
-	case s.queue.Err() != nil:
-		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "spool": s.queue.Err().Error()}
-	case s.writer.StoreErr() != nil:
-		body = map[string]any{"status": "degraded", "store": s.writer.StoreErr().Error()}
-	}
-	body["queued_records"] = s.queue.Len()
-	writeStatus(w, code, body)
-}
-
-func writeStatus(w http.ResponseWriter, code int, body map[string]any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(body)
-}
-
-// openQueue opens the durable spool in --data-dir, or with
+// openQueue opens the durable spool in the data directory, or with
 // --durability=memory a bounded queue in memory.
-func (s *sidecar) openQueue(c *cli.Context) error {
-	switch d := c.String("durability"); d {
-	case "fsync":
-		sp, err := spool.Open(filepath.Join(c.String("data-dir"), "spool"), spool.Options{MaxBytes: c.Int64("spool-max-bytes"), Logger: s.logger})
-		if err != nil {
-			return err
-		}
-		s.spool, s.queue = sp, sp
-		if n := sp.Len(); n > 0 {
-			s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
-		}
-	case "memory":
+func (s *sidecar) openQueue() error {
+	if s.cfg.Durability == "memory" {
 		s.logger.Warn("--durability=memory: acknowledged records that the database does not have yet are lost if the process dies")
-		s.queue = store.NewMemoryQueue(c.Int("queue-max-records"))
-	default:
-		return fmt.Errorf("cannot use --durability %q: want fsync or memory", d)
+		s.queue = store.NewMemoryQueue(s.cfg.QueueMaxRecords)
+		return nil
+	}
+	sp, err := spool.Open(filepath.Join(s.cfg.Store.DataDir, "spool"), spool.Options{MaxBytes: s.cfg.SpoolMaxBytes, Logger: s.logger})
+	if err != nil {
+		return err
+	}
+	s.spool, s.queue = sp, sp
+	if n := sp.Len(); n > 0 {
+		s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
 	}
 	return nil
 }
@@ -383,26 +364,6 @@ func (s *sidecar) openQueue(c *cli.Context) error {
 func (s *sidecar) closeQueue() {
 	if s.spool != nil {
 		_ = s.spool.Close()
-	}
-}
-
-func (s *sidecar) registerQueueMetrics() {
-	e := s.exporter
-	e.AddGauge("llmusage_persist_queue_records", "Accepted records waiting to be written to the store.",
-		func() float64 { return float64(s.queue.Len()) })
-	e.AddGauge("llmusage_store_up", "Whether the last write to, or ping of, the store succeeded (1) or not (0).", func() float64 {
-		if s.writer.StoreErr() != nil {
-			return 0
-		}
-		return 1
-	})
-	if s.spool != nil {
-		e.AddGauge("llmusage_spool_records", "Records in the spool that the store does not have yet.",
-			func() float64 { return float64(s.spool.Len()) })
-		e.AddGauge("llmusage_spool_bytes", "Bytes of the records in the spool that the store does not have yet.",
-			func() float64 { return float64(s.spool.Bytes()) })
-		e.AddGauge("llmusage_spool_max_bytes", "Bound on llmusage_spool_bytes (--spool-max-bytes); at it, records are refused.",
-			func() float64 { return float64(s.spool.MaxBytes()) })
 	}
 }
 
@@ -430,73 +391,6 @@ func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
 				last = now
 			}
 		}
-	}
-}
-
-// reloadOnHUP rereads the limits file on SIGHUP. A file that does not
-// load is logged and ignored: the rules in force stay.
-func (s *sidecar) reloadOnHUP(ctx context.Context) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		if s.limitsFile == "" {
-			s.logger.Warn("SIGHUP ignored: no --limits-file to reload")
-			continue
-		}
-		cfg, err := collector.LoadConfig(s.limitsFile)
-		if err == nil {
-			s.rulesMu.Lock()
-			previous := s.fileRules
-			s.fileRules = cfg.Rules
-			if err = s.limiter.SetRules(s.mergedRules()); err != nil {
-				s.fileRules = previous
-			}
-			s.rulesMu.Unlock()
-		}
-		if err != nil {
-			s.logger.Error("limits file not reloaded; the previous rules stay in force", "error", err)
-			continue
-		}
-		s.collector.SetProviders(collector.NewProviderTable(cfg.Providers))
-		s.logger.Info("limits file reloaded", "file", s.limitsFile, "rules", len(cfg.Rules))
-	}
-}
-
-// listen opens host:port, or a unix socket for "unix:/path".
-func listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		// A socket left by a previous run that was killed would make
-		// Listen fail; a non-socket file is left alone.
-		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(path)
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
-		}
-		return ln, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
-	}
-	return ln, nil
-}
-
-func newServer(h http.Handler, logger *slog.Logger) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
 

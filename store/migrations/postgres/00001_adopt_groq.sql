@@ -57,6 +57,9 @@ BEGIN
             EXECUTE format('DROP TABLE %I CASCADE', pair[2]);
         END IF;
         EXECUTE format('ALTER TABLE %I RENAME TO %I', pair[1], pair[2]);
+        -- Rows of an adopted table were set by an operator, whatever
+        -- they hold: 00004 must not take them for llmusage's seeded defaults.
+        EXECUTE format('COMMENT ON TABLE %I IS %L', pair[2], 'llmusage: adopted from ' || pair[1]);
         IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = pair[1] || '_pkey') THEN
             EXECUTE format('ALTER TABLE %I RENAME CONSTRAINT %I TO %I', pair[2], pair[1] || '_pkey', pair[2] || '_pkey');
         END IF;

@@ -1,10 +1,10 @@
-package collector
+package rules
 
 import "testing"
 
 // TestExampleLimitsFile keeps the shipped example loadable.
 func TestExampleLimitsFile(t *testing.T) {
-	cfg, err := LoadConfig("../deploy/kubernetes/limits.yaml")
+	cfg, err := LoadFile("../deploy/kubernetes/limits.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

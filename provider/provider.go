@@ -1,4 +1,9 @@
-package collector
+// Package provider is the one place that knows provider names: the
+// aliases that map common spellings to the OpenTelemetry GenAI names, and
+// the model-prefix table that infers a provider from a model name. Intake,
+// limit rules and the stores all normalise through it, so that "Azure",
+// " azure " and "azure.ai.openai" are one provider everywhere.
+package provider
 
 import (
 	"sort"
@@ -7,20 +12,20 @@ import (
 	"github.com/llmusage/llmusage/record"
 )
 
-// ProviderPrefix maps model names starting with Prefix to Provider.
-type ProviderPrefix struct {
+// Prefix maps model names starting with Prefix to Provider.
+type Prefix struct {
 	// Prefix is compared with the lower-cased model name.
 	Prefix string `yaml:"prefix"`
 	// Provider is the provider those models belong to.
 	Provider string `yaml:"provider"`
 }
 
-// DefaultProviderPrefixes is the built-in table for inferring a provider
+// Defaults is the built-in table for inferring a provider
 // from a model name. Provider names follow the OpenTelemetry GenAI
 // semantic conventions (gen_ai.provider.name). Model families served by
 // many providers (llama, gemma, qwen) are deliberately absent: add them in
 // the limits file for the provider you use, e.g. {prefix: llama-, provider: groq}.
-var DefaultProviderPrefixes = []ProviderPrefix{
+var Defaults = []Prefix{
 	{"gpt-", "openai"}, {"chatgpt-", "openai"}, {"o1", "openai"}, {"o3", "openai"}, {"o4", "openai"},
 	{"text-embedding-", "openai"}, {"dall-e", "openai"}, {"whisper-", "openai"}, {"tts-", "openai"},
 	{"omni-moderation", "openai"}, {"text-moderation", "openai"}, {"davinci", "openai"}, {"babbage", "openai"},
@@ -34,8 +39,8 @@ var DefaultProviderPrefixes = []ProviderPrefix{
 	{"sonar", "perplexity"},
 }
 
-// providerAliases maps common spellings to the OpenTelemetry GenAI names.
-var providerAliases = map[string]string{
+// aliases maps common spellings to the OpenTelemetry GenAI names.
+var aliases = map[string]string{
 	"azure":        "azure.ai.openai",
 	"azure_openai": "azure.ai.openai",
 	"azure-openai": "azure.ai.openai",
@@ -50,26 +55,26 @@ var providerAliases = map[string]string{
 	"xai":          "x_ai",
 }
 
-// ProviderTable infers providers from model names by longest prefix.
+// Table infers providers from model names by longest prefix.
 // It is immutable, so a reload swaps it whole.
-type ProviderTable struct {
+type Table struct {
 	// prefixes is sorted longest first, so the first match is the longest.
-	prefixes []ProviderPrefix
+	prefixes []Prefix
 }
 
-// NewProviderTable returns the built-in table extended by extra; an extra
+// NewTable returns the built-in table extended by extra; an extra
 // entry with a built-in prefix replaces it.
-func NewProviderTable(extra []ProviderPrefix) *ProviderTable {
+func NewTable(extra []Prefix) *Table {
 	byPrefix := make(map[string]string)
-	for _, p := range DefaultProviderPrefixes {
+	for _, p := range Defaults {
 		byPrefix[p.Prefix] = p.Provider
 	}
 	for _, p := range extra {
-		byPrefix[strings.ToLower(p.Prefix)] = NormalizeProvider(p.Provider)
+		byPrefix[strings.ToLower(p.Prefix)] = Normalize(p.Provider)
 	}
-	t := &ProviderTable{}
+	t := &Table{}
 	for prefix, provider := range byPrefix {
-		t.prefixes = append(t.prefixes, ProviderPrefix{prefix, provider})
+		t.prefixes = append(t.prefixes, Prefix{prefix, provider})
 	}
 	sort.Slice(t.prefixes, func(i, j int) bool {
 		a, b := t.prefixes[i].Prefix, t.prefixes[j].Prefix
@@ -82,7 +87,7 @@ func NewProviderTable(extra []ProviderPrefix) *ProviderTable {
 }
 
 // Infer returns the provider of model, or record.UnknownProvider.
-func (t *ProviderTable) Infer(model string) string {
+func (t *Table) Infer(model string) string {
 	m := strings.ToLower(model)
 	for _, p := range t.prefixes {
 		if strings.HasPrefix(m, p.Prefix) {
@@ -92,11 +97,11 @@ func (t *ProviderTable) Infer(model string) string {
 	return record.UnknownProvider
 }
 
-// NormalizeProvider lower-cases a provider name and maps common aliases to
+// Normalize lower-cases a provider name and maps common aliases to
 // the OpenTelemetry GenAI names.
-func NormalizeProvider(p string) string {
+func Normalize(p string) string {
 	p = strings.ToLower(strings.TrimSpace(p))
-	if alias, ok := providerAliases[p]; ok {
+	if alias, ok := aliases[p]; ok {
 		return alias
 	}
 	return p

@@ -1,16 +1,17 @@
-package collector
+package rules
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
 )
 
-func TestParseConfigErrors(t *testing.T) {
+func TestParseFileErrors(t *testing.T) {
 	f := func(yaml, wantInMessage string) {
 		t.Helper()
-		_, err := ParseConfig("limits.yaml", []byte(yaml))
+		_, err := ParseFile("limits.yaml", []byte(yaml))
 		if err == nil {
 			t.Fatalf("no error for:\n%s", yaml)
 		}
@@ -31,8 +32,8 @@ func TestParseConfigErrors(t *testing.T) {
 	f("providers:\n  - prefix: llama-\n", "limits.yaml:2: providers[0]: both prefix and provider are required")
 }
 
-func TestParseConfig(t *testing.T) {
-	cfg, err := ParseConfig("limits.yaml", []byte(`
+func TestParseFile(t *testing.T) {
+	cfg, err := ParseFile("limits.yaml", []byte(`
 providers:
   - prefix: Llama-
     provider: groq
@@ -66,33 +67,11 @@ limits:
 			t.Fatalf("rule %d: %+v, want %+v", i, cfg.Rules[i], want[i])
 		}
 	}
-	if got := NewProviderTable(cfg.Providers).Infer("llama-3.1-8b-instant"); got != "groq" {
+	if got := provider.NewTable(cfg.Providers).Infer("llama-3.1-8b-instant"); got != "groq" {
 		t.Fatalf("llama- prefix from the file infers %q, want groq", got)
 	}
 	// An empty file is valid: nothing is limited.
-	if cfg, err := ParseConfig("empty.yaml", nil); err != nil || len(cfg.Rules) != 0 {
+	if cfg, err := ParseFile("empty.yaml", nil); err != nil || len(cfg.Rules) != 0 {
 		t.Fatalf("empty file: %+v, %v", cfg, err)
 	}
-}
-
-func TestProviderInference(t *testing.T) {
-	table := NewProviderTable([]ProviderPrefix{{Prefix: "gpt-4o-mini-ft", Provider: "Azure"}})
-	f := func(model, want string) {
-		t.Helper()
-		if got := table.Infer(model); got != want {
-			t.Fatalf("Infer(%q) = %q, want %q", model, got, want)
-		}
-	}
-	f("gpt-4", "openai")
-	f("GPT-4o", "openai")
-	f("o1-preview", "openai")
-	f("o3", "openai")
-	f("claude-3-opus-20240229", "anthropic")
-	f("gemini-1.5-pro", "gcp.gemini")
-	f("mistral-large-latest", "mistral_ai")
-	f("grok-2", "x_ai")
-	f("deepseek-chat", "deepseek")
-	f("gpt-4o-mini-ft-2024", "azure.ai.openai") // the longest prefix wins
-	f("llama-3.1-70b-versatile", "unknown")
-	f("", "unknown")
 }

@@ -1,4 +1,9 @@
-package collector
+// Package rules is the one place that knows what a limit rule is: the
+// limits file, the rows of llm_rate_limit_configs and llm_rate_limits,
+// which of them is in force where several share a scope, and reloading
+// them (SIGHUP, the database's notifications or polling). The limiter
+// enforces the rules it is handed and knows nothing of where they came from.
+package rules
 
 import (
 	"bytes"
@@ -10,14 +15,17 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
 )
 
-// Config is the content of the limits file.
-type Config struct {
+// File is the content of the limits file.
+type File struct {
+	// Name is the file's path, as given.
+	Name string
 	// Rules are the token-bucket rules, in file order.
 	Rules []limiter.Rule
 	// Providers extends the built-in model-prefix table.
-	Providers []ProviderPrefix
+	Providers []provider.Prefix
 }
 
 // fileRule is one entry of the file's limits list.
@@ -32,22 +40,22 @@ type fileRule struct {
 }
 
 type configFile struct {
-	Providers []ProviderPrefix `yaml:"providers"`
+	Providers []provider.Prefix `yaml:"providers"`
 	Limits    []fileRule       `yaml:"limits"`
 }
 
-// LoadConfig reads and validates a limits file.
-func LoadConfig(path string) (*Config, error) {
+// LoadFile reads and validates a limits file.
+func LoadFile(path string) (*File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read limits file: %w", err)
 	}
-	return ParseConfig(path, data)
+	return ParseFile(path, data)
 }
 
-// ParseConfig parses and validates a limits file's content; name prefixes
+// ParseFile parses and validates a limits file's content; name prefixes
 // messages, which carry the line of the offending entry.
-func ParseConfig(name string, data []byte) (*Config, error) {
+func ParseFile(name string, data []byte) (*File, error) {
 	var f configFile
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -61,7 +69,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	}
 	_ = yaml.Unmarshal(data, &lines)
 
-	cfg := &Config{}
+	cfg := &File{Name: name}
 	for i, p := range f.Providers {
 		at := fmt.Sprintf("%s:%d: providers[%d]", name, lineOf(lines.Providers, i), i)
 		if p.Prefix == "" || p.Provider == "" {
@@ -89,7 +97,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 				continue
 			}
 			r := limiter.Rule{
-				UserID: fr.UserID, Provider: NormalizeProvider(fr.Provider), Model: fr.Model,
+				UserID: fr.UserID, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
 				Window: w, Unit: u.unit, Limit: *u.value, Source: at,
 			}
 			if err := r.Validate(); err != nil {

@@ -1,0 +1,84 @@
+package collector
+
+import (
+	"net/http"
+	"net/url"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
+)
+
+// serveRules answers GET /v1/rules: the rules in force and the ones they
+// shadow, each with its source; with user_id, provider or model, the rule
+// that applies to such a call for each limit type and unit, as a check
+// chooses it.
+func (c *Collector) serveRules(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if !q.Has("user_id") && !q.Has("provider") && !q.Has("model") {
+		set := c.rules()
+		out := struct {
+			Rules    []ruleJSON `json:"rules"`
+			Shadowed []ruleJSON `json:"shadowed"`
+		}{Rules: make([]ruleJSON, 0, len(set.InForce)), Shadowed: make([]ruleJSON, 0, len(set.Shadowed))}
+		for _, rule := range set.InForce {
+			out.Rules = append(out.Rules, newRuleJSON(rule))
+		}
+		for _, s := range set.Shadowed {
+			j := newRuleJSON(s.Rule)
+			j.ShadowedBy = s.By
+			out.Shadowed = append(out.Shadowed, j)
+		}
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	var user string
+	if q.Has("user_id") {
+		var err error
+		if user, err = requiredUser(r); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	prov, model := c.queryProvider(q), q.Get("model")
+	applicable := c.limiter.Applicable(user, prov, model)
+	out := struct {
+		UserID     string     `json:"user_id"`
+		Provider   string     `json:"provider"`
+		Model      string     `json:"model"`
+		Applicable []ruleJSON `json:"applicable"`
+	}{UserID: user, Provider: prov, Model: model, Applicable: make([]ruleJSON, 0, len(applicable))}
+	for _, rule := range applicable {
+		out.Applicable = append(out.Applicable, newRuleJSON(rule))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// queryProvider is the provider a quota read asks about: the provider
+// parameter, normalised as intake normalises it, else inferred from the
+// model parameter as for a record.
+func (c *Collector) queryProvider(q url.Values) string {
+	if p := provider.Normalize(q.Get("provider")); p != "" {
+		return p
+	}
+	if model := q.Get("model"); model != "" {
+		return c.rules().Providers.Infer(model)
+	}
+	return ""
+}
+
+// ruleJSON is a rule as /v1/rules shows it.
+type ruleJSON struct {
+	LimitType  string `json:"limit_type"`
+	Unit       string `json:"unit"`
+	Limit      int64  `json:"limit"`
+	UserID     string `json:"user_id,omitempty"`
+	Provider   string `json:"provider,omitempty"`
+	Model      string `json:"model,omitempty"`
+	Source     string `json:"source"`
+	ShadowedBy string `json:"shadowed_by,omitempty"`
+}
+
+func newRuleJSON(r limiter.Rule) ruleJSON {
+	return ruleJSON{LimitType: r.Window.String(), Unit: r.Unit.String(), Limit: r.Limit,
+		UserID: r.UserID, Provider: r.Provider, Model: r.Model, Source: r.Source}
+}

@@ -1,0 +1,110 @@
+package rules
+
+import (
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
+)
+
+// Set is what the rules say at one moment: the rules in force, the ones a
+// rule of the same scope shadows, and the provider table.
+type Set struct {
+	// InForce are the rules the limiter enforces: the file's in file
+	// order (among equally specific rules the first wins), then the
+	// database's in row order.
+	InForce []limiter.Rule
+	// Shadowed are the rules a rule of the same scope overrides.
+	Shadowed []Shadowed
+	// Skipped are the database rows that are not valid rules.
+	Skipped []error
+	// Providers infers providers from model names: the built-in prefixes
+	// extended by the limits file's.
+	Providers *provider.Table
+}
+
+// Shadowed is a rule that is not in force because another wins its scope.
+type Shadowed struct {
+	// Rule is the rule that lost; its Source says where it came from.
+	Rule limiter.Rule
+	// By is where the winner came from: a rule's Source, or the limits
+	// file for seeded defaults that yield to it.
+	By string
+}
+
+// Merge decides which rules are in force, by their origin:
+//
+//  1. a row an operator inserted or changed beats the limits file rule of
+//     the same scope (among rows of one scope, the highest id);
+//  2. a limits file rule beats the seeded default rows;
+//  3. the seeded default rows, as long as nobody changed them, apply only
+//     when the limits file has no limits at all: defaults nobody set never
+//     override what an operator wrote.
+//
+// file may be nil (no limits file).
+func Merge(file *File, rows []Row) *Set {
+	set := &Set{}
+	if file == nil {
+		file = &File{}
+	}
+	set.Providers = provider.NewTable(file.Providers)
+
+	// The database's winner of each scope.
+	type dbRule struct {
+		rule   limiter.Rule
+		seeded bool
+	}
+	var db []dbRule
+	byScope := map[scope]int{}
+	for _, row := range rows {
+		r, err := row.Rule()
+		if err != nil {
+			set.Skipped = append(set.Skipped, err)
+			continue
+		}
+		k := scopeOf(r)
+		i, dup := byScope[k]
+		if !dup {
+			byScope[k] = len(db)
+			db = append(db, dbRule{r, row.Seeded})
+			continue
+		}
+		winner, loser := db[i], dbRule{r, row.Seeded}
+		if !row.Seeded || winner.seeded { // a later row wins, unless a seeded one over an operator's
+			winner, loser = loser, winner
+		}
+		db[i] = winner
+		set.Shadowed = append(set.Shadowed, Shadowed{Rule: loser.rule, By: winner.rule.Source})
+	}
+
+	fileHasLimits := len(file.Rules) > 0
+	kept := db[:0:0]
+	for _, d := range db {
+		if d.seeded && fileHasLimits {
+			set.Shadowed = append(set.Shadowed, Shadowed{Rule: d.rule, By: "the limits file " + file.Name})
+			delete(byScope, scopeOf(d.rule))
+			continue
+		}
+		kept = append(kept, d)
+	}
+	for _, r := range file.Rules {
+		if i, overridden := byScope[scopeOf(r)]; overridden {
+			set.Shadowed = append(set.Shadowed, Shadowed{Rule: r, By: db[i].rule.Source})
+			continue
+		}
+		set.InForce = append(set.InForce, r)
+	}
+	for _, d := range kept {
+		set.InForce = append(set.InForce, d.rule)
+	}
+	return set
+}
+
+// scope is what makes two rules compete: one of them is in force.
+type scope struct {
+	user, provider, model string
+	window                limiter.Window
+	unit                  limiter.Unit
+}
+
+func scopeOf(r limiter.Rule) scope {
+	return scope{r.UserID, r.Provider, r.Model, r.Window, r.Unit}
+}

@@ -1,0 +1,72 @@
+package rules
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
+)
+
+// The tables whose rows are limit rules.
+const (
+	// ConfigsTable holds the rules of every user.
+	ConfigsTable = "llm_rate_limit_configs"
+	// UserLimitsTable holds the rules of one user each.
+	UserLimitsTable = "llm_rate_limits"
+)
+
+// Row is a row of llm_rate_limit_configs or llm_rate_limits, as a store
+// reads it.
+type Row struct {
+	// Table is ConfigsTable or UserLimitsTable.
+	Table string
+	// ID is the row's id, as text (a legacy table may key rows by uuid).
+	ID string
+	// UserID is empty in ConfigsTable.
+	UserID string
+	// LimitType is second, minute, hour or day.
+	LimitType string
+	// Unit is requests (also when empty) or tokens.
+	Unit string
+	// Provider and Model scope the rule; empty matches every one.
+	Provider, Model string
+	// LimitValue is the bucket's capacity.
+	LimitValue int64
+	// Seeded marks a default row the migration inserted and nobody has
+	// changed since: it yields to a limits file.
+	Seeded bool
+}
+
+// source names the row in messages and in the rules API.
+func (r Row) source() string {
+	s := fmt.Sprintf("%s id %s", r.Table, r.ID)
+	if r.Seeded {
+		s += " (seeded default)"
+	}
+	return s
+}
+
+// Rule validates the row as a limit rule.
+func (r Row) Rule() (limiter.Rule, error) {
+	at := r.source()
+	w, err := limiter.ParseWindow(r.LimitType)
+	if err != nil {
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
+	}
+	var unit limiter.Unit
+	switch strings.ToLower(strings.TrimSpace(r.Unit)) {
+	case "requests", "":
+		unit = limiter.Requests
+	case "tokens":
+		unit = limiter.Tokens
+	default:
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is neither requests nor tokens", at, r.Unit)
+	}
+	rule := limiter.Rule{UserID: r.UserID, Provider: provider.Normalize(r.Provider), Model: r.Model,
+		Window: w, Unit: unit, Limit: r.LimitValue, Source: at}
+	if err := rule.Validate(); err != nil {
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
+	}
+	return rule, nil
+}
