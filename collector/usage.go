@@ -9,13 +9,13 @@ import (
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
-	"github.com/llmusage/llmusage/store"
+	"github.com/llmusage/llmusage/usage"
 )
 
 // UsageReader answers usage queries from the stored records.
 type UsageReader interface {
-	Usage(ctx context.Context, q store.UsageQuery) (store.Usage, error)
-	Logs(ctx context.Context, q store.LogQuery) (store.LogPage, error)
+	Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error)
+	Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error)
 }
 
 // Bounds of the usage API's parameters.
@@ -33,7 +33,7 @@ func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 	user := r.URL.Query().Get("user_id")
 	now := c.clock.Now().UTC()
 	today := now.Truncate(24 * time.Hour)
-	u, err := c.usage.Usage(r.Context(), store.UsageQuery{UserID: user, Since: today})
+	u, err := c.usage.Usage(r.Context(), usage.Query{UserID: user, Since: today})
 	if err != nil {
 		writeError(w, storeError(err))
 		return
@@ -71,7 +71,7 @@ func (c *Collector) serveStats(w http.ResponseWriter, r *http.Request) {
 	user := q.Get("user_id")
 	today := c.clock.Now().UTC().Truncate(24 * time.Hour)
 	since := today.AddDate(0, 0, -(days - 1))
-	u, err := c.usage.Usage(r.Context(), store.UsageQuery{UserID: user, Since: since})
+	u, err := c.usage.Usage(r.Context(), usage.Query{UserID: user, Since: since})
 	if err != nil {
 		writeError(w, storeError(err))
 		return
@@ -99,11 +99,11 @@ func (c *Collector) serveLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	page, err := c.usage.Logs(r.Context(), store.LogQuery{
+	page, err := c.usage.Logs(r.Context(), usage.LogQuery{
 		UserID: q.Get("user_id"), Model: q.Get("model"), Provider: provider.Normalize(q.Get("provider")),
 		Limit: limit, Before: q.Get("before"),
 	})
-	if errors.Is(err, store.ErrBadCursor) {
+	if errors.Is(err, usage.ErrBadCursor) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: err.Error(), Details: []Detail{{Field: "before", Message: "is not a next_cursor value"}}})
 		return
 	}

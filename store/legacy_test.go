@@ -10,6 +10,7 @@ import (
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usage"
 )
 
 // groqSchema is the Groq-era schema of the system llmusage replaces, with
@@ -142,7 +143,7 @@ func TestAdoptGroqDatabase(t *testing.T) {
 		t.Fatalf("insert into the adopted table: %d, %v", n, err)
 	}
 	seen := 0
-	for q := (LogQuery{Limit: 3}); ; {
+	for q := (usage.LogQuery{Limit: 3}); ; {
 		page, err := s.Logs(ctx, q)
 		if err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usage"
 )
 
 // notifyChannel is the channel the rule tables' trigger notifies.
@@ -198,21 +199,21 @@ func (s *postgresStore) listen(ctx context.Context, changed func()) error {
 	}
 }
 
-func (s *postgresStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
+func (s *postgresStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
 	where, args := "created_at >= $1", []any{q.Since}
 	if q.UserID != "" {
 		where, args = where+" AND user_id = $2", append(args, q.UserID)
 	}
 	const sums = `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
 		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`
-	u := newUsage()
+	u := usage.NewBreakdown()
 	rows, err := s.pool.Query(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
 	if err == nil {
 		err = readModelGroups(rows, &u)
 		rows.Close()
 	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage", err)
+		return usage.Breakdown{}, s.fail("sum usage", err)
 	}
 	rows, err = s.pool.Query(ctx, `SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, `+sums+`
 		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
@@ -221,18 +222,18 @@ func (s *postgresStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) 
 		rows.Close()
 	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage by day", err)
+		return usage.Breakdown{}, s.fail("sum usage by day", err)
 	}
 	return u, nil
 }
 
-func (s *postgresStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
+func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error) {
 	s.idTypeOnce.Do(func() {
 		s.idTypeErr = s.pool.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
 			WHERE attrelid = 'llm_usage_logs'::regclass AND attname = 'id'`).Scan(&s.idType)
 	})
 	if s.idTypeErr != nil {
-		return LogPage{}, s.fail("read the type of llm_usage_logs.id", s.idTypeErr)
+		return usage.LogPage{}, s.fail("read the type of llm_usage_logs.id", s.idTypeErr)
 	}
 	var conds []string
 	var args []any
@@ -246,9 +247,9 @@ func (s *postgresStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 		}
 	}
 	if q.Before != "" {
-		at, id, err := decodeCursor(q.Before)
+		at, id, err := usage.DecodeCursor(q.Before)
 		if err != nil {
-			return LogPage{}, err
+			return usage.LogPage{}, err
 		}
 		conds = append(conds, fmt.Sprintf("(created_at, id) < (%s, %s::text::%s)", arg(at), arg(id), s.idType))
 	}
@@ -261,16 +262,16 @@ func (s *postgresStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	sql += " ORDER BY llm_usage_logs.created_at DESC, llm_usage_logs.id DESC LIMIT " + arg(q.Limit+1)
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return LogPage{}, s.fail("read logs", err)
+		return usage.LogPage{}, s.fail("read logs", err)
 	}
 	defer rows.Close()
-	page := LogPage{Logs: []LogEntry{}}
+	page := usage.LogPage{Logs: []usage.LogEntry{}}
 	for rows.Next() {
-		var e LogEntry
+		var e usage.LogEntry
 		var metadata []byte
 		if err := rows.Scan(&e.ID, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
 			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &e.CreatedAt); err != nil {
-			return LogPage{}, s.fail("read logs", err)
+			return usage.LogPage{}, s.fail("read logs", err)
 		}
 		if metadata != nil {
 			e.Metadata = json.RawMessage(metadata)
@@ -279,9 +280,9 @@ func (s *postgresStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 		page.Logs = append(page.Logs, e)
 	}
 	if err := rows.Err(); err != nil {
-		return LogPage{}, s.fail("read logs", err)
+		return usage.LogPage{}, s.fail("read logs", err)
 	}
-	return page.trim(q.Limit), nil
+	return trimPage(page, q.Limit), nil
 }
 
 func (s *postgresStore) Ping(ctx context.Context) error {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usage"
 )
 
 // sqlitePollInterval is how often the embedded store looks for changed
@@ -128,21 +129,21 @@ func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
 	}
 }
 
-func (s *sqliteStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
+func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
 	where, args := "created_at >= ?", []any{q.Since.UnixMicro()}
 	if q.UserID != "" {
 		where, args = where+" AND user_id = ?", append(args, q.UserID)
 	}
 	const sums = `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
 		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`
-	u := newUsage()
+	u := usage.NewBreakdown()
 	rows, err := s.db.QueryContext(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
 	if err == nil {
 		err = readModelGroups(rows, &u)
 		rows.Close()
 	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage", err)
+		return usage.Breakdown{}, s.fail("sum usage", err)
 	}
 	rows, err = s.db.QueryContext(ctx, `SELECT date(created_at / 1000000, 'unixepoch') AS day, `+sums+`
 		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
@@ -151,12 +152,12 @@ func (s *sqliteStore) Usage(ctx context.Context, q UsageQuery) (Usage, error) {
 		rows.Close()
 	}
 	if err != nil {
-		return Usage{}, s.fail("sum usage by day", err)
+		return usage.Breakdown{}, s.fail("sum usage by day", err)
 	}
 	return u, nil
 }
 
-func (s *sqliteStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
+func (s *sqliteStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error) {
 	var conds []string
 	var args []any
 	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
@@ -166,13 +167,13 @@ func (s *sqliteStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 		}
 	}
 	if q.Before != "" {
-		at, id, err := decodeCursor(q.Before)
+		at, id, err := usage.DecodeCursor(q.Before)
 		if err != nil {
-			return LogPage{}, err
+			return usage.LogPage{}, err
 		}
 		n, err := strconv.ParseInt(id, 10, 64)
 		if err != nil {
-			return LogPage{}, ErrBadCursor
+			return usage.LogPage{}, usage.ErrBadCursor
 		}
 		conds = append(conds, "(created_at, id) < (?, ?)")
 		args = append(args, at.UnixMicro(), n)
@@ -186,17 +187,17 @@ func (s *sqliteStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 	args = append(args, q.Limit+1)
 	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return LogPage{}, s.fail("read logs", err)
+		return usage.LogPage{}, s.fail("read logs", err)
 	}
 	defer rows.Close()
-	page := LogPage{Logs: []LogEntry{}}
+	page := usage.LogPage{Logs: []usage.LogEntry{}}
 	for rows.Next() {
-		var e LogEntry
+		var e usage.LogEntry
 		var id, createdAt int64
 		var metadata sql.NullString
 		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
 			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &createdAt); err != nil {
-			return LogPage{}, s.fail("read logs", err)
+			return usage.LogPage{}, s.fail("read logs", err)
 		}
 		e.ID = strconv.FormatInt(id, 10)
 		e.CreatedAt = time.UnixMicro(createdAt).UTC()
@@ -206,9 +207,9 @@ func (s *sqliteStore) Logs(ctx context.Context, q LogQuery) (LogPage, error) {
 		page.Logs = append(page.Logs, e)
 	}
 	if err := rows.Err(); err != nil {
-		return LogPage{}, s.fail("read logs", err)
+		return usage.LogPage{}, s.fail("read logs", err)
 	}
-	return page.trim(q.Limit), nil
+	return trimPage(page, q.Limit), nil
 }
 
 func (s *sqliteStore) Ping(ctx context.Context) error {

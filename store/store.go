@@ -7,17 +7,15 @@ package store
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usage"
 )
 
 // Store is what the rest of llmusage needs from a database.
@@ -30,9 +28,9 @@ type Store interface {
 	// user) and llm_rate_limits (per user), and watches them for changes.
 	rules.Source
 	// Usage answers the usage API.
-	Usage(ctx context.Context, q UsageQuery) (Usage, error)
+	Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error)
 	// Logs returns a page of records, newest first.
-	Logs(ctx context.Context, q LogQuery) (LogPage, error)
+	Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error)
 	// Migrator applies the embedded schema migrations.
 	Migrator
 	// Ping checks that the database answers.
@@ -103,88 +101,6 @@ func Redact(databaseURL string) string {
 	return u.String()
 }
 
-// UsageQuery selects the records the usage API sums up.
-type UsageQuery struct {
-	// UserID restricts to one user; empty means every user.
-	UserID string
-	// Since is the first instant counted.
-	Since time.Time
-}
-
-// Totals sums a set of records.
-type Totals struct {
-	Calls            int64 `json:"calls"`
-	Errors           int64 `json:"errors"`
-	Tokens           int64 `json:"tokens"`
-	PromptTokens     int64 `json:"prompt_tokens"`
-	CompletionTokens int64 `json:"completion_tokens"`
-}
-
-// ModelTotals are the totals of one model, with its provider.
-type ModelTotals struct {
-	Totals
-	// Provider is the model's provider (the most frequent, should a model
-	// have been recorded under several).
-	Provider string `json:"provider"`
-	// providerCalls counts Provider's calls, to pick the most frequent.
-	providerCalls int64
-}
-
-// DayTotals are the totals of one UTC day.
-type DayTotals struct {
-	// Day is YYYY-MM-DD, UTC.
-	Day string `json:"day"`
-	Totals
-}
-
-// Usage is the breakdown the usage API reports.
-type Usage struct {
-	Totals
-	ByModel    map[string]ModelTotals `json:"by_model"`
-	ByProvider map[string]Totals      `json:"by_provider"`
-	// ByDay is oldest first, days without calls omitted.
-	ByDay []DayTotals `json:"by_day"`
-}
-
-// LogQuery selects a page of records.
-type LogQuery struct {
-	// UserID, Model and Provider filter when not empty.
-	UserID, Model, Provider string
-	// Limit is the page size.
-	Limit int
-	// Before is the NextCursor of the previous page, or empty for the newest.
-	Before string
-}
-
-// LogEntry is one stored record.
-type LogEntry struct {
-	ID               string          `json:"id"`
-	RequestID        string          `json:"request_id"`
-	UserID           string          `json:"user_id"`
-	Provider         string          `json:"provider"`
-	Model            string          `json:"model"`
-	TokensUsed       int64           `json:"tokens_used"`
-	PromptTokens     int64           `json:"prompt_tokens"`
-	CompletionTokens int64           `json:"completion_tokens"`
-	CachedTokens     int64           `json:"cached_tokens"`
-	ReasoningTokens  int64           `json:"reasoning_tokens"`
-	LatencyMs        *float64        `json:"latency_ms"`
-	Status           string          `json:"status"`
-	ErrorType        string          `json:"error_type,omitempty"`
-	Metadata         json.RawMessage `json:"metadata,omitempty"`
-	CreatedAt        time.Time       `json:"created_at"`
-}
-
-// LogPage is one page of records.
-type LogPage struct {
-	Logs []LogEntry `json:"logs"`
-	// NextCursor fetches the next (older) page; empty on the last page.
-	NextCursor string `json:"next_cursor"`
-}
-
-// ErrBadCursor is returned for a cursor that no page handed out.
-var ErrBadCursor = errors.New("cannot use the cursor: it was not returned by /api/llm/usage/logs")
-
 // ruleTable is how a store reads one rule table.
 type ruleTable struct {
 	// name is rules.ConfigsTable or rules.UserLimitsTable.
@@ -225,22 +141,22 @@ type rowScanner interface {
 }
 
 // readModelGroups folds rows of (model, provider, totals...) into u.
-func readModelGroups(rows rowScanner, u *Usage) error {
+func readModelGroups(rows rowScanner, u *usage.Breakdown) error {
 	for rows.Next() {
 		var model, provider string
-		var t Totals
+		var t usage.Totals
 		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
 			return err
 		}
-		u.add(model, provider, t)
+		u.Add(model, provider, t)
 	}
 	return rows.Err()
 }
 
 // readDays appends rows of (day, totals...) to u.ByDay.
-func readDays(rows rowScanner, u *Usage) error {
+func readDays(rows rowScanner, u *usage.Breakdown) error {
 	for rows.Next() {
-		var d DayTotals
+		var d usage.DayTotals
 		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
 			return err
 		}
@@ -249,59 +165,13 @@ func readDays(rows rowScanner, u *Usage) error {
 	return rows.Err()
 }
 
-// encodeCursor and decodeCursor carry a page boundary: the last row's
-// created_at and id.
-func encodeCursor(at time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
-}
-
-func decodeCursor(c string) (time.Time, string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return time.Time{}, "", ErrBadCursor
-	}
-	ts, id, ok := strings.Cut(string(b), "|")
-	at, err := time.Parse(time.RFC3339Nano, ts)
-	if !ok || err != nil || id == "" {
-		return time.Time{}, "", ErrBadCursor
-	}
-	return at, id, nil
-}
-
-// trim cuts a page fetched with one row too many and sets NextCursor when
-// that extra row shows there is more.
-func (p LogPage) trim(limit int) LogPage {
+// trimPage cuts a page fetched with one row too many and sets NextCursor
+// when that extra row shows there is more.
+func trimPage(p usage.LogPage, limit int) usage.LogPage {
 	if len(p.Logs) > limit {
 		p.Logs = p.Logs[:limit]
 		last := p.Logs[limit-1]
-		p.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+		p.NextCursor = usage.EncodeCursor(last.CreatedAt, last.ID)
 	}
 	return p
-}
-
-func newUsage() Usage {
-	return Usage{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByDay: []DayTotals{}}
-}
-
-// add folds one (model, provider) group into the breakdowns.
-func (u *Usage) add(model, provider string, t Totals) {
-	u.Totals.add(t)
-	m := u.ByModel[model]
-	// The provider with the most calls names the model.
-	if m.Provider == "" || t.Calls > m.providerCalls {
-		m.Provider, m.providerCalls = provider, t.Calls
-	}
-	m.Totals.add(t)
-	u.ByModel[model] = m
-	p := u.ByProvider[provider]
-	p.add(t)
-	u.ByProvider[provider] = p
-}
-
-func (t *Totals) add(o Totals) {
-	t.Calls += o.Calls
-	t.Errors += o.Errors
-	t.Tokens += o.Tokens
-	t.PromptTokens += o.PromptTokens
-	t.CompletionTokens += o.CompletionTokens
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usage"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -101,7 +102,7 @@ func TestInsertExactlyOnce(t *testing.T) {
 		if err != nil || n != 1 {
 			t.Fatalf("redelivery: %d, %v; want 1 new row", n, err)
 		}
-		page, err := s.Logs(ctx, LogQuery{Limit: 10})
+		page, err := s.Logs(ctx, usage.LogQuery{Limit: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,7 +140,7 @@ func TestLogsPagination(t *testing.T) {
 		if _, err := s.Insert(ctx, recs); err != nil {
 			t.Fatal(err)
 		}
-		walk := func(q LogQuery) []string {
+		walk := func(q usage.LogQuery) []string {
 			t.Helper()
 			var ids []string
 			for pages := 0; ; pages++ {
@@ -162,7 +163,7 @@ func TestLogsPagination(t *testing.T) {
 				q.Before = page.NextCursor
 			}
 		}
-		all := walk(LogQuery{Limit: 4})
+		all := walk(usage.LogQuery{Limit: 4})
 		if len(all) != 25 || all[0] != "r24" {
 			t.Fatalf("walked %v, want 25 ids starting with r24", all)
 		}
@@ -173,15 +174,15 @@ func TestLogsPagination(t *testing.T) {
 			}
 			seen[id] = true
 		}
-		if got := walk(LogQuery{Limit: 2, UserID: "bob", Provider: "openai"}); len(got) != 10 {
+		if got := walk(usage.LogQuery{Limit: 2, UserID: "bob", Provider: "openai"}); len(got) != 10 {
 			// bob has the 12 odd records; r5 and r15 are anthropic.
 			t.Fatalf("bob's openai records %v, want 10", got)
 		}
-		if got := walk(LogQuery{Limit: 100, Model: "claude-3-opus"}); strings.Join(got, ",") != "r20,r15,r10,r5,r0" {
+		if got := walk(usage.LogQuery{Limit: 100, Model: "claude-3-opus"}); strings.Join(got, ",") != "r20,r15,r10,r5,r0" {
 			t.Fatalf("claude records %v", got)
 		}
-		if _, err := s.Logs(ctx, LogQuery{Limit: 5, Before: "not-a-cursor"}); err != ErrBadCursor {
-			t.Fatalf("bad cursor: %v, want ErrBadCursor", err)
+		if _, err := s.Logs(ctx, usage.LogQuery{Limit: 5, Before: "not-a-cursor"}); err != usage.ErrBadCursor {
+			t.Fatalf("bad cursor: %v, want usage.ErrBadCursor", err)
 		}
 	})
 }
@@ -201,11 +202,11 @@ func TestUsage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, err := s.Usage(ctx, UsageQuery{UserID: "alice", Since: t0.Add(-time.Hour)})
+		u, err := s.Usage(ctx, usage.Query{UserID: "alice", Since: t0.Add(-time.Hour)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Totals{Calls: 3, Errors: 1, Tokens: 166, PromptTokens: 111, CompletionTokens: 55}
+		want := usage.Totals{Calls: 3, Errors: 1, Tokens: 166, PromptTokens: 111, CompletionTokens: 55}
 		if u.Totals != want {
 			t.Fatalf("totals %+v, want %+v", u.Totals, want)
 		}
@@ -218,11 +219,11 @@ func TestUsage(t *testing.T) {
 		if len(u.ByDay) != 2 || u.ByDay[0].Day != "2026-11-20" || u.ByDay[0].Calls != 2 || u.ByDay[1].Day != "2026-11-21" || u.ByDay[1].Errors != 1 {
 			t.Fatalf("by day %+v", u.ByDay)
 		}
-		all, err := s.Usage(ctx, UsageQuery{Since: t0.Add(-time.Hour)})
+		all, err := s.Usage(ctx, usage.Query{Since: t0.Add(-time.Hour)})
 		if err != nil || all.Calls != 4 || len(all.ByProvider) != 3 {
 			t.Fatalf("all users: %+v, %v", all, err)
 		}
-		none, err := s.Usage(ctx, UsageQuery{UserID: "nobody", Since: t0})
+		none, err := s.Usage(ctx, usage.Query{UserID: "nobody", Since: t0})
 		if err != nil || none.Calls != 0 || none.ByModel == nil || none.ByDay == nil {
 			t.Fatalf("unknown user: %+v, %v", none, err)
 		}
