@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,215 +13,32 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// binary is the llmusage built once for all end-to-end tests.
-var binary string
-
-func TestMain(m *testing.M) {
-	flag.Parse()
-	dir, err := os.MkdirTemp("", "llmusage-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "llmusage")
-	build := exec.Command("go", "build", "-race", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "cannot build llmusage:", err)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// sidecarProc is a running llmusage serve.
-type sidecarProc struct {
-	cmd         *exec.Cmd
-	api         string // base URL of the API
-	metrics     string // base URL of /metrics
-	stderr      *syncBuffer
-	exited      chan error
-	client      *http.Client
-	limitsFile  string
-	exitHandled bool
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
 // startSidecar runs llmusage serve with a limits file and extra
-// environment, and waits until /readyz answers 200. Unless the environment
-// names a database, it gets an SQLite file of its own without the seeded
-// default rules, so that the limits file alone decides.
-func startSidecar(t *testing.T, limits string, env ...string) *sidecarProc {
+// environment, and waits until /readyz answers 200. The API address comes
+// from the environment, as in a pod spec, and the data directory is the
+// default, ./llmusage-data in a directory of the test's. Unless the
+// environment names a database, it gets an SQLite database of its own
+// without the seeded default rules, so that the limits file alone decides.
+func startSidecar(t *testing.T, limits string, env ...string) *sidecartest.Sidecar {
 	t.Helper()
-	dir := t.TempDir()
-	limitsFile := filepath.Join(dir, "limits.yaml")
-	if err := os.WriteFile(limitsFile, []byte(limits), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(strings.Join(env, " "), "LLMUSAGE_DATABASE_URL=") {
-		env = append(env, "LLMUSAGE_DATABASE_URL="+sqliteWithoutDefaults(t, filepath.Join(dir, "llmusage.db")))
-	}
-	// Port 0: the kernel picks free ports and the sidecar logs them, so
-	// that tests running in parallel never race for a port.
-	cmd := exec.Command(binary, "serve", "--limits-file", limitsFile, "--metrics-address", "127.0.0.1:0", "--log-level", "debug", "--flush-interval", "50ms")
-	cmd.Dir = dir // the default --data-dir, ./llmusage-data, lands in the test's directory
-	// The API address comes from the environment, as in a pod spec.
-	cmd.Env = append(os.Environ(), append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...)...)
-	p := &sidecarProc{cmd: cmd, stderr: &syncBuffer{},
-		exited: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}, limitsFile: limitsFile}
-	startProc(t, p)
-	return p
-}
-
-// syncBuffer is a bytes.Buffer that the process's output copier and the
-// test may use at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// startProc starts p.cmd and waits until its /readyz answers 200.
-func startProc(t *testing.T, p *sidecarProc) {
-	t.Helper()
-	cmd := p.cmd
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if !p.exitHandled {
-			_ = cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("sidecar log:\n%s", p.stderr)
-		}
+	return sidecartest.Start(t, sidecartest.Options{
+		Limits:           limits,
+		Env:              append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...),
+		Flags:            []string{"--log-level", "debug", "--flush-interval", "50ms"},
+		DefaultDataDir:   true,
+		NoSeededDefaults: true,
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := servingLine.FindStringSubmatch(p.stderr.String()); m != nil && p.metrics == "" {
-			p.metrics = "http://" + m[2]
-			if !strings.HasPrefix(m[1], "/") { // not a unix socket
-				p.api = "http://" + m[1]
-			}
-		}
-		resp, err := p.client.Get(p.metrics + "/readyz")
-		if p.metrics == "" {
-			err = fmt.Errorf("no address logged yet")
-		}
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case err := <-p.exited:
-			p.exitHandled = true
-			t.Fatalf("sidecar exited before ready: %v\n%s", err, p.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar not ready after 30 s:\n%s", p.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// servingLine is the log line that names the addresses serve listens on.
-var servingLine = regexp.MustCompile(`msg="llmusage serving".* api=(\S+) metrics=(\S+)`)
-
-func (p *sidecarProc) post(t *testing.T, path, contentType, body string) (int, http.Header, map[string]any) {
-	t.Helper()
-	resp, err := p.client.Post(p.api+path, contentType, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return decode(t, resp)
-}
-
-func (p *sidecarProc) get(t *testing.T, url string) (int, map[string]any) {
-	t.Helper()
-	resp, err := p.client.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, _, out := decode(t, resp)
-	return code, out
-}
-
-func decode(t *testing.T, resp *http.Response) (int, http.Header, map[string]any) {
-	t.Helper()
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("%s: answer is not JSON: %s: %s", resp.Request.URL, err, b)
-	}
-	return resp.StatusCode, resp.Header, out
-}
-
-func (p *sidecarProc) scrape(t *testing.T) string {
-	t.Helper()
-	resp, err := p.client.Get(p.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %d %s", resp.StatusCode, b)
-	}
-	return string(b)
-}
-
-// stop sends sig and returns the exit error.
-func (p *sidecarProc) stop(t *testing.T, sig syscall.Signal) error {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-p.exited:
-		p.exitHandled = true
-		return err
-	case <-time.After(60 * time.Second):
-		t.Fatalf("sidecar did not exit on %s", sig)
-		return nil
-	}
 }
 
 const seedLimits = `
@@ -240,7 +54,7 @@ limits:
 // user into the 3-per-minute limit.
 func TestSeedExamples(t *testing.T) {
 	p := startSidecar(t, seedLimits)
-	code, _, out := p.post(t, "/v1/calls", "application/json", `[
+	code, _, out := p.Post(t, "/v1/calls", "application/json", `[
   {"user_id": "alice", "model": "llama-3.1-70b-versatile", "tokens_used": 1250, "prompt_tokens": 1000, "completion_tokens": 250, "latency_ms": 420, "metadata": {"provider": "groq"}},
   {"user_id": "alice", "model": "gpt-4", "tokens_used": 300, "prompt_tokens": 200, "completion_tokens": 100, "latency_ms": 2100, "metadata": {"provider": "openai"}},
   {"user_id": "bob", "model": "claude-3-opus", "tokens_used": 80, "prompt_tokens": 50, "completion_tokens": 30, "latency_ms": 3300, "metadata": {"provider": "anthropic"}}
@@ -249,13 +63,13 @@ func TestSeedExamples(t *testing.T) {
 		t.Fatalf("records: %d %v", code, out)
 	}
 	// NDJSON, and a failed call.
-	code, _, _ = p.post(t, "/v1/calls", "application/x-ndjson", `{"user_id":"carol","model":"gpt-4o-mini","prompt_tokens":5,"completion_tokens":1,"status":"error","error_type":"rate_limit"}
+	code, _, _ = p.Post(t, "/v1/calls", "application/x-ndjson", `{"user_id":"carol","model":"gpt-4o-mini","prompt_tokens":5,"completion_tokens":1,"status":"error","error_type":"rate_limit"}
 {"user_id":"carol","model":"o3-mini","prompt_tokens":10,"completion_tokens":40,"cached_tokens":4,"reasoning_tokens":32}`)
 	if code != http.StatusAccepted {
 		t.Fatalf("ndjson records: %d", code)
 	}
 	// Misspelt field and negative count: 400 naming them, nothing applied.
-	code, _, out = p.post(t, "/v1/calls", "application/json", `{"user_id":"alice","model":"gpt-4","prompt_token":5,"completion_tokens":-1}`)
+	code, _, out = p.Post(t, "/v1/calls", "application/json", `{"user_id":"alice","model":"gpt-4","prompt_token":5,"completion_tokens":-1}`)
 	details, _ := json.Marshal(out["details"])
 	if code != http.StatusBadRequest || !strings.Contains(string(details), `"field":"prompt_token"`) || !strings.Contains(string(details), `"field":"completion_tokens"`) {
 		t.Fatalf("bad record: %d %v", code, out)
@@ -263,7 +77,7 @@ func TestSeedExamples(t *testing.T) {
 
 	// dave: the fourth check in a row gets 429 with Retry-After.
 	for i := 1; i <= 4; i++ {
-		code, hdr, out := p.post(t, "/v1/check", "application/json", `{"user_id":"dave","model":"gpt-4"}`)
+		code, hdr, out := p.Post(t, "/v1/check", "application/json", `{"user_id":"dave","model":"gpt-4"}`)
 		if i <= 3 && (code != http.StatusOK || out["allowed"] != true) {
 			t.Fatalf("check %d: %d %v", i, code, out)
 		}
@@ -276,28 +90,72 @@ func TestSeedExamples(t *testing.T) {
 			}
 		}
 	}
-	code, out = p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=dave")
+	code, out = p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=dave")
 	if code != http.StatusOK || out["can_call"] != false || out["limit"] != float64(3) || out["used"] != float64(3) {
 		t.Fatalf("seed rate-limit: %d %v", code, out)
 	}
 
-	metrics := p.scrape(t)
+	// Every record stored, so that the store's counters are settled.
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
+		return p.Gauge("llmusage_persisted_records_total") == 5 && p.Gauge("llmusage_persist_queue_records") == 0 && p.Gauge("llmusage_spool_records") == 0
+	}, "the 5 records were not stored")
+	metrics := p.Scrape(t)
 	promtoolCheck(t, metrics)
-	compareGolden(t, "testdata/seed.metrics", usageLines(metrics))
+	compareGolden(t, "testdata/seed.metrics", goldenMetrics(metrics))
 }
 
-// usageLines keeps the llm_ series, which are deterministic, sorted.
-func usageLines(metrics string) string {
+// goldenMetrics keeps every family of an exposition, in its order, but
+// for those that vary from run to run or from machine to machine:
+//   - the Go runtime's (go_*) and the process's (process_*): dropped, with
+//     their HELP text, which changes with the Go version;
+//   - durations the sidecar measures itself (llmusage_*_duration_seconds):
+//     HELP, TYPE and the _count samples kept where the count is that of the
+//     test's requests (llmusage_http_request_duration_seconds, but for
+//     handler="metrics": the test polls /metrics until the records are
+//     stored), no samples where it is not (persist_flush_duration_seconds
+//     counts batches, which the flush timer cuts);
+//   - llmusage_build_info: its revision and goversion labels normalised.
+//
+// The llm_* families are deterministic: their latencies are the records'
+// latency_ms, and the quota gauges move by a whole unit only after 20 s.
+func goldenMetrics(metrics string) string {
+	var b strings.Builder
+	for line := range strings.Lines(metrics) {
+		name := line
+		if rest, ok := strings.CutPrefix(line, "# "); ok {
+			_, name, _ = strings.Cut(rest, " ") // # HELP name ..., # TYPE name ...
+		}
+		name = name[:strings.IndexAny(name, " {\n")]
+		switch {
+		case strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_"):
+			continue
+		case strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(name, "llmusage_http_request_duration_seconds"):
+			if !strings.HasSuffix(name, "_count") || strings.Contains(line, `handler="metrics"`) {
+				continue
+			}
+		case strings.HasPrefix(name, "llmusage_persist_flush_duration_seconds"):
+			continue
+		case name == "llmusage_build_info":
+			line = buildInfoVaries.ReplaceAllString(line, `$1="<$1>"`)
+		}
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
+var buildInfoVaries = regexp.MustCompile(`\b(revision|goversion)="[^"]*"`)
+
+// samples returns the sample lines of the family name in an exposition, sorted.
+func samples(metrics, name string) []string {
 	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(metrics))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "llm_") && !strings.Contains(line, "_sum{") {
-			lines = append(lines, line)
+	for line := range strings.Lines(metrics) {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			lines = append(lines, strings.TrimSuffix(line, "\n"))
 		}
 	}
 	sort.Strings(lines)
-	return strings.Join(lines, "\n") + "\n"
+	return lines
 }
 
 func compareGolden(t *testing.T, path, got string) {
@@ -319,11 +177,7 @@ func compareGolden(t *testing.T, path, got string) {
 // promtoolCheck lints an exposition with Prometheus' own promtool.
 func promtoolCheck(t *testing.T, metrics string) {
 	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool is not installed: run `make deps` (Debian package prometheus)")
-	}
-	cmd := exec.Command(promtool, "check", "metrics")
+	cmd := exec.Command(sidecartest.RequireTool(t, "promtool"), "check", "metrics")
 	cmd.Stdin = strings.NewReader(metrics)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -334,23 +188,21 @@ func promtoolCheck(t *testing.T, metrics string) {
 func TestReloadAndShutdown(t *testing.T) {
 	p := startSidecar(t, seedLimits)
 	for i := 0; i < 2; i++ {
-		p.post(t, "/v1/check", "application/json", `{"user_id":"erin","model":"gpt-4"}`)
+		p.Post(t, "/v1/check", "application/json", `{"user_id":"erin","model":"gpt-4"}`)
 	}
 	remaining := func() float64 {
 		t.Helper()
-		_, out := p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=erin")
+		_, out := p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=erin")
 		return out["remaining"].(float64)
 	}
 	reload := func(content, wantLog string) {
 		t.Helper()
-		if err := os.WriteFile(p.limitsFile, []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(p.LimitsFile, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		before := strings.Count(p.stderr.String(), wantLog)
-		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, func() bool { return strings.Count(p.stderr.String(), wantLog) > before })
+		before := strings.Count(p.Log(), wantLog)
+		p.Signal(t, syscall.SIGHUP)
+		sidecartest.WaitFor(t, 30*time.Second, func() bool { return strings.Count(p.Log(), wantLog) > before }, "no %q in the log after SIGHUP", wantLog)
 	}
 	// A broken file is refused; the old rules (3/minute) stay.
 	reload("limits:\n  - limit_type: minute\n    requests: zero\n", "limits file not reloaded")
@@ -359,38 +211,27 @@ func TestReloadAndShutdown(t *testing.T) {
 	}
 	// A good file raises the limit and keeps the level (1 token left of 3 → 1 of 10).
 	reload("limits:\n  - limit_type: minute\n    requests: 10\n", "limits file reloaded")
-	_, out := p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=erin")
+	_, out := p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=erin")
 	if out["limit"] != float64(10) || out["remaining"] != float64(1) {
 		t.Fatalf("after reload: %v, want limit 10 with the level kept at 1", out)
 	}
-	if err := p.stop(t, syscall.SIGTERM); err != nil {
+	if err := p.Stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("exit after SIGTERM: %v, want 0", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 30 s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
 func TestUnixSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "llmusage.sock")
 	p := startSidecar(t, seedLimits, "LLMUSAGE_LISTEN_ADDRESS=unix:"+sock)
-	p.api = "http://llmusage"
-	p.client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}
-	code, _, out := p.post(t, "/v1/calls", "application/json", `{"user_id":"frank","model":"gpt-4"}`)
+	// The API is the socket alone: p.Client reaches it through the socket.
+	if p.APIAddr() != sock {
+		t.Fatalf("API address %q, want the socket %s", p.APIAddr(), sock)
+	}
+	code, _, out := p.Post(t, "/v1/calls", "application/json", `{"user_id":"frank","model":"gpt-4"}`)
 	if code != http.StatusAccepted || out["accepted"] != float64(1) {
 		t.Fatalf("record over the unix socket: %d %v", code, out)
 	}
-	if err := p.stop(t, syscall.SIGTERM); err != nil {
+	if err := p.Stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
@@ -401,16 +242,14 @@ func TestUnixSocket(t *testing.T) {
 func TestStartupErrors(t *testing.T) {
 	f := func(wantInStderr string, args ...string) {
 		t.Helper()
-		cmd := exec.Command(binary, args...)
-		cmd.Dir = t.TempDir()
-		out, err := cmd.CombinedOutput()
+		out, err := sidecartest.Run(t, args...)
 		if err == nil {
 			t.Fatalf("llmusage %v exited 0, want an error", args)
 		}
-		if !strings.Contains(string(out), wantInStderr) {
+		if !strings.Contains(out, wantInStderr) {
 			t.Fatalf("llmusage %v said %q, want %q", args, out, wantInStderr)
 		}
-		if lines := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; lines != 1 {
+		if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines != 1 {
 			t.Fatalf("llmusage %v said %d lines, want one:\n%s", args, lines, out)
 		}
 	}
@@ -422,13 +261,13 @@ func TestStartupErrors(t *testing.T) {
 	f("flag provided but not defined: -no-such-flag", "serve", "--no-such-flag")
 	f("cannot use --log-format", "serve", "--log-format", "xml")
 	f("cannot use --metrics-auth without --auth-token-file", "serve", "--metrics-auth")
-	f("cannot use --durability", "serve", "--durability", "maybe", "--listen-address", freePort(t), "--metrics-address", freePort(t))
-	f("cannot use --max-body-bytes 67108864", "serve", "--max-body-bytes", "67108864", "--listen-address", freePort(t), "--metrics-address", freePort(t))
+	f("cannot use --durability", "serve", "--durability", "maybe", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
+	f("cannot use --max-body-bytes 67108864", "serve", "--max-body-bytes", "67108864", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
 
-	f("cannot migrate", "serve", "--listen-address", freePort(t), "--metrics-address", freePort(t),
+	f("cannot migrate", "serve", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t),
 		"--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2")
-	out, _ := exec.Command(binary, "migrate", "--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2").CombinedOutput()
-	if strings.Contains(string(out), "s3cret-pw") {
+	out, _ := sidecartest.Run(t, "migrate", "--database-url", "postgres://llmusage:s3cret-pw@127.0.0.1:1/llm?connect_timeout=2")
+	if strings.Contains(out, "s3cret-pw") {
 		t.Fatalf("the password leaks into the error: %s", out)
 	}
 
@@ -437,15 +276,15 @@ func TestStartupErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	f("cannot listen on "+busy.Addr().String(), "serve", "--listen-address", busy.Addr().String(), "--metrics-address", freePort(t))
+	f("cannot listen on "+busy.Addr().String(), "serve", "--listen-address", busy.Addr().String(), "--metrics-address", sidecartest.FreeAddr(t))
 }
 
 func TestVersion(t *testing.T) {
-	out, err := exec.Command(binary, "version").CombinedOutput()
+	out, err := sidecartest.Run(t, "version")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`^llmusage \S+ \(commit \S+, go1\.\d+`).Match(out) {
+	if !regexp.MustCompile(`^llmusage \S+ \(commit \S+, go1\.\d+`).MatchString(out) {
 		t.Fatalf("version output %q", out)
 	}
 }
@@ -462,7 +301,7 @@ func TestAuthToken(t *testing.T) {
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
 		}
-		resp, err := p.client.Do(req)
+		resp, err := p.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -475,19 +314,19 @@ func TestAuthToken(t *testing.T) {
 			t.Fatalf("401 body is not JSON: %s", body)
 		}
 	}
-	limits := p.api + "/v1/limits?user_id=u"
+	limits := p.APIURL() + "/v1/limits?user_id=u"
 	f(limits, "", http.StatusUnauthorized)
 	f(limits, "Bearer wrong", http.StatusUnauthorized)
 	f(limits, "Bearer s3cret-token-and-more", http.StatusUnauthorized)
 	f(limits, "Basic s3cret-token", http.StatusUnauthorized)
 	f(limits, "Bearer s3cret-token", http.StatusOK)
-	f(p.api+"/api/llm/usage/rate-limits?user_id=u", "", http.StatusUnauthorized)
-	f(p.api+"/api/llm/usage/rate-limits?user_id=u", "Bearer s3cret-token", http.StatusOK)
-	f(p.metrics+"/metrics", "", http.StatusUnauthorized)
-	f(p.metrics+"/metrics", "Bearer s3cret-token", http.StatusOK)
+	f(p.APIURL()+"/api/llm/usage/rate-limits?user_id=u", "", http.StatusUnauthorized)
+	f(p.APIURL()+"/api/llm/usage/rate-limits?user_id=u", "Bearer s3cret-token", http.StatusOK)
+	f(p.MetricsURL()+"/metrics", "", http.StatusUnauthorized)
+	f(p.MetricsURL()+"/metrics", "Bearer s3cret-token", http.StatusOK)
 	// The kubelet's probes need no token.
-	f(p.metrics+"/healthz", "", http.StatusOK)
-	f(p.api+"/readyz", "", http.StatusOK)
+	f(p.MetricsURL()+"/healthz", "", http.StatusOK)
+	f(p.APIURL()+"/readyz", "", http.StatusOK)
 }
 
 // TestCardinalityCaps sets both label caps from the environment, as a pod
@@ -501,15 +340,10 @@ func TestCardinalityCaps(t *testing.T) {
 		fmt.Fprintf(&body, `{"user_id":"user-%d","provider":"openai","model":"gpt-4o-2026-11-27T12:0%d","prompt_tokens":1,"completion_tokens":1}`+"\n", i, i)
 	}
 	body.WriteString(`{"user_id":"user-0","provider":"acme","model":"a-1","prompt_tokens":1,"completion_tokens":1}` + "\n")
-	if code, _, out := p.post(t, "/v1/calls", "application/x-ndjson", body.String()); code != http.StatusAccepted {
+	if code, _, out := p.Post(t, "/v1/calls", "application/x-ndjson", body.String()); code != http.StatusAccepted {
 		t.Fatalf("POST /v1/calls: %d %v", code, out)
 	}
-	var requests []string
-	for _, line := range strings.Split(usageLines(p.scrape(t)), "\n") {
-		if strings.HasPrefix(line, "llm_requests_total") {
-			requests = append(requests, line)
-		}
-	}
+	requests := samples(p.Scrape(t), "llm_requests_total")
 	want := []string{
 		`llm_requests_total{model="__other__",provider="__other__",status="success",user="user-0"} 1`,
 		`llm_requests_total{model="__other__",provider="openai",status="success",user="__other__"} 3`,
@@ -519,15 +353,15 @@ func TestCardinalityCaps(t *testing.T) {
 	if got := strings.Join(requests, "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("llm_requests_total:\n%s\nwant\n%s", got, strings.Join(want, "\n"))
 	}
-	metrics := p.scrape(t)
+	metrics := p.Scrape(t)
 	for _, line := range []string{"llmusage_metrics_users 1", "llmusage_metrics_users_overflow_total 4",
 		"llmusage_metrics_models 2", "llmusage_metrics_models_overflow_total 4"} {
 		if !strings.Contains(metrics, "\n"+line+"\n") {
 			t.Errorf("/metrics lacks %q", line)
 		}
 	}
-	waitFor(t, func() bool {
-		_, stats := p.get(t, p.api+"/api/llm/usage/stats")
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
+		_, stats := p.Get(t, "/api/llm/usage/stats")
 		return stats["total_calls"] == float64(6) && len(stats["by_model"].(map[string]any)) == 6
-	})
+	}, "the 6 records are not all in the stats")
 }

@@ -3,9 +3,11 @@ package main
 import (
 	"encoding/json"
 	"net/http"
-	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
 // TestLoadgen drives a running sidecar in each mode and checks the
@@ -25,7 +27,7 @@ func TestLoadgen(t *testing.T) {
 	}
 	f := func(wantRecordsPerRequest float64, args ...string) report {
 		t.Helper()
-		out, err := exec.Command(binary, append([]string{"loadgen", "--target", p.api, "--duration", "1s", "--connections", "2", "--json"}, args...)...).CombinedOutput()
+		out, err := sidecartest.Command(t, append([]string{"loadgen", "--target", p.APIURL(), "--duration", "1s", "--connections", "2", "--json"}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("loadgen %v: %s\n%s", args, err, out)
 		}
@@ -53,27 +55,27 @@ func TestLoadgen(t *testing.T) {
 	}
 
 	// The text report names throughput and percentiles.
-	out, err := exec.Command(binary, "loadgen", "--target", p.api, "--duration", "500ms").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "requests") || !strings.Contains(string(out), "p99") {
-		t.Fatalf("loadgen text report: %v\n%s", err, out)
+	text, err := sidecartest.Run(t, "loadgen", "--target", p.APIURL(), "--duration", "500ms")
+	if err != nil || !strings.Contains(text, "requests") || !strings.Contains(text, "p99") {
+		t.Fatalf("loadgen text report: %v\n%s", err, text)
 	}
 
 	// The baseline server answers 202 to anything, until SIGTERM.
-	addr := freePort(t)
-	base := exec.Command(binary, "loadgen", "--serve-baseline", addr)
+	addr := sidecartest.FreeAddr(t)
+	base := sidecartest.Command(t, "loadgen", "--serve-baseline", addr)
 	if err := base.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = base.Process.Kill(); _ = base.Wait() }()
-	waitFor(t, func() bool {
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
 		resp, err := http.Post("http://"+addr+"/v1/calls", "application/json", strings.NewReader("{}"))
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusAccepted
-	})
-	if out, err := exec.Command(binary, "loadgen", "--target", "ftp://x").CombinedOutput(); err == nil || !strings.Contains(string(out), "cannot use --target") {
+	}, "the baseline server does not answer 202")
+	if out, err := sidecartest.Run(t, "loadgen", "--target", "ftp://x"); err == nil || !strings.Contains(out, "cannot use --target") {
 		t.Fatalf("a bad target: %v %s", err, out)
 	}
 }

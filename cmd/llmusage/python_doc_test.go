@@ -48,12 +48,12 @@ print("ok")
 		t.Fatal(err)
 	}
 	cmd := exec.Command(python, path)
-	cmd.Env = append(os.Environ(), "LLMUSAGE_URL="+p.api)
+	cmd.Env = append(os.Environ(), "LLMUSAGE_URL="+p.APIURL())
 	out, err := cmd.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "ok" {
 		t.Fatalf("the snippet failed: %v\n%s", err, out)
 	}
-	metrics := p.scrape(t)
+	metrics := p.Scrape(t)
 	for _, want := range []string{
 		`llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="prompt",user="doc-user"} 100`,
 		`llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="completion",user="doc-user"} 3`,

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,41 +13,20 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "modernc.org/sqlite"
 
 	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/internal/sidecartest"
 )
-
-// sqliteWithoutDefaults migrates a fresh SQLite file with llmusage migrate
-// and deletes the seeded default rules, returning its --database-url.
-func sqliteWithoutDefaults(t *testing.T, path string) string {
-	t.Helper()
-	dbURL := "sqlite:" + path
-	if out, err := exec.Command(binary, "migrate", "--database-url", dbURL).CombinedOutput(); err != nil {
-		t.Fatalf("llmusage migrate: %s\n%s", err, out)
-	}
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`DELETE FROM llm_rate_limit_configs`); err != nil {
-		t.Fatal(err)
-	}
-	return dbURL
-}
 
 // TestDefaultStore runs serve with no database flag at all: records land
 // in <data-dir>/llmusage.db and come back through the usage API.
 func TestDefaultStore(t *testing.T) {
 	dataDir := t.TempDir()
-	cmd := exec.Command(binary, "serve", "--listen-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--flush-interval", "50ms")
-	cmd.Dir = dataDir // the default --data-dir is ./llmusage-data
-	p := &sidecarProc{cmd: cmd, stderr: &syncBuffer{},
-		exited: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
-	startProc(t, p)
+	// The default --data-dir is ./llmusage-data in the working directory.
+	p := sidecartest.Start(t, sidecartest.Options{Dir: dataDir, DefaultDataDir: true,
+		Flags: []string{"--flush-interval", "50ms"}})
 
-	code, _, out := p.post(t, "/v1/calls", "application/json", `[
+	code, _, out := p.Post(t, "/v1/calls", "application/json", `[
   {"user_id": "alice", "model": "llama-3.1-70b-versatile", "prompt_tokens": 1000, "completion_tokens": 250, "metadata": {"provider": "groq"}, "request_id": "seed-1"},
   {"user_id": "alice", "model": "gpt-4", "prompt_tokens": 200, "completion_tokens": 100, "request_id": "seed-2"},
   {"user_id": "bob", "model": "claude-3-opus", "prompt_tokens": 50, "completion_tokens": 30, "request_id": "seed-3"}]`)
@@ -57,25 +34,25 @@ func TestDefaultStore(t *testing.T) {
 		t.Fatalf("records: %d %v", code, out)
 	}
 	var logs []any
-	waitFor(t, func() bool {
-		_, page := p.get(t, p.api+"/api/llm/usage/logs?limit=10")
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
+		_, page := p.Get(t, "/api/llm/usage/logs?limit=10")
 		logs, _ = page["logs"].([]any)
 		return len(logs) == 3
-	})
+	}, "the 3 records are not all in the logs")
 	if newest := logs[0].(map[string]any); newest["request_id"] != "seed-3" || newest["provider"] != "anthropic" || newest["tokens_used"] != float64(80) {
 		t.Fatalf("newest log %v", newest)
 	}
-	_, stats := p.get(t, p.api+"/api/llm/usage/stats?user_id=alice&days=7")
+	_, stats := p.Get(t, "/api/llm/usage/stats?user_id=alice&days=7")
 	byModel := stats["by_model"].(map[string]any)
 	if stats["total_calls"] != float64(2) || stats["total_tokens"] != float64(1550) || byModel["gpt-4"].(map[string]any)["provider"] != "openai" {
 		t.Fatalf("stats %v", stats)
 	}
 	// The seeded defaults apply: 30 requests a minute.
-	_, lim := p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=alice")
+	_, lim := p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=alice")
 	if lim["limit"] != float64(30) || lim["used"] != float64(2) {
 		t.Fatalf("default minute limit %v", lim)
 	}
-	if err := p.stop(t, syscall.SIGTERM); err != nil {
+	if err := p.Stop(t, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// The default --data-dir is ./llmusage-data: the database and the spool live there.
@@ -91,12 +68,12 @@ func TestDefaultStore(t *testing.T) {
 // user's limit in SQL.
 func TestPostgresStore(t *testing.T) {
 	dbURL := pgtest.URL(t)
-	out, err := exec.Command(binary, "migrate", "--database-url", dbURL).CombinedOutput()
+	out, err := sidecartest.Run(t, "migrate", "--database-url", dbURL)
 	if err != nil {
 		t.Fatalf("llmusage migrate: %s\n%s", err, out)
 	}
-	out, err = exec.Command(binary, "migrate", "--status", "--database-url", dbURL).CombinedOutput()
-	if err != nil || strings.Count(string(out), "applied") != 2 || strings.Contains(string(out), "pending") {
+	out, err = sidecartest.Run(t, "migrate", "--status", "--database-url", dbURL)
+	if err != nil || strings.Count(out, "applied") != 2 || strings.Contains(out, "pending") {
 		t.Fatalf("migrate --status: %v\n%s", err, out)
 	}
 	ctx := context.Background()
@@ -115,7 +92,8 @@ func TestPostgresStore(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := startSidecar(t, "", "LLMUSAGE_DATABASE_URL="+dbURL, "LLMUSAGE_MIGRATE=false")
+	// A limits file without rules: the database's seeded defaults decide.
+	p := startSidecar(t, "# no rules\n", "LLMUSAGE_DATABASE_URL="+dbURL, "LLMUSAGE_MIGRATE=false")
 	const batches, perBatch = 20, 500
 	for b := 0; b < batches; b++ {
 		var body strings.Builder
@@ -124,13 +102,13 @@ func TestPostgresStore(t *testing.T) {
 			model, provider := []string{"gpt-4o", "claude-3-5-sonnet", "llama-3.1-8b-instant"}[n%3], []string{"openai", "anthropic", "groq"}[n%3]
 			fmt.Fprintf(&body, `{"user_id":"user-%d","model":%q,"provider":%q,"prompt_tokens":%d,"completion_tokens":1,"request_id":"bulk-%d"}`+"\n", n%50, model, provider, n%7, n)
 		}
-		if code, _, out := p.post(t, "/v1/calls", "application/x-ndjson", body.String()); code != http.StatusAccepted || out["accepted"] != float64(perBatch) {
+		if code, _, out := p.Post(t, "/v1/calls", "application/x-ndjson", body.String()); code != http.StatusAccepted || out["accepted"] != float64(perBatch) {
 			t.Fatalf("batch %d: %d %v", b, code, out)
 		}
 	}
 	dup := `{"user_id":"dup-user","model":"gpt-4","prompt_tokens":3,"request_id":"the-same-call"}`
 	for i := 0; i < 2; i++ {
-		if code, _, _ := p.post(t, "/v1/calls", "application/json", dup); code != http.StatusAccepted {
+		if code, _, _ := p.Post(t, "/v1/calls", "application/json", dup); code != http.StatusAccepted {
 			t.Fatalf("duplicate post %d: %d", i, code)
 		}
 	}
@@ -141,16 +119,16 @@ func TestPostgresStore(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, func() bool {
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
 		return count("request_id LIKE 'bulk-%'") == batches*perBatch && count("request_id = 'the-same-call'") == 1
-	})
+	}, "the records are not all stored, once each")
 	// Let any straggling flush land before counting for good.
 	time.Sleep(200 * time.Millisecond)
 	if n := count("true"); n != batches*perBatch+1 {
 		t.Fatalf("%d rows, want %d", n, batches*perBatch+1)
 	}
 
-	_, stats := p.get(t, p.api+"/api/llm/usage/stats")
+	_, stats := p.Get(t, "/api/llm/usage/stats")
 	byProvider := stats["by_provider"].(map[string]any)
 	if stats["total_calls"] != float64(batches*perBatch+1) || byProvider["groq"].(map[string]any)["calls"] != float64(3333) ||
 		stats["by_model"].(map[string]any)["claude-3-5-sonnet"].(map[string]any)["provider"] != "anthropic" {
@@ -163,20 +141,20 @@ func TestPostgresStore(t *testing.T) {
 VALUES ('user-id', 'minute', 200, NOW() + INTERVAL '1 minute');`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
-		_, lim := p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=user-id")
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
+		_, lim := p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=user-id")
 		return lim["limit"] == float64(200)
-	})
+	}, "the limit inserted in llm_rate_limits did not take effect")
 	t.Logf("the new limit took effect %s after the INSERT", time.Since(start).Round(time.Millisecond))
-	if _, lim := p.get(t, p.api+"/api/llm/usage/rate-limit/minute?user_id=someone-else"); lim["limit"] != float64(30) {
+	if _, lim := p.Get(t, "/api/llm/usage/rate-limit/minute?user_id=someone-else"); lim["limit"] != float64(30) {
 		t.Fatalf("other users keep the default: %v", lim)
 	}
 
-	if err := p.stop(t, syscall.SIGTERM); err != nil {
+	if err := p.Stop(t, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if u, _ := url.Parse(dbURL); u != nil {
-		log := p.stderr.String()
+		log := p.Log()
 		if pw, ok := u.User.Password(); ok && pw != "" && (strings.Contains(log, ":"+pw+"@") || strings.Contains(log, dbURL)) {
 			t.Fatal("the database password appears in the sidecar's log")
 		}
