@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
 // TestAgainstPrometheus starts a sidecar and a real Prometheus that
@@ -30,41 +31,38 @@ import (
 // the dashboards and rules name exists (in a real scrape, or as a
 // recording rule), and that the quota alert fires for a user over 80%.
 func TestAgainstPrometheus(t *testing.T) {
-	promBin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Fatal("prometheus is not installed: run make test (Debian package prometheus)")
-	}
+	promBin := sidecartest.RequireTool(t, "prometheus")
 	dir := t.TempDir()
-	side := startSidecar(t, dir)
-	prom := startPrometheus(t, promBin, dir, side.metricsAddr)
+	side := startSidecar(t)
+	prom := startPrometheus(t, promBin, dir, side.MetricsAddr())
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		side.traffic(t, stop)
+		traffic(t, side, stop)
 	}()
 	defer func() { close(stop); wg.Wait() }()
 	// "light" uses 5 of its 20 requests an hour, "heavy" 17: 85% of the quota.
 	for i := 0; i < 5; i++ {
-		side.post(t, "/v1/check", `{"user_id":"light","model":"gpt-4o"}`, http.StatusOK)
+		post(t, side, "/v1/check", `{"user_id":"light","model":"gpt-4o"}`, http.StatusOK)
 	}
 	for i := 0; i < 17; i++ {
-		side.post(t, "/v1/check", `{"user_id":"heavy","model":"gpt-4o","request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusOK)
-		side.post(t, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
+		post(t, side, "/v1/check", `{"user_id":"heavy","model":"gpt-4o","request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusOK)
+		post(t, side, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
 	}
 
 	t.Run("every panel query returns data", func(t *testing.T) {
 		for _, q := range panelQueries(t) {
 			expr := substitute(q.expr)
-			waitFor(t, 90*time.Second, func() bool { return len(prom.query(t, expr)) > 0 },
+			sidecartest.WaitFor(t, 90*time.Second, func() bool { return len(prom.query(t, expr)) > 0 },
 				"%s / %s: no data for %s", q.dashboard, q.panel, expr)
 		}
 	})
 
 	t.Run("every metric named exists", func(t *testing.T) {
-		exposed := scrapedNames(t, "http://"+side.metricsAddr+"/metrics")
+		exposed := scrapedNames(t, side.Scrape(t))
 		recorded, alertExprs := ruleExprs(t)
 		var exprs []string
 		for _, q := range panelQueries(t) {
@@ -91,7 +89,7 @@ func TestAgainstPrometheus(t *testing.T) {
 	})
 
 	t.Run("the quota alert fires for the user over 80%", func(t *testing.T) {
-		waitFor(t, 90*time.Second, func() bool {
+		sidecartest.WaitFor(t, 90*time.Second, func() bool {
 			for _, a := range prom.alerts(t) {
 				if a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "heavy" &&
 					a.Labels["limit_type"] == "hour" && a.State == "firing" {
@@ -217,15 +215,10 @@ func metricNames(t *testing.T, expr string) []string {
 
 // scrapedNames returns the series names of a real scrape, histograms
 // and summaries expanded to their _bucket, _sum and _count series.
-func scrapedNames(t *testing.T, u string) map[string]bool {
+func scrapedNames(t *testing.T, metrics string) map[string]bool {
 	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := p.TextToMetricFamilies(resp.Body)
+	families, err := p.TextToMetricFamilies(strings.NewReader(metrics))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,32 +235,14 @@ func scrapedNames(t *testing.T, u string) map[string]bool {
 	return names
 }
 
-type sidecarProc struct {
-	apiAddr, metricsAddr string
-	client               *http.Client
-}
+func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-func startSidecar(t *testing.T, dir string) *sidecarProc {
+// startSidecar starts a sidecar with per-user hourly limits for "heavy"
+// and "light".
+func startSidecar(t *testing.T) *sidecartest.Sidecar {
 	t.Helper()
-	buildOnce.Do(func() {
-		binary = filepath.Join(os.TempDir(), fmt.Sprintf("llmusage-dashboards-%d", os.Getpid()))
-		out, err := exec.Command("go", "build", "-o", binary, "../cmd/llmusage").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%s: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("cannot build llmusage: %s", buildErr)
-	}
-	t.Cleanup(func() { os.Remove(binary) })
-	limits := filepath.Join(dir, "limits.yaml")
-	os.WriteFile(limits, []byte(`
+	return sidecartest.Start(t, sidecartest.Options{
+		Limits: `
 limits:
   - user_id: heavy
     limit_type: hour
@@ -278,46 +253,17 @@ limits:
   - provider: openai
     limit_type: minute
     tokens: 1000000
-`), 0o644)
-	s := &sidecarProc{client: &http.Client{Timeout: 10 * time.Second}}
-	log, _ := os.Create(filepath.Join(dir, "sidecar.log"))
-	// Port 0: the sidecar logs the ports the kernel chose, so that tests
-	// running in parallel never race for one.
-	cmd := exec.Command(binary, "serve", "--listen-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0",
-		"--limits-file", limits, "--data-dir", filepath.Join(dir, "data"), "--flush-interval", "100ms")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("sidecar log:\n%s", b)
-		}
+`,
+		Flags: []string{"--flush-interval", "100ms"},
 	})
-	serving := regexp.MustCompile(`msg="llmusage serving".* api=(\S+) metrics=(\S+)`)
-	waitFor(t, 60*time.Second, func() bool {
-		logged, _ := os.ReadFile(log.Name())
-		m := serving.FindSubmatch(logged)
-		if m == nil {
-			return false
-		}
-		s.apiAddr, s.metricsAddr = string(m[1]), string(m[2])
-		resp, err := s.client.Get("http://" + s.metricsAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "sidecar not ready")
-	return s
 }
 
-func (s *sidecarProc) post(t *testing.T, path, body string, want int) {
+// post posts a JSON body to the sidecar's API and checks the status
+// (unless want is 0) with t.Errorf, not t.Fatal: traffic posts from a
+// goroutine of its own.
+func post(t *testing.T, s *sidecartest.Sidecar, path, body string, want int) {
 	t.Helper()
-	resp, err := s.client.Post("http://"+s.apiAddr+path, "application/json", strings.NewReader(body))
+	resp, err := s.Client.Post(s.APIURL()+path, "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Error(err)
 		return
@@ -332,7 +278,7 @@ func (s *sidecarProc) post(t *testing.T, path, body string, want int) {
 // traffic keeps every kind of series moving until stop: records of
 // several users, providers and models (some failed), checks (some
 // refused), and invalid requests.
-func (s *sidecarProc) traffic(t *testing.T, stop chan struct{}) {
+func traffic(t *testing.T, s *sidecartest.Sidecar, stop chan struct{}) {
 	models := []struct{ provider, model string }{{"openai", "gpt-4o"}, {"anthropic", "claude-3-5-sonnet"}, {"groq", "llama-3.1-8b-instant"}}
 	for i := 0; ; i++ {
 		select {
@@ -345,11 +291,11 @@ func (s *sidecarProc) traffic(t *testing.T, stop chan struct{}) {
 		if i%4 == 0 {
 			status = "error"
 		}
-		s.post(t, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
+		post(t, s, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
 			i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status), http.StatusAccepted)
 		// "burst" checks more than its 30 a minute: some are refused.
-		s.post(t, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
-		s.post(t, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
+		post(t, s, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
+		post(t, s, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
 	}
 }
 
@@ -380,7 +326,7 @@ scrape_configs:
       - targets: [%q]
 `, target)
 	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644)
-	p := &promProc{addr: freeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
+	p := &promProc{addr: sidecartest.FreeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
 	log, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	cmd := exec.Command(bin, "--config.file", filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path", filepath.Join(dir, "tsdb"),
 		"--web.listen-address", p.addr)
@@ -399,7 +345,7 @@ scrape_configs:
 			t.Logf("prometheus log (tail):\n%s", b)
 		}
 	})
-	waitFor(t, 60*time.Second, func() bool {
+	sidecartest.WaitFor(t, 60*time.Second, func() bool {
 		resp, err := p.client.Get("http://" + p.addr + "/-/ready")
 		if err != nil {
 			return false
@@ -468,25 +414,4 @@ func (p *promProc) alerts(t *testing.T) []alert {
 		t.Fatal(err)
 	}
 	return out.Data.Alerts
-}
-
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf(format, args...)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
