@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	_ "modernc.org/sqlite"
+
+	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/internal/sidecartest"
+)
+
+// TestLimitsFileOnDefaultStore is the new user's first try: a limits file
+// with 3 requests a minute on the embedded store, seeded defaults and all,
+// admits three checks and refuses the fourth; the seed's UPDATE then lifts
+// the limit within 2 seconds; a provider 'Azure' row limits checks sent
+// with provider azure; /v1/rules explains each step.
+func TestLimitsFileOnDefaultStore(t *testing.T) {
+	s := sidecartest.Start(t, sidecartest.Options{Limits: "limits:\n  - limit_type: minute\n    requests: 3\n"})
+	db, err := sql.Open("sqlite", filepath.Join(s.DataDir, "llmusage.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	exec := func(q string) {
+		t.Helper()
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %s", q, err)
+		}
+	}
+	checkRulesAfterChanges(t, s, exec, s.LimitsFile)
+}
+
+// TestLimitsFileOnPostgres is the same against Postgres, where the rows'
+// changes arrive by NOTIFY.
+func TestLimitsFileOnPostgres(t *testing.T) {
+	dbURL := pgtest.URL(t)
+	s := sidecartest.Start(t, sidecartest.Options{Limits: "limits:\n  - limit_type: minute\n    requests: 3\n", DatabaseURL: dbURL})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(q string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %s", q, err)
+		}
+	}
+	checkRulesAfterChanges(t, s, exec, s.LimitsFile)
+}
+
+func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(string), file string) {
+	t.Helper()
+	codes := func(user, provider string, n int) string {
+		t.Helper()
+		var out []string
+		for i := 0; i < n; i++ {
+			code, _, body := s.PostJSON(t, "/v1/check", fmt.Sprintf(`{"user_id": %q, "model": "gpt-4o", "provider": %q}`, user, provider))
+			if code != http.StatusOK && code != http.StatusTooManyRequests {
+				t.Fatalf("check: %d %v", code, body)
+			}
+			out = append(out, fmt.Sprint(code))
+		}
+		return strings.Join(out, " ")
+	}
+	if got := codes("alice", "", 4); got != "200 200 200 429" {
+		t.Fatalf("3/minute from the limits file, over the seeded 30/minute: %s, want 200 200 200 429", got)
+	}
+	rules := func(query string) string {
+		t.Helper()
+		code, body := s.Get(t, "/v1/rules"+query)
+		if code != http.StatusOK {
+			t.Fatalf("/v1/rules%s: %d %v", query, code, body)
+		}
+		b, _ := json.Marshal(body)
+		return string(b)
+	}
+	if got, want := rules("?user_id=alice&model=gpt-4o"),
+		`{"applicable":[{"limit":3,"limit_type":"minute","source":"`+file+`:2","unit":"requests"}],"model":"gpt-4o","provider":"openai","user_id":"alice"}`; got != want {
+		t.Fatalf("/v1/rules for alice:\n%s\nwant:\n%s", got, want)
+	}
+	if got := rules(""); !strings.Contains(got, `"shadowed_by":"the limits file `) || !strings.Contains(got, `(seeded default)`) {
+		t.Fatalf("/v1/rules does not show the seeded defaults yielding to the file: %s", got)
+	}
+	if !strings.Contains(s.Log(), "limit rule shadowed by a rule of the same scope") {
+		t.Fatalf("no shadowed rule logged at start:\n%s", s.Log())
+	}
+
+	// The seed's UPDATE, as written there: within 2 seconds the limit is 100.
+	exec("UPDATE llm_rate_limit_configs \nSET limit_value = 100 \nWHERE limit_type = 'minute';")
+	exec(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value, provider) VALUES ('minute', 2, 'Azure')`)
+	start := time.Now()
+	sidecartest.WaitFor(t, 2*time.Second, func() bool {
+		return strings.Contains(rules("?user_id=alice&model=gpt-4o"), `"limit":100`)
+	}, "the seed's UPDATE did not apply within 2 s: %s", rules(""))
+	t.Logf("the UPDATE applied after %s", time.Since(start).Round(time.Millisecond))
+	code, body := s.Get(t, "/v1/limits?user_id=alice&model=gpt-4o")
+	if limits, _ := body["limits"].([]any); code != http.StatusOK || len(limits) != 1 || limits[0].(map[string]any)["limit"] != float64(100) {
+		t.Fatalf("/v1/limits after the UPDATE: %d %v", code, body)
+	}
+	if got := rules(""); !strings.Contains(got, `"shadowed_by":"llm_rate_limit_configs id 1"`) {
+		t.Fatalf("/v1/rules does not show the file rule shadowed by the updated row: %s", got)
+	}
+
+	// A row written 'Azure' limits checks sent as azure (and as the
+	// normalised name): 2 a minute for bob.
+	if got := codes("bob", "azure", 2) + " " + codes("bob", "azure.ai.openai", 1) + " " + codes("bob", " AZURE ", 1); got != "200 200 429 429" {
+		t.Fatalf("a provider 'Azure' row of 2/minute: %s, want 200 200 429 429", got)
+	}
+	if got := codes("bob", "openai", 1); got != "200" {
+		t.Fatalf("bob on openai is under the 100/minute row: %s", got)
+	}
+}
