@@ -14,11 +14,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,157 +27,21 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/llmusage/llmusage/internal/pgtest"
+	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
-var binary string
+func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "llmusage-fault")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "llmusage")
-	build := exec.Command("go", "build", "-o", binary, "../../cmd/llmusage")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "cannot build llmusage:", err)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// sidecar is an llmusage serve process that the test kills and restarts
-// on the same data directory and ports.
-type sidecar struct {
-	t *testing.T
-	// dataDir and extra make up the command line with the ports.
-	dataDir string
-	extra   []string
-	args    []string
-	api     string
-	metrics string
-	// started is set once the process has answered: its ports are then
-	// its own, and a restart must keep them.
-	started bool
-	cmd     *exec.Cmd
-	exited  chan error
-	log     *os.File
-	client  *http.Client
-	// env is added to the process's environment.
-	env []string
-}
-
-func newSidecar(t *testing.T, dataDir string, extra ...string) *sidecar {
+// startSidecar starts a sidecar on dataDir, which the test may kill and
+// restart (on the same ports). Start and Restart wait for /healthz, not
+// /readyz, which answers 503 while a full spool refuses records.
+func startSidecar(t *testing.T, dataDir string, extra ...string) *sidecartest.Sidecar {
 	t.Helper()
-	log, err := os.Create(filepath.Join(dataDir, "sidecar.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	s := &sidecar{
-		t:       t,
-		dataDir: dataDir,
-		extra:   extra,
-		log:     log,
-		client:  &http.Client{Timeout: 10 * time.Second},
-	}
-	s.pickPorts()
-	t.Cleanup(func() {
-		if s.cmd != nil {
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("sidecar log (tail):\n%s", b)
-		}
+	return sidecartest.Start(t, sidecartest.Options{
+		DataDir: dataDir,
+		Flags:   append([]string{"--flush-interval", "100ms"}, extra...),
+		Ready:   sidecartest.Healthz,
 	})
-	return s
-}
-
-// pickPorts chooses free ports for the API and /metrics. The sidecar must
-// restart on the same ones after kill -9, so it cannot take port 0; a
-// port another process takes between the pick and the first start only
-// costs a retry (see start).
-func (s *sidecar) pickPorts() {
-	apiAddr, metricsAddr := freePort(s.t), freePort(s.t)
-	s.args = append([]string{"serve", "--listen-address", apiAddr, "--metrics-address", metricsAddr,
-		"--data-dir", s.dataDir, "--flush-interval", "100ms"}, s.extra...)
-	s.api, s.metrics = "http://"+apiAddr, "http://"+metricsAddr
-}
-
-func (s *sidecar) start() {
-	s.t.Helper()
-	for attempt := 1; ; attempt++ {
-		err := s.startOnce()
-		if err == nil {
-			s.started = true
-			return
-		}
-		b, _ := os.ReadFile(s.log.Name())
-		if s.started || attempt == 3 || !strings.Contains(string(b), "address already in use") {
-			s.t.Fatal(err)
-		}
-		s.t.Logf("%v; picking other ports", err)
-		s.pickPorts()
-	}
-}
-
-// startOnce starts the process and waits until it answers /healthz.
-func (s *sidecar) startOnce() error {
-	s.cmd = exec.Command(binary, s.args...)
-	s.cmd.Env = append(os.Environ(), s.env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		return err
-	}
-	s.exited = make(chan error, 1)
-	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(s.cmd, s.exited)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case err := <-s.exited:
-			s.cmd = nil
-			return fmt.Errorf("sidecar exited at start: %v", err)
-		default:
-		}
-		if resp, err := s.client.Get(s.metrics + "/healthz"); err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("sidecar not up after 60 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// kill9 kills the process without warning, as the OOM killer or a node
-// failure would.
-func (s *sidecar) kill9() {
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.exited
-	s.cmd = nil
-}
-
-func (s *sidecar) term() {
-	s.t.Helper()
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.exited:
-		if err != nil {
-			s.t.Fatalf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		s.t.Fatal("no exit 60 s after SIGTERM")
-	}
-	s.cmd = nil
 }
 
 // readiness is a /readyz answer.
@@ -191,32 +52,15 @@ type readiness struct {
 	QueuedRecords int    `json:"queued_records"`
 }
 
-func (s *sidecar) ready() (int, readiness) {
+func ready(s *sidecartest.Sidecar) (int, readiness) {
 	var body readiness
-	resp, err := s.client.Get(s.metrics + "/readyz")
+	resp, err := s.Client.Get(s.MetricsURL() + "/readyz")
 	if err != nil {
 		return 0, body
 	}
 	defer resp.Body.Close()
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	return resp.StatusCode, body
-}
-
-// gauge reads one unlabelled sample from /metrics.
-func (s *sidecar) gauge(name string) float64 {
-	resp, err := s.client.Get(s.metrics + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return -1
 }
 
 // load posts NDJSON batches from several clients until stopped, each
@@ -352,14 +196,14 @@ func auditRows(t *testing.T, dbURL string, l *load) audit {
 }
 
 // waitDrained waits until the sidecar's queue is empty and its store up.
-func waitDrained(t *testing.T, s *sidecar) {
+func waitDrained(t *testing.T, s *sidecartest.Sidecar) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for s.gauge("llmusage_persist_queue_records") != 0 || s.gauge("llmusage_store_up") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("queue not drained after 3 min: %v records, store_up %v", s.gauge("llmusage_persist_queue_records"), s.gauge("llmusage_store_up"))
-		}
-		time.Sleep(100 * time.Millisecond)
+	var queued, up float64
+	if !sidecartest.Eventually(3*time.Minute, func() bool {
+		queued, up = s.Gauge("llmusage_persist_queue_records"), s.Gauge("llmusage_store_up")
+		return queued == 0 && up == 1
+	}) {
+		t.Fatalf("queue not drained after 3 min: %v records, store_up %v", queued, up)
 	}
 }
 
@@ -384,33 +228,22 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestKillAndOutageUnderLoad: under continuous load, kill -9 the sidecar
 // five times, then stop Postgres for LLMUSAGE_FAULT_OUTAGE (30 s); every
 // acknowledged record must be stored exactly once.
 func TestKillAndOutageUnderLoad(t *testing.T) {
 	srv := pgtest.StartServer(t)
 	dbURL := newDatabase(t, srv)
-	s := newSidecar(t, t.TempDir(), "--database-url", dbURL, "--durability", "fsync")
-	s.start()
-	l := startLoad(s.api, 4, 20)
+	s := startSidecar(t, t.TempDir(), "--database-url", dbURL, "--durability", "fsync")
+	l := startLoad(s.APIURL(), 4, 20)
 
 	for i := 1; i <= 5; i++ {
 		time.Sleep(time.Duration(300+i*150) * time.Millisecond)
 		before := l.ackedCount()
-		s.kill9()
+		s.Kill9(t)
 		t.Logf("kill -9 #%d after %d acknowledged records", i, before)
 		time.Sleep(200 * time.Millisecond) // the load keeps knocking
-		s.start()
+		s.Restart(t)
 	}
 
 	outage := envDuration("LLMUSAGE_FAULT_OUTAGE", 30*time.Second)
@@ -422,7 +255,7 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 	deadline := time.Now().Add(outage)
 	sawDegraded, maxQueued := false, 0
 	for time.Now().Before(deadline) {
-		code, body := s.ready()
+		code, body := ready(s)
 		if code == http.StatusOK && body.Status == "degraded" {
 			sawDegraded = true
 		}
@@ -442,14 +275,16 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 	if maxQueued < (l.ackedCount()-during)/2 {
 		t.Fatalf("/readyz reported at most %d queued records; %d were acknowledged during the outage", maxQueued, l.ackedCount()-during)
 	}
-	t.Logf("acknowledged during the outage: %d, spooled: %.0f records", l.ackedCount()-during, s.gauge("llmusage_spool_records"))
+	t.Logf("acknowledged during the outage: %d, spooled: %.0f records", l.ackedCount()-during, s.Gauge("llmusage_spool_records"))
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
 	l.finish()
 	waitDrained(t, s)
-	s.term()
+	if err := s.Stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
 
 	a := auditRows(t, dbURL, l)
 	t.Logf("kill -9 x5 and a %s Postgres outage: %s (HTTP answers %s; not acknowledged: %d)", outage, a, l.codesString(), l.refused.Load())
@@ -467,15 +302,14 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 func TestFullSpool(t *testing.T) {
 	srv := pgtest.StartServer(t)
 	dbURL := newDatabase(t, srv)
-	s := newSidecar(t, t.TempDir(), "--database-url", dbURL, "--spool-max-bytes", "65536")
-	s.start()
+	s := startSidecar(t, t.TempDir(), "--database-url", dbURL, "--spool-max-bytes", "65536")
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	l := startLoad(s.api, 2, 10)
+	l := startLoad(s.APIURL(), 2, 10)
 	deadline := time.Now().Add(time.Minute)
 	for {
-		code, body := s.ready()
+		code, body := ready(s)
 		if code == http.StatusServiceUnavailable && body.Status == "unavailable" && strings.Contains(body.Spool, "full") {
 			break
 		}
@@ -488,7 +322,7 @@ func TestFullSpool(t *testing.T) {
 	// A request larger than what is left: 50 records, where the load's
 	// batches of 10 no longer fit.
 	probe := strings.Repeat(`{"user_id":"u","model":"m","metadata":{"seq":-1}}`+"\n", 50)
-	resp, err := http.Post(s.api+"/v1/calls", "application/x-ndjson", strings.NewReader(probe))
+	resp, err := http.Post(s.APIURL()+"/v1/calls", "application/x-ndjson", strings.NewReader(probe))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,10 +349,12 @@ func TestFullSpool(t *testing.T) {
 	}
 	l.finish()
 	waitDrained(t, s)
-	if code, body := s.ready(); code != http.StatusOK || body.Status != "ok" {
+	if code, body := ready(s); code != http.StatusOK || body.Status != "ok" {
 		t.Fatalf("/readyz after recovery: %d %v", code, body)
 	}
-	s.term()
+	if err := s.Stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
 	a := auditRows(t, dbURL, l)
 	t.Logf("full spool (64 KiB) during an outage: %s (HTTP answers %s)", a, l.codesString())
 	if a.lost != 0 || a.duplicated != 0 || a.acked == 0 {
@@ -542,8 +378,7 @@ func TestUserFlood(t *testing.T) {
 	if v, ok := os.LookupEnv("LLMUSAGE_FAULT_MEMORY_LIMIT"); ok {
 		limit = v
 	}
-	s := newSidecar(t, dir, "--batch-size", "5000", "--memory-limit", limit)
-	s.start()
+	s := startSidecar(t, dir, "--batch-size", "5000", "--memory-limit", limit)
 	const batch, clients = 1000, 1
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -563,7 +398,7 @@ func TestUserFlood(t *testing.T) {
 				for i := first; i < first+batch && i < int64(users); i++ {
 					fmt.Fprintf(&body, `{"user_id":"flood-%d","model":"gpt-4o-mini","prompt_tokens":3,"completion_tokens":1}`+"\n", i)
 				}
-				resp, err := client.Post(s.api+"/v1/calls", "application/x-ndjson", &body)
+				resp, err := client.Post(s.APIURL()+"/v1/calls", "application/x-ndjson", &body)
 				if err != nil {
 					t.Error(err)
 					return
@@ -579,12 +414,14 @@ func TestUserFlood(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	users64 := s.gauge("llmusage_metrics_users")
-	overflow := s.gauge("llmusage_metrics_users_overflow_total")
-	buckets := s.gauge("llmusage_limiter_buckets")
+	users64 := s.Gauge("llmusage_metrics_users")
+	overflow := s.Gauge("llmusage_metrics_users_overflow_total")
+	buckets := s.Gauge("llmusage_limiter_buckets")
 	waitDrained(t, s)
-	hwm := peakRSS(t, s.cmd.Process.Pid)
-	s.term()
+	hwm := peakRSS(t, s.PID())
+	if err := s.Stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
 	t.Logf("flood of %d distinct users in %s (%.0f records/s), --memory-limit %s: peak RSS %.1f MiB; user series %.0f (overflow %.0f); live buckets at the end of the flood %.0f",
 		users, elapsed.Round(time.Millisecond), float64(users)/elapsed.Seconds(), limit, float64(hwm)/(1<<20), users64, overflow, buckets)
 	if users64 > 10000 {
