@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
@@ -56,7 +57,7 @@ type Options struct {
 	// MaxBodyBytes bounds a request body (1 MiB when zero).
 	MaxBodyBytes int64
 	// Clock stamps records without a timestamp; the wall clock when nil.
-	Clock limiter.Clock
+	Clock clock.Clock
 	// Logger logs rejected requests at debug level; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -68,7 +69,7 @@ type Collector struct {
 	usage        UsageReader
 	observer     Observer
 	maxBodyBytes int64
-	clock        limiter.Clock
+	clock        clock.Clock
 	logger       *slog.Logger
 	// rules returns the rules in force, swapped whole on every reload.
 	rules     func() *rules.Set
@@ -104,7 +105,7 @@ func New(opts Options) *Collector {
 		c.maxBodyBytes = 1 << 20
 	}
 	if c.clock == nil {
-		c.clock = limiter.SystemClock{}
+		c.clock = clock.System{}
 	}
 	if c.logger == nil {
 		c.logger = slog.Default()

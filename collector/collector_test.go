@@ -11,14 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
 )
-
-type manualClock struct{ t time.Time }
-
-func (c *manualClock) Now() time.Time { return c.t }
 
 // recordingObserver keeps what the collector reported.
 type recordingObserver struct {
@@ -44,7 +41,7 @@ type testServer struct {
 	handler  http.Handler
 	observer *recordingObserver
 	limiter  *limiter.Limiter
-	clock    *manualClock
+	clock    *clock.Manual
 }
 
 func newTestServer(t *testing.T, limitsYAML string) *testServer {
@@ -54,19 +51,19 @@ func newTestServer(t *testing.T, limitsYAML string) *testServer {
 		t.Fatalf("ParseFile: %s", err)
 	}
 	set := rules.Merge(file, nil)
-	clock := &manualClock{t: testNow}
-	l, err := limiter.New(set.InForce, limiter.Options{Clock: clock})
+	clk := clock.NewManual(testNow)
+	l, err := limiter.New(set.InForce, limiter.Options{Clock: clk})
 	if err != nil {
 		t.Fatalf("limiter.New: %s", err)
 	}
 	obs := &recordingObserver{}
-	c := New(Options{Limiter: l, Observer: obs, Rules: func() *rules.Set { return set }, Clock: clock, MaxBodyBytes: 4096})
+	c := New(Options{Limiter: l, Observer: obs, Rules: func() *rules.Set { return set }, Clock: clk, MaxBodyBytes: 4096})
 	mux := http.NewServeMux()
 	for _, r := range c.Routes() {
 		mux.Handle(r.Pattern, r.Handler)
 	}
 	mux.HandleFunc("/", NotFound)
-	return &testServer{handler: mux, observer: obs, limiter: l, clock: clock}
+	return &testServer{handler: mux, observer: obs, limiter: l, clock: clk}
 }
 
 // do sends a request and decodes the JSON answer, failing the test if the
@@ -332,7 +329,7 @@ limits:
 		t.Fatalf("seed rate-limits %v", all)
 	}
 	// Time passes: one request refills in 20 s.
-	s.clock.t = s.clock.t.Add(20 * time.Second)
+	s.clock.Advance(20 * time.Second)
 	check(`{"user_id":"u","model":"gpt-4o"}`, http.StatusOK)
 	// Another user has a budget of its own.
 	check(`{"user_id":"v","model":"claude-3-opus"}`, http.StatusOK)

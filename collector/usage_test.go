@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/store"
@@ -28,19 +29,19 @@ func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &manualClock{t: testNow}
-	l, err := limiter.New(m.Set().InForce, limiter.Options{Clock: clock})
+	clk := clock.NewManual(testNow)
+	l, err := limiter.New(m.Set().InForce, limiter.Options{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := store.NewWriter(s, store.NewMemoryQueue(maxQueue), store.WriterOptions{})
 	obs := &recordingObserver{}
-	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clock, Rules: m.Set})
+	c := New(Options{Limiter: l, Sink: w, Usage: s, Observer: obs, Clock: clk, Rules: m.Set})
 	mux := http.NewServeMux()
 	for _, r := range c.Routes() {
 		mux.Handle(r.Pattern, r.Handler)
 	}
-	return &testServer{handler: mux, observer: obs, limiter: l, clock: clock}, w
+	return &testServer{handler: mux, observer: obs, limiter: l, clock: clk}, w
 }
 
 func TestUsageAPI(t *testing.T) {

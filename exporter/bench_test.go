@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 )
@@ -96,11 +97,11 @@ func BenchmarkObserveRecords(b *testing.B) {
 func BenchmarkSweep(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
-		clock := &manualClock{testNow}
-		e := New(Options{Clock: clock, MaxUsers: 10_000, UserTTL: time.Hour})
+		clk := clock.NewManual(testNow)
+		e := New(Options{Clock: clk, MaxUsers: 10_000, UserTTL: time.Hour})
 		for u := 0; u < 10_000; u++ {
 			if u == 5_000 {
-				clock.t = clock.t.Add(time.Hour)
+				clk.Advance(time.Hour)
 			}
 			user := fmt.Sprintf("user-%d", u)
 			for m := 0; m < 2; m++ {
@@ -109,7 +110,7 @@ func BenchmarkSweep(b *testing.B) {
 			}
 			e.ObserveCheck(user, true)
 		}
-		clock.t = clock.t.Add(time.Minute)
+		clk.Advance(time.Minute)
 		b.StartTimer()
 		if n := e.Sweep(); n != 5_000 {
 			b.Fatalf("swept %d users, want 5000", n)
@@ -123,20 +124,20 @@ func BenchmarkSweep(b *testing.B) {
 func BenchmarkSweepModels(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
-		clock := &manualClock{testNow}
-		e := New(Options{Clock: clock, MaxUsers: 10_000, MaxModels: 1_000, UserTTL: time.Hour})
+		clk := clock.NewManual(testNow)
+		e := New(Options{Clock: clk, MaxUsers: 10_000, MaxModels: 1_000, UserTTL: time.Hour})
 		for j := 0; j < 998; j++ {
 			e.ObserveRecords([]record.Record{{UserID: fmt.Sprintf("user-%d", j), Provider: "openai", Model: fmt.Sprintf("gpt-4o-%d", j),
 				PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15, Status: record.StatusSuccess}})
 		}
-		clock.t = clock.t.Add(time.Hour)
+		clk.Advance(time.Hour)
 		for u := 0; u < 10_000; u++ {
 			for m := 0; m < 2; m++ {
 				e.ObserveRecords([]record.Record{{UserID: fmt.Sprintf("user-%d", u), Provider: "openai", Model: fmt.Sprintf("model-%d", m),
 					PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15, Status: record.StatusSuccess}})
 			}
 		}
-		clock.t = clock.t.Add(time.Minute)
+		clk.Advance(time.Minute)
 		b.StartTimer()
 		if n := e.Sweep(); n != 0 {
 			b.Fatalf("swept %d users, want 0", n)

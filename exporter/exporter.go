@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 )
@@ -45,7 +46,7 @@ type Options struct {
 	// per-user quota gauges.
 	NoUserLabel bool
 	// Clock tells the time for the TTL; the wall clock when nil.
-	Clock limiter.Clock
+	Clock clock.Clock
 	// Version and Revision describe the build, for llmusage_build_info.
 	Version, Revision string
 }
@@ -57,7 +58,7 @@ type Exporter struct {
 	models  *modelGuard
 	usage   *usageMetrics
 	persist *persistMetrics
-	clock   limiter.Clock
+	clock   clock.Clock
 	httpDur *prometheus.HistogramVec
 }
 
@@ -73,7 +74,7 @@ func New(opts Options) *Exporter {
 		opts.UserTTL = time.Hour
 	}
 	if opts.Clock == nil {
-		opts.Clock = limiter.SystemClock{}
+		opts.Clock = clock.System{}
 	}
 	e := &Exporter{
 		reg:   prometheus.NewRegistry(),

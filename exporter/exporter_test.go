@@ -16,13 +16,10 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 )
-
-type manualClock struct{ t time.Time }
-
-func (c *manualClock) Now() time.Time { return c.t }
 
 var testNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 
@@ -32,7 +29,7 @@ func rec(user, provider, model string, prompt, completion int64) record.Record {
 }
 
 func TestUsageMetrics(t *testing.T) {
-	e := New(Options{Clock: &manualClock{testNow}})
+	e := New(Options{Clock: clock.NewManual(testNow)})
 	slow := rec("u2", "anthropic", "claude-3-opus", 7, 3)
 	slow.Latency, slow.HasLatency, slow.Status = 1500*time.Millisecond, true, record.StatusError
 	reasoning := rec("u1", "openai", "o3-mini", 5, 20)
@@ -93,10 +90,10 @@ llmusage_records_rejected_total 4
 }
 
 func TestUserGuard(t *testing.T) {
-	clock := &manualClock{testNow}
-	e := New(Options{Clock: clock, MaxUsers: 2, UserTTL: time.Hour})
+	clk := clock.NewManual(testNow)
+	e := New(Options{Clock: clk, MaxUsers: 2, UserTTL: time.Hour})
 	e.ObserveRecords([]record.Record{rec("a", "openai", "gpt-4", 1, 1), rec("b", "openai", "gpt-4", 1, 1)})
-	clock.t = clock.t.Add(30 * time.Minute)
+	clk.Advance(30 * time.Minute)
 	e.ObserveRecords([]record.Record{rec("c", "openai", "gpt-4", 1, 1), rec("d", "openai", "gpt-4", 1, 1), rec("b", "openai", "gpt-4", 1, 1)})
 	e.ObserveCheck("e", true)
 
@@ -115,7 +112,7 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
 		t.Fatalf("overflow %v, want 3 (c, d and e's check)", got)
 	}
 	// a has been idle for more than the TTL, b has not.
-	clock.t = clock.t.Add(31 * time.Minute)
+	clk.Advance(31 * time.Minute)
 	if n := e.Sweep(); n != 1 {
 		t.Fatalf("Sweep forgot %d users, want 1", n)
 	}
@@ -135,7 +132,7 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 	// A user that comes back after its series were swept gets them anew:
 	// nothing it records goes to a forgotten child. (g, over the cap until
 	// the sweep, keeps the model from expiring with the users.)
-	clock.t = clock.t.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	e.ObserveRecords([]record.Record{rec("g", "openai", "gpt-4", 1, 1)})
 	if n := e.Sweep(); n != 2 {
 		t.Fatalf("Sweep forgot %d users, want 2 (b and f)", n)
@@ -150,15 +147,15 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 // it keep a provider that has series, others become __other__ on both
 // labels, and an idle pair's series go, of every user, freeing its slot.
 func TestModelGuard(t *testing.T) {
-	clock := &manualClock{testNow}
-	e := New(Options{Clock: clock, MaxModels: 2, UserTTL: time.Hour})
+	clk := clock.NewManual(testNow)
+	e := New(Options{Clock: clk, MaxModels: 2, UserTTL: time.Hour})
 	timed := func(user, provider, model string) record.Record {
 		r := rec(user, provider, model, 1, 1)
 		r.Latency, r.HasLatency = time.Second, true
 		return r
 	}
 	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o"), timed("b", "openai", "gpt-4o-mini")})
-	clock.t = clock.t.Add(30 * time.Minute)
+	clk.Advance(30 * time.Minute)
 	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o-2026-11-27T12:30"), timed("b", "acme", "x-1"), timed("a", "openai", "gpt-4o")})
 
 	f := func(name, want string) {
@@ -186,7 +183,7 @@ llm_request_duration_seconds_count{model="gpt-4o-mini",provider="openai"} 1`)
 
 	// gpt-4o-mini has been idle for more than the TTL, gpt-4o has not;
 	// both users have (so no user expires): only the pair's series go.
-	clock.t = clock.t.Add(31 * time.Minute)
+	clk.Advance(31 * time.Minute)
 	if n := e.Sweep(); n != 0 {
 		t.Fatalf("Sweep forgot %d users, want 0", n)
 	}
@@ -216,7 +213,7 @@ llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 	// no pair of its own, but its overflow pair (61m) stays. gpt-4o comes
 	// back to a free slot and gets its series anew; x-2 finds the cap full
 	// and acme known.
-	clock.t = clock.t.Add(34 * time.Minute)
+	clk.Advance(34 * time.Minute)
 	if n := e.Sweep(); n != 1 {
 		t.Fatalf("Sweep forgot %d users, want 1 (a)", n)
 	}
@@ -229,7 +226,7 @@ llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 	// 130m: x-1 (61m), acme's only pair, and openai's overflow pair (61m)
 	// expire. gpt-5 takes the free slot; x-3 finds the cap full and acme
 	// without a pair of its own, so both its labels overflow.
-	clock.t = clock.t.Add(35 * time.Minute)
+	clk.Advance(35 * time.Minute)
 	if n := e.Sweep(); n != 0 {
 		t.Fatalf("Sweep forgot %d users, want 0", n)
 	}
@@ -249,13 +246,13 @@ llm_request_duration_seconds_count{model="gpt-5",provider="openai"} 1`)
 // TestEstimates checks the limiter's estimate counts as exported: one
 // settled, one expired, one dropped past the bound, one pending.
 func TestEstimates(t *testing.T) {
-	clock := &manualClock{testNow}
+	clk := clock.NewManual(testNow)
 	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.Tokens, Limit: 10_000}},
-		limiter.Options{Clock: clock, PendingTTL: time.Minute, MaxPending: 1})
+		limiter.Options{Clock: clk, PendingTTL: time.Minute, MaxPending: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := New(Options{Clock: clock, Limiter: l})
+	e := New(Options{Clock: clk, Limiter: l})
 	check := func(id string) {
 		t.Helper()
 		if d, err := l.Check(limiter.Request{UserID: "u", Tokens: 100, RequestID: id}); err != nil || !d.Allowed {
@@ -265,7 +262,7 @@ func TestEstimates(t *testing.T) {
 	check("settled")
 	l.Record(limiter.Usage{UserID: "u", Tokens: 90, RequestID: "settled"})
 	check("expires")
-	clock.t = clock.t.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	l.Sweep()
 	check("pending")
 	check("dropped")
@@ -287,15 +284,15 @@ llmusage_limiter_estimates_expired_total 1
 }
 
 func TestQuotaGauges(t *testing.T) {
-	clock := &manualClock{testNow}
+	clk := clock.NewManual(testNow)
 	l, err := limiter.New([]limiter.Rule{
 		{Window: limiter.Minute, Unit: limiter.Requests, Limit: 3},
 		{Provider: "openai", Window: limiter.Day, Unit: limiter.Tokens, Limit: 1000},
-	}, limiter.Options{Clock: clock})
+	}, limiter.Options{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := New(Options{Clock: clock, Limiter: l})
+	e := New(Options{Clock: clk, Limiter: l})
 	l.Record(limiter.Usage{UserID: "u", Provider: "openai", Model: "gpt-4", Tokens: 250})
 	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 200, 50)})
 	// A user over the cap, or never observed, gets no quota series.
@@ -429,8 +426,8 @@ func gzipReader(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
 // TestSweepDeletesEverySeries checks that an expired user leaves no
 // series behind, whichever it had, and that other users keep theirs.
 func TestSweepDeletesEverySeries(t *testing.T) {
-	clock := &manualClock{testNow}
-	e := New(Options{Clock: clock, UserTTL: time.Hour})
+	clk := clock.NewManual(testNow)
+	e := New(Options{Clock: clk, UserTTL: time.Hour})
 	observe := func(user string) {
 		r := rec(user, "openai", "gpt-4", 10, 5)
 		r.CachedTokens, r.ReasoningTokens, r.Latency, r.HasLatency = 2, 1, time.Second, true
@@ -459,13 +456,13 @@ func TestSweepDeletesEverySeries(t *testing.T) {
 		return n
 	}
 	observe("old")
-	clock.t = clock.t.Add(50 * time.Minute)
+	clk.Advance(50 * time.Minute)
 	observe("new")
 	// requests: 2; tokens: 4, and prompt and completion of the failed call; checks: 2.
 	if got := count("old"); got != 10 {
 		t.Fatalf("%d series for user old before the sweep, want 10", got)
 	}
-	clock.t = clock.t.Add(20 * time.Minute)
+	clk.Advance(20 * time.Minute)
 	if n := e.Sweep(); n != 1 {
 		t.Fatalf("Sweep forgot %d users, want 1", n)
 	}

@@ -20,12 +20,14 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/llmusage/llmusage/internal/clock"
 )
 
 // Options tune a Limiter. The zero value is usable.
 type Options struct {
-	// Clock tells the time; SystemClock when nil.
-	Clock Clock
+	// Clock tells the time; the wall clock when nil.
+	Clock clock.Clock
 	// PendingTTL is how long a check's token estimate waits for the record
 	// of the same request_id before it is forgotten (15 minutes when zero).
 	PendingTTL time.Duration
@@ -103,7 +105,7 @@ var ErrNoUser = errors.New("cannot check a request without user_id")
 
 // Limiter holds the rules and the live buckets. It is safe for concurrent use.
 type Limiter struct {
-	clock      Clock
+	clock      clock.Clock
 	pendingTTL time.Duration
 	maxPending int64
 
@@ -174,7 +176,7 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 		idSeeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	if l.clock == nil {
-		l.clock = SystemClock{}
+		l.clock = clock.System{}
 	}
 	if l.pendingTTL <= 0 {
 		l.pendingTTL = 15 * time.Minute

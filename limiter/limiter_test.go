@@ -9,21 +9,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmusage/llmusage/internal/clock"
 )
 
-// manualClock is a Clock that moves only when told to, so that no test sleeps.
-// Advance must not run concurrently with Now.
-type manualClock struct {
-	t time.Time
+// newManualClock returns a clock at the limiter tests' fixed start.
+func newManualClock() *clock.Manual {
+	return clock.NewManual(time.Date(2025, 3, 14, 15, 9, 26, 0, time.UTC))
 }
-
-func newManualClock() *manualClock {
-	return &manualClock{t: time.Date(2025, 3, 14, 15, 9, 26, 0, time.UTC)}
-}
-
-func (c *manualClock) Now() time.Time { return c.t }
-
-func (c *manualClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func mustNew(t testing.TB, rules []Rule, opts Options) *Limiter {
 	t.Helper()
@@ -34,7 +27,7 @@ func mustNew(t testing.TB, rules []Rule, opts Options) *Limiter {
 	return l
 }
 
-func newTestLimiter(t testing.TB, rules ...Rule) (*Limiter, *manualClock) {
+func newTestLimiter(t testing.TB, rules ...Rule) (*Limiter, *clock.Manual) {
 	t.Helper()
 	c := newManualClock()
 	return mustNew(t, rules, Options{Clock: c}), c
@@ -868,7 +861,7 @@ func TestSweepAtResetAt(t *testing.T) {
 			mustCheck(t, l, Request{UserID: "alice", Tokens: tokens})
 		}
 		ss := l.Limits("alice", "", "")
-		c.t = ss[0].ResetAt
+		c.Set(ss[0].ResetAt)
 		if n := l.Sweep(); n != 0 {
 			t.Fatalf("the bucket must be full at its ResetAt; got %s", formatStatuses(l.Limits("alice", "", "")))
 		}
@@ -1225,11 +1218,11 @@ func TestHugeDebitIsCheap(t *testing.T) {
 		t.Fatalf("remaining %+v after a huge debit", ss)
 	}
 	// Per second: 10^12 tokens of debt refill in 10^9 s, about 31.7 years.
-	if want := c.t.Add(1_000_000_000 * time.Second); ss[0].ResetAt.Sub(want).Abs() > time.Second {
+	if want := c.Now().Add(1_000_000_000 * time.Second); ss[0].ResetAt.Sub(want).Abs() > time.Second {
 		t.Fatalf("per-second reset_at %s, want %s", ss[0].ResetAt, want)
 	}
 	// Per day it would take 2.7 million years: capped.
-	if want := c.t.Add(MaxWait); !ss[1].ResetAt.Equal(want) {
+	if want := c.Now().Add(MaxWait); !ss[1].ResetAt.Equal(want) {
 		t.Fatalf("per-day reset_at %s, want the cap %s", ss[1].ResetAt, want)
 	}
 	d, err := l.Check(Request{UserID: "alice"})
