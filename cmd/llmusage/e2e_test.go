@@ -37,7 +37,6 @@ func startSidecar(t *testing.T, limits string, env ...string) *sidecartest.Sidec
 		Env:              append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...),
 		Flags:            []string{"--log-level", "debug", "--flush-interval", "50ms"},
 		DefaultDataDir:   true,
-		NoSeededDefaults: true,
 	})
 }
 

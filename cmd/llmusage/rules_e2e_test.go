@@ -100,9 +100,13 @@ func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(stri
 	exec("UPDATE llm_rate_limit_configs \nSET limit_value = 100 \nWHERE limit_type = 'minute';")
 	exec(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value, provider) VALUES ('minute', 2, 'Azure')`)
 	start := time.Now()
-	sidecartest.WaitFor(t, 2*time.Second, func() bool {
+	var seen string
+	if !sidecartest.Eventually(2*time.Second, func() bool {
+		seen = rules("")
 		return strings.Contains(rules("?user_id=alice&model=gpt-4o"), `"limit":100`)
-	}, "the seed's UPDATE did not apply within 2 s: %s", rules(""))
+	}) {
+		t.Fatalf("the seed's UPDATE did not apply within 2 s; the rules: %s", seen)
+	}
 	t.Logf("the UPDATE applied after %s", time.Since(start).Round(time.Millisecond))
 	code, body := s.Get(t, "/v1/limits?user_id=alice&model=gpt-4o")
 	if limits, _ := body["limits"].([]any); code != http.StatusOK || len(limits) != 1 || limits[0].(map[string]any)["limit"] != float64(100) {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,8 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	_ "modernc.org/sqlite" // for Options.NoSeededDefaults
 )
 
 // Options says how to start a sidecar. The zero value starts
@@ -56,12 +53,6 @@ type Options struct {
 	// DatabaseURL is passed as --database-url. Empty (and no database
 	// named in Flags or Env): the embedded SQLite database in the data dir.
 	DatabaseURL string
-	// NoSeededDefaults migrates the embedded database before the first
-	// start and deletes the seeded default rules (llm_rate_limit_configs),
-	// so that the limits file alone decides. It applies only to the
-	// embedded database. Temporary: once seeded defaults never override a
-	// limits file it is unneeded and will go.
-	NoSeededDefaults bool
 	// NoWait makes Start return as soon as the sidecar has logged its
 	// addresses, without waiting for Ready.
 	NoWait bool
@@ -157,7 +148,6 @@ func StartN(t testing.TB, n int, opts Options) []*Sidecar {
 
 func newSidecar(t testing.TB, opts Options, name string) *Sidecar {
 	t.Helper()
-	bin := Binary(t)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
@@ -175,13 +165,11 @@ func newSidecar(t testing.TB, opts Options, name string) *Sidecar {
 	if !opts.sets("log-format") {
 		s.args = append(s.args, "--log-format", "json")
 	}
-	dataDir := filepath.Join(s.Dir, "llmusage-data") // serve's default, relative to Dir
 	if !opts.DefaultDataDir && !opts.sets("data-dir") {
 		s.DataDir = opts.DataDir
 		if s.DataDir == "" {
 			s.DataDir = filepath.Join(s.Dir, "data")
 		}
-		dataDir = s.DataDir
 		s.args = append(s.args, "--data-dir", s.DataDir)
 	}
 	if opts.DatabaseURL != "" {
@@ -195,12 +183,6 @@ func newSidecar(t testing.TB, opts Options, name string) *Sidecar {
 		s.args = append(s.args, "--limits-file", s.LimitsFile)
 	}
 	s.args = append(s.args, opts.Flags...)
-	if opts.NoSeededDefaults && opts.sets("data-dir") {
-		t.Fatal("sidecartest: NoSeededDefaults needs a data directory of the harness's: set DataDir, not --data-dir")
-	}
-	if opts.NoSeededDefaults && opts.DatabaseURL == "" && !opts.sets("database-url") {
-		withoutSeededDefaults(t, bin, s.Dir, dataDir)
-	}
 
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	dial := transport.DialContext
@@ -247,25 +229,6 @@ func (o *Options) sets(name string) bool {
 	}
 	env := "LLMUSAGE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "="
 	return slices.ContainsFunc(o.Env, func(e string) bool { return strings.HasPrefix(e, env) })
-}
-
-// withoutSeededDefaults migrates the embedded database of dataDir with
-// llmusage migrate and deletes the seeded default rules.
-func withoutSeededDefaults(t testing.TB, bin, dir, dataDir string) {
-	t.Helper()
-	cmd := exec.Command(bin, "migrate", "--data-dir", dataDir)
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("llmusage migrate: %s\n%s", err, out)
-	}
-	db, err := sql.Open("sqlite", filepath.Join(dataDir, "llmusage.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`DELETE FROM llm_rate_limit_configs`); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // launch starts the process: on ports the kernel picks the first time, on

@@ -58,7 +58,7 @@ func TestKill9AndRestart(t *testing.T) {
 // defaults deleted: each has ports and a database of its own, and the
 // limits file alone decides.
 func TestStartN(t *testing.T) {
-	replicas := StartN(t, 3, Options{Limits: "limits:\n  - limit_type: minute\n    requests: 2\n", NoSeededDefaults: true})
+	replicas := StartN(t, 3, Options{Limits: "limits:\n  - limit_type: minute\n    requests: 2\n"})
 	seen := map[string]bool{}
 	for i, s := range replicas {
 		if seen[s.APIAddr()] || seen[s.MetricsAddr()] || seen[s.DataDir] {
