@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llmusage/llmusage/internal/fsutil"
 	"github.com/llmusage/llmusage/record"
 )
 
@@ -189,7 +190,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	s.file = f
-	return s, syncDir(dir)
+	return s, fsutil.SyncDir(dir)
 }
 
 // MaxRecordBytes bounds one record's frame: the readers refuse larger
@@ -306,7 +307,7 @@ func (s *Spool) rotate() error {
 	if err != nil {
 		return err
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := fsutil.SyncDir(s.dir); err != nil {
 		f.Close()
 		return err
 	}
@@ -559,7 +560,7 @@ func (s *Spool) keepTail(seg uint64, off int64) error {
 	if err := writeSynced(kept, tail); err != nil {
 		return fmt.Errorf("cannot keep the spool's torn tail: %w", err)
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := fsutil.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("cannot keep the spool's torn tail: %w", err)
 	}
 	s.logger.Warn("dropped the spool's last, unacknowledged bytes (a record torn by a crash, or damage); kept them aside",
@@ -668,16 +669,6 @@ func (s *Spool) writeCheckpoint(seg uint64, off int64) error {
 
 func newBatch() *commitBatch {
 	return &commitBatch{done: make(chan struct{}), lead: make(chan struct{}, 1)}
-}
-
-// syncDir makes a file's creation, deletion or rename durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // shortRead maps a read that ended early to errCorrupt (a frame cut

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llmusage/llmusage/internal/fsutil"
 	"github.com/llmusage/llmusage/record"
 )
 
@@ -29,6 +30,7 @@ type DeadLetterFile struct {
 	// Path is the file, created with its directory on the first Put.
 	Path string
 
+	// mu keeps concurrent Puts' lines whole.
 	mu sync.Mutex
 }
 
@@ -57,7 +59,7 @@ func (d *DeadLetterFile) Put(rec record.Record, err error) error {
 	if werr == nil {
 		// The file may be new: its directory entry must be durable too.
 		// Put is rare (a record the database refused), so always.
-		werr = syncDir(filepath.Dir(d.Path))
+		werr = fsutil.SyncDir(filepath.Dir(d.Path))
 	}
 	if werr != nil {
 		return fmt.Errorf("cannot write the dead-letter file %s: %w", d.Path, werr)
@@ -65,39 +67,43 @@ func (d *DeadLetterFile) Put(rec record.Record, err error) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
+// deadLetterLine is one line of the dead-letter file.
 type deadLetterLine struct {
-	Error  string       `json:"error"`
+	// Error is why the database refused the record.
+	Error string `json:"error"`
+	// Record is the refused record, ready to be posted again.
 	Record intakeFields `json:"record"`
 }
 
-// intakeFields is a record as POST /v1/calls takes it.
+// intakeFields is a record as POST /v1/calls takes it (collector's
+// TestDeadLetterIsIntake holds it to the parser). It is not
+// usage.LogEntry, which has nearly the same fields: that is the logs
+// API's answer, in the seed's shape, with an id and created_at that the
+// intake refuses as unknown fields, and zero counts and a null latency
+// written out; the two contracts change for different reasons.
 type intakeFields struct {
-	RequestID        string          `json:"request_id"`
-	UserID           string          `json:"user_id"`
-	Provider         string          `json:"provider"`
-	Model            string          `json:"model"`
-	TokensUsed       int64           `json:"tokens_used"`
-	PromptTokens     int64           `json:"prompt_tokens"`
-	CompletionTokens int64           `json:"completion_tokens"`
-	CachedTokens     int64           `json:"cached_tokens,omitempty"`
-	ReasoningTokens  int64           `json:"reasoning_tokens,omitempty"`
-	LatencyMs        *float64        `json:"latency_ms,omitempty"`
-	Status           string          `json:"status"`
-	ErrorType        string          `json:"error_type,omitempty"`
-	Timestamp        string          `json:"timestamp"`
-	Metadata         json.RawMessage `json:"metadata,omitempty"`
+	// RequestID keeps the record's identity, so that posting it again
+	// after a crash wrote it twice stores it once.
+	RequestID string `json:"request_id"`
+	// UserID, Provider and Model identify the call.
+	UserID   string `json:"user_id"`
+	Provider string `json:"provider"`
+	Model    string `json:"model"`
+	// TokensUsed to ReasoningTokens are the call's token counts.
+	TokensUsed       int64 `json:"tokens_used"`
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	CachedTokens     int64 `json:"cached_tokens,omitempty"`
+	ReasoningTokens  int64 `json:"reasoning_tokens,omitempty"`
+	// LatencyMs is nil when the record had no latency.
+	LatencyMs *float64 `json:"latency_ms,omitempty"`
+	// Status and ErrorType are the call's outcome.
+	Status    string `json:"status"`
+	ErrorType string `json:"error_type,omitempty"`
+	// Timestamp is the call's time, RFC 3339 in UTC.
+	Timestamp string `json:"timestamp"`
+	// Metadata is the record's metadata object, byte for byte.
+	Metadata json.RawMessage `json:"metadata,omitempty"`
 }
 
 func intakeRecord(r record.Record) intakeFields {

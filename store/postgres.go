@@ -204,27 +204,23 @@ func (s *postgresStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdo
 	if q.UserID != "" {
 		where, args = where+" AND user_id = $2", append(args, q.UserID)
 	}
-	const sums = `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
-		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`
-	u := usage.NewBreakdown()
-	rows, err := s.pool.Query(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
-	if err == nil {
-		err = readModelGroups(rows, &u)
-		rows.Close()
-	}
+	return readBreakdown(ctx, s.query, s.fail, postgresBreakdown, where, args)
+}
+
+// postgresBreakdown writes the usage breakdown in Postgres' SQL.
+var postgresBreakdown = breakdownSQL{
+	sums: `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
+		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`,
+	day: `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
+}
+
+// query runs sql for readBreakdown; done releases the rows.
+func (s *postgresStore) query(ctx context.Context, sql string, args ...any) (rows rowScanner, done func(), err error) {
+	r, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return usage.Breakdown{}, s.fail("sum usage", err)
+		return nil, nil, err
 	}
-	rows, err = s.pool.Query(ctx, `SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, `+sums+`
-		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
-	if err == nil {
-		err = readDays(rows, &u)
-		rows.Close()
-	}
-	if err != nil {
-		return usage.Breakdown{}, s.fail("sum usage by day", err)
-	}
-	return u, nil
+	return r, r.Close, nil
 }
 
 func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error) {
@@ -235,17 +231,12 @@ func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPa
 	if s.idTypeErr != nil {
 		return usage.LogPage{}, s.fail("read the type of llm_usage_logs.id", s.idTypeErr)
 	}
-	var conds []string
 	var args []any
 	arg := func(v any) string {
 		args = append(args, v)
 		return fmt.Sprintf("$%d", len(args))
 	}
-	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
-		if f.val != "" {
-			conds = append(conds, f.col+"::text = "+arg(f.val))
-		}
-	}
+	conds := logFilters(q, "::text", arg)
 	if q.Before != "" {
 		at, id, err := usage.DecodeCursor(q.Before)
 		if err != nil {
@@ -253,8 +244,7 @@ func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPa
 		}
 		conds = append(conds, fmt.Sprintf("(created_at, id) < (%s, %s::text::%s)", arg(at), arg(id), s.idType))
 	}
-	sql := `SELECT id::text, coalesce(request_id, ''), user_id::text, provider, model, tokens_used, prompt_tokens, completion_tokens,
-		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at FROM llm_usage_logs`
+	sql := `SELECT ` + logColumns("::text") + ` FROM llm_usage_logs`
 	if len(conds) > 0 {
 		sql += " WHERE " + strings.Join(conds, " AND ")
 	}
@@ -265,24 +255,16 @@ func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPa
 		return usage.LogPage{}, s.fail("read logs", err)
 	}
 	defer rows.Close()
-	page := usage.LogPage{Logs: []usage.LogEntry{}}
-	for rows.Next() {
-		var e usage.LogEntry
-		var metadata []byte
-		if err := rows.Scan(&e.ID, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
-			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &e.CreatedAt); err != nil {
-			return usage.LogPage{}, s.fail("read logs", err)
-		}
+	page, err := scanLogPage(rows, q.Limit, func(e *usage.LogEntry, id string, at time.Time, metadata []byte) {
+		e.ID, e.CreatedAt = id, at.UTC()
 		if metadata != nil {
 			e.Metadata = json.RawMessage(metadata)
 		}
-		e.CreatedAt = e.CreatedAt.UTC()
-		page.Logs = append(page.Logs, e)
-	}
-	if err := rows.Err(); err != nil {
+	})
+	if err != nil {
 		return usage.LogPage{}, s.fail("read logs", err)
 	}
-	return trimPage(page, q.Limit), nil
+	return page, nil
 }
 
 func (s *postgresStore) Ping(ctx context.Context) error {

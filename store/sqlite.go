@@ -134,38 +134,33 @@ func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown
 	if q.UserID != "" {
 		where, args = where+" AND user_id = ?", append(args, q.UserID)
 	}
-	const sums = `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
-		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`
-	u := usage.NewBreakdown()
-	rows, err := s.db.QueryContext(ctx, `SELECT model, provider, `+sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
-	if err == nil {
-		err = readModelGroups(rows, &u)
-		rows.Close()
-	}
+	return readBreakdown(ctx, s.query, s.fail, sqliteBreakdown, where, args)
+}
+
+// sqliteBreakdown writes the usage breakdown in SQLite's SQL, where
+// created_at is in microseconds since the epoch.
+var sqliteBreakdown = breakdownSQL{
+	sums: `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
+		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`,
+	day: `date(created_at / 1000000, 'unixepoch')`,
+}
+
+// query runs sql for readBreakdown; done releases the rows.
+func (s *sqliteStore) query(ctx context.Context, sql string, args ...any) (rows rowScanner, done func(), err error) {
+	r, err := s.db.QueryContext(ctx, sql, args...)
 	if err != nil {
-		return usage.Breakdown{}, s.fail("sum usage", err)
+		return nil, nil, err
 	}
-	rows, err = s.db.QueryContext(ctx, `SELECT date(created_at / 1000000, 'unixepoch') AS day, `+sums+`
-		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
-	if err == nil {
-		err = readDays(rows, &u)
-		rows.Close()
-	}
-	if err != nil {
-		return usage.Breakdown{}, s.fail("sum usage by day", err)
-	}
-	return u, nil
+	return r, func() { r.Close() }, nil
 }
 
 func (s *sqliteStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error) {
-	var conds []string
 	var args []any
-	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
-		if f.val != "" {
-			conds = append(conds, f.col+" = ?")
-			args = append(args, f.val)
-		}
+	arg := func(v any) string {
+		args = append(args, v)
+		return "?"
 	}
+	conds := logFilters(q, "", arg)
 	if q.Before != "" {
 		at, id, err := usage.DecodeCursor(q.Before)
 		if err != nil {
@@ -178,8 +173,7 @@ func (s *sqliteStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage
 		conds = append(conds, "(created_at, id) < (?, ?)")
 		args = append(args, at.UnixMicro(), n)
 	}
-	query := `SELECT id, coalesce(request_id, ''), user_id, provider, model, tokens_used, prompt_tokens, completion_tokens,
-		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at FROM llm_usage_logs`
+	query := `SELECT ` + logColumns("") + ` FROM llm_usage_logs`
 	if len(conds) > 0 {
 		query += " WHERE " + strings.Join(conds, " AND ")
 	}
@@ -190,26 +184,16 @@ func (s *sqliteStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage
 		return usage.LogPage{}, s.fail("read logs", err)
 	}
 	defer rows.Close()
-	page := usage.LogPage{Logs: []usage.LogEntry{}}
-	for rows.Next() {
-		var e usage.LogEntry
-		var id, createdAt int64
-		var metadata sql.NullString
-		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
-			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &createdAt); err != nil {
-			return usage.LogPage{}, s.fail("read logs", err)
-		}
-		e.ID = strconv.FormatInt(id, 10)
-		e.CreatedAt = time.UnixMicro(createdAt).UTC()
+	page, err := scanLogPage(rows, q.Limit, func(e *usage.LogEntry, id, createdAt int64, metadata sql.NullString) {
+		e.ID, e.CreatedAt = strconv.FormatInt(id, 10), time.UnixMicro(createdAt).UTC()
 		if metadata.Valid {
 			e.Metadata = json.RawMessage(metadata.String)
 		}
-		page.Logs = append(page.Logs, e)
-	}
-	if err := rows.Err(); err != nil {
+	})
+	if err != nil {
 		return usage.LogPage{}, s.fail("read logs", err)
 	}
-	return trimPage(page, q.Limit), nil
+	return page, nil
 }
 
 func (s *sqliteStore) Ping(ctx context.Context) error {

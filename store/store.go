@@ -140,6 +140,40 @@ type rowScanner interface {
 	Err() error
 }
 
+// breakdownSQL is how one database writes the usage breakdown's queries.
+type breakdownSQL struct {
+	// sums select a usage.Totals, in the order readModelGroups scans.
+	sums string
+	// day is created_at's UTC day as YYYY-MM-DD.
+	day string
+}
+
+// readBreakdown sums the records matching where (with args) by model
+// and provider, then by day; query runs a query and fail names what
+// could not be done.
+func readBreakdown(ctx context.Context, query func(ctx context.Context, sql string, args ...any) (rowScanner, func(), error),
+	fail func(what string, err error) error, d breakdownSQL, where string, args []any) (usage.Breakdown, error) {
+	u := usage.NewBreakdown()
+	rows, done, err := query(ctx, `SELECT model, provider, `+d.sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	if err == nil {
+		err = readModelGroups(rows, &u)
+		done()
+	}
+	if err != nil {
+		return usage.Breakdown{}, fail("sum usage", err)
+	}
+	rows, done, err = query(ctx, `SELECT `+d.day+` AS day, `+d.sums+`
+		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
+	if err == nil {
+		err = readDays(rows, &u)
+		done()
+	}
+	if err != nil {
+		return usage.Breakdown{}, fail("sum usage by day", err)
+	}
+	return u, nil
+}
+
 // readModelGroups folds rows of (model, provider, totals...) into u.
 func readModelGroups(rows rowScanner, u *usage.Breakdown) error {
 	for rows.Next() {
@@ -163,15 +197,4 @@ func readDays(rows rowScanner, u *usage.Breakdown) error {
 		u.ByDay = append(u.ByDay, d)
 	}
 	return rows.Err()
-}
-
-// trimPage cuts a page fetched with one row too many and sets NextCursor
-// when that extra row shows there is more.
-func trimPage(p usage.LogPage, limit int) usage.LogPage {
-	if len(p.Logs) > limit {
-		p.Logs = p.Logs[:limit]
-		last := p.Logs[limit-1]
-		p.NextCursor = usage.EncodeCursor(last.CreatedAt, last.ID)
-	}
-	return p
 }
