@@ -12,7 +12,7 @@ import (
 )
 
 // handleHealth serves /healthz (the process is alive) and /readyz (it
-// accepts records).
+// answers checks).
 func (s *sidecar) handleHealth(mux *http.ServeMux) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeStatus(w, http.StatusOK, map[string]any{"status": "ok"})
@@ -20,19 +20,26 @@ func (s *sidecar) handleHealth(mux *http.ServeMux) {
 	mux.HandleFunc("/readyz", s.serveReady)
 }
 
-// serveReady answers 503 only when records cannot be accepted at all: a
-// database outage degrades the sidecar but must not take the
-// application's pod out of service while records still reach the spool.
-// queued_records is the backlog, cheap to poll where a scrape is not.
+// serveReady answers 503 only while the sidecar cannot answer checks at
+// all: starting or shutting down. /readyz is the readiness probe of the
+// application's pod, and a shared backend's trouble (the database down,
+// and then every replica's spool full) must never take the application
+// out of its Service: a full or unwritable spool, like an unreachable
+// database, is 200 "degraded" with the reasons, while POST /v1/calls
+// refuses records with 503 and Retry-After, and the metrics and alerts
+// (LLMUsageSpoolFull) tell. queued_records is the backlog, cheap to poll
+// where a scrape is not.
 func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
 	code, body := http.StatusOK, map[string]any{"status": "ok"}
-	switch {
-	case !s.ready.Load():
+	if !s.ready.Load() {
 		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "not serving (starting or shutting down)"}
-	case s.queue.Err() != nil:
-		code, body = http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "spool": s.queue.Err().Error()}
-	case s.writer.StoreErr() != nil:
-		body = map[string]any{"status": "degraded", "store": s.writer.StoreErr().Error()}
+	} else {
+		if err := s.queue.Err(); err != nil {
+			body["status"], body["spool"] = "degraded", err.Error()
+		}
+		if err := s.writer.StoreErr(); err != nil {
+			body["status"], body["store"] = "degraded", err.Error()
+		}
 	}
 	body["queued_records"] = s.queue.Len()
 	writeStatus(w, code, body)
