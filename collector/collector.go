@@ -179,7 +179,9 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	}
 	for i := range recs {
 		r := &recs[i]
-		c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID})
+		// The records are stored whatever happens here: a quota store
+		// out of reach costs the charge, which the store counts, not the record.
+		_ = c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID})
 	}
 	c.observer.ObserveRecords(recs)
 	return len(recs), nil
@@ -310,7 +312,11 @@ func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	statuses := c.limiter.Limits(user, c.queryProvider(q), q.Get("model"))
+	statuses, err := c.limiter.Limits(user, c.queryProvider(q), q.Get("model"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"user_id": user, "limits": limitsJSON(statuses)})
 }
 

@@ -32,7 +32,12 @@ func (c *Collector) serveSeedRateLimit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, seedLimitOf(w2, c.limiter.Limits(user, "", "")))
+	statuses, err := c.limiter.Limits(user, "", "")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, seedLimitOf(w2, statuses))
 }
 
 // serveSeedRateLimits answers GET /api/llm/usage/rate-limits with the
@@ -43,7 +48,11 @@ func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) 
 		writeError(w, err)
 		return
 	}
-	statuses := c.limiter.Limits(user, "", "")
+	statuses, err := c.limiter.Limits(user, "", "")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	out := make(map[string]seedLimit, len(limiter.Windows))
 	for _, win := range limiter.Windows {
 		out[win.String()] = seedLimitOf(win, statuses)

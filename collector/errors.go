@@ -2,9 +2,12 @@ package collector
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
+
+	"github.com/llmusage/llmusage/limiter"
 )
 
 // Error is an error with the HTTP status it should be answered with and,
@@ -42,11 +45,17 @@ func errorf(status int, format string, args ...any) *Error {
 	return &Error{Status: status, Message: fmt.Sprintf(format, args...)}
 }
 
-// writeError answers with err's status and a JSON body; any other error
-// becomes a 500.
+// writeError answers with err's status and a JSON body. A quota store
+// out of reach (--redis-fail-mode=closed) is a 503 that a client may
+// retry in a second; any other error becomes a 500.
 func writeError(w http.ResponseWriter, err error) {
 	e, ok := err.(*Error)
-	if !ok {
+	switch {
+	case ok:
+	case errors.Is(err, limiter.ErrStoreUnavailable):
+		w.Header().Set("Retry-After", "1")
+		e = &Error{Status: http.StatusServiceUnavailable, Message: err.Error()}
+	default:
 		e = &Error{Status: http.StatusInternalServerError, Message: err.Error()}
 	}
 	body := struct {

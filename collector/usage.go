@@ -48,7 +48,11 @@ func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 		"completion_tokens_today": u.CompletionTokens,
 	}
 	if user != "" {
-		statuses := c.limiter.Limits(user, "", "")
+		statuses, err := c.limiter.Limits(user, "", "")
+		if err != nil {
+			writeError(w, err)
+			return
+		}
 		limits := map[string]seedLimit{}
 		for _, win := range limiter.Windows {
 			if l := seedLimitOf(win, statuses); l.Limit != nil {

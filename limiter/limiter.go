@@ -14,12 +14,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
 
 	"github.com/llmusage/llmusage/internal/clock"
 )
@@ -35,6 +33,8 @@ type Options struct {
 	// when zero). Past it, checks are still decided, but their records are
 	// charged in full, as if no check had preceded them.
 	MaxPending int
+	// Store keeps the buckets' levels; a new MemoryStore when nil.
+	Store Store
 }
 
 // Request asks whether a user may make one call.
@@ -103,13 +103,19 @@ func (e *EstimateTooLargeError) Error() string {
 // ErrNoUser is returned for a request without a user.
 var ErrNoUser = errors.New("cannot check a request without user_id")
 
-// Limiter holds the rules and the live buckets. It is safe for concurrent use.
+// Limiter holds the rules and the token estimates of allowed checks, and
+// decides checks and charges records on the buckets of its Store. It is
+// safe for concurrent use.
 type Limiter struct {
-	clock      clock.Clock
+	// clock tells the time of decisions and of the memory store's buckets.
+	clock clock.Clock
+	// pendingTTL and maxPending are Options.PendingTTL and MaxPending.
 	pendingTTL time.Duration
 	maxPending int64
+	// store keeps the buckets.
+	store Store
 
-	// rules is swapped whole on reload; buckets pick up new limits lazily.
+	// rules is swapped whole on reload.
 	rules atomic.Pointer[ruleSet]
 	// pendingCount counts remembered estimates across shards.
 	pendingCount atomic.Int64
@@ -120,34 +126,28 @@ type Limiter struct {
 	seed maphash.Seed
 	// idSeeds hash request_ids into pendingKeys.
 	idSeeds [2]maphash.Seed
-	shards  [numShards]shard
+	// pending holds the estimates, sharded by user.
+	pending [numShards]pendingShard
+	// scratch recycles the per-call arrays handed to the store: an
+	// interface call makes them escape, and a check must not allocate.
+	scratch sync.Pool
 }
 
-// numShards spreads lock contention; every bucket of one user lives in the
-// same shard so that a check takes exactly one lock.
-const numShards = 64
-
-type shard struct {
-	mu sync.Mutex
-	// users holds each active user's buckets. A user has a handful at
-	// most (one per limit type and unit), so a slice searched in order
-	// is smaller and faster than a map keyed by user and scope.
-	users   map[string][]bucket
-	pending map[pendingKey]pendingCheck
-	// live counts the buckets in users, so that Len need not walk them.
-	live int
-	// pad keeps neighbouring shards' mutexes on separate cache lines.
-	_ [32]byte
+// pendingShard holds the estimates of some users.
+type pendingShard struct {
+	mu   sync.Mutex
+	byID map[pendingKey]pendingCheck
+	_    [40]byte // keeps neighbouring shards' mutexes on separate cache lines
 }
 
-type bucket struct {
-	// scope identifies the bucket within its user's; it points into the
-	// ruleSet that created the bucket and is compared by value.
-	scope *scope
-	// lim is the token bucket. Its burst is the rule limit it is
-	// configured for; a reload that changes the limit is applied to every
-	// bucket at once, keeping its level.
-	lim *rate.Limiter
+// maxApplicable is the most buckets one call touches: one per limit type and unit.
+const maxApplicable = 2 * int(numWindows)
+
+// callScratch holds one call's buckets and amounts.
+type callScratch struct {
+	buckets    [maxApplicable]Bucket
+	need, cost [maxApplicable]int64
+	levels     [maxApplicable]float64
 }
 
 // pendingKey is a 128-bit hash of a request_id, and pendingCheck holds
@@ -172,11 +172,16 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 		clock:      opts.Clock,
 		pendingTTL: opts.PendingTTL,
 		maxPending: int64(opts.MaxPending),
+		store:      opts.Store,
 		seed:       maphash.MakeSeed(),
 		idSeeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
+	l.scratch.New = func() any { return new(callScratch) }
 	if l.clock == nil {
 		l.clock = clock.System{}
+	}
+	if l.store == nil {
+		l.store = NewMemoryStore()
 	}
 	if l.pendingTTL <= 0 {
 		l.pendingTTL = 15 * time.Minute
@@ -184,9 +189,8 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 	if l.maxPending <= 0 {
 		l.maxPending = 100_000
 	}
-	for i := range l.shards {
-		l.shards[i].users = make(map[string][]bucket)
-		l.shards[i].pending = make(map[pendingKey]pendingCheck)
+	for i := range l.pending {
+		l.pending[i].byID = make(map[pendingKey]pendingCheck)
 	}
 	if err := l.SetRules(rules); err != nil {
 		return nil, err
@@ -204,19 +208,7 @@ func (l *Limiter) SetRules(rules []Rule) error {
 		return err
 	}
 	l.rules.Store(rs)
-	now := l.clock.Now()
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.Lock()
-		for user, bs := range sh.users {
-			for j := range bs {
-				if r := rs.owner(user, bs[j].scope); r != nil {
-					bs[j].adopt(r, now)
-				}
-			}
-		}
-		sh.mu.Unlock()
-	}
+	l.store.Adopt(l.clock.Now(), l.owner(rs))
 	return nil
 }
 
@@ -233,7 +225,7 @@ func (l *Limiter) Rules() []Rule {
 // Applicable returns the rule that applies to a call of user on provider
 // and model for each limit type and unit, as Check would choose them.
 func (l *Limiter) Applicable(user, provider, model string) []Rule {
-	var buf [2 * int(numWindows)]*rule
+	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(user, provider, model, buf[:0])
 	out := make([]Rule, len(rules))
 	for i, r := range rules {
@@ -251,56 +243,48 @@ func (l *Limiter) Check(req Request) (Decision, error) {
 }
 
 // CheckInto is Check, appending the statuses to limits[:0] so that a
-// caller that reuses the slice makes the check allocation-free.
+// caller that reuses the slice makes the check allocation-free. An error
+// wrapping ErrStoreUnavailable leaves the call undecided.
 func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	if req.UserID == "" {
 		return Decision{}, ErrNoUser
 	}
 	now := l.clock.Now()
-	var buf [2 * int(numWindows)]*rule
+	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(req.UserID, req.Provider, req.Model, buf[:0])
 	for _, r := range rules {
 		if r.Unit == Tokens && req.Tokens > r.Limit {
 			return Decision{}, &EstimateTooLargeError{Tokens: req.Tokens, Status: Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit}}
 		}
 	}
-
-	uh := l.userHash(req.UserID)
-	sh := l.shardOf(uh)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-
-	var bbuf [2 * int(numWindows)]*bucket
-	buckets := sh.buckets(req.UserID, rules, bbuf[:0])
-	// Each bucket's level is read once: the decision, the debit and the
-	// reported status all follow from it, which saves two limiter lock
-	// round trips per bucket on the hot path.
-	var levels [2 * int(numWindows)]float64
-	d := Decision{Allowed: true}
+	sc := l.scratch.Get().(*callScratch)
+	defer l.scratch.Put(sc)
+	n := len(rules)
 	for i, r := range rules {
-		need := checkCost(r.Unit, req.Tokens)
-		levels[i] = buckets[i].lim.TokensAt(now)
-		if levels[i] < float64(need) {
-			d.Allowed = false
-			d.RetryAfter = max(d.RetryAfter, refillTime(&r.Rule, float64(need)-levels[i]))
-		}
+		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
+		sc.need[i] = checkCost(r.Unit, req.Tokens)
+		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens)
 	}
-	if d.Allowed {
-		for i, r := range rules {
-			cost := chargeCost(r.Unit, 1, req.Tokens)
-			debit(buckets[i].lim, now, cost)
-			levels[i] -= float64(cost)
+	allowed, err := l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+	if err != nil {
+		return Decision{}, err
+	}
+	d := Decision{Allowed: allowed}
+	if !allowed {
+		for i := range rules {
+			if missing := float64(sc.need[i]) - sc.levels[i]; missing > 0 {
+				d.RetryAfter = max(d.RetryAfter, sc.buckets[i].RefillTime(missing))
+			}
 		}
-		if req.RequestID != "" {
-			l.remember(sh, req, uh, now)
-		}
+	} else if req.RequestID != "" {
+		l.remember(req, now)
 	}
 	if limits == nil {
-		limits = make([]Status, 0, len(rules))
+		limits = make([]Status, 0, n)
 	}
 	d.Limits = limits[:0]
 	for i, r := range rules {
-		d.Limits = append(d.Limits, statusAt(r, levels[i], now))
+		d.Limits = append(d.Limits, statusAt(r, sc.levels[i], now))
 	}
 	return d, nil
 }
@@ -310,98 +294,73 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 // If an allowed check with the same RequestID and user came first, the
 // request was already charged and only the difference between the actual
 // and the estimated tokens is applied, refunding an over-estimate.
-func (l *Limiter) Record(u Usage) {
+func (l *Limiter) Record(u Usage) error {
 	if u.UserID == "" {
-		return
+		return nil
 	}
 	now := l.clock.Now()
-	var buf [2 * int(numWindows)]*rule
+	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
-
-	uh := l.userHash(u.UserID)
-	sh := l.shardOf(uh)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-
 	requests, tokens := int64(1), u.Tokens
-	if u.RequestID != "" {
-		key := l.pendingKey(u.RequestID)
-		if p, ok := sh.pending[key]; ok {
-			own, expired := p.user == uh, now.UnixNano() > p.expires
-			if own || expired {
-				delete(sh.pending, key)
-				l.pendingCount.Add(-1)
-			}
-			if expired {
-				l.expiredCount.Add(1)
-			}
-			if own && !expired {
-				requests, tokens = 0, u.Tokens-p.tokens
-			}
-		}
+	if estimate, ok := l.settle(u, now); ok {
+		requests, tokens = 0, u.Tokens-estimate
 	}
-	var bbuf [2 * int(numWindows)]*bucket
-	buckets := sh.buckets(u.UserID, rules, bbuf[:0])
+	sc := l.scratch.Get().(*callScratch)
+	defer l.scratch.Put(sc)
+	n := len(rules)
 	for i, r := range rules {
-		n := chargeCost(r.Unit, requests, tokens)
-		if n >= 0 {
-			debit(buckets[i].lim, now, n)
-		} else {
-			buckets[i].refund(now, -n)
-		}
+		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
+		sc.cost[i] = chargeCost(r.Unit, requests, tokens)
 	}
+	return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
 }
 
 // Limits reports the user's buckets without charging anything. With a
 // provider or a model it reports exactly the buckets a check for that call
 // would use; without, the buckets of the rules not scoped by provider or
 // model plus every live bucket of the user's scoped rules.
-func (l *Limiter) Limits(user, provider, model string) []Status {
+func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
 	now := l.clock.Now()
 	rs := l.rules.Load()
-	var buf [2 * int(numWindows)]*rule
+	var buf [maxApplicable]*rule
 	rules := rs.applicable(user, provider, model, buf[:0])
-
-	sh := l.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	bs := sh.users[user]
-	out := make([]Status, 0, len(rules))
-	for _, r := range rules {
-		out = append(out, status(r, find(bs, r.scope), now))
+	sc := l.scratch.Get().(*callScratch)
+	defer l.scratch.Put(sc)
+	n := len(rules)
+	for i, r := range rules {
+		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
+	}
+	if err := l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n]); err != nil {
+		return nil, err
+	}
+	out := make([]Status, 0, n)
+	for i, r := range rules {
+		out = append(out, statusAt(r, sc.levels[i], now))
 	}
 	if provider != "" || model != "" {
-		return out
+		return out, nil
 	}
-	for j := range bs {
-		sc := bs[j].scope
-		if (sc.provider == "" && sc.model == "") || reported(rules, sc) {
-			continue
+	// The user's live buckets of provider- or model-scoped rules.
+	owner := l.owner(rs)
+	err := l.store.EachOfUser(now, user, func(u string, s *Scope) (Bucket, bool) {
+		if (s.Provider == "" && s.Model == "") || reported(rules, s) {
+			return Bucket{}, false
 		}
-		if r := rs.owner(user, sc); r != nil {
-			out = append(out, status(r, bs[j].lim, now))
-		}
-	}
-	return out
+		return owner(u, s)
+	}, func(_ string, b Bucket, level float64) {
+		out = append(out, statusAt(rs.owner(user, b.Scope), level, now))
+	})
+	return out, err
 }
 
 // Each calls fn with every live bucket, for metrics built at scrape time.
-// fn runs under a shard lock: it must be quick and must not call l.
+// fn may run under a store lock: it must be quick and must not call l.
 func (l *Limiter) Each(fn func(user string, s Status)) {
 	now := l.clock.Now()
 	rs := l.rules.Load()
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.Lock()
-		for user, bs := range sh.users {
-			for j := range bs {
-				if r := rs.owner(user, bs[j].scope); r != nil {
-					fn(user, status(r, bs[j].lim, now))
-				}
-			}
-		}
-		sh.mu.Unlock()
-	}
+	l.store.Each(now, l.owner(rs), func(user string, b Bucket, level float64) {
+		fn(user, statusAt(rs.owner(user, b.Scope), level, now))
+	})
 }
 
 // Sweep drops the buckets that have refilled completely (a new bucket
@@ -410,37 +369,18 @@ func (l *Limiter) Each(fn func(user string, s Status)) {
 // user ever seen. It returns the number of live buckets left.
 func (l *Limiter) Sweep() (live int) {
 	now := l.clock.Now()
-	rs := l.rules.Load()
-	for i := range l.shards {
-		sh := &l.shards[i]
+	live = l.store.Sweep(now, l.owner(l.rules.Load()))
+	for i := range l.pending {
+		sh := &l.pending[i]
 		sh.mu.Lock()
-		for user, bs := range sh.users {
-			kept := bs[:0]
-			for _, b := range bs {
-				if rs.owner(user, b.scope) != nil && b.lim.TokensAt(now) < float64(b.lim.Burst()) {
-					kept = append(kept, b)
-				}
-			}
-			sh.live -= len(bs) - len(kept)
-			if len(kept) == 0 {
-				delete(sh.users, user)
-				continue
-			}
-			clear(bs[len(kept):]) // let the dropped limiters go
-			sh.users[user] = kept
-			live += len(kept)
-		}
-		for id, p := range sh.pending {
+		for id, p := range sh.byID {
 			if now.UnixNano() > p.expires {
-				delete(sh.pending, id)
+				delete(sh.byID, id)
 				l.pendingCount.Add(-1)
 				l.expiredCount.Add(1)
 			}
 		}
 		sh.mu.Unlock()
-		// A pass over 100,000 users takes milliseconds: on a sidecar with
-		// one core, checks queued meanwhile get their turn between shards.
-		runtime.Gosched()
 	}
 	return live
 }
@@ -466,118 +406,77 @@ func (l *Limiter) Estimates() EstimateStats {
 }
 
 // Len returns the number of live buckets.
-func (l *Limiter) Len() int {
-	n := 0
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.Lock()
-		n += sh.live
-		sh.mu.Unlock()
+func (l *Limiter) Len() int { return l.store.Len() }
+
+// owner adapts rs to the Store's Owner.
+func (l *Limiter) owner(rs *ruleSet) Owner {
+	return func(user string, sc *Scope) (Bucket, bool) {
+		r := rs.owner(user, sc)
+		if r == nil {
+			return Bucket{}, false
+		}
+		return Bucket{Scope: r.scope, Limit: r.Limit}, true
 	}
-	return n
 }
 
-func (l *Limiter) shard(user string) *shard { return l.shardOf(l.userHash(user)) }
-
-// userHash places a user in a shard and names it in pendingChecks; the
-// hot paths compute it once for both.
+// userHash names a user in pendingChecks and places it in a shard.
 func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
 
-func (l *Limiter) shardOf(userHash uint64) *shard { return &l.shards[userHash%numShards] }
-
-func (l *Limiter) remember(sh *shard, req Request, userHash uint64, now time.Time) {
+// remember keeps an allowed check's estimate for its record.
+func (l *Limiter) remember(req Request, now time.Time) {
+	uh := l.userHash(req.UserID)
+	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
-	if _, dup := sh.pending[key]; !dup {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, dup := sh.byID[key]; !dup {
 		if l.pendingCount.Add(1) > l.maxPending {
 			l.pendingCount.Add(-1)
 			l.droppedCount.Add(1)
 			return
 		}
 	}
-	sh.pending[key] = pendingCheck{user: userHash, tokens: req.Tokens, expires: now.Add(l.pendingTTL).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, expires: now.Add(l.pendingTTL).UnixNano()}
+}
+
+// settle takes the estimate of the allowed check that u's record
+// follows, if its user's and still fresh.
+func (l *Limiter) settle(u Usage, now time.Time) (estimate int64, ok bool) {
+	if u.RequestID == "" {
+		return 0, false
+	}
+	uh := l.userHash(u.UserID)
+	sh := &l.pending[uh%numShards]
+	key := l.pendingKey(u.RequestID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p, found := sh.byID[key]
+	if !found {
+		return 0, false
+	}
+	own, expired := p.user == uh, now.UnixNano() > p.expires
+	if own || expired {
+		delete(sh.byID, key)
+		l.pendingCount.Add(-1)
+	}
+	if expired {
+		l.expiredCount.Add(1)
+	}
+	return p.tokens, own && !expired
 }
 
 func (l *Limiter) pendingKey(requestID string) pendingKey {
 	return pendingKey{maphash.String(l.idSeeds[0], requestID), maphash.String(l.idSeeds[1], requestID)}
 }
 
-// buckets appends to dst the user's bucket for each rule, creating full
-// ones as needed. The pointers stay valid while the shard lock is held
-// and no bucket is added. The shard lock must be held.
-func (sh *shard) buckets(user string, rules []*rule, dst []*bucket) []*bucket {
-	bs := sh.users[user]
-	var idx [2 * int(numWindows)]int
-	added := 0
-	for i, r := range rules {
-		idx[i] = index(bs, r.scope)
-		if idx[i] < 0 {
-			idx[i] = len(bs)
-			bs = append(bs, bucket{scope: r.scope, lim: rate.NewLimiter(refillRate(&r.Rule), int(r.Limit))})
-			added++
-		}
-	}
-	if added > 0 {
-		sh.live += added
-		sh.users[user] = bs
-	}
-	for i := range rules {
-		dst = append(dst, &bs[idx[i]])
-	}
-	return dst
-}
-
-// index returns the position of the bucket with scope sc, or -1.
-func index(bs []bucket, sc *scope) int {
-	for i := range bs {
-		if bs[i].scope == sc || *bs[i].scope == *sc {
-			return i
-		}
-	}
-	return -1
-}
-
-// find returns the limiter of the bucket with scope sc, or nil.
-func find(bs []bucket, sc *scope) *rate.Limiter {
-	if i := index(bs, sc); i >= 0 {
-		return bs[i].lim
-	}
-	return nil
-}
-
-// adopt applies a changed rule limit, keeping the bucket's level.
-func (b *bucket) adopt(r *rule, now time.Time) {
-	if int64(b.lim.Burst()) != r.Limit {
-		b.lim.SetLimitAt(now, refillRate(&r.Rule))
-		b.lim.SetBurstAt(now, int(r.Limit))
-	}
-}
-
 // reported tells whether one of rules owns buckets of scope sc.
-func reported(rules []*rule, sc *scope) bool {
+func reported(rules []*rule, sc *Scope) bool {
 	for _, r := range rules {
 		if *r.scope == *sc {
 			return true
 		}
 	}
 	return false
-}
-
-func refillRate(r *Rule) rate.Limit {
-	return rate.Limit(float64(r.Limit) / r.Window.Duration().Seconds())
-}
-
-// refillTime is how long r's bucket takes to gain missing units.
-func refillTime(r *Rule, missing float64) time.Duration {
-	if missing <= 0 {
-		return 0
-	}
-	d := math.Ceil(missing / float64(r.Limit) * float64(r.Window.Duration()))
-	if d > float64(MaxWait) {
-		// A huge debt (a record of 10^12 tokens against a small bucket)
-		// would overflow time.Duration.
-		return MaxWait
-	}
-	return time.Duration(d)
 }
 
 // MaxWait caps reported waits and reset times: beyond it, a bucket is
@@ -599,51 +498,12 @@ func chargeCost(u Unit, requests, tokens int64) int64 {
 	return tokens
 }
 
-// debit takes n units, going into debt if need be. rate.Limiter refuses a
-// single reservation larger than its burst, so for a large debit the burst
-// is raised for the one reservation and restored: setting the burst keeps
-// the level, and a level below the burst is not capped. This keeps a
-// record of 10^12 tokens against a 1,000-token bucket to three calls
-// rather than 10^9.
-func debit(lim *rate.Limiter, now time.Time, n int64) {
-	if n <= 0 {
-		return
-	}
-	// A reservation over the burst is refused without touching the
-	// bucket: try first, and raise the burst only when that happens
-	// (one lock round trip on the common path instead of two).
-	if n <= math.MaxInt32 && lim.ReserveN(now, int(n)).OK() {
-		return
-	}
-	burst := lim.Burst()
-	lim.SetBurstAt(now, int(n))
-	lim.ReserveN(now, int(n))
-	lim.SetBurstAt(now, burst)
-}
-
-// refund gives n units back. rate.Limiter cannot add tokens (a
-// reservation can only be cancelled before its time), so the bucket's
-// limiter is replaced by a full one charged down to the refunded level.
-func (b *bucket) refund(now time.Time, n int64) {
-	burst := b.lim.Burst()
-	level := min(b.lim.TokensAt(now)+float64(n), float64(burst))
-	lim := rate.NewLimiter(b.lim.Limit(), burst)
-	debit(lim, now, int64(burst)-int64(math.Floor(level)))
-	b.lim = lim
-}
-
-func status(r *rule, lim *rate.Limiter, now time.Time) Status {
-	if lim == nil {
-		return statusAt(r, float64(r.Limit), now)
-	}
-	return statusAt(r, lim.TokensAt(now), now)
-}
-
 // statusAt reports a bucket of rule r holding tokens.
 func statusAt(r *rule, tokens float64, now time.Time) Status {
+	b := Bucket{Scope: r.scope, Limit: r.Limit}
 	return Status{
 		Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit,
 		Remaining: max(0, int64(math.Floor(tokens))),
-		ResetAt:   now.Add(refillTime(&r.Rule, float64(r.Limit)-tokens)),
+		ResetAt:   now.Add(b.RefillTime(float64(r.Limit) - tokens)),
 	}
 }

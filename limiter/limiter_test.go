@@ -42,6 +42,15 @@ func mustCheck(t testing.TB, l *Limiter, req Request) Decision {
 	return d
 }
 
+func mustLimits(t testing.TB, l *Limiter, user, provider, model string) []Status {
+	t.Helper()
+	st, err := l.Limits(user, provider, model)
+	if err != nil {
+		t.Fatalf("unexpected error in Limits(%q, %q, %q): %s", user, provider, model, err)
+	}
+	return st
+}
+
 // st builds the expected Status of a bucket; resetIn is relative to now.
 func st(now time.Time, w Window, u Unit, provider, model string, limit, remaining int64, resetIn time.Duration) Status {
 	return Status{Window: w, Unit: u, Provider: provider, Model: model, Limit: limit, Remaining: remaining, ResetAt: now.Add(resetIn)}
@@ -113,7 +122,7 @@ func TestCheckRequestsPerMinute(t *testing.T) {
 			st(c.Now(), Minute, Requests, "", "", 3, remainingExpected, resetInExpected))
 		// Limits agrees with the decision and charges nothing.
 		for i := 0; i < 2; i++ {
-			assertStatuses(t, "Limits", l.Limits("alice", "openai", "gpt-4o"), d.Limits)
+			assertStatuses(t, "Limits", mustLimits(t, l, "alice", "openai", "gpt-4o"), d.Limits)
 		}
 	}
 
@@ -138,7 +147,7 @@ func TestCheckRequestsPerMinute(t *testing.T) {
 
 	// After a full window the bucket is full again, never more.
 	c.Advance(time.Hour)
-	assertStatuses(t, "Limits after an hour", l.Limits("alice", "", ""), []Status{st(c.Now(), Minute, Requests, "", "", 3, 3, 0)})
+	assertStatuses(t, "Limits after an hour", mustLimits(t, l, "alice", "", ""), []Status{st(c.Now(), Minute, Requests, "", "", 3, 3, 0)})
 	f(true, 0, 2, 20*time.Second)
 	f(true, 0, 1, 40*time.Second)
 	f(true, 0, 0, 60*time.Second)
@@ -188,7 +197,7 @@ func TestCheckNoPartialConsumption(t *testing.T) {
 			st(now, Day, Requests, "", "", 2, dayRemaining, dayResetIn),
 		}
 		assertDecision(t, d, allowedExpected, retryAfterExpected, want...)
-		assertStatuses(t, "Limits", l.Limits("alice", "", ""), want)
+		assertStatuses(t, "Limits", mustLimits(t, l, "alice", "", ""), want)
 	}
 
 	// A minute request refills in 6s, a day request in 12h.
@@ -330,7 +339,7 @@ func TestRecordWithoutCheck(t *testing.T) {
 	f := func(u Usage, requestsRemaining int64, requestsResetIn time.Duration, tokensRemaining int64, tokensResetIn time.Duration) {
 		t.Helper()
 		l.Record(u)
-		assertStatuses(t, "Limits after Record", l.Limits(u.UserID, u.Provider, u.Model), []Status{
+		assertStatuses(t, "Limits after Record", mustLimits(t, l, u.UserID, u.Provider, u.Model), []Status{
 			st(c.Now(), Minute, Requests, "", "", 10, requestsRemaining, requestsResetIn),
 			st(c.Now(), Minute, Tokens, "", "", 100, tokensRemaining, tokensResetIn),
 		})
@@ -342,7 +351,7 @@ func TestRecordWithoutCheck(t *testing.T) {
 	f(Usage{UserID: "alice", Tokens: 10, RequestID: "never-checked"}, 7, 18*time.Second, 50, 30*time.Second)
 
 	// Another user is unaffected.
-	assertStatuses(t, "Limits for bob", l.Limits("bob", "", ""), []Status{
+	assertStatuses(t, "Limits for bob", mustLimits(t, l, "bob", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 10, 0),
 		st(c.Now(), Minute, Tokens, "", "", 100, 100, 0),
 	})
@@ -357,7 +366,7 @@ func TestRecordDebt(t *testing.T) {
 	// 250 tokens at 100 per minute: 150 tokens of debt, more than the
 	// burst, which takes 250 tokens = 150s to refill.
 	l.Record(Usage{UserID: "alice", Tokens: 250})
-	assertStatuses(t, "Limits after a debt", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after a debt", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 9, 6*time.Second),
 		st(c.Now(), Minute, Tokens, "", "", 100, 0, 150*time.Second),
 	})
@@ -392,7 +401,7 @@ func TestRecordDebt(t *testing.T) {
 
 	// A debit of many times the burst.
 	l.Record(Usage{UserID: "bob", Tokens: 1050})
-	assertStatuses(t, "Limits after a large debt", l.Limits("bob", "", ""), []Status{
+	assertStatuses(t, "Limits after a large debt", mustLimits(t, l, "bob", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 9, 6*time.Second),
 		st(c.Now(), Minute, Tokens, "", "", 100, 0, 630*time.Second),
 	})
@@ -403,7 +412,7 @@ func TestRecordDebt(t *testing.T) {
 	)
 	// Debts add up.
 	l.Record(Usage{UserID: "bob", Tokens: 100})
-	assertStatuses(t, "Limits after two debts", l.Limits("bob", "", ""), []Status{
+	assertStatuses(t, "Limits after two debts", mustLimits(t, l, "bob", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 8, 12*time.Second),
 		st(c.Now(), Minute, Tokens, "", "", 100, 0, 690*time.Second),
 	})
@@ -418,7 +427,7 @@ func TestRecordSettlesCheck(t *testing.T) {
 
 	limitsAre := func(user string, requestsRemaining, tokensRemaining int64) {
 		t.Helper()
-		assertStatuses(t, "Limits for "+user, l.Limits(user, "", ""), []Status{
+		assertStatuses(t, "Limits for "+user, mustLimits(t, l, user, "", ""), []Status{
 			st(now, Minute, Requests, "", "", 10, requestsRemaining, time.Duration(10-requestsRemaining)*6*time.Second),
 			st(now, Minute, Tokens, "", "", 100, tokensRemaining, time.Duration(100-tokensRemaining)*600*time.Millisecond),
 		})
@@ -457,7 +466,7 @@ func TestRecordSettlesCheck(t *testing.T) {
 	check("alice", "r4", 10)
 	limitsAre("alice", 5, 0)
 	l.Record(Usage{UserID: "alice", Tokens: 60, RequestID: "r4"})
-	assertStatuses(t, "Limits in debt", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits in debt", mustLimits(t, l, "alice", "", ""), []Status{
 		st(now, Minute, Requests, "", "", 10, 5, 30*time.Second),
 		st(now, Minute, Tokens, "", "", 100, 0, 90*time.Second),
 	})
@@ -504,11 +513,11 @@ func TestRecordSettlesCheckAfterTime(t *testing.T) {
 	mustCheck(t, l, Request{UserID: "alice", Tokens: 80, RequestID: "r1"})
 	c.Advance(6 * time.Second) // +10 tokens
 	l.Record(Usage{UserID: "alice", Tokens: 50, RequestID: "r1"})
-	assertStatuses(t, "Limits after refund", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after refund", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Tokens, "", "", 100, 60, 24*time.Second),
 	})
 	c.Advance(6 * time.Second)
-	assertStatuses(t, "Limits after refund and refill", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after refund and refill", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Tokens, "", "", 100, 70, 18*time.Second),
 	})
 }
@@ -522,7 +531,7 @@ func TestPendingExpires(t *testing.T) {
 
 	remaining := func(requestsExpected, tokensExpected int64) {
 		t.Helper()
-		ss := l.Limits("alice", "", "")
+		ss := mustLimits(t, l, "alice", "", "")
 		if len(ss) != 2 || ss[0].Remaining != requestsExpected || ss[1].Remaining != tokensExpected {
 			t.Fatalf("unexpected remaining; got %s; want requests=%d tokens=%d", formatStatuses(ss), requestsExpected, tokensExpected)
 		}
@@ -569,7 +578,7 @@ func TestPendingDefaultTTL(t *testing.T) {
 	l, c := newTestLimiter(t, Rule{Window: Day, Unit: Requests, Limit: 10})
 	remaining := func(expected int64) {
 		t.Helper()
-		if got := l.Limits("alice", "", "")[0].Remaining; got != expected {
+		if got := mustLimits(t, l, "alice", "", "")[0].Remaining; got != expected {
 			t.Fatalf("unexpected remaining; got %d; want %d", got, expected)
 		}
 	}
@@ -595,7 +604,7 @@ func TestMaxPending(t *testing.T) {
 
 	limitsAre := func(user string, requestsRemaining, tokensRemaining int64) {
 		t.Helper()
-		ss := l.Limits(user, "", "")
+		ss := mustLimits(t, l, user, "", "")
 		if len(ss) != 2 || ss[0].Remaining != requestsRemaining || ss[1].Remaining != tokensRemaining {
 			t.Fatalf("unexpected remaining for %s; got %s; want requests=%d tokens=%d", user, formatStatuses(ss), requestsRemaining, tokensRemaining)
 		}
@@ -630,9 +639,9 @@ func TestMaxPending(t *testing.T) {
 	c.Advance(16 * time.Minute)
 	l.Sweep()
 	mustCheck(t, l, Request{UserID: "bob", Tokens: 100, RequestID: "r6"})
-	before := l.Limits("bob", "", "")
+	before := mustLimits(t, l, "bob", "", "")
 	l.Record(Usage{UserID: "bob", Tokens: 0, RequestID: "r6"})
-	after := l.Limits("bob", "", "")
+	after := mustLimits(t, l, "bob", "", "")
 	if after[0].Remaining != before[0].Remaining || after[1].Remaining != before[1].Remaining+100 {
 		t.Fatalf("r6 must be settled; before %s; after %s", formatStatuses(before), formatStatuses(after))
 	}
@@ -719,7 +728,7 @@ func TestSetRulesKeepsLevels(t *testing.T) {
 	req := Request{UserID: "alice"}
 	mustCheck(t, l, req)
 	mustCheck(t, l, req)
-	assertStatuses(t, "Limits before reload", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits before reload", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 5, 3, 24*time.Second),
 	})
 
@@ -729,7 +738,7 @@ func TestSetRulesKeepsLevels(t *testing.T) {
 	if err := l.SetRules([]Rule{r10}); err != nil {
 		t.Fatalf("unexpected error: %s", err)
 	}
-	assertStatuses(t, "Limits after reload", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after reload", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 3, 42*time.Second),
 	})
 	d := mustCheck(t, l, req)
@@ -737,11 +746,11 @@ func TestSetRulesKeepsLevels(t *testing.T) {
 
 	// It refills at the new rate, 1 per 6s, up to the new capacity.
 	c.Advance(6 * time.Second)
-	assertStatuses(t, "Limits 6s after reload", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits 6s after reload", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 3, 42*time.Second),
 	})
 	c.Advance(42 * time.Second)
-	assertStatuses(t, "Limits 48s after reload", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits 48s after reload", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 10, 0),
 	})
 	for i := 0; i < 10; i++ {
@@ -796,7 +805,7 @@ func TestSetRulesRemovedRule(t *testing.T) {
 	if err := l.SetRules([]Rule{minute, day}); err != nil {
 		t.Fatalf("unexpected error: %s", err)
 	}
-	assertStatuses(t, "Limits after restoring the rule", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after restoring the rule", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 5, 5, 0),
 		st(c.Now(), Day, Requests, "", "", 100, 98, 1728*time.Second),
 	})
@@ -836,7 +845,7 @@ func TestSweep(t *testing.T) {
 	sweep(0)
 
 	// A swept bucket is recreated full.
-	assertStatuses(t, "Limits after sweep", l.Limits("alice", "", ""), []Status{
+	assertStatuses(t, "Limits after sweep", mustLimits(t, l, "alice", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 10, 10, 0),
 		st(c.Now(), Hour, Tokens, "", "", 3600, 3600, 0),
 	})
@@ -860,10 +869,10 @@ func TestSweepAtResetAt(t *testing.T) {
 		for i := 0; i < checks; i++ {
 			mustCheck(t, l, Request{UserID: "alice", Tokens: tokens})
 		}
-		ss := l.Limits("alice", "", "")
+		ss := mustLimits(t, l, "alice", "", "")
 		c.Set(ss[0].ResetAt)
 		if n := l.Sweep(); n != 0 {
-			t.Fatalf("the bucket must be full at its ResetAt; got %s", formatStatuses(l.Limits("alice", "", "")))
+			t.Fatalf("the bucket must be full at its ResetAt; got %s", formatStatuses(mustLimits(t, l, "alice", "", "")))
 		}
 	}
 	f(Rule{Window: Minute, Unit: Requests, Limit: 3}, 1, 0)
@@ -880,11 +889,11 @@ func TestLimitsUnknownUser(t *testing.T) {
 		Rule{Window: Day, Unit: Requests, Limit: 14400},
 		Rule{Provider: "openai", Window: Day, Unit: Tokens, Limit: 1000000},
 	)
-	assertStatuses(t, "Limits for an unknown user", l.Limits("nobody", "", ""), []Status{
+	assertStatuses(t, "Limits for an unknown user", mustLimits(t, l, "nobody", "", ""), []Status{
 		st(c.Now(), Minute, Requests, "", "", 30, 30, 0),
 		st(c.Now(), Day, Requests, "", "", 14400, 14400, 0),
 	})
-	assertStatuses(t, "Limits for an unknown user and provider", l.Limits("nobody", "openai", "gpt-4o"), []Status{
+	assertStatuses(t, "Limits for an unknown user and provider", mustLimits(t, l, "nobody", "openai", "gpt-4o"), []Status{
 		st(c.Now(), Minute, Requests, "", "", 30, 30, 0),
 		st(c.Now(), Day, Requests, "", "", 14400, 14400, 0),
 		st(c.Now(), Day, Tokens, "openai", "", 1000000, 1000000, 0),
@@ -918,7 +927,7 @@ func TestLimitsScoped(t *testing.T) {
 
 	f := func(user, provider, model string, want ...Status) {
 		t.Helper()
-		got := l.Limits(user, provider, model)
+		got := mustLimits(t, l, user, provider, model)
 		if provider == "" && model == "" {
 			// Live scoped buckets come in map order.
 			sortStatuses(got)
@@ -965,12 +974,12 @@ func TestLimitsStarModelReportedOnce(t *testing.T) {
 	// bucket must be reported once by Limits(user, "", "").
 	l, c := newTestLimiter(t, Rule{Model: "*", Window: Minute, Unit: Requests, Limit: 10})
 	want := []Status{st(c.Now(), Minute, Requests, "", "*", 10, 10, 0)}
-	assertStatuses(t, "Limits before any check", l.Limits("alice", "", ""), want)
+	assertStatuses(t, "Limits before any check", mustLimits(t, l, "alice", "", ""), want)
 
 	mustCheck(t, l, Request{UserID: "alice", Provider: "openai", Model: "gpt-4o"})
 	want = []Status{st(c.Now(), Minute, Requests, "", "*", 10, 9, 6*time.Second)}
-	assertStatuses(t, "Limits(alice, openai, gpt-4o)", l.Limits("alice", "openai", "gpt-4o"), want)
-	assertStatuses(t, "Limits(alice, \"\", \"\")", l.Limits("alice", "", ""), want)
+	assertStatuses(t, "Limits(alice, openai, gpt-4o)", mustLimits(t, l, "alice", "openai", "gpt-4o"), want)
+	assertStatuses(t, "Limits(alice, \"\", \"\")", mustLimits(t, l, "alice", "", ""), want)
 }
 
 func TestLimitsAfterLoweredLimit(t *testing.T) {
@@ -985,7 +994,7 @@ func TestLimitsAfterLoweredLimit(t *testing.T) {
 		t.Fatalf("unexpected error: %s", err)
 	}
 	want := []Status{st(c.Now(), Minute, Requests, "", "", 5, 5, 0)}
-	checkStatuses(t, "Limits after lowering the limit", l.Limits("alice", "", ""), want)
+	checkStatuses(t, "Limits after lowering the limit", mustLimits(t, l, "alice", "", ""), want)
 	var each []Status
 	l.Each(func(_ string, s Status) { each = append(each, s) })
 	checkStatuses(t, "Each after lowering the limit", each, want)
@@ -1007,7 +1016,7 @@ func TestLimitsAfterRaisedLimit(t *testing.T) {
 	}
 	c.Advance(24 * time.Hour)
 	want := []Status{st(c.Now(), Minute, Requests, "", "", 10, 10, 0)}
-	checkStatuses(t, "Limits a day after raising the limit", l.Limits("alice", "", ""), want)
+	checkStatuses(t, "Limits a day after raising the limit", mustLimits(t, l, "alice", "", ""), want)
 	var each []Status
 	l.Each(func(_ string, s Status) { each = append(each, s) })
 	checkStatuses(t, "Each a day after raising the limit", each, want)
@@ -1063,25 +1072,34 @@ func TestSweepAfterChangedLimit(t *testing.T) {
 	f(10, 5)
 }
 
-// sameShardUser returns a user other than user whose buckets live in the same shard.
+// sameShardUser returns a user other than user whose estimates and
+// buckets live in the same shards as user's.
 func sameShardUser(l *Limiter, user string) string {
 	for i := 0; ; i++ {
 		u := fmt.Sprintf("user-%d", i)
-		if l.shard(u) == l.shard(user) {
+		if u != user && sameShards(l, u, user) {
 			return u
 		}
 	}
 }
 
-// otherShardUser returns a user whose buckets live in another shard than user's.
+// otherShardUser returns a user whose estimates and buckets live in other
+// shards than user's.
 func otherShardUser(l *Limiter, user string) string {
 	for i := 0; ; i++ {
 		u := fmt.Sprintf("user-%d", i)
-		if l.shard(u) != l.shard(user) {
+		if pendingShardOf(l, u) != pendingShardOf(l, user) && l.store.(*MemoryStore).shard(u) != l.store.(*MemoryStore).shard(user) {
 			return u
 		}
 	}
 }
+
+func sameShards(l *Limiter, a, b string) bool {
+	m := l.store.(*MemoryStore)
+	return pendingShardOf(l, a) == pendingShardOf(l, b) && m.shard(a) == m.shard(b)
+}
+
+func pendingShardOf(l *Limiter, user string) *pendingShard { return &l.pending[l.userHash(user)%numShards] }
 
 func collectEach(l *Limiter) []string {
 	var a []string
@@ -1115,7 +1133,7 @@ func TestEach(t *testing.T) {
 	l.Record(Usage{UserID: "dave", Provider: "openai", Tokens: 500})
 	// A check that leaves its bucket full still makes it live until Sweep.
 	mustCheck(t, l, Request{UserID: "erin", Provider: "anthropic", Tokens: 10})
-	l.Limits("frank", "openai", "") // creates nothing
+	mustLimits(t, l, "frank", "openai", "") // creates nothing
 	if n := l.Len(); n != 8 {
 		t.Fatalf("unexpected number of live buckets; got %d; want 8", n)
 	}
@@ -1180,7 +1198,7 @@ func TestCheckConcurrent(t *testing.T) {
 				}
 				// Other users and readers run alongside.
 				l.Record(Usage{UserID: fmt.Sprintf("user-%d", w), Tokens: 3, RequestID: fmt.Sprintf("%d-%d", w, i)})
-				l.Limits("alice", "", "")
+				mustLimits(t, l, "alice", "", "")
 				if i%10 == 0 {
 					l.Each(func(string, Status) {})
 					l.Sweep()
@@ -1195,12 +1213,12 @@ func TestCheckConcurrent(t *testing.T) {
 	if n := denied.Load(); n != workers*checksPerWorker-100 {
 		t.Fatalf("unexpected number of denied checks; got %d; want %d", n, workers*checksPerWorker-100)
 	}
-	ss := l.Limits("alice", "", "")
+	ss := mustLimits(t, l, "alice", "", "")
 	if ss[0].Remaining != 0 || ss[1].Remaining != 1<<40-100 {
 		t.Fatalf("unexpected limits after the concurrent checks: %s", formatStatuses(ss))
 	}
 	for w := 0; w < workers; w++ {
-		ss := l.Limits(fmt.Sprintf("user-%d", w), "", "")
+		ss := mustLimits(t, l, fmt.Sprintf("user-%d", w), "", "")
 		if ss[0].Remaining != 100-checksPerWorker || ss[1].Remaining != 1<<40-3*checksPerWorker {
 			t.Fatalf("unexpected limits for user-%d: %s", w, formatStatuses(ss))
 		}
@@ -1213,7 +1231,7 @@ func TestCheckConcurrent(t *testing.T) {
 func TestHugeDebitIsCheap(t *testing.T) {
 	l, c := newTestLimiter(t, Rule{Window: Second, Unit: Tokens, Limit: 1000}, Rule{Window: Day, Unit: Tokens, Limit: 1000})
 	l.Record(Usage{UserID: "alice", Tokens: 1_000_000_000_000})
-	ss := l.Limits("alice", "", "")
+	ss := mustLimits(t, l, "alice", "", "")
 	if ss[0].Remaining != 0 || ss[1].Remaining != 0 {
 		t.Fatalf("remaining %+v after a huge debit", ss)
 	}

@@ -311,7 +311,7 @@ func TestPrecedence(t *testing.T) {
 
 	f := func(user, provider, model string, limitExpected int64) {
 		t.Helper()
-		ss := l.Limits(user, provider, model)
+		ss := mustLimits(t, l, user, provider, model)
 		if len(ss) != 1 {
 			t.Fatalf("expecting exactly one applicable bucket for (%q, %q, %q); got %+v", user, provider, model, ss)
 		}
@@ -371,7 +371,7 @@ func TestPrecedenceEqualSpecificityMany(t *testing.T) {
 	l := mustNew(t, rules, Options{Clock: newManualClock()})
 	f := func(model string, limitExpected int64) {
 		t.Helper()
-		ss := l.Limits("alice", "openai", model)
+		ss := mustLimits(t, l, "alice", "openai", model)
 		if len(ss) != 1 || ss[0].Limit != limitExpected {
 			t.Fatalf("unexpected rule for model %q; got %s; want limit %d", model, formatStatuses(ss), limitExpected)
 		}
@@ -398,7 +398,7 @@ func TestPrecedencePerSlot(t *testing.T) {
 
 	f := func(user, provider, model string, limitsExpected ...int64) {
 		t.Helper()
-		ss := l.Limits(user, provider, model)
+		ss := mustLimits(t, l, user, provider, model)
 		var limits []int64
 		for _, s := range ss {
 			limits = append(limits, s.Limit)
@@ -420,7 +420,7 @@ func TestPrecedenceEqualSpecificity(t *testing.T) {
 	f := func(rules []Rule, model string, limitExpected int64) {
 		t.Helper()
 		l := mustNew(t, rules, Options{Clock: newManualClock()})
-		ss := l.Limits("alice", "openai", model)
+		ss := mustLimits(t, l, "alice", "openai", model)
 		if len(ss) != 1 {
 			t.Fatalf("expecting one applicable bucket for model %q; got %+v", model, ss)
 		}

@@ -17,20 +17,12 @@ type ruleSet struct {
 // rule is a Rule with the scope its buckets are keyed by.
 type rule struct {
 	Rule
-	scope *scope
-}
-
-// scope is what, besides the user, identifies a bucket: the limit type,
-// the unit, and the rule's provider and model scope values.
-type scope struct {
-	provider, model string
-	window          Window
-	unit            Unit
+	scope *Scope
 }
 
 type ownerKey struct {
 	user  string
-	scope scope
+	scope Scope
 }
 
 type slotRules struct {
@@ -45,7 +37,7 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 	for i := range rules {
 		r := &rs.all[i]
 		r.Rule = rules[i]
-		r.scope = &scope{provider: r.Provider, model: r.Model, window: r.Window, unit: r.Unit}
+		r.scope = &Scope{Provider: r.Provider, Model: r.Model, Window: r.Window, Unit: r.Unit}
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Source, err)
 		}
@@ -111,7 +103,7 @@ func (s *slotRules) match(user, provider, model string) *rule {
 // owner returns the rule that a user's bucket of scope sc belongs to, or
 // nil if the rules changed and none does any more. The user may or may
 // not be part of the rule's scope.
-func (rs *ruleSet) owner(user string, sc *scope) *rule {
+func (rs *ruleSet) owner(user string, sc *Scope) *rule {
 	if r := rs.owners[ownerKey{user, *sc}]; r != nil {
 		return r
 	}

@@ -1,0 +1,89 @@
+package limiter
+
+import (
+	"errors"
+	"math"
+	"time"
+)
+
+// Store keeps the levels of the token buckets. The Limiter decides which
+// buckets a call touches and what it must pay; the Store does the token
+// bucket arithmetic (capacity Limit, refilled continuously at Limit per
+// Window, starting full) on all of a call's buckets at once. The
+// in-process MemoryStore is the default; a store shared by every replica
+// (Redis) makes one limit hold across all of them.
+type Store interface {
+	// Take admits a check if every bucket holds at least need[i] units,
+	// and then, only then, debits cost[i] from each: all or none. levels
+	// receives each bucket's level after the decision.
+	Take(now time.Time, user string, bs []Bucket, need, cost []int64, levels []float64) (allowed bool, err error)
+	// Charge debits amounts[i] from each bucket whatever its level (a
+	// record is never refused; a bucket may go into debt); a negative
+	// amount refunds, up to the capacity.
+	Charge(now time.Time, user string, bs []Bucket, amounts []int64) error
+	// Levels reads the buckets' levels without changing them.
+	Levels(now time.Time, user string, bs []Bucket, levels []float64) error
+	// Each calls fn with every live bucket the store knows of, for
+	// metrics built at scrape time; owner returns the bucket's current
+	// rule, or false when none owns the scope any more. fn must be quick.
+	Each(now time.Time, owner Owner, fn func(user string, b Bucket, level float64))
+	// EachOfUser is Each for the live buckets of one user.
+	EachOfUser(now time.Time, user string, owner Owner, fn func(user string, b Bucket, level float64)) error
+	// Sweep forgets the buckets that have refilled completely (a bucket
+	// not known is full) and those no rule owns, and returns how many are
+	// left, so that memory follows the active users.
+	Sweep(now time.Time, owner Owner) (live int)
+	// Len returns the number of live buckets.
+	Len() int
+	// Adopt applies changed limits to the live buckets, keeping their
+	// levels, when the rules change.
+	Adopt(now time.Time, owner Owner)
+}
+
+// Owner returns the bucket of user with scope sc as the rules in force
+// define it, or false if no rule owns that scope any more.
+type Owner func(user string, sc *Scope) (Bucket, bool)
+
+// Bucket is one token bucket of a user: the scope of its rule and the
+// rule's size.
+type Bucket struct {
+	// Scope identifies the bucket among its user's. It points into the
+	// rule set in force; stores compare it by value.
+	Scope *Scope
+	// Limit is the capacity, refilled at Limit per Scope.Window.
+	Limit int64
+}
+
+// RefillPerSecond is the units the bucket gains each second.
+func (b Bucket) RefillPerSecond() float64 {
+	return float64(b.Limit) / b.Scope.Window.Duration().Seconds()
+}
+
+// RefillTime is how long the bucket takes to gain missing units.
+func (b Bucket) RefillTime(missing float64) time.Duration {
+	if missing <= 0 {
+		return 0
+	}
+	d := math.Ceil(missing / float64(b.Limit) * float64(b.Scope.Window.Duration()))
+	if d > float64(MaxWait) {
+		// A huge debt (a record of 10^12 tokens against a small bucket)
+		// would overflow time.Duration.
+		return MaxWait
+	}
+	return time.Duration(d)
+}
+
+// Scope is what, besides the user, identifies a bucket: the limit type,
+// the unit, and the provider and model values of its rule's scope.
+type Scope struct {
+	// Provider and Model are the rule's scope values; empty when unscoped.
+	Provider, Model string
+	// Window is the rule's limit type.
+	Window Window
+	// Unit is what the rule counts.
+	Unit Unit
+}
+
+// ErrStoreUnavailable marks a Store error that leaves the call undecided:
+// the shared store cannot be reached and no fallback answers.
+var ErrStoreUnavailable = errors.New("cannot reach the quota store")
