@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-
 	"github.com/llmusage/llmusage/internal/clock"
 )
 

@@ -1099,7 +1099,9 @@ func sameShards(l *Limiter, a, b string) bool {
 	return pendingShardOf(l, a) == pendingShardOf(l, b) && m.shard(a) == m.shard(b)
 }
 
-func pendingShardOf(l *Limiter, user string) *pendingShard { return &l.pending[l.userHash(user)%numShards] }
+func pendingShardOf(l *Limiter, user string) *pendingShard {
+	return &l.pending[l.userHash(user)%numShards]
+}
 
 func collectEach(l *Limiter) []string {
 	var a []string

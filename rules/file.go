@@ -41,7 +41,7 @@ type fileRule struct {
 
 type configFile struct {
 	Providers []provider.Prefix `yaml:"providers"`
-	Limits    []fileRule       `yaml:"limits"`
+	Limits    []fileRule        `yaml:"limits"`
 }
 
 // LoadFile reads and validates a limits file.

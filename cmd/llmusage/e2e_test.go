@@ -33,10 +33,10 @@ func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 func startSidecar(t *testing.T, limits string, env ...string) *sidecartest.Sidecar {
 	t.Helper()
 	return sidecartest.Start(t, sidecartest.Options{
-		Limits:           limits,
-		Env:              append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...),
-		Flags:            []string{"--log-level", "debug", "--flush-interval", "50ms"},
-		DefaultDataDir:   true,
+		Limits:         limits,
+		Env:            append([]string{"LLMUSAGE_LISTEN_ADDRESS=127.0.0.1:0"}, env...),
+		Flags:          []string{"--log-level", "debug", "--flush-interval", "50ms"},
+		DefaultDataDir: true,
 	})
 }
 
