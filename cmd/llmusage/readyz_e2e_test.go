@@ -91,8 +91,8 @@ func TestReadyzFullSpool(t *testing.T) {
 	// The metrics tell as well: the spool's bytes at (just under) its
 	// bound, and the refusal counted where LLMUsageSpoolFull reads it.
 	m := p.Scrape(t)
-	if b, max := sidecartest.Value(m, "llmusage_spool_bytes"), sidecartest.Value(m, "llmusage_spool_max_bytes"); max != 4096 || b <= 0.9*max || b > max {
-		t.Fatalf("llmusage_spool_bytes %v, llmusage_spool_max_bytes %v: want the spool at its bound of 4096", b, max)
+	if used, bound := sidecartest.Value(m, "llmusage_spool_bytes"), sidecartest.Value(m, "llmusage_spool_max_bytes"); bound != 4096 || used <= 0.9*bound || used > bound {
+		t.Fatalf("llmusage_spool_bytes %v, llmusage_spool_max_bytes %v: want the spool at its bound of 4096", used, bound)
 	}
 	if n := sidecartest.Value(m, `llmusage_http_request_duration_seconds_count{code="503",handler="calls",method="post"}`); n != 1 {
 		t.Fatalf("refused POST /v1/calls counted %v times, want 1", n)

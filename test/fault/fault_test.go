@@ -33,8 +33,9 @@ import (
 func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
 // startSidecar starts a sidecar on dataDir, which the test may kill and
-// restart (on the same ports). Start and Restart wait for /healthz, not
-// /readyz, which answers 503 while a full spool refuses records.
+// restart (on the same ports). Start and Restart wait for /healthz only:
+// /readyz answers 200 as soon as the sidecar serves, whatever the spool
+// and the database, and the tests assert what it says.
 func startSidecar(t *testing.T, dataDir string, extra ...string) *sidecartest.Sidecar {
 	t.Helper()
 	return sidecartest.Start(t, sidecartest.Options{
@@ -297,8 +298,11 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 }
 
 // TestFullSpool: with Postgres down and a small spool, records are
-// refused with 503 and Retry-After once the spool is full, /readyz says
-// unavailable, and everything acknowledged is stored once Postgres returns.
+// refused with 503 and Retry-After once the spool is full, while /readyz
+// stays 200 and says degraded with the spool's and the store's reasons
+// (a shared database's outage must not take the application's pods out
+// of service), and everything acknowledged is stored once Postgres
+// returns.
 func TestFullSpool(t *testing.T) {
 	srv := pgtest.StartServer(t)
 	dbURL := newDatabase(t, srv)
@@ -310,11 +314,14 @@ func TestFullSpool(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		code, body := ready(s)
-		if code == http.StatusServiceUnavailable && body.Status == "unavailable" && strings.Contains(body.Spool, "full") {
+		if code != http.StatusOK && code != 0 {
+			t.Fatalf("/readyz answered %d %v while the spool filled; want 200", code, body)
+		}
+		if strings.Contains(body.Spool, "spool is full") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/readyz never said unavailable: %d %v", code, body)
+			t.Fatalf("/readyz never reported the full spool: %d %v", code, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -335,6 +342,15 @@ func TestFullSpool(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if l.ackedCount() != full {
 		t.Fatalf("records acknowledged while the spool was full: %d -> %d", full, l.ackedCount())
+	}
+	// Records refused, and the pod still ready: 200, degraded, with both
+	// reasons and the backlog.
+	code, body := ready(s)
+	if code != http.StatusOK || body.Status != "degraded" || !strings.Contains(body.Spool, "spool is full") || body.Store == "" || body.QueuedRecords == 0 {
+		t.Fatalf("/readyz with the spool full and Postgres down: %d %+v, want 200 degraded with the spool's and the store's reasons", code, body)
+	}
+	if used, bound := s.Gauge("llmusage_spool_bytes"), s.Gauge("llmusage_spool_max_bytes"); bound != 65536 || used <= 0.9*bound || used > bound {
+		t.Fatalf("llmusage_spool_bytes %v, llmusage_spool_max_bytes %v: want the spool at its 64 KiB bound", used, bound)
 	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
