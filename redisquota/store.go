@@ -1,0 +1,616 @@
+// Package redisquota keeps the limiter's token buckets in Redis, so that
+// one user's limit holds across every replica: a limiter.Store whose
+// checks run as one server-side script over all of a call's buckets, on
+// the Redis server's clock, debiting all of them or none. While Redis
+// cannot be reached within the timeout, checks are answered by the
+// fail mode: each replica's share of every limit in its own memory
+// (local), allowed (open) or refused (closed).
+package redisquota
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// FailMode says how checks are answered while Redis is out of reach.
+type FailMode string
+
+// The fail modes.
+const (
+	// FailLocal answers from local buckets holding this replica's share
+	// of each limit, limit / the number of live replicas last seen, so
+	// that the fleet as a whole still admits about the limit.
+	FailLocal FailMode = "local"
+	// FailOpen allows every check (and counts it).
+	FailOpen FailMode = "open"
+	// FailClosed refuses every check with limiter.ErrStoreUnavailable.
+	FailClosed FailMode = "closed"
+)
+
+// ParseFailMode parses --redis-fail-mode.
+func ParseFailMode(s string) (FailMode, error) {
+	switch m := FailMode(s); m {
+	case FailLocal, FailOpen, FailClosed:
+		return m, nil
+	}
+	return "", fmt.Errorf("cannot use --redis-fail-mode %q: want local, open or closed", s)
+}
+
+// Observer is told of every call to Redis and every fallback answer, for
+// metrics.
+type Observer interface {
+	// ObserveQuotaBackend is called after each call to Redis: op is take,
+	// charge, read, replicas or ping; err is nil on success.
+	ObserveQuotaBackend(op string, d time.Duration, err error)
+	// ObserveQuotaFallback is called for each check answered by the fail
+	// mode instead of Redis.
+	ObserveQuotaFallback(mode FailMode)
+}
+
+// Options configure a Store.
+type Options struct {
+	// Client reaches Redis, Valkey or a Redis Cluster; required.
+	Client redis.UniversalClient
+	// Timeout bounds each call on a check's path (50 ms when zero): a
+	// check never waits longer for Redis.
+	Timeout time.Duration
+	// FailMode answers checks while Redis is out of reach; FailLocal when empty.
+	FailMode FailMode
+	// Prefix starts every key ("llmusage" when empty).
+	Prefix string
+	// ReplicaID names this replica in the registry of live replicas
+	// (the host name, in a pod its name); required.
+	ReplicaID string
+	// Observer receives calls and fallbacks; optional.
+	Observer Observer
+	// Logger logs Redis going away and coming back; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Store is a limiter.Store on Redis. Besides the buckets in Redis it
+// keeps, per user it served, the scopes it touched and when they will be
+// full again, so that the quota gauges of this replica's users can be
+// read from Redis at scrape time.
+type Store struct {
+	// opts are the Options, defaults filled in.
+	opts Options
+	// local answers in FailLocal mode.
+	local *limiter.MemoryStore
+	// down is set while Redis is out of reach: checks then go to the fail
+	// mode at once, without waiting for a timeout each, until a ping
+	// answers (see Run).
+	down atomic.Bool
+	// lastErr is why Redis was last out of reach.
+	lastErr atomic.Pointer[string]
+	// replicas is the number of live replicas last seen; 1 before the
+	// first sighting.
+	replicas atomic.Int64
+	// seen indexes the buckets this replica touched.
+	seen seenIndex
+	// wake nudges Run's probe loop when a call fails.
+	wake chan struct{}
+}
+
+// How the registry of live replicas is kept: each replica registers every
+// registerEvery, and one not seen for replicaTTL is no longer counted.
+const (
+	registerEvery = 2 * time.Second
+	replicaTTL    = 10 * time.Second
+	probeEvery    = 250 * time.Millisecond
+)
+
+// New returns a Store. Call Run to register the replica and to come back
+// to Redis after an outage.
+func New(opts Options) *Store {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 50 * time.Millisecond
+	}
+	if opts.FailMode == "" {
+		opts.FailMode = FailLocal
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "llmusage"
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Store{opts: opts, local: limiter.NewMemoryStore(), wake: make(chan struct{}, 1)}
+	s.replicas.Store(1)
+	s.seen.init()
+	return s
+}
+
+// Run keeps the replica registered and, while Redis is out of reach,
+// pings it until it answers, until ctx ends.
+func (s *Store) Run(ctx context.Context) {
+	s.register(ctx)
+	register := time.NewTicker(registerEvery)
+	defer register.Stop()
+	probe := time.NewTicker(probeEvery)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-register.C:
+			if !s.down.Load() {
+				s.register(ctx)
+			}
+		case <-s.wake:
+		case <-probe.C:
+		}
+		if s.down.Load() {
+			s.probe(ctx)
+		}
+	}
+}
+
+// Err tells why Redis is out of reach, or nil while it answers.
+func (s *Store) Err() error {
+	if !s.down.Load() {
+		return nil
+	}
+	msg := "unreachable"
+	if p := s.lastErr.Load(); p != nil {
+		msg = *p
+	}
+	return fmt.Errorf("cannot reach Redis (checks answered by --redis-fail-mode=%s): %s", s.opts.FailMode, msg)
+}
+
+// Replicas returns the number of live replicas last seen in the registry.
+func (s *Store) Replicas() int { return int(s.replicas.Load()) }
+
+// Take implements limiter.Store.
+func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64) (bool, error) {
+	if !s.down.Load() {
+		res, err := s.run(opTake, user, bs, need, cost)
+		if err == nil {
+			allowed := res[0] == 1
+			copy(levels, res[1:])
+			s.seen.touch(now, user, bs, levels)
+			return allowed, nil
+		}
+	}
+	s.opts.Observer.ObserveQuotaFallback(s.opts.FailMode)
+	switch s.opts.FailMode {
+	case FailOpen:
+		for i, b := range bs {
+			levels[i] = float64(b.Limit)
+		}
+		return true, nil
+	case FailClosed:
+		return false, s.unavailable()
+	}
+	return s.local.Take(now, user, s.shares(bs), need, cost, levels)
+}
+
+// Charge implements limiter.Store. While Redis is out of reach a record
+// is charged to this replica's share in FailLocal mode, and not at all in
+// the others.
+func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts []int64) error {
+	if !s.down.Load() {
+		res, err := s.run(opCharge, user, bs, nil, amounts)
+		if err == nil {
+			s.seen.touch(now, user, bs, res[1:])
+			return nil
+		}
+	}
+	switch s.opts.FailMode {
+	case FailLocal:
+		return s.local.Charge(now, user, s.shares(bs), amounts)
+	default:
+		return s.unavailable()
+	}
+}
+
+// Levels implements limiter.Store.
+func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels []float64) error {
+	if !s.down.Load() {
+		res, err := s.run(opRead, user, bs, nil, nil)
+		if err == nil {
+			copy(levels, res[1:])
+			return nil
+		}
+	}
+	switch s.opts.FailMode {
+	case FailLocal:
+		return s.local.Levels(now, user, s.shares(bs), levels)
+	case FailOpen:
+		for i, b := range bs {
+			levels[i] = float64(b.Limit)
+		}
+		return nil
+	default:
+		return s.unavailable()
+	}
+}
+
+// Each implements limiter.Store: the buckets this replica touched, their
+// levels read from Redis (one script call per user, pipelined), or from
+// the local shares while Redis is out of reach.
+func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b limiter.Bucket, level float64)) {
+	if s.down.Load() {
+		s.local.Each(now, owner, fn)
+		return
+	}
+	byUser := s.seen.snapshot(now, owner)
+	if len(byUser) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), max(20*s.opts.Timeout, time.Second))
+	defer cancel()
+	type call struct {
+		user string
+		bs   []limiter.Bucket
+		cmd  *redis.Cmd
+	}
+	calls := make([]call, 0, len(byUser))
+	pipe := s.opts.Client.Pipeline()
+	for user, bs := range byUser {
+		keys, args := s.scriptArgs(opRead, user, bs, nil, nil)
+		calls = append(calls, call{user, bs, bucketScript.EvalSha(ctx, pipe, keys, args...)})
+	}
+	start := time.Now()
+	_, err := pipe.Exec(ctx)
+	if err != nil && isNoScript(err) {
+		// The first scrape after a Redis restart: load the script, then read.
+		if err = bucketScript.Load(ctx, s.opts.Client).Err(); err == nil {
+			for i := range calls {
+				keys, args := s.scriptArgs(opRead, calls[i].user, calls[i].bs, nil, nil)
+				calls[i].cmd = bucketScript.EvalSha(ctx, pipe, keys, args...)
+			}
+			_, err = pipe.Exec(ctx)
+		}
+	}
+	s.opts.Observer.ObserveQuotaBackend(opRead, time.Since(start), err)
+	if err != nil {
+		s.markDown(err)
+		s.local.Each(now, owner, fn)
+		return
+	}
+	for _, c := range calls {
+		res, err := parseResult(c.cmd, len(c.bs))
+		if err != nil {
+			continue
+		}
+		for i, b := range c.bs {
+			fn(c.user, b, res[1+i])
+		}
+	}
+}
+
+// EachOfUser implements limiter.Store.
+func (s *Store) EachOfUser(now time.Time, user string, owner limiter.Owner, fn func(user string, b limiter.Bucket, level float64)) error {
+	if s.down.Load() {
+		return s.local.EachOfUser(now, user, owner, fn)
+	}
+	bs := s.seen.ofUser(now, user, owner)
+	if len(bs) == 0 {
+		return nil
+	}
+	levels := make([]float64, len(bs))
+	if err := s.Levels(now, user, bs, levels); err != nil {
+		return err
+	}
+	for i, b := range bs {
+		fn(user, b, levels[i])
+	}
+	return nil
+}
+
+// Sweep implements limiter.Store: it forgets the buckets that are full
+// again (Redis has deleted or expired them) and those no rule owns.
+func (s *Store) Sweep(now time.Time, owner limiter.Owner) int {
+	return s.seen.sweep(now, owner) + s.local.Sweep(now, owner)
+}
+
+// Len implements limiter.Store.
+func (s *Store) Len() int { return s.seen.len() + s.local.Len() }
+
+// Adopt implements limiter.Store: every call hands Redis the limits in
+// force, so only the local shares adopt.
+func (s *Store) Adopt(now time.Time, owner limiter.Owner) { s.local.Adopt(now, owner) }
+
+// The script's modes, also the op of ObserveQuotaBackend.
+const (
+	opTake   = "take"
+	opCharge = "charge"
+	opRead   = "read"
+)
+
+// run calls the bucket script within the timeout and returns
+// {allowed, level...}; a failure marks Redis down.
+func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64) ([]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+	defer cancel()
+	keys, args := s.scriptArgs(op, user, bs, need, amounts)
+	start := time.Now()
+	res, err := parseResult(bucketScript.Run(ctx, s.opts.Client, keys, args...), len(bs))
+	s.opts.Observer.ObserveQuotaBackend(op, time.Since(start), err)
+	if err != nil {
+		s.markDown(err)
+		return nil, err
+	}
+	return res, nil
+}
+
+// scriptArgs builds the bucket script's keys and arguments.
+func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64) ([]string, []any) {
+	keys := make([]string, len(bs))
+	args := make([]any, 0, 1+4*len(bs))
+	args = append(args, op)
+	tag := s.userTag(user)
+	for i, b := range bs {
+		keys[i] = tag + scopeKey(user, b.Scope)
+		var n, a int64
+		if need != nil {
+			n = need[i]
+		}
+		if amounts != nil {
+			a = amounts[i]
+		}
+		args = append(args, b.Limit, strconv.FormatFloat(b.RefillPerSecond()/1e6, 'g', -1, 64), n, a)
+	}
+	return keys, args
+}
+
+// userTag starts the keys of one user's buckets: the prefix and a hash
+// tag of the user, so that a Redis Cluster keeps them in one slot. The
+// tag is a hash rather than the user itself, since a user_id may hold
+// the braces that delimit a tag.
+func (s *Store) userTag(user string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(user))
+	return s.opts.Prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}:"
+}
+
+// scopeKey names a bucket unambiguously: each free-form part is
+// length-prefixed, so that no user, provider or model holding a colon
+// can make two buckets one.
+func scopeKey(user string, sc *limiter.Scope) string {
+	var b strings.Builder
+	b.WriteString(sc.Window.String())
+	b.WriteByte(':')
+	b.WriteString(sc.Unit.String())
+	for _, part := range []string{user, sc.Provider, sc.Model} {
+		b.WriteByte(':')
+		b.WriteString(strconv.Itoa(len(part)))
+		b.WriteByte(':')
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
+// parseResult reads the bucket script's answer.
+func parseResult(cmd *redis.Cmd, n int) ([]float64, error) {
+	vals, err := cmd.Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(vals) != n+1 {
+		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+1)
+	}
+	out := make([]float64, n+1)
+	if allowed, ok := vals[0].(int64); ok {
+		out[0] = float64(allowed)
+	}
+	for i := 1; i <= n; i++ {
+		str, ok := vals[i].(string)
+		if !ok {
+			return nil, fmt.Errorf("cannot read the bucket script's level %d: %T", i, vals[i])
+		}
+		if out[i], err = strconv.ParseFloat(str, 64); err != nil {
+			return nil, fmt.Errorf("cannot read the bucket script's level %d: %w", i, err)
+		}
+	}
+	return out, nil
+}
+
+// shares scales each bucket to this replica's share of its limit, for
+// the local fail mode.
+func (s *Store) shares(bs []limiter.Bucket) []limiter.Bucket {
+	n := max(s.replicas.Load(), 1)
+	dst := make([]limiter.Bucket, 0, len(bs))
+	for _, b := range bs {
+		b.Limit = max(1, int64(math.Ceil(float64(b.Limit)/float64(n))))
+		dst = append(dst, b)
+	}
+	return dst
+}
+
+func (s *Store) unavailable() error {
+	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, s.Err())
+}
+
+// markDown sends the checks to the fail mode until a ping answers.
+func (s *Store) markDown(err error) {
+	msg := err.Error()
+	s.lastErr.Store(&msg)
+	if !s.down.Swap(true) {
+		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
+			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// probe pings Redis and goes back to it once it answers.
+func (s *Store) probe(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, max(s.opts.Timeout, 100*time.Millisecond))
+	defer cancel()
+	start := time.Now()
+	err := s.opts.Client.Ping(pctx).Err()
+	s.opts.Observer.ObserveQuotaBackend("ping", time.Since(start), err)
+	if err != nil {
+		msg := err.Error()
+		s.lastErr.Store(&msg)
+		return
+	}
+	s.register(ctx)
+	if !s.down.Load() {
+		return
+	}
+	s.down.Store(false)
+	s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
+}
+
+// register adds this replica to the registry and reads how many are live.
+func (s *Store) register(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, max(4*s.opts.Timeout, 200*time.Millisecond))
+	defer cancel()
+	start := time.Now()
+	n, err := replicasScript.Run(rctx, s.opts.Client, []string{s.opts.Prefix + ":replicas"}, s.opts.ReplicaID, replicaTTL.Milliseconds()).Int64()
+	s.opts.Observer.ObserveQuotaBackend("replicas", time.Since(start), err)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.markDown(err)
+		}
+		return
+	}
+	s.replicas.Store(max(n, 1))
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ObserveQuotaBackend(string, time.Duration, error) {}
+func (nopObserver) ObserveQuotaFallback(FailMode)                    {}
+
+// seenIndex remembers, per user, the buckets this replica touched and
+// when each will be full again, sharded to keep checks apart.
+type seenIndex struct {
+	shards [64]seenShard
+}
+
+type seenShard struct {
+	mu    sync.Mutex
+	users map[string][]seenBucket
+}
+
+type seenBucket struct {
+	// bucket is the scope and limit last used.
+	bucket limiter.Bucket
+	// fullAt is when the bucket is full again, in Unix nanoseconds, if
+	// nothing else touches it.
+	fullAt int64
+}
+
+func (x *seenIndex) init() {
+	for i := range x.shards {
+		x.shards[i].users = make(map[string][]seenBucket)
+	}
+}
+
+func (x *seenIndex) shard(user string) *seenShard {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	return &x.shards[h.Sum32()%uint32(len(x.shards))]
+}
+
+// touch records the levels a call left.
+func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, levels []float64) {
+	sh := x.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	seen := sh.users[user]
+	for i, b := range bs {
+		fullAt := now.Add(b.RefillTime(float64(b.Limit) - levels[i])).UnixNano()
+		j := 0
+		for ; j < len(seen) && *seen[j].bucket.Scope != *b.Scope; j++ {
+		}
+		if j == len(seen) {
+			seen = append(seen, seenBucket{})
+		}
+		seen[j] = seenBucket{bucket: b, fullAt: fullAt}
+	}
+	sh.users[user] = seen
+}
+
+// snapshot returns the buckets not yet full that a rule still owns, by user.
+func (x *seenIndex) snapshot(now time.Time, owner limiter.Owner) map[string][]limiter.Bucket {
+	out := map[string][]limiter.Bucket{}
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			for _, sb := range seen {
+				if b, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+					out[user] = append(out[user], b)
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+func (x *seenIndex) ofUser(now time.Time, user string, owner limiter.Owner) []limiter.Bucket {
+	sh := x.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	var out []limiter.Bucket
+	for _, sb := range sh.users[user] {
+		if b, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (x *seenIndex) sweep(now time.Time, owner limiter.Owner) (live int) {
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			kept := seen[:0]
+			for _, sb := range seen {
+				if _, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+					kept = append(kept, sb)
+				}
+			}
+			if len(kept) == 0 {
+				delete(sh.users, user)
+				continue
+			}
+			sh.users[user] = kept
+			live += len(kept)
+		}
+		sh.mu.Unlock()
+	}
+	return live
+}
+
+func (x *seenIndex) len() int {
+	n := 0
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for _, seen := range sh.users {
+			n += len(seen)
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+var _ limiter.Store = (*Store)(nil)

@@ -1,0 +1,232 @@
+package redisquota
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmusage/llmusage/internal/redistest"
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// bucket is a bucket whose refill over a test's seconds is negligible
+// (its window is a day), so that levels are exact.
+func bucket(unit limiter.Unit, limit int64, provider string) limiter.Bucket {
+	return limiter.Bucket{Scope: &limiter.Scope{Window: limiter.Day, Unit: unit, Provider: provider}, Limit: limit}
+}
+
+func newStore(t *testing.T, client redis.UniversalClient, mode FailMode) *Store {
+	t.Helper()
+	s := New(Options{Client: client, FailMode: mode, ReplicaID: t.Name(), Timeout: 200 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+func standalone(t *testing.T) (*redistest.Server, redis.UniversalClient) {
+	t.Helper()
+	srv := redistest.Start(t)
+	opts, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ContextTimeoutEnabled = true
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return srv, c
+}
+
+func TestBucketArithmetic(t *testing.T) {
+	_, client := standalone(t)
+	s := newStore(t, client, FailClosed)
+	checkBucketArithmetic(t, s)
+}
+
+func TestBucketArithmeticOnCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	opts, err := redis.ParseClusterURL(cluster.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ContextTimeoutEnabled = true
+	client := redis.NewClusterClient(opts)
+	t.Cleanup(func() { client.Close() })
+	s := newStore(t, client, FailClosed)
+	// Users whose keys land on different masters: each user's buckets
+	// share a slot, or the script would fail with CROSSSLOT.
+	for i := 0; i < 10; i++ {
+		t.Run("user"+strconv.Itoa(i), func(t *testing.T) { checkBucketArithmetic(t, s) })
+	}
+}
+
+// checkBucketArithmetic runs checks and records for one user, as the
+// limiter's memory store would, and compares the levels.
+func checkBucketArithmetic(t *testing.T, s *Store) {
+	t.Helper()
+	now := time.Now()
+	user := "user " + t.Name() + " {with} braces: and colons"
+	requests, tokens := bucket(limiter.Requests, 3, ""), bucket(limiter.Tokens, 100, "openai")
+	bs := []limiter.Bucket{requests, tokens}
+	levels := make([]float64, 2)
+	take := func(estimate int64, wantAllowed bool, wantRequests, wantTokens float64) {
+		t.Helper()
+		allowed, err := s.Take(now, user, bs, []int64{1, max(estimate, 1)}, []int64{1, estimate}, levels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allowed != wantAllowed || !near(levels[0], wantRequests) || !near(levels[1], wantTokens) {
+			t.Fatalf("take %d: allowed %v, levels %v; want %v, [%v %v]", estimate, allowed, levels, wantAllowed, wantRequests, wantTokens)
+		}
+	}
+	take(40, true, 2, 60)
+	take(50, true, 1, 10)
+	// All or none: the requests bucket holds 1, the tokens bucket only 10.
+	take(20, false, 1, 10)
+	take(10, true, 0, 0)
+	take(0, false, 0, 0)
+	// A record is never refused: it puts the bucket into debt...
+	if err := s.Charge(now, user, bs, []int64{1, 50}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Levels(now, user, bs, levels); err != nil || !near(levels[0], -1) || !near(levels[1], -50) {
+		t.Fatalf("after a record in debt: %v, %v", levels, err)
+	}
+	// ...and a refund never fills a bucket past its capacity.
+	if err := s.Charge(now, user, bs, []int64{-10, -1000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Levels(now, user, bs, levels); err != nil || !near(levels[0], 3) || !near(levels[1], 100) {
+		t.Fatalf("after refunds: %v, %v", levels, err)
+	}
+}
+
+func near(got, want float64) bool { return got > want-0.01 && got < want+0.01 }
+
+// TestKeysExpire: a bucket's key lives until the bucket would be full
+// again, and a full bucket has none, so that Redis memory follows the
+// active users.
+func TestKeysExpire(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailClosed)
+	now := time.Now()
+	b := limiter.Bucket{Scope: &limiter.Scope{Window: limiter.Minute, Unit: limiter.Requests}, Limit: 60}
+	levels := make([]float64, 1)
+	for i := 0; i < 3; i++ {
+		if _, err := s.Take(now, "alice", []limiter.Bucket{b}, []int64{1}, []int64{1}, levels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := strings.Fields(srv.Do(t, "KEYS", "llmusage:{*"))
+	if len(keys) != 1 {
+		t.Fatalf("keys: %v, want one bucket", keys)
+	}
+	// 3 of 60 a minute missing: full again in 3 s; the key expires a second after.
+	ttl, _ := strconv.Atoi(srv.Do(t, "PTTL", keys[0]))
+	if ttl < 3000 || ttl > 4100 {
+		t.Fatalf("PTTL %d ms, want about 3000 + 1000", ttl)
+	}
+	// A refund that fills it deletes the key.
+	if err := s.Charge(now, "alice", []limiter.Bucket{b}, []int64{-3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Do(t, "EXISTS", keys[0]); got != "0" {
+		t.Fatalf("the key of a full bucket exists: %s", got)
+	}
+}
+
+// TestFailModes stops Redis: every call is answered within the timeout by
+// the fail mode, Err says why, and once Redis is back the shared buckets
+// answer again within seconds.
+func TestFailModes(t *testing.T) {
+	f := func(mode FailMode, check func(t *testing.T, allowed bool, err error)) {
+		t.Run(string(mode), func(t *testing.T) {
+			srv, client := standalone(t)
+			s := newStore(t, client, mode)
+			b := []limiter.Bucket{bucket(limiter.Requests, 10, "")}
+			levels := make([]float64, 1)
+			waitFor(t, func() bool { return s.Replicas() == 1 && s.Err() == nil })
+			srv.Stop(t)
+			for i := 0; i < 5; i++ {
+				start := time.Now()
+				allowed, err := s.Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels)
+				if d := time.Since(start); d > 200*time.Millisecond+100*time.Millisecond {
+					t.Fatalf("check %d took %s with Redis down, over the 200 ms timeout", i, d)
+				}
+				check(t, allowed, err)
+			}
+			if s.Err() == nil {
+				t.Fatal("Err is nil with Redis down")
+			}
+			srv.Restart(t)
+			waitFor(t, func() bool { return s.Err() == nil })
+			allowed, err := s.Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels)
+			if err != nil || !allowed || !near(levels[0], 9) {
+				t.Fatalf("after Redis came back: %v %v %v, want the shared (empty, restarted) bucket at 9", allowed, levels, err)
+			}
+		})
+	}
+	f(FailLocal, func(t *testing.T, allowed bool, err error) {
+		if err != nil || !allowed {
+			t.Fatalf("local: %v %v", allowed, err)
+		}
+	})
+	f(FailOpen, func(t *testing.T, allowed bool, err error) {
+		if err != nil || !allowed {
+			t.Fatalf("open: %v %v", allowed, err)
+		}
+	})
+	f(FailClosed, func(t *testing.T, _ bool, err error) {
+		if !errors.Is(err, limiter.ErrStoreUnavailable) {
+			t.Fatalf("closed: %v, want ErrStoreUnavailable", err)
+		}
+	})
+}
+
+// TestLocalShare: with three replicas registered, a replica falls back to
+// a third of each limit while Redis is out of reach.
+func TestLocalShare(t *testing.T) {
+	srv, client := standalone(t)
+	replicas := make([]*Store, 3)
+	for i := range replicas {
+		replicas[i] = New(Options{Client: client, ReplicaID: "replica-" + strconv.Itoa(i), Timeout: 200 * time.Millisecond})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, r := range replicas {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.Run(ctx) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
+	waitFor(t, func() bool { return replicas[0].Replicas() == 3 })
+	srv.Stop(t)
+	b := []limiter.Bucket{bucket(limiter.Requests, 30, "")}
+	levels := make([]float64, 1)
+	admitted := 0
+	for i := 0; i < 30; i++ {
+		if allowed, err := replicas[0].Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels); err == nil && allowed {
+			admitted++
+		}
+	}
+	if admitted != 10 {
+		t.Fatalf("a replica of three admitted %d of a 30 limit with Redis down, want its share 10", admitted)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
