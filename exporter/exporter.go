@@ -58,8 +58,11 @@ type Exporter struct {
 	models  *modelGuard
 	usage   *usageMetrics
 	persist *persistMetrics
+	backend *backendMetrics
 	clock   clock.Clock
-	httpDur *prometheus.HistogramVec
+	// noUserLabel is Options.NoUserLabel.
+	noUserLabel bool
+	httpDur     *prometheus.HistogramVec
 }
 
 // New returns an Exporter with its registry populated.
@@ -84,6 +87,7 @@ func New(opts Options) *Exporter {
 	e.models = newModelGuard(opts.MaxModels, opts.UserTTL, opts.Clock.Now())
 	e.usage = newUsageMetrics(!opts.NoUserLabel, e.models)
 	e.persist = newPersistMetrics()
+	e.backend = newBackendMetrics()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -99,18 +103,26 @@ func New(opts Options) *Exporter {
 		e.models,
 		e.httpDur,
 		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
+		e.backend.rules,
 	)
-	if opts.Limiter != nil && !opts.NoUserLabel {
-		e.reg.MustRegister(newQuotaCollector(opts.Limiter, e.guard))
-	}
+	e.noUserLabel = opts.NoUserLabel
 	if opts.Limiter != nil {
-		e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "llmusage_limiter_buckets",
-			Help: "Live token buckets in the limiter (full, idle buckets are dropped).",
-		}, func() float64 { return float64(opts.Limiter.Len()) }))
-		e.reg.MustRegister(newEstimatesCollector(opts.Limiter))
+		e.WatchLimiter(opts.Limiter)
 	}
 	return e
+}
+
+// WatchLimiter exports the limiter's quota gauges, bucket count and
+// estimates, read at scrape time. Call it once, unless Options.Limiter was set.
+func (e *Exporter) WatchLimiter(l *limiter.Limiter) {
+	if !e.noUserLabel {
+		e.reg.MustRegister(newQuotaCollector(l, e.guard))
+	}
+	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "llmusage_limiter_buckets",
+		Help: "Live token buckets in the limiter (full, idle buckets are dropped).",
+	}, func() float64 { return float64(l.Len()) }))
+	e.reg.MustRegister(newEstimatesCollector(l))
 }
 
 // Registry returns the registry every metric is on.

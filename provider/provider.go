@@ -86,6 +86,9 @@ func NewTable(extra []Prefix) *Table {
 	return t
 }
 
+// Prefixes returns the table, longest prefix first.
+func (t *Table) Prefixes() []Prefix { return append([]Prefix(nil), t.prefixes...) }
+
 // Infer returns the provider of model, or record.UnknownProvider.
 func (t *Table) Infer(model string) string {
 	m := strings.ToLower(model)

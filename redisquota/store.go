@@ -56,7 +56,7 @@ type Observer interface {
 	ObserveQuotaBackend(op string, d time.Duration, err error)
 	// ObserveQuotaFallback is called for each check answered by the fail
 	// mode instead of Redis.
-	ObserveQuotaFallback(mode FailMode)
+	ObserveQuotaFallback(mode string)
 }
 
 // Options configure a Store.
@@ -186,7 +186,7 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 			return allowed, nil
 		}
 	}
-	s.opts.Observer.ObserveQuotaFallback(s.opts.FailMode)
+	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
 	switch s.opts.FailMode {
 	case FailOpen:
 		for i, b := range bs {
@@ -494,7 +494,7 @@ func isNoScript(err error) bool {
 type nopObserver struct{}
 
 func (nopObserver) ObserveQuotaBackend(string, time.Duration, error) {}
-func (nopObserver) ObserveQuotaFallback(FailMode)                    {}
+func (nopObserver) ObserveQuotaFallback(string)                      {}
 
 // seenIndex remembers, per user, the buckets this replica touched and
 // when each will be full again, sharded to keep checks apart.

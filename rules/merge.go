@@ -1,6 +1,10 @@
 package rules
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
 )
@@ -19,6 +23,21 @@ type Set struct {
 	// Providers infers providers from model names: the built-in prefixes
 	// extended by the limits file's.
 	Providers *provider.Table
+}
+
+// Digest is the SHA-256 of the rules in force and the provider table, in
+// hex: two replicas enforce the same limits if and only if their digests
+// match. Where a rule came from (its Source) does not count, so that a
+// comment added to the limits file changes nothing.
+func (s *Set) Digest() string {
+	h := sha256.New()
+	for _, r := range s.InForce {
+		fmt.Fprintf(h, "rule %q %q %q %s %s %d\n", r.UserID, r.Provider, r.Model, r.Window, r.Unit, r.Limit)
+	}
+	for _, p := range s.Providers.Prefixes() {
+		fmt.Fprintf(h, "provider %q %q\n", p.Prefix, p.Provider)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Shadowed is a rule that is not in force because another wins its scope.

@@ -122,3 +122,33 @@ func describe(r limiter.Rule) string {
 	}
 	return fmt.Sprintf("%s%s %s %d [%s]", scope, r.Window, r.Unit, r.Limit, r.Source)
 }
+
+func TestDigest(t *testing.T) {
+	digest := func(yaml string, rows ...Row) string {
+		t.Helper()
+		f, err := ParseFile("limits.yaml", []byte(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Merge(f, rows).Digest()
+	}
+	base := digest("limits:\n  - limit_type: minute\n    requests: 3\n")
+	if len(base) != 64 {
+		t.Fatalf("digest %q is not a hex SHA-256", base)
+	}
+	// Where a rule stands in the file does not count; what it says does.
+	if got := digest("# a comment\n\nlimits:\n  - limit_type: minute\n    requests: 3\n"); got != base {
+		t.Fatalf("a comment changed the digest")
+	}
+	for _, other := range []string{
+		digest("limits:\n  - limit_type: minute\n    requests: 4\n"),
+		digest("limits:\n  - limit_type: hour\n    requests: 3\n"),
+		digest("limits:\n  - limit_type: minute\n    requests: 3\n    provider: openai\n"),
+		digest("providers:\n  - prefix: llama-\n    provider: groq\nlimits:\n  - limit_type: minute\n    requests: 3\n"),
+		digest("limits:\n  - limit_type: minute\n    requests: 3\n", Row{Table: UserLimitsTable, ID: "1", UserID: "a", LimitType: "day", LimitValue: 9}),
+	} {
+		if other == base {
+			t.Fatal("different rules, same digest")
+		}
+	}
+}

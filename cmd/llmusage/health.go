@@ -40,6 +40,11 @@ func (s *sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
 		if err := s.writer.StoreErr(); err != nil {
 			body["status"], body["store"] = "degraded", err.Error()
 		}
+		if s.quota != nil {
+			if err := s.quota.Err(); err != nil {
+				body["status"], body["quota"] = "degraded", err.Error()
+			}
+		}
 	}
 	body["queued_records"] = s.queue.Len()
 	writeStatus(w, code, body)

@@ -11,15 +11,19 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/redisquota"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
@@ -55,6 +59,10 @@ func serveCommand() *cli.Command {
 			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
 			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
 			byteSizeFlag("spool-max-bytes", 1<<30, "most bytes of records the spool holds for the database (1GiB); past it, POST /v1/calls answers 503"),
+			stringFlag("redis-url", "", "redis://[user:password@]host:port/db (rediss:// for TLS) of a Redis or Valkey that every replica shares: one user's limits then hold across all of them. Empty: each sidecar's own buckets"),
+			boolFlag("redis-cluster", false, "--redis-url names a node of a Redis Cluster"),
+			durationFlag("redis-timeout", 50*time.Millisecond, "longest a check waits for Redis before --redis-fail-mode answers it"),
+			stringFlag("redis-fail-mode", "local", "how checks are answered while Redis is out of reach: local (this replica's share of each limit: limit / live replicas), open (allowed) or closed (refused with 503)"),
 			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
 		},
 		Action: func(c *cli.Context) error {
@@ -108,6 +116,20 @@ type serveConfig struct {
 	SpoolMaxBytes int64
 	// QueueMaxRecords bounds the memory queue.
 	QueueMaxRecords int
+	// Redis, when its URL is set, holds the buckets of every replica.
+	Redis redisConfig
+}
+
+// redisConfig selects the shared quota store.
+type redisConfig struct {
+	// URL is redis:// or rediss://; empty for each sidecar's own buckets.
+	URL string
+	// Cluster tells that URL names a node of a Redis Cluster.
+	Cluster bool
+	// Timeout bounds a check's wait for Redis.
+	Timeout time.Duration
+	// FailMode answers checks while Redis is out of reach.
+	FailMode redisquota.FailMode
 }
 
 // serveConfigFrom reads and validates serve's flags.
@@ -142,6 +164,16 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		Durability:      c.String("durability"),
 		SpoolMaxBytes:   bytesOf(c, "spool-max-bytes"),
 		QueueMaxRecords: c.Int("queue-max-records"),
+		Redis:           redisConfig{URL: c.String("redis-url"), Cluster: c.Bool("redis-cluster"), Timeout: c.Duration("redis-timeout")},
+	}
+	if cfg.Redis.FailMode, err = redisquota.ParseFailMode(c.String("redis-fail-mode")); err != nil {
+		return serveConfig{}, err
+	}
+	if cfg.Redis.Timeout <= 0 {
+		return serveConfig{}, fmt.Errorf("cannot use --redis-timeout %s: want a positive duration", cfg.Redis.Timeout)
+	}
+	if cfg.Redis.Cluster && cfg.Redis.URL == "" {
+		return serveConfig{}, errors.New("cannot use --redis-cluster without --redis-url")
 	}
 	if f := c.String("auth-token-file"); f != "" {
 		if cfg.Token, err = collector.LoadToken(f); err != nil {
@@ -193,6 +225,8 @@ type sidecar struct {
 	}
 	// spool is the queue when cfg.Durability is fsync.
 	spool *spool.Spool
+	// quota is the shared quota store; nil for each sidecar's own buckets.
+	quota *redisquota.Store
 	// ready is false until the listeners serve and again once shutdown starts.
 	ready atomic.Bool
 }
@@ -227,12 +261,20 @@ func run(ctx context.Context, cfg serveConfig) error {
 	if s.rules, err = rules.New(ctx, rules.Options{File: cfg.LimitsFile, DB: s.store, Logger: logger}); err != nil {
 		return err
 	}
-	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{}); err != nil {
+	s.exporter = exporter.New(cfg.Exporter)
+	var buckets limiter.Store
+	if cfg.Redis.URL != "" {
+		if s.quota, err = openRedis(cfg.Redis, s.exporter, logger); err != nil {
+			return err
+		}
+		buckets = s.quota
+		s.exporter.WatchQuotaBackend(s.quota)
+	}
+	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets}); err != nil {
 		return err
 	}
-	exporterOpts := cfg.Exporter
-	exporterOpts.Limiter = s.limiter
-	s.exporter = exporter.New(exporterOpts)
+	s.exporter.WatchLimiter(s.limiter)
+	s.exporter.SetRulesDigest(s.rules.Set().Digest())
 	writerOpts := cfg.Writer
 	writerOpts.Observer, writerOpts.Logger = s.exporter, logger
 	writerOpts.DeadLetter = &store.DeadLetterFile{Path: filepath.Join(cfg.Store.DataDir, "dead-letter.ndjson")}
@@ -261,7 +303,16 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	userTTL := cfg.Exporter.UserTTL
 	go s.sweepLoop(ctx, min(30*time.Second, max(userTTL/2, 100*time.Millisecond)))
-	go s.rules.Run(ctx, func(set *rules.Set) error { return s.limiter.SetRules(set.InForce) })
+	go s.rules.Run(ctx, func(set *rules.Set) error {
+		if err := s.limiter.SetRules(set.InForce); err != nil {
+			return err
+		}
+		s.exporter.SetRulesDigest(set.Digest())
+		return nil
+	})
+	if s.quota != nil {
+		go s.quota.Run(ctx)
+	}
 	// The writer outlives the signal: it must drain after the servers stop.
 	writerCtx, stopWriter := context.WithCancel(context.Background())
 	defer stopWriter()
@@ -392,6 +443,38 @@ func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
 			}
 		}
 	}
+}
+
+// openRedis connects to the shared quota store. Redis need not answer
+// yet: until it does, checks are answered by the fail mode.
+func openRedis(cfg redisConfig, observer redisquota.Observer, logger *slog.Logger) (*redisquota.Store, error) {
+	var client redis.UniversalClient
+	if cfg.Cluster {
+		opts, err := redis.ParseClusterURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), scrubURL(err, cfg.URL))
+		}
+		opts.ContextTimeoutEnabled, opts.MaxRetries = true, 1
+		client = redis.NewClusterClient(opts)
+	} else {
+		opts, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), scrubURL(err, cfg.URL))
+		}
+		opts.ContextTimeoutEnabled, opts.MaxRetries = true, 1
+		client = redis.NewClient(opts)
+	}
+	replica, _ := os.Hostname()
+	replica += "/" + strconv.Itoa(os.Getpid())
+	logger.Info("limits shared through Redis", "redis", store.Redact(cfg.URL), "cluster", cfg.Cluster,
+		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "replica", replica)
+	return redisquota.New(redisquota.Options{Client: client, Timeout: cfg.Timeout, FailMode: cfg.FailMode,
+		ReplicaID: replica, Observer: observer, Logger: logger}), nil
+}
+
+// scrubURL keeps a URL's password out of an error that quotes the URL.
+func scrubURL(err error, u string) error {
+	return errors.New(strings.ReplaceAll(err.Error(), u, store.Redact(u)))
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
