@@ -90,13 +90,47 @@ func TestReplicasShareOneLimit(t *testing.T) {
 	admitted, _, elapsed := hammer(t, sidecars, 6, 10*time.Second, "alice", 0)
 	assertAdmitted(t, "3 sidecars, 20 requests a minute", admitted, 20, 20, elapsed)
 
-	// Every replica reports the shared bucket.
+	// Every replica reports the shared bucket, in its answers and in its
+	// quota gauges: all agree (within the refill between two reads).
+	series := `llm_quota_remaining{limit_type="minute",model="",provider="",unit="requests",user="alice"}`
+	var gauges []float64
 	for i, s := range sidecars {
 		code, body := s.Get(t, "/v1/limits?user_id=alice")
 		limits, _ := body["limits"].([]any)
 		if code != http.StatusOK || len(limits) != 1 || limits[0].(map[string]any)["remaining"].(float64) > 4 {
 			t.Fatalf("sidecar %d: /v1/limits %d %v, want the shared bucket nearly empty", i, code, body)
 		}
+		gauges = append(gauges, s.Gauge(series))
+	}
+	for _, g := range gauges {
+		if g < 0 || g > 4 || math.Abs(g-gauges[0]) > 1 {
+			t.Fatalf("llm_quota_remaining for alice on the three sidecars: %v, want one shared value near 0", gauges)
+		}
+	}
+}
+
+// TestRedisPasswordNotLogged starts a sidecar whose Redis needs a
+// password and is out of reach: it serves (checks go to the fail mode),
+// and neither its log nor /readyz shows the password.
+func TestRedisPasswordNotLogged(t *testing.T) {
+	s := sidecartest.Start(t, sidecartest.Options{Limits: "limits:\n  - limit_type: minute\n    requests: 5\n",
+		Flags: []string{"--redis-url", "redis://llmusage:s3cret-pw@127.0.0.1:1/0"}})
+	if code, _, body := s.PostJSON(t, "/v1/check", `{"user_id": "alice", "model": "gpt-4o"}`); code != http.StatusOK {
+		t.Fatalf("check with Redis out of reach: %d %v, want the local fail mode to allow it", code, body)
+	}
+	resp, err := s.Client.Get(s.MetricsURL() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, body := sidecartest.DecodeJSON(t, resp)
+	if code != http.StatusOK || body["status"] != "degraded" {
+		t.Fatalf("/readyz: %d %v, want 200 degraded", code, body)
+	}
+	if strings.Contains(s.Log()+fmt.Sprint(body), "s3cret-pw") {
+		t.Fatalf("the Redis password appears:\n%s\n%v", s.Log(), body)
+	}
+	if !strings.Contains(s.Log(), "redis://llmusage:xxxxx@127.0.0.1:1/0") {
+		t.Fatalf("the redacted Redis URL is not logged:\n%s", s.Log())
 	}
 }
 
