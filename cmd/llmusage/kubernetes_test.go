@@ -127,6 +127,7 @@ func TestKustomization(t *testing.T) {
 		APIVersion         string   `json:"apiVersion"`
 		Kind               string   `json:"kind"`
 		Resources          []string `json:"resources"`
+		Components         []string `json:"components"`
 		ConfigMapGenerator []struct {
 			Name  string   `json:"name"`
 			Files []string `json:"files"`
@@ -142,6 +143,11 @@ func TestKustomization(t *testing.T) {
 	for _, r := range k.Resources {
 		if _, err := os.Stat(filepath.Join(kubeDir, r)); err != nil {
 			t.Fatalf("kustomization resource %s: %s", r, err)
+		}
+	}
+	for _, c := range k.Components {
+		if _, err := loadComponent(filepath.Join(kubeDir, c)); err != nil {
+			t.Fatalf("kustomization component %s: %s", c, err)
 		}
 	}
 	if len(k.ConfigMapGenerator) != 1 || k.ConfigMapGenerator[0].Name != "llmusage-limits" {
