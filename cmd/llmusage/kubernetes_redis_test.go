@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/llmusage/llmusage/internal/sidecartest"
 	"github.com/llmusage/llmusage/redisquota"
 )
 
@@ -141,9 +142,7 @@ func TestKustomizeRedisComponent(t *testing.T) {
 	}
 
 	t.Run("kustomize", func(t *testing.T) {
-		if _, err := exec.LookPath("kubectl"); err != nil {
-			t.Skip("no kubectl on PATH to render the component with kustomize")
-		}
+		sidecartest.RequireTool(t, "kubectl") // the machine image ships it
 		rendered := renderWithComponent(t)
 		checkLLMUsageContainers(t, "kustomize's "+rendered.Name, rendered.Spec.Template.Spec)
 		got, want := llmusageServe(t, rendered.Spec.Template.Spec).Env, sidecar.Env
