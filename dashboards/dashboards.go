@@ -74,7 +74,7 @@ func Overview() *dashboard.DashboardBuilder {
 		WithRow(dashboard.NewRowBuilder("Quota")).
 		WithPanel(timeSeries("Quota checks by decision", "Checks answered allowed (200) or limited (429), per second.", "reqps",
 			target(`sum by (decision) (rate(llm_rate_limit_checks_total{`+sel+`}[$__rate_interval]))`, "{{decision}}"))).
-		WithPanel(quotaTable("Users closest to their quota", "The twenty buckets with the highest share used; 1 means no quota left.",
+		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets with the highest share used; 1 means no quota left.",
 			target(`topk(20, max by (user, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant()))
 }
 
@@ -91,11 +91,11 @@ func UserQuota() *dashboard.DashboardBuilder {
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
 			Sort(dashboard.VariableSortAlphabeticalAsc)).
 		WithRow(dashboard.NewRowBuilder("Quota")).
-		WithPanel(quotaTable("Quota by limit type", "For each limit the user's bucket: limit, used, remaining, and the share used.",
+		WithPanel(tablePanel("Quota by limit type", "For each limit the user's bucket: limit, used and remaining, one row per bucket however many pods report it (with Redis they report the same shared level; without it, the pod closest to refusing).",
 			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`})`, "limit").Instant().RefId("limit"),
 			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`} - llm_quota_remaining{`+userSel+`})`, "used").Instant().RefId("used"),
-			target(`max by (limit_type, unit, provider, model) (llm_quota_remaining{`+userSel+`})`, "remaining").Instant().RefId("remaining"))).
-		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets; the warning alert fires above 0.8 for 10 minutes.", "percentunit",
+			target(`min by (limit_type, unit, provider, model) (llm_quota_remaining{`+userSel+`})`, "remaining").Instant().RefId("remaining"))).
+		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets, the pod closest to refusing (with Redis every pod reports the same shared level); the warning alert fires above 0.8 for 10 minutes.", "percentunit",
 			target(`max by (limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+userSel+`})`, "{{limit_type}} {{unit}} {{provider}} {{model}}"))).
 		WithRow(dashboard.NewRowBuilder("Usage in the time range (today by default)")).
 		WithPanel(statPanel("Calls", "LLM calls recorded for the user in the time range.", "short",
@@ -109,9 +109,10 @@ func UserQuota() *dashboard.DashboardBuilder {
 }
 
 // Sidecar is the llmusage sidecar's own health: intake, persistence,
-// spool, cardinality guard and process resources.
+// spool, the shared quota store (Redis), cardinality guard and process
+// resources.
 func Sidecar() *dashboard.DashboardBuilder {
-	return base("llmusage-sidecar", "llmusage sidecar", "Health of the llmusage sidecars: intake, persistence, spool, series guard, resources.").
+	return base("llmusage-sidecar", "llmusage sidecar", "Health of the llmusage sidecars: intake, persistence, spool, shared quota store, series guard, resources.").
 		WithRow(dashboard.NewRowBuilder("Intake")).
 		WithPanel(timeSeries("Records accepted and rejected", "Records per second; rejected records came in a request with an invalid record.", "short",
 			target(`sum(rate(llmusage_records_accepted_total{`+sel+`}[$__rate_interval]))`, "accepted"),
@@ -133,6 +134,24 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`histogram_quantile(0.99, sum by (le) (rate(llmusage_persist_flush_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99"))).
 		WithPanel(statPanel("Database reachable", "1 when the last write or ping succeeded.", "bool_yes_no",
 			target(`min(llmusage_store_up{`+sel+`})`, "store up").Instant())).
+		WithRow(dashboard.NewRowBuilder("Shared quota store")).
+		WithPanel(timeSeries("Quota store reachable", "1 while the sidecar reaches Redis (--redis-url), 0 while its checks are answered by --redis-fail-mode. Empty without --redis-url.", "short",
+			target(`max by (instance) (llmusage_quota_backend_up{`+sel+`})`, "{{instance}}")).
+			Min(0).Max(1)).
+		WithPanel(timeSeries("Check latency to Redis", "One check's round trip to Redis (op take), p50 and p99; past --redis-timeout (50ms by default) the fail mode answers.", "s",
+			target(`histogram_quantile(0.5, sum by (le) (rate(llmusage_quota_backend_duration_seconds_bucket{`+sel+`, op="take"}[$__rate_interval])))`, "p50"),
+			target(`histogram_quantile(0.99, sum by (le) (rate(llmusage_quota_backend_duration_seconds_bucket{`+sel+`, op="take"}[$__rate_interval])))`, "p99"))).
+		WithPanel(timeSeries("Quota store errors by kind", "Failed calls to Redis per second, by kind (timeout, connection, other) and operation.", "short",
+			target(`sum by (kind, op) (rate(llmusage_quota_backend_errors_total{`+sel+`}[$__rate_interval]))`, "{{kind}} {{op}}"))).
+		WithPanel(timeSeries("Checks answered by the fail mode", "Checks per second answered without Redis, by --redis-fail-mode: local (each pod's share of a limit), open (allowed), closed (refused with 503).", "reqps",
+			target(`sum by (mode) (rate(llmusage_quota_fallback_checks_total{`+sel+`}[$__rate_interval]))`, "{{mode}}"))).
+		WithPanel(timeSeries("Replicas seen", "Live replicas in the Redis registry (each pod's share of a limit in local mode is limit / this), against the sidecars scraped.", "short",
+			target(`max by (namespace) (llmusage_quota_replicas{`+sel+`})`, "in the registry {{namespace}}"),
+			target(`count by (namespace) (llmusage_build_info{`+sel+`})`, "scraped {{namespace}}"))).
+		WithPanel(timeSeries("Rule sets in force", "Distinct digests of the rules in force (llmusage_rules_info) per job and namespace: 1 when every replica enforces the same limits; more during a rollout or a half-rolled limits ConfigMap.", "short",
+			target(`count by (job, namespace) (count by (job, namespace, sha256) (llmusage_rules_info{`+sel+`}))`, "{{namespace}}/{{job}}"))).
+		WithPanel(tablePanel("Rules digest by replica", "The digest of the rules each sidecar enforces: the replicas whose sha256 differs from the others' run another limits file (GET /v1/rules shows it).",
+			target(`max by (namespace, instance, sha256) (llmusage_rules_info{`+sel+`})`, "").Instant())).
 		WithRow(dashboard.NewRowBuilder("Series guard and resources")).
 		WithPanel(timeSeries("User series", "Distinct user label values exported, and observations counted as __other__ past the cap.", "short",
 			target(`sum by (instance) (llmusage_metrics_users{`+sel+`})`, "users {{instance}}"),
@@ -213,7 +232,7 @@ func barGauge(title, description, unit string, targets ...*prometheus.DataqueryB
 	return p
 }
 
-func quotaTable(title, description string, targets ...*prometheus.DataqueryBuilder) *table.PanelBuilder {
+func tablePanel(title, description string, targets ...*prometheus.DataqueryBuilder) *table.PanelBuilder {
 	p := table.NewPanelBuilder().Title(title).Description(description).Datasource(datasourceRef).Height(8).Span(12)
 	for _, t := range targets {
 		p.WithTarget(t.Format(prometheus.PromQueryFormatTable))

@@ -22,33 +22,46 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/llmusage/llmusage/internal/redistest"
 	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
-// TestAgainstPrometheus starts a sidecar and a real Prometheus that
-// scrapes it and evaluates the rules, drives traffic through the sidecar,
-// and checks that every dashboard query returns data, that every metric
-// the dashboards and rules name exists (in a real scrape, or as a
-// recording rule), and that the quota alert fires for a user over 80%.
+// TestAgainstPrometheus starts three sidecars and a real Prometheus that
+// scrapes them and evaluates the rules: two replicas sharing their
+// buckets through a real Redis, and a third whose Redis is out of reach
+// (its checks answered by --redis-fail-mode) and whose limits file differs.
+// It drives traffic through all of them, and checks that every dashboard
+// query returns data, that every metric the dashboards and rules name
+// exists (in a real scrape, or as a recording rule), that the quota alert
+// fires once for a user over 80% whom both replicas served, and that the
+// shared quota store's alerts fire for the third sidecar.
 func TestAgainstPrometheus(t *testing.T) {
 	promBin := sidecartest.RequireTool(t, "prometheus")
 	dir := t.TempDir()
-	side := startSidecar(t)
-	prom := startPrometheus(t, promBin, dir, side.MetricsAddr())
+	shared, lost := startSidecars(t)
+	sides := append(append([]*sidecartest.Sidecar{}, shared...), lost)
+	var targets []string
+	for _, s := range sides {
+		targets = append(targets, s.MetricsAddr())
+	}
+	prom := startPrometheus(t, promBin, dir, targets)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		traffic(t, side, stop)
+		traffic(t, sides, stop)
 	}()
 	defer func() { close(stop); wg.Wait() }()
-	// "light" uses 5 of its 20 requests an hour, "heavy" 17: 85% of the quota.
+	// "light" uses 5 of its 20 requests an hour, "heavy" 17: 85% of the
+	// quota. Both go round-robin over the two replicas that share Redis,
+	// so that both report their buckets.
 	for i := 0; i < 5; i++ {
-		post(t, side, "/v1/check", `{"user_id":"light","model":"gpt-4o"}`, http.StatusOK)
+		post(t, shared[i%2], "/v1/check", `{"user_id":"light","model":"gpt-4o"}`, http.StatusOK)
 	}
 	for i := 0; i < 17; i++ {
+		side := shared[i%2]
 		post(t, side, "/v1/check", `{"user_id":"heavy","model":"gpt-4o","request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusOK)
 		post(t, side, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
 	}
@@ -62,7 +75,12 @@ func TestAgainstPrometheus(t *testing.T) {
 	})
 
 	t.Run("every metric named exists", func(t *testing.T) {
-		exposed := scrapedNames(t, side.Scrape(t))
+		exposed := map[string]bool{}
+		for _, s := range sides {
+			for name := range scrapedNames(t, s.Scrape(t)) {
+				exposed[name] = true
+			}
+		}
 		recorded, alertExprs := ruleExprs(t)
 		var exprs []string
 		for _, q := range panelQueries(t) {
@@ -88,16 +106,39 @@ func TestAgainstPrometheus(t *testing.T) {
 		}
 	})
 
-	t.Run("the quota alert fires for the user over 80%", func(t *testing.T) {
+	t.Run("the quota alert fires once for the user over 80%", func(t *testing.T) {
+		heavy := func(a alert) bool {
+			return a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "heavy" && a.Labels["limit_type"] == "hour"
+		}
 		sidecartest.WaitFor(t, 90*time.Second, func() bool {
 			for _, a := range prom.alerts(t) {
-				if a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "heavy" &&
-					a.Labels["limit_type"] == "hour" && a.State == "firing" {
+				if heavy(a) && a.State == "firing" {
 					return true
 				}
 			}
 			return false
 		}, "LLMUsageQuotaNearlyExhausted is not firing for user heavy")
+		// Both replicas report heavy's shared bucket, at the same level (a
+		// refill between their scrapes may part them for a scrape)...
+		sidecartest.WaitFor(t, 30*time.Second, func() bool {
+			levels := prom.query(t, `count_values("remaining", llm_quota_remaining{user="heavy", limit_type="hour"})`)
+			return len(prom.query(t, `llm_quota_remaining{user="heavy", limit_type="hour"}`)) == 2 &&
+				len(levels) == 1 && bytes.Contains(levels[0], []byte(`"2"]`))
+		}, "heavy's hourly bucket is not reported by both replicas at one level: %s",
+			prom.query(t, `llm_quota_remaining{user="heavy", limit_type="hour"}`))
+		// ... and the rule and the alert have one series, without the pod.
+		if got := prom.query(t, `user_limit_type_unit:llm_quota_used:ratio{user="heavy", limit_type="hour"}`); len(got) != 1 || bytes.Contains(got[0], []byte(`"instance"`)) {
+			t.Errorf("user_limit_type_unit:llm_quota_used:ratio for heavy's hourly bucket: %s, want one series without instance", got)
+		}
+		var alerts []alert
+		for _, a := range prom.alerts(t) {
+			if heavy(a) {
+				alerts = append(alerts, a)
+			}
+		}
+		if len(alerts) != 1 || alerts[0].Labels["instance"] != "" {
+			t.Errorf("LLMUsageQuotaNearlyExhausted for heavy's hourly bucket: %+v, want one alert without instance", alerts)
+		}
 		// "light" has used 25% of the same hourly limit: quota series, no alert.
 		if len(prom.query(t, `user_limit_type_unit:llm_quota_used:ratio{user="light", limit_type="hour"}`)) == 0 {
 			t.Fatal("no quota series for light")
@@ -106,6 +147,36 @@ func TestAgainstPrometheus(t *testing.T) {
 			if a.Labels["alertname"] == "LLMUsageQuotaNearlyExhausted" && a.Labels["user"] == "light" {
 				t.Errorf("quota alert for light, at 25%% of the limit: %+v", a)
 			}
+		}
+	})
+
+	t.Run("the shared quota store alerts fire for the sidecar without Redis", func(t *testing.T) {
+		want := map[string]func(a alert) bool{
+			"LLMUsageQuotaBackendDown":   func(a alert) bool { return a.Labels["instance"] == lost.MetricsAddr() },
+			"LLMUsageQuotaFallbackInUse": func(a alert) bool { return a.Labels["instance"] == lost.MetricsAddr() && a.Labels["mode"] == "local" },
+			// lost enforces a rule more than the replicas: two digests.
+			"LLMUsageRulesDiverge": func(a alert) bool { return a.Labels["job"] == "llmusage" && a.Labels["instance"] == "" },
+		}
+		for name, match := range want {
+			sidecartest.WaitFor(t, 90*time.Second, func() bool {
+				for _, a := range prom.alerts(t) {
+					if a.Labels["alertname"] == name && a.State == "firing" && match(a) {
+						return true
+					}
+				}
+				return false
+			}, "%s is not firing", name)
+		}
+		for _, a := range prom.alerts(t) {
+			switch a.Labels["alertname"] {
+			case "LLMUsageQuotaBackendDown", "LLMUsageQuotaFallbackInUse":
+				if a.Labels["instance"] != lost.MetricsAddr() {
+					t.Errorf("%s for a replica that reaches Redis: %+v", a.Labels["alertname"], a)
+				}
+			}
+		}
+		if got := prom.query(t, `llmusage_quota_replicas`); len(got) != 3 {
+			t.Errorf("llmusage_quota_replicas: %s, want a series per sidecar", got)
 		}
 	})
 }
@@ -237,12 +308,9 @@ func scrapedNames(t *testing.T, metrics string) map[string]bool {
 
 func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
-// startSidecar starts a sidecar with per-user hourly limits for "heavy"
-// and "light".
-func startSidecar(t *testing.T) *sidecartest.Sidecar {
-	t.Helper()
-	return sidecartest.Start(t, sidecartest.Options{
-		Limits: `
+// limits are the sidecars' rules: per-user hourly limits for "heavy" and
+// "light".
+const limits = `
 limits:
   - user_id: heavy
     limit_type: hour
@@ -253,9 +321,27 @@ limits:
   - provider: openai
     limit_type: minute
     tokens: 1000000
-`,
-		Flags: []string{"--flush-interval", "100ms"},
+`
+
+// startSidecars starts two replicas sharing a real Redis, and a third
+// sidecar whose Redis does not answer (nothing listens on its address),
+// with a rule more than the replicas, so that its rules digest differs.
+func startSidecars(t *testing.T) (shared []*sidecartest.Sidecar, lost *sidecartest.Sidecar) {
+	t.Helper()
+	srv := redistest.Start(t)
+	shared = sidecartest.StartN(t, 2, sidecartest.Options{
+		Limits: limits,
+		Flags:  []string{"--flush-interval", "100ms", "--redis-url", srv.URL()},
 	})
+	lost = sidecartest.Start(t, sidecartest.Options{
+		Limits: limits + `
+  - user_id: someone-else
+    limit_type: day
+    requests: 5
+`,
+		Flags: []string{"--flush-interval", "100ms", "--redis-url", "redis://" + sidecartest.FreeAddr(t) + "/0"},
+	})
+	return shared, lost
 }
 
 // post posts a JSON body to the sidecar's API and checks the status
@@ -275,10 +361,10 @@ func post(t *testing.T, s *sidecartest.Sidecar, path, body string, want int) {
 	}
 }
 
-// traffic keeps every kind of series moving until stop: records of
-// several users, providers and models (some failed), checks (some
-// refused), and invalid requests.
-func traffic(t *testing.T, s *sidecartest.Sidecar, stop chan struct{}) {
+// traffic keeps every kind of series moving on every sidecar until stop:
+// records of several users, providers and models (some failed), checks
+// (some refused), and invalid requests.
+func traffic(t *testing.T, sides []*sidecartest.Sidecar, stop chan struct{}) {
 	models := []struct{ provider, model string }{{"openai", "gpt-4o"}, {"anthropic", "claude-3-5-sonnet"}, {"groq", "llama-3.1-8b-instant"}}
 	for i := 0; ; i++ {
 		select {
@@ -291,12 +377,22 @@ func traffic(t *testing.T, s *sidecartest.Sidecar, stop chan struct{}) {
 		if i%4 == 0 {
 			status = "error"
 		}
-		post(t, s, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
-			i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status), http.StatusAccepted)
-		// "burst" checks more than its 30 a minute: some are refused.
-		post(t, s, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
-		post(t, s, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
+		for _, s := range sides {
+			post(t, s, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
+				i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status), http.StatusAccepted)
+			// "burst" checks more than its 30 a minute: some are refused.
+			post(t, s, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
+			post(t, s, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
+		}
 	}
+}
+
+func quoted(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmt.Sprintf("%q", s)
+	}
+	return out
 }
 
 type promProc struct {
@@ -306,8 +402,9 @@ type promProc struct {
 
 // startPrometheus runs Prometheus with the rules file as shipped, except
 // that every for: and the recording interval are cut to seconds, so that
-// alerts fire within the test.
-func startPrometheus(t *testing.T, bin, dir, target string) *promProc {
+// alerts fire within the test. It scrapes the targets as the pods of one
+// deployment: job llmusage, namespace default.
+func startPrometheus(t *testing.T, bin, dir string, targets []string) *promProc {
 	t.Helper()
 	rules, err := os.ReadFile("rules/llmusage.rules.yaml")
 	if err != nil {
@@ -323,8 +420,9 @@ rule_files: [rules.yaml]
 scrape_configs:
   - job_name: llmusage
     static_configs:
-      - targets: [%q]
-`, target)
+      - targets: [%s]
+        labels: {namespace: default}
+`, strings.Join(quoted(targets), ", "))
 	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644)
 	p := &promProc{addr: sidecartest.FreeAddr(t), client: &http.Client{Timeout: 10 * time.Second}}
 	log, _ := os.Create(filepath.Join(dir, "prometheus.log"))
