@@ -86,8 +86,10 @@ type Options struct {
 type Store struct {
 	// opts are the Options, defaults filled in.
 	opts Options
-	// local answers in FailLocal mode.
-	local *limiter.MemoryStore
+	// local answers in FailLocal mode: this replica's shares, seeded at
+	// the levels last seen in Redis when it went away, and dropped when it
+	// is back (what was spent meanwhile is not written back).
+	local atomic.Pointer[limiter.MemoryStore]
 	// down is set while Redis is out of reach: checks then go to the fail
 	// mode at once, without waiting for a timeout each, until a ping
 	// answers (see Run).
@@ -101,6 +103,9 @@ type Store struct {
 	seen seenIndex
 	// wake nudges Run's probe loop when a call fails.
 	wake chan struct{}
+	// transition serialises going down (seeding the local shares) and
+	// coming back.
+	transition sync.Mutex
 }
 
 // How the registry of live replicas is kept: each replica registers every
@@ -129,7 +134,8 @@ func New(opts Options) *Store {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{opts: opts, local: limiter.NewMemoryStore(), wake: make(chan struct{}, 1)}
+	s := &Store{opts: opts, wake: make(chan struct{}, 1)}
+	s.local.Store(limiter.NewMemoryStore())
 	s.replicas.Store(1)
 	s.seen.init()
 	return s
@@ -196,7 +202,7 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 	case FailClosed:
 		return false, s.unavailable()
 	}
-	return s.local.Take(now, user, s.shares(bs), need, cost, levels)
+	return s.local.Load().Take(now, user, s.shares(bs), need, cost, levels)
 }
 
 // Charge implements limiter.Store. While Redis is out of reach a record
@@ -212,7 +218,7 @@ func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts 
 	}
 	switch s.opts.FailMode {
 	case FailLocal:
-		return s.local.Charge(now, user, s.shares(bs), amounts)
+		return s.local.Load().Charge(now, user, s.shares(bs), amounts)
 	default:
 		return s.unavailable()
 	}
@@ -229,7 +235,7 @@ func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels [
 	}
 	switch s.opts.FailMode {
 	case FailLocal:
-		return s.local.Levels(now, user, s.shares(bs), levels)
+		return s.local.Load().Levels(now, user, s.shares(bs), levels)
 	case FailOpen:
 		for i, b := range bs {
 			levels[i] = float64(b.Limit)
@@ -245,7 +251,7 @@ func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels [
 // the local shares while Redis is out of reach.
 func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b limiter.Bucket, level float64)) {
 	if s.down.Load() {
-		s.local.Each(now, owner, fn)
+		s.local.Load().Each(now, owner, fn)
 		return
 	}
 	byUser := s.seen.snapshot(now, owner)
@@ -280,7 +286,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 	s.opts.Observer.ObserveQuotaBackend(opRead, time.Since(start), err)
 	if err != nil {
 		s.markDown(err)
-		s.local.Each(now, owner, fn)
+		s.local.Load().Each(now, owner, fn)
 		return
 	}
 	for _, c := range calls {
@@ -297,7 +303,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 // EachOfUser implements limiter.Store.
 func (s *Store) EachOfUser(now time.Time, user string, owner limiter.Owner, fn func(user string, b limiter.Bucket, level float64)) error {
 	if s.down.Load() {
-		return s.local.EachOfUser(now, user, owner, fn)
+		return s.local.Load().EachOfUser(now, user, owner, fn)
 	}
 	bs := s.seen.ofUser(now, user, owner)
 	if len(bs) == 0 {
@@ -316,15 +322,15 @@ func (s *Store) EachOfUser(now time.Time, user string, owner limiter.Owner, fn f
 // Sweep implements limiter.Store: it forgets the buckets that are full
 // again (Redis has deleted or expired them) and those no rule owns.
 func (s *Store) Sweep(now time.Time, owner limiter.Owner) int {
-	return s.seen.sweep(now, owner) + s.local.Sweep(now, owner)
+	return s.seen.sweep(now, owner) + s.local.Load().Sweep(now, owner)
 }
 
 // Len implements limiter.Store.
-func (s *Store) Len() int { return s.seen.len() + s.local.Len() }
+func (s *Store) Len() int { return s.seen.len() + s.local.Load().Len() }
 
 // Adopt implements limiter.Store: every call hands Redis the limits in
 // force, so only the local shares adopt.
-func (s *Store) Adopt(now time.Time, owner limiter.Owner) { s.local.Adopt(now, owner) }
+func (s *Store) Adopt(now time.Time, owner limiter.Owner) { s.local.Load().Adopt(now, owner) }
 
 // The script's modes, also the op of ObserveQuotaBackend.
 const (
@@ -441,10 +447,16 @@ func (s *Store) unavailable() error {
 func (s *Store) markDown(err error) {
 	msg := err.Error()
 	s.lastErr.Store(&msg)
-	if !s.down.Swap(true) {
+	s.transition.Lock()
+	if !s.down.Load() {
+		if s.opts.FailMode == FailLocal {
+			s.seedShares(time.Now())
+		}
+		s.down.Store(true)
 		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
 			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)
 	}
+	s.transition.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -464,11 +476,29 @@ func (s *Store) probe(ctx context.Context) {
 		return
 	}
 	s.register(ctx)
+	s.transition.Lock()
+	defer s.transition.Unlock()
 	if !s.down.Load() {
 		return
 	}
 	s.down.Store(false)
+	s.local.Store(limiter.NewMemoryStore())
 	s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
+}
+
+// seedShares starts this replica's local shares where the shared buckets
+// it last saw stood, so that the fleet goes on admitting what was left of
+// each limit rather than a full one more: of a bucket missing m units of
+// its limit, each of N replicas' shares (limit / N) misses m / N. Buckets
+// it never saw start full. s.transition is held.
+func (s *Store) seedShares(now time.Time) {
+	local := limiter.NewMemoryStore()
+	n := float64(max(s.replicas.Load(), 1))
+	s.seen.each(now, func(user string, b limiter.Bucket, missing float64) {
+		bs := s.shares([]limiter.Bucket{b})
+		_ = local.Charge(now, user, bs, []int64{int64(math.Ceil(missing / n))})
+	})
+	s.local.Store(local)
 }
 
 // register adds this replica to the registry and reads how many are live.
@@ -598,6 +628,22 @@ func (x *seenIndex) sweep(now time.Time, owner limiter.Owner) (live int) {
 		sh.mu.Unlock()
 	}
 	return live
+}
+
+// each calls fn with every bucket not yet full and the units it misses.
+func (x *seenIndex) each(now time.Time, fn func(user string, b limiter.Bucket, missing float64)) {
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			for _, sb := range seen {
+				if left := sb.fullAt - now.UnixNano(); left > 0 {
+					fn(user, sb.bucket, float64(left)/float64(sb.bucket.Scope.Window.Duration())*float64(sb.bucket.Limit))
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
 }
 
 func (x *seenIndex) len() int {

@@ -191,7 +191,9 @@ func TestFailModes(t *testing.T) {
 }
 
 // TestLocalShare: with three replicas registered, a replica falls back to
-// a third of each limit while Redis is out of reach.
+// a third of each limit while Redis is out of reach, starting where the
+// shared bucket it last saw stood: a user who had used 24 of 30 gets 6
+// more from the fleet, 2 per replica, and a new user 10 per replica.
 func TestLocalShare(t *testing.T) {
 	srv, client := standalone(t)
 	replicas := make([]*Store, 3)
@@ -205,18 +207,34 @@ func TestLocalShare(t *testing.T) {
 		go func() { defer wg.Done(); r.Run(ctx) }()
 	}
 	defer func() { cancel(); wg.Wait() }()
-	waitFor(t, func() bool { return replicas[0].Replicas() == 3 })
-	srv.Stop(t)
+	waitFor(t, func() bool { return replicas[0].Replicas() == 3 && replicas[2].Replicas() == 3 })
 	b := []limiter.Bucket{bucket(limiter.Requests, 30, "")}
 	levels := make([]float64, 1)
-	admitted := 0
-	for i := 0; i < 30; i++ {
-		if allowed, err := replicas[0].Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels); err == nil && allowed {
-			admitted++
+	take := func(r *Store, user string) bool {
+		allowed, err := r.Take(time.Now(), user, b, []int64{1}, []int64{1}, levels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return allowed
+	}
+	for i := 0; i < 24; i++ { // round-robin, as a Service spreads calls
+		if !take(replicas[i%3], "alice") {
+			t.Fatalf("check %d refused with Redis up", i)
 		}
 	}
-	if admitted != 10 {
-		t.Fatalf("a replica of three admitted %d of a 30 limit with Redis down, want its share 10", admitted)
+	srv.Stop(t)
+	for i, r := range replicas {
+		admitted := map[string]int{}
+		for _, user := range []string{"alice", "bob"} {
+			for j := 0; j < 30; j++ {
+				if take(r, user) {
+					admitted[user]++
+				}
+			}
+		}
+		if admitted["alice"] != 2 || admitted["bob"] != 10 {
+			t.Fatalf("replica %d of three admitted %v with Redis down, want alice 2 (6 left of 30, shared) and bob 10 (a third)", i, admitted)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,10 +22,29 @@ import (
 	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
-// replicas starts n sidecars sharing one Redis (or cluster) URL.
+// replicas starts n sidecars sharing one Redis (or cluster) URL. Unless
+// flags set one, the Redis timeout is 2 s rather than 50 ms: on this
+// shared two-core machine, under the race detector, a call can take
+// longer than 50 ms, and a check answered by the fail mode is exact no
+// more. The exactness tests say so (assertNoFallback); TestRedisOutage
+// measures the fail mode with the default.
 func replicas(t *testing.T, n int, limits string, flags ...string) []*sidecartest.Sidecar {
 	t.Helper()
+	if !slices.Contains(flags, "--redis-timeout") {
+		flags = append(flags, "--redis-timeout", "2s")
+	}
 	return sidecartest.StartN(t, n, sidecartest.Options{Limits: limits, Flags: flags})
+}
+
+// assertNoFallback fails t if a sidecar answered a check without Redis.
+func assertNoFallback(t *testing.T, sidecars []*sidecartest.Sidecar) {
+	t.Helper()
+	for i, s := range sidecars {
+		metrics := s.Scrape(t)
+		if strings.Contains(metrics, "llmusage_quota_fallback_checks_total{") || sidecartest.Value(metrics, "llmusage_quota_backend_up") != 1 {
+			t.Fatalf("sidecar %d answered checks without Redis: the figures are not those of the shared buckets\n%s", i, s.Log())
+		}
+	}
 }
 
 // hammer sends checks for user from conns goroutines, each keeping its
@@ -88,6 +108,7 @@ func TestReplicasShareOneLimit(t *testing.T) {
 	srv := redistest.Start(t)
 	sidecars := replicas(t, 3, "limits:\n  - limit_type: minute\n    requests: 20\n", "--redis-url", srv.URL())
 	admitted, _, elapsed := hammer(t, sidecars, 6, 10*time.Second, "alice", 0)
+	assertNoFallback(t, sidecars)
 	assertAdmitted(t, "3 sidecars, 20 requests a minute", admitted, 20, 20, elapsed)
 
 	// Every replica reports the shared bucket, in its answers and in its
@@ -138,6 +159,7 @@ func TestReplicasShareOneTokenLimit(t *testing.T) {
 	srv := redistest.Start(t)
 	sidecars := replicas(t, 3, "limits:\n  - limit_type: minute\n    tokens: 1000\n", "--redis-url", srv.URL())
 	_, reserved, elapsed := hammer(t, sidecars, 6, 10*time.Second, "bob", 50)
+	assertNoFallback(t, sidecars)
 	// Estimates of 50 tokens: the bound rounds down to whole estimates.
 	bound := 1000 + 1000*elapsed.Minutes()
 	if float64(reserved) > bound || float64(reserved) < bound-2*50 {
@@ -150,6 +172,7 @@ func TestReplicasShareOneLimitOnCluster(t *testing.T) {
 	sidecars := replicas(t, 3, "limits:\n  - limit_type: minute\n    requests: 20\n", "--redis-url", cluster.URL(), "--redis-cluster")
 	for _, user := range []string{"alice", "bob", "carol"} { // over several slots
 		admitted, _, elapsed := hammer(t, sidecars, 6, 4*time.Second, user, 0)
+		assertNoFallback(t, sidecars)
 		assertAdmitted(t, "a Redis Cluster, user "+user, admitted, 20, 20, elapsed)
 	}
 }
@@ -230,7 +253,7 @@ func TestRuleChangeKeepsSharedLevels(t *testing.T) {
 	srv := redistest.Start(t)
 	dbURL := pgtest.URL(t)
 	sidecars := sidecartest.StartN(t, 2, sidecartest.Options{Limits: "limits:\n  - limit_type: day\n    requests: 10\n",
-		DatabaseURL: dbURL, Flags: []string{"--redis-url", srv.URL()}})
+		DatabaseURL: dbURL, Flags: []string{"--redis-url", srv.URL(), "--redis-timeout", "2s"}})
 	if admitted, _, _ := hammer(t, sidecars, 2, 500*time.Millisecond, "alice", 0); admitted != 10 {
 		t.Fatalf("admitted %d of 10", admitted)
 	}
@@ -276,4 +299,5 @@ func TestRuleChangeKeepsSharedLevels(t *testing.T) {
 	if remaining := body["limits"].([]any)[0].(map[string]any)["remaining"]; remaining != float64(14) {
 		t.Fatalf("bob after the row: remaining %v, want 14 (his level kept)", remaining)
 	}
+	assertNoFallback(t, sidecars)
 }
