@@ -189,18 +189,7 @@ func (m *MemoryStore) Len() int {
 // Adopt implements Store: a bucket whose rule changed limit adopts the new
 // limit now, and refills at the new rate from now on.
 func (m *MemoryStore) Adopt(now time.Time, owner Owner) {
-	for i := range m.shards {
-		sh := &m.shards[i]
-		sh.mu.Lock()
-		for user, bs := range sh.users {
-			for j := range bs {
-				if b, ok := owner(user, bs[j].scope); ok {
-					bs[j].adopt(now, b)
-				}
-			}
-		}
-		sh.mu.Unlock()
-	}
+	m.Each(now, owner, func(string, Bucket, float64) {}) // Each adopts what it visits
 }
 
 func (m *MemoryStore) shard(user string) *memShard {

@@ -145,18 +145,7 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 }
 
 func (s *postgresStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
-	var out []rules.Row
-	for _, t := range ruleTables("::text") {
-		rows, err := s.pool.Query(ctx, t.sql)
-		if err == nil {
-			out, err = scanRuleRows(out, t.name, rows)
-			rows.Close()
-		}
-		if err != nil {
-			return nil, s.fail("read "+t.name, err)
-		}
-	}
-	return out, nil
+	return readRuleRows(ctx, s.query, s.fail, "::text")
 }
 
 // WatchRules LISTENs on the channel the rule tables' trigger notifies.

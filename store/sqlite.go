@@ -93,18 +93,7 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 }
 
 func (s *sqliteStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
-	var out []rules.Row
-	for _, t := range ruleTables("") {
-		rows, err := s.db.QueryContext(ctx, t.sql)
-		if err == nil {
-			out, err = scanRuleRows(out, t.name, rows)
-			rows.Close()
-		}
-		if err != nil {
-			return nil, s.fail("read "+t.name, err)
-		}
-	}
-	return out, nil
+	return readRuleRows(ctx, s.query, s.fail, "")
 }
 
 // WatchRules polls the rule tables and calls changed when their content

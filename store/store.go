@@ -120,6 +120,24 @@ func ruleTables(text string) []ruleTable {
 	}
 }
 
+// readRuleRows reads both rule tables with query (text as in ruleTables);
+// fail names what failed.
+func readRuleRows(ctx context.Context, query func(ctx context.Context, sql string, args ...any) (rowScanner, func(), error),
+	fail func(what string, err error) error, text string) ([]rules.Row, error) {
+	var out []rules.Row
+	for _, t := range ruleTables(text) {
+		rows, done, err := query(ctx, t.sql)
+		if err == nil {
+			out, err = scanRuleRows(out, t.name, rows)
+			done()
+		}
+		if err != nil {
+			return nil, fail("read "+t.name, err)
+		}
+	}
+	return out, nil
+}
+
 // scanRuleRows appends the rows of one rule table's query to out.
 func scanRuleRows(out []rules.Row, table string, rows rowScanner) ([]rules.Row, error) {
 	for rows.Next() {
