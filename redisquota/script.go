@@ -8,58 +8,82 @@ import "github.com/redis/go-redis/v9"
 // buckets or none: Redis runs a script atomically. All KEYS share the
 // user's hash tag, so that a Redis Cluster finds them in one slot.
 //
-// KEYS[i] is bucket i, a hash of l (its level after the last change) and
-// t (when that was, in microseconds of the server's clock); a missing
-// key is a full bucket. ARGV[1] is the mode: "take" (a check: debit
-// every bucket by its amount if each holds its need, else nothing),
-// "charge" (a record: debit, or refund a negative amount up to the
-// capacity, whatever the levels) or "read". Then four arguments per
-// bucket: capacity, refill per microsecond, need, amount.
+// KEYS[i] is bucket i, a hash of l (its level after the last change), t
+// (when that was, in microseconds of the server's clock) and r (the refill
+// rate its expiry was set for); a missing key is a full bucket. ARGV[1]
+// is the mode: "take" (a check: debit every bucket by its amount if each
+// holds its need, else nothing), "charge" (a record: debit, or refund a
+// negative amount up to the capacity, whatever the levels) or "read".
+// ARGV[2] is a deadline in microseconds of the server's clock, 0 for
+// none: a call that reaches Redis after it changes nothing and answers
+// -1, since its caller has given up on it and answered from the fail
+// mode (the call would otherwise be charged twice). Then four arguments
+// per bucket: capacity, refill per microsecond, need, amount.
 //
-// It returns {allowed, level...}, allowed 1 or 0, levels as strings (a
-// number would be truncated to an integer on its way out of Lua). A
-// bucket that is full again is deleted, and the others expire when they
-// would be: Redis memory follows the active users.
+// It returns {allowed, now, level...}: allowed 1, 0, or -1 past the
+// deadline; now the server's clock; levels as strings (a number would be
+// truncated to an integer on its way out of Lua). A bucket that is full
+// again is deleted, and the others expire when they would be full: Redis
+// memory follows the active users.
 var bucketScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local mode = ARGV[1]
+local deadline = tonumber(ARGV[2])
 local n = #KEYS
-local levels = {}
+if deadline > 0 and now > deadline then
+  local out = {-1, string.format('%.17g', now)}
+  for i = 1, n do out[i + 2] = '0' end
+  return out
+end
+-- A hundred years: the longest wait the limiter reports. A debt of 10^12
+-- tokens against a small bucket would otherwise ask for an expiry Redis
+-- cannot parse, and the script would fail after its first writes.
+local maxTTL = 3153600000000
+local levels, rates, stale = {}, {}, {}
 local allowed = 1
 for i = 1, n do
-  local a = 1 + (i - 1) * 4
-  local cap = tonumber(ARGV[a + 1])
-  local v = redis.call('HMGET', KEYS[i], 'l', 't')
+  local a = 3 + (i - 1) * 4
+  local cap = tonumber(ARGV[a])
+  local rate = tonumber(ARGV[a + 1])
+  rates[i] = rate
+  local v = redis.call('HMGET', KEYS[i], 'l', 't', 'r')
   local level = cap
   if v[1] then
-    level = tonumber(v[1]) + (now - tonumber(v[2])) * tonumber(ARGV[a + 2])
+    -- A server clock that went back (a failover) must not cost levels.
+    level = tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate
     if level > cap then level = cap end
+    stale[i] = v[3] ~= ARGV[a + 1]
   end
   levels[i] = level
-  if level < tonumber(ARGV[a + 3]) then allowed = 0 end
+  if level < tonumber(ARGV[a + 2]) then allowed = 0 end
 end
 if mode == 'charge' then allowed = 1 end
-if mode == 'read' then allowed = 0 end
-if allowed == 1 then
-  for i = 1, n do
-    local a = 1 + (i - 1) * 4
-    local cap = tonumber(ARGV[a + 1])
-    local rate = tonumber(ARGV[a + 2])
-    local level = levels[i] - tonumber(ARGV[a + 4])
+local write = allowed == 1 and mode ~= 'read'
+for i = 1, n do
+  local a = 3 + (i - 1) * 4
+  local cap = tonumber(ARGV[a])
+  local level = levels[i]
+  if write then
+    level = level - tonumber(ARGV[a + 3])
     if level > cap then level = cap end
     levels[i] = level
+  end
+  -- Written, or its expiry set for another rate (the limit changed): the
+  -- key must live until the bucket is full at this one.
+  if write or stale[i] then
     if level >= cap then
       redis.call('DEL', KEYS[i])
     else
-      redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't', string.format('%.17g', now))
-      redis.call('PEXPIRE', KEYS[i], math.ceil((cap - level) / rate / 1000) + 1000)
+      local ttl = math.min(math.ceil((cap - level) / rates[i] / 1000) + 1000, maxTTL)
+      redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't', string.format('%.17g', now), 'r', ARGV[a + 1])
+      redis.call('PEXPIRE', KEYS[i], string.format('%d', ttl))
     end
   end
 end
 if mode == 'read' then allowed = 1 end
-local out = {allowed}
-for i = 1, n do out[i + 1] = string.format('%.17g', levels[i]) end
+local out = {allowed, string.format('%.17g', now)}
+for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
 return out
 `)
 

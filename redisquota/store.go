@@ -9,10 +9,12 @@ package redisquota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"math"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,6 +108,10 @@ type Store struct {
 	// transition serialises going down (seeding the local shares) and
 	// coming back.
 	transition sync.Mutex
+	// clockOffset is the server's clock minus this one's, in
+	// microseconds, as last measured; hasOffset once it was.
+	clockOffset atomic.Int64
+	hasOffset   atomic.Bool
 }
 
 // How the registry of live replicas is kept: each replica registers every
@@ -144,7 +150,7 @@ func New(opts Options) *Store {
 // Run keeps the replica registered and, while Redis is out of reach,
 // pings it until it answers, until ctx ends.
 func (s *Store) Run(ctx context.Context) {
-	s.register(ctx)
+	_ = s.register(ctx)
 	register := time.NewTicker(registerEvery)
 	defer register.Stop()
 	probe := time.NewTicker(probeEvery)
@@ -155,7 +161,7 @@ func (s *Store) Run(ctx context.Context) {
 			return
 		case <-register.C:
 			if !s.down.Load() {
-				s.register(ctx)
+				_ = s.register(ctx)
 			}
 		case <-s.wake:
 		case <-probe.C:
@@ -268,7 +274,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 	calls := make([]call, 0, len(byUser))
 	pipe := s.opts.Client.Pipeline()
 	for user, bs := range byUser {
-		keys, args := s.scriptArgs(opRead, user, bs, nil, nil)
+		keys, args := s.scriptArgs(opRead, user, bs, nil, nil, 0)
 		calls = append(calls, call{user, bs, bucketScript.EvalSha(ctx, pipe, keys, args...)})
 	}
 	start := time.Now()
@@ -277,7 +283,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 		// The first scrape after a Redis restart: load the script, then read.
 		if err = bucketScript.Load(ctx, s.opts.Client).Err(); err == nil {
 			for i := range calls {
-				keys, args := s.scriptArgs(opRead, calls[i].user, calls[i].bs, nil, nil)
+				keys, args := s.scriptArgs(opRead, calls[i].user, calls[i].bs, nil, nil, 0)
 				calls[i].cmd = bucketScript.EvalSha(ctx, pipe, keys, args...)
 			}
 			_, err = pipe.Exec(ctx)
@@ -295,7 +301,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 			continue
 		}
 		for i, b := range c.bs {
-			fn(c.user, b, res[1+i])
+			fn(c.user, b, res[2+i])
 		}
 	}
 }
@@ -340,26 +346,60 @@ const (
 )
 
 // run calls the bucket script within the timeout and returns
-// {allowed, level...}; a failure marks Redis down.
+// {allowed, level...}. A connection failure or a timeout marks Redis
+// down; an error answer (OOM, READONLY, a script error) fails this call
+// only, so that one user's record cannot send every user's checks to the
+// fail mode, nor a Redis that answers PING but refuses writes flap.
 func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64) ([]float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 	defer cancel()
-	keys, args := s.scriptArgs(op, user, bs, need, amounts)
 	start := time.Now()
+	keys, args := s.scriptArgs(op, user, bs, need, amounts, s.serverDeadline(start))
 	res, err := parseResult(bucketScript.Run(ctx, s.opts.Client, keys, args...), len(bs))
-	s.opts.Observer.ObserveQuotaBackend(op, time.Since(start), err)
+	end := time.Now()
+	if err == nil && res[0] < 0 {
+		err = errPastDeadline
+	}
+	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
 	if err != nil {
-		s.markDown(err)
+		if !isRedisError(err) {
+			s.markDown(err)
+		}
 		return nil, err
 	}
-	return res, nil
+	// The server's clock against this one, for the next call's deadline.
+	mid := start.Add(end.Sub(start) / 2).UnixMicro()
+	s.clockOffset.Store(int64(res[1]) - mid)
+	s.hasOffset.Store(true)
+	return append(res[:1], res[2:]...), nil
+}
+
+// errPastDeadline is a call that reached Redis after its caller gave up.
+var errPastDeadline = errors.New("cannot use the call: it reached Redis after its deadline and changed nothing")
+
+// serverDeadline is when, on the server's clock, a call started at start
+// must no longer change anything: a little before the caller gives up,
+// so that an answer computed in time still arrives in time. 0 (none)
+// until a first answer told the server's clock.
+func (s *Store) serverDeadline(start time.Time) int64 {
+	if !s.hasOffset.Load() {
+		return 0
+	}
+	margin := min(s.opts.Timeout/5, 10*time.Millisecond)
+	return start.Add(s.opts.Timeout-margin).UnixMicro() + s.clockOffset.Load()
+}
+
+// isRedisError tells an error answer of the server from a failure to reach it.
+func isRedisError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
 // scriptArgs builds the bucket script's keys and arguments.
-func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64) ([]string, []any) {
+func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64, deadline int64) ([]string, []any) {
 	keys := make([]string, len(bs))
-	args := make([]any, 0, 1+4*len(bs))
-	args = append(args, op)
+	args := make([]any, 0, 2+4*len(bs))
+	args = append(args, op, deadline)
 	tag := s.userTag(user)
 	for i, b := range bs {
 		keys[i] = tag + scopeKey(user, b.Scope)
@@ -402,20 +442,20 @@ func scopeKey(user string, sc *limiter.Scope) string {
 	return b.String()
 }
 
-// parseResult reads the bucket script's answer.
+// parseResult reads the bucket script's answer: {allowed, now, level...}.
 func parseResult(cmd *redis.Cmd, n int) ([]float64, error) {
 	vals, err := cmd.Slice()
 	if err != nil {
 		return nil, err
 	}
-	if len(vals) != n+1 {
-		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+1)
+	if len(vals) != n+2 {
+		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+2)
 	}
-	out := make([]float64, n+1)
+	out := make([]float64, n+2)
 	if allowed, ok := vals[0].(int64); ok {
 		out[0] = float64(allowed)
 	}
-	for i := 1; i <= n; i++ {
+	for i := 1; i <= n+1; i++ {
 		str, ok := vals[i].(string)
 		if !ok {
 			return nil, fmt.Errorf("cannot read the bucket script's level %d: %T", i, vals[i])
@@ -463,58 +503,67 @@ func (s *Store) markDown(err error) {
 	}
 }
 
-// probe pings Redis and goes back to it once it answers.
+// probe goes back to Redis once it answers a ping and takes a write (the
+// registry's): a Redis that answers PING but refuses writes (OOM,
+// READONLY) stays in the fail mode rather than flapping. The local
+// shares are kept: the next outage starts from them.
 func (s *Store) probe(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, max(s.opts.Timeout, 100*time.Millisecond))
 	defer cancel()
 	start := time.Now()
 	err := s.opts.Client.Ping(pctx).Err()
 	s.opts.Observer.ObserveQuotaBackend("ping", time.Since(start), err)
+	if err == nil {
+		err = s.register(ctx)
+	}
 	if err != nil {
 		msg := err.Error()
 		s.lastErr.Store(&msg)
 		return
 	}
-	s.register(ctx)
 	s.transition.Lock()
 	defer s.transition.Unlock()
-	if !s.down.Load() {
-		return
+	if s.down.Swap(false) {
+		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
 	}
-	s.down.Store(false)
-	s.local.Store(limiter.NewMemoryStore())
-	s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
 }
 
 // seedShares starts this replica's local shares where the shared buckets
 // it last saw stood, so that the fleet goes on admitting what was left of
 // each limit rather than a full one more: of a bucket missing m units of
-// its limit, each of N replicas' shares (limit / N) misses m / N. Buckets
-// it never saw start full. s.transition is held.
+// its limit, each of N replicas' shares (limit / N) misses m / N. A share
+// lower still from an earlier outage stays as low. Buckets it never saw
+// start full. s.transition is held.
 func (s *Store) seedShares(now time.Time) {
-	local := limiter.NewMemoryStore()
+	prev, local := s.local.Load(), limiter.NewMemoryStore()
 	n := float64(max(s.replicas.Load(), 1))
+	level := make([]float64, 1)
 	s.seen.each(now, func(user string, b limiter.Bucket, missing float64) {
 		bs := s.shares([]limiter.Bucket{b})
-		_ = local.Charge(now, user, bs, []int64{int64(math.Ceil(missing / n))})
+		_ = prev.Levels(now, user, bs, level)
+		debit := max(int64(math.Ceil(missing/n)), bs[0].Limit-int64(math.Floor(level[0])))
+		_ = local.Charge(now, user, bs, []int64{debit})
 	})
 	s.local.Store(local)
 }
 
-// register adds this replica to the registry and reads how many are live.
-func (s *Store) register(ctx context.Context) {
+// register adds this replica to the registry and reads how many are
+// live. A failure to reach Redis sends the checks to the fail mode; an
+// error answer keeps the count it had.
+func (s *Store) register(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, max(4*s.opts.Timeout, 200*time.Millisecond))
 	defer cancel()
 	start := time.Now()
 	n, err := replicasScript.Run(rctx, s.opts.Client, []string{s.opts.Prefix + ":replicas"}, s.opts.ReplicaID, replicaTTL.Milliseconds()).Int64()
 	s.opts.Observer.ObserveQuotaBackend("replicas", time.Since(start), err)
 	if err != nil {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !isRedisError(err) {
 			s.markDown(err)
 		}
-		return
+		return err
 	}
 	s.replicas.Store(max(n, 1))
+	return nil
 }
 
 func isNoScript(err error) bool {
@@ -660,3 +709,35 @@ func (x *seenIndex) len() int {
 }
 
 var _ limiter.Store = (*Store)(nil)
+
+// NewClient connects to the Redis (or, with cluster, the Redis Cluster)
+// that url names, as the Store needs it: context deadlines honoured, and
+// no retries, since a retried script may already have run (a connection
+// lost after the command was written): no call the Store makes is
+// idempotent. The error of a url that does not parse never holds it.
+func NewClient(url string, cluster bool) (redis.UniversalClient, error) {
+	if cluster {
+		opts, err := redis.ParseClusterURL(url)
+		if err != nil {
+			return nil, urlError(err)
+		}
+		opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
+		return redis.NewClusterClient(opts), nil
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, urlError(err)
+	}
+	opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
+	return redis.NewClient(opts), nil
+}
+
+// urlError keeps what is wrong with a URL and drops the URL, which holds
+// the password (net/url's errors quote it whole, escaped).
+func urlError(err error) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return errors.New("not a redis:// or rediss:// URL")
+}

@@ -3,9 +3,12 @@ package redisquota
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,5 +249,151 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10 s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// dropProxy forwards TCP to target, and when armed, drops the connection
+// after the next command instead of passing its answer back: the command
+// ran, the client saw a connection lost.
+func dropProxy(t *testing.T, target string, armed *atomic.Bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(r, c); r.Close() }()
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := r.Read(buf)
+					if n > 0 {
+						if armed.CompareAndSwap(true, false) {
+							c.Close()
+							r.Close()
+							return
+						}
+						_, _ = c.Write(buf[:n])
+					}
+					if err != nil {
+						c.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestNoRetryAfterWrite: a connection lost after the script ran must not
+// make the client run it again (go-redis retries on EOF by default), or
+// one check is charged twice.
+func TestNoRetryAfterWrite(t *testing.T) {
+	srv := redistest.Start(t)
+	var armed atomic.Bool
+	client, err := NewClient("redis://"+dropProxy(t, srv.Addr, &armed)+"/0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "r", Timeout: 500 * time.Millisecond})
+	b := []limiter.Bucket{bucket(limiter.Requests, 10, "")}
+	levels := make([]float64, 1)
+	if _, err := s.Take(time.Now(), "dave", b, []int64{1}, []int64{1}, levels); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	_, _ = s.Take(time.Now(), "dave", b, []int64{1}, []int64{1}, levels) // lost: its answer never arrives
+	direct, _ := NewClient(srv.URL(), false)
+	defer direct.Close()
+	got := New(Options{Client: direct, FailMode: FailClosed, ReplicaID: "reader"})
+	if err := got.Levels(time.Now(), "dave", b, levels); err != nil || !near(levels[0], 8) {
+		t.Fatalf("after two checks, one of them lost on the way back: level %v (%v), want 8: a retry charged it twice", levels, err)
+	}
+}
+
+// TestRefusedWrites: a Redis that answers PING but refuses writes (out
+// of memory) answers each check from the fail mode, and the local share
+// holds: it is not reset at every failed call.
+func TestRefusedWrites(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailLocal)
+	waitFor(t, func() bool { return s.Err() == nil })
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "1")
+	b := []limiter.Bucket{bucket(limiter.Requests, 5, "")}
+	levels := make([]float64, 1)
+	admitted := 0
+	for i := 0; i < 20; i++ {
+		if allowed, err := s.Take(time.Now(), "frank", b, []int64{1}, []int64{1}, levels); err == nil && allowed {
+			admitted++
+		}
+		time.Sleep(20 * time.Millisecond) // the probe's pace: a flap would reset the share
+	}
+	if admitted != 5 {
+		t.Fatalf("admitted %d of a limit of 5 while Redis refused writes, want 5 from the local share", admitted)
+	}
+}
+
+// TestHugeDebt: a record of 10^12 tokens against a 100-token bucket is
+// charged whole, its key still expires, and Redis is not taken for down.
+func TestHugeDebt(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailClosed)
+	b := []limiter.Bucket{bucket(limiter.Tokens, 100, "")}
+	if err := s.Charge(time.Now(), "evil", b, []int64{1_000_000_000_000}); err != nil {
+		t.Fatal(err)
+	}
+	keys := strings.Fields(srv.Do(t, "KEYS", "llmusage:{*"))
+	if len(keys) != 1 {
+		t.Fatalf("keys %v", keys)
+	}
+	if ttl, _ := strconv.ParseInt(srv.Do(t, "PTTL", keys[0]), 10, 64); ttl <= 0 {
+		t.Fatalf("PTTL %d: the key of a bucket in debt never expires", ttl)
+	}
+	levels := make([]float64, 1)
+	if err := s.Levels(time.Now(), "evil", b, levels); err != nil || !near(levels[0], 100-1e12) || s.Err() != nil {
+		t.Fatalf("level %v, %v, Err %v", levels, err, s.Err())
+	}
+}
+
+// TestLateCallChangesNothing: a check that reaches Redis after its caller
+// gave up (Redis busy) is not charged: the caller answered it from the
+// fail mode.
+func TestLateCallChangesNothing(t *testing.T) {
+	srv, client := standalone(t)
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "r", Timeout: 50 * time.Millisecond})
+	b := []limiter.Bucket{bucket(limiter.Requests, 10, "")}
+	levels := make([]float64, 1)
+	if _, err := s.Take(time.Now(), "carol", b, []int64{1}, []int64{1}, levels); err != nil { // learns the server's clock
+		t.Fatal(err)
+	}
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		// Redis runs one script at a time: this one holds it for 300 ms.
+		srv.Do(t, "EVAL", "local s = redis.call('TIME') local st = s[1] * 1e6 + s[2] while true do local n = redis.call('TIME') if n[1] * 1e6 + n[2] - st > 300000 then break end end return 1", "0")
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := s.Take(time.Now(), "carol", b, []int64{1}, []int64{1}, levels); !errors.Is(err, limiter.ErrStoreUnavailable) {
+		t.Fatalf("a check while Redis is busy: %v, want the closed fail mode's error", err)
+	}
+	<-busy
+	direct, _ := NewClient(srv.URL(), false)
+	defer direct.Close()
+	reader := New(Options{Client: direct, FailMode: FailClosed, ReplicaID: "reader"})
+	if err := reader.Levels(time.Now(), "carol", b, levels); err != nil || !near(levels[0], 9) {
+		t.Fatalf("level %v (%v) after a check answered 503 reached Redis late, want 9: it was charged", levels, err)
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
 	"github.com/llmusage/llmusage/collector"
@@ -61,6 +60,7 @@ func serveCommand() *cli.Command {
 			byteSizeFlag("spool-max-bytes", 1<<30, "most bytes of records the spool holds for the database (1GiB); past it, POST /v1/calls answers 503"),
 			stringFlag("redis-url", "", "redis://[user:password@]host:port/db (rediss:// for TLS) of a Redis or Valkey that every replica shares: one user's limits then hold across all of them. Empty: each sidecar's own buckets"),
 			boolFlag("redis-cluster", false, "--redis-url names a node of a Redis Cluster"),
+			stringFlag("redis-prefix", "llmusage", "starts every key in Redis: deployments that share a Redis (a cluster has one database) each need their own, or they share buckets and replica counts"),
 			durationFlag("redis-timeout", 50*time.Millisecond, "longest a check waits for Redis before --redis-fail-mode answers it"),
 			stringFlag("redis-fail-mode", "local", "how checks are answered while Redis is out of reach: local (this replica's share of each limit: limit / live replicas), open (allowed) or closed (refused with 503)"),
 			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
@@ -130,6 +130,8 @@ type redisConfig struct {
 	Timeout time.Duration
 	// FailMode answers checks while Redis is out of reach.
 	FailMode redisquota.FailMode
+	// Prefix starts every key.
+	Prefix string
 }
 
 // serveConfigFrom reads and validates serve's flags.
@@ -164,13 +166,17 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		Durability:      c.String("durability"),
 		SpoolMaxBytes:   bytesOf(c, "spool-max-bytes"),
 		QueueMaxRecords: c.Int("queue-max-records"),
-		Redis:           redisConfig{URL: c.String("redis-url"), Cluster: c.Bool("redis-cluster"), Timeout: c.Duration("redis-timeout")},
+		Redis: redisConfig{URL: c.String("redis-url"), Cluster: c.Bool("redis-cluster"), Timeout: c.Duration("redis-timeout"),
+			Prefix: c.String("redis-prefix")},
 	}
 	if cfg.Redis.FailMode, err = redisquota.ParseFailMode(c.String("redis-fail-mode")); err != nil {
 		return serveConfig{}, err
 	}
 	if cfg.Redis.Timeout <= 0 {
 		return serveConfig{}, fmt.Errorf("cannot use --redis-timeout %s: want a positive duration", cfg.Redis.Timeout)
+	}
+	if cfg.Redis.Prefix == "" || strings.ContainsAny(cfg.Redis.Prefix, "{}") {
+		return serveConfig{}, fmt.Errorf("cannot use --redis-prefix %q: want a non-empty prefix without braces (they would make a cluster hash tag)", cfg.Redis.Prefix)
 	}
 	if cfg.Redis.Cluster && cfg.Redis.URL == "" {
 		return serveConfig{}, errors.New("cannot use --redis-cluster without --redis-url")
@@ -448,33 +454,16 @@ func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
 // openRedis connects to the shared quota store. Redis need not answer
 // yet: until it does, checks are answered by the fail mode.
 func openRedis(cfg redisConfig, observer redisquota.Observer, logger *slog.Logger) (*redisquota.Store, error) {
-	var client redis.UniversalClient
-	if cfg.Cluster {
-		opts, err := redis.ParseClusterURL(cfg.URL)
-		if err != nil {
-			return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), scrubURL(err, cfg.URL))
-		}
-		opts.ContextTimeoutEnabled, opts.MaxRetries = true, 1
-		client = redis.NewClusterClient(opts)
-	} else {
-		opts, err := redis.ParseURL(cfg.URL)
-		if err != nil {
-			return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), scrubURL(err, cfg.URL))
-		}
-		opts.ContextTimeoutEnabled, opts.MaxRetries = true, 1
-		client = redis.NewClient(opts)
+	client, err := redisquota.NewClient(cfg.URL, cfg.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), err)
 	}
 	replica, _ := os.Hostname()
 	replica += "/" + strconv.Itoa(os.Getpid())
 	logger.Info("limits shared through Redis", "redis", store.Redact(cfg.URL), "cluster", cfg.Cluster,
-		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "replica", replica)
+		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "prefix", cfg.Prefix, "replica", replica)
 	return redisquota.New(redisquota.Options{Client: client, Timeout: cfg.Timeout, FailMode: cfg.FailMode,
-		ReplicaID: replica, Observer: observer, Logger: logger}), nil
-}
-
-// scrubURL keeps a URL's password out of an error that quotes the URL.
-func scrubURL(err error, u string) error {
-	return errors.New(strings.ReplaceAll(err.Error(), u, store.Redact(u)))
+		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger}), nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
