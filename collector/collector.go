@@ -312,7 +312,12 @@ func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, c.queryProvider(q), q.Get("model"))
+	prov, model, err := c.queryScope(q)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	statuses, err := c.limiter.Limits(user, prov, model)
 	if err != nil {
 		writeError(w, err)
 		return

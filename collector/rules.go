@@ -3,6 +3,7 @@ package collector
 import (
 	"net/http"
 	"net/url"
+	"unicode/utf8"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
@@ -39,7 +40,11 @@ func (c *Collector) serveRules(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	prov, model := c.queryProvider(q), q.Get("model")
+	prov, model, err := c.queryScope(q)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	applicable := c.limiter.Applicable(user, prov, model)
 	out := struct {
 		UserID     string     `json:"user_id"`
@@ -53,17 +58,29 @@ func (c *Collector) serveRules(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// queryProvider is the provider a quota read asks about: the provider
-// parameter, normalised as intake normalises it, else inferred from the
-// model parameter as for a record.
-func (c *Collector) queryProvider(q url.Values) string {
-	if p := provider.Normalize(q.Get("provider")); p != "" {
-		return p
+// queryScope is the provider and model a quota read asks about, held to
+// the bounds intake holds records to (no record could carry others): the
+// provider parameter, normalised as intake normalises it, else inferred
+// from the model parameter as for a record.
+func (c *Collector) queryScope(q url.Values) (prov, model string, err error) {
+	model = q.Get("model")
+	for _, f := range []struct {
+		name, value string
+		maxLen      int
+	}{{"provider", q.Get("provider"), MaxProviderLength}, {"model", model, MaxIDLength}} {
+		problem := lengthOrControl(f.value, f.maxLen, true)
+		if problem == "" && !utf8.ValidString(f.value) {
+			problem = "must be valid UTF-8"
+		}
+		if problem != "" {
+			return "", "", &Error{Status: http.StatusBadRequest, Message: "cannot answer for this " + f.name + ": it " + problem,
+				Details: []Detail{{Field: f.name, Message: problem}}}
+		}
 	}
-	if model := q.Get("model"); model != "" {
-		return c.rules().Providers.Infer(model)
+	if prov = provider.Normalize(q.Get("provider")); prov == "" && model != "" {
+		prov = c.rules().Providers.Infer(model)
 	}
-	return ""
+	return prov, model, nil
 }
 
 // ruleJSON is a rule as /v1/rules shows it.

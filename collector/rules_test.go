@@ -56,6 +56,13 @@ func TestRulesEndpoint(t *testing.T) {
 	if rec.Code != http.StatusBadRequest || !strings.Contains(out["error"].(string), "user_id") {
 		t.Fatalf("bad user_id: %d %s", rec.Code, rec.Body)
 	}
+	// So are a provider or a model no record could carry, here and on /v1/limits.
+	for _, path := range []string{"/v1/rules?provider=%00%01", "/v1/rules?model=" + strings.Repeat("m", 300), "/v1/limits?user_id=a&provider=%ff"} {
+		rec, out := s.do(t, http.MethodGet, path, "", "")
+		if rec.Code != http.StatusBadRequest || out["details"] == nil {
+			t.Fatalf("GET %s: %d %s, want 400 naming the field", path, rec.Code, rec.Body)
+		}
+	}
 	rec, _ = s.do(t, http.MethodPost, "/v1/rules", "application/json", "{}")
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST /v1/rules: %d", rec.Code)

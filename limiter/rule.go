@@ -63,7 +63,8 @@ type Rule struct {
 	Provider string
 	// Model scopes the rule to models matching this glob, where "*"
 	// matches any run of characters ("/" included, as in
-	// "meta-llama/*") and "?" any one character; empty matches every model.
+	// "meta-llama/*") and "?" any one character, ASCII case ignored;
+	// empty matches every model.
 	Model string
 	// Window is the period the limit is counted over.
 	Window Window
@@ -122,14 +123,16 @@ func (r *Rule) matches(provider, model string) bool {
 	return true
 }
 
-// globMatch matches s against a pattern of literal bytes, "*" and "?".
+// globMatch matches s against a pattern of literal bytes, "*" and "?",
+// ignoring ASCII case as provider inference does: "GPT-4o" is a gpt-4*
+// model, or changing the case of a model name would escape its limit.
 // It backtracks only to the last star, so it runs in O(len(p)*len(s)) at worst.
 func globMatch(p, s string) bool {
 	pi, si := 0, 0
 	star, mark := -1, 0
 	for si < len(s) {
 		switch {
-		case pi < len(p) && (p[pi] == '?' || p[pi] == s[si]):
+		case pi < len(p) && (p[pi] == '?' || lowerASCII(p[pi]) == lowerASCII(s[si])):
 			pi++
 			si++
 		case pi < len(p) && p[pi] == '*':
@@ -147,4 +150,11 @@ func globMatch(p, s string) bool {
 		pi++
 	}
 	return pi == len(p)
+}
+
+func lowerASCII(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
 }

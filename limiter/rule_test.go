@@ -22,7 +22,11 @@ func TestGlobMatch(t *testing.T) {
 	f("gpt-4*", "gpt-3.5", false)
 	f("gpt-4*", "gpt-", false)
 	f("gpt-4*", "xgpt-4o", false)
-	f("gpt-4*", "GPT-4o", false)
+	// ASCII case is ignored, as provider inference ignores it
+	f("gpt-4*", "GPT-4o", true)
+	f("GPT-4*", "gpt-4o", true)
+	f("Claude-3-Opus", "claude-3-OPUS", true)
+	f("gpt-4*", "GPT-3.5", false)
 
 	// a lone star matches anything, the empty string included
 	f("*", "", true)

@@ -73,6 +73,9 @@ func Merge(file *File, rows []Row) *Set {
 	}
 	var db []dbRule
 	byScope := map[scope]int{}
+	// losers are the rows a later row of their scope beat, named by the
+	// scope's final winner once every row is read.
+	var losers []limiter.Rule
 	for _, row := range rows {
 		r, err := row.Rule()
 		if err != nil {
@@ -91,7 +94,10 @@ func Merge(file *File, rows []Row) *Set {
 			winner, loser = loser, winner
 		}
 		db[i] = winner
-		set.Shadowed = append(set.Shadowed, Shadowed{Rule: loser.rule, By: winner.rule.Source})
+		losers = append(losers, loser.rule)
+	}
+	for _, r := range losers {
+		set.Shadowed = append(set.Shadowed, Shadowed{Rule: r, By: db[byScope[scopeOf(r)]].rule.Source})
 	}
 
 	fileHasLimits := len(file.Rules) > 0

@@ -81,6 +81,15 @@ func TestMerge(t *testing.T) {
 			"alice/ minute requests 250 [llm_rate_limits id 4]; alice/azure.ai.openai minute tokens 9000 [llm_rate_limits id 5]",
 		"minute requests 30 [llm_rate_limit_configs id 1 (seeded default)] by llm_rate_limit_configs id 7; "+
 			"alice/ minute requests 200 [llm_rate_limits id 3] by llm_rate_limits id 4")
+	// Three rows of one scope: each loser names the final winner.
+	f("", []Row{
+		{Table: ConfigsTable, ID: "3", LimitType: "hour", LimitValue: 300},
+		{Table: ConfigsTable, ID: "4", LimitType: " Hour ", LimitValue: 400},
+		{Table: ConfigsTable, ID: "9", LimitType: "HOUR", LimitValue: 900},
+	},
+		"hour requests 900 [llm_rate_limit_configs id 9]",
+		"hour requests 300 [llm_rate_limit_configs id 3] by llm_rate_limit_configs id 9; "+
+			"hour requests 400 [llm_rate_limit_configs id 4] by llm_rate_limit_configs id 9")
 	// The same, rows in the other order: the operator's row still wins over the seeded one.
 	f("", []Row{rows[1], rows[0]},
 		"minute requests 50 [llm_rate_limit_configs id 7]",

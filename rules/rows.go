@@ -50,7 +50,7 @@ func (r Row) source() string {
 // Rule validates the row as a limit rule.
 func (r Row) Rule() (limiter.Rule, error) {
 	at := r.source()
-	w, err := limiter.ParseWindow(r.LimitType)
+	w, err := limiter.ParseWindow(strings.ToLower(strings.TrimSpace(r.LimitType)))
 	if err != nil {
 		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
 	}

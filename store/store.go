@@ -111,12 +111,13 @@ type ruleTable struct {
 
 // ruleTables returns the queries of both rule tables; text casts id and
 // user_id to text where the database needs it (a legacy table may key
-// them by uuid).
+// them by uuid). The sort names the table's column: a bare "id" would be
+// the text output column, and id 10 would sort before id 9.
 func ruleTables(text string) []ruleTable {
 	const cols = `limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value`
 	return []ruleTable{
-		{rules.ConfigsTable, `SELECT id` + text + `, '', ` + cols + `, seeded FROM ` + rules.ConfigsTable + ` ORDER BY id`},
-		{rules.UserLimitsTable, `SELECT id` + text + `, user_id` + text + `, ` + cols + `, false FROM ` + rules.UserLimitsTable + ` ORDER BY id`},
+		{rules.ConfigsTable, `SELECT id` + text + `, '', ` + cols + `, seeded FROM ` + rules.ConfigsTable + ` ORDER BY ` + rules.ConfigsTable + `.id`},
+		{rules.UserLimitsTable, `SELECT id` + text + `, user_id` + text + `, ` + cols + `, false FROM ` + rules.UserLimitsTable + ` ORDER BY ` + rules.UserLimitsTable + `.id`},
 	}
 }
 

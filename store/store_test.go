@@ -278,6 +278,9 @@ func TestRuleRows(t *testing.T) {
 		seeded("minute day")
 		exec(`UPDATE llm_rate_limit_configs SET description = 'still the default' WHERE limit_type = 'minute'`)
 		seeded("minute day")
+		// Writing the same values again (an ORM saving the row) changes nothing.
+		exec(`UPDATE llm_rate_limit_configs SET limit_value = 14400, unit = 'requests' WHERE limit_type = 'day'`)
+		seeded("minute day")
 		exec(`UPDATE llm_rate_limit_configs SET limit_value = 100 WHERE limit_type = 'minute'`)
 		seeded("day")
 		exec(`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('user-id', 'minute', 200)`)
@@ -292,6 +295,20 @@ func TestRuleRows(t *testing.T) {
 			"user-id// minute requests=250", "user-id/groq/ minute requests=30", "user-id/openai/ minute requests=60",
 			`skipped: cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day`)
 		seeded("day")
+		// Among rows of one scope the highest id wins, also past id 9
+		// (a text sort would put 10 before 9).
+		for v := 1; v <= 12; v++ {
+			exec(fmt.Sprintf(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value) VALUES ('hour', %d)`, 100*v))
+		}
+		rows, err := s.RuleRows(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules.Merge(nil, rows).InForce {
+			if r.Window == limiter.Hour && r.Limit != 1200 {
+				t.Fatalf("the hour rule in force is %d (%s), want the newest row's 1200", r.Limit, r.Source)
+			}
+		}
 	})
 }
 

@@ -24,8 +24,13 @@ END
 $$;
 -- +goose StatementEnd
 DROP TRIGGER IF EXISTS llm_rate_limit_configs_unseed ON llm_rate_limit_configs;
+-- An UPDATE that writes the same values (an ORM saving the row again)
+-- changes nothing, so it leaves the row seeded.
 CREATE TRIGGER llm_rate_limit_configs_unseed BEFORE UPDATE OF limit_type, limit_value, unit, provider, model ON llm_rate_limit_configs
-    FOR EACH ROW EXECUTE FUNCTION llmusage_unseed();
+    FOR EACH ROW
+    WHEN (OLD.limit_type IS DISTINCT FROM NEW.limit_type OR OLD.limit_value IS DISTINCT FROM NEW.limit_value
+          OR OLD.unit IS DISTINCT FROM NEW.unit OR OLD.provider IS DISTINCT FROM NEW.provider OR OLD.model IS DISTINCT FROM NEW.model)
+    EXECUTE FUNCTION llmusage_unseed();
 
 -- +goose Down
 SELECT 1;

@@ -11,6 +11,8 @@ WHERE description = 'Default' AND unit = 'requests' AND provider IS NULL AND mod
 
 -- +goose StatementBegin
 CREATE TRIGGER IF NOT EXISTS llm_rate_limit_configs_unseed AFTER UPDATE OF limit_type, limit_value, unit, provider, model ON llm_rate_limit_configs
+WHEN OLD.limit_type IS NOT NEW.limit_type OR OLD.limit_value IS NOT NEW.limit_value
+  OR OLD.unit IS NOT NEW.unit OR OLD.provider IS NOT NEW.provider OR OLD.model IS NOT NEW.model
 BEGIN
     UPDATE llm_rate_limit_configs SET seeded = 0 WHERE id = NEW.id;
 END;
