@@ -83,12 +83,12 @@ func Kind(opts Options) (kind, target string) {
 	return "sqlite", u
 }
 
-// Redact returns a database URL fit for logs and error messages: the
+// Redact returns a URL (a database's, Redis's) fit for logs and error messages: the
 // password is replaced, whatever the URL's shape.
 func Redact(databaseURL string) string {
 	u, err := url.Parse(databaseURL)
 	if err != nil {
-		return "(unparsable database URL)"
+		return "(an unparsable URL)"
 	}
 	if _, has := u.User.Password(); has {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")

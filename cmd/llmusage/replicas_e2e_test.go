@@ -153,6 +153,18 @@ func TestRedisPasswordNotLogged(t *testing.T) {
 	if !strings.Contains(s.Log(), "redis://llmusage:xxxxx@127.0.0.1:1/0") {
 		t.Fatalf("the redacted Redis URL is not logged:\n%s", s.Log())
 	}
+	// A URL that does not parse: the error says so, without the password,
+	// however it is escaped.
+	for _, pw := range []string{`s3cr"et`, `s3cr\et`, "s3cr\tet"} {
+		out, err := sidecartest.Run(t, "serve", "--listen-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0",
+			"--redis-url", "redis://user:"+pw+"@127.0.0.1:6379/0")
+		if err == nil || !strings.Contains(out, "cannot parse --redis-url") {
+			t.Fatalf("serve with an unparsable --redis-url: %v\n%s", err, out)
+		}
+		if strings.Contains(out, "s3cr") {
+			t.Fatalf("the password of an unparsable --redis-url appears:\n%s", out)
+		}
+	}
 }
 
 func TestReplicasShareOneTokenLimit(t *testing.T) {
