@@ -8,9 +8,11 @@ import "github.com/redis/go-redis/v9"
 // buckets or none: Redis runs a script atomically. All KEYS share the
 // user's hash tag, so that a Redis Cluster finds them in one slot.
 //
-// KEYS[i] is bucket i, a hash of l (its level after the last change), t
-// (when that was, in microseconds of the server's clock) and r (the refill
-// rate its expiry was set for); a missing key is a full bucket. ARGV[1]
+// KEYS[i] is bucket i, a string "l t r": its level after the last change,
+// when that was (microseconds of the server's clock) and the refill rate
+// its expiry was set for; a missing key is a full bucket. (A string with
+// SET PX is one command a write where a hash takes two, HSET and
+// PEXPIRE, and a smaller key.) ARGV[1]
 // is the mode: "take" (a check: debit every bucket by its amount if each
 // holds its need, else nothing), "charge" (a record: debit, or refund a
 // negative amount up to the capacity, whatever the levels) or "read".
@@ -47,13 +49,14 @@ for i = 1, n do
   local cap = tonumber(ARGV[a])
   local rate = tonumber(ARGV[a + 1])
   rates[i] = rate
-  local v = redis.call('HMGET', KEYS[i], 'l', 't', 'r')
+  local v = redis.call('GET', KEYS[i])
   local level = cap
-  if v[1] then
+  if v then
+    local l, lt, r = string.match(v, '^(%S+) (%S+) (%S+)$')
     -- A server clock that went back (a failover) must not cost levels.
-    level = tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate
+    level = tonumber(l) + math.max(0, now - tonumber(lt)) * rate
     if level > cap then level = cap end
-    stale[i] = v[3] ~= ARGV[a + 1]
+    stale[i] = r ~= ARGV[a + 1]
   end
   levels[i] = level
   if level < tonumber(ARGV[a + 2]) then allowed = 0 end
@@ -76,8 +79,7 @@ for i = 1, n do
       redis.call('DEL', KEYS[i])
     else
       local ttl = math.min(math.ceil((cap - level) / rates[i] / 1000) + 1000, maxTTL)
-      redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't', string.format('%.17g', now), 'r', ARGV[a + 1])
-      redis.call('PEXPIRE', KEYS[i], string.format('%d', ttl))
+      redis.call('SET', KEYS[i], string.format('%.17g %.17g ', level, now) .. ARGV[a + 1], 'PX', string.format('%d', ttl))
     end
   end
 end
