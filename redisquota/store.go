@@ -98,6 +98,10 @@ type Store struct {
 	down atomic.Bool
 	// lastErr is why Redis was last out of reach.
 	lastErr atomic.Pointer[string]
+	// refusal is the error answer of the last call when Redis answered
+	// one (out of memory, read-only), nil after a call succeeds: Redis is
+	// up, but checks go to the fail mode.
+	refusal atomic.Pointer[string]
 	// replicas is the number of live replicas last seen; 1 before the
 	// first sighting.
 	replicas atomic.Int64
@@ -172,9 +176,13 @@ func (s *Store) Run(ctx context.Context) {
 	}
 }
 
-// Err tells why Redis is out of reach, or nil while it answers.
+// Err tells why checks go to the fail mode: Redis out of reach, or
+// refusing the calls; nil while it answers them.
 func (s *Store) Err() error {
 	if !s.down.Load() {
+		if p := s.refusal.Load(); p != nil {
+			return fmt.Errorf("cannot use Redis (checks answered by --redis-fail-mode=%s): it refuses the calls: %s", s.opts.FailMode, *p)
+		}
 		return nil
 	}
 	msg := "unreachable"
@@ -362,10 +370,16 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 	}
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
 	if err != nil {
-		if !isRedisError(err) {
+		if isRedisError(err) {
+			msg := err.Error()
+			s.refusal.Store(&msg)
+		} else {
 			s.markDown(err)
 		}
 		return nil, err
+	}
+	if s.refusal.Load() != nil {
+		s.refusal.Store(nil)
 	}
 	// The server's clock against this one, for the next call's deadline.
 	mid := start.Add(end.Sub(start) / 2).UnixMicro()
@@ -480,7 +494,11 @@ func (s *Store) shares(bs []limiter.Bucket) []limiter.Bucket {
 }
 
 func (s *Store) unavailable() error {
-	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, s.Err())
+	cause := s.Err()
+	if cause == nil { // a call just failed, then another succeeded
+		cause = errors.New("a call to Redis failed")
+	}
+	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, cause)
 }
 
 // markDown sends the checks to the fail mode until a ping answers.

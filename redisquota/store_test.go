@@ -344,6 +344,13 @@ func TestRefusedWrites(t *testing.T) {
 	if admitted != 5 {
 		t.Fatalf("admitted %d of a limit of 5 while Redis refused writes, want 5 from the local share", admitted)
 	}
+	if err := s.Err(); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("Err while Redis refuses writes: %v, want the refusal", err)
+	}
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "0")
+	if _, err := s.Take(time.Now(), "frank", b, []int64{1}, []int64{1}, levels); err != nil || s.Err() != nil {
+		t.Fatalf("after Redis takes writes again: %v, Err %v", err, s.Err())
+	}
 }
 
 // TestHugeDebt: a record of 10^12 tokens against a 100-token bucket is
