@@ -192,6 +192,9 @@ func (s *Store) Err() error {
 	return fmt.Errorf("cannot reach Redis (checks answered by --redis-fail-mode=%s): %s", s.opts.FailMode, msg)
 }
 
+// Close closes the client to Redis, once Run has returned.
+func (s *Store) Close() error { return s.opts.Client.Close() }
+
 // Replicas returns the number of live replicas last seen in the registry.
 func (s *Store) Replicas() int { return int(s.replicas.Load()) }
 

@@ -273,6 +273,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		if s.quota, err = openRedis(cfg.Redis, s.exporter, logger); err != nil {
 			return err
 		}
+		defer s.quota.Close()
 		buckets = s.quota
 		s.exporter.WatchQuotaBackend(s.quota)
 	}
