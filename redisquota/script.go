@@ -1,6 +1,11 @@
 package redisquota
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // bucketScript applies the token bucket arithmetic of limiter.MemoryStore
 // to all of one call's buckets at once, on the Redis server's clock, so
@@ -27,7 +32,9 @@ import "github.com/redis/go-redis/v9"
 // truncated to an integer on its way out of Lua). A bucket that is full
 // again is deleted, and the others expire when they would be full: Redis
 // memory follows the active users.
-var bucketScript = redis.NewScript(`
+var bucketScript = redis.NewScript(bucketSource)
+
+const bucketSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local mode = ARGV[1]
@@ -87,16 +94,46 @@ if mode == 'read' then allowed = 1 end
 local out = {allowed, string.format('%.17g', now)}
 for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
 return out
-`)
+`
 
 // replicasScript registers replica ARGV[1] in the sorted set KEYS[1],
 // scored by the server's clock in milliseconds, forgets the replicas not
-// seen for ARGV[2] milliseconds, and returns how many are left.
+// seen for ARGV[2] milliseconds, and returns {how many are left, the
+// server's clock in microseconds}.
 var replicasScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
+return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', tonumber(t[1]) * 1000000 + tonumber(t[2]))}
 `)
+
+// noRetry is a command go-redis must not send twice: a script whose
+// connection is lost after it was written may have run, and no call of
+// the bucket script is idempotent. (MaxRetries reaches a cluster's
+// per-node clients only: the cluster client retries on its own.)
+type noRetry struct{ *redis.Cmd }
+
+// NoRetry implements redis.Cmder.
+func (noRetry) NoRetry() bool { return true }
+
+// runBucketScript runs the bucket script by EVALSHA, and by EVAL when
+// Redis does not know it (a restart, a new cluster node), never retried.
+func runBucketScript(ctx context.Context, c redis.UniversalClient, keys []string, args []any) *redis.Cmd {
+	run := func(name, script string) *redis.Cmd {
+		cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+		cmdArgs = append(cmdArgs, name, script, len(keys))
+		for _, k := range keys {
+			cmdArgs = append(cmdArgs, k)
+		}
+		cmd := redis.NewCmd(ctx, append(cmdArgs, args...)...)
+		_ = c.Process(ctx, noRetry{cmd})
+		return cmd
+	}
+	cmd := run("evalsha", bucketScript.Hash())
+	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		cmd = run("eval", bucketSource)
+	}
+	return cmd
+}

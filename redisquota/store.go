@@ -14,6 +14,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
+	"net"
 	neturl "net/url"
 	"strconv"
 	"strings"
@@ -113,9 +114,13 @@ type Store struct {
 	// coming back.
 	transition sync.Mutex
 	// clockOffset is the server's clock minus this one's, in
-	// microseconds, as last measured; hasOffset once it was.
+	// microseconds, from the fastest recent round trip (bestRTT, at
+	// bestAt, guarded by clockMu); hasOffset once one was measured.
 	clockOffset atomic.Int64
 	hasOffset   atomic.Bool
+	clockMu     sync.Mutex
+	bestRTT     time.Duration
+	bestAt      time.Time
 }
 
 // How the registry of live replicas is kept: each replica registers every
@@ -301,11 +306,13 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 		}
 	}
 	s.opts.Observer.ObserveQuotaBackend(opRead, time.Since(start), err)
-	if err != nil {
+	if err != nil && !isRedisError(err) {
 		s.markDown(err)
 		s.local.Load().Each(now, owner, fn)
 		return
 	}
+	// An error answer fails its own user's read (a key of another type,
+	// say), not the others'.
 	for _, c := range calls {
 		res, err := parseResult(c.cmd, len(c.bs))
 		if err != nil {
@@ -366,30 +373,51 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 	defer cancel()
 	start := time.Now()
 	keys, args := s.scriptArgs(op, user, bs, need, amounts, s.serverDeadline(start))
-	res, err := parseResult(bucketScript.Run(ctx, s.opts.Client, keys, args...), len(bs))
+	res, err := parseResult(runBucketScript(ctx, s.opts.Client, keys, args), len(bs))
 	end := time.Now()
-	if err == nil && res[0] < 0 {
-		err = errPastDeadline
+	if err == nil {
+		// Past its deadline or not, the answer tells the server's clock.
+		s.learnClock(start, end, int64(res[1]))
+		if res[0] < 0 {
+			err = errPastDeadline
+		}
 	}
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
-	if err != nil {
-		if isRedisError(err) {
-			msg := err.Error()
-			s.refusal.Store(&msg)
-		} else {
-			s.markDown(err)
+	switch {
+	case err == nil:
+		if s.refusal.Load() != nil {
+			s.refusal.Store(nil)
 		}
-		return nil, err
+		return append(res[:1], res[2:]...), nil
+	case errors.Is(err, errPastDeadline):
+		// Redis answered, late: this call goes to the fail mode, the next
+		// one to Redis with a deadline on the clock just learnt.
+	case isRedisError(err):
+		s.refuse(err)
+	default:
+		s.markDown(err)
 	}
-	if s.refusal.Load() != nil {
-		s.refusal.Store(nil)
-	}
-	// The server's clock against this one, for the next call's deadline.
-	mid := start.Add(end.Sub(start) / 2).UnixMicro()
-	s.clockOffset.Store(int64(res[1]) - mid)
-	s.hasOffset.Store(true)
-	return append(res[:1], res[2:]...), nil
+	return nil, err
 }
+
+// learnClock takes the offset of the server's clock (serverNow, read
+// between start and end) from this one's, keeping the sample of the
+// fastest round trip of the last clockWindow: a slow round trip tells
+// the offset only within half of it, and one slow reply must not make
+// the next deadlines early.
+func (s *Store) learnClock(start, end time.Time, serverNow int64) {
+	rtt := end.Sub(start)
+	s.clockMu.Lock()
+	defer s.clockMu.Unlock()
+	if !s.hasOffset.Load() || rtt <= s.bestRTT || end.Sub(s.bestAt) > clockWindow {
+		s.bestRTT, s.bestAt = rtt, end
+		s.clockOffset.Store(serverNow - start.Add(rtt/2).UnixMicro())
+		s.hasOffset.Store(true)
+	}
+}
+
+// clockWindow is how long the fastest round trip's clock offset is kept.
+const clockWindow = 10 * time.Second
 
 // errPastDeadline is a call that reached Redis after its caller gave up.
 var errPastDeadline = errors.New("cannot use the call: it reached Redis after its deadline and changed nothing")
@@ -504,6 +532,18 @@ func (s *Store) unavailable() error {
 	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, cause)
 }
 
+// refuse records an error answer of Redis (out of memory, read-only):
+// Redis is up, but this call, and any like it, goes to the fail mode. The
+// first seeds the local shares, as going down does.
+func (s *Store) refuse(err error) {
+	msg := err.Error()
+	if s.refusal.Swap(&msg) == nil && s.opts.FailMode == FailLocal {
+		s.transition.Lock()
+		s.seedShares(time.Now())
+		s.transition.Unlock()
+	}
+}
+
 // markDown sends the checks to the fail mode until a ping answers.
 func (s *Store) markDown(err error) {
 	msg := err.Error()
@@ -575,16 +615,42 @@ func (s *Store) register(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, max(4*s.opts.Timeout, 200*time.Millisecond))
 	defer cancel()
 	start := time.Now()
-	n, err := replicasScript.Run(rctx, s.opts.Client, []string{s.opts.Prefix + ":replicas"}, s.opts.ReplicaID, replicaTTL.Milliseconds()).Int64()
-	s.opts.Observer.ObserveQuotaBackend("replicas", time.Since(start), err)
+	vals, err := replicasScript.Run(rctx, s.opts.Client, []string{s.opts.Prefix + ":replicas"}, s.opts.ReplicaID, replicaTTL.Milliseconds()).Slice()
+	end := time.Now()
+	var n int64
+	if err == nil {
+		n, err = parseRegistry(vals)
+	}
+	s.opts.Observer.ObserveQuotaBackend("replicas", end.Sub(start), err)
 	if err != nil {
 		if ctx.Err() == nil && !isRedisError(err) {
 			s.markDown(err)
 		}
 		return err
 	}
+	s.learnClock(start, end, int64(mustFloat(vals[1])))
 	s.replicas.Store(max(n, 1))
 	return nil
+}
+
+// parseRegistry reads the registry script's {count, server clock}.
+func parseRegistry(vals []any) (int64, error) {
+	if len(vals) != 2 {
+		return 0, fmt.Errorf("cannot read the registry script's answer %v", vals)
+	}
+	n, ok := vals[0].(int64)
+	if !ok {
+		return 0, fmt.Errorf("cannot read the registry script's answer %v", vals)
+	}
+	if _, ok := vals[1].(string); !ok {
+		return 0, fmt.Errorf("cannot read the registry script's clock %v", vals[1])
+	}
+	return n, nil
+}
+
+func mustFloat(v any) float64 {
+	f, _ := strconv.ParseFloat(v.(string), 64)
+	return f
 }
 
 func isNoScript(err error) bool {
@@ -737,12 +803,21 @@ var _ limiter.Store = (*Store)(nil)
 // lost after the command was written): no call the Store makes is
 // idempotent. The error of a url that does not parse never holds it.
 func NewClient(url string, cluster bool) (redis.UniversalClient, error) {
+	return newClient(url, cluster, nil)
+}
+
+// newClient is NewClient with the connections' dialer, for tests that
+// stand between the client and Redis; nil for the default.
+func newClient(url string, cluster bool, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (redis.UniversalClient, error) {
 	if cluster {
 		opts, err := redis.ParseClusterURL(url)
 		if err != nil {
 			return nil, urlError(err)
 		}
 		opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
+		if dial != nil {
+			opts.Dialer = dial
+		}
 		return redis.NewClusterClient(opts), nil
 	}
 	opts, err := redis.ParseURL(url)
@@ -750,6 +825,9 @@ func NewClient(url string, cluster bool) (redis.UniversalClient, error) {
 		return nil, urlError(err)
 	}
 	opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
+	if dial != nil {
+		opts.Dialer = dial
+	}
 	return redis.NewClient(opts), nil
 }
 

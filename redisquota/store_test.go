@@ -404,3 +404,129 @@ func TestLateCallChangesNothing(t *testing.T) {
 		t.Fatalf("level %v (%v) after a check answered 503 reached Redis late, want 9: it was charged", levels, err)
 	}
 }
+
+// TestClockStep: the server's clock steps a second ahead of what this
+// replica learnt (an NTP step, a failover): the next call is refused as
+// late, and teaches the clock; the ones after it reach the shared bucket
+// again, without the replica going down.
+func TestClockStep(t *testing.T) {
+	_, client := standalone(t)
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "r", Timeout: 200 * time.Millisecond})
+	b := []limiter.Bucket{bucket(limiter.Requests, 100, "")}
+	levels := make([]float64, 1)
+	if _, err := s.Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels); err != nil {
+		t.Fatal(err)
+	}
+	s.clockOffset.Add(-1_000_000) // as if the server's clock had jumped 1 s ahead
+	s.bestAt = time.Time{}        // and the fastest sample were old
+	failed := 0
+	for i := 0; i < 10; i++ {
+		if _, err := s.Take(time.Now(), "alice", b, []int64{1}, []int64{1}, levels); err != nil {
+			failed++
+		}
+	}
+	if failed > 1 || s.Err() != nil {
+		t.Fatalf("%d of 10 checks failed after a clock step (want at most the first), Err %v", failed, s.Err())
+	}
+	if err := s.Levels(time.Now(), "alice", b, levels); err != nil || !near(levels[0], float64(100-1-10+failed)) {
+		t.Fatalf("level %v (%v): the late call must have changed nothing, the others one each", levels, err)
+	}
+}
+
+// TestClusterNoRetryAfterWrite is TestNoRetryAfterWrite on a cluster,
+// whose client retries on its own, MaxRetries or not.
+func TestClusterNoRetryAfterWrite(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	var armed atomic.Bool
+	var d net.Dialer
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &dropConn{Conn: c, armed: &armed}, nil
+	}
+	client, err := newClient(cluster.URL(), true, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "r", Timeout: 2 * time.Second})
+	b := []limiter.Bucket{bucket(limiter.Requests, 10, "")}
+	levels := make([]float64, 1)
+	if _, err := s.Take(time.Now(), "dave", b, []int64{1}, []int64{1}, levels); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	_, _ = s.Take(time.Now(), "dave", b, []int64{1}, []int64{1}, levels)
+	direct, _ := NewClient(cluster.URL(), true)
+	defer direct.Close()
+	reader := New(Options{Client: direct, FailMode: FailClosed, ReplicaID: "reader", Timeout: 2 * time.Second})
+	if err := reader.Levels(time.Now(), "dave", b, levels); err != nil || !near(levels[0], 8) {
+		t.Fatalf("after two checks, one answer lost: level %v (%v), want 8: the cluster client retried the script", levels, err)
+	}
+}
+
+// dropConn closes itself instead of returning the next read when armed:
+// the command was written and ran; its answer is lost.
+type dropConn struct {
+	net.Conn
+	armed *atomic.Bool
+}
+
+func (c *dropConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.armed.CompareAndSwap(true, false) {
+		c.Conn.Close()
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// TestOneBadKeyFailsOneRead: a key of another type (one user's) fails
+// that user's read at scrape time, not the replica's.
+func TestOneBadKeyFailsOneRead(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailClosed)
+	b := []limiter.Bucket{bucket(limiter.Requests, 10, "")}
+	levels := make([]float64, 1)
+	for _, user := range []string{"alice", "bob"} {
+		if _, err := s.Take(time.Now(), user, b, []int64{1}, []int64{1}, levels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := s.userTag("alice") + scopeKey("alice", b[0].Scope)
+	srv.Do(t, "DEL", key)
+	srv.Do(t, "HSET", key, "l", "1")
+	var got []string
+	owner := func(user string, sc *limiter.Scope) (limiter.Bucket, bool) { return limiter.Bucket{Scope: sc, Limit: 10}, true }
+	s.Each(time.Now(), owner, func(user string, _ limiter.Bucket, level float64) { got = append(got, user) })
+	if strings.Join(got, " ") != "bob" || s.Err() != nil && strings.Contains(s.Err().Error(), "cannot reach") {
+		t.Fatalf("Each read %v (want bob alone), Err %v", got, s.Err())
+	}
+}
+
+// TestRefusalSeedsShares: writes refused after a user used 4 of 5: the
+// local share starts where the shared bucket stood, 1 left.
+func TestRefusalSeedsShares(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailLocal)
+	waitFor(t, func() bool { return s.Err() == nil })
+	b := []limiter.Bucket{bucket(limiter.Requests, 5, "")}
+	levels := make([]float64, 1)
+	for i := 0; i < 4; i++ {
+		if allowed, err := s.Take(time.Now(), "gina", b, []int64{1}, []int64{1}, levels); err != nil || !allowed {
+			t.Fatalf("check %d: %v %v", i, allowed, err)
+		}
+	}
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "1")
+	admitted := 0
+	for i := 0; i < 5; i++ {
+		if allowed, err := s.Take(time.Now(), "gina", b, []int64{1}, []int64{1}, levels); err == nil && allowed {
+			admitted++
+		}
+	}
+	if admitted != 1 {
+		t.Fatalf("admitted %d more while Redis refused writes, want the 1 left of 5", admitted)
+	}
+}
