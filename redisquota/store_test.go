@@ -499,7 +499,9 @@ func TestOneBadKeyFailsOneRead(t *testing.T) {
 	srv.Do(t, "DEL", key)
 	srv.Do(t, "HSET", key, "l", "1")
 	var got []string
-	owner := func(user string, sc *limiter.Scope) (limiter.Bucket, bool) { return limiter.Bucket{Scope: sc, Limit: 10}, true }
+	owner := func(user string, sc *limiter.Scope) (limiter.Bucket, bool) {
+		return limiter.Bucket{Scope: sc, Limit: 10}, true
+	}
 	s.Each(time.Now(), owner, func(user string, _ limiter.Bucket, level float64) { got = append(got, user) })
 	if strings.Join(got, " ") != "bob" || s.Err() != nil && strings.Contains(s.Err().Error(), "cannot reach") {
 		t.Fatalf("Each read %v (want bob alone), Err %v", got, s.Err())
