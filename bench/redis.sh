@@ -22,18 +22,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+. bench/lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_up() {
-	for _ in $(seq 1 100); do
-		kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
-		curl -fs "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "not up: $1" >&2
-	exit 1
-}
-stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
 # cpu PID: user + system CPU seconds of a process so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 on_server=(taskset -c 0)

@@ -23,22 +23,11 @@ cleanup() {
 	if [ -n "$db" ]; then psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+. bench/lib.sh
 
-# wait_up URL PID: the server answers, and it is ours (not a leftover on the port).
-wait_up() {
-	for _ in $(seq 1 100); do
-		kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
-		curl -fs "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "not up: $1" >&2
-	exit 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 api=127.0.0.1:$(free_port)
 metrics=127.0.0.1:$(free_port)
 baseline=127.0.0.1:$(free_port)
-stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "== single-record ingest, 8 connections, $dur each"

@@ -1,0 +1,16 @@
+# Sourced by the bench scripts: the helpers they share. The script keeps
+# its servers' PIDs in the array pids.
+
+# wait_up URL PID: the server answers, and it is ours (not a leftover on the port).
+wait_up() {
+	for _ in $(seq 1 100); do
+		kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
+		curl -fs "$1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "not up: $1" >&2
+	exit 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# stop_last stops the server started last.
+stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
