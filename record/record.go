@@ -7,6 +7,8 @@ package record
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/llmusage/llmusage/usd"
 )
 
 // Status values of a call.
@@ -42,6 +44,16 @@ type Record struct {
 	CachedTokens int64
 	// ReasoningTokens is the part of CompletionTokens spent on reasoning.
 	ReasoningTokens int64
+	// CacheWriteTokens is the part of PromptTokens written to a prompt
+	// cache (Anthropic's cache_creation_input_tokens), priced apart.
+	CacheWriteTokens int64
+
+	// Cost is what the call cost; meaningful only when HasCost. It is the
+	// record's own cost_usd when the client sent one, else priced at intake.
+	Cost usd.Amount
+	// HasCost is false for a call whose model has no price: its cost is
+	// unknown, which is not zero.
+	HasCost bool
 
 	// Latency is the call's duration; meaningful only when HasLatency.
 	Latency time.Duration

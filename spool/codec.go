@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // A frame is one record on disk: a little-endian uint32 payload length,
@@ -15,7 +16,12 @@ import (
 const frameHeader = 8
 
 // codecVersion leads every payload, so that the format can change.
-const codecVersion = 1
+// Version 2 added the cache write tokens and the cost after the metadata;
+// frames of version 1, spooled by an older sidecar, still decode.
+const (
+	codecVersion   = 2
+	codecVersionV1 = 1
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -26,7 +32,7 @@ var errCorrupt = errors.New("corrupt spool frame")
 // maxFrameSize bounds the bytes appendFrame adds for r, so that a buffer
 // for many records can be sized once.
 func maxFrameSize(r *record.Record) int {
-	const fixed = frameHeader + 1 + 6*binary.MaxVarintLen64 + 7*binary.MaxVarintLen64 + 1 + binary.MaxVarintLen64
+	const fixed = frameHeader + 1 + 6*binary.MaxVarintLen64 + 7*binary.MaxVarintLen64 + 1 + binary.MaxVarintLen64 + 2*binary.MaxVarintLen64
 	return fixed + len(r.RequestID) + len(r.UserID) + len(r.Provider) + len(r.Model) + len(r.Status) + len(r.ErrorType) + len(r.Metadata)
 }
 
@@ -48,9 +54,14 @@ func appendFrame(dst []byte, r *record.Record) []byte {
 	if r.Metadata != nil {
 		flags |= 2
 	}
+	if r.HasCost {
+		flags |= 4
+	}
 	dst = append(dst, flags)
 	dst = binary.AppendUvarint(dst, uint64(len(r.Metadata)))
 	dst = append(dst, r.Metadata...)
+	dst = binary.AppendVarint(dst, r.CacheWriteTokens)
+	dst = binary.AppendVarint(dst, int64(r.Cost))
 	payload := dst[start+frameHeader:]
 	binary.LittleEndian.PutUint32(dst[start:], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, castagnoli))
@@ -60,9 +71,10 @@ func appendFrame(dst []byte, r *record.Record) []byte {
 // decodePayload decodes a frame's payload, already checksummed.
 func decodePayload(p []byte) (record.Record, error) {
 	var r record.Record
-	if len(p) == 0 || p[0] != codecVersion {
+	if len(p) == 0 || (p[0] != codecVersion && p[0] != codecVersionV1) {
 		return r, errCorrupt
 	}
+	version := p[0]
 	p = p[1:]
 	str := func() string {
 		n, k := binary.Uvarint(p)
@@ -99,6 +111,14 @@ func decodePayload(p []byte) (record.Record, error) {
 	}
 	if flags&2 != 0 {
 		r.Metadata = []byte(meta)
+	}
+	if version == codecVersionV1 {
+		return r, nil
+	}
+	r.CacheWriteTokens = num()
+	r.Cost, r.HasCost = usd.Amount(num()), flags&4 != 0
+	if p == nil {
+		return r, errCorrupt
 	}
 	return r, nil
 }

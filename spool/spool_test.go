@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/usd"
 )
 
 func rec(i int) record.Record {
@@ -22,6 +23,28 @@ func rec(i int) record.Record {
 		PromptTokens: int64(i), CompletionTokens: 2, TotalTokens: int64(i) + 2, CachedTokens: 1, ReasoningTokens: 1,
 		Latency: 1500 * time.Microsecond, HasLatency: i%2 == 0, Status: record.StatusSuccess, ErrorType: "",
 		Timestamp: time.Date(2026, 11, 27, 12, 0, 0, i, time.UTC), Metadata: []byte(`{ "kept":  "as is" }`),
+		CacheWriteTokens: int64(i % 3), Cost: usd.Amount(i * 1234), HasCost: i%3 != 0,
+	}
+}
+
+// TestDecodeVersion1 reads a frame as the sidecar before costs wrote it:
+// a spool left by an older version must drain after an upgrade.
+func TestDecodeVersion1(t *testing.T) {
+	want := rec(4)
+	want.CacheWriteTokens, want.Cost, want.HasCost = 0, 0, false
+	frame := appendFrame(nil, &want)
+	payload := frame[frameHeader:]
+	// Version 2 appended two varints (zeros: one byte each) after the metadata.
+	v1 := append([]byte{codecVersionV1}, payload[1:len(payload)-2]...)
+	got, err := decodePayload(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+	if _, err := decodePayload(payload[:len(payload)-1]); err == nil {
+		t.Fatal("a version 2 frame without its cost decoded")
 	}
 }
 
