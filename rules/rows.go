@@ -33,6 +33,11 @@ type Row struct {
 	Provider, Model string
 	// LimitValue is the bucket's capacity.
 	LimitValue int64
+	// LimitUSD is the limit_usd column, as decimal text: a budget's
+	// amount (unit usd), where a whole number of dollars in LimitValue
+	// would not do. Nil when NULL; a usd row without it takes LimitValue
+	// as whole dollars.
+	LimitUSD *string
 	// Seeded marks a default row the migration inserted and nobody has
 	// changed since: it yields to a limits file.
 	Seeded bool
