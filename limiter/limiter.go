@@ -34,6 +34,15 @@ type Options struct {
 	MaxPending int
 	// Store keeps the buckets' levels; a new MemoryStore when nil.
 	Store Store
+	// Location is the time zone of budgets' calendar periods; UTC when nil.
+	Location *time.Location
+	// Spend tells a budget's spend when the store does not know it; nil
+	// counts it as nothing spent.
+	Spend SpendSource
+	// AllowUnpriced lets a check without a cost estimate (its model has no
+	// price) pass a budget that is not exhausted; else it is refused with
+	// an *UnpricedError.
+	AllowUnpriced bool
 }
 
 // Request asks whether a user may make one call.
@@ -47,6 +56,12 @@ type Request struct {
 	Tokens int64
 	// RequestID, when set, lets the later record settle against this check.
 	RequestID string
+	// Cost is the estimated cost in nano-USD, reserved in budgets now and
+	// settled by the record; meaningful unless Unpriced.
+	Cost int64
+	// Unpriced tells that the call's cost cannot be estimated: its model
+	// has no price.
+	Unpriced bool
 }
 
 // Usage is what a finished call used, charged after the fact.
@@ -57,6 +72,12 @@ type Usage struct {
 	Tokens int64
 	// RequestID matches the usage with an earlier check, if any.
 	RequestID string
+	// Cost is what the call cost in nano-USD, when HasCost.
+	Cost    int64
+	HasCost bool
+	// Timestamp is when the call happened: a budget counts the cost in
+	// the period that holds it (nothing, once that period is over).
+	Timestamp time.Time
 }
 
 // Status is the state of one bucket as the API and metrics report it.
@@ -91,12 +112,30 @@ type Decision struct {
 type EstimateTooLargeError struct {
 	// Tokens is the estimate asked for.
 	Tokens int64
+	// Cost is the cost estimate asked for, for a budget (Status.Unit USD).
+	Cost int64
 	// Status describes the bucket that can never hold it.
 	Status Status
 }
 
 func (e *EstimateTooLargeError) Error() string {
+	if e.Status.Unit == USD {
+		return fmt.Sprintf("cannot ever allow an estimated cost of %d nano-USD: the %s budget is %d nano-USD", e.Cost, e.Status.Window, e.Status.Limit)
+	}
 	return fmt.Sprintf("cannot ever allow %d estimated tokens: the %s limit is %d tokens", e.Tokens, e.Status.Window, e.Status.Limit)
+}
+
+// UnpricedError is returned by Check for a call under a budget whose cost
+// cannot be estimated, unless Options.AllowUnpriced.
+type UnpricedError struct {
+	// Provider and Model are the call's.
+	Provider, Model string
+	// Status describes the budget.
+	Status Status
+}
+
+func (e *UnpricedError) Error() string {
+	return fmt.Sprintf("cannot check a call of model %q (provider %q) against the %s usd budget: the model has no price", e.Model, e.Provider, e.Status.Window)
 }
 
 // ErrNoUser is returned for a request without a user.
@@ -113,6 +152,10 @@ type Limiter struct {
 	maxPending int64
 	// store keeps the buckets.
 	store Store
+	// location, spend and allowUnpriced are the Options'.
+	location      *time.Location
+	spend         SpendSource
+	allowUnpriced bool
 
 	// rules is swapped whole on reload.
 	rules atomic.Pointer[ruleSet]
@@ -140,7 +183,7 @@ type pendingShard struct {
 }
 
 // maxApplicable is the most buckets one call touches: one per limit type and unit.
-const maxApplicable = 2 * int(numWindows)
+const maxApplicable = int(numUnits) * int(numWindows)
 
 // callScratch holds one call's buckets and amounts.
 type callScratch struct {
@@ -161,8 +204,10 @@ type pendingCheck struct {
 	// user's estimate.
 	user   uint64
 	tokens int64
-	// expires is in Unix nanoseconds.
-	expires int64
+	// cost is the estimated cost reserved in budgets, in nano-USD.
+	cost int64
+	// at is the check's time and expires its end, in Unix nanoseconds.
+	at, expires int64
 }
 
 // New returns a Limiter enforcing rules, which must each pass Validate.
@@ -172,6 +217,8 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 		pendingTTL: opts.PendingTTL,
 		maxPending: int64(opts.MaxPending),
 		store:      opts.Store,
+		location:   opts.Location,
+		spend:      opts.Spend,
 		seed:       maphash.MakeSeed(),
 		idSeeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
@@ -182,6 +229,10 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 	if l.store == nil {
 		l.store = NewMemoryStore()
 	}
+	if l.location == nil {
+		l.location = time.UTC
+	}
+	l.allowUnpriced = opts.AllowUnpriced
 	if l.pendingTTL <= 0 {
 		l.pendingTTL = 15 * time.Minute
 	}
@@ -207,7 +258,8 @@ func (l *Limiter) SetRules(rules []Rule) error {
 		return err
 	}
 	l.rules.Store(rs)
-	l.store.Adopt(l.clock.Now(), l.owner(rs))
+	now := l.clock.Now()
+	l.store.Adopt(now, l.owner(rs, now))
 	return nil
 }
 
@@ -251,20 +303,33 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	now := l.clock.Now()
 	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(req.UserID, req.Provider, req.Model, buf[:0])
+	cost := req.Cost
+	if req.Unpriced {
+		cost = 0
+	}
 	for _, r := range rules {
-		if r.Unit == Tokens && req.Tokens > r.Limit {
-			return Decision{}, &EstimateTooLargeError{Tokens: req.Tokens, Status: Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit}}
+		switch {
+		case r.Unit == Tokens && req.Tokens > r.Limit:
+			return Decision{}, &EstimateTooLargeError{Tokens: req.Tokens, Status: r.status()}
+		case r.Unit == USD && req.Unpriced && !l.allowUnpriced:
+			return Decision{}, &UnpricedError{Provider: req.Provider, Model: req.Model, Status: r.status()}
+		case r.Unit == USD && cost > r.Limit:
+			return Decision{}, &EstimateTooLargeError{Cost: cost, Status: r.status()}
 		}
 	}
 	sc := l.scratch.Get().(*callScratch)
 	defer l.scratch.Put(sc)
 	n := len(rules)
 	for i, r := range rules {
-		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
-		sc.need[i] = checkCost(r.Unit, req.Tokens)
-		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens)
+		sc.buckets[i] = l.bucket(r, now)
+		sc.need[i] = checkCost(r.Unit, req.Tokens, cost)
+		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens, cost)
 	}
-	allowed, err := l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+	var allowed bool
+	err := l.withSpend(now, req.UserID, sc.buckets[:n], nil, func() (err error) {
+		allowed, err = l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+		return err
+	})
 	if err != nil {
 		return Decision{}, err
 	}
@@ -272,18 +337,18 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	if !allowed {
 		for i := range rules {
 			if missing := float64(sc.need[i]) - sc.levels[i]; missing > 0 {
-				d.RetryAfter = max(d.RetryAfter, sc.buckets[i].RefillTime(missing))
+				d.RetryAfter = max(d.RetryAfter, sc.buckets[i].RefillTime(now, missing))
 			}
 		}
 	} else if req.RequestID != "" {
-		l.remember(req, now)
+		l.remember(req, cost, now)
 	}
 	if limits == nil {
 		limits = make([]Status, 0, n)
 	}
 	d.Limits = limits[:0]
 	for i, r := range rules {
-		d.Limits = append(d.Limits, statusAt(r, sc.levels[i], now))
+		d.Limits = append(d.Limits, statusAt(r, sc.buckets[i], sc.levels[i], now))
 	}
 	return d, nil
 }
@@ -301,17 +366,35 @@ func (l *Limiter) Record(u Usage) error {
 	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
 	requests, tokens := int64(1), u.Tokens
-	if estimate, ok := l.settle(u, now); ok {
-		requests, tokens = 0, u.Tokens-estimate
+	estimate, settled := l.settle(u, now)
+	if settled {
+		requests, tokens = 0, u.Tokens-estimate.tokens
 	}
 	sc := l.scratch.Get().(*callScratch)
 	defer l.scratch.Put(sc)
 	n := len(rules)
 	for i, r := range rules {
-		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
-		sc.cost[i] = chargeCost(r.Unit, requests, tokens)
+		sc.buckets[i] = l.bucket(r, now)
+		if r.Unit != USD {
+			sc.cost[i] = chargeCost(r.Unit, requests, tokens, 0)
+			continue
+		}
+		// The cost counts in the period of the call; the estimate is
+		// refunded from the period it was reserved in, if still current.
+		p, spent := sc.buckets[i].Period, int64(0)
+		if u.HasCost && p.Contains(u.Timestamp) {
+			spent = u.Cost
+		}
+		if settled && p.Contains(time.Unix(0, estimate.at)) {
+			spent -= estimate.cost
+		}
+		sc.cost[i] = spent
 	}
-	return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
+	// A budget whose spend the store had to learn was seeded with this
+	// record in it (the SpendSource counts records not stored yet).
+	return l.withSpend(now, u.UserID, sc.buckets[:n], func(i int) { sc.cost[i] = 0 }, func() error {
+		return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
+	})
 }
 
 // Limits reports the user's buckets without charging anything. With a
@@ -327,27 +410,29 @@ func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
 	defer l.scratch.Put(sc)
 	n := len(rules)
 	for i, r := range rules {
-		sc.buckets[i] = Bucket{Scope: r.scope, Limit: r.Limit}
+		sc.buckets[i] = l.bucket(r, now)
 	}
-	if err := l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n]); err != nil {
+	if err := l.withSpend(now, user, sc.buckets[:n], nil, func() error {
+		return l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n])
+	}); err != nil {
 		return nil, err
 	}
 	out := make([]Status, 0, n)
 	for i, r := range rules {
-		out = append(out, statusAt(r, sc.levels[i], now))
+		out = append(out, statusAt(r, sc.buckets[i], sc.levels[i], now))
 	}
 	if provider != "" || model != "" {
 		return out, nil
 	}
 	// The user's live buckets of provider- or model-scoped rules.
-	owner := l.owner(rs)
+	owner := l.owner(rs, now)
 	err := l.store.EachOfUser(now, user, func(u string, s *Scope) (Bucket, bool) {
 		if (s.Provider == "" && s.Model == "") || reported(rules, s) {
 			return Bucket{}, false
 		}
 		return owner(u, s)
 	}, func(_ string, b Bucket, level float64) {
-		out = append(out, statusAt(rs.owner(user, b.Scope), level, now))
+		out = append(out, statusAt(rs.owner(user, b.Scope), b, level, now))
 	})
 	return out, err
 }
@@ -357,8 +442,8 @@ func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
 func (l *Limiter) Each(fn func(user string, s Status)) {
 	now := l.clock.Now()
 	rs := l.rules.Load()
-	l.store.Each(now, l.owner(rs), func(user string, b Bucket, level float64) {
-		fn(user, statusAt(rs.owner(user, b.Scope), level, now))
+	l.store.Each(now, l.owner(rs, now), func(user string, b Bucket, level float64) {
+		fn(user, statusAt(rs.owner(user, b.Scope), b, level, now))
 	})
 }
 
@@ -368,7 +453,7 @@ func (l *Limiter) Each(fn func(user string, s Status)) {
 // user ever seen. It returns the number of live buckets left.
 func (l *Limiter) Sweep() (live int) {
 	now := l.clock.Now()
-	live = l.store.Sweep(now, l.owner(l.rules.Load()))
+	live = l.store.Sweep(now, l.owner(l.rules.Load(), now))
 	for i := range l.pending {
 		sh := &l.pending[i]
 		sh.mu.Lock()
@@ -407,22 +492,64 @@ func (l *Limiter) Estimates() EstimateStats {
 // Len returns the number of live buckets.
 func (l *Limiter) Len() int { return l.store.Len() }
 
-// owner adapts rs to the Store's Owner.
-func (l *Limiter) owner(rs *ruleSet) Owner {
+// owner adapts rs to the Store's Owner, budgets in their period at now.
+func (l *Limiter) owner(rs *ruleSet, now time.Time) Owner {
 	return func(user string, sc *Scope) (Bucket, bool) {
 		r := rs.owner(user, sc)
 		if r == nil {
 			return Bucket{}, false
 		}
-		return Bucket{Scope: r.scope, Limit: r.Limit}, true
+		return l.bucket(r, now), true
+	}
+}
+
+// bucket is rule r's bucket at now: a budget's is in its current period.
+func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
+	b := Bucket{Scope: r.scope, Limit: r.Limit}
+	if r.Unit == USD {
+		b.Period = PeriodOf(r.Window, now, l.location)
+	}
+	return b
+}
+
+// maxSeedRounds bounds withSpend: a second round only happens when a
+// period ended or another replica's key expired in between.
+const maxSeedRounds = 3
+
+// withSpend runs op, and when the store does not know the spend of some
+// budgets, reads it from the SpendSource, seeds the store and runs op
+// again. seeded is told the buckets this call seeded.
+func (l *Limiter) withSpend(now time.Time, user string, bs []Bucket, seeded func(i int), op func() error) error {
+	for round := 1; ; round++ {
+		err := op()
+		var unknown *UnknownSpendError
+		if !errors.As(err, &unknown) || round == maxSeedRounds {
+			return err
+		}
+		for _, i := range unknown.Buckets {
+			b := bs[i]
+			var spent int64
+			if l.spend != nil {
+				if spent, err = l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()); err != nil {
+					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
+				}
+			}
+			ok, err := l.store.Seed(user, b, spent)
+			if err != nil {
+				return err
+			}
+			if ok && seeded != nil {
+				seeded(i)
+			}
+		}
 	}
 }
 
 // userHash names a user in pendingChecks and places it in a shard.
 func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
 
-// remember keeps an allowed check's estimate for its record.
-func (l *Limiter) remember(req Request, now time.Time) {
+// remember keeps an allowed check's estimates for its record.
+func (l *Limiter) remember(req Request, cost int64, now time.Time) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
@@ -435,14 +562,14 @@ func (l *Limiter) remember(req Request, now time.Time) {
 			return
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, expires: now.Add(l.pendingTTL).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
 }
 
 // settle takes the estimate of the allowed check that u's record
 // follows, if its user's and still fresh.
-func (l *Limiter) settle(u Usage, now time.Time) (estimate int64, ok bool) {
+func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, ok bool) {
 	if u.RequestID == "" {
-		return 0, false
+		return pendingCheck{}, false
 	}
 	uh := l.userHash(u.UserID)
 	sh := &l.pending[uh%numShards]
@@ -451,7 +578,7 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate int64, ok bool) {
 	defer sh.mu.Unlock()
 	p, found := sh.byID[key]
 	if !found {
-		return 0, false
+		return pendingCheck{}, false
 	}
 	own, expired := p.user == uh, now.UnixNano() > p.expires
 	if own || expired {
@@ -461,7 +588,7 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate int64, ok bool) {
 	if expired {
 		l.expiredCount.Add(1)
 	}
-	return p.tokens, own && !expired
+	return p, own && !expired
 }
 
 func (l *Limiter) pendingKey(requestID string) pendingKey {
@@ -482,27 +609,42 @@ func reported(rules []*rule, sc *Scope) bool {
 // effectively closed, and a longer figure would overflow time.Duration.
 const MaxWait = 100 * 365 * 24 * time.Hour
 
-// checkCost is what a bucket must hold for a check to pass.
-func checkCost(u Unit, tokens int64) int64 {
-	if u == Requests {
+// checkCost is what a bucket must hold for a check to pass: an exhausted
+// budget or token bucket stops even calls that give no estimate.
+func checkCost(u Unit, tokens, cost int64) int64 {
+	switch u {
+	case Requests:
 		return 1
+	case USD:
+		return max(cost, 1)
 	}
 	return max(tokens, 1)
 }
 
-func chargeCost(u Unit, requests, tokens int64) int64 {
-	if u == Requests {
+func chargeCost(u Unit, requests, tokens, cost int64) int64 {
+	switch u {
+	case Requests:
 		return requests
+	case USD:
+		return cost
 	}
 	return tokens
 }
 
-// statusAt reports a bucket of rule r holding tokens.
-func statusAt(r *rule, tokens float64, now time.Time) Status {
-	b := Bucket{Scope: r.scope, Limit: r.Limit}
-	return Status{
-		Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit,
-		Remaining: max(0, int64(math.Floor(tokens))),
-		ResetAt:   now.Add(b.RefillTime(float64(r.Limit) - tokens)),
+// status describes rule r's bucket without its level.
+func (r *rule) status() Status {
+	return Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit}
+}
+
+// statusAt reports bucket b of rule r holding level units. A budget
+// resets when its period ends, spent or not.
+func statusAt(r *rule, b Bucket, level float64, now time.Time) Status {
+	s := r.status()
+	s.Remaining = max(0, int64(math.Floor(level)))
+	if b.IsBudget() {
+		s.ResetAt = time.Unix(b.Period.End, 0).UTC()
+	} else {
+		s.ResetAt = now.Add(b.RefillTime(now, float64(r.Limit)-level))
 	}
+	return s
 }

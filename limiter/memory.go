@@ -45,6 +45,23 @@ type memBucket struct {
 	// limit is lim's burst, kept here because reading it from lim takes
 	// lim's lock, on every access of the hot path.
 	limit int64
+	// A budget's bucket has no lim: it holds the spend of its period,
+	// which starts at period (Unix seconds).
+	period, spent int64
+}
+
+// level is what the bucket holds now: a budget's limit less its spend.
+func (mb *memBucket) level(now time.Time, b Bucket) float64 {
+	if mb.lim == nil {
+		return float64(b.Limit - mb.spent)
+	}
+	return mb.lim.TokensAt(now)
+}
+
+// current tells whether the bucket is still the one b describes: a
+// budget's spend from another period is not this period's.
+func (mb *memBucket) current(b Bucket) bool {
+	return mb.lim != nil || mb.period == b.Period.Start
 }
 
 // NewMemoryStore returns an empty MemoryStore.
@@ -63,18 +80,21 @@ func (m *MemoryStore) Take(now time.Time, user string, bs []Bucket, need, cost [
 	sh := m.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if err := sh.unknownSpend(user, bs); err != nil {
+		return false, err
+	}
 	var buf [maxApplicable]*memBucket
 	buckets := sh.buckets(now, user, bs, buf[:0])
 	allowed := true
 	for i, b := range buckets {
-		levels[i] = b.lim.TokensAt(now)
+		levels[i] = b.level(now, bs[i])
 		if levels[i] < float64(need[i]) {
 			allowed = false
 		}
 	}
 	if allowed {
 		for i, b := range buckets {
-			debit(b.lim, now, cost[i])
+			b.debit(now, cost[i])
 			levels[i] -= float64(cost[i])
 		}
 	}
@@ -86,10 +106,13 @@ func (m *MemoryStore) Charge(now time.Time, user string, bs []Bucket, amounts []
 	sh := m.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if err := sh.unknownSpend(user, bs); err != nil {
+		return err
+	}
 	var buf [maxApplicable]*memBucket
 	for i, b := range sh.buckets(now, user, bs, buf[:0]) {
 		if n := amounts[i]; n >= 0 {
-			debit(b.lim, now, n)
+			b.debit(now, n)
 		} else {
 			b.refund(now, -n)
 		}
@@ -97,17 +120,39 @@ func (m *MemoryStore) Charge(now time.Time, user string, bs []Bucket, amounts []
 	return nil
 }
 
+// Seed implements Store.
+func (m *MemoryStore) Seed(user string, b Bucket, spent int64) (bool, error) {
+	sh := m.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	live := sh.users[user]
+	j := index(live, b.Scope)
+	switch {
+	case j < 0:
+		sh.users[user] = append(live, memBucket{scope: b.Scope, limit: b.Limit, period: b.Period.Start, spent: spent})
+		sh.live++
+	case live[j].current(b):
+		return false, nil
+	default:
+		live[j].period, live[j].spent = b.Period.Start, spent
+	}
+	return true, nil
+}
+
 // Levels implements Store; a bucket not live is full.
 func (m *MemoryStore) Levels(now time.Time, user string, bs []Bucket, levels []float64) error {
 	sh := m.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if err := sh.unknownSpend(user, bs); err != nil {
+		return err
+	}
 	live := sh.users[user]
 	for i, b := range bs {
 		levels[i] = float64(b.Limit)
 		if j := index(live, b.Scope); j >= 0 {
 			live[j].adopt(now, b)
-			levels[i] = live[j].lim.TokensAt(now)
+			levels[i] = live[j].level(now, b)
 		}
 	}
 	return nil
@@ -120,9 +165,9 @@ func (m *MemoryStore) Each(now time.Time, owner Owner, fn func(user string, b Bu
 		sh.mu.Lock()
 		for user, bs := range sh.users {
 			for j := range bs {
-				if b, ok := owner(user, bs[j].scope); ok {
+				if b, ok := owner(user, bs[j].scope); ok && bs[j].current(b) {
 					bs[j].adopt(now, b)
-					fn(user, b, bs[j].lim.TokensAt(now))
+					fn(user, b, bs[j].level(now, b))
 				}
 			}
 		}
@@ -137,9 +182,9 @@ func (m *MemoryStore) EachOfUser(now time.Time, user string, owner Owner, fn fun
 	defer sh.mu.Unlock()
 	bs := sh.users[user]
 	for j := range bs {
-		if b, ok := owner(user, bs[j].scope); ok {
+		if b, ok := owner(user, bs[j].scope); ok && bs[j].current(b) {
 			bs[j].adopt(now, b)
-			fn(user, b, bs[j].lim.TokensAt(now))
+			fn(user, b, bs[j].level(now, b))
 		}
 	}
 	return nil
@@ -153,7 +198,9 @@ func (m *MemoryStore) Sweep(now time.Time, owner Owner) (live int) {
 		for user, bs := range sh.users {
 			kept := bs[:0]
 			for _, b := range bs {
-				if _, ok := owner(user, b.scope); ok && b.lim.TokensAt(now) < float64(b.limit) {
+				// A budget's spend is kept for its whole period: it is
+				// not refilled, and reading it again costs a query.
+				if ob, ok := owner(user, b.scope); ok && (b.lim == nil && b.current(ob) || b.lim != nil && b.lim.TokensAt(now) < float64(b.limit)) {
 					kept = append(kept, b)
 				}
 			}
@@ -206,7 +253,7 @@ func (sh *memShard) buckets(now time.Time, user string, bs []Bucket, dst []*memB
 	added := 0
 	for i, b := range bs {
 		idx[i] = index(live, b.Scope)
-		if idx[i] < 0 {
+		if idx[i] < 0 { // never a budget: unknownSpend said so
 			idx[i] = len(live)
 			live = append(live, memBucket{scope: b.Scope, lim: rate.NewLimiter(rate.Limit(b.RefillPerSecond()), int(b.Limit)), limit: b.Limit})
 			added++
@@ -224,6 +271,28 @@ func (sh *memShard) buckets(now time.Time, user string, bs []Bucket, dst []*memB
 	return dst
 }
 
+// unknownSpend lists the budgets of bs whose spend in their period the
+// shard does not hold. The shard lock must be held.
+func (sh *memShard) unknownSpend(user string, bs []Bucket) error {
+	var unknown *UnknownSpendError
+	live := sh.users[user]
+	for i, b := range bs {
+		if !b.IsBudget() {
+			continue
+		}
+		if j := index(live, b.Scope); j < 0 || !live[j].current(b) {
+			if unknown == nil {
+				unknown = &UnknownSpendError{}
+			}
+			unknown.Buckets = append(unknown.Buckets, i)
+		}
+	}
+	if unknown == nil {
+		return nil
+	}
+	return unknown
+}
+
 // index returns the position of the bucket with scope sc, or -1.
 func index(bs []memBucket, sc *Scope) int {
 	for i := range bs {
@@ -239,11 +308,24 @@ func index(bs []memBucket, sc *Scope) int {
 // comparison.
 func (mb *memBucket) adopt(now time.Time, b Bucket) {
 	mb.scope = b.Scope
+	if mb.lim == nil {
+		mb.limit = b.Limit // a budget's level follows its limit
+		return
+	}
 	if mb.limit != b.Limit {
 		mb.lim.SetLimitAt(now, rate.Limit(b.RefillPerSecond()))
 		mb.lim.SetBurstAt(now, int(b.Limit))
 		mb.limit = b.Limit
 	}
+}
+
+// debit takes n units from the bucket: a budget spends them.
+func (mb *memBucket) debit(now time.Time, n int64) {
+	if mb.lim == nil {
+		mb.spent += n
+		return
+	}
+	debit(mb.lim, now, n)
 }
 
 // debit takes n units, going into debt if need be. rate.Limiter refuses a
@@ -272,6 +354,10 @@ func debit(lim *rate.Limiter, now time.Time, n int64) {
 // reservation can only be cancelled before its time), so the bucket's
 // limiter is replaced by a full one charged down to the refunded level.
 func (mb *memBucket) refund(now time.Time, n int64) {
+	if mb.lim == nil {
+		mb.spent = max(0, mb.spent-n)
+		return
+	}
 	burst := int(mb.limit)
 	level := min(mb.lim.TokensAt(now)+float64(n), float64(burst))
 	lim := rate.NewLimiter(mb.lim.Limit(), burst)

@@ -8,23 +8,36 @@ import (
 // Window is a rule's limit type: the period its limit is counted over.
 type Window uint8
 
-// The limit types of the seed's llm_rate_limit_configs table.
+// The limit types of the seed's llm_rate_limit_configs table, then the
+// calendar windows of budgets. A budget (unit USD) counts spend in a
+// calendar day, week or month, which resets at its start; every other
+// rule is a token bucket refilled continuously over its window.
 const (
 	Second Window = iota
 	Minute
 	Hour
 	Day
+	Week
+	Month
 	numWindows
 )
 
 // Windows lists every limit type, shortest first.
-var Windows = []Window{Second, Minute, Hour, Day}
+var Windows = []Window{Second, Minute, Hour, Day, Week, Month}
 
-var windowNames = [numWindows]string{"second", "minute", "hour", "day"}
-var windowDurations = [numWindows]time.Duration{time.Second, time.Minute, time.Hour, 24 * time.Hour}
+var windowNames = [numWindows]string{"second", "minute", "hour", "day", "week", "month"}
+
+// windowDurations are the token buckets' refill periods; a month's is
+// nominal (budgets use calendar periods, see PeriodOf).
+var windowDurations = [numWindows]time.Duration{time.Second, time.Minute, time.Hour, 24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour}
 
 // String returns the limit type as it is written in the limits file and the API.
-func (w Window) String() string { return windowNames[w] }
+func (w Window) String() string {
+	if w >= numWindows {
+		return fmt.Sprintf("Window(%d)", uint8(w))
+	}
+	return windowNames[w]
+}
 
 // Duration returns the period a limit of this type is counted over.
 func (w Window) Duration() time.Duration { return windowDurations[w] }
@@ -36,7 +49,40 @@ func ParseWindow(s string) (Window, error) {
 			return Window(w), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown limit_type %q; valid: second, minute, hour, day", s)
+	return 0, fmt.Errorf("unknown limit_type %q; valid: second, minute, hour, day, week, month", s)
+}
+
+// PeriodOf returns the calendar period of w that holds t, in loc: a day
+// from midnight, a week from Monday's midnight, a month from the 1st's.
+// Only Day, Week and Month have calendar periods.
+func PeriodOf(w Window, t time.Time, loc *time.Location) Period {
+	t = t.In(loc)
+	y, m, d := t.Date()
+	var start, end time.Time
+	switch w {
+	case Week:
+		d -= (int(t.Weekday()) + 6) % 7 // days since Monday
+		start = time.Date(y, m, d, 0, 0, 0, 0, loc)
+		end = time.Date(y, m, d+7, 0, 0, 0, 0, loc)
+	case Month:
+		start = time.Date(y, m, 1, 0, 0, 0, 0, loc)
+		end = time.Date(y, m+1, 1, 0, 0, 0, 0, loc)
+	default:
+		start = time.Date(y, m, d, 0, 0, 0, 0, loc)
+		end = time.Date(y, m, d+1, 0, 0, 0, 0, loc)
+	}
+	return Period{Start: start.Unix(), End: end.Unix()}
+}
+
+// Period is a budget's calendar window, [Start, End) in Unix seconds.
+type Period struct {
+	Start, End int64
+}
+
+// Contains tells whether t falls in the period.
+func (p Period) Contains(t time.Time) bool {
+	s := t.Unix()
+	return p.Start <= s && s < p.End
 }
 
 // Unit is what a rule counts.
@@ -46,10 +92,12 @@ type Unit uint8
 const (
 	Requests Unit = iota
 	Tokens
+	// USD counts spend in nano-dollars (usd.Amount): a budget.
+	USD
 	numUnits
 )
 
-var unitNames = [numUnits]string{"requests", "tokens"}
+var unitNames = [numUnits]string{"requests", "tokens", "usd"}
 
 // String returns the unit as the API and the seed's tables spell it.
 func (u Unit) String() string { return unitNames[u] }
@@ -70,7 +118,9 @@ type Rule struct {
 	Window Window
 	// Unit is what the limit counts.
 	Unit Unit
-	// Limit is the bucket's capacity, refilled continuously at Limit per Window.
+	// Limit is the bucket's capacity, refilled continuously at Limit per
+	// Window; for a budget (unit USD), the nano-dollars it allows per
+	// calendar Window.
 	Limit int64
 	// Source tells where the rule came from (such as "limits.yaml:12"), for messages.
 	Source string
@@ -88,11 +138,22 @@ func (r Rule) Validate() error {
 	if r.Unit >= numUnits {
 		return fmt.Errorf("invalid unit %d", r.Unit)
 	}
-	if r.Limit < 1 || r.Limit > MaxLimit {
+	budget, calendar := r.Unit == USD, r.Window >= Day
+	switch {
+	case budget && !calendar:
+		return fmt.Errorf("a usd budget counts a calendar day, week or month, not a %s", r.Window)
+	case !budget && r.Window > Day:
+		return fmt.Errorf("limit_type %s is a calendar window, for usd budgets only; limit %s per day instead", r.Window, r.Unit)
+	case budget && (r.Limit < 1 || r.Limit > MaxLimit):
+		return fmt.Errorf("usd must be between 0.000000001 and %d (dollars), got %d nano-USD", int64(MaxLimit)/1e9, r.Limit)
+	case r.Limit < 1 || r.Limit > MaxLimit:
 		return fmt.Errorf("%s must be between 1 and %d, got %d", r.Unit, int64(MaxLimit), r.Limit)
 	}
 	return nil
 }
+
+// IsBudget tells whether the rule is a USD budget over calendar periods.
+func (r Rule) IsBudget() bool { return r.Unit == USD }
 
 // specificity orders rules: user scope outranks provider scope, which
 // outranks model scope, so that user+provider+model > user+provider >

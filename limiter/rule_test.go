@@ -135,8 +135,8 @@ func TestParseWindowFailure(t *testing.T) {
 	f("Minute")
 	f("MINUTE")
 	f(" minute")
-	f("week")
-	f("month")
+	f("weeks")
+	f("Month")
 	f("1m")
 }
 
@@ -155,12 +155,13 @@ func TestWindowDuration(t *testing.T) {
 	f(Minute, "minute", 60)
 	f(Hour, "hour", 3600)
 	f(Day, "day", 86400)
+	f(Week, "week", 7*86400)
 
-	if len(Windows) != 4 || Windows[0] != Second || Windows[1] != Minute || Windows[2] != Hour || Windows[3] != Day {
+	if len(Windows) != 6 || Windows[0] != Second || Windows[1] != Minute || Windows[2] != Hour || Windows[3] != Day || Windows[4] != Week || Windows[5] != Month {
 		t.Fatalf("unexpected Windows: %v", Windows)
 	}
-	if Requests.String() != "requests" || Tokens.String() != "tokens" {
-		t.Fatalf("unexpected unit names: %q, %q", Requests, Tokens)
+	if Requests.String() != "requests" || Tokens.String() != "tokens" || USD.String() != "usd" {
+		t.Fatalf("unexpected unit names: %q, %q, %q", Requests, Tokens, USD)
 	}
 }
 
@@ -194,9 +195,18 @@ func TestRuleValidate(t *testing.T) {
 	f(Rule{Window: Day, Unit: Tokens, Limit: MaxLimit + 1}, "tokens must be between 1 and 1125899906842624, got 1125899906842625")
 
 	// invalid window and unit
-	f(Rule{Window: numWindows, Unit: Requests, Limit: 1}, "invalid limit_type 4")
+	f(Rule{Window: numWindows, Unit: Requests, Limit: 1}, "invalid limit_type 6")
 	f(Rule{Window: 255, Unit: Requests, Limit: 1}, "invalid limit_type 255")
-	f(Rule{Window: Minute, Unit: numUnits, Limit: 1}, "invalid unit 2")
+	f(Rule{Window: Minute, Unit: numUnits, Limit: 1}, "invalid unit 3")
+
+	// budgets: calendar windows only, and only for usd
+	f(Rule{Window: Day, Unit: USD, Limit: 1}, "")
+	f(Rule{Window: Week, Unit: USD, Limit: 50_000_000_000}, "")
+	f(Rule{Window: Month, Unit: USD, Limit: MaxLimit}, "")
+	f(Rule{Window: Hour, Unit: USD, Limit: 1}, "a usd budget counts a calendar day, week or month, not a hour")
+	f(Rule{Window: Month, Unit: Tokens, Limit: 1}, "limit_type month is a calendar window, for usd budgets only; limit tokens per day instead")
+	f(Rule{Window: Week, Unit: Requests, Limit: 1}, "limit_type week is a calendar window, for usd budgets only; limit requests per day instead")
+	f(Rule{Window: Month, Unit: USD, Limit: 0}, "usd must be between 0.000000001 and 1125899 (dollars), got 0 nano-USD")
 }
 
 func TestNewInvalidRule(t *testing.T) {

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"time"
 )
@@ -38,6 +39,34 @@ type Store interface {
 	// Adopt applies changed limits to the live buckets, keeping their
 	// levels, when the rules change.
 	Adopt(now time.Time, owner Owner)
+	// Seed sets the spend of budget bucket b in its period, unless the
+	// store knows it already: whoever seeds first wins, and seeded
+	// tells whether that was this call.
+	Seed(user string, b Bucket, spent int64) (seeded bool, err error)
+}
+
+// A budget bucket (unit USD) is not a token bucket: its level is Limit
+// minus what was spent in its calendar Period, and a store that does not
+// know the spend (a new period, a restart, a Redis that lost it) says so
+// with an *UnknownSpendError rather than guessing; the Limiter then reads
+// the spend from its SpendSource and seeds it. Take and Charge change
+// nothing when they return one.
+
+// UnknownSpendError lists the budget buckets whose spend a store does
+// not know.
+type UnknownSpendError struct {
+	// Buckets are indexes into the call's buckets.
+	Buckets []int
+}
+
+func (e *UnknownSpendError) Error() string {
+	return fmt.Sprintf("cannot decide without the spend of %d budgets in their period", len(e.Buckets))
+}
+
+// SpendSource tells what a user spent in a budget's scope: what the
+// database has for [from, to) plus what is accepted and not stored yet.
+type SpendSource interface {
+	Spent(user string, sc Scope, from, to time.Time) (nanoUSD int64, err error)
 }
 
 // Owner returns the bucket of user with scope sc as the rules in force
@@ -52,17 +81,26 @@ type Bucket struct {
 	Scope *Scope
 	// Limit is the capacity, refilled at Limit per Scope.Window.
 	Limit int64
+	// Period is a budget's current calendar period; zero otherwise.
+	Period Period
 }
+
+// IsBudget tells whether the bucket is a budget's.
+func (b Bucket) IsBudget() bool { return b.Scope.Unit == USD }
 
 // RefillPerSecond is the units the bucket gains each second.
 func (b Bucket) RefillPerSecond() float64 {
 	return float64(b.Limit) / b.Scope.Window.Duration().Seconds()
 }
 
-// RefillTime is how long the bucket takes to gain missing units.
-func (b Bucket) RefillTime(missing float64) time.Duration {
+// RefillTime is how long, from now, the bucket takes to gain missing
+// units: a budget gains them all when its period ends.
+func (b Bucket) RefillTime(now time.Time, missing float64) time.Duration {
 	if missing <= 0 {
 		return 0
+	}
+	if b.IsBudget() {
+		return max(0, time.Unix(b.Period.End, 0).Sub(now))
 	}
 	d := math.Ceil(missing / float64(b.Limit) * float64(b.Scope.Window.Duration()))
 	if d > float64(MaxWait) {
