@@ -24,14 +24,22 @@ import (
 // ARGV[2] is a deadline in microseconds of the server's clock, 0 for
 // none: a call that reaches Redis after it changes nothing and answers
 // -1, since its caller has given up on it and answered from the fail
-// mode (the call would otherwise be charged twice). Then four arguments
-// per bucket: capacity, refill per microsecond, need, amount.
+// mode (the call would otherwise be charged twice). Then five arguments
+// per bucket: capacity, refill per microsecond, need, amount, and a
+// budget's expiry in milliseconds (0 for a token bucket).
 //
-// It returns {allowed, now, level...}: allowed 1, 0, or -1 past the
-// deadline; now the server's clock; levels as strings (a number would be
-// truncated to an integer on its way out of Lua). A bucket that is full
-// again is deleted, and the others expire when they would be full: Redis
-// memory follows the active users.
+// A budget's key (its period's start is part of the name) holds the spend
+// of its period as an integer; its level is capacity less spend, it does
+// not refill, and a missing key is not a full budget but an unknown
+// spend: the call then changes nothing and answers allowed -2 with the
+// level "nan" for each budget missing, for the caller to seed them (SET NX
+// with the expiry) and call again.
+//
+// It returns {allowed, now, level...}: allowed 1, 0, -1 past the
+// deadline, or -2; now the server's clock; levels as strings (a number
+// would be truncated to an integer on its way out of Lua). A bucket that
+// is full again is deleted, and the others expire when they would be
+// full: Redis memory follows the active users.
 var bucketScript = redis.NewScript(bucketSource)
 
 const bucketSource = `
@@ -49,16 +57,23 @@ end
 -- tokens against a small bucket would otherwise ask for an expiry Redis
 -- cannot parse, and the script would fail after its first writes.
 local maxTTL = 3153600000000
-local levels, rates, stale = {}, {}, {}
-local allowed = 1
+local levels, rates, stale, spent = {}, {}, {}, {}
+local allowed, unknown = 1, false
 for i = 1, n do
-  local a = 3 + (i - 1) * 4
+  local a = 3 + (i - 1) * 5
   local cap = tonumber(ARGV[a])
   local rate = tonumber(ARGV[a + 1])
   rates[i] = rate
   local v = redis.call('GET', KEYS[i])
   local level = cap
-  if v then
+  if tonumber(ARGV[a + 4]) > 0 then
+    if v then
+      spent[i] = tonumber(v)
+      level = cap - spent[i]
+    else
+      unknown = true
+    end
+  elseif v then
     local l, lt, r = string.match(v, '^(%S+) (%S+) (%S+)$')
     -- A server clock that went back (a failover) must not cost levels.
     level = tonumber(l) + math.max(0, now - tonumber(lt)) * rate
@@ -68,20 +83,37 @@ for i = 1, n do
   levels[i] = level
   if level < tonumber(ARGV[a + 2]) then allowed = 0 end
 end
+if unknown then
+  local out = {-2, string.format('%.17g', now)}
+  for i = 1, n do
+    if tonumber(ARGV[3 + (i - 1) * 5 + 4]) > 0 and not spent[i] then
+      out[i + 2] = 'nan'
+    else
+      out[i + 2] = string.format('%.17g', levels[i])
+    end
+  end
+  return out
+end
 if mode == 'charge' then allowed = 1 end
 local write = allowed == 1 and mode ~= 'read'
 for i = 1, n do
-  local a = 3 + (i - 1) * 4
+  local a = 3 + (i - 1) * 5
   local cap = tonumber(ARGV[a])
   local level = levels[i]
-  if write then
+  if spent[i] then
+    if write then
+      local s = math.max(0, spent[i] + tonumber(ARGV[a + 3]))
+      levels[i] = cap - s
+      redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
+    end
+  elseif write then
     level = level - tonumber(ARGV[a + 3])
     if level > cap then level = cap end
     levels[i] = level
   end
   -- Written, or its expiry set for another rate (the limit changed): the
   -- key must live until the bucket is full at this one.
-  if write or stale[i] then
+  if not spent[i] and (write or stale[i]) then
     if level >= cap then
       redis.call('DEL', KEYS[i])
     else

@@ -213,6 +213,9 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 			s.seen.touch(now, user, bs, levels)
 			return allowed, nil
 		}
+		if isUnknownSpend(err) {
+			return false, err
+		}
 	}
 	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
 	switch s.opts.FailMode {
@@ -237,6 +240,9 @@ func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts 
 			s.seen.touch(now, user, bs, res[1:])
 			return nil
 		}
+		if isUnknownSpend(err) {
+			return err
+		}
 	}
 	switch s.opts.FailMode {
 	case FailLocal:
@@ -254,6 +260,9 @@ func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels [
 			copy(levels, res[1:])
 			return nil
 		}
+		if isUnknownSpend(err) {
+			return err
+		}
 	}
 	switch s.opts.FailMode {
 	case FailLocal:
@@ -266,6 +275,38 @@ func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels [
 	default:
 		return s.unavailable()
 	}
+}
+
+// Seed implements limiter.Store: SET NX, so that of the replicas that
+// found a budget's key missing, the first one's spend counts. While Redis
+// is out of reach the local store is seeded in FailLocal mode.
+func (s *Store) Seed(user string, b limiter.Bucket, spent int64) (bool, error) {
+	if !s.down.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+		defer cancel()
+		start := time.Now()
+		// Never retried: a SET whose reply was lost may have been applied,
+		// and its retry would answer that the key existed.
+		cmd := redis.NewCmd(ctx, "set", s.userTag(user)+budgetKey(user, b), spent, "nx", "px", budgetTTL(b, start))
+		_ = s.opts.Client.Process(ctx, noRetry{cmd})
+		err := cmd.Err()
+		if errors.Is(err, redis.Nil) {
+			err = nil
+		}
+		s.opts.Observer.ObserveQuotaBackend(opSeed, time.Since(start), err)
+		switch {
+		case err == nil:
+			return cmd.Val() != nil, nil
+		case isRedisError(err):
+			s.refuse(err)
+		default:
+			s.markDown(err)
+		}
+	}
+	if s.opts.FailMode == FailLocal {
+		return s.local.Load().Seed(user, b, spent)
+	}
+	return false, s.unavailable()
 }
 
 // Each implements limiter.Store: the buckets this replica touched, their
@@ -319,7 +360,9 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 			continue
 		}
 		for i, b := range c.bs {
-			fn(c.user, b, res[2+i])
+			if !math.IsNaN(res[2+i]) { // a budget whose spend Redis lost
+				fn(c.user, b, res[2+i])
+			}
 		}
 	}
 }
@@ -361,6 +404,7 @@ const (
 	opTake   = "take"
 	opCharge = "charge"
 	opRead   = "read"
+	opSeed   = "seed"
 )
 
 // run calls the bucket script within the timeout and returns
@@ -378,8 +422,18 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 	if err == nil {
 		// Past its deadline or not, the answer tells the server's clock.
 		s.learnClock(start, end, int64(res[1]))
-		if res[0] < 0 {
+		switch res[0] {
+		case -1:
 			err = errPastDeadline
+		case -2:
+			s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), nil)
+			unknown := &limiter.UnknownSpendError{}
+			for i := range bs {
+				if math.IsNaN(res[2+i]) {
+					unknown.Buckets = append(unknown.Buckets, i)
+				}
+			}
+			return nil, unknown
 		}
 	}
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
@@ -443,21 +497,44 @@ func isRedisError(err error) bool {
 // scriptArgs builds the bucket script's keys and arguments.
 func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64, deadline int64) ([]string, []any) {
 	keys := make([]string, len(bs))
-	args := make([]any, 0, 2+4*len(bs))
+	args := make([]any, 0, 2+5*len(bs))
 	args = append(args, op, deadline)
 	tag := s.userTag(user)
+	now := time.Now()
 	for i, b := range bs {
-		keys[i] = tag + scopeKey(user, b.Scope)
-		var n, a int64
+		var n, a, ttl int64
 		if need != nil {
 			n = need[i]
 		}
 		if amounts != nil {
 			a = amounts[i]
 		}
-		args = append(args, b.Limit, strconv.FormatFloat(b.RefillPerSecond()/1e6, 'g', -1, 64), n, a)
+		if b.IsBudget() {
+			keys[i] = tag + budgetKey(user, b)
+			ttl = budgetTTL(b, now)
+		} else {
+			keys[i] = tag + scopeKey(user, b.Scope)
+		}
+		args = append(args, b.Limit, strconv.FormatFloat(b.RefillPerSecond()/1e6, 'g', -1, 64), n, a, ttl)
 	}
 	return keys, args
+}
+
+// budgetKey names a budget's spend in its current period: a new period
+// is a new key, which starts unknown, and the old one expires.
+func budgetKey(user string, b limiter.Bucket) string {
+	return scopeKey(user, b.Scope) + ":" + strconv.FormatInt(b.Period.Start, 10)
+}
+
+// budgetTTL keeps a budget's key an hour past its period, in
+// milliseconds: replicas whose clocks lag still find it.
+func budgetTTL(b limiter.Bucket, now time.Time) int64 {
+	return max(1, time.Unix(b.Period.End, 0).Add(time.Hour).Sub(now).Milliseconds())
+}
+
+func isUnknownSpend(err error) bool {
+	var unknown *limiter.UnknownSpendError
+	return errors.As(err, &unknown)
 }
 
 // userTag starts the keys of one user's buckets: the prefix and a hash
@@ -518,7 +595,11 @@ func (s *Store) shares(bs []limiter.Bucket) []limiter.Bucket {
 	n := max(s.replicas.Load(), 1)
 	dst := make([]limiter.Bucket, 0, len(bs))
 	for _, b := range bs {
-		b.Limit = max(1, int64(math.Ceil(float64(b.Limit)/float64(n))))
+		// A budget is not shared out: each replica seeds its spend from
+		// the database, which has every replica's records.
+		if !b.IsBudget() {
+			b.Limit = max(1, int64(math.Ceil(float64(b.Limit)/float64(n))))
+		}
 		dst = append(dst, b)
 	}
 	return dst
@@ -600,6 +681,14 @@ func (s *Store) seedShares(now time.Time) {
 	n := float64(max(s.replicas.Load(), 1))
 	level := make([]float64, 1)
 	s.seen.each(now, func(user string, b limiter.Bucket, missing float64) {
+		if b.IsBudget() {
+			// The last spend seen, unless an earlier outage's is higher.
+			if err := prev.Levels(now, user, []limiter.Bucket{b}, level); err == nil {
+				missing = max(missing, float64(b.Limit)-level[0])
+			}
+			_, _ = local.Seed(user, b, int64(math.Ceil(missing)))
+			return
+		}
 		bs := s.shares([]limiter.Bucket{b})
 		_ = prev.Levels(now, user, bs, level)
 		debit := max(int64(math.Ceil(missing/n)), bs[0].Limit-int64(math.Floor(level[0])))
@@ -677,8 +766,10 @@ type seenBucket struct {
 	// bucket is the scope and limit last used.
 	bucket limiter.Bucket
 	// fullAt is when the bucket is full again, in Unix nanoseconds, if
-	// nothing else touches it.
+	// nothing else touches it: a budget's period end.
 	fullAt int64
+	// spent is a budget's spend last seen.
+	spent float64
 }
 
 func (x *seenIndex) init() {
@@ -700,14 +791,14 @@ func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, level
 	defer sh.mu.Unlock()
 	seen := sh.users[user]
 	for i, b := range bs {
-		fullAt := now.Add(b.RefillTime(float64(b.Limit) - levels[i])).UnixNano()
+		fullAt := now.Add(b.RefillTime(now, float64(b.Limit)-levels[i])).UnixNano()
 		j := 0
 		for ; j < len(seen) && *seen[j].bucket.Scope != *b.Scope; j++ {
 		}
 		if j == len(seen) {
 			seen = append(seen, seenBucket{})
 		}
-		seen[j] = seenBucket{bucket: b, fullAt: fullAt}
+		seen[j] = seenBucket{bucket: b, fullAt: fullAt, spent: float64(b.Limit) - levels[i]}
 	}
 	sh.users[user] = seen
 }
@@ -773,7 +864,11 @@ func (x *seenIndex) each(now time.Time, fn func(user string, b limiter.Bucket, m
 		sh.mu.Lock()
 		for user, seen := range sh.users {
 			for _, sb := range seen {
-				if left := sb.fullAt - now.UnixNano(); left > 0 {
+				switch left := sb.fullAt - now.UnixNano(); {
+				case left <= 0:
+				case sb.bucket.IsBudget():
+					fn(user, sb.bucket, sb.spent)
+				default:
 					fn(user, sb.bucket, float64(left)/float64(sb.bucket.Scope.Window.Duration())*float64(sb.bucket.Limit))
 				}
 			}

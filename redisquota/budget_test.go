@@ -1,0 +1,160 @@
+package redisquota
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/internal/clock"
+	"github.com/llmusage/llmusage/limiter"
+)
+
+const dollar = 1_000_000_000
+
+// fixedSpend is a SpendSource answering what the database would: the
+// same spend for every scope; calls counts how often it was asked.
+type fixedSpend struct {
+	spent atomic.Int64
+	calls atomic.Int64
+}
+
+func (f *fixedSpend) Spent(string, limiter.Scope, time.Time, time.Time) (int64, error) {
+	f.calls.Add(1)
+	return f.spent.Load(), nil
+}
+
+// TestBudgetsAcrossReplicas: three replicas' limiters on one Redis admit
+// exactly as many concurrent checks as the budget covers, rebuild the
+// spend from the database when Redis lost it, and start a new period
+// from what the database says of it.
+func TestBudgetsAcrossReplicas(t *testing.T) {
+	srv, client := standalone(t)
+	rules := []limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 2 * dollar}, {Window: limiter.Minute, Unit: limiter.Requests, Limit: 1000}}
+	clk := clock.NewManual(time.Now())
+	spend := &fixedSpend{}
+	spend.spent.Store(dollar) // $1.00 of the $2.00 already spent, says the database
+	var replicas []*limiter.Limiter
+	for i := 0; i < 3; i++ {
+		s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "replica" + string(rune('0'+i)), Timeout: time.Second})
+		l, err := limiter.New(rules, limiter.Options{Clock: clk, Store: s, Spend: spend})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, l)
+	}
+
+	// 50 concurrent checks of $0.10 against the $1.00 left.
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			d, err := replicas[i%3].Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if d.Allowed {
+				admitted.Add(1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if n := admitted.Load(); n != 10 {
+		t.Fatalf("%d of 50 checks of $0.10 admitted against $1.00 left on 3 replicas, want exactly 10", n)
+	}
+	if n := spend.calls.Load(); n < 1 || n > 50 {
+		t.Fatalf("the database was asked %d times", n)
+	}
+	remaining := func(l *limiter.Limiter) int64 {
+		t.Helper()
+		st, err := l.Limits("u", "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st {
+			if s.Unit == limiter.USD {
+				return s.Remaining
+			}
+		}
+		t.Fatal("no usd budget in the limits")
+		return 0
+	}
+	for _, l := range replicas {
+		if got := remaining(l); got != 0 {
+			t.Fatalf("a replica sees %d left, want 0", got)
+		}
+	}
+
+	// A record on one replica settles on all: a refund of $0.50 (the
+	// call cost less than estimated) shows everywhere.
+	if err := replicas[0].Record(limiter.Usage{UserID: "u", Model: "m", Cost: -dollar / 2, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := remaining(replicas[2]); got != dollar/2 {
+		t.Fatalf("after a refund on replica 0, replica 2 sees %d left, want 0.5", got)
+	}
+
+	// Redis loses everything: the spend is rebuilt from the database.
+	if err := client.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	spend.spent.Store(dollar * 19 / 10)
+	if got := remaining(replicas[1]); got != dollar/10 {
+		t.Fatalf("after Redis lost the keys: %d left, want the database's 0.1", got)
+	}
+
+	// The next day is a new period, with its own spend.
+	clk.Advance(24 * time.Hour)
+	spend.spent.Store(0)
+	d, err := replicas[2].Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar})
+	if err != nil || !d.Allowed {
+		t.Fatalf("a check of $1 the next day: %+v, %v", d, err)
+	}
+	_ = srv
+}
+
+// TestBudgetRecordSeedsOnce: a record that finds the spend unknown seeds
+// it with the database's answer, which has the record already, and does
+// not add itself again; a second replica that lost the race adds it.
+func TestBudgetRecordSeedsOnce(t *testing.T) {
+	_, client := standalone(t)
+	rules := []limiter.Rule{{Window: limiter.Month, Unit: limiter.USD, Limit: 10 * dollar}}
+	clk := clock.NewManual(time.Now())
+	spend := &fixedSpend{}
+	spend.spent.Store(dollar) // the record's own cost, not stored yet
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "a", Timeout: time.Second})
+	l, err := limiter.New(rules, limiter.Options{Clock: clk, Store: s, Spend: spend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.Limits("u", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].Remaining != 9*dollar {
+		t.Fatalf("%d left, want 9: the record counted twice", st[0].Remaining)
+	}
+	// The key is seeded now: a second record is added.
+	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ = l.Limits("u", "", ""); st[0].Remaining != 8*dollar {
+		t.Fatalf("%d left, want 8", st[0].Remaining)
+	}
+	// The key expires an hour after the month ends.
+	b := limiter.Bucket{Scope: &limiter.Scope{Window: limiter.Month, Unit: limiter.USD}, Limit: 10 * dollar, Period: limiter.PeriodOf(limiter.Month, clk.Now(), time.UTC)}
+	ttl, err := client.PTTL(context.Background(), s.userTag("u")+budgetKey("u", b)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Until(time.Unix(b.Period.End, 0).Add(time.Hour)); ttl < want-time.Minute || ttl > want {
+		t.Fatalf("key expires in %s, want about %s", ttl, want)
+	}
+}
