@@ -16,6 +16,7 @@ import (
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // File is the content of the limits file.
@@ -36,7 +37,31 @@ type fileRule struct {
 	LimitType   string `yaml:"limit_type"`
 	Requests    *int64 `yaml:"requests"`
 	Tokens      *int64 `yaml:"tokens"`
-	Description string `yaml:"description"`
+	// USD is a budget in dollars.
+	USD         *decimal `yaml:"usd"`
+	Description string   `yaml:"description"`
+}
+
+// decimal is a YAML scalar kept as its text, so that an amount such as
+// 0.1 is read exactly rather than through a float.
+type decimal string
+
+func (d *decimal) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a number, got a %s", n.Line, kindName(n.Kind))
+	}
+	*d = decimal(n.Value)
+	return nil
+}
+
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.MappingNode:
+		return "mapping"
+	}
+	return "YAML node"
 }
 
 type configFile struct {
@@ -80,14 +105,28 @@ func ParseFile(name string, data []byte) (*File, error) {
 	for i, fr := range f.Limits {
 		at := fmt.Sprintf("%s:%d", name, lineOf(lines.Limits, i))
 		if fr.LimitType == "" {
-			return nil, fmt.Errorf("cannot use %s: limits[%d]: limit_type is required (second, minute, hour or day)", at, i)
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: limit_type is required (second, minute, hour or day; day, week or month for usd)", at, i)
 		}
 		w, err := limiter.ParseWindow(fr.LimitType)
 		if err != nil {
 			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
 		}
-		if fr.Requests == nil && fr.Tokens == nil {
-			return nil, fmt.Errorf("cannot use %s: limits[%d]: set requests, tokens or both", at, i)
+		if fr.Requests == nil && fr.Tokens == nil && fr.USD == nil {
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: set requests, tokens, usd or several", at, i)
+		}
+		if fr.USD != nil {
+			budget, err := usd.Parse(string(*fr.USD))
+			if err != nil {
+				return nil, fmt.Errorf("cannot use %s: limits[%d]: usd must be an amount of dollars such as 50 or 0.01, got %q", at, i, *fr.USD)
+			}
+			r := limiter.Rule{
+				UserID: fr.UserID, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
+				Window: w, Unit: limiter.USD, Limit: int64(budget), Source: at,
+			}
+			if err := r.Validate(); err != nil {
+				return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+			}
+			cfg.Rules = append(cfg.Rules, r)
 		}
 		for _, u := range []struct {
 			unit  limiter.Unit

@@ -24,7 +24,13 @@ func TestParseFileErrors(t *testing.T) {
 	f("limits:\n  - limit_type: minute\n    request: 3\n", "line 3: field request not found")
 	f("limits:\n  - limit_type: minute\n    requests: 3\n  - limit_type: fortnight\n    requests: 1\n", `limits.yaml:4: limits[1]: unknown limit_type "fortnight"`)
 	f("limits:\n  - requests: 3\n", "limits.yaml:2: limits[0]: limit_type is required")
-	f("limits:\n  - limit_type: day\n", "limits.yaml:2: limits[0]: set requests, tokens or both")
+	f("limits:\n  - limit_type: day\n", "limits.yaml:2: limits[0]: set requests, tokens, usd or several")
+	f("limits:\n  - limit_type: month\n    usd: fifty\n", `limits.yaml:2: limits[0]: usd must be an amount of dollars such as 50 or 0.01, got "fifty"`)
+	f("limits:\n  - limit_type: month\n    usd: [1]\n", `line 3: want a number, got a list`)
+	f("limits:\n  - limit_type: month\n    usd: -1\n", `usd must be an amount of dollars`)
+	f("limits:\n  - limit_type: month\n    usd: 0\n", `usd must be between 0.000000001`)
+	f("limits:\n  - limit_type: hour\n    usd: 1\n", `limits.yaml:2: limits[0]: a usd budget counts a calendar day, week or month, not a hour`)
+	f("limits:\n  - limit_type: month\n    tokens: 1\n", `limits.yaml:2: limits[0]: limit_type month is a calendar window, for usd budgets only`)
 	f("limits:\n  - limit_type: day\n    requests: 0\n", "limits.yaml:2: limits[0]: requests must be between 1")
 	f("limits:\n  - limit_type: day\n    tokens: -5\n", "tokens must be between 1")
 	f("limits:\n  - limit_type: day\n    requests: many\n", "cannot unmarshal")
@@ -49,6 +55,12 @@ limits:
     model: gpt-4*
     limit_type: minute
     requests: 200
+  - limit_type: month
+    usd: 50
+  - user_id: intern
+    limit_type: day
+    usd: 0.1
+    requests: 100
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +70,9 @@ limits:
 		{Window: limiter.Minute, Unit: limiter.Tokens, Limit: 6000, Source: "limits.yaml:6"},
 		{Window: limiter.Day, Unit: limiter.Requests, Limit: 14400, Source: "limits.yaml:9"},
 		{UserID: "vip", Provider: "openai", Model: "gpt-4*", Window: limiter.Minute, Unit: limiter.Requests, Limit: 200, Source: "limits.yaml:12"},
+		{Window: limiter.Month, Unit: limiter.USD, Limit: 50_000_000_000, Source: "limits.yaml:17"},
+		{UserID: "intern", Window: limiter.Day, Unit: limiter.USD, Limit: 100_000_000, Source: "limits.yaml:19"},
+		{UserID: "intern", Window: limiter.Day, Unit: limiter.Requests, Limit: 100, Source: "limits.yaml:19"},
 	}
 	if len(cfg.Rules) != len(want) {
 		t.Fatalf("rules %+v, want %+v", cfg.Rules, want)

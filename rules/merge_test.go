@@ -102,21 +102,32 @@ func TestMergeSkipsInvalidRows(t *testing.T) {
 		{Table: UserLimitsTable, ID: "6", UserID: "u", LimitType: "minute", Unit: "dollars", LimitValue: 1},
 		{Table: UserLimitsTable, ID: "8", UserID: "u", LimitType: "minute", LimitValue: 0},
 		{Table: UserLimitsTable, ID: "9", UserID: "u", LimitType: "minute", Unit: " Tokens ", LimitValue: 10},
+		{Table: UserLimitsTable, ID: "10", UserID: "u", LimitType: "hour", Unit: "usd", LimitValue: 1},
+		{Table: UserLimitsTable, ID: "11", UserID: "u", LimitType: "month", Unit: "usd", LimitUSD: ptr("a lot")},
+		{Table: UserLimitsTable, ID: "12", UserID: "u", LimitType: "week", Unit: "tokens", LimitValue: 5},
+		// A budget in whole dollars from limit_value, one in cents from limit_usd.
+		{Table: UserLimitsTable, ID: "13", UserID: "u", LimitType: "month", Unit: "usd", LimitValue: 50},
+		{Table: UserLimitsTable, ID: "14", UserID: "u", LimitType: " Day ", Unit: "USD", LimitValue: 7, LimitUSD: ptr("0.01")},
 	})
 	var got []string
 	for _, err := range set.Skipped {
 		got = append(got, err.Error())
 	}
 	want := []string{
-		`cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day`,
-		`cannot use llm_rate_limits id 6: unit "dollars" is neither requests nor tokens`,
+		`cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day, week, month`,
+		`cannot use llm_rate_limits id 6: unit "dollars" is not requests, tokens or usd`,
 		`cannot use llm_rate_limits id 8: requests must be between 1 and 1125899906842624, got 0`,
+		`cannot use llm_rate_limits id 10: a usd budget counts a calendar day, week or month, not a hour`,
+		`cannot use llm_rate_limits id 11: limit_usd: cannot parse "a lot" as USD: not a decimal number`,
+		`cannot use llm_rate_limits id 12: limit_type week is a calendar window, for usd budgets only; limit tokens per day instead`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("skipped:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if len(set.InForce) != 1 || set.InForce[0].Unit != limiter.Tokens {
-		t.Fatalf("in force: %+v, want the one valid tokens rule", set.InForce)
+	if len(set.InForce) != 3 || set.InForce[0].Unit != limiter.Tokens ||
+		set.InForce[1].Unit != limiter.USD || set.InForce[1].Limit != 50e9 || set.InForce[1].Window != limiter.Month ||
+		set.InForce[2].Unit != limiter.USD || set.InForce[2].Limit != 1e7 || set.InForce[2].Window != limiter.Day {
+		t.Fatalf("in force: %+v, want the tokens rule and the two budgets", set.InForce)
 	}
 }
 
@@ -161,3 +172,5 @@ func TestDigest(t *testing.T) {
 		}
 	}
 }
+
+func ptr(s string) *string { return &s }

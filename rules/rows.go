@@ -6,6 +6,7 @@ import (
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // The tables whose rows are limit rules.
@@ -65,11 +66,26 @@ func (r Row) Rule() (limiter.Rule, error) {
 		unit = limiter.Requests
 	case "tokens":
 		unit = limiter.Tokens
+	case "usd":
+		unit = limiter.USD
 	default:
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is neither requests nor tokens", at, r.Unit)
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is not requests, tokens or usd", at, r.Unit)
+	}
+	limit := r.LimitValue
+	if unit == limiter.USD {
+		amount := usd.Amount(r.LimitValue) * usd.Dollar
+		if r.LimitUSD != nil {
+			var err error
+			if amount, err = usd.Parse(*r.LimitUSD); err != nil {
+				return limiter.Rule{}, fmt.Errorf("cannot use %s: limit_usd: %w", at, err)
+			}
+		} else if r.LimitValue < 0 || r.LimitValue > int64(usd.Max/usd.Dollar) {
+			return limiter.Rule{}, fmt.Errorf("cannot use %s: limit_value %d is not a number of dollars", at, r.LimitValue)
+		}
+		limit = int64(amount)
 	}
 	rule := limiter.Rule{UserID: r.UserID, Provider: provider.Normalize(r.Provider), Model: r.Model,
-		Window: w, Unit: unit, Limit: r.LimitValue, Source: at}
+		Window: w, Unit: unit, Limit: limit, Source: at}
 	if err := rule.Validate(); err != nil {
 		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
 	}
