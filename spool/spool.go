@@ -378,6 +378,45 @@ func (s *Spool) Peek(limit int) ([]record.Record, error) {
 	return out, nil
 }
 
+// Scan calls fn with every uncommitted record, oldest first, without
+// consuming any, as a sidecar does at start to learn what its spool still
+// holds. Like Peek it belongs to the consumer, and must not run between
+// a Peek and its Commit. fn must not keep the record's Metadata.
+func (s *Spool) Scan(fn func(r *record.Record)) error {
+	s.mu.Lock()
+	seg, off := s.rSeg, s.rOff
+	endSeg, endOff := s.seg, s.off
+	s.mu.Unlock()
+	var batch []record.Record
+	for seg < endSeg || off < endOff {
+		end := endOff
+		if seg < endSeg {
+			var err error
+			if end, err = fileSize(s.path(seg)); err != nil {
+				return err
+			}
+		}
+		if off >= end {
+			seg, off = seg+1, 0
+			continue
+		}
+		var n int64
+		var err error
+		batch, n, err = s.readSegment(batch[:0], seg, off, end, 1024)
+		for i := range batch {
+			fn(&batch[i])
+		}
+		off += n
+		if err != nil {
+			if seg == endSeg || !errors.Is(err, errCorrupt) {
+				return fmt.Errorf("cannot read the spool: %w", err)
+			}
+			seg, off = seg+1, 0 // Peek reports the damage
+		}
+	}
+	return nil
+}
+
 // readSegment appends to out, until it holds limit records, the frames of
 // a segment between off and end, reading sequentially through a buffer
 // (one read per megabyte, not two per record). It returns out and the

@@ -408,3 +408,33 @@ func TestTornCheckpoint(t *testing.T) {
 		t.Fatalf("replayed %v, want every record of the segment", ids)
 	}
 }
+
+func TestScan(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{SegmentBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Enqueue(recs(0, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Peek(30); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(30); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	if err := s.Scan(func(r *record.Record) { ids = append(ids, r.RequestID) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 70 || ids[0] != "req-30" || ids[69] != "req-99" {
+		t.Fatalf("scanned %d records, %v..., want req-30 to req-99", len(ids), ids[:min(3, len(ids))])
+	}
+	// Nothing was consumed: the next Peek starts at the same record.
+	got, err := s.Peek(1)
+	if err != nil || len(got) != 1 || got[0].RequestID != "req-30" {
+		t.Fatalf("Peek after Scan: %v, %v", got, err)
+	}
+}

@@ -1,0 +1,117 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/store"
+	"github.com/llmusage/llmusage/usd"
+)
+
+var t0 = time.Date(2026, 12, 1, 23, 50, 0, 0, time.UTC)
+
+func rec(id, user, provider, model string, cost usd.Amount, at time.Time) record.Record {
+	return record.Record{RequestID: id, UserID: user, Provider: provider, Model: model, Cost: cost, HasCost: true, Timestamp: at}
+}
+
+func TestSpent(t *testing.T) {
+	l := New()
+	l.Add([]record.Record{
+		rec("a", "u", "openai", "gpt-4o", 100, t0),
+		rec("b", "u", "openai", "gpt-4o-mini", 20, t0.Add(time.Minute)),
+		rec("c", "u", "anthropic", "claude-3-opus", 3, t0.Add(15*time.Minute)), // the next day
+		rec("d", "v", "openai", "gpt-4o", 1000, t0),
+		{RequestID: "e", UserID: "u", Provider: "x", Model: "unpriced", Timestamp: t0},
+	})
+	day := t0.Truncate(24 * time.Hour)
+	f := func(user, provider, model string, from, to time.Time, want usd.Amount) {
+		t.Helper()
+		if got := l.Spent(user, provider, model, from, to); got != want {
+			t.Fatalf("Spent(%q, %q, %q, %s, %s) = %d, want %d", user, provider, model, from, to, got, want)
+		}
+	}
+	f("u", "", "", day, day.Add(24*time.Hour), 120)
+	f("u", "", "", day.Add(24*time.Hour), day.Add(48*time.Hour), 3)
+	f("u", "openai", "", day, day.Add(48*time.Hour), 120)
+	f("u", "", "GPT-4O", day, day.Add(48*time.Hour), 100)
+	f("u", "", "gpt-4o*", day, day.Add(48*time.Hour), 120)
+	f("u", "anthropic", "", day, day.Add(24*time.Hour), 0)
+	f("v", "", "", day, day.Add(24*time.Hour), 1000)
+	f("w", "", "", day, day.Add(24*time.Hour), 0)
+	if n := l.Len(); n != 4 {
+		t.Fatalf("%d slots, want 4 (unpriced records take none)", n)
+	}
+	l.Remove([]record.Record{rec("a", "u", "openai", "gpt-4o", 100, t0), rec("d", "v", "openai", "gpt-4o", 1000, t0)})
+	f("u", "", "", day, day.Add(24*time.Hour), 20)
+	f("v", "", "", day, day.Add(24*time.Hour), 0)
+	if n := l.Len(); n != 2 {
+		t.Fatalf("%d slots after the removal, want 2", n)
+	}
+}
+
+// TestQueue: records count from Enqueue to their Commit; a refused
+// Enqueue counts nothing.
+func TestQueue(t *testing.T) {
+	l := New()
+	q := l.Queue(store.NewMemoryQueue(3))
+	day := t0.Truncate(24 * time.Hour)
+	spent := func() usd.Amount { return l.Spent("u", "", "", day, day.Add(24*time.Hour)) }
+	if err := q.Enqueue([]record.Record{rec("a", "u", "p", "m", 5, t0), rec("b", "u", "p", "m", 7, t0)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := spent(); got != 12 {
+		t.Fatalf("pending %d, want 12", got)
+	}
+	if err := q.Enqueue([]record.Record{rec("c", "u", "p", "m", 1, t0), rec("d", "u", "p", "m", 1, t0)}); err == nil {
+		t.Fatal("a full queue took two more records")
+	}
+	if got := spent(); got != 12 {
+		t.Fatalf("pending %d after a refused enqueue, want 12", got)
+	}
+	recs, err := q.Peek(1)
+	if err != nil || len(recs) != 1 {
+		t.Fatal(recs, err)
+	}
+	if got := spent(); got != 12 {
+		t.Fatalf("pending %d after a peek, want 12", got)
+	}
+	if err := q.Commit(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := spent(); got != 7 {
+		t.Fatalf("pending %d after committing the first, want 7", got)
+	}
+}
+
+func TestSource(t *testing.T) {
+	l := New()
+	l.Add([]record.Record{rec("a", "u", "openai", "gpt-4o", 100, t0)})
+	var asked []string
+	src := &Source{Ledger: l, DB: func(_ context.Context, user, provider, model string, from, to time.Time) (usd.Amount, error) {
+		asked = append(asked, user+"/"+provider+"/"+model)
+		if user == "down" {
+			return 0, errors.New("connection refused")
+		}
+		return 5000, nil
+	}}
+	day := t0.Truncate(24 * time.Hour)
+	got, err := src.Spent("u", limiter.Scope{Provider: "openai", Model: "gpt-*"}, day, day.Add(24*time.Hour))
+	if err != nil || got != 5100 {
+		t.Fatalf("Spent = %d, %v; want 5100", got, err)
+	}
+	if len(asked) != 1 || asked[0] != "u/openai/gpt-*" {
+		t.Fatalf("asked the database %v", asked)
+	}
+	if _, err := src.Spent("down", limiter.Scope{}, day, day.Add(time.Hour)); err == nil {
+		t.Fatal("a database error was not returned")
+	}
+	// Without a database the pending records are all there is.
+	got, err = (&Source{Ledger: l}).Spent("u", limiter.Scope{}, day, day.Add(24*time.Hour))
+	if err != nil || got != 100 {
+		t.Fatalf("Spent without a database = %d, %v", got, err)
+	}
+}
