@@ -3,6 +3,8 @@ package limiter
 import (
 	"fmt"
 	"time"
+
+	"github.com/llmusage/llmusage/internal/glob"
 )
 
 // Window is a rule's limit type: the period its limit is counted over.
@@ -118,43 +120,7 @@ func (r *Rule) matches(provider, model string) bool {
 		return false
 	}
 	if r.Model != "" {
-		return globMatch(r.Model, model)
+		return glob.Match(r.Model, model)
 	}
 	return true
-}
-
-// globMatch matches s against a pattern of literal bytes, "*" and "?",
-// ignoring ASCII case as provider inference does: "GPT-4o" is a gpt-4*
-// model, or changing the case of a model name would escape its limit.
-// It backtracks only to the last star, so it runs in O(len(p)*len(s)) at worst.
-func globMatch(p, s string) bool {
-	pi, si := 0, 0
-	star, mark := -1, 0
-	for si < len(s) {
-		switch {
-		case pi < len(p) && (p[pi] == '?' || lowerASCII(p[pi]) == lowerASCII(s[si])):
-			pi++
-			si++
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
-}
-
-func lowerASCII(b byte) byte {
-	if 'A' <= b && b <= 'Z' {
-		return b + 'a' - 'A'
-	}
-	return b
 }
