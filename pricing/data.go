@@ -86,6 +86,9 @@ type condPrice struct {
 	todStart, todEnd int64
 	// price is the price under the constraint.
 	price Price
+	// empty tells whether the source gave none of the prices pricing
+	// reads (a price of pages or audio hours only): such a call is unpriced.
+	empty bool
 }
 
 // Rule operators.
@@ -196,15 +199,15 @@ func (p *provTable) scan(name string, withFallbacks bool) found {
 // priceAt chooses the price for a call at time at: the last conditional
 // price whose constraint holds, else the first. With skipTimeOfDay,
 // time-of-day windows never hold.
-func (m *model) priceAt(at time.Time, skipTimeOfDay bool) Price {
+func (m *model) priceAt(at time.Time, skipTimeOfDay bool) *condPrice {
 	for i := len(m.prices) - 1; i >= 0; i-- {
 		c := &m.prices[i]
 		switch c.kind {
 		case always:
-			return c.price
+			return c
 		case startDate:
 			if !at.Before(c.from) {
-				return c.price
+				return c
 			}
 		case timeOfDay:
 			if skipTimeOfDay {
@@ -213,14 +216,14 @@ func (m *model) priceAt(at time.Time, skipTimeOfDay bool) Price {
 			n := nanoOfDay(at)
 			if c.todEnd < c.todStart {
 				if n >= c.todStart || n < c.todEnd {
-					return c.price
+					return c
 				}
 			} else if n >= c.todStart && n < c.todEnd {
-				return c.price
+				return c
 			}
 		}
 	}
-	return m.prices[0].price
+	return &m.prices[0]
 }
 
 // nanoOfDay is the time of the UTC day at millisecond precision, as a
@@ -386,8 +389,12 @@ func parseSnapshot(b []byte) (*snapshotData, error) {
 	sort.Strings(names)
 	for _, name := range names {
 		for _, m := range d.byName[name].models {
+			c := m.priceAt(date, true)
+			if c.empty {
+				continue
+			}
 			d.models = append(d.models, ModelInfo{
-				Provider: name, ModelID: m.id, Name: m.name, Price: m.priceAt(date, true),
+				Provider: name, ModelID: m.id, Name: m.name, Price: c.price,
 				Deprecated: m.deprecated, ContextWindow: m.contextWindow, Source: d.snapshot.Source,
 			})
 		}
@@ -423,20 +430,20 @@ func parseModel(mj modelJSON) (*model, error) {
 	if err := unmarshal(raw, &keys); err != nil {
 		return nil, err
 	}
-	p, err := parsePrice(keys)
+	p, empty, err := parsePrice(keys)
 	if err != nil {
 		return nil, err
 	}
-	m.prices = []condPrice{{kind: always, price: p}}
+	m.prices = []condPrice{{kind: always, price: p, empty: empty}}
 	return m, nil
 }
 
 func parseCond(c condJSON) (condPrice, error) {
-	p, err := parsePrice(c.Prices)
+	p, empty, err := parsePrice(c.Prices)
 	if err != nil {
 		return condPrice{}, err
 	}
-	cp := condPrice{price: p}
+	cp := condPrice{price: p, empty: empty}
 	switch {
 	case c.Constraint == nil:
 		cp.kind = always
@@ -490,8 +497,9 @@ func parseTimeOfDay(s string) (int64, error) {
 var tokenKeys = [...]string{"input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok"}
 
 // parsePrice reads a genai-prices ModelPrice; keys it does not know are
-// not read (the dump keeps only these).
-func parsePrice(keys map[string]json.RawMessage) (Price, error) {
+// not read (the dump keeps only these). empty tells whether it had none
+// of the keys pricing reads.
+func parsePrice(keys map[string]json.RawMessage) (p Price, empty bool, err error) {
 	type tier struct {
 		start int64
 		price usd.Amount
@@ -510,20 +518,20 @@ func parsePrice(keys map[string]json.RawMessage) (Price, error) {
 		if len(raw) > 0 && raw[0] == '{' {
 			var t tieredJSON
 			if err := unmarshal(raw, &t); err != nil {
-				return Price{}, fmt.Errorf("cannot parse %s: %w", key, err)
+				return Price{}, false, fmt.Errorf("cannot parse %s: %w", key, err)
 			}
 			var err error
 			if base[k], err = usd.Parse(t.Base.String()); err != nil {
-				return Price{}, fmt.Errorf("cannot parse %s: %w", key, err)
+				return Price{}, false, fmt.Errorf("cannot parse %s: %w", key, err)
 			}
 			for _, tj := range t.Tiers {
 				start, err := strconv.ParseInt(tj.Start.String(), 10, 64)
 				if err != nil || start < 0 {
-					return Price{}, fmt.Errorf("cannot parse tier start %q of %s", tj.Start, key)
+					return Price{}, false, fmt.Errorf("cannot parse tier start %q of %s", tj.Start, key)
 				}
 				price, err := usd.Parse(tj.Price.String())
 				if err != nil {
-					return Price{}, fmt.Errorf("cannot parse %s: %w", key, err)
+					return Price{}, false, fmt.Errorf("cannot parse %s: %w", key, err)
 				}
 				tiers[k] = append(tiers[k], tier{start, price})
 				starts = append(starts, start)
@@ -533,22 +541,21 @@ func parsePrice(keys map[string]json.RawMessage) (Price, error) {
 		}
 		var n json.Number
 		if err := unmarshal(raw, &n); err != nil {
-			return Price{}, fmt.Errorf("cannot parse %s: %w", key, err)
+			return Price{}, false, fmt.Errorf("cannot parse %s: %w", key, err)
 		}
-		var err error
 		if base[k], err = usd.Parse(n.String()); err != nil {
-			return Price{}, fmt.Errorf("cannot parse %s: %w", key, err)
+			return Price{}, false, fmt.Errorf("cannot parse %s: %w", key, err)
 		}
 	}
-	p := Price{Input: base[0], CacheRead: base[1], CacheWrite: base[2], Output: base[3], HasCacheRead: has[1], HasCacheWrite: has[2]}
-	if raw, ok := keys["requests_kcount"]; ok {
+	p = Price{Input: base[0], CacheRead: base[1], CacheWrite: base[2], Output: base[3], HasCacheRead: has[1], HasCacheWrite: has[2]}
+	raw, perCall := keys["requests_kcount"]
+	if perCall {
 		var n json.Number
 		if err := unmarshal(raw, &n); err != nil {
-			return Price{}, fmt.Errorf("cannot parse requests_kcount: %w", err)
+			return Price{}, false, fmt.Errorf("cannot parse requests_kcount: %w", err)
 		}
-		var err error
 		if p.PerThousandCalls, err = usd.Parse(n.String()); err != nil {
-			return Price{}, fmt.Errorf("cannot parse requests_kcount: %w", err)
+			return Price{}, false, fmt.Errorf("cannot parse requests_kcount: %w", err)
 		}
 	}
 	// Each key may be tiered on its own starts; merge them into tiers at
@@ -567,7 +574,7 @@ func parsePrice(keys map[string]json.RawMessage) (Price, error) {
 		}
 		p.Tiers = append(p.Tiers, Tier{Above: s, Input: at[0], CacheRead: at[1], CacheWrite: at[2], Output: at[3]})
 	}
-	return p, nil
+	return p, !has[0] && !has[1] && !has[2] && !has[3] && !perCall, nil
 }
 
 func compileRule(mj matchJSON) (rule, error) {

@@ -258,7 +258,11 @@ func (t *Table) Lookup(providerName, model string, at time.Time) (Match, bool) {
 	if m == nil {
 		return Match{}, false
 	}
-	return Match{Price: m.priceAt(at, false), Provider: owner.id, ModelID: m.id, Source: t.data.snapshot.Source}, true
+	c := m.priceAt(at, false)
+	if c.empty {
+		return Match{}, false
+	}
+	return Match{Price: c.price, Provider: owner.id, ModelID: m.id, Source: t.data.snapshot.Source}, true
 }
 
 // Cost prices a call; false if the table has no price for it.
