@@ -24,12 +24,15 @@
 // listed conditional price whose constraint holds (start_date at or after
 // UTC midnight of that day; time_of_date windows in UTC), else the first.
 // Long-context tiers apply to the whole call when its input tokens exceed
-// the tier's start.
+// the tier's start. A model whose chosen price has none of the keys below
+// (whisper, OCR) is unpriced, not free.
 //
 // Price keys other than input_mtok, cache_read_mtok, cache_write_mtok,
 // output_mtok and requests_kcount (audio, image, web searches, 1-hour
 // cache writes, ...) are not read: the record carries no usage for them,
 // and without that usage the source prices them at zero too.
+//
+// Overrides (Table.With) come before the embedded data; see README.md.
 package pricing
 
 import (
