@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/pricing"
 	"github.com/llmusage/llmusage/provider"
 	"github.com/llmusage/llmusage/usd"
 )
@@ -27,6 +28,8 @@ type File struct {
 	Rules []limiter.Rule
 	// Providers extends the built-in model-prefix table.
 	Providers []provider.Prefix
+	// Prices override the embedded price table, in file order.
+	Prices []pricing.Override
 }
 
 // fileRule is one entry of the file's limits list.
@@ -67,6 +70,7 @@ func kindName(k yaml.Kind) string {
 type configFile struct {
 	Providers []provider.Prefix `yaml:"providers"`
 	Limits    []fileRule        `yaml:"limits"`
+	Prices    []filePrice       `yaml:"prices"`
 }
 
 // LoadFile reads and validates a limits file.
@@ -91,6 +95,7 @@ func ParseFile(name string, data []byte) (*File, error) {
 	var lines struct {
 		Providers []yaml.Node `yaml:"providers"`
 		Limits    []yaml.Node `yaml:"limits"`
+		Prices    []yaml.Node `yaml:"prices"`
 	}
 	_ = yaml.Unmarshal(data, &lines)
 
@@ -144,6 +149,13 @@ func ParseFile(name string, data []byte) (*File, error) {
 			}
 			cfg.Rules = append(cfg.Rules, r)
 		}
+	}
+	for i, fp := range f.Prices {
+		o, err := fp.override(fmt.Sprintf("%s:%d: prices[%d]", name, lineOf(lines.Prices, i), i))
+		if err != nil {
+			return nil, err
+		}
+		cfg.Prices = append(cfg.Prices, o)
 	}
 	// Catch conflicting rules (same scope twice) now, with their lines.
 	if _, err := limiter.New(cfg.Rules, limiter.Options{}); err != nil {

@@ -3,8 +3,10 @@ package rules
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/pricing"
 	"github.com/llmusage/llmusage/provider"
 )
 
@@ -88,5 +90,104 @@ limits:
 	// An empty file is valid: nothing is limited.
 	if cfg, err := ParseFile("empty.yaml", nil); err != nil || len(cfg.Rules) != 0 {
 		t.Fatalf("empty file: %+v, %v", cfg, err)
+	}
+}
+
+func TestParseFilePrices(t *testing.T) {
+	cfg, err := ParseFile("limits.yaml", []byte(`
+prices:
+  - model: gpt-4o*            # a negotiated discount
+    provider: OpenAI
+    input: 2.25
+    output: 9
+    cached_input: 1.125
+  - model: llama-self-hosted
+    input: 0
+    output: 0
+  - model: ft:gpt-4o-mini:acme*
+    input: 0.3
+    output: 1.2
+    cache_write: 0.375
+    from: 2026-11-01
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Prices) != 3 {
+		t.Fatalf("prices %+v", cfg.Prices)
+	}
+	p := cfg.Prices[0]
+	if p.Provider != "openai" || p.Model != "gpt-4o*" || p.Input != 2_250_000_000 || p.Output != 9_000_000_000 ||
+		!p.HasCacheRead || p.CacheRead != 1_125_000_000 || p.HasCacheWrite || p.Source != "limits.yaml:3: prices[0]" {
+		t.Fatalf("first price %+v", p)
+	}
+	if p := cfg.Prices[1]; p.Input != 0 || p.Output != 0 || p.HasCacheRead {
+		t.Fatalf("free model %+v", p)
+	}
+	if p := cfg.Prices[2]; !p.From.Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)) || !p.HasCacheWrite || p.CacheWrite != 375_000_000 {
+		t.Fatalf("fine-tune %+v", p)
+	}
+
+	// The file's price is the one in force, over the embedded one.
+	set := Merge(cfg, nil)
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	m, ok := set.Prices.Lookup("openai", "gpt-4o-2024-08-06", at)
+	if !ok || m.Price.Input != 2_250_000_000 || m.Source != "limits.yaml:3: prices[0]" {
+		t.Fatalf("gpt-4o priced %+v, %v; want the file's", m, ok)
+	}
+	if _, ok := set.Prices.Lookup("", "llama-self-hosted", at); !ok {
+		t.Fatal("the self-hosted model is unpriced")
+	}
+	if _, ok := set.Prices.Lookup("openai", "ft:gpt-4o-mini:acme:x", at.AddDate(0, -2, 0)); ok {
+		t.Fatal("the fine-tune is priced before its from date")
+	}
+	// Changing a price changes the digest: replicas pricing differently diverge.
+	other, err := ParseFile("limits.yaml", []byte("prices:\n  - model: gpt-4o*\n    input: 2.5\n    output: 9\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if Merge(cfg, nil).Digest() == Merge(other, nil).Digest() {
+		t.Fatal("two different price overrides give the same digest")
+	}
+
+	bad := func(yaml, want string) {
+		t.Helper()
+		_, err := ParseFile("limits.yaml", []byte(yaml))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %v, want %q", err, want)
+		}
+	}
+	bad("prices:\n  - input: 1\n    output: 1\n", "limits.yaml:2: prices[0]: model is required")
+	bad("prices:\n  - model: m\n    input: 1\n", "input and output are required")
+	bad("prices:\n  - model: m\n    input: cheap\n    output: 1\n", `input must be USD per million tokens such as 2.5, got "cheap"`)
+	bad("prices:\n  - model: m\n    input: -1\n    output: 1\n", `input must be USD per million tokens`)
+	bad("prices:\n  - model: m\n    input: 1\n    output: 1\n    from: soon\n", `from: want a date (2026-01-01) or an RFC 3339 time, got "soon"`)
+	bad("prices:\n  - model: m\n    input: 1\n    output: 1\n    cost: 3\n", "field cost not found")
+}
+
+func TestPriceRows(t *testing.T) {
+	ptr := func(s string) *string { return &s }
+	from := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	base, err := pricing.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := ParseFile("limits.yaml", []byte("prices:\n  - model: gpt-4o\n    input: 1\n    output: 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, skipped := Prices(base, file, []PriceRow{
+		{ID: "1", Provider: "openai", Model: "gpt-4o", Input: "2", Output: "8", CachedInput: ptr("0.5"), EffectiveFrom: &from},
+		{ID: "2", Model: "broken", Input: "x", Output: "1"},
+	})
+	if len(skipped) != 1 || !strings.Contains(skipped[0].Error(), "llm_model_prices id 2: input must be USD") {
+		t.Fatalf("skipped %v", skipped)
+	}
+	// The row beats the file from its date on; the file's price before.
+	if m, _ := table.Lookup("openai", "gpt-4o", from); m.Price.Input != 2_000_000_000 || m.Price.CacheRead != 500_000_000 || m.Source != "llm_model_prices id 1" {
+		t.Fatalf("after the row's date: %+v", m)
+	}
+	if m, _ := table.Lookup("openai", "gpt-4o", from.Add(-time.Second)); m.Price.Input != 1_000_000_000 {
+		t.Fatalf("before the row's date: %+v", m)
 	}
 }

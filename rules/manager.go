@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/llmusage/llmusage/pricing"
 )
 
 // Source is a database's rule tables; the stores implement it.
@@ -29,6 +31,10 @@ type Options struct {
 	DB Source
 	// Logger logs reloads and shadowed rules; slog.Default() when nil.
 	Logger *slog.Logger
+	// Prices is the table the overrides apply over; the embedded one
+	// when nil. If DB is also a PriceSource, its llm_model_prices rows
+	// are read and reloaded with the rule rows.
+	Prices *pricing.Table
 }
 
 // Manager owns the rules in force: it reads the limits file and the
@@ -44,10 +50,23 @@ type Manager struct {
 	file *File
 	// rows are the database's rows last read.
 	rows []Row
+	// prices are the database's llm_model_prices rows last read.
+	prices []PriceRow
+	// base is Options.Prices or the embedded table.
+	base *pricing.Table
 	// apply hands a new Set to the limiter and intake; nil until Run.
 	apply func(*Set) error
 	// set is the Set in force, for readers outside reloads.
 	set atomic.Pointer[Set]
+}
+
+// readPrices reads llm_model_prices, if the database has prices.
+func (m *Manager) readPrices(ctx context.Context) ([]PriceRow, error) {
+	ps, ok := m.opts.DB.(PriceSource)
+	if !ok {
+		return nil, nil
+	}
+	return ps.PriceRows(ctx)
 }
 
 // ErrNoFile is returned by ReloadFile when no limits file was given.
@@ -57,9 +76,15 @@ var ErrNoFile = errors.New("cannot reload the limits file: none was given (--lim
 // database's rows, whose errors are logged: the sidecar then starts on the
 // file's rules and reads the rows again when the database is back.
 func New(ctx context.Context, opts Options) (*Manager, error) {
-	m := &Manager{opts: opts, logger: opts.Logger}
+	m := &Manager{opts: opts, logger: opts.Logger, base: opts.Prices}
 	if m.logger == nil {
 		m.logger = slog.Default()
+	}
+	if m.base == nil {
+		var err error
+		if m.base, err = pricing.Embedded(); err != nil {
+			return nil, err
+		}
 	}
 	if opts.File != "" {
 		f, err := LoadFile(opts.File)
@@ -74,8 +99,13 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 			m.logger.Error("cannot read limit rules from the database; starting with the limits file's", "error", err)
 		}
 		m.rows = rows
+		if prices, err := m.readPrices(ctx); err != nil {
+			m.logger.Error("cannot read model prices from the database; starting with the limits file's", "error", err)
+		} else {
+			m.prices = prices
+		}
 	}
-	m.set.Store(m.merge(m.file, m.rows))
+	m.set.Store(m.merge(m.file, m.rows, m.prices))
 	return m, nil
 }
 
@@ -125,7 +155,7 @@ func (m *Manager) ReloadFile() error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.update(f, m.rows); err != nil {
+	if err := m.update(f, m.rows, m.prices); err != nil {
 		return err
 	}
 	m.logger.Info("limits file reloaded", "file", m.opts.File, "rules", len(f.Rules), "in_force", len(m.Set().InForce))
@@ -142,9 +172,13 @@ func (m *Manager) ReloadDB(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	prices, err := m.readPrices(ctx)
+	if err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.update(m.file, rows); err != nil {
+	if err := m.update(m.file, rows, prices); err != nil {
 		return err
 	}
 	m.logger.Info("limit rules reloaded from the database", "rows", len(rows), "in_force", len(m.Set().InForce))
@@ -153,25 +187,31 @@ func (m *Manager) ReloadDB(ctx context.Context) error {
 
 // update makes file and rows the sources in force, if apply takes their
 // Set. m.mu is held.
-func (m *Manager) update(file *File, rows []Row) error {
-	set := m.merge(file, rows)
+func (m *Manager) update(file *File, rows []Row, prices []PriceRow) error {
+	set := m.merge(file, rows, prices)
 	if m.apply != nil {
 		if err := m.apply(set); err != nil {
 			return err
 		}
 	}
-	m.file, m.rows = file, rows
+	m.file, m.rows, m.prices = file, rows, prices
 	m.set.Store(set)
 	return nil
 }
 
 // merge merges and logs what did not make it into force, once per
 // merge: at start and on every reload.
-func (m *Manager) merge(file *File, rows []Row) *Set {
+func (m *Manager) merge(file *File, rows []Row, prices []PriceRow) *Set {
 	set := Merge(file, rows)
 	for _, err := range set.Skipped {
 		m.logger.Warn("limit rule row ignored", "error", err)
 	}
+	var skipped []error
+	set.Prices, skipped = Prices(m.base, file, prices)
+	for _, err := range skipped {
+		m.logger.Warn("model price row ignored", "error", err)
+	}
+	set.Skipped = append(set.Skipped, skipped...)
 	for _, s := range set.Shadowed {
 		r := s.Rule
 		m.logger.Info("limit rule shadowed by a rule of the same scope", "rule", r.Source, "by", s.By,

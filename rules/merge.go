@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/pricing"
 	"github.com/llmusage/llmusage/provider"
 )
 
@@ -23,6 +24,9 @@ type Set struct {
 	// Providers infers providers from model names: the built-in prefixes
 	// extended by the limits file's.
 	Providers *provider.Table
+	// Prices prices calls: the embedded table under the overrides of the
+	// limits file and, set by the Manager, of llm_model_prices (see Prices).
+	Prices *pricing.Table
 }
 
 // Digest is the SHA-256 of the rules in force and the provider table, in
@@ -36,6 +40,12 @@ func (s *Set) Digest() string {
 	}
 	for _, p := range s.Providers.Prefixes() {
 		fmt.Fprintf(h, "provider %q %q\n", p.Prefix, p.Provider)
+	}
+	if s.Prices != nil {
+		fmt.Fprintf(h, "prices %q\n", s.Prices.Snapshot().Source)
+		for _, m := range s.Prices.Overrides() {
+			fmt.Fprintf(h, "price %q %q %d %d %t %d %t %d %d\n", m.Provider, m.Model, m.Input, m.CacheRead, m.HasCacheRead, m.CacheWrite, m.HasCacheWrite, m.Output, m.From.UnixNano())
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -65,6 +75,9 @@ func Merge(file *File, rows []Row) *Set {
 		file = &File{}
 	}
 	set.Providers = provider.NewTable(file.Providers)
+	if base, err := pricing.Embedded(); err == nil { // tested in pricing: it parses
+		set.Prices, _ = Prices(base, file, nil)
+	}
 
 	// The database's winner of each scope.
 	type dbRule struct {
