@@ -34,12 +34,12 @@ type File struct {
 
 // fileRule is one entry of the file's limits list.
 type fileRule struct {
-	UserID      string `yaml:"user_id"`
-	Provider    string `yaml:"provider"`
-	Model       string `yaml:"model"`
-	LimitType   string `yaml:"limit_type"`
-	Requests    *int64 `yaml:"requests"`
-	Tokens      *int64 `yaml:"tokens"`
+	UserID    string `yaml:"user_id"`
+	Provider  string `yaml:"provider"`
+	Model     string `yaml:"model"`
+	LimitType string `yaml:"limit_type"`
+	Requests  *int64 `yaml:"requests"`
+	Tokens    *int64 `yaml:"tokens"`
 	// USD is a budget in dollars.
 	USD         *decimal `yaml:"usd"`
 	Description string   `yaml:"description"`
