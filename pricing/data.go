@@ -26,6 +26,8 @@ type snapshotData struct {
 	snapshot Snapshot
 	// byName maps llmusage provider names to their tables.
 	byName map[string]*provTable
+	// byID maps genai-prices provider ids to their tables, fallbacks included.
+	byID map[string]*provTable
 	// models is the listing of Table.Models, without overrides.
 	models []ModelInfo
 }
@@ -342,6 +344,7 @@ func parseSnapshot(b []byte) (*snapshotData, error) {
 		return nil, fmt.Errorf("cannot parse the genai-prices snapshot date %q: %w", f.Date, err)
 	}
 	byID := make(map[string]*provTable)
+	d.byID = byID
 	for _, pj := range f.Providers {
 		p := &provTable{id: pj.ID}
 		for _, mj := range pj.Models {
