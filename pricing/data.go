@@ -26,6 +26,8 @@ type snapshotData struct {
 	snapshot Snapshot
 	// byName maps llmusage provider names to their tables.
 	byName map[string]*provTable
+	// byID maps genai-prices provider ids to their tables, fallbacks included.
+	byID map[string]*provTable
 	// models is the listing of Table.Models, without overrides.
 	models []ModelInfo
 }
@@ -282,47 +284,47 @@ func compactDate(d string) bool {
 // The JSON of data/genai-prices.json, as refresh/dump.mjs writes it.
 type (
 	fileJSON struct {
-		Version   string         `json:"version"`
-		Date      string         `json:"date"`
-		Providers []providerJSON `json:"providers"`
+		Version   string         `json:"version"`   // the npm package version
+		Date      string         `json:"date"`      // its publish date, YYYY-MM-DD
+		Providers []providerJSON `json:"providers"` // the dumped providers
 	}
 	providerJSON struct {
-		ID        string      `json:"id"`
-		Fallbacks []string    `json:"fallback_model_providers"`
-		Models    []modelJSON `json:"models"`
+		ID        string      `json:"id"`                       // genai-prices provider id
+		Fallbacks []string    `json:"fallback_model_providers"` // ids tried after Models
+		Models    []modelJSON `json:"models"`                   // in match order
 	}
 	modelJSON struct {
-		ID            string          `json:"id"`
-		Name          string          `json:"name"`
-		Match         matchJSON       `json:"match"`
-		Deprecated    bool            `json:"deprecated"`
-		ContextWindow int64           `json:"context_window"`
-		Prices        json.RawMessage `json:"prices"`
+		ID            string          `json:"id"`             // genai-prices model id
+		Name          string          `json:"name"`           // display name, if any
+		Match         matchJSON       `json:"match"`          // the match rule
+		Deprecated    bool            `json:"deprecated"`     // the source's flag
+		ContextWindow int64           `json:"context_window"` // tokens, 0 if unknown
+		Prices        json.RawMessage `json:"prices"`         // a ModelPrice or a list of condJSON
 	}
 	matchJSON struct {
-		Equals     *string     `json:"equals"`
-		StartsWith *string     `json:"starts_with"`
-		EndsWith   *string     `json:"ends_with"`
-		Contains   *string     `json:"contains"`
-		Regex      *string     `json:"regex"`
-		Or         []matchJSON `json:"or"`
-		And        []matchJSON `json:"and"`
+		Equals     *string     `json:"equals"`      // whole name, case ignored
+		StartsWith *string     `json:"starts_with"` // prefix, case ignored
+		EndsWith   *string     `json:"ends_with"`   // suffix, case ignored
+		Contains   *string     `json:"contains"`    // substring, case ignored
+		Regex      *string     `json:"regex"`       // JavaScript regex on the lower-cased name
+		Or         []matchJSON `json:"or"`          // any of
+		And        []matchJSON `json:"and"`         // all of
 	}
 	condJSON struct {
 		Constraint *struct {
-			Type      string `json:"type"`
-			StartDate string `json:"start_date"`
-			StartTime string `json:"start_time"`
-			EndTime   string `json:"end_time"`
-		} `json:"constraint"`
-		Prices map[string]json.RawMessage `json:"prices"`
+			Type      string `json:"type"`       // start_date or time_of_date
+			StartDate string `json:"start_date"` // YYYY-MM-DD, UTC
+			StartTime string `json:"start_time"` // HH:MM:SS with a zone
+			EndTime   string `json:"end_time"`   // HH:MM:SS with a zone, exclusive
+		} `json:"constraint"` // nil: always
+		Prices map[string]json.RawMessage `json:"prices"` // the ModelPrice
 	}
 	tieredJSON struct {
-		Base  json.Number `json:"base"`
+		Base  json.Number `json:"base"` // price up to the first tier
 		Tiers []struct {
-			Start json.Number `json:"start"`
-			Price json.Number `json:"price"`
-		} `json:"tiers"`
+			Start json.Number `json:"start"` // input tokens the call must exceed
+			Price json.Number `json:"price"` // price of the whole call past Start
+		} `json:"tiers"` // long-context tiers
 	}
 )
 
@@ -342,6 +344,7 @@ func parseSnapshot(b []byte) (*snapshotData, error) {
 		return nil, fmt.Errorf("cannot parse the genai-prices snapshot date %q: %w", f.Date, err)
 	}
 	byID := make(map[string]*provTable)
+	d.byID = byID
 	for _, pj := range f.Providers {
 		p := &provTable{id: pj.ID}
 		for _, mj := range pj.Models {

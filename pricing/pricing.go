@@ -232,14 +232,6 @@ type Table struct {
 // Embedded returns the table of the embedded snapshot. It is parsed once.
 func Embedded() (*Table, error) { return embedded() }
 
-var embedded = sync.OnceValues(func() (*Table, error) {
-	d, err := parseSnapshot(embeddedJSON)
-	if err != nil {
-		return nil, err
-	}
-	return &Table{data: d, models: d.models}, nil
-})
-
 // Lookup finds the price of a call to model at provider (an llmusage
 // provider name; it is normalised) at time at: the first override that
 // matches, else the embedded data. A provider without a table, such as
@@ -316,8 +308,18 @@ func (t *Table) Snapshot() Snapshot { return t.data.snapshot }
 // shared: do not modify them.
 func (t *Table) Models() []ModelInfo { return append([]ModelInfo(nil), t.models...) }
 
+// embedded parses the embedded snapshot once.
+var embedded = sync.OnceValues(func() (*Table, error) {
+	d, err := parseSnapshot(embeddedJSON)
+	if err != nil {
+		return nil, err
+	}
+	return &Table{data: d, models: d.models}, nil
+})
+
 // override is a validated Override with its Price.
 type override struct {
+	// Override is the override, its Provider normalised.
 	Override
 	// price is the override as a Price.
 	price Price
@@ -335,6 +337,7 @@ func (o *override) matches(provider, model string, at time.Time) bool {
 
 // sum128 is an unsigned 128-bit sum of products.
 type sum128 struct {
+	// hi and lo are the high and low 64 bits.
 	hi, lo uint64
 	// over tells whether the sum overflowed 128 bits.
 	over bool
