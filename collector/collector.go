@@ -4,6 +4,7 @@
 package collector
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +76,8 @@ type Collector struct {
 	rules     func() *rules.Set
 	parsers   parsers
 	scratches scratches
+	// unpriced remembers the models seen without a price.
+	unpriced unpricedModels
 }
 
 // Route is one endpoint of the API.
@@ -126,6 +129,7 @@ func (c *Collector) Routes() []Route {
 		{"/v1/check", "check", allow(http.MethodPost, c.serveCheck)},
 		{"/v1/limits", "limits", allow(http.MethodGet, c.serveLimits)},
 		{"/v1/rules", "rules", allow(http.MethodGet, c.serveRules)},
+		{"/v1/prices", "prices", allow(http.MethodGet, c.servePrices)},
 		{"/api/llm/usage/rate-limits", "seed_rate_limits", allow(http.MethodGet, c.serveSeedRateLimits)},
 		{"/api/llm/usage/rate-limit/{type}", "seed_rate_limit", allow(http.MethodGet, c.serveSeedRateLimit)},
 	}
@@ -181,8 +185,10 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 		r := &recs[i]
 		// The records are stored whatever happens here: a quota store
 		// out of reach costs the charge, which the store counts, not the record.
-		_ = c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID})
+		_ = c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
+			Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp})
 	}
+	c.unpriced.observe(recs, now, c.logger)
 	c.observer.ObserveRecords(recs)
 	return len(recs), nil
 }
@@ -240,13 +246,13 @@ func (c *Collector) serveCalls(w http.ResponseWriter, r *http.Request) {
 
 // limitJSON is one bucket in API answers.
 type limitJSON struct {
-	LimitType string `json:"limit_type"`
-	Unit      string `json:"unit"`
-	Limit     int64  `json:"limit"`
-	Remaining int64  `json:"remaining"`
-	ResetAt   string `json:"reset_at"`
-	Provider  string `json:"provider,omitempty"`
-	Model     string `json:"model,omitempty"`
+	LimitType string         `json:"limit_type"`
+	Unit      string         `json:"unit"`
+	Limit     json.Marshaler `json:"limit"`
+	Remaining json.Marshaler `json:"remaining"`
+	ResetAt   string         `json:"reset_at"`
+	Provider  string         `json:"provider,omitempty"`
+	Model     string         `json:"model,omitempty"`
 }
 
 func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
@@ -268,10 +274,20 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: invalid request", Details: details})
 		return
 	}
-	d, err := c.limiter.CheckInto(limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}, s.limits)
+	lr := limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
+	cost, priced := checkCost(c.rules().Prices, &req, c.clock.Now())
+	lr.Cost, lr.Unpriced = int64(cost), !priced
+	d, err := c.limiter.CheckInto(lr, s.limits)
 	s.limits = d.Limits
-	if tooLarge := (*limiter.EstimateTooLargeError)(nil); errors.As(err, &tooLarge) {
+	var tooLarge *limiter.EstimateTooLargeError
+	var unpriced *limiter.UnpricedError
+	if errors.As(err, &tooLarge) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error(), Details: []Detail{{Field: "tokens", Message: tooLarge.Error()}}})
+		return
+	} else if errors.As(err, &unpriced) {
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error() +
+			"; price it (prices: in the limits file, or a row of llm_model_prices) or run the sidecar with --budget-unpriced=allow",
+			Details: []Detail{{Field: "model", Message: "has no price, and a usd budget applies"}}})
 		return
 	} else if err != nil {
 		writeError(w, err)
@@ -375,7 +391,7 @@ func limitsJSON(statuses []limiter.Status) []limitJSON {
 	out := make([]limitJSON, len(statuses))
 	for i, s := range statuses {
 		out[i] = limitJSON{
-			LimitType: s.Window.String(), Unit: s.Unit.String(), Limit: s.Limit, Remaining: s.Remaining,
+			LimitType: s.Window.String(), Unit: s.Unit.String(), Limit: limitValue(s.Unit, s.Limit), Remaining: limitValue(s.Unit, s.Remaining),
 			ResetAt: formatResetAt(s.ResetAt), Provider: s.Provider, Model: s.Model,
 		}
 	}

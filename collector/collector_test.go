@@ -128,6 +128,11 @@ func TestCallsErrors(t *testing.T) {
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":-1}`, http.StatusBadRequest, "0:prompt_tokens")
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","completion_tokens":1.5}`, http.StatusBadRequest, "0:completion_tokens")
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","cached_tokens":"3"}`, http.StatusBadRequest, "0:cached_tokens")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","cost_usd":"0.1"}`, http.StatusBadRequest, "0:cost_usd")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","cost_usd":-0.1}`, http.StatusBadRequest, "0:cost_usd")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","cost_usd":2e9}`, http.StatusBadRequest, "0:cost_usd")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","cost_usd":true}`, http.StatusBadRequest, "0:cost_usd")
+	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":10,"cached_tokens":6,"cache_write_tokens":5}`, http.StatusBadRequest, "0:cache_write_tokens")
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","reasoning_tokens":1e30}`, http.StatusBadRequest, "0:reasoning_tokens")
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":99999999999999999999}`, http.StatusBadRequest, "0:prompt_tokens")
 	f(http.MethodPost, js, `{"user_id":"u","model":"m","prompt_tokens":10,"completion_tokens":5,"tokens_used":14}`, http.StatusBadRequest, "0:tokens_used")
@@ -213,22 +218,27 @@ func TestCallsAccepted(t *testing.T) {
 		mod(&r)
 		return r
 	}
-	// The seed's three examples.
+	// The seed's three examples, priced (genai-prices: groq.yml
+	// llama-3.1-70b-versatile $0.59/$0.79, openai.yml gpt-4 $30/$60,
+	// anthropic.yml claude-3-opus $15/$75 per million tokens).
 	f("application/json", `{"user_id":"u1","model":"llama-3.1-70b-versatile","tokens_used":150,"prompt_tokens":100,"completion_tokens":50,"metadata":{"provider":"groq"}}`,
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.TotalTokens, r.PromptTokens, r.CompletionTokens = "u1", "llama-3.1-70b-versatile", "groq", 150, 100, 50
 			r.Metadata = []byte(`{"provider":"groq"}`)
+			r.Cost, r.HasCost = 98_500, true // 100 x 0.59 + 50 x 0.79 micro-dollars
 		}))
 	f("application/json; charset=utf-8", `[{"user_id":"u1","model":"gpt-4","prompt_tokens":10,"completion_tokens":5,"metadata":{"provider":"openai"}},
 		{"user_id":"u2","model":"claude-3-opus","prompt_tokens":7,"completion_tokens":3,"latency_ms":1500.5,"status":"error","error_type":"overloaded","request_id":"r-1","timestamp":"2026-11-27T11:59:00+01:00"}]`,
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.TotalTokens, r.PromptTokens, r.CompletionTokens = "u1", "gpt-4", "openai", 15, 10, 5
 			r.Metadata = []byte(`{"provider":"openai"}`)
+			r.Cost, r.HasCost = 600_000, true // 10 x 30 + 5 x 60
 		}),
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.TotalTokens, r.PromptTokens, r.CompletionTokens = "u2", "claude-3-opus", "anthropic", 10, 7, 3
 			r.Latency, r.HasLatency, r.Status, r.ErrorType, r.RequestID = 1500500*time.Microsecond, true, "error", "overloaded", "r-1"
 			r.Timestamp = time.Date(2026, 11, 27, 10, 59, 0, 0, time.UTC)
+			r.Cost, r.HasCost = 330_000, true // 7 x 15 + 3 x 75
 		}))
 	// Provider: explicit beats metadata beats inference; aliases and case normalised;
 	// the limits file's prefixes extend the table; otherwise unknown.
@@ -237,14 +247,17 @@ func TestCallsAccepted(t *testing.T) {
 {"user_id":"u","model":"o3-mini","cached_tokens":4,"reasoning_tokens":9}
 {"user_id":"u","model":"llama-3.3-70b"}
 {"user_id":"u","model":"my-finetune","tokens_used":12}`,
-		with(func(r *record.Record) { r.UserID, r.Model, r.Provider = "u", "gpt-4o", "azure.ai.openai" }),
+		// Priced at zero tokens: a known cost of nothing.
+		with(func(r *record.Record) { r.UserID, r.Model, r.Provider, r.HasCost = "u", "gpt-4o", "azure.ai.openai", true }),
 		with(func(r *record.Record) {
-			r.UserID, r.Model, r.Provider = "u", "gpt-4o", "openai"
+			r.UserID, r.Model, r.Provider, r.HasCost = "u", "gpt-4o", "openai", true
 			r.Metadata = []byte(`{"provider":"OpenAI","x":[1,{"y":null}]}`)
 		}),
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.CachedTokens, r.ReasoningTokens = "u", "o3-mini", "openai", 4, 9
+			r.Cost, r.HasCost = 2_200, true // 4 cached at 0.55
 		}),
+		// Groq prices llama-3.3-70b-versatile and -specdec, not this name: unpriced.
 		with(func(r *record.Record) { r.UserID, r.Model, r.Provider = "u", "llama-3.3-70b", "groq" }),
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.TotalTokens = "u", "my-finetune", "unknown", 12
@@ -254,6 +267,24 @@ func TestCallsAccepted(t *testing.T) {
 	f("", `{"user_id":"u","model":"claude-3-5-sonnet","prompt_tokens":1}`,
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.PromptTokens, r.TotalTokens = "u", "claude-3-5-sonnet", "anthropic", 1, 1
+			r.Cost, r.HasCost = 3_000, true
+		}))
+	// A record's own cost wins over the prices; cache writes are priced apart
+	// (claude-3-5-sonnet: input 3, cache read 0.3, cache write 3.75, output 15).
+	f("application/x-ndjson", `{"user_id":"u","model":"gpt-4o","prompt_tokens":1000,"cost_usd":0.123456789}
+{"user_id":"u","model":"claude-3-5-sonnet","prompt_tokens":1000,"cached_tokens":200,"cache_write_tokens":300,"completion_tokens":100,"reasoning_tokens":40}
+{"user_id":"u","model":"my-finetune","cost_usd":0}`,
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.PromptTokens, r.TotalTokens = "u", "gpt-4o", "openai", 1000, 1000
+			r.Cost, r.HasCost = 123_456_789, true
+		}),
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.PromptTokens, r.CachedTokens, r.CacheWriteTokens, r.CompletionTokens, r.ReasoningTokens, r.TotalTokens =
+				"u", "claude-3-5-sonnet", "anthropic", 1000, 200, 300, 100, 40, 1100
+			r.Cost, r.HasCost = 500*3_000+200*300+300*3_750+100*15_000, true
+		}),
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.HasCost = "u", "my-finetune", "unknown", true
 		}))
 	// An empty array is a valid, empty batch.
 	f("application/json", `[]`)

@@ -23,7 +23,7 @@ type seedLimit struct {
 // seed's check_rate_limit(user_id, limit_type).
 func (c *Collector) serveSeedRateLimit(w http.ResponseWriter, r *http.Request) {
 	w2, err := limiter.ParseWindow(r.PathValue("type"))
-	if err != nil {
+	if err != nil || w2 > limiter.Day {
 		writeError(w, errorf(http.StatusNotFound, "cannot find limit type %q: valid types are %s", r.PathValue("type"), windowList()))
 		return
 	}
@@ -53,8 +53,8 @@ func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) 
 		writeError(w, err)
 		return
 	}
-	out := make(map[string]seedLimit, len(limiter.Windows))
-	for _, win := range limiter.Windows {
+	out := make(map[string]seedLimit, len(seedWindows))
+	for _, win := range seedWindows {
 		out[win.String()] = seedLimitOf(win, statuses)
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -74,9 +74,13 @@ func seedLimitOf(win limiter.Window, statuses []limiter.Status) seedLimit {
 	return seedLimit{CanCall: true, LimitType: win.String()}
 }
 
+// seedWindows are the seed's limit types, the request limits its
+// check_rate_limit answers for; week and month are budgets' only.
+var seedWindows = limiter.Windows[:limiter.Day+1]
+
 func windowList() string {
-	names := make([]string, len(limiter.Windows))
-	for i, w := range limiter.Windows {
+	names := make([]string, len(seedWindows))
+	for i, w := range seedWindows {
 		names[i] = w.String()
 	}
 	return strings.Join(names, ", ")

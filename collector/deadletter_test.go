@@ -51,7 +51,12 @@ func TestDeadLetterIsIntake(t *testing.T) {
 		}
 	}
 	f(record.Record{RequestID: "r1", UserID: "u", Provider: "openai", Model: "gpt-4o", Status: record.StatusSuccess,
+		Timestamp: testNow.Add(-time.Minute), HasCost: true})
+	// A model without a price stays unpriced; a cost is kept exactly.
+	f(record.Record{RequestID: "r0", UserID: "u", Provider: "unknown", Model: "custom", Status: record.StatusSuccess,
 		Timestamp: testNow.Add(-time.Minute)})
+	f(record.Record{RequestID: "r3", UserID: "u", Provider: "anthropic", Model: "claude-3-opus", PromptTokens: 100, CachedTokens: 20,
+		CacheWriteTokens: 30, CompletionTokens: 10, TotalTokens: 110, Status: record.StatusSuccess, Timestamp: testNow, Cost: 123456789, HasCost: true})
 	f(record.Record{RequestID: "r2", UserID: "u", Provider: "groq", Model: "llama-3.1-70b", PromptTokens: 10, CompletionTokens: 5,
 		TotalTokens: 20, CachedTokens: 4, ReasoningTokens: 2, Latency: 1500 * time.Microsecond, HasLatency: true,
 		Status: record.StatusError, ErrorType: "timeout", Timestamp: testNow.Add(-time.Hour), Metadata: json.RawMessage(`{"k":[1,"\u0001"]}`)})

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/llmusage/llmusage/usd"
 )
 
 // fieldParser decodes the fields of one JSON object, collecting a Detail
@@ -181,6 +183,25 @@ func (p *fieldParser) count(name string) (n int64, ok bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// amount decodes a non-negative JSON number of dollars, exactly; ok is
+// false when absent or invalid.
+func (p *fieldParser) amount(name string) (usd.Amount, bool) {
+	v := p.raw(name)
+	if v == nil {
+		return 0, false
+	}
+	if len(v) > 0 && (v[0] == '"' || v[0] == '{' || v[0] == '[' || v[0] == 't' || v[0] == 'f') {
+		p.fail(name, "must be a number of US dollars, got %s", truncate(v))
+		return 0, false
+	}
+	a, err := usd.Parse(string(v))
+	if err != nil {
+		p.fail(name, "must be a number of US dollars between 0 and %d: %s", int64(usd.Max/usd.Dollar), err)
+		return 0, false
+	}
+	return a, true
 }
 
 func (p *fieldParser) latency(name string) (time.Duration, bool) {

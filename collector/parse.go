@@ -35,7 +35,7 @@ const (
 var recordFields = []string{
 	"user_id", "model", "provider", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "request_id",
-	"timestamp", "metadata",
+	"timestamp", "metadata", "cache_write_tokens", "cost_usd",
 }
 
 // maxFields sizes a parser's member slice: every known field of a record
@@ -43,7 +43,7 @@ var recordFields = []string{
 const maxFields = 16
 
 // checkFields are the fields of a quota check.
-var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id"}
+var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id", "prompt_tokens", "max_tokens"}
 
 // parseRecord validates one raw record and normalises it; a record
 // without a request_id gets one in ingest, once the batch is valid.
@@ -67,6 +67,13 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	r.CompletionTokens, _ = p.count("completion_tokens")
 	r.CachedTokens, _ = p.count("cached_tokens")
 	r.ReasoningTokens, _ = p.count("reasoning_tokens")
+	if n, ok := p.count("cache_write_tokens"); ok {
+		r.CacheWriteTokens = n
+		if r.CachedTokens+n > r.PromptTokens {
+			p.fail("cache_write_tokens", "cached_tokens + cache_write_tokens (%d) must be at most prompt_tokens (%d), which include them", r.CachedTokens+n, r.PromptTokens)
+		}
+	}
+	r.Cost, r.HasCost = p.amount("cost_usd")
 	total, hasTotal := p.count("tokens_used")
 	switch {
 	case !hasTotal:
@@ -84,6 +91,9 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 		r.Status = s
 	}
 	r.Provider = c.resolveProvider(p, r.Model, r.Metadata)
+	if !r.HasCost {
+		r.Cost, r.HasCost = c.rules().Prices.Cost(r.Provider, r.Model, r.Timestamp, usageOf(&r))
+	}
 	return r, p.details
 }
 
@@ -97,6 +107,8 @@ type checkRequest struct {
 	RequestID string
 	// Tokens is the client's estimate of the call's tokens; 0 when absent.
 	Tokens int64
+	// PromptTokens and MaxTokens split the estimate, for its cost; 0 when absent.
+	PromptTokens, MaxTokens int64
 }
 
 func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
@@ -111,6 +123,13 @@ func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
 		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
 	}
 	req.Tokens, _ = p.count("tokens")
+	req.PromptTokens, _ = p.count("prompt_tokens")
+	req.MaxTokens, _ = p.count("max_tokens")
+	if split := req.PromptTokens + req.MaxTokens; req.Tokens == 0 {
+		req.Tokens = split
+	} else if split > req.Tokens {
+		p.fail("tokens", "must be at least prompt_tokens + max_tokens (%d), got %d", split, req.Tokens)
+	}
 	req.Provider = c.resolveProvider(p, req.Model, nil)
 	if req.RequestID == "" {
 		req.RequestID = newRequestID(c.clock.Now())

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"unicode/utf8"
@@ -85,17 +86,17 @@ func (c *Collector) queryScope(q url.Values) (prov, model string, err error) {
 
 // ruleJSON is a rule as /v1/rules shows it.
 type ruleJSON struct {
-	LimitType  string `json:"limit_type"`
-	Unit       string `json:"unit"`
-	Limit      int64  `json:"limit"`
-	UserID     string `json:"user_id,omitempty"`
-	Provider   string `json:"provider,omitempty"`
-	Model      string `json:"model,omitempty"`
-	Source     string `json:"source"`
-	ShadowedBy string `json:"shadowed_by,omitempty"`
+	LimitType  string         `json:"limit_type"`
+	Unit       string         `json:"unit"`
+	Limit      json.Marshaler `json:"limit"`
+	UserID     string         `json:"user_id,omitempty"`
+	Provider   string         `json:"provider,omitempty"`
+	Model      string         `json:"model,omitempty"`
+	Source     string         `json:"source"`
+	ShadowedBy string         `json:"shadowed_by,omitempty"`
 }
 
 func newRuleJSON(r limiter.Rule) ruleJSON {
-	return ruleJSON{LimitType: r.Window.String(), Unit: r.Unit.String(), Limit: r.Limit,
+	return ruleJSON{LimitType: r.Window.String(), Unit: r.Unit.String(), Limit: limitValue(r.Unit, r.Limit),
 		UserID: r.UserID, Provider: r.Provider, Model: r.Model, Source: r.Source}
 }

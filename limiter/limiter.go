@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/internal/clock"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // Options tune a Limiter. The zero value is usable.
@@ -120,7 +121,7 @@ type EstimateTooLargeError struct {
 
 func (e *EstimateTooLargeError) Error() string {
 	if e.Status.Unit == USD {
-		return fmt.Sprintf("cannot ever allow an estimated cost of %d nano-USD: the %s budget is %d nano-USD", e.Cost, e.Status.Window, e.Status.Limit)
+		return fmt.Sprintf("cannot ever allow an estimated cost of $%s: the %s budget is $%s", usd.Amount(e.Cost), e.Status.Window, usd.Amount(e.Status.Limit))
 	}
 	return fmt.Sprintf("cannot ever allow %d estimated tokens: the %s limit is %d tokens", e.Tokens, e.Status.Window, e.Status.Limit)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/llmusage/llmusage/internal/fsutil"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // DeadLetter keeps the records the store rejects, so that one record the
@@ -95,6 +96,10 @@ type intakeFields struct {
 	CompletionTokens int64 `json:"completion_tokens"`
 	CachedTokens     int64 `json:"cached_tokens,omitempty"`
 	ReasoningTokens  int64 `json:"reasoning_tokens,omitempty"`
+	CacheWriteTokens int64 `json:"cache_write_tokens,omitempty"`
+	// CostUSD is the cost priced at intake, nil when unpriced: posted
+	// again, the record keeps it (a client's cost_usd wins over prices).
+	CostUSD *usd.Amount `json:"cost_usd,omitempty"`
 	// LatencyMs is nil when the record had no latency.
 	LatencyMs *float64 `json:"latency_ms,omitempty"`
 	// Status and ErrorType are the call's outcome.
@@ -110,13 +115,16 @@ func intakeRecord(r record.Record) intakeFields {
 	f := intakeFields{
 		RequestID: r.RequestID, UserID: r.UserID, Provider: r.Provider, Model: r.Model,
 		TokensUsed: r.TotalTokens, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens,
-		CachedTokens: r.CachedTokens, ReasoningTokens: r.ReasoningTokens,
+		CachedTokens: r.CachedTokens, ReasoningTokens: r.ReasoningTokens, CacheWriteTokens: r.CacheWriteTokens,
 		Status: r.Status, ErrorType: r.ErrorType, Timestamp: r.Timestamp.UTC().Format(time.RFC3339Nano),
 		Metadata: r.Metadata,
 	}
 	if r.HasLatency {
 		ms := float64(r.Latency) / float64(time.Millisecond)
 		f.LatencyMs = &ms
+	}
+	if r.HasCost {
+		f.CostUSD = &r.Cost
 	}
 	return f
 }
