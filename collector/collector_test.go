@@ -248,7 +248,9 @@ func TestCallsAccepted(t *testing.T) {
 {"user_id":"u","model":"llama-3.3-70b"}
 {"user_id":"u","model":"my-finetune","tokens_used":12}`,
 		// Priced at zero tokens: a known cost of nothing.
-		with(func(r *record.Record) { r.UserID, r.Model, r.Provider, r.HasCost = "u", "gpt-4o", "azure.ai.openai", true }),
+		with(func(r *record.Record) {
+			r.UserID, r.Model, r.Provider, r.HasCost = "u", "gpt-4o", "azure.ai.openai", true
+		}),
 		with(func(r *record.Record) {
 			r.UserID, r.Model, r.Provider, r.HasCost = "u", "gpt-4o", "openai", true
 			r.Metadata = []byte(`{"provider":"OpenAI","x":[1,{"y":null}]}`)
