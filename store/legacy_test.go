@@ -100,7 +100,7 @@ func TestAdoptGroqDatabase(t *testing.T) {
 		t.Fatalf("legacy functions left: %v", got)
 	}
 	// The renamed constraints still hold.
-	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conrelid IN ('llm_rate_limit_configs'::regclass, 'llm_rate_limits'::regclass) ORDER BY 1`); strings.Join(got, " ") != "llm_rate_limit_configs_limit_type_key llm_rate_limit_configs_pkey llm_rate_limits_pkey llm_rate_limits_positive" {
+	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conrelid IN ('llm_rate_limit_configs'::regclass, 'llm_rate_limits'::regclass) ORDER BY 1`); strings.Join(got, " ") != "llm_rate_limit_configs_limit_type_key llm_rate_limit_configs_limit_usd_check llm_rate_limit_configs_pkey llm_rate_limits_limit_usd_check llm_rate_limits_pkey llm_rate_limits_positive" {
 		t.Fatalf("constraints of the adopted rule tables: %v", got)
 	}
 	got := queryStrings(t, s, `SELECT user_id || ' ' || model || ' ' || provider || ' ' || tokens_used FROM llm_usage_logs ORDER BY created_at`)
