@@ -147,6 +147,25 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 	})
 }
 
+// postgresSpent writes Spent's query. The model glob is matched with
+// LIKE on the model lower-cased by translate, which folds ASCII letters
+// only, as the glob does; ILIKE would fold others too under most locales.
+// user_id is compared as text, as by the logs: an adopted table may still
+// key users by uuid, and on a text column the cast costs nothing.
+func postgresSpent(q usage.SpendQuery) (string, []any) {
+	sql, args := `SELECT `+nanoUSD(`coalesce(sum(cost_usd), 0)`)+` FROM llm_usage_logs
+		WHERE user_id::text = $1 AND created_at >= $2 AND created_at < $3`, []any{q.UserID, ceilMicro(q.From), ceilMicro(q.To)}
+	if q.Provider != "" {
+		args = append(args, q.Provider)
+		sql += fmt.Sprintf(" AND provider = $%d", len(args))
+	}
+	if q.Model != "" {
+		args = append(args, likePattern(q.Model))
+		sql += fmt.Sprintf(` AND translate(model, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') LIKE $%d ESCAPE '\'`, len(args))
+	}
+	return sql, args
+}
+
 // costNumeric is a record's cost_usd: its nano-dollars as a numeric of
 // scale 9, exact (a float would not be), or NULL when unpriced.
 func costNumeric(r *record.Record) any {
@@ -187,21 +206,9 @@ func (s *postgresStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error)
 }
 
 // Spent answers from idx_llm_usage_user_created alone (an index-only
-// scan: provider, model and cost_usd are INCLUDEd). The model glob is
-// matched with LIKE on the model lower-cased by translate, which folds
-// ASCII letters only, as the glob does; ILIKE would fold others too
-// under most locales.
+// scan: provider, model and cost_usd are INCLUDEd).
 func (s *postgresStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
-	sql, args := `SELECT `+nanoUSD(`coalesce(sum(cost_usd), 0)`)+` FROM llm_usage_logs
-		WHERE user_id::text = $1 AND created_at >= $2 AND created_at < $3`, []any{q.UserID, ceilMicro(q.From), ceilMicro(q.To)}
-	if q.Provider != "" {
-		args = append(args, q.Provider)
-		sql += fmt.Sprintf(" AND provider = $%d", len(args))
-	}
-	if q.Model != "" {
-		args = append(args, likePattern(q.Model))
-		sql += fmt.Sprintf(` AND translate(model, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') LIKE $%d ESCAPE '\'`, len(args))
-	}
+	sql, args := postgresSpent(q)
 	var spent usd.Amount
 	if err := s.pool.QueryRow(ctx, sql, args...).Scan(&spent); err != nil {
 		return 0, s.fail("sum the spend of "+q.UserID, err)

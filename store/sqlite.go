@@ -125,8 +125,18 @@ func (s *sqliteStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error) {
 }
 
 // Spent answers from idx_llm_usage_user_created alone (a covering index).
-// SQLite's LIKE ignores the case of ASCII letters only, as the glob does.
 func (s *sqliteStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
+	query, args := sqliteSpent(q)
+	var spent usd.Amount
+	if err := s.db.QueryRowContext(ctx, query, args...).Scan(&spent); err != nil {
+		return 0, s.fail("sum the spend of "+q.UserID, err)
+	}
+	return spent, nil
+}
+
+// sqliteSpent writes Spent's query. SQLite's LIKE ignores the case of
+// ASCII letters only, as the glob does.
+func sqliteSpent(q usage.SpendQuery) (string, []any) {
 	query, args := `SELECT coalesce(sum(cost_nano_usd), 0) FROM llm_usage_logs
 		WHERE user_id = ? AND created_at >= ? AND created_at < ?`, []any{q.UserID, ceilMicro(q.From).UnixMicro(), ceilMicro(q.To).UnixMicro()}
 	if q.Provider != "" {
@@ -135,11 +145,7 @@ func (s *sqliteStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount
 	if q.Model != "" {
 		query, args = query+` AND model LIKE ? ESCAPE '\'`, append(args, likePattern(q.Model))
 	}
-	var spent usd.Amount
-	if err := s.db.QueryRowContext(ctx, query, args...).Scan(&spent); err != nil {
-		return 0, s.fail("sum the spend of "+q.UserID, err)
-	}
-	return spent, nil
+	return query, args
 }
 
 // WatchRules polls the rule tables and llm_model_prices and calls changed
