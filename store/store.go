@@ -2,7 +2,7 @@
 // back, in Postgres (production) or an embedded SQLite file (the default,
 // so that llmusage runs with no database server at all). Both keep the
 // seed's tables: llm_usage_logs, llm_rate_limit_configs, llm_rate_limits
-// and llm_usage_daily_summary.
+// and llm_usage_daily_summary; and llm_model_prices.
 package store
 
 import (
