@@ -28,7 +28,8 @@ const (
 )
 
 // serveSummary answers what the seed's usage card showed: calls and
-// tokens today (UTC) and, for a user, each limit type's quota.
+// tokens today (UTC) and, for a user, each limit type's quota; and
+// today's cost.
 func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 	user := r.URL.Query().Get("user_id")
 	now := c.clock.Now().UTC()
@@ -46,6 +47,9 @@ func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 		"tokens_today":            u.Tokens,
 		"prompt_tokens_today":     u.PromptTokens,
 		"completion_tokens_today": u.CompletionTokens,
+		// The priced calls' cost; unpriced_calls_today tells a partial sum.
+		"cost_usd_today":       u.CostUSD,
+		"unpriced_calls_today": u.UnpricedCalls,
 	}
 	if user != "" {
 		statuses, err := c.limiter.Limits(user, "", "")
@@ -89,6 +93,8 @@ func (c *Collector) serveStats(w http.ResponseWriter, r *http.Request) {
 		"total_tokens":      u.Tokens,
 		"prompt_tokens":     u.PromptTokens,
 		"completion_tokens": u.CompletionTokens,
+		"cost_usd":          u.CostUSD,
+		"unpriced_calls":    u.UnpricedCalls,
 		"by_model":          u.ByModel,
 		"by_provider":       u.ByProvider,
 		"by_day":            u.ByDay,

@@ -76,6 +76,20 @@ func TestUsageAPI(t *testing.T) {
 	if p := stats["by_provider"].(map[string]any)["anthropic"].(map[string]any); p["tokens"] != float64(10) {
 		t.Fatalf("anthropic %v", p)
 	}
+	// No model has a price here: every call is unpriced, and the cost is
+	// a sum of none, in every breakdown.
+	if stats["cost_usd"] != float64(0) || stats["unpriced_calls"] != float64(3) {
+		t.Fatalf("stats cost %v, unpriced %v", stats["cost_usd"], stats["unpriced_calls"])
+	}
+	for _, breakdown := range []map[string]any{stats["by_model"].(map[string]any)["gpt-4"].(map[string]any),
+		stats["by_provider"].(map[string]any)["anthropic"].(map[string]any), stats["by_day"].([]any)[0].(map[string]any)} {
+		if breakdown["cost_usd"] != float64(0) || breakdown["unpriced_calls"] != float64(1) {
+			t.Fatalf("a breakdown's cost: %v", breakdown)
+		}
+	}
+	if sum["cost_usd_today"] != float64(0) || sum["unpriced_calls_today"] != float64(2) {
+		t.Fatalf("summary cost %v", sum)
+	}
 	_, stats = s.do(t, http.MethodGet, "/api/llm/usage/stats?days=1", "", "")
 	if stats["total_calls"] != float64(2) {
 		t.Fatalf("one day of stats %v", stats)
@@ -85,6 +99,9 @@ func TestUsageAPI(t *testing.T) {
 	logs := page["logs"].([]any)
 	if len(logs) != 1 || page["next_cursor"] == "" {
 		t.Fatalf("first page %v", page)
+	}
+	if cost, has := logs[0].(map[string]any)["cost_usd"]; !has || cost != nil {
+		t.Fatalf("an unpriced record's cost_usd: %v, want null", logs[0])
 	}
 	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?limit=1&user_id=alice&before="+page["next_cursor"].(string), "", "")
 	if logs := page["logs"].([]any); len(logs) != 1 || page["next_cursor"] != "" {

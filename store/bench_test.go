@@ -35,7 +35,7 @@ func BenchmarkPersistPostgres(b *testing.B) {
 			recs[i] = record.Record{RequestID: fmt.Sprintf("bench-%012d", seq), UserID: fmt.Sprintf("user-%d", seq%1000),
 				Provider: "openai", Model: "gpt-4o", PromptTokens: 1200, CompletionTokens: 350, TotalTokens: 1550,
 				Latency: 812 * time.Millisecond, HasLatency: true, Status: record.StatusSuccess, Timestamp: t0,
-				Metadata: []byte(`{"route":"/chat"}`)}
+				Metadata: []byte(`{"route":"/chat"}`), Cost: 7_900_000, HasCost: true}
 		}
 		return recs
 	}
@@ -53,7 +53,7 @@ func BenchmarkPersistPostgres(b *testing.B) {
 			_, err := s.pool.CopyFrom(ctx, pgx.Identifier{"llm_usage_logs"}, incomingColumns, pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
 				r := &recs[i]
 				return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
-					r.CachedTokens, r.ReasoningTokens, float64(r.Latency) / 1e6, r.Status, nil, r.Metadata, r.Timestamp}, nil
+					r.CachedTokens, r.ReasoningTokens, float64(r.Latency) / 1e6, r.Status, nil, r.Metadata, r.Timestamp, costNumeric(r)}, nil
 			}))
 			if err != nil {
 				b.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // groqSchema is the Groq-era schema of the system llmusage replaces, with
@@ -100,7 +102,7 @@ func TestAdoptGroqDatabase(t *testing.T) {
 		t.Fatalf("legacy functions left: %v", got)
 	}
 	// The renamed constraints still hold.
-	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conrelid IN ('llm_rate_limit_configs'::regclass, 'llm_rate_limits'::regclass) ORDER BY 1`); strings.Join(got, " ") != "llm_rate_limit_configs_limit_type_key llm_rate_limit_configs_pkey llm_rate_limits_pkey llm_rate_limits_positive" {
+	if got := queryStrings(t, s, `SELECT conname::text FROM pg_constraint WHERE conrelid IN ('llm_rate_limit_configs'::regclass, 'llm_rate_limits'::regclass) ORDER BY 1`); strings.Join(got, " ") != "llm_rate_limit_configs_limit_type_key llm_rate_limit_configs_limit_usd_check llm_rate_limit_configs_pkey llm_rate_limits_limit_usd_check llm_rate_limits_pkey llm_rate_limits_positive" {
 		t.Fatalf("constraints of the adopted rule tables: %v", got)
 	}
 	got := queryStrings(t, s, `SELECT user_id || ' ' || model || ' ' || provider || ' ' || tokens_used FROM llm_usage_logs ORDER BY created_at`)
@@ -112,13 +114,24 @@ func TestAdoptGroqDatabase(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("adopted rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	for _, idx := range []string{"idx_llm_usage_user_id", "idx_llm_usage_model", "idx_llm_usage_created_at", "idx_llm_usage_request_id"} {
+	// Adopted rows predate costs: unpriced, which is not free.
+	if got := queryStrings(t, s, `SELECT count(*)::text FROM llm_usage_logs WHERE cost_usd IS NULL`); got[0] != "3" {
+		t.Fatalf("adopted rows with a NULL cost: %v, want all 3", got)
+	}
+	if u, err := s.Usage(ctx, usage.Query{Since: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}); err != nil || u.Calls != 3 || u.UnpricedCalls != 3 || u.CostUSD != 0 {
+		t.Fatalf("usage of the adopted rows: %+v, %v", u.Totals, err)
+	}
+	legacyUser := usage.SpendQuery{UserID: "11111111-1111-1111-1111-111111111111", From: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if spent, err := s.Spent(ctx, legacyUser); err != nil || spent != 0 {
+		t.Fatalf("spend of an adopted user: %s, %v", spent, err)
+	}
+	for _, idx := range []string{"idx_llm_usage_user_id", "idx_llm_usage_model", "idx_llm_usage_created_at", "idx_llm_usage_request_id", "idx_llm_usage_user_created"} {
 		if got := queryStrings(t, s, `SELECT indexname::text FROM pg_indexes WHERE indexname = '`+idx+`'`); len(got) != 1 {
 			t.Fatalf("index %s missing", idx)
 		}
 	}
 	execAll(t, url, `SELECT refresh_llm_usage_summary()`)
-	if got := queryStrings(t, s, `SELECT provider || ' ' || calls FROM llm_usage_daily_summary ORDER BY day, provider, model`); len(got) != 3 {
+	if got := queryStrings(t, s, `SELECT provider || ' ' || calls || ' ' || coalesce(cost_usd::text, 'NULL') || ' ' || unpriced_calls FROM llm_usage_daily_summary ORDER BY day, provider, model`); len(got) != 3 || got[0] != "groq 1 NULL 1" {
 		t.Fatalf("summary over adopted rows: %v", got)
 	}
 	rows, err := s.RuleRows(ctx)
@@ -126,18 +139,27 @@ func TestAdoptGroqDatabase(t *testing.T) {
 		t.Fatalf("rule rows from adopted tables: %+v %v", rows, err)
 	}
 	for _, r := range rows {
-		if r.Seeded {
-			t.Fatalf("adopted row %+v taken for a seeded default", r)
+		if r.Seeded || r.LimitUSD != nil {
+			t.Fatalf("adopted row %+v taken for a seeded default, or with a budget amount", r)
 		}
 	}
 	if set := rules.Merge(nil, rows); len(set.InForce) != 3 || len(set.Skipped) != 0 {
 		t.Fatalf("rules from adopted tables: %+v", set)
 	}
 
-	// The adopted table takes new records, with any user_id, and pages by its uuid keys.
+	// An adopted rule table takes budgets (its own CHECK on limit_value stays).
+	execAll(t, url, `INSERT INTO llm_rate_limits (user_id, limit_type, limit_value, unit, limit_usd) VALUES ('11111111-1111-1111-1111-111111111111', 'month', 1, 'usd', 2.5)`)
+	if rows, err := s.RuleRows(ctx); err != nil || len(rows) != 4 || rows[3].LimitUSD == nil || *rows[3].LimitUSD != "2.5" || rows[3].LimitType != "month" {
+		t.Fatalf("a budget row in an adopted table: %+v, %v", rows, err)
+	}
+
+	// The adopted table takes new records, with any user_id and a cost,
+	// and pages by its uuid keys.
 	var recs []record.Record
 	for i := 0; i < 5; i++ {
-		recs = append(recs, rec("new-"+string(rune('a'+i)), "alice", "openai", "gpt-4o", 1, 1, t0))
+		r := rec("new-"+string(rune('a'+i)), "alice", "openai", "gpt-4o", 1, 1, t0)
+		r.Cost, r.HasCost = usd.Amount(i+1), true
+		recs = append(recs, r)
 	}
 	if n, err := s.Insert(ctx, recs); err != nil || n != 5 {
 		t.Fatalf("insert into the adopted table: %d, %v", n, err)
@@ -149,6 +171,11 @@ func TestAdoptGroqDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen += len(page.Logs)
+		for _, e := range page.Logs {
+			if adopted := e.UserID != "alice"; (e.CostUSD == nil) != adopted {
+				t.Fatalf("log entry %+v: want a cost exactly on the new records", e)
+			}
+		}
 		if page.NextCursor == "" {
 			break
 		}
@@ -156,6 +183,9 @@ func TestAdoptGroqDatabase(t *testing.T) {
 	}
 	if seen != 8 {
 		t.Fatalf("paged through %d rows, want 8", seen)
+	}
+	if spent, err := s.Spent(ctx, usage.SpendQuery{UserID: "alice", Model: "GPT-4o", From: t0, To: t0.Add(time.Second)}); err != nil || spent != 15 {
+		t.Fatalf("spend of new records in the adopted table: %d nano-USD, %v; want 15", spent, err)
 	}
 
 	// Idempotent: a second run changes nothing.

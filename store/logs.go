@@ -4,10 +4,11 @@ import "github.com/llmusage/llmusage/usage"
 
 // logColumns lists what a page of llm_usage_logs selects, in the order
 // scanLogPage reads; text casts id and user_id to text where the database
-// needs it (an adopted legacy table may key them by uuid).
-func logColumns(text string) string {
+// needs it (an adopted legacy table may key them by uuid), and cost is the
+// record's cost in nano-dollars, NULL when unpriced.
+func logColumns(text, cost string) string {
 	return `id` + text + `, coalesce(request_id, ''), user_id` + text + `, provider, model, tokens_used, prompt_tokens, completion_tokens,
-		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at`
+		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at, ` + cost
 }
 
 // logFilters returns the conditions of q's user, model and provider
@@ -34,7 +35,7 @@ func scanLogPage[ID, At, Meta any](rows rowScanner, limit int, convert func(e *u
 		var at At
 		var metadata Meta
 		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
-			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &at); err != nil {
+			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &at, &e.CostUSD); err != nil {
 			return usage.LogPage{}, err
 		}
 		convert(&e, id, at, metadata)

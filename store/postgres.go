@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -18,6 +20,7 @@ import (
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // notifyChannel is the channel the rule tables' trigger notifies.
@@ -40,13 +43,13 @@ type postgresStore struct {
 // path into Postgres but aborts on the first duplicate request_id.
 var incomingColumns = []string{
 	"request_id", "user_id", "provider", "model", "tokens_used", "prompt_tokens", "completion_tokens",
-	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at",
+	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at", "cost_usd",
 }
 
 const createIncoming = `CREATE TEMPORARY TABLE IF NOT EXISTS llmusage_incoming (
 	request_id text, user_id text, provider text, model text, tokens_used bigint, prompt_tokens bigint,
 	completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint, latency_ms double precision,
-	status text, error_type text, metadata jsonb, created_at timestamptz) ON COMMIT DELETE ROWS`
+	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9)) ON COMMIT DELETE ROWS`
 
 func openPostgres(ctx context.Context, dsn string) (*postgresStore, error) {
 	redacted := Redact(dsn)
@@ -140,15 +143,81 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 			metadata = r.Metadata
 		}
 		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
-			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp}, nil
+			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp, costNumeric(r)}, nil
 	})
+}
+
+// postgresSpent writes Spent's query. The model glob is matched with
+// LIKE on the model lower-cased by translate, which folds ASCII letters
+// only, as the glob does; ILIKE would fold others too under most locales.
+// user_id is compared as text, as by the logs: an adopted table may still
+// key users by uuid, and on a text column the cast costs nothing.
+func postgresSpent(q usage.SpendQuery) (string, []any) {
+	sql, args := `SELECT `+nanoUSD(`coalesce(sum(cost_usd), 0)`)+` FROM llm_usage_logs
+		WHERE user_id::text = $1 AND created_at >= $2 AND created_at < $3`, []any{q.UserID, ceilMicro(q.From), ceilMicro(q.To)}
+	if q.Provider != "" {
+		args = append(args, q.Provider)
+		sql += fmt.Sprintf(" AND provider = $%d", len(args))
+	}
+	if q.Model != "" {
+		args = append(args, likePattern(q.Model))
+		sql += fmt.Sprintf(` AND translate(model, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') LIKE $%d ESCAPE '\'`, len(args))
+	}
+	return sql, args
+}
+
+// costNumeric is a record's cost_usd: its nano-dollars as a numeric of
+// scale 9, exact (a float would not be), or NULL when unpriced.
+func costNumeric(r *record.Record) any {
+	if !r.HasCost {
+		return nil
+	}
+	return pgtype.Numeric{Int: big.NewInt(int64(r.Cost)), Exp: -usd.Scale, Valid: true}
+}
+
+// nanoUSD reads a numeric of dollars (cost_usd, or a sum of it) as
+// nano-dollars, for usd.Amount: exact, and a sum beyond int64 is an
+// error ("bigint out of range") rather than a wrong number.
+func nanoUSD(expr string) string {
+	return `(` + expr + ` * 1000000000)::bigint`
 }
 
 func (s *postgresStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
 	return readRuleRows(ctx, s.query, s.fail, "::text")
 }
 
-// WatchRules LISTENs on the channel the rule tables' trigger notifies.
+func (s *postgresStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+priceColumns("::text")+`, effective_from FROM `+rules.PricesTable+` ORDER BY `+rules.PricesTable+`.id`)
+	if err != nil {
+		return nil, s.fail("read "+rules.PricesTable, err)
+	}
+	defer rows.Close()
+	out, err := scanPriceRows(rows, func(at *time.Time) (*time.Time, error) {
+		if at != nil {
+			u := at.UTC()
+			at = &u
+		}
+		return at, nil
+	})
+	if err != nil {
+		return nil, s.fail("read "+rules.PricesTable, err)
+	}
+	return out, nil
+}
+
+// Spent answers from idx_llm_usage_user_created alone (an index-only
+// scan: provider, model and cost_usd are INCLUDEd).
+func (s *postgresStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
+	sql, args := postgresSpent(q)
+	var spent usd.Amount
+	if err := s.pool.QueryRow(ctx, sql, args...).Scan(&spent); err != nil {
+		return 0, s.fail("sum the spend of "+q.UserID, err)
+	}
+	return spent, nil
+}
+
+// WatchRules LISTENs on the channel the triggers of the rule tables and
+// of llm_model_prices notify.
 // After a lost connection it reconnects and reports a change, since
 // notifications sent meanwhile are lost.
 func (s *postgresStore) WatchRules(ctx context.Context, changed func()) error {
@@ -199,7 +268,8 @@ func (s *postgresStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdo
 // postgresBreakdown writes the usage breakdown in Postgres' SQL.
 var postgresBreakdown = breakdownSQL{
 	sums: `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
-		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint`,
+		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint,
+		` + nanoUSD(`coalesce(sum(cost_usd), 0)`) + `, count(*) FILTER (WHERE cost_usd IS NULL)`,
 	day: `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
 }
 
@@ -233,7 +303,7 @@ func (s *postgresStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPa
 		}
 		conds = append(conds, fmt.Sprintf("(created_at, id) < (%s, %s::text::%s)", arg(at), arg(id), s.idType))
 	}
-	sql := `SELECT ` + logColumns("::text") + ` FROM llm_usage_logs`
+	sql := `SELECT ` + logColumns("::text", nanoUSD("cost_usd")) + ` FROM llm_usage_logs`
 	if len(conds) > 0 {
 		sql += " WHERE " + strings.Join(conds, " AND ")
 	}

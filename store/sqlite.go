@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // sqlitePollInterval is how often the embedded store looks for changed
@@ -51,8 +51,8 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 }
 
 const sqliteInsert = `INSERT OR IGNORE INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens,
-	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at, cost_nano_usd)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
 	if len(recs) == 0 {
@@ -71,7 +71,10 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 	inserted := 0
 	for i := range recs {
 		r := &recs[i]
-		var latency, metadata any
+		var latency, metadata, cost any
+		if r.HasCost {
+			cost = int64(r.Cost)
+		}
 		if r.HasLatency {
 			latency = float64(r.Latency) / float64(time.Millisecond)
 		}
@@ -79,7 +82,7 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 			metadata = string(r.Metadata)
 		}
 		res, err := stmt.ExecContext(ctx, r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens,
-			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro())
+			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro(), cost)
 		if err != nil {
 			return 0, s.fail("insert a record", err)
 		}
@@ -96,15 +99,63 @@ func (s *sqliteStore) RuleRows(ctx context.Context) ([]rules.Row, error) {
 	return readRuleRows(ctx, s.query, s.fail, "")
 }
 
-// WatchRules polls the rule tables and calls changed when their content
-// differs from the last poll.
+func (s *sqliteStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error) {
+	// SQLite normalises any time its date functions read to UTC, with
+	// milliseconds: far finer than a price change needs.
+	rows, err := s.db.QueryContext(ctx, `SELECT `+priceColumns("")+`, strftime('%Y-%m-%dT%H:%M:%fZ', effective_from)
+		FROM `+rules.PricesTable+` ORDER BY id`)
+	if err != nil {
+		return nil, s.fail("read "+rules.PricesTable, err)
+	}
+	defer rows.Close()
+	out, err := scanPriceRows(rows, func(at sql.NullString) (*time.Time, error) {
+		if !at.Valid {
+			return nil, nil
+		}
+		t, err := time.Parse(time.RFC3339, at.String)
+		if err != nil {
+			return nil, err
+		}
+		return &t, nil
+	})
+	if err != nil {
+		return nil, s.fail("read "+rules.PricesTable, err)
+	}
+	return out, nil
+}
+
+// Spent answers from idx_llm_usage_user_created alone (a covering index).
+func (s *sqliteStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
+	query, args := sqliteSpent(q)
+	var spent usd.Amount
+	if err := s.db.QueryRowContext(ctx, query, args...).Scan(&spent); err != nil {
+		return 0, s.fail("sum the spend of "+q.UserID, err)
+	}
+	return spent, nil
+}
+
+// sqliteSpent writes Spent's query. SQLite's LIKE ignores the case of
+// ASCII letters only, as the glob does.
+func sqliteSpent(q usage.SpendQuery) (string, []any) {
+	query, args := `SELECT coalesce(sum(cost_nano_usd), 0) FROM llm_usage_logs
+		WHERE user_id = ? AND created_at >= ? AND created_at < ?`, []any{q.UserID, ceilMicro(q.From).UnixMicro(), ceilMicro(q.To).UnixMicro()}
+	if q.Provider != "" {
+		query, args = query+" AND provider = ?", append(args, q.Provider)
+	}
+	if q.Model != "" {
+		query, args = query+` AND model LIKE ? ESCAPE '\'`, append(args, likePattern(q.Model))
+	}
+	return query, args
+}
+
+// WatchRules polls the rule tables and llm_model_prices and calls changed
+// when their content differs from the last poll.
 func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
 	last := ""
 	t := time.NewTicker(sqlitePollInterval)
 	defer t.Stop()
 	for {
-		if rows, err := s.RuleRows(ctx); err == nil {
-			sum := fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(rows))))
+		if sum, err := s.rulesFingerprint(ctx); err == nil {
 			if last != "" && sum != last {
 				changed()
 			}
@@ -116,6 +167,19 @@ func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
 		case <-t.C:
 		}
 	}
+}
+
+// rulesFingerprint digests the rows WatchRules watches.
+func (s *sqliteStore) rulesFingerprint(ctx context.Context) (string, error) {
+	ruleRows, err := s.RuleRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	prices, err := s.PriceRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	return rulesFingerprint(ruleRows, prices)
 }
 
 func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
@@ -130,7 +194,8 @@ func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown
 // created_at is in microseconds since the epoch.
 var sqliteBreakdown = breakdownSQL{
 	sums: `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
-		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)`,
+		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+		coalesce(sum(cost_nano_usd), 0), sum(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)`,
 	day: `date(created_at / 1000000, 'unixepoch')`,
 }
 
@@ -162,7 +227,7 @@ func (s *sqliteStore) Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage
 		conds = append(conds, "(created_at, id) < (?, ?)")
 		args = append(args, at.UnixMicro(), n)
 	}
-	query := `SELECT ` + logColumns("") + ` FROM llm_usage_logs`
+	query := `SELECT ` + logColumns("", "cost_nano_usd") + ` FROM llm_usage_logs`
 	if len(conds) > 0 {
 		query += " WHERE " + strings.Join(conds, " AND ")
 	}

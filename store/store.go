@@ -2,20 +2,24 @@
 // back, in Postgres (production) or an embedded SQLite file (the default,
 // so that llmusage runs with no database server at all). Both keep the
 // seed's tables: llm_usage_logs, llm_rate_limit_configs, llm_rate_limits
-// and llm_usage_daily_summary.
+// and llm_usage_daily_summary; and llm_model_prices.
 package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // Store is what the rest of llmusage needs from a database.
@@ -27,10 +31,17 @@ type Store interface {
 	// Source reads the rows of llm_rate_limit_configs (rules for every
 	// user) and llm_rate_limits (per user), and watches them for changes.
 	rules.Source
+	// PriceSource reads the rows of llm_model_prices; WatchRules reports
+	// their changes too.
+	rules.PriceSource
 	// Usage answers the usage API.
 	Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error)
 	// Logs returns a page of records, newest first.
 	Logs(ctx context.Context, q usage.LogQuery) (usage.LogPage, error)
+	// Spent sums cost_usd of the records of one user in [From, To) within
+	// a scope, to rebuild a budget's spend after a restart; unpriced
+	// records add nothing.
+	Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error)
 	// Migrator applies the embedded schema migrations.
 	Migrator
 	// Ping checks that the database answers.
@@ -114,7 +125,7 @@ type ruleTable struct {
 // them by uuid). The sort names the table's column: a bare "id" would be
 // the text output column, and id 10 would sort before id 9.
 func ruleTables(text string) []ruleTable {
-	const cols = `limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value`
+	cols := `limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value, limit_usd` + text
 	return []ruleTable{
 		{rules.ConfigsTable, `SELECT id` + text + `, '', ` + cols + `, seeded FROM ` + rules.ConfigsTable + ` ORDER BY ` + rules.ConfigsTable + `.id`},
 		{rules.UserLimitsTable, `SELECT id` + text + `, user_id` + text + `, ` + cols + `, false FROM ` + rules.UserLimitsTable + ` ORDER BY ` + rules.UserLimitsTable + `.id`},
@@ -143,12 +154,107 @@ func readRuleRows(ctx context.Context, query func(ctx context.Context, sql strin
 func scanRuleRows(out []rules.Row, table string, rows rowScanner) ([]rules.Row, error) {
 	for rows.Next() {
 		r := rules.Row{Table: table}
-		if err := rows.Scan(&r.ID, &r.UserID, &r.LimitType, &r.Unit, &r.Provider, &r.Model, &r.LimitValue, &r.Seeded); err != nil {
+		if err := rows.Scan(&r.ID, &r.UserID, &r.LimitType, &r.Unit, &r.Provider, &r.Model, &r.LimitValue, &r.LimitUSD, &r.Seeded); err != nil {
 			return nil, err
 		}
+		r.LimitUSD = trimDecimal(r.LimitUSD)
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// priceColumns lists what PriceRows selects from llm_model_prices, in the
+// order scanPriceRows reads, with effective_from last; text casts the
+// numeric columns and id to text where the database needs it.
+func priceColumns(text string) string {
+	return `id` + text + `, coalesce(provider, ''), model, input_usd_per_mtok` + text + `, output_usd_per_mtok` + text + `,
+		cached_input_usd_per_mtok` + text + `, cache_write_usd_per_mtok` + text
+}
+
+// scanPriceRows reads rows of priceColumns and effective_from; At is what
+// the driver scans effective_from into, and effective converts it.
+func scanPriceRows[At any](rows rowScanner, effective func(at At) (*time.Time, error)) ([]rules.PriceRow, error) {
+	out := []rules.PriceRow{}
+	for rows.Next() {
+		var p rules.PriceRow
+		var at At
+		if err := rows.Scan(&p.ID, &p.Provider, &p.Model, &p.Input, &p.Output, &p.CachedInput, &p.CacheWrite, &at); err != nil {
+			return nil, err
+		}
+		var err error
+		if p.EffectiveFrom, err = effective(at); err != nil {
+			return nil, fmt.Errorf("cannot read effective_from of %s id %s: %w", rules.PricesTable, p.ID, err)
+		}
+		p.Input, p.Output = *trimDecimal(&p.Input), *trimDecimal(&p.Output)
+		p.CachedInput, p.CacheWrite = trimDecimal(p.CachedInput), trimDecimal(p.CacheWrite)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// trimDecimal drops the trailing zeros of a decimal's fraction, so that
+// one amount reads the same from either store: Postgres writes a
+// numeric(20,9) with all nine places ("12.500000000"), SQLite's text
+// keeps what was typed ("12.50"). Nil stays nil; the value is unchanged.
+func trimDecimal(s *string) *string {
+	if s == nil || !strings.Contains(*s, ".") {
+		return s
+	}
+	t := strings.TrimRight(strings.TrimRight(*s, "0"), ".")
+	if t == "" {
+		t = "0"
+	}
+	return &t
+}
+
+// rulesFingerprint digests the rule and price rows, for stores that poll
+// for changes. JSON, unlike fmt, writes what the pointer fields point to
+// (limit_usd, the optional prices) rather than their addresses.
+func rulesFingerprint(ruleRows []rules.Row, prices []rules.PriceRow) (string, error) {
+	b, err := json.Marshal(struct {
+		Rules  []rules.Row
+		Prices []rules.PriceRow
+	}{ruleRows, prices})
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b)), nil
+}
+
+// likePattern turns a model glob into a LIKE pattern with backslash as
+// the escape: "*" is "%", "?" is "_", and a literal "%", "_" or "\" is
+// escaped. ASCII letters are lower-cased: the caller compares it with the
+// model lower-cased the same way, or with SQLite's LIKE, which ignores
+// ASCII case only, as the glob does.
+func likePattern(glob string) string {
+	var b strings.Builder
+	for i := 0; i < len(glob); i++ {
+		switch c := glob[i]; c {
+		case '*':
+			b.WriteByte('%')
+		case '?':
+			b.WriteByte('_')
+		case '%', '_', '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// ceilMicro rounds t up to a whole microsecond, the precision of stored
+// times: a record stored at r (whole microseconds) is at or after t
+// exactly when r >= ceilMicro(t), and before t when r < ceilMicro(t).
+func ceilMicro(t time.Time) time.Time {
+	if u := t.Truncate(time.Microsecond); !u.Equal(t) {
+		return u.Add(time.Microsecond)
+	}
+	return t
 }
 
 // rowScanner is what pgx.Rows and *sql.Rows share, so that both stores
@@ -198,7 +304,7 @@ func readModelGroups(rows rowScanner, u *usage.Breakdown) error {
 	for rows.Next() {
 		var model, provider string
 		var t usage.Totals
-		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens); err != nil {
+		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens, &t.CostUSD, &t.UnpricedCalls); err != nil {
 			return err
 		}
 		u.Add(model, provider, t)
@@ -210,7 +316,7 @@ func readModelGroups(rows rowScanner, u *usage.Breakdown) error {
 func readDays(rows rowScanner, u *usage.Breakdown) error {
 	for rows.Next() {
 		var d usage.DayTotals
-		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens); err != nil {
+		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens, &d.CostUSD, &d.UnpricedCalls); err != nil {
 			return err
 		}
 		u.ByDay = append(u.ByDay, d)

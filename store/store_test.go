@@ -206,7 +206,7 @@ func TestUsage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := usage.Totals{Calls: 3, Errors: 1, Tokens: 166, PromptTokens: 111, CompletionTokens: 55}
+		want := usage.Totals{Calls: 3, Errors: 1, Tokens: 166, PromptTokens: 111, CompletionTokens: 55, UnpricedCalls: 3}
 		if u.Totals != want {
 			t.Fatalf("totals %+v, want %+v", u.Totals, want)
 		}

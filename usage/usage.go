@@ -6,6 +6,8 @@ package usage
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/llmusage/llmusage/usd"
 )
 
 // Query selects the records a Breakdown sums up.
@@ -40,6 +42,11 @@ type Totals struct {
 	PromptTokens int64 `json:"prompt_tokens"`
 	// CompletionTokens sums completion_tokens.
 	CompletionTokens int64 `json:"completion_tokens"`
+	// CostUSD sums the cost of the priced records; UnpricedCalls counts
+	// the others, whose cost is unknown (not zero), so that a reader can
+	// tell a partial sum from a complete one.
+	CostUSD       usd.Amount `json:"cost_usd"`
+	UnpricedCalls int64      `json:"unpriced_calls"`
 }
 
 // ModelTotals are the totals of one model, with its provider.
@@ -57,6 +64,19 @@ type DayTotals struct {
 	// Day is YYYY-MM-DD, UTC.
 	Day string `json:"day"`
 	Totals
+}
+
+// SpendQuery selects the records whose costs a budget's spend sums.
+type SpendQuery struct {
+	// UserID is the user charged; required.
+	UserID string
+	// Provider scopes the sum to one provider (normalised); empty means any.
+	Provider string
+	// Model is a glob as limit rules match models: "*" any run of
+	// characters, "?" one character, ASCII case ignored; empty means any.
+	Model string
+	// From is the first instant counted, To the first one not counted.
+	From, To time.Time
 }
 
 // LogQuery selects a page of records.
@@ -93,6 +113,9 @@ type LogEntry struct {
 	CompletionTokens int64 `json:"completion_tokens"`
 	CachedTokens     int64 `json:"cached_tokens"`
 	ReasoningTokens  int64 `json:"reasoning_tokens"`
+	// CostUSD is what the call cost, nil when unknown (an unpriced model,
+	// a row from before costs were recorded).
+	CostUSD *usd.Amount `json:"cost_usd"`
 	// LatencyMs is nil when the record gave none.
 	LatencyMs *float64 `json:"latency_ms"`
 	// Status is success or error; ErrorType says which error.
@@ -131,4 +154,6 @@ func (t *Totals) add(o Totals) {
 	t.Tokens += o.Tokens
 	t.PromptTokens += o.PromptTokens
 	t.CompletionTokens += o.CompletionTokens
+	t.CostUSD += o.CostUSD
+	t.UnpricedCalls += o.UnpricedCalls
 }
