@@ -19,6 +19,7 @@ import (
 	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
+	"github.com/llmusage/llmusage/usd"
 )
 
 var testNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -288,25 +289,28 @@ func TestQuotaGauges(t *testing.T) {
 	l, err := limiter.New([]limiter.Rule{
 		{Window: limiter.Minute, Unit: limiter.Requests, Limit: 3},
 		{Provider: "openai", Window: limiter.Day, Unit: limiter.Tokens, Limit: 1000},
+		{Window: limiter.Month, Unit: limiter.USD, Limit: 50 * 1e9},
 	}, limiter.Options{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := New(Options{Clock: clk, Limiter: l})
-	l.Record(limiter.Usage{UserID: "u", Provider: "openai", Model: "gpt-4", Tokens: 250})
+	l.Record(limiter.Usage{UserID: "u", Provider: "openai", Model: "gpt-4", Tokens: 250, Cost: 12_345_000_000, HasCost: true, Timestamp: testNow})
 	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 200, 50)})
 	// A user over the cap, or never observed, gets no quota series.
 	l.Record(limiter.Usage{UserID: "ghost", Provider: "openai", Model: "gpt-4", Tokens: 1})
 
 	want := `
-# HELP llm_quota_limit Capacity of the user's token bucket for a limit type and unit (requests or tokens); provider and model are set for scoped rules.
+# HELP llm_quota_limit Capacity of the user's token bucket for a limit type and unit (requests or tokens), or the user's budget in US dollars (unit usd, a calendar day, week or month); provider and model are set for scoped rules.
 # TYPE llm_quota_limit gauge
 llm_quota_limit{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 1000
 llm_quota_limit{limit_type="minute",model="",provider="",unit="requests",user="u"} 3
-# HELP llm_quota_remaining Whole units left in the user's token bucket now; 0 while the bucket is in debt.
+llm_quota_limit{limit_type="month",model="",provider="",unit="usd",user="u"} 50
+# HELP llm_quota_remaining Whole units left in the user's token bucket now, or dollars left in the budget's period; 0 while the bucket is in debt or the budget overspent.
 # TYPE llm_quota_remaining gauge
 llm_quota_remaining{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 750
 llm_quota_remaining{limit_type="minute",model="",provider="",unit="requests",user="u"} 2
+llm_quota_remaining{limit_type="month",model="",provider="",unit="usd",user="u"} 37.655
 `
 	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want), "llm_quota_limit", "llm_quota_remaining"); err != nil {
 		t.Fatal(err)
@@ -471,5 +475,41 @@ func TestSweepDeletesEverySeries(t *testing.T) {
 	}
 	if got := count("new"); got != 10 {
 		t.Fatalf("%d series for user new after the sweep, want 10", got)
+	}
+}
+
+func TestCostMetrics(t *testing.T) {
+	e := New(Options{Clock: clock.NewManual(testNow)})
+	priced := func(r record.Record, cost usd.Amount) record.Record {
+		r.Cost, r.HasCost = cost, true
+		return r
+	}
+	e.ObserveRecords([]record.Record{
+		priced(rec("u1", "groq", "llama-3.1-70b-versatile", 100, 50), 98_500),
+		priced(rec("u1", "groq", "llama-3.1-70b-versatile", 100, 50), 98_500),
+		priced(rec("u2", "openai", "gpt-4", 10, 5), 600_000),
+		priced(rec("u2", "openai", "gpt-4o", 0, 0), 0), // a known cost of nothing
+		rec("u2", "unknown", "my-finetune", 5, 5),
+		rec("u1", "unknown", "other", 5, 5),
+		rec("u1", "vllm", "llama-local", 5, 5),
+	})
+	want := `
+# HELP llm_cost_usd_total Cost of LLM API calls in US dollars, by user, provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).
+# TYPE llm_cost_usd_total counter
+llm_cost_usd_total{model="gpt-4",provider="openai",user="u2"} 0.0006
+llm_cost_usd_total{model="gpt-4o",provider="openai",user="u2"} 0
+llm_cost_usd_total{model="llama-3.1-70b-versatile",provider="groq",user="u1"} 0.000197
+# HELP llmusage_records_unpriced_total Call records of a model without a price, stored with a null cost, by provider; GET /v1/prices?unpriced=1 names the models.
+# TYPE llmusage_records_unpriced_total counter
+llmusage_records_unpriced_total{provider="unknown"} 2
+llmusage_records_unpriced_total{provider="vllm"} 1
+`
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want), "llm_cost_usd_total", "llmusage_records_unpriced_total"); err != nil {
+		t.Fatal(err)
+	}
+	// A user's cost series go with the user.
+	e.usage.deleteUser("u2")
+	if n := testutil.CollectAndCount(e.usage.cost); n != 1 {
+		t.Fatalf("%d cost series after u2 was forgotten, want 1", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // quotaCollector builds llm_quota_limit and llm_quota_remaining at scrape
@@ -28,10 +29,10 @@ func newQuotaCollector(l *limiter.Limiter, g *userGuard) *quotaCollector {
 		limiter: l,
 		guard:   g,
 		limit: prometheus.NewDesc("llm_quota_limit",
-			"Capacity of the user's token bucket for a limit type and unit (requests or tokens); provider and model are set for scoped rules.",
+			"Capacity of the user's token bucket for a limit type and unit (requests or tokens), or the user's budget in US dollars (unit usd, a calendar day, week or month); provider and model are set for scoped rules.",
 			quotaLabels, nil),
 		remaining: prometheus.NewDesc("llm_quota_remaining",
-			"Whole units left in the user's token bucket now; 0 while the bucket is in debt.",
+			"Whole units left in the user's token bucket now, or dollars left in the budget's period; 0 while the bucket is in debt or the budget overspent.",
 			quotaLabels, nil),
 	}
 }
@@ -61,7 +62,11 @@ func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, q := range samples {
 		s := q.status
 		labels := []string{labelValue(q.user), s.Window.String(), s.Unit.String(), labelValue(s.Provider), labelValue(s.Model)}
-		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(s.Limit), labels...)
-		ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, float64(s.Remaining), labels...)
+		limit, remaining := float64(s.Limit), float64(s.Remaining)
+		if s.Unit == limiter.USD { // in dollars, the base unit
+			limit, remaining = usd.Amount(s.Limit).Float(), usd.Amount(s.Remaining).Float()
+		}
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, limit, labels...)
+		ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, remaining, labels...)
 	}
 }

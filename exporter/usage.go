@@ -16,6 +16,8 @@ type usageMetrics struct {
 	models   *modelGuard
 	requests *prometheus.CounterVec
 	tokens   *prometheus.CounterVec
+	cost     *prometheus.CounterVec
+	unpriced *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	checks   *prometheus.CounterVec
 	accepted prometheus.Counter
@@ -39,6 +41,7 @@ type recordSeries struct {
 	requests [2]prometheus.Counter
 	// tokens by type: prompt, completion, cached, reasoning.
 	tokens   [4]prometheus.Counter
+	cost     prometheus.Counter
 	duration prometheus.Observer
 	// seen is the pair's last-seen cell in the model guard (an overflow
 	// pair's too), refreshed by the records that find these series.
@@ -72,6 +75,14 @@ func newUsageMetrics(userLabel bool, models *modelGuard) *usageMetrics {
 			Name: "llm_tokens_total",
 			Help: "Tokens used by LLM API calls, by user, provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.",
 		}, withUser("provider", "model", "token_type")),
+		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llm_cost_usd_total",
+			Help: "Cost of LLM API calls in US dollars, by user, provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).",
+		}, withUser("provider", "model")),
+		unpriced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmusage_records_unpriced_total",
+			Help: "Call records of a model without a price, stored with a null cost, by provider; GET /v1/prices?unpriced=1 names the models.",
+		}, []string{"provider"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llm_request_duration_seconds",
 			Help:    "Latency of LLM API calls as reported in latency_ms, by provider and model.",
@@ -116,6 +127,14 @@ func (m *usageMetrics) observeRecord(r *record.Record, user string, ns int64) {
 			s.tokens[i] = m.tokens.WithLabelValues(m.labels(k, tokenTypes[i])...)
 		}
 		s.tokens[i].Add(float64(n))
+	}
+	if r.HasCost {
+		if s.cost == nil {
+			s.cost = m.cost.WithLabelValues(m.pairLabels(k)...)
+		}
+		s.cost.Add(r.Cost.Float())
+	} else {
+		m.unpriced.WithLabelValues(k.provider).Inc()
 	}
 	if r.HasLatency {
 		if s.duration == nil {
@@ -197,6 +216,15 @@ func (m *usageMetrics) deleteSeries(k seriesKey, s *recordSeries) {
 			m.tokens.DeleteLabelValues(m.labels(k, tokenTypes[i])...)
 		}
 	}
+	if s.cost != nil {
+		m.cost.DeleteLabelValues(m.pairLabels(k)...)
+	}
+}
+
+// pairLabels are k's labels without a last one: the cost's.
+func (m *usageMetrics) pairLabels(k seriesKey) []string {
+	l := m.labels(k, "")
+	return l[:len(l)-1]
 }
 
 // deletePairs removes the series of provider and model pairs, of every
@@ -225,6 +253,8 @@ func (m *usageMetrics) deletePairs(pairs map[modelPair]bool) {
 func (m *usageMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.requests.Describe(ch)
 	m.tokens.Describe(ch)
+	m.cost.Describe(ch)
+	m.unpriced.Describe(ch)
 	m.duration.Describe(ch)
 	m.checks.Describe(ch)
 	m.accepted.Describe(ch)
@@ -234,6 +264,8 @@ func (m *usageMetrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *usageMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.requests.Collect(ch)
 	m.tokens.Collect(ch)
+	m.cost.Collect(ch)
+	m.unpriced.Collect(ch)
 	m.duration.Collect(ch)
 	m.checks.Collect(ch)
 	m.accepted.Collect(ch)

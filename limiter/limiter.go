@@ -37,8 +37,9 @@ type Options struct {
 	Store Store
 	// Location is the time zone of budgets' calendar periods; UTC when nil.
 	Location *time.Location
-	// Spend tells a budget's spend when the store does not know it; nil
-	// counts it as nothing spent.
+	// Spend tells a budget's spend when the store does not know it,
+	// including the record being charged, if any; nil counts it as
+	// nothing spent before.
 	Spend SpendSource
 	// AllowUnpriced lets a check without a cost estimate (its model has no
 	// price) pass a budget that is not exhausted; else it is refused with
@@ -539,7 +540,8 @@ func (l *Limiter) withSpend(now time.Time, user string, bs []Bucket, seeded func
 			if err != nil {
 				return err
 			}
-			if ok && seeded != nil {
+			// Without a source the seed (nothing spent) holds no record.
+			if ok && seeded != nil && l.spend != nil {
 				seeded(i)
 			}
 		}
