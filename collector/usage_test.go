@@ -76,22 +76,39 @@ func TestUsageAPI(t *testing.T) {
 	if p := stats["by_provider"].(map[string]any)["anthropic"].(map[string]any); p["tokens"] != float64(10) {
 		t.Fatalf("anthropic %v", p)
 	}
-	// No model has a price here: every call is unpriced, and the cost is
-	// a sum of none, in every breakdown.
-	if stats["cost_usd"] != float64(0) || stats["unpriced_calls"] != float64(3) {
+	// The seed's models are priced: gpt-4 100 x $30 + 50 x $60, llama
+	// 10 x $0.59 + 5 x $0.79, claude-3-opus 7 x $15 + 3 x $75 per million.
+	if stats["cost_usd"] != 0.00633985 || stats["unpriced_calls"] != float64(0) {
 		t.Fatalf("stats cost %v, unpriced %v", stats["cost_usd"], stats["unpriced_calls"])
 	}
-	for _, breakdown := range []map[string]any{stats["by_model"].(map[string]any)["gpt-4"].(map[string]any),
-		stats["by_provider"].(map[string]any)["anthropic"].(map[string]any), stats["by_day"].([]any)[0].(map[string]any)} {
-		if breakdown["cost_usd"] != float64(0) || breakdown["unpriced_calls"] != float64(1) {
-			t.Fatalf("a breakdown's cost: %v", breakdown)
+	for _, c := range []struct {
+		name      string
+		breakdown map[string]any
+		cost      float64
+	}{
+		{"gpt-4", stats["by_model"].(map[string]any)["gpt-4"].(map[string]any), 0.006},
+		{"anthropic", stats["by_provider"].(map[string]any)["anthropic"].(map[string]any), 0.00033},
+		{"2026-11-25", stats["by_day"].([]any)[0].(map[string]any), 0.00033},
+		{"2026-11-27", stats["by_day"].([]any)[1].(map[string]any), 0.00600985},
+	} {
+		if c.breakdown["cost_usd"] != c.cost || c.breakdown["unpriced_calls"] != float64(0) {
+			t.Fatalf("%s's cost: %v, want %v", c.name, c.breakdown, c.cost)
 		}
 	}
-	if sum["cost_usd_today"] != float64(0) || sum["unpriced_calls_today"] != float64(2) {
+	if sum["cost_usd_today"] != 0.00600985 || sum["unpriced_calls_today"] != float64(0) {
 		t.Fatalf("summary cost %v", sum)
 	}
+	// A model without a price is counted apart, not as free.
+	s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"carol","model":"house-model","prompt_tokens":10}`)
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, carol := s.do(t, http.MethodGet, "/api/llm/usage/stats?user_id=carol", "", "")
+	if carol["cost_usd"] != float64(0) || carol["unpriced_calls"] != float64(1) || carol["total_calls"] != float64(1) {
+		t.Fatalf("carol's stats %v", carol)
+	}
 	_, stats = s.do(t, http.MethodGet, "/api/llm/usage/stats?days=1", "", "")
-	if stats["total_calls"] != float64(2) {
+	if stats["total_calls"] != float64(3) { // alice's two and carol's
 		t.Fatalf("one day of stats %v", stats)
 	}
 
@@ -100,9 +117,14 @@ func TestUsageAPI(t *testing.T) {
 	if len(logs) != 1 || page["next_cursor"] == "" {
 		t.Fatalf("first page %v", page)
 	}
-	if cost, has := logs[0].(map[string]any)["cost_usd"]; !has || cost != nil {
-		t.Fatalf("an unpriced record's cost_usd: %v, want null", logs[0])
+	if cost := logs[0].(map[string]any)["cost_usd"]; cost != 9.85e-06 {
+		t.Fatalf("the llama record's cost_usd: %v, want 0.00000985", logs[0])
 	}
+	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?user_id=carol", "", "")
+	if cost, has := page["logs"].([]any)[0].(map[string]any)["cost_usd"]; !has || cost != nil {
+		t.Fatalf("an unpriced record's cost_usd: %v, want null", page)
+	}
+	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?limit=1&user_id=alice", "", "")
 	_, page = s.do(t, http.MethodGet, "/api/llm/usage/logs?limit=1&user_id=alice&before="+page["next_cursor"].(string), "", "")
 	if logs := page["logs"].([]any); len(logs) != 1 || page["next_cursor"] != "" {
 		t.Fatalf("second page %v", page)

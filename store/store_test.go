@@ -293,7 +293,7 @@ func TestRuleRows(t *testing.T) {
 		exec(`INSERT INTO llm_rate_limit_configs (limit_type, limit_value, provider) VALUES ('minute', 2, ' Azure ')`)
 		check("// minute requests=100", "// day requests=14400", "/groq/ minute tokens=6000", "/azure.ai.openai/ minute requests=2",
 			"user-id// minute requests=250", "user-id/groq/ minute requests=30", "user-id/openai/ minute requests=60",
-			`skipped: cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day`)
+			`skipped: cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day, week, month`)
 		seeded("day")
 		// Among rows of one scope the highest id wins, also past id 9
 		// (a text sort would put 10 before 9).
