@@ -64,9 +64,17 @@ func (l *Ledger) Len() int {
 	return n
 }
 
+// Queue is a store's queue (the spool, or memory) that tells why it
+// takes no records.
+type Queue interface {
+	store.Queue
+	// Err tells why records cannot be accepted now, or nil.
+	Err() error
+}
+
 // Queue wraps a store's queue: what it takes is counted, what is
 // committed from it forgotten.
-func (l *Ledger) Queue(q store.Queue) store.Queue { return &queue{Queue: q, ledger: l} }
+func (l *Ledger) Queue(q Queue) Queue { return &queue{Queue: q, ledger: l} }
 
 // Source is a budget's spend as the limiter asks for it: the ledger's
 // pending records plus the database's. The ledger is read first: a record
@@ -155,7 +163,7 @@ func mod(a, b int64) int64 {
 
 // queue counts what its Queue takes and forgets what is committed.
 type queue struct {
-	store.Queue
+	Queue
 	ledger *Ledger
 	// peeked are the records of the last Peek, which Commit forgets.
 	peeked []record.Record

@@ -21,11 +21,15 @@ import (
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
+	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/redisquota"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
+	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 func serveCommand() *cli.Command {
@@ -36,7 +40,7 @@ func serveCommand() *cli.Command {
 		Flags: []cli.Flag{
 			stringFlag("listen-address", "127.0.0.1:9470", "address of the intake API: host:port, or unix:/path/to/socket"),
 			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz to Prometheus and the kubelet"),
-			stringFlag("limits-file", "", "YAML file of limit rules and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
+			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
 			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
 			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
@@ -64,6 +68,8 @@ func serveCommand() *cli.Command {
 			durationFlag("redis-timeout", 50*time.Millisecond, "longest a check waits for Redis before --redis-fail-mode answers it"),
 			stringFlag("redis-fail-mode", "local", "how checks are answered while Redis is out of reach: local (this replica's share of each limit: limit / live replicas), open (allowed) or closed (refused with 503)"),
 			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
+			stringFlag("budget-timezone", "UTC", "time zone (IANA name, such as Europe/Paris) of usd budgets' calendar days, weeks (from Monday) and months"),
+			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := serveConfigFrom(c)
@@ -118,6 +124,10 @@ type serveConfig struct {
 	QueueMaxRecords int
 	// Redis, when its URL is set, holds the buckets of every replica.
 	Redis redisConfig
+	// BudgetLocation is the time zone of budgets' calendar periods.
+	BudgetLocation *time.Location
+	// BudgetAllowUnpriced lets checks of unpriced models pass budgets.
+	BudgetAllowUnpriced bool
 }
 
 // redisConfig selects the shared quota store.
@@ -202,6 +212,16 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if cfg.Durability != "fsync" && cfg.Durability != "memory" {
 		return serveConfig{}, fmt.Errorf("cannot use --durability %q: want fsync or memory", cfg.Durability)
 	}
+	if cfg.BudgetLocation, err = time.LoadLocation(c.String("budget-timezone")); err != nil || c.String("budget-timezone") == "" {
+		return serveConfig{}, fmt.Errorf("cannot use --budget-timezone %q: want an IANA time zone such as UTC or Europe/Paris", c.String("budget-timezone"))
+	}
+	switch c.String("budget-unpriced") {
+	case "allow":
+		cfg.BudgetAllowUnpriced = true
+	case "refuse":
+	default:
+		return serveConfig{}, fmt.Errorf("cannot use --budget-unpriced %q: want refuse or allow", c.String("budget-unpriced"))
+	}
 	return cfg, nil
 }
 
@@ -223,12 +243,11 @@ type sidecar struct {
 	store store.Store
 	// writer moves records from the queue to the store.
 	writer *store.Writer
-	// queue holds records for the writer: the spool, or memory.
-	queue interface {
-		store.Queue
-		// Err tells why records cannot be accepted now, or nil.
-		Err() error
-	}
+	// queue holds records for the writer: the spool, or memory, counted
+	// in ledger.
+	queue ledger.Queue
+	// ledger counts what the records not stored yet spent, for budgets.
+	ledger *ledger.Ledger
 	// spool is the queue when cfg.Durability is fsync.
 	spool *spool.Spool
 	// quota is the shared quota store; nil for each sidecar's own buckets.
@@ -277,7 +296,12 @@ func run(ctx context.Context, cfg serveConfig) error {
 		buckets = s.quota
 		s.exporter.WatchQuotaBackend(s.quota)
 	}
-	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets}); err != nil {
+	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second,
+		DB: func(ctx context.Context, user, provider, model string, from, to time.Time) (usd.Amount, error) {
+			return s.store.Spent(ctx, usage.SpendQuery{UserID: user, Provider: provider, Model: model, From: from, To: to})
+		}}
+	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets, Location: cfg.BudgetLocation,
+		Spend: spend, AllowUnpriced: cfg.BudgetAllowUnpriced}); err != nil {
 		return err
 	}
 	s.exporter.WatchLimiter(s.limiter)
@@ -405,16 +429,23 @@ func (s *sidecar) metricsHandler() http.Handler {
 func (s *sidecar) openQueue() error {
 	if s.cfg.Durability == "memory" {
 		s.logger.Warn("--durability=memory: acknowledged records that the database does not have yet are lost if the process dies")
-		s.queue = store.NewMemoryQueue(s.cfg.QueueMaxRecords)
+		s.ledger = ledger.New()
+		s.queue = s.ledger.Queue(store.NewMemoryQueue(s.cfg.QueueMaxRecords))
 		return nil
 	}
 	sp, err := spool.Open(filepath.Join(s.cfg.Store.DataDir, "spool"), spool.Options{MaxBytes: s.cfg.SpoolMaxBytes, Logger: s.logger})
 	if err != nil {
 		return err
 	}
-	s.spool, s.queue = sp, sp
+	s.spool = sp
+	s.ledger = ledger.New()
+	s.queue = s.ledger.Queue(sp)
 	if n := sp.Len(); n > 0 {
 		s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
+		// What they spent counts in budgets until they are stored.
+		if err := sp.Scan(func(r *record.Record) { s.ledger.Add([]record.Record{*r}) }); err != nil {
+			s.logger.Warn("cannot read the spool's costs for budgets; budgets count the stored records only", "error", err)
+		}
 	}
 	return nil
 }
