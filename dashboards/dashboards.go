@@ -74,14 +74,28 @@ func Overview() *dashboard.DashboardBuilder {
 		WithRow(dashboard.NewRowBuilder("Quota")).
 		WithPanel(timeSeries("Quota checks by decision", "Checks answered allowed (200) or limited (429), per second.", "reqps",
 			target(`sum by (decision) (rate(llm_rate_limit_checks_total{`+sel+`}[$__rate_interval]))`, "{{decision}}"))).
-		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets with the highest share used; 1 means no quota left.",
-			target(`topk(20, max by (user, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant()))
+		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets with the highest share used, budgets (unit usd) included; 1 means no quota left.",
+			target(`topk(20, max by (user, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant())).
+		WithRow(dashboard.NewRowBuilder("Spend")).
+		WithPanel(timeSeries("Spend by provider", "USD an hour, at the current rate, of the priced records (recording rule provider_model:llm_cost_usd:rate5m); records of unpriced models are not in it.", "currencyUSD",
+			target(`sum by (provider) (provider_model:llm_cost_usd:rate5m{`+sel+`}) * 3600`, "{{provider}}"))).
+		WithPanel(timeSeries("Spend by model", "USD an hour, at the current rate, by provider and model.", "currencyUSD",
+			target(`sum by (provider, model) (provider_model:llm_cost_usd:rate5m{`+sel+`}) * 3600`, "{{provider}} {{model}}"))).
+		WithPanel(barGauge("Top users by spend", "The ten users who spent the most USD in the time range.", "currencyUSD",
+			target(`topk(10, sum by (user) (increase(llm_cost_usd_total{`+sel+`}[$__range])))`, "{{user}}").Instant())).
+		WithPanel(statPanel("Spend in the time range", "USD spent on priced records in the time range.", "currencyUSD",
+			target(`sum(increase(llm_cost_usd_total{`+sel+`}[$__range]))`, "spend").Instant())).
+		WithPanel(timeSeries("Unpriced records by provider", "Records per second whose model has no price (stored with a null cost): their cost is missing from the spend and the budgets. Add a price (limits file prices:, or a row of llm_model_prices); GET /v1/prices?unpriced=1 names the models.", "short",
+			target(`sum by (provider) (rate(llmusage_records_unpriced_total{`+sel+`}[$__rate_interval]))`, "{{provider}}")).
+			Span(6))
 }
 
 // UserQuota is the successor of the seed's usage card: one user's quota
 // against each limit, and their usage in the time range.
 func UserQuota() *dashboard.DashboardBuilder {
 	userSel := sel + `, user="$user"`
+	quotaSel := userSel + `, unit!="usd"`
+	budgetSel := userSel + `, unit="usd"`
 	return base("llm-user-quota", "LLM user quota", "One user's quota and usage: the successor of the LLM API usage card.").
 		Time("now/d", "now").
 		WithVariable(dashboard.NewQueryVariableBuilder("user").
@@ -91,17 +105,34 @@ func UserQuota() *dashboard.DashboardBuilder {
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
 			Sort(dashboard.VariableSortAlphabeticalAsc)).
 		WithRow(dashboard.NewRowBuilder("Quota")).
-		WithPanel(tablePanel("Quota by limit type", "For each limit the user's bucket: limit, used and remaining, one row per bucket however many pods report it (with Redis they report the same shared level; without it, the pod closest to refusing).",
-			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`})`, "limit").Instant().RefId("limit"),
-			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+userSel+`} - llm_quota_remaining{`+userSel+`})`, "used").Instant().RefId("used"),
-			target(`min by (limit_type, unit, provider, model) (llm_quota_remaining{`+userSel+`})`, "remaining").Instant().RefId("remaining"))).
-		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets, the pod closest to refusing (with Redis every pod reports the same shared level); the warning alert fires above 0.8 for 10 minutes.", "percentunit",
-			target(`max by (limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+userSel+`})`, "{{limit_type}} {{unit}} {{provider}} {{model}}"))).
+		WithPanel(tablePanel("Quota by limit type", "For each limit the user's bucket: limit, used and remaining, one row per bucket however many pods report it (with Redis they report the same shared level; without it, the pod closest to refusing). USD budgets are in the Budgets row.",
+			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`})`, "limit").Instant().RefId("limit"),
+			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`} - llm_quota_remaining{`+quotaSel+`})`, "used").Instant().RefId("used"),
+			target(`min by (limit_type, unit, provider, model) (llm_quota_remaining{`+quotaSel+`})`, "remaining").Instant().RefId("remaining"))).
+		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets, the pod closest to refusing (with Redis every pod reports the same shared level); the warning alert fires above 0.8 for 10 minutes. USD budgets are in the Budgets row.", "percentunit",
+			target(`max by (limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+quotaSel+`})`, "{{limit_type}} {{unit}} {{provider}} {{model}}"))).
+		WithRow(dashboard.NewRowBuilder("Budgets")).
+		WithPanel(tablePanel("Budgets", "The user's USD budgets (limit rules with unit usd: day, week or month, reset at 00:00 UTC, on Monday, on the 1st): limit, spent this window and remaining, in dollars, one row per budget (the pod closest to refusing, as for the quota). At 0 remaining the user's checks are refused until the window resets.",
+			target(`max by (limit_type, provider, model) (llm_quota_limit{`+budgetSel+`})`, "limit").Instant().RefId("limit"),
+			target(`max by (limit_type, provider, model) (llm_quota_limit{`+budgetSel+`} - llm_quota_remaining{`+budgetSel+`})`, "spent").Instant().RefId("spent"),
+			target(`min by (limit_type, provider, model) (llm_quota_remaining{`+budgetSel+`})`, "remaining").Instant().RefId("remaining")).
+			Unit("currencyUSD")).
+		WithPanel(barGauge("Share of each budget spent", "1 - remaining / limit per budget (recording rule user_limit_type_provider_model:llm_budget_used:ratio): LLMUsageBudgetNearlySpent fires at 80% for 5 minutes, LLMUsageBudgetSpent at 100%.", "percentunit",
+			target(`max by (limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{limit_type}} {{provider}} {{model}}").Instant()).
+			Min(0).Max(1).Thresholds(budgetThresholds())).
+		WithPanel(timeSeries("Budget spent over time", "The share of each budget spent, against the 80% and 100% thresholds of the budget alerts; it drops to 0 when the window resets.", "percentunit",
+			target(`max by (limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{limit_type}} {{provider}} {{model}}")).
+			Min(0).Max(1).Thresholds(budgetThresholds()).
+			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLineAndArea))).
+		WithPanel(timeSeries("Spend over time", "The user's spend in USD an hour, at the current rate, by model.", "currencyUSD",
+			target(`sum by (provider, model) (rate(llm_cost_usd_total{`+userSel+`}[$__rate_interval])) * 3600`, "{{provider}} {{model}}"))).
 		WithRow(dashboard.NewRowBuilder("Usage in the time range (today by default)")).
 		WithPanel(statPanel("Calls", "LLM calls recorded for the user in the time range.", "short",
 			target(`sum(increase(llm_requests_total{`+userSel+`}[$__range]))`, "calls").Instant())).
 		WithPanel(statPanel("Tokens", "Prompt and completion tokens in the time range.", "short",
 			target(`sum(increase(llm_tokens_total{`+userSel+`, token_type=~"prompt|completion"}[$__range]))`, "tokens").Instant())).
+		WithPanel(statPanel("Spend", "USD spent on the user's priced records in the time range.", "currencyUSD",
+			target(`sum(increase(llm_cost_usd_total{`+userSel+`}[$__range]))`, "spend").Instant())).
 		WithPanel(barGauge("Tokens by model", "Prompt and completion tokens in the time range, by model.", "short",
 			target(`sum by (model) (increase(llm_tokens_total{`+userSel+`, token_type=~"prompt|completion"}[$__range]))`, "{{model}}").Instant())).
 		WithPanel(barGauge("Calls by provider", "Calls in the time range, by provider.", "short",
@@ -168,6 +199,16 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`process_resident_memory_bytes{`+sel+`}`, "{{instance}}"))).
 		WithPanel(timeSeries("CPU", "CPU seconds per second of the sidecar process.", "short",
 			target(`rate(process_cpu_seconds_total{`+sel+`}[$__rate_interval])`, "{{instance}}")))
+}
+
+// budgetThresholds colours a budget's share spent: green, orange from
+// 80% (LLMUsageBudgetNearlySpent), red at 100% (LLMUsageBudgetSpent).
+func budgetThresholds() *dashboard.ThresholdsConfigBuilder {
+	return dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps([]dashboard.Threshold{
+		{Value: nil, Color: "green"},
+		{Value: cog.ToPtr(0.8), Color: "orange"},
+		{Value: cog.ToPtr(1.0), Color: "red"},
+	})
 }
 
 // sel selects the sidecars chosen by the dashboard's job and namespace variables.

@@ -66,21 +66,37 @@ func TestAgainstPrometheus(t *testing.T) {
 		post(t, side, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
 	}
 
+	// exposed are the series names of a scrape of every sidecar now.
+	exposed := func(t *testing.T) map[string]bool {
+		names := map[string]bool{}
+		for _, s := range sides {
+			for name := range scrapedNames(t, s.Scrape(t)) {
+				names[name] = true
+			}
+		}
+		return names
+	}
+
 	t.Run("every panel query returns data", func(t *testing.T) {
+		recorded, _ := ruleExprs(t)
+		exposed := exposed(t)
+		// Budgets are rules with unit usd; until the limits below have one
+		// (the sidecar does not take them yet), no panel on them has data.
+		budgets := strings.Contains(limits, "usd")
 		for _, q := range panelQueries(t) {
 			expr := substitute(q.expr)
+			if why := awaited(t, expr, recorded, exposed, budgets); why != "" {
+				prom.query(t, expr) // still a valid query
+				t.Logf("%s / %s: data not required yet, %s: %s", q.dashboard, q.panel, why, expr)
+				continue
+			}
 			sidecartest.WaitFor(t, 90*time.Second, func() bool { return len(prom.query(t, expr)) > 0 },
 				"%s / %s: no data for %s", q.dashboard, q.panel, expr)
 		}
 	})
 
 	t.Run("every metric named exists", func(t *testing.T) {
-		exposed := map[string]bool{}
-		for _, s := range sides {
-			for name := range scrapedNames(t, s.Scrape(t)) {
-				exposed[name] = true
-			}
-		}
+		exposed := exposed(t)
 		recorded, alertExprs := ruleExprs(t)
 		var exprs []string
 		for _, q := range panelQueries(t) {
@@ -99,6 +115,8 @@ func TestAgainstPrometheus(t *testing.T) {
 					}
 				case name == "up":
 					// Prometheus' own series for every target.
+				case pendingMetrics[name] && !exposed[name]:
+					t.Logf("%s names %s, which the sidecar does not expose yet (pendingMetrics)", e, name)
 				case !exposed[name]:
 					t.Errorf("%s names %s, which the sidecar does not expose", e, name)
 				}
@@ -179,6 +197,46 @@ func TestAgainstPrometheus(t *testing.T) {
 			t.Errorf("llmusage_quota_replicas: %s, want a series per sidecar", got)
 		}
 	})
+}
+
+// pendingMetrics are the series of issue #13 (USD cost and budgets) that
+// the dashboards and rules use before the sidecar exports them. While no
+// sidecar's scrape has one, the queries naming it (directly or through a
+// recording rule) may return no data; as soon as the exporter has it they
+// must, and the traffic below must then make priced records. Remove an
+// entry once the sidecar exports it.
+var pendingMetrics = map[string]bool{
+	"llm_cost_usd_total":              true,
+	"llmusage_records_unpriced_total": true,
+}
+
+// awaited says why expr may return no data yet, or "" when it must: it
+// names (directly or through recording rules) a pending metric that no
+// sidecar exposes, or it reads budgets (unit="usd") and the limits below
+// have none (the sidecar does not take budget rules yet: add one for
+// "heavy" when it does, and the budget panels must return data).
+func awaited(t *testing.T, expr string, recorded map[string]string, exposed map[string]bool, budgets bool) string {
+	t.Helper()
+	seen := map[string]bool{}
+	var visit func(e string) string
+	visit = func(e string) string {
+		if !budgets && strings.Contains(e, `unit="usd"`) {
+			return "the sidecars' limits have no budget (unit usd)"
+		}
+		for _, name := range metricNames(t, e) {
+			if pendingMetrics[name] && !exposed[name] {
+				return "the sidecar does not expose " + name + " yet"
+			}
+			if r, ok := recorded[name]; ok && !seen[name] {
+				seen[name] = true
+				if why := visit(r); why != "" {
+					return why
+				}
+			}
+		}
+		return ""
+	}
+	return visit(expr)
 }
 
 // substitute fills in the dashboards' variables as Grafana would: all
