@@ -78,18 +78,8 @@ func TestAgainstPrometheus(t *testing.T) {
 	}
 
 	t.Run("every panel query returns data", func(t *testing.T) {
-		recorded, _ := ruleExprs(t)
-		exposed := exposed(t)
-		// Budgets are rules with unit usd; until the limits below have one
-		// (the sidecar does not take them yet), no panel on them has data.
-		budgets := strings.Contains(limits, "usd")
 		for _, q := range panelQueries(t) {
 			expr := substitute(q.expr)
-			if why := awaited(t, expr, recorded, exposed, budgets); why != "" {
-				prom.query(t, expr) // still a valid query
-				t.Logf("%s / %s: data not required yet, %s: %s", q.dashboard, q.panel, why, expr)
-				continue
-			}
 			sidecartest.WaitFor(t, 90*time.Second, func() bool { return len(prom.query(t, expr)) > 0 },
 				"%s / %s: no data for %s", q.dashboard, q.panel, expr)
 		}
@@ -115,8 +105,6 @@ func TestAgainstPrometheus(t *testing.T) {
 					}
 				case name == "up":
 					// Prometheus' own series for every target.
-				case pendingMetrics[name] && !exposed[name]:
-					t.Logf("%s names %s, which the sidecar does not expose yet (pendingMetrics)", e, name)
 				case !exposed[name]:
 					t.Errorf("%s names %s, which the sidecar does not expose", e, name)
 				}
@@ -168,6 +156,30 @@ func TestAgainstPrometheus(t *testing.T) {
 		}
 	})
 
+	t.Run("the budget alert fires for the user past 80% of a budget, and the quota alerts do not", func(t *testing.T) {
+		// spender's records cost $0.009 of a $0.01 month budget, on both replicas.
+		post(t, shared[0], "/v1/calls", `{"user_id":"spender","model":"gpt-4o","cost_usd":0.005}`, http.StatusAccepted)
+		post(t, shared[1], "/v1/calls", `{"user_id":"spender","model":"gpt-4o","cost_usd":0.004}`, http.StatusAccepted)
+		spender := func(a alert) bool { return a.Labels["user"] == "spender" && a.Labels["limit_type"] == "month" }
+		sidecartest.WaitFor(t, 90*time.Second, func() bool {
+			for _, a := range prom.alerts(t) {
+				if a.Labels["alertname"] == "LLMUsageBudgetNearlySpent" && spender(a) && a.State == "firing" {
+					return true
+				}
+			}
+			return false
+		}, "LLMUsageBudgetNearlySpent is not firing for user spender")
+		if got := prom.query(t, `llm_quota_remaining{user="spender", unit="usd"}`); len(got) != 2 || !bytes.Contains(got[0], []byte(`"0.001"]`)) {
+			t.Errorf("spender's budget: %s, want $0.001 left on both replicas", got)
+		}
+		for _, a := range prom.alerts(t) {
+			switch name := a.Labels["alertname"]; {
+			case spender(a) && name != "LLMUsageBudgetNearlySpent":
+				t.Errorf("%s for spender at 90%% of a budget: %+v", name, a)
+			}
+		}
+	})
+
 	t.Run("the shared quota store alerts fire for the sidecar without Redis", func(t *testing.T) {
 		want := map[string]func(a alert) bool{
 			"LLMUsageQuotaBackendDown":   func(a alert) bool { return a.Labels["instance"] == lost.MetricsAddr() },
@@ -197,46 +209,6 @@ func TestAgainstPrometheus(t *testing.T) {
 			t.Errorf("llmusage_quota_replicas: %s, want a series per sidecar", got)
 		}
 	})
-}
-
-// pendingMetrics are the series of issue #13 (USD cost and budgets) that
-// the dashboards and rules use before the sidecar exports them. While no
-// sidecar's scrape has one, the queries naming it (directly or through a
-// recording rule) may return no data; as soon as the exporter has it they
-// must, and the traffic below must then make priced records. Remove an
-// entry once the sidecar exports it.
-var pendingMetrics = map[string]bool{
-	"llm_cost_usd_total":              true,
-	"llmusage_records_unpriced_total": true,
-}
-
-// awaited says why expr may return no data yet, or "" when it must: it
-// names (directly or through recording rules) a pending metric that no
-// sidecar exposes, or it reads budgets (unit="usd") and the limits below
-// have none (the sidecar does not take budget rules yet: add one for
-// "heavy" when it does, and the budget panels must return data).
-func awaited(t *testing.T, expr string, recorded map[string]string, exposed map[string]bool, budgets bool) string {
-	t.Helper()
-	seen := map[string]bool{}
-	var visit func(e string) string
-	visit = func(e string) string {
-		if !budgets && strings.Contains(e, `unit="usd"`) {
-			return "the sidecars' limits have no budget (unit usd)"
-		}
-		for _, name := range metricNames(t, e) {
-			if pendingMetrics[name] && !exposed[name] {
-				return "the sidecar does not expose " + name + " yet"
-			}
-			if r, ok := recorded[name]; ok && !seen[name] {
-				seen[name] = true
-				if why := visit(r); why != "" {
-					return why
-				}
-			}
-		}
-		return ""
-	}
-	return visit(expr)
 }
 
 // substitute fills in the dashboards' variables as Grafana would: all
@@ -373,6 +345,12 @@ limits:
   - user_id: heavy
     limit_type: hour
     requests: 20
+  - user_id: heavy
+    limit_type: day
+    usd: 1
+  - user_id: spender
+    limit_type: month
+    usd: 0.01
   - user_id: light
     limit_type: hour
     requests: 20
@@ -423,7 +401,8 @@ func post(t *testing.T, s *sidecartest.Sidecar, path, body string, want int) {
 // records of several users, providers and models (some failed), checks
 // (some refused), and invalid requests.
 func traffic(t *testing.T, sides []*sidecartest.Sidecar, stop chan struct{}) {
-	models := []struct{ provider, model string }{{"openai", "gpt-4o"}, {"anthropic", "claude-3-5-sonnet"}, {"groq", "llama-3.1-8b-instant"}}
+	// house-model has no price: its records count as unpriced.
+	models := []struct{ provider, model string }{{"openai", "gpt-4o"}, {"anthropic", "claude-3-5-sonnet"}, {"groq", "llama-3.1-8b-instant"}, {"vllm", "house-model"}}
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
