@@ -270,3 +270,52 @@ func TestBudgetSweepKeepsPeriod(t *testing.T) {
 		t.Fatalf("%d live after the period ended, want 0", live)
 	}
 }
+
+// TestBudgetReleasesExpiredEstimates: a budget does not refill, so the
+// estimate of a check whose record never comes is given back when it
+// expires; a record that comes late gives it back and is charged in full.
+func TestBudgetReleasesExpiredEstimates(t *testing.T) {
+	c := newManualClock()
+	l := mustNew(t, []Rule{{Window: Month, Unit: USD, Limit: dollar}, {Window: Minute, Unit: Requests, Limit: 100}}, Options{Clock: c, PendingTTL: time.Minute})
+	remaining := func() int64 {
+		t.Helper()
+		for _, s := range mustLimits(t, l, "u", "", "") {
+			if s.Unit == USD {
+				return s.Remaining
+			}
+		}
+		t.Fatal("no budget")
+		return 0
+	}
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 2, RequestID: "never-recorded"})
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 4, RequestID: "recorded-late"})
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 8}) // no request_id: nothing to settle, held for good
+	if got := remaining(); got != dollar/8 {
+		t.Fatalf("%d left after three checks, want 0.125", got)
+	}
+	c.Advance(2 * time.Minute)
+	// The late record settles its own estimate before the sweep does.
+	if err := l.Record(Usage{UserID: "u", Model: "m", RequestID: "recorded-late", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := remaining(); got != dollar/8+dollar/4-dollar/10 {
+		t.Fatalf("%d left after the late record, want 0.275", got)
+	}
+	l.Sweep()
+	if got := remaining(); got != dollar/8+dollar/4-dollar/10+dollar/2 {
+		t.Fatalf("%d left after the sweep, want 0.775: the unrecorded estimate was not given back", got)
+	}
+	if e := l.Estimates(); e.Pending != 0 || e.Expired != 2 {
+		t.Fatalf("estimates %+v", e)
+	}
+	// An estimate reserved in last month's budget is not given to this one.
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 2, RequestID: "across-months"})
+	c.Set(time.Date(2025, 4, 1, 0, 0, 30, 0, time.UTC))
+	if err := l.Record(Usage{UserID: "u", Model: "m", Cost: dollar * 3 / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	l.Sweep()
+	if got := remaining(); got != dollar*7/10 {
+		t.Fatalf("%d left in the new month, want 0.7: March's estimate was given to April", got)
+	}
+}

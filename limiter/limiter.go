@@ -181,7 +181,16 @@ type Limiter struct {
 type pendingShard struct {
 	mu   sync.Mutex
 	byID map[pendingKey]pendingCheck
-	_    [40]byte // keeps neighbouring shards' mutexes on separate cache lines
+	// holds names the call of each estimate reserved in a budget, so
+	// that an estimate whose record never comes is given back: a budget
+	// does not refill, and would otherwise lose it until its period ends.
+	holds map[pendingKey]budgetHold
+	_     [32]byte // keeps neighbouring shards' mutexes on separate cache lines
+}
+
+// budgetHold is the call whose estimate a budget holds.
+type budgetHold struct {
+	user, provider, model string
 }
 
 // maxApplicable is the most buckets one call touches: one per limit type and unit.
@@ -343,7 +352,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 			}
 		}
 	} else if req.RequestID != "" {
-		l.remember(req, cost, now)
+		l.remember(req, cost, hasBudget(rules), now)
 	}
 	if limits == nil {
 		limits = make([]Status, 0, n)
@@ -368,8 +377,8 @@ func (l *Limiter) Record(u Usage) error {
 	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
 	requests, tokens := int64(1), u.Tokens
-	estimate, settled := l.settle(u, now)
-	if settled {
+	estimate, own, fresh := l.settle(u, now)
+	if own && fresh {
 		requests, tokens = 0, u.Tokens-estimate.tokens
 	}
 	sc := l.scratch.Get().(*callScratch)
@@ -387,7 +396,7 @@ func (l *Limiter) Record(u Usage) error {
 		if u.HasCost && p.Contains(u.Timestamp) {
 			spent = u.Cost
 		}
-		if settled && p.Contains(time.Unix(0, estimate.at)) {
+		if own && p.Contains(time.Unix(0, estimate.at)) { // late or not, it was held
 			spent -= estimate.cost
 		}
 		sc.cost[i] = spent
@@ -456,6 +465,11 @@ func (l *Limiter) Each(fn func(user string, s Status)) {
 func (l *Limiter) Sweep() (live int) {
 	now := l.clock.Now()
 	live = l.store.Sweep(now, l.owner(l.rules.Load(), now))
+	type release struct {
+		hold budgetHold
+		p    pendingCheck
+	}
+	var releases []release
 	for i := range l.pending {
 		sh := &l.pending[i]
 		sh.mu.Lock()
@@ -464,11 +478,55 @@ func (l *Limiter) Sweep() (live int) {
 				delete(sh.byID, id)
 				l.pendingCount.Add(-1)
 				l.expiredCount.Add(1)
+				if h, ok := sh.holds[id]; ok {
+					delete(sh.holds, id)
+					releases = append(releases, release{h, p})
+				}
 			}
 		}
 		sh.mu.Unlock()
 	}
+	for _, r := range releases {
+		l.release(now, r.hold, r.p)
+	}
 	return live
+}
+
+// release gives back to the budgets the estimate of a check whose record
+// never came, where it was reserved in their current period. An error
+// (the store out of reach) loses the refund: the budget then holds the
+// estimate until its period ends, erring on the side of refusing.
+func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
+	var buf [maxApplicable]*rule
+	rules := l.rules.Load().applicable(h.user, h.provider, h.model, buf[:0])
+	var bs []Bucket
+	var amounts []int64
+	for _, r := range rules {
+		if r.Unit != USD {
+			continue
+		}
+		b := l.bucket(r, now)
+		if b.Period.Contains(time.Unix(0, p.at)) {
+			bs, amounts = append(bs, b), append(amounts, -p.cost)
+		}
+	}
+	if len(bs) == 0 {
+		return
+	}
+	// A budget seeded now holds what the database says, without estimates.
+	_ = l.withSpend(now, h.user, bs, func(i int) { amounts[i] = 0 }, func() error {
+		return l.store.Charge(now, h.user, bs, amounts)
+	})
+}
+
+// hasBudget tells whether one of rules is a budget.
+func hasBudget(rules []*rule) bool {
+	for _, r := range rules {
+		if r.Unit == USD {
+			return true
+		}
+	}
+	return false
 }
 
 // EstimateStats counts the token estimates of allowed checks, which wait
@@ -552,7 +610,7 @@ func (l *Limiter) withSpend(now time.Time, user string, bs []Bucket, seeded func
 func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
 
 // remember keeps an allowed check's estimates for its record.
-func (l *Limiter) remember(req Request, cost int64, now time.Time) {
+func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
@@ -566,13 +624,21 @@ func (l *Limiter) remember(req Request, cost int64, now time.Time) {
 		}
 	}
 	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
+	if budgeted && cost > 0 {
+		if sh.holds == nil {
+			sh.holds = make(map[pendingKey]budgetHold)
+		}
+		sh.holds[key] = budgetHold{req.UserID, req.Provider, req.Model}
+	} else {
+		delete(sh.holds, key)
+	}
 }
 
 // settle takes the estimate of the allowed check that u's record
-// follows, if its user's and still fresh.
-func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, ok bool) {
+// follows: own tells it is its user's, fresh that it is within the TTL.
+func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fresh bool) {
 	if u.RequestID == "" {
-		return pendingCheck{}, false
+		return pendingCheck{}, false, false
 	}
 	uh := l.userHash(u.UserID)
 	sh := &l.pending[uh%numShards]
@@ -581,17 +647,18 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, ok bool
 	defer sh.mu.Unlock()
 	p, found := sh.byID[key]
 	if !found {
-		return pendingCheck{}, false
+		return pendingCheck{}, false, false
 	}
 	own, expired := p.user == uh, now.UnixNano() > p.expires
 	if own || expired {
 		delete(sh.byID, key)
+		delete(sh.holds, key)
 		l.pendingCount.Add(-1)
 	}
 	if expired {
 		l.expiredCount.Add(1)
 	}
-	return p, own && !expired
+	return p, own, !expired
 }
 
 func (l *Limiter) pendingKey(requestID string) pendingKey {
