@@ -147,3 +147,19 @@ func BenchmarkMemoryPerActiveUser(b *testing.B) {
 	}
 	b.ReportMetric(perUser, "bytes/user")
 }
+
+// BenchmarkCheckBudget is CheckHotUser with a month usd budget beside
+// the two request buckets, each check reserving an estimated cost.
+func BenchmarkCheckBudget(b *testing.B) {
+	l := mustNew(b, append(benchRules(), Rule{Window: Month, Unit: USD, Limit: MaxLimit, Source: "budget"}), Options{Clock: newManualClock()})
+	req := Request{UserID: "alice", Provider: "openai", Model: "gpt-4o", Cost: 1}
+	b.ReportAllocs()
+	var limits []Status
+	for b.Loop() {
+		d, err := l.CheckInto(req, limits)
+		if err != nil || !d.Allowed {
+			b.Fatalf("unexpected decision: %+v, %v", d, err)
+		}
+		limits = d.Limits
+	}
+}
