@@ -336,11 +336,13 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 		sc.need[i] = checkCost(r.Unit, req.Tokens, cost)
 		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens, cost)
 	}
-	var allowed bool
-	err := l.withSpend(now, req.UserID, sc.buckets[:n], nil, func() (err error) {
-		allowed, err = l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
-		return err
-	})
+	allowed, err := l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+	if err != nil {
+		err = l.learnSpend(now, req.UserID, sc.buckets[:n], err, nil, func() (err error) {
+			allowed, err = l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+			return err
+		})
+	}
 	if err != nil {
 		return Decision{}, err
 	}
@@ -403,9 +405,13 @@ func (l *Limiter) Record(u Usage) error {
 	}
 	// A budget whose spend the store had to learn was seeded with this
 	// record in it (the SpendSource counts records not stored yet).
-	return l.withSpend(now, u.UserID, sc.buckets[:n], func(i int) { sc.cost[i] = 0 }, func() error {
-		return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
-	})
+	err := l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
+	if err != nil {
+		err = l.learnSpend(now, u.UserID, sc.buckets[:n], err, func(i int) { sc.cost[i] = 0 }, func() error {
+			return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
+		})
+	}
+	return err
 }
 
 // Limits reports the user's buckets without charging anything. With a
@@ -423,10 +429,12 @@ func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
 	for i, r := range rules {
 		sc.buckets[i] = l.bucket(r, now)
 	}
-	if err := l.withSpend(now, user, sc.buckets[:n], nil, func() error {
-		return l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n])
-	}); err != nil {
-		return nil, err
+	read := func() error { return l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n]) }
+	if err := read(); err != nil {
+		err = l.learnSpend(now, user, sc.buckets[:n], err, nil, read)
+		if err != nil {
+			return nil, err
+		}
 	}
 	out := make([]Status, 0, n)
 	for i, r := range rules {
@@ -514,9 +522,10 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 		return
 	}
 	// A budget seeded now holds what the database says, without estimates.
-	_ = l.withSpend(now, h.user, bs, func(i int) { amounts[i] = 0 }, func() error {
-		return l.store.Charge(now, h.user, bs, amounts)
-	})
+	charge := func() error { return l.store.Charge(now, h.user, bs, amounts) }
+	if err := charge(); err != nil {
+		_ = l.learnSpend(now, h.user, bs, err, func(i int) { amounts[i] = 0 }, charge)
+	}
 }
 
 // hasBudget tells whether one of rules is a budget.
@@ -572,16 +581,20 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 	return b
 }
 
-// maxSeedRounds bounds withSpend: a second round only happens when a
+// maxSeedRounds bounds learnSpend: a second round only happens when a
 // period ended or another replica's key expired in between.
 const maxSeedRounds = 3
 
-// withSpend runs op, and when the store does not know the spend of some
-// budgets, reads it from the SpendSource, seeds the store and runs op
-// again. seeded is told the buckets this call seeded.
-func (l *Limiter) withSpend(now time.Time, user string, bs []Bucket, seeded func(i int), op func() error) error {
+// learnSpend handles err, the error of a store operation on bs: when the
+// store did not know the spend of some budgets, it reads it from the
+// SpendSource, seeds the store and runs op (the operation again), until
+// the store knows. seeded is told the buckets this call seeded. The
+// first call is the caller's, so that the common path makes no closure.
+func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error, seeded func(i int), op func() error) error {
 	for round := 1; ; round++ {
-		err := op()
+		if round > 1 {
+			err = op()
+		}
 		var unknown *UnknownSpendError
 		if !errors.As(err, &unknown) || round == maxSeedRounds {
 			return err
