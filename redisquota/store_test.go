@@ -34,7 +34,7 @@ func newStore(t *testing.T, client redis.UniversalClient, mode FailMode) *Store 
 	return s
 }
 
-func standalone(t *testing.T) (*redistest.Server, redis.UniversalClient) {
+func standalone(t testing.TB) (*redistest.Server, redis.UniversalClient) {
 	t.Helper()
 	srv := redistest.Start(t)
 	opts, err := redis.ParseURL(srv.URL())
