@@ -2,6 +2,7 @@ package redisquota
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -157,4 +158,64 @@ func TestBudgetRecordSeedsOnce(t *testing.T) {
 	if want := time.Until(time.Unix(b.Period.End, 0).Add(time.Hour)); ttl < want-time.Minute || ttl > want {
 		t.Fatalf("key expires in %s, want about %s", ttl, want)
 	}
+}
+
+// TestBudgetFailModes: while Redis is out of reach a budget is answered
+// by the fail mode: local goes on from the last spend seen (or the
+// database's, for a user not seen), open allows, closed refuses with
+// ErrStoreUnavailable.
+func TestBudgetFailModes(t *testing.T) {
+	f := func(mode FailMode, check func(t *testing.T, l *limiter.Limiter)) {
+		t.Run(string(mode), func(t *testing.T) {
+			srv, client := standalone(t)
+			s := newStore(t, client, mode)
+			spend := &fixedSpend{}
+			spend.spent.Store(dollar / 2)
+			l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: dollar}},
+				limiter.Options{Clock: clock.NewManual(time.Now()), Store: s, Spend: spend})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return s.Replicas() == 1 && s.Err() == nil })
+			// seen spends $0.30 on top of the database's $0.50 before the outage.
+			if d, err := l.Check(limiter.Request{UserID: "seen", Model: "m", Cost: dollar * 3 / 10}); err != nil || !d.Allowed {
+				t.Fatalf("before the outage: %+v %v", d, err)
+			}
+			srv.Stop(t)
+			waitFor(t, func() bool {
+				_, _ = l.Check(limiter.Request{UserID: "probe", Model: "m", Cost: 1})
+				return s.Err() != nil
+			})
+			check(t, l)
+		})
+	}
+	decide := func(t *testing.T, l *limiter.Limiter, user string, cost int64) (bool, error) {
+		t.Helper()
+		d, err := l.Check(limiter.Request{UserID: user, Model: "m", Cost: cost})
+		return d.Allowed, err
+	}
+	f(FailLocal, func(t *testing.T, l *limiter.Limiter) {
+		if ok, err := decide(t, l, "seen", dollar*3/10); err != nil || ok {
+			t.Fatalf("seen, $0.30 more of the $0.20 left: %v %v, want refused", ok, err)
+		}
+		if ok, err := decide(t, l, "seen", dollar/10); err != nil || !ok {
+			t.Fatalf("seen, $0.10 of the $0.20 left: %v %v, want allowed", ok, err)
+		}
+		if ok, err := decide(t, l, "new", dollar*6/10); err != nil || ok {
+			t.Fatalf("new, $0.60 of the database's $0.50 left: %v %v, want refused", ok, err)
+		}
+		if ok, err := decide(t, l, "new", dollar*4/10); err != nil || !ok {
+			t.Fatalf("new, $0.40: %v %v, want allowed", ok, err)
+		}
+	})
+	f(FailOpen, func(t *testing.T, l *limiter.Limiter) {
+		if ok, err := decide(t, l, "new", dollar); err != nil || !ok {
+			t.Fatalf("open: %v %v", ok, err)
+		}
+	})
+	f(FailClosed, func(t *testing.T, l *limiter.Limiter) {
+		if _, err := decide(t, l, "new", 1); !errors.Is(err, limiter.ErrStoreUnavailable) {
+			t.Fatalf("closed: %v, want ErrStoreUnavailable", err)
+		}
+	})
 }

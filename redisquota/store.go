@@ -303,8 +303,12 @@ func (s *Store) Seed(user string, b limiter.Bucket, spent int64) (bool, error) {
 			s.markDown(err)
 		}
 	}
-	if s.opts.FailMode == FailLocal {
+	switch s.opts.FailMode {
+	case FailLocal:
 		return s.local.Load().Seed(user, b, spent)
+	case FailOpen:
+		// Not seeded: the call goes again to Take, which the open mode allows.
+		return false, nil
 	}
 	return false, s.unavailable()
 }
