@@ -8,7 +8,7 @@ func TestExampleLimitsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Rules) != 5 || len(cfg.Providers) != 1 {
-		t.Fatalf("example file: %d rules and %d prefixes, want 5 and 1", len(cfg.Rules), len(cfg.Providers))
+	if len(cfg.Rules) != 6 || len(cfg.Providers) != 1 {
+		t.Fatalf("example file: %d rules and %d prefixes, want 6 and 1", len(cfg.Rules), len(cfg.Providers))
 	}
 }
