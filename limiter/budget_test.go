@@ -319,3 +319,39 @@ func TestBudgetReleasesExpiredEstimates(t *testing.T) {
 		t.Fatalf("%d left in the new month, want 0.7: March's estimate was given to April", got)
 	}
 }
+
+// TestBudgetBatchRecordsCountOnce: a request's records all enter the
+// ledger before the first is charged; a budget learnt from the ledger
+// then must not be charged the rest again, nor make intake wait on the
+// database.
+func TestBudgetBatchRecordsCountOnce(t *testing.T) {
+	c := newManualClock()
+	pending := int64(0) // what the ledger holds
+	spend := &spendFunc{fn: func(string, Scope, time.Time, time.Time) (int64, error) { return pending, nil }}
+	l := mustNew(t, []Rule{{Window: Day, Unit: USD, Limit: dollar}}, Options{Clock: c, Spend: spend})
+	recs := []Usage{
+		{UserID: "u", Model: "m", Cost: dollar * 3 / 10, HasCost: true, Timestamp: c.Now()},
+		{UserID: "u", Model: "m", Cost: dollar * 3 / 10, HasCost: true, Timestamp: c.Now()},
+	}
+	for _, r := range recs {
+		pending += r.Cost
+	}
+	for _, r := range recs {
+		if err := l.Record(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := spend.calls.Load(); n != 0 {
+		t.Fatalf("records read the spend %d times: intake must not wait on the database", n)
+	}
+	if got := mustLimits(t, l, "u", "", "")[0].Remaining; got != dollar*4/10 {
+		t.Fatalf("%d left, want 0.4: a record of the batch counted twice", got)
+	}
+	// Known now: the next record is charged.
+	if err := l.Record(Usage{UserID: "u", Model: "m", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustLimits(t, l, "u", "", "")[0].Remaining; got != dollar*3/10 {
+		t.Fatalf("%d left, want 0.3", got)
+	}
+}

@@ -403,15 +403,7 @@ func (l *Limiter) Record(u Usage) error {
 		}
 		sc.cost[i] = spent
 	}
-	// A budget whose spend the store had to learn was seeded with this
-	// record in it (the SpendSource counts records not stored yet).
-	err := l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
-	if err != nil {
-		err = l.learnSpend(now, u.UserID, sc.buckets[:n], err, func(i int) { sc.cost[i] = 0 }, func() error {
-			return l.store.Charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
-		})
-	}
-	return err
+	return l.charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
 }
 
 // Limits reports the user's buckets without charging anything. With a
@@ -522,10 +514,7 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 		return
 	}
 	// A budget seeded now holds what the database says, without estimates.
-	charge := func() error { return l.store.Charge(now, h.user, bs, amounts) }
-	if err := charge(); err != nil {
-		_ = l.learnSpend(now, h.user, bs, err, func(i int) { amounts[i] = 0 }, charge)
-	}
+	_ = l.charge(now, h.user, bs, amounts)
 }
 
 // hasBudget tells whether one of rules is a budget.
@@ -579,6 +568,47 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 		b.Period = PeriodOf(r.Window, now, l.location)
 	}
 	return b
+}
+
+// charge applies amounts to the buckets bs of user. A budget whose spend
+// the store does not know is left alone, not learnt: whoever learns it
+// later reads the SpendSource, which counts this record (stored, or
+// pending in the ledger) and no estimate, so charging it too would count
+// the record twice (a batch's records all enter the ledger before the
+// first is charged), and intake must not wait on the database. Without a
+// SpendSource the spend is learnt as nothing spent, and charged.
+func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int64) error {
+	err := l.store.Charge(now, user, bs, amounts)
+	if err == nil {
+		return nil
+	}
+	if l.spend == nil {
+		return l.learnSpend(now, user, bs, err, nil, func() error { return l.store.Charge(now, user, bs, amounts) })
+	}
+	var unknown *UnknownSpendError
+	for round := 1; errors.As(err, &unknown) && round < maxSeedRounds; round++ {
+		bs, amounts = dropBuckets(bs, amounts, unknown.Buckets)
+		if len(bs) == 0 {
+			return nil
+		}
+		err = l.store.Charge(now, user, bs, amounts)
+	}
+	return err
+}
+
+// dropBuckets removes the buckets at the indexes drop (ascending) from
+// bs and amounts, in place.
+func dropBuckets(bs []Bucket, amounts []int64, drop []int) ([]Bucket, []int64) {
+	kept, d := 0, 0
+	for i := range bs {
+		if d < len(drop) && drop[d] == i {
+			d++
+			continue
+		}
+		bs[kept], amounts[kept] = bs[i], amounts[i]
+		kept++
+	}
+	return bs[:kept], amounts[:kept]
 }
 
 // maxSeedRounds bounds learnSpend: a second round only happens when a
