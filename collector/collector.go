@@ -181,16 +181,26 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 			return 0, &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
 		}
 	}
-	for i := range recs {
-		r := &recs[i]
-		// The records are stored whatever happens here: a quota store
-		// out of reach costs the charge, which the store counts, not the record.
-		_ = c.limiter.Record(limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
-			Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp})
+	// The records are stored whatever happens here: a quota store out of
+	// reach costs the charge, which the store counts, not the record.
+	if len(recs) == 1 {
+		_ = c.limiter.Record(usageOfRecord(&recs[0]))
+	} else {
+		us := make([]limiter.Usage, len(recs))
+		for i := range recs {
+			us[i] = usageOfRecord(&recs[i])
+		}
+		_ = c.limiter.RecordAll(us)
 	}
 	c.unpriced.observe(recs, now, c.logger)
 	c.observer.ObserveRecords(recs)
 	return len(recs), nil
+}
+
+// usageOfRecord is what the limiter charges for r.
+func usageOfRecord(r *record.Record) limiter.Usage {
+	return limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
+		Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp}
 }
 
 // repeatedRequestIDs names the records of one request that reuse an

@@ -6,13 +6,16 @@ package ledger
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmusage/llmusage/internal/glob"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/store"
+	"github.com/llmusage/llmusage/usage"
 	"github.com/llmusage/llmusage/usd"
 )
 
@@ -39,18 +42,31 @@ func (l *Ledger) Remove(recs []record.Record) { l.apply(recs, -1) }
 // Spent sums the pending cost of user's records in [from, to) for a
 // provider ("" for any) and a model glob ("" for any).
 func (l *Ledger) Spent(user, provider, model string, from, to time.Time) usd.Amount {
+	var sum usd.Amount
+	for _, s := range l.SpentByModel(user, provider, model, from, to) {
+		sum += s.Spent
+	}
+	return sum
+}
+
+// SpentByModel is Spent by provider and model.
+func (l *Ledger) SpentByModel(user, provider, model string, from, to time.Time) []usage.ModelSpend {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var sum usd.Amount
+	by := map[[2]string]usd.Amount{}
 	for k, s := range l.users[user] {
 		if k.slot < from.Unix() || k.slot >= to.Unix() {
 			continue
 		}
 		if (provider == "" || k.provider == provider) && (model == "" || glob.Match(model, k.model)) {
-			sum += s.cost
+			by[[2]string{k.provider, k.model}] += s.cost
 		}
 	}
-	return sum
+	out := make([]usage.ModelSpend, 0, len(by))
+	for k, a := range by {
+		out = append(out, usage.ModelSpend{Provider: k[0], Model: k[1], Spent: a})
+	}
+	return out
 }
 
 // Len returns the number of slots held, for tests and metrics.
@@ -82,29 +98,56 @@ func (l *Ledger) Queue(q Queue) Queue { return &queue{Queue: q, ledger: l} }
 type Source struct {
 	// Ledger holds the pending records.
 	Ledger *Ledger
-	// DB sums the stored records' cost; nil when there is no database.
-	DB func(ctx context.Context, user, provider, model string, from, to time.Time) (usd.Amount, error)
+	// DB sums the stored records' cost by provider and model; nil when
+	// there is no database.
+	DB func(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error)
 	// Timeout bounds a database read (5 seconds when zero): a check waits for it.
 	Timeout time.Duration
+	// Backoff is how long after a failed read the next ones fail at once
+	// rather than wait for the database again (5 seconds when zero), so
+	// that a hung database costs one timeout, not one per check and record.
+	Backoff time.Duration
+
+	// failed is the last failure, nil after a success.
+	failed atomic.Pointer[readFailure]
+}
+
+type readFailure struct {
+	at  time.Time
+	err error
 }
 
 // Spent implements limiter.SpendSource.
-func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) (int64, error) {
-	pending := s.Ledger.Spent(user, sc.Provider, sc.Model, from, to)
-	if s.DB == nil {
-		return int64(pending), nil
+func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
+	groups := s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
+	if s.DB != nil {
+		backoff := s.Backoff
+		if backoff <= 0 {
+			backoff = 5 * time.Second
+		}
+		if f := s.failed.Load(); f != nil && time.Since(f.at) < backoff {
+			return nil, fmt.Errorf("cannot read the spend from the database, which failed %s ago (retried every %s): %w",
+				time.Since(f.at).Round(time.Millisecond), backoff, f.err)
+		}
+		timeout := s.Timeout
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		stored, err := s.DB(ctx, usage.SpendQuery{UserID: user, Provider: sc.Provider, Model: sc.Model, From: from, To: to})
+		if err != nil {
+			s.failed.Store(&readFailure{time.Now(), err})
+			return nil, err
+		}
+		s.failed.Store(nil)
+		groups = append(groups, stored...)
 	}
-	timeout := s.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
+	out := make([]limiter.Spend, len(groups))
+	for i, g := range groups {
+		out[i] = limiter.Spend{Provider: g.Provider, Model: g.Model, NanoUSD: int64(g.Spent)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	stored, err := s.DB(ctx, user, sc.Provider, sc.Model, from, to)
-	if err != nil {
-		return 0, err
-	}
-	return int64(stored + pending), nil
+	return out, nil
 }
 
 // slotKey is a quarter hour of one provider and model's calls.

@@ -3,12 +3,14 @@ package ledger
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/store"
+	"github.com/llmusage/llmusage/usage"
 	"github.com/llmusage/llmusage/usd"
 )
 
@@ -91,17 +93,24 @@ func TestSource(t *testing.T) {
 	l := New()
 	l.Add([]record.Record{rec("a", "u", "openai", "gpt-4o", 100, t0)})
 	var asked []string
-	src := &Source{Ledger: l, DB: func(_ context.Context, user, provider, model string, from, to time.Time) (usd.Amount, error) {
-		asked = append(asked, user+"/"+provider+"/"+model)
-		if user == "down" {
-			return 0, errors.New("connection refused")
+	src := &Source{Ledger: l, DB: func(_ context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
+		asked = append(asked, q.UserID+"/"+q.Provider+"/"+q.Model)
+		if q.UserID == "down" {
+			return nil, errors.New("connection refused")
 		}
-		return 5000, nil
+		return []usage.ModelSpend{{Provider: "openai", Model: "gpt-4o", Spent: 5000}, {Provider: "openai", Model: "gpt-4.1", Spent: 7}}, nil
 	}}
 	day := t0.Truncate(24 * time.Hour)
+	sum := func(groups []limiter.Spend) int64 {
+		n := int64(0)
+		for _, g := range groups {
+			n += g.NanoUSD
+		}
+		return n
+	}
 	got, err := src.Spent("u", limiter.Scope{Provider: "openai", Model: "gpt-*"}, day, day.Add(24*time.Hour))
-	if err != nil || got != 5100 {
-		t.Fatalf("Spent = %d, %v; want 5100", got, err)
+	if err != nil || sum(got) != 5107 || len(got) != 3 {
+		t.Fatalf("Spent = %+v, %v; want 5107 in 3 groups (the ledger's gpt-4o apart from the database's)", got, err)
 	}
 	if len(asked) != 1 || asked[0] != "u/openai/gpt-*" {
 		t.Fatalf("asked the database %v", asked)
@@ -109,9 +118,19 @@ func TestSource(t *testing.T) {
 	if _, err := src.Spent("down", limiter.Scope{}, day, day.Add(time.Hour)); err == nil {
 		t.Fatal("a database error was not returned")
 	}
+	// Within the backoff the database is not asked again: a hung one
+	// costs one timeout, not one per check.
+	n := len(asked)
+	if _, err := src.Spent("u", limiter.Scope{}, day, day.Add(time.Hour)); err == nil || !strings.Contains(err.Error(), "connection refused") || len(asked) != n {
+		t.Fatalf("within the backoff: %v, asked %d more times", err, len(asked)-n)
+	}
+	src.Backoff = time.Nanosecond
+	if _, err := src.Spent("u", limiter.Scope{}, day, day.Add(time.Hour)); err != nil || len(asked) != n+1 {
+		t.Fatalf("after the backoff: %v, asked %d more times", err, len(asked)-n)
+	}
 	// Without a database the pending records are all there is.
 	got, err = (&Source{Ledger: l}).Spent("u", limiter.Scope{}, day, day.Add(24*time.Hour))
-	if err != nil || got != 100 {
-		t.Fatalf("Spent without a database = %d, %v", got, err)
+	if err != nil || sum(got) != 100 || got[0].Provider != "openai" || got[0].Model != "gpt-4o" {
+		t.Fatalf("Spent without a database = %+v, %v", got, err)
 	}
 }

@@ -52,9 +52,10 @@ type spendFunc struct {
 	calls atomic.Int64
 }
 
-func (s *spendFunc) Spent(user string, sc Scope, from, to time.Time) (int64, error) {
+func (s *spendFunc) Spent(user string, sc Scope, from, to time.Time) ([]Spend, error) {
 	s.calls.Add(1)
-	return s.fn(user, sc, from, to)
+	n, err := s.fn(user, sc, from, to)
+	return []Spend{{Provider: sc.Provider, Model: "m", NanoUSD: n}}, err
 }
 
 func TestBudgetAcrossWindowBoundary(t *testing.T) {
@@ -321,37 +322,78 @@ func TestBudgetReleasesExpiredEstimates(t *testing.T) {
 }
 
 // TestBudgetBatchRecordsCountOnce: a request's records all enter the
-// ledger before the first is charged; a budget learnt from the ledger
-// then must not be charged the rest again, nor make intake wait on the
-// database.
+// ledger before the first is charged; a budget the first learns the
+// spend of, with all of them in it, is not charged the rest again.
 func TestBudgetBatchRecordsCountOnce(t *testing.T) {
 	c := newManualClock()
 	pending := int64(0) // what the ledger holds
 	spend := &spendFunc{fn: func(string, Scope, time.Time, time.Time) (int64, error) { return pending, nil }}
-	l := mustNew(t, []Rule{{Window: Day, Unit: USD, Limit: dollar}}, Options{Clock: c, Spend: spend})
+	l := mustNew(t, []Rule{{Window: Day, Unit: USD, Limit: dollar}, {Provider: "p", Window: Day, Unit: USD, Limit: dollar}}, Options{Clock: c, Spend: spend})
 	recs := []Usage{
 		{UserID: "u", Model: "m", Cost: dollar * 3 / 10, HasCost: true, Timestamp: c.Now()},
 		{UserID: "u", Model: "m", Cost: dollar * 3 / 10, HasCost: true, Timestamp: c.Now()},
+		{UserID: "v", Model: "m", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()},
 	}
-	for _, r := range recs {
+	for _, r := range recs[:2] {
 		pending += r.Cost
 	}
-	for _, r := range recs {
-		if err := l.Record(r); err != nil {
-			t.Fatal(err)
-		}
+	if err := l.RecordAll(recs[:2]); err != nil {
+		t.Fatal(err)
 	}
-	if n := spend.calls.Load(); n != 0 {
-		t.Fatalf("records read the spend %d times: intake must not wait on the database", n)
+	if n := spend.calls.Load(); n != 1 {
+		t.Fatalf("the batch read the spend %d times, want once", n)
 	}
 	if got := mustLimits(t, l, "u", "", "")[0].Remaining; got != dollar*4/10 {
 		t.Fatalf("%d left, want 0.4: a record of the batch counted twice", got)
 	}
-	// Known now: the next record is charged.
+	// Known now: the next request's record is charged.
 	if err := l.Record(Usage{UserID: "u", Model: "m", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if got := mustLimits(t, l, "u", "", "")[0].Remaining; got != dollar*3/10 {
 		t.Fatalf("%d left, want 0.3", got)
 	}
+}
+
+// TestBudgetOverlappingScopes: with a month budget for every call and
+// one for anthropic's, an anthropic call counts in the anthropic budget
+// only, live and when the spend is learnt from the database after a
+// restart.
+func TestBudgetOverlappingScopes(t *testing.T) {
+	rules := []Rule{{Window: Month, Unit: USD, Limit: 50 * dollar}, {Provider: "anthropic", Window: Month, Unit: USD, Limit: 500 * dollar}}
+	c := newManualClock()
+	// The database has $40 of anthropic and $5 of openai this month.
+	db := &groupSpend{groups: []Spend{{Provider: "anthropic", Model: "claude-3-opus", NanoUSD: 40 * dollar}, {Provider: "openai", Model: "gpt-4o", NanoUSD: 5 * dollar}}}
+	remaining := func(l *Limiter, provider string) int64 {
+		t.Helper()
+		return mustLimits(t, l, "u", provider, "m")[0].Remaining
+	}
+	restarted := mustNew(t, rules, Options{Clock: c, Spend: db})
+	if got := remaining(restarted, "openai"); got != 45*dollar {
+		t.Fatalf("the unscoped budget after a restart: %d left, want 45 (anthropic's $40 is not its)", got)
+	}
+	if got := remaining(restarted, "anthropic"); got != 460*dollar {
+		t.Fatalf("the anthropic budget after a restart: %d left, want 460", got)
+	}
+	// Live, the same: an anthropic record does not touch the unscoped budget.
+	if err := restarted.Record(Usage{UserID: "u", Provider: "anthropic", Model: "m", Cost: dollar, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := remaining(restarted, "openai"); got != 45*dollar {
+		t.Fatalf("the unscoped budget after an anthropic record: %d left, want 45", got)
+	}
+}
+
+// groupSpend is a SpendSource answering groups, filtered by the scope's
+// provider as the database filters them.
+type groupSpend struct{ groups []Spend }
+
+func (g *groupSpend) Spent(_ string, sc Scope, _, _ time.Time) ([]Spend, error) {
+	var out []Spend
+	for _, s := range g.groups {
+		if sc.Provider == "" || s.Provider == sc.Provider {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }

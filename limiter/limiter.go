@@ -371,7 +371,43 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 // If an allowed check with the same RequestID and user came first, the
 // request was already charged and only the difference between the actual
 // and the estimated tokens is applied, refunding an over-estimate.
-func (l *Limiter) Record(u Usage) error {
+func (l *Limiter) Record(u Usage) error { return l.record(u, nil) }
+
+// RecordAll records the usages of one request, whose records entered the
+// SpendSource together (the spool, then the ledger, takes a request's
+// records at once): a budget whose spend one of them had to learn was
+// learnt with all of them in it, so the others are not charged to it
+// again. It returns the first error.
+func (l *Limiter) RecordAll(us []Usage) error {
+	var learnt learntBudgets
+	var first error
+	for i := range us {
+		if err := l.record(us[i], &learnt); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// learntBudgets are the budgets a request's records learnt the spend of.
+type learntBudgets []learntBudget
+
+type learntBudget struct {
+	user   string
+	scope  Scope
+	period int64
+}
+
+func (lb *learntBudgets) has(user string, b Bucket) bool {
+	for _, x := range *lb {
+		if x.user == user && x.scope == *b.Scope && x.period == b.Period.Start {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 	if u.UserID == "" {
 		return nil
 	}
@@ -403,7 +439,7 @@ func (l *Limiter) Record(u Usage) error {
 		}
 		sc.cost[i] = spent
 	}
-	return l.charge(now, u.UserID, sc.buckets[:n], sc.cost[:n])
+	return l.charge(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt)
 }
 
 // Limits reports the user's buckets without charging anything. With a
@@ -514,7 +550,7 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 		return
 	}
 	// A budget seeded now holds what the database says, without estimates.
-	_ = l.charge(now, h.user, bs, amounts)
+	_ = l.charge(now, h.user, bs, amounts, nil)
 }
 
 // hasBudget tells whether one of rules is a budget.
@@ -570,30 +606,40 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 	return b
 }
 
-// charge applies amounts to the buckets bs of user. A budget whose spend
-// the store does not know is left alone, not learnt: whoever learns it
-// later reads the SpendSource, which counts this record (stored, or
-// pending in the ledger) and no estimate, so charging it too would count
-// the record twice (a batch's records all enter the ledger before the
-// first is charged), and intake must not wait on the database. Without a
-// SpendSource the spend is learnt as nothing spent, and charged.
-func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int64) error {
+// charge applies amounts to the buckets bs of user, for a record or the
+// release of an estimate. A budget whose spend the store does not know is
+// learnt: the SpendSource counts the record (stored, or pending in the
+// ledger) and no estimate, so a budget this call learnt is not charged.
+// Neither is a budget an earlier record of the same request learnt
+// (learnt), which counted this record too. Without a SpendSource a
+// budget is learnt as nothing spent, and charged.
+func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int64, learnt *learntBudgets) error {
+	if learnt != nil && len(*learnt) > 0 {
+		var drop [maxApplicable]int
+		d := drop[:0]
+		for i, b := range bs {
+			if b.IsBudget() && learnt.has(user, b) {
+				d = append(d, i)
+			}
+		}
+		if bs, amounts = dropBuckets(bs, amounts, d); len(bs) == 0 {
+			return nil
+		}
+	}
 	err := l.store.Charge(now, user, bs, amounts)
 	if err == nil {
 		return nil
 	}
-	if l.spend == nil {
-		return l.learnSpend(now, user, bs, err, nil, func() error { return l.store.Charge(now, user, bs, amounts) })
-	}
-	var unknown *UnknownSpendError
-	for round := 1; errors.As(err, &unknown) && round < maxSeedRounds; round++ {
-		bs, amounts = dropBuckets(bs, amounts, unknown.Buckets)
-		if len(bs) == 0 {
-			return nil
+	var seeded func(i int)
+	if l.spend != nil {
+		seeded = func(i int) {
+			amounts[i] = 0
+			if learnt != nil {
+				*learnt = append(*learnt, learntBudget{user, *bs[i].Scope, bs[i].Period.Start})
+			}
 		}
-		err = l.store.Charge(now, user, bs, amounts)
 	}
-	return err
+	return l.learnSpend(now, user, bs, err, seeded, func() error { return l.store.Charge(now, user, bs, amounts) })
 }
 
 // dropBuckets removes the buckets at the indexes drop (ascending) from
@@ -629,20 +675,22 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 		if !errors.As(err, &unknown) || round == maxSeedRounds {
 			return err
 		}
+		rs := l.rules.Load()
 		for _, i := range unknown.Buckets {
 			b := bs[i]
 			var spent int64
 			if l.spend != nil {
-				if spent, err = l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()); err != nil {
+				groups, err := l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC())
+				if err != nil {
 					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
 				}
+				spent = rs.budgetSpend(user, b.Scope, groups)
 			}
 			ok, err := l.store.Seed(user, b, spent)
 			if err != nil {
 				return err
 			}
-			// Without a source the seed (nothing spent) holds no record.
-			if ok && seeded != nil && l.spend != nil {
+			if ok && seeded != nil {
 				seeded(i)
 			}
 		}

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"math"
 	"sort"
 )
 
@@ -98,6 +99,33 @@ func (s *slotRules) match(user, provider, model string) *rule {
 		}
 	}
 	return nil
+}
+
+// budgetSpend sums the groups of spend whose calls the budget of scope sc
+// counts: those for which its rule is the most specific of its limit
+// type, as Check and Record choose it. Sums saturate rather than wrap.
+func (rs *ruleSet) budgetSpend(user string, sc *Scope, groups []Spend) int64 {
+	owner := rs.owner(user, sc)
+	var sum int64
+	for _, g := range groups {
+		if owner != nil && rs.slots[sc.Window][sc.Unit].match(user, g.Provider, g.Model) != owner {
+			continue
+		}
+		sum = addSaturating(sum, g.NanoUSD)
+	}
+	return sum
+}
+
+// addSaturating adds without wrapping past the int64 range.
+func addSaturating(a, b int64) int64 {
+	s := a + b
+	switch {
+	case a > 0 && b > 0 && s < 0:
+		return math.MaxInt64
+	case a < 0 && b < 0 && s >= 0:
+		return math.MinInt64
+	}
+	return s
 }
 
 // owner returns the rule that a user's bucket of scope sc belongs to, or

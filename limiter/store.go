@@ -64,9 +64,19 @@ func (e *UnknownSpendError) Error() string {
 }
 
 // SpendSource tells what a user spent in a budget's scope: what the
-// database has for [from, to) plus what is accepted and not stored yet.
+// database has for [from, to) plus what is accepted and not stored yet,
+// by provider and model, for the Limiter to keep the calls that the
+// budget's rule is the most specific budget of (a provider's budget
+// beside an unscoped one takes that provider's calls).
 type SpendSource interface {
-	Spent(user string, sc Scope, from, to time.Time) (nanoUSD int64, err error)
+	Spent(user string, sc Scope, from, to time.Time) ([]Spend, error)
+}
+
+// Spend is what was spent on one provider and model.
+type Spend struct {
+	Provider, Model string
+	// NanoUSD is the amount, in nano-dollars.
+	NanoUSD int64
 }
 
 // Owner returns the bucket of user with scope sc as the rules in force

@@ -360,6 +360,24 @@ func TestSpent(t *testing.T) {
 			if got.String() != c.want {
 				t.Errorf("%s: %+v spent %s, want %s", c.name, q, got, c.want)
 			}
+			// By model: the same sum, split by (provider, model), each once.
+			groups, err := s.SpentByModel(ctx, q)
+			if err != nil {
+				t.Fatalf("%s: by model: %v", c.name, err)
+			}
+			var sum usd.Amount
+			seen := map[[2]string]bool{}
+			for _, g := range groups {
+				k := [2]string{g.Provider, g.Model}
+				if seen[k] || g.Spent == 0 {
+					t.Errorf("%s: by model: %+v repeated or empty", c.name, groups)
+				}
+				seen[k] = true
+				sum += g.Spent
+			}
+			if sum != got {
+				t.Errorf("%s: by model sums to %s, want %s: %+v", c.name, sum, got, groups)
+			}
 		}
 	})
 }

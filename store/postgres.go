@@ -216,6 +216,22 @@ func (s *postgresStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amou
 	return spent, nil
 }
 
+// SpentByModel implements Store.
+func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
+	sql, args := postgresSpent(q)
+	sql = strings.Replace(sql, "SELECT ", "SELECT provider, model, ", 1) + " GROUP BY provider, model"
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, s.fail("sum the spend of "+q.UserID, err)
+	}
+	defer rows.Close()
+	out, err := scanModelSpend(rows)
+	if err != nil {
+		return nil, s.fail("sum the spend of "+q.UserID, err)
+	}
+	return out, nil
+}
+
 // WatchRules LISTENs on the channel the triggers of the rule tables and
 // of llm_model_prices notify.
 // After a lost connection it reconnects and reports a change, since

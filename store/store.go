@@ -42,6 +42,9 @@ type Store interface {
 	// a scope, to rebuild a budget's spend after a restart; unpriced
 	// records add nothing.
 	Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error)
+	// SpentByModel is Spent by provider and model: a budget's spend
+	// counts only the calls its rule is the most specific budget of.
+	SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error)
 	// Migrator applies the embedded schema migrations.
 	Migrator
 	// Ping checks that the database answers.
@@ -322,4 +325,19 @@ func readDays(rows rowScanner, u *usage.Breakdown) error {
 		u.ByDay = append(u.ByDay, d)
 	}
 	return rows.Err()
+}
+
+// scanModelSpend reads the rows of SpentByModel's query.
+func scanModelSpend(rows rowScanner) ([]usage.ModelSpend, error) {
+	var out []usage.ModelSpend
+	for rows.Next() {
+		var m usage.ModelSpend
+		if err := rows.Scan(&m.Provider, &m.Model, &m.Spent); err != nil {
+			return nil, err
+		}
+		if m.Spent != 0 {
+			out = append(out, m)
+		}
+	}
+	return out, rows.Err()
 }

@@ -79,6 +79,12 @@ type SpendQuery struct {
 	From, To time.Time
 }
 
+// ModelSpend is what a user spent on one provider and model.
+type ModelSpend struct {
+	Provider, Model string
+	Spent           usd.Amount
+}
+
 // LogQuery selects a page of records.
 type LogQuery struct {
 	// UserID, Model and Provider filter when not empty.

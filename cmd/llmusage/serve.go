@@ -28,8 +28,6 @@ import (
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
-	"github.com/llmusage/llmusage/usage"
-	"github.com/llmusage/llmusage/usd"
 )
 
 func serveCommand() *cli.Command {
@@ -296,10 +294,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		buckets = s.quota
 		s.exporter.WatchQuotaBackend(s.quota)
 	}
-	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second,
-		DB: func(ctx context.Context, user, provider, model string, from, to time.Time) (usd.Amount, error) {
-			return s.store.Spent(ctx, usage.SpendQuery{UserID: user, Provider: provider, Model: model, From: from, To: to})
-		}}
+	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second, DB: s.store.SpentByModel}
 	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets, Location: cfg.BudgetLocation,
 		Spend: spend, AllowUnpriced: cfg.BudgetAllowUnpriced}); err != nil {
 		return err
