@@ -22,23 +22,35 @@ func usageOf(r *record.Record) pricing.Usage {
 	return pricing.Usage{InputTokens: r.PromptTokens, CacheReadTokens: r.CachedTokens, CacheWriteTokens: r.CacheWriteTokens, OutputTokens: r.CompletionTokens}
 }
 
-// checkCost estimates what a checked call will cost: prompt_tokens as
-// input and max_tokens as output when the check splits its estimate;
-// else its tokens at the dearer of the input and output prices, so that
-// an estimate without a split never reserves too little. ok is false when
-// the model has no price.
+// checkCost estimates what a checked call will cost, never too little for
+// what the estimate allows: prompt_tokens as input (at the dearer of the
+// input and cache-write prices: a prompt may be written to a cache) and
+// max_tokens as output when the check splits its estimate; else its
+// tokens split between input and output as dearly as can be, which,
+// with long-context tiers priced by the input, means all input, all
+// output, or just enough input to reach a tier. ok is false when the
+// model has no price.
 func checkCost(prices *pricing.Table, req *checkRequest, at time.Time) (cost usd.Amount, ok bool) {
 	m, ok := prices.Lookup(req.Provider, req.Model, at)
 	if !ok {
 		return 0, false
 	}
+	p := m.Price
 	if req.PromptTokens > 0 || req.MaxTokens > 0 {
-		rest := req.Tokens - req.PromptTokens - req.MaxTokens // tokens beyond the split count as output
-		return m.Price.Cost(pricing.Usage{InputTokens: req.PromptTokens, OutputTokens: req.MaxTokens + rest}), true
+		out := req.Tokens - req.PromptTokens // tokens beyond the split count as output
+		plain := p.Cost(pricing.Usage{InputTokens: req.PromptTokens, OutputTokens: out})
+		written := p.Cost(pricing.Usage{InputTokens: req.PromptTokens, CacheWriteTokens: req.PromptTokens, OutputTokens: out})
+		return max(plain, written), true
 	}
-	asInput := m.Price.Cost(pricing.Usage{InputTokens: req.Tokens})
-	asOutput := m.Price.Cost(pricing.Usage{InputTokens: 0, OutputTokens: req.Tokens})
-	return max(asInput, asOutput), true
+	cost = max(p.Cost(pricing.Usage{InputTokens: req.Tokens}), p.Cost(pricing.Usage{InputTokens: req.Tokens, CacheWriteTokens: req.Tokens}),
+		p.Cost(pricing.Usage{OutputTokens: req.Tokens}))
+	for _, t := range p.Tiers {
+		if in := t.Above + 1; in < req.Tokens {
+			cost = max(cost, p.Cost(pricing.Usage{InputTokens: in, OutputTokens: req.Tokens - in}),
+				p.Cost(pricing.Usage{InputTokens: in, CacheWriteTokens: in, OutputTokens: req.Tokens - in}))
+		}
+	}
+	return cost, true
 }
 
 // unpricedModels remembers the models seen without a price, for

@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmusage/llmusage/pricing"
+	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // TestBudgetChecks: a check reserves its estimated cost in the user's
@@ -160,5 +164,39 @@ func TestPricesAPI(t *testing.T) {
 	}
 	if second := list[1].(map[string]any); second["model"] != "other-mystery" || second["provider"] != "vllm" {
 		t.Fatalf("second unpriced %v", second)
+	}
+}
+
+// TestCheckCostNeverTooLittle: whatever split of a check's tokens the
+// call makes, its cost is at most the estimate reserved.
+func TestCheckCostNeverTooLittle(t *testing.T) {
+	set := rules.Merge(nil, nil)
+	at := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	f := func(provider, model string, tokens int64) {
+		t.Helper()
+		est, ok := checkCost(set.Prices, &checkRequest{Provider: provider, Model: model, Tokens: tokens}, at)
+		if !ok {
+			t.Fatalf("%s has no price", model)
+		}
+		m, _ := set.Prices.Lookup(provider, model, at)
+		for _, in := range []int64{0, 1, tokens / 3, tokens / 2, 128_000, 128_001, 200_000, 200_001, tokens - 1, tokens} {
+			if in < 0 || in > tokens {
+				continue
+			}
+			for _, u := range []pricing.Usage{{InputTokens: in, OutputTokens: tokens - in}, {InputTokens: in, CacheWriteTokens: in, OutputTokens: tokens - in}} {
+				if c := m.Price.Cost(u); c > est {
+					t.Fatalf("%s, %d tokens: estimate %s, but %+v costs %s", model, tokens, est, u, c)
+				}
+			}
+		}
+	}
+	f("gcp.gemini", "gemini-2.5-pro", 1_000_000) // tiered above 200k input tokens
+	f("anthropic", "claude-sonnet-4", 1_000_000)
+	f("anthropic", "claude-3-5-sonnet", 10_000) // cache writes dearer than input
+	f("openai", "gpt-4o", 50_000)
+	// Split estimates: prompt_tokens may be written to a cache.
+	est, _ := checkCost(set.Prices, &checkRequest{Provider: "anthropic", Model: "claude-3-5-sonnet", Tokens: 1100, PromptTokens: 1000, MaxTokens: 100}, at)
+	if want := usd.Amount(1000*3_750 + 100*15_000); est != want {
+		t.Fatalf("split estimate %s, want %s (the prompt at the cache-write price)", est, want)
 	}
 }

@@ -397,3 +397,32 @@ func (g *groupSpend) Spent(_ string, sc Scope, _, _ time.Time) ([]Spend, error) 
 	}
 	return out, nil
 }
+
+// TestBudgetSpendSaturates: records may claim up to a billion dollars
+// each; ten of them must leave the budget spent, not wrap it open.
+func TestBudgetSpendSaturates(t *testing.T) {
+	l, c := newTestLimiter(t, Rule{Window: Day, Unit: USD, Limit: dollar})
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: 1})
+	for i := 0; i < 10; i++ {
+		if err := l.Record(Usage{UserID: "u", Model: "m", Cost: 1e18, HasCost: true, Timestamp: c.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: 1}); d.Allowed || d.Limits[0].Remaining != 0 {
+		t.Fatalf("after $10^10 of records: %+v, want refused with nothing left", d)
+	}
+}
+
+// TestBudgetRetriedCheck: a check sent twice with one request_id holds
+// one estimate, not two, once its record settles.
+func TestBudgetRetriedCheck(t *testing.T) {
+	l, c := newTestLimiter(t, Rule{Window: Month, Unit: USD, Limit: dollar})
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 2, RequestID: "x"})
+	mustCheck(t, l, Request{UserID: "u", Model: "m", Cost: dollar / 2, RequestID: "x"})
+	if err := l.Record(Usage{UserID: "u", Model: "m", RequestID: "x", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustLimits(t, l, "u", "", "")[0].Remaining; got != dollar*9/10 {
+		t.Fatalf("%d left, want 0.9: the first check's estimate leaked", got)
+	}
+}

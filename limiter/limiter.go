@@ -354,7 +354,11 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 			}
 		}
 	} else if req.RequestID != "" {
-		l.remember(req, cost, hasBudget(rules), now)
+		// A check sent again with its request_id (a client's retry)
+		// replaces the first one's estimate, which its budgets give back.
+		if prev, hold, ok := l.remember(req, cost, hasBudget(rules), now); ok {
+			l.release(now, hold, prev)
+		}
 	}
 	if limits == nil {
 		limits = make([]Status, 0, n)
@@ -437,7 +441,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 		if own && p.Contains(time.Unix(0, estimate.at)) { // late or not, it was held
 			spent -= estimate.cost
 		}
-		sc.cost[i] = spent
+		sc.cost[i] = clampSpend(spent)
 	}
 	return l.charge(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt)
 }
@@ -642,6 +646,15 @@ func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int6
 	return l.learnSpend(now, user, bs, err, seeded, func() error { return l.store.Charge(now, user, bs, amounts) })
 }
 
+// MaxSpend bounds what one record charges a budget and what a budget
+// holds spent, in nano-dollars: 2^53, exact in a float64 (and in Redis's
+// Lua numbers) and eight times MaxLimit, so that a spent budget stays
+// spent (a record may claim up to a billion dollars, and ten of them
+// would wrap an int64) while levels stay exact.
+const MaxSpend = 1 << 53
+
+func clampSpend(n int64) int64 { return min(max(n, -MaxSpend), MaxSpend) }
+
 // dropBuckets removes the buckets at the indexes drop (ascending) from
 // bs and amounts, in place.
 func dropBuckets(bs []Bucket, amounts []int64, drop []int) ([]Bucket, []int64) {
@@ -684,7 +697,7 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 				if err != nil {
 					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
 				}
-				spent = rs.budgetSpend(user, b.Scope, groups)
+				spent = clampSpend(rs.budgetSpend(user, b.Scope, groups))
 			}
 			ok, err := l.store.Seed(user, b, spent)
 			if err != nil {
@@ -700,14 +713,20 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 // userHash names a user in pendingChecks and places it in a shard.
 func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
 
-// remember keeps an allowed check's estimates for its record.
-func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time) {
+// remember keeps an allowed check's estimates for its record. It returns
+// the estimate of the same user's check with this request_id that it
+// replaces, if that one held a budget.
+func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, dup := sh.byID[key]; !dup {
+	if old, dup := sh.byID[key]; dup {
+		if h, held := sh.holds[key]; held && old.user == uh {
+			prev, hold, replaced = old, h, true
+		}
+	} else {
 		if l.pendingCount.Add(1) > l.maxPending {
 			l.pendingCount.Add(-1)
 			l.droppedCount.Add(1)
@@ -723,6 +742,7 @@ func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time
 	} else {
 		delete(sh.holds, key)
 	}
+	return prev, hold, replaced
 }
 
 // settle takes the estimate of the allowed check that u's record

@@ -129,12 +129,12 @@ func (m *MemoryStore) Seed(user string, b Bucket, spent int64) (bool, error) {
 	j := index(live, b.Scope)
 	switch {
 	case j < 0:
-		sh.users[user] = append(live, memBucket{scope: b.Scope, limit: b.Limit, period: b.Period.Start, spent: spent})
+		sh.users[user] = append(live, memBucket{scope: b.Scope, limit: b.Limit, period: b.Period.Start, spent: clampSpend(spent)})
 		sh.live++
 	case live[j].current(b):
 		return false, nil
 	default:
-		live[j].period, live[j].spent = b.Period.Start, spent
+		live[j].period, live[j].spent = b.Period.Start, clampSpend(spent)
 	}
 	return true, nil
 }
@@ -322,7 +322,7 @@ func (mb *memBucket) adopt(now time.Time, b Bucket) {
 // debit takes n units from the bucket: a budget spends them.
 func (mb *memBucket) debit(now time.Time, n int64) {
 	if mb.lim == nil {
-		mb.spent += n
+		mb.spent = min(mb.spent+n, MaxSpend) // n <= MaxSpend: no wrap
 		return
 	}
 	debit(mb.lim, now, n)

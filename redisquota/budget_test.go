@@ -21,9 +21,9 @@ type fixedSpend struct {
 	calls atomic.Int64
 }
 
-func (f *fixedSpend) Spent(string, limiter.Scope, time.Time, time.Time) (int64, error) {
+func (f *fixedSpend) Spent(_ string, sc limiter.Scope, _, _ time.Time) ([]limiter.Spend, error) {
 	f.calls.Add(1)
-	return f.spent.Load(), nil
+	return []limiter.Spend{{Provider: sc.Provider, Model: "m", NanoUSD: f.spent.Load()}}, nil
 }
 
 // TestBudgetsAcrossReplicas: three replicas' limiters on one Redis admit
@@ -244,5 +244,28 @@ func TestLimitsAfterRedisLostScopedBudget(t *testing.T) {
 	}
 	if st, err = l.Limits("u", "openai", ""); err != nil || len(st) != 1 || st[0].Remaining != dollar {
 		t.Fatalf("openai limits after Redis lost the budget: %+v %v, want the database's (nothing spent)", st, err)
+	}
+}
+
+// TestBudgetSpendSaturatesOnRedis: the script keeps spend within 2^53,
+// so that records of absurd cost leave a budget spent, not open.
+func TestBudgetSpendSaturatesOnRedis(t *testing.T) {
+	_, client := standalone(t)
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "a", Timeout: time.Second})
+	clk := clock.NewManual(time.Now())
+	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: dollar}}, limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: 1}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	for i := 0; i < 10; i++ {
+		if err := l.Record(limiter.Usage{UserID: "u", Model: "m", Cost: 1e18, HasCost: true, Timestamp: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: 1}); err != nil || d.Allowed || d.Limits[0].Remaining != 0 {
+		t.Fatalf("after $10^10 of records: %+v %v, want refused with nothing left", d, err)
 	}
 }

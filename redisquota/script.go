@@ -102,7 +102,8 @@ for i = 1, n do
   local level = levels[i]
   if spent[i] then
     if write then
-      local s = math.max(0, spent[i] + tonumber(ARGV[a + 3]))
+      -- Within 2^53, as the limiter bounds spend: exact in a Lua number.
+      local s = math.min(math.max(0, spent[i] + tonumber(ARGV[a + 3])), 9007199254740992)
       levels[i] = cap - s
       redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
     end

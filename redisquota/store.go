@@ -288,7 +288,7 @@ func (s *Store) Seed(user string, b limiter.Bucket, spent int64) (bool, error) {
 		start := time.Now()
 		// Never retried: a SET whose reply was lost may have been applied,
 		// and its retry would answer that the key existed.
-		cmd := redis.NewCmd(ctx, "set", s.userTag(user)+budgetKey(user, b), spent, "nx", "px", budgetTTL(b, start))
+		cmd := redis.NewCmd(ctx, "set", s.userTag(user)+budgetKey(user, b), min(max(spent, 0), limiter.MaxSpend), "nx", "px", budgetTTL(b, start))
 		_ = s.opts.Client.Process(ctx, noRetry{cmd})
 		err := cmd.Err()
 		if errors.Is(err, redis.Nil) {
