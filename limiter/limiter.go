@@ -217,6 +217,8 @@ type pendingCheck struct {
 	tokens int64
 	// cost is the estimated cost reserved in budgets, in nano-USD.
 	cost int64
+	// epoch is the store's Epoch when the cost was reserved.
+	epoch uint64
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
 }
@@ -438,7 +440,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 		if u.HasCost && p.Contains(u.Timestamp) {
 			spent = u.Cost
 		}
-		if own && p.Contains(time.Unix(0, estimate.at)) { // late or not, it was held
+		if own && l.holds(estimate, p) { // late or not, it was held
 			spent -= estimate.cost
 		}
 		sc.cost[i] = clampSpend(spent)
@@ -546,7 +548,7 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 			continue
 		}
 		b := l.bucket(r, now)
-		if b.Period.Contains(time.Unix(0, p.at)) {
+		if l.holds(p, b.Period) {
 			bs, amounts = append(bs, b), append(amounts, -p.cost)
 		}
 	}
@@ -555,6 +557,20 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 	}
 	// A budget seeded now holds what the database says, without estimates.
 	_ = l.charge(now, h.user, bs, amounts, nil)
+}
+
+// holds tells whether a budget in period holds the estimate of p: it was
+// reserved in that period, and in the same place (Epocher).
+func (l *Limiter) holds(p pendingCheck, period Period) bool {
+	return period.Contains(time.Unix(0, p.at)) && p.epoch == l.epoch()
+}
+
+// epoch is the store's Epoch, or 0.
+func (l *Limiter) epoch() uint64 {
+	if e, ok := l.store.(Epocher); ok {
+		return e.Epoch()
+	}
+	return 0
 }
 
 // hasBudget tells whether one of rules is a budget.
@@ -733,7 +749,7 @@ func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time
 			return
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, epoch: l.epoch(), at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
 	if budgeted && cost > 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)

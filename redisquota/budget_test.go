@@ -269,3 +269,43 @@ func TestBudgetSpendSaturatesOnRedis(t *testing.T) {
 		t.Fatalf("after $10^10 of records: %+v %v, want refused with nothing left", d, err)
 	}
 }
+
+// TestBudgetEstimateRefundedWhereHeld: an estimate reserved in the local
+// share while Redis refused writes is not refunded from the shared
+// budget, which never held it; the record is charged in full.
+func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailLocal)
+	clk := clock.NewManual(time.Now())
+	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
+		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.Err() == nil })
+	remaining := func() int64 {
+		t.Helper()
+		st, err := l.Limits("u", "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st[0].Remaining
+	}
+	// $5 spent in Redis.
+	if d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: 5 * dollar}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "1")
+	waitFor(t, func() bool {
+		d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: 4 * dollar, RequestID: "local"})
+		return err == nil && d.Allowed && s.Err() != nil
+	})
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "0")
+	waitFor(t, func() bool { _, err := l.Limits("u", "", ""); return err == nil && s.Err() == nil })
+	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", RequestID: "local", Cost: dollar / 10, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := remaining(); got != 10*dollar-5*dollar-dollar/10 {
+		t.Fatalf("%d left in Redis, want 4.9: the local estimate was refunded from the shared budget", got)
+	}
+}

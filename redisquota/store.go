@@ -104,6 +104,9 @@ type Store struct {
 	// one (out of memory, read-only), nil after a call succeeds: Redis is
 	// up, but checks go to the fail mode.
 	refusal atomic.Pointer[string]
+	// epoch counts the switches between Redis and the local shares (see
+	// Epoch).
+	epoch atomic.Uint64
 	// replicas is the number of live replicas last seen; 1 before the
 	// first sighting.
 	replicas atomic.Int64
@@ -200,6 +203,11 @@ func (s *Store) Err() error {
 
 // Close closes the client to Redis, once Run has returned.
 func (s *Store) Close() error { return s.opts.Client.Close() }
+
+// Epoch implements limiter.Epocher: it changes whenever calls switch
+// between Redis and the local shares, so that an estimate reserved in one
+// is not refunded from the other, which never held it.
+func (s *Store) Epoch() uint64 { return s.epoch.Load() }
 
 // Replicas returns the number of live replicas last seen in the registry.
 func (s *Store) Replicas() int { return int(s.replicas.Load()) }
@@ -461,8 +469,8 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
 	switch {
 	case err == nil:
-		if s.refusal.Load() != nil {
-			s.refusal.Store(nil)
+		if s.refusal.Load() != nil && s.refusal.Swap(nil) != nil {
+			s.epoch.Add(1)
 		}
 		return append(res[:1], res[2:]...), nil
 	case errors.Is(err, errPastDeadline):
@@ -640,10 +648,13 @@ func (s *Store) unavailable() error {
 // first seeds the local shares, as going down does.
 func (s *Store) refuse(err error) {
 	msg := err.Error()
-	if s.refusal.Swap(&msg) == nil && s.opts.FailMode == FailLocal {
-		s.transition.Lock()
-		s.seedShares(time.Now())
-		s.transition.Unlock()
+	if s.refusal.Swap(&msg) == nil {
+		s.epoch.Add(1)
+		if s.opts.FailMode == FailLocal {
+			s.transition.Lock()
+			s.seedShares(time.Now())
+			s.transition.Unlock()
+		}
 	}
 }
 
@@ -657,6 +668,7 @@ func (s *Store) markDown(err error) {
 			s.seedShares(time.Now())
 		}
 		s.down.Store(true)
+		s.epoch.Add(1)
 		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
 			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)
 	}
@@ -688,6 +700,7 @@ func (s *Store) probe(ctx context.Context) {
 	s.transition.Lock()
 	defer s.transition.Unlock()
 	if s.down.Swap(false) {
+		s.epoch.Add(1)
 		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
 	}
 }
