@@ -289,18 +289,8 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 	lr.Cost, lr.Unpriced = int64(cost), !priced
 	d, err := c.limiter.CheckInto(lr, s.limits)
 	s.limits = d.Limits
-	var tooLarge *limiter.EstimateTooLargeError
-	var unpriced *limiter.UnpricedError
-	if errors.As(err, &tooLarge) {
-		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error(), Details: []Detail{{Field: "tokens", Message: tooLarge.Error()}}})
-		return
-	} else if errors.As(err, &unpriced) {
-		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error() +
-			"; price it (prices: in the limits file, or a row of llm_model_prices) or run the sidecar with --budget-unpriced=allow",
-			Details: []Detail{{Field: "model", Message: "has no price, and a usd budget applies"}}})
-		return
-	} else if err != nil {
-		writeError(w, err)
+	if err != nil {
+		c.checkFailed(w, err)
 		return
 	}
 	c.observer.ObserveCheck(req.UserID, d.Allowed)
@@ -312,6 +302,24 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	s.out = appendCheckAnswer(s.out, d, req.RequestID, req.Provider, retryAfter)
 	writeAnswer(w, status, s.out)
+}
+
+// checkFailed answers a check the limiter could not decide. The error
+// targets are only made here: taken by address, they escape, and would
+// cost every check an allocation.
+func (c *Collector) checkFailed(w http.ResponseWriter, err error) {
+	var tooLarge *limiter.EstimateTooLargeError
+	var unpriced *limiter.UnpricedError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error(), Details: []Detail{{Field: "tokens", Message: tooLarge.Error()}}})
+	case errors.As(err, &unpriced):
+		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: " + err.Error() +
+			"; price it (prices: in the limits file, or a row of llm_model_prices) or run the sidecar with --budget-unpriced=allow",
+			Details: []Detail{{Field: "model", Message: "has no price, and a usd budget applies"}}})
+	default:
+		writeError(w, err)
+	}
 }
 
 // retryAfterValues are the Retry-After header values up to two minutes,
