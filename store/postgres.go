@@ -216,20 +216,10 @@ func (s *postgresStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amou
 	return spent, nil
 }
 
-// SpentByModel implements Store.
+// SpentByModel implements Store, from the same index.
 func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
 	sql, args := postgresSpent(q)
-	sql = strings.Replace(sql, "SELECT ", "SELECT provider, model, ", 1) + " GROUP BY provider, model"
-	rows, err := s.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, s.fail("sum the spend of "+q.UserID, err)
-	}
-	defer rows.Close()
-	out, err := scanModelSpend(rows)
-	if err != nil {
-		return nil, s.fail("sum the spend of "+q.UserID, err)
-	}
-	return out, nil
+	return readModelSpend(ctx, s.query, s.fail, q.UserID, sql, args)
 }
 
 // WatchRules LISTENs on the channel the triggers of the rule tables and

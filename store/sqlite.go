@@ -134,20 +134,10 @@ func (s *sqliteStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount
 	return spent, nil
 }
 
-// SpentByModel implements Store.
+// SpentByModel implements Store, from the same index.
 func (s *sqliteStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
 	query, args := sqliteSpent(q)
-	query = strings.Replace(query, "SELECT ", "SELECT provider, model, ", 1) + " GROUP BY provider, model"
-	rows, err := s.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, s.fail("sum the spend of "+q.UserID, err)
-	}
-	defer rows.Close()
-	out, err := scanModelSpend(rows)
-	if err != nil {
-		return nil, s.fail("sum the spend of "+q.UserID, err)
-	}
-	return out, nil
+	return readModelSpend(ctx, s.query, s.fail, q.UserID, query, args)
 }
 
 // sqliteSpent writes Spent's query. SQLite's LIKE ignores the case of

@@ -327,17 +327,30 @@ func readDays(rows rowScanner, u *usage.Breakdown) error {
 	return rows.Err()
 }
 
-// scanModelSpend reads the rows of SpentByModel's query.
-func scanModelSpend(rows rowScanner) ([]usage.ModelSpend, error) {
+// readModelSpend runs a store's spend query (its SELECT of one sum, from
+// postgresSpent or sqliteSpent) by provider and model.
+func readModelSpend(ctx context.Context, query func(ctx context.Context, sql string, args ...any) (rowScanner, func(), error),
+	fail func(what string, err error) error, user, sql string, args []any) ([]usage.ModelSpend, error) {
+	sql = strings.Replace(sql, "SELECT ", "SELECT provider, model, ", 1) + " GROUP BY provider, model"
+	rows, done, err := query(ctx, sql, args...)
 	var out []usage.ModelSpend
-	for rows.Next() {
-		var m usage.ModelSpend
-		if err := rows.Scan(&m.Provider, &m.Model, &m.Spent); err != nil {
-			return nil, err
+	if err == nil {
+		for rows.Next() {
+			var m usage.ModelSpend
+			if err = rows.Scan(&m.Provider, &m.Model, &m.Spent); err != nil {
+				break
+			}
+			if m.Spent != 0 {
+				out = append(out, m)
+			}
 		}
-		if m.Spent != 0 {
-			out = append(out, m)
+		if err == nil {
+			err = rows.Err()
 		}
+		done()
 	}
-	return out, rows.Err()
+	if err != nil {
+		return nil, fail("sum the spend of "+user, err)
+	}
+	return out, nil
 }
