@@ -6,7 +6,9 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,7 +61,8 @@ func (l *Ledger) SpentByModel(user, provider, model string, from, to time.Time) 
 			continue
 		}
 		if (provider == "" || k.provider == provider) && (model == "" || glob.Match(model, k.model)) {
-			by[[2]string{k.provider, k.model}] += s.cost
+			g := [2]string{k.provider, k.model}
+			by[g] = min(by[g]+s.cost, limiter.MaxSpend) // slots hold at most 2^63: no wrap
 		}
 	}
 	out := make([]usage.ModelSpend, 0, len(by))
@@ -137,7 +140,9 @@ func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) ([]lim
 		defer cancel()
 		stored, err := s.DB(ctx, usage.SpendQuery{UserID: user, Provider: sc.Provider, Model: sc.Model, From: from, To: to})
 		if err != nil {
-			s.failed.Store(&readFailure{time.Now(), err})
+			if unreachable(ctx, err) {
+				s.failed.Store(&readFailure{time.Now(), err})
+			}
 			return nil, err
 		}
 		s.failed.Store(nil)
@@ -150,6 +155,14 @@ func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) ([]lim
 	return out, nil
 }
 
+// unreachable tells a database out of reach (a timeout, a connection
+// that failed) from a query that failed: only the first makes every
+// user's reads wait for the backoff.
+func unreachable(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne)
+}
+
 // slotKey is a quarter hour of one provider and model's calls.
 type slotKey struct {
 	provider, model string
@@ -157,8 +170,13 @@ type slotKey struct {
 	slot int64
 }
 
+// maxSlot bounds a slot's sum.
+const maxSlot = usd.Amount(1 << 62)
+
 type slot struct {
 	cost usd.Amount
+	// saturated is set once the sum reached maxSlot, which it keeps.
+	saturated bool
 	// records counts the pending records, so that the slot goes with its last.
 	records int
 }
@@ -185,7 +203,18 @@ func (l *Ledger) apply(recs []record.Record, sign int) {
 			s = &slot{}
 			slots[k] = s
 		}
-		s.cost += usd.Amount(sign) * r.Cost
+		// Each record counts at most 2^53, as budgets do. A slot whose sum
+		// would pass 2^62 stays there until its last record goes: records
+		// may claim a billion dollars each, and a wrapped sum would open
+		// every budget over it.
+		c := usd.Amount(min(int64(r.Cost), limiter.MaxSpend))
+		switch {
+		case s.saturated:
+		case sign > 0 && s.cost > maxSlot-c:
+			s.cost, s.saturated = maxSlot, true
+		default:
+			s.cost += usd.Amount(sign) * c
+		}
 		s.records += sign
 		if s.records <= 0 {
 			delete(slots, k)

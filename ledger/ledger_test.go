@@ -3,6 +3,8 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -95,8 +97,11 @@ func TestSource(t *testing.T) {
 	var asked []string
 	src := &Source{Ledger: l, DB: func(_ context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
 		asked = append(asked, q.UserID+"/"+q.Provider+"/"+q.Model)
-		if q.UserID == "down" {
-			return nil, errors.New("connection refused")
+		switch q.UserID {
+		case "down":
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+		case "overflow":
+			return nil, errors.New("ERROR: bigint out of range (SQLSTATE 22003)")
 		}
 		return []usage.ModelSpend{{Provider: "openai", Model: "gpt-4o", Spent: 5000}, {Provider: "openai", Model: "gpt-4.1", Spent: 7}}, nil
 	}}
@@ -115,6 +120,13 @@ func TestSource(t *testing.T) {
 	if len(asked) != 1 || asked[0] != "u/openai/gpt-*" {
 		t.Fatalf("asked the database %v", asked)
 	}
+	// A query that fails for one user makes no backoff for the others.
+	if _, err := src.Spent("overflow", limiter.Scope{}, day, day.Add(time.Hour)); err == nil {
+		t.Fatal("a query error was not returned")
+	}
+	if _, err := src.Spent("u", limiter.Scope{}, day, day.Add(time.Hour)); err != nil {
+		t.Fatalf("after another user's query failed: %v", err)
+	}
 	if _, err := src.Spent("down", limiter.Scope{}, day, day.Add(time.Hour)); err == nil {
 		t.Fatal("a database error was not returned")
 	}
@@ -132,5 +144,28 @@ func TestSource(t *testing.T) {
 	got, err = (&Source{Ledger: l}).Spent("u", limiter.Scope{}, day, day.Add(24*time.Hour))
 	if err != nil || sum(got) != 100 || got[0].Provider != "openai" || got[0].Model != "gpt-4o" {
 		t.Fatalf("Spent without a database = %+v, %v", got, err)
+	}
+}
+
+// TestSpentSaturates: records may claim a billion dollars each; their
+// sums stay at the most a budget counts instead of wrapping negative.
+func TestSpentSaturates(t *testing.T) {
+	l := New()
+	var recs []record.Record
+	for i := 0; i < 2000; i++ {
+		recs = append(recs, rec(fmt.Sprint(i), "u", "openai", "gpt-4o", usd.Max, t0))
+	}
+	l.Add(recs)
+	day := t0.Truncate(24 * time.Hour)
+	if got := l.Spent("u", "", "", day, day.Add(24*time.Hour)); got != limiter.MaxSpend {
+		t.Fatalf("Spent = %d, want %d", got, int64(limiter.MaxSpend))
+	}
+	l.Remove(recs[:1999])
+	if got := l.Spent("u", "", "", day, day.Add(24*time.Hour)); got <= 0 {
+		t.Fatalf("Spent after removing all but one = %d, want the saturated sum kept", got)
+	}
+	l.Remove(recs[1999:])
+	if n := l.Len(); n != 0 {
+		t.Fatalf("%d slots left after every record went", n)
 	}
 }

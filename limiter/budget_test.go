@@ -426,3 +426,27 @@ func TestBudgetRetriedCheck(t *testing.T) {
 		t.Fatalf("%d left, want 0.9: the first check's estimate leaked", got)
 	}
 }
+
+// TestRecordChargesTokensWhenBudgetUnknown: a record whose budget cannot
+// be learnt (the database is down) is still charged to its token and
+// request buckets.
+func TestRecordChargesTokensWhenBudgetUnknown(t *testing.T) {
+	c := newManualClock()
+	down := true
+	spend := &spendFunc{fn: func(string, Scope, time.Time, time.Time) (int64, error) {
+		if down {
+			return 0, errors.New("database down")
+		}
+		return 0, nil
+	}}
+	l := mustNew(t, []Rule{{Window: Day, Unit: USD, Limit: 10 * dollar}, {Window: Day, Unit: Tokens, Limit: 10_000}}, Options{Clock: c, Spend: spend})
+	if err := l.Record(Usage{UserID: "u", Model: "m", Tokens: 9000, Cost: dollar, HasCost: true, Timestamp: c.Now()}); !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("record with the database down: %v, want ErrStoreUnavailable", err)
+	}
+	down = false
+	for _, s := range mustLimits(t, l, "u", "", "") {
+		if s.Unit == Tokens && s.Remaining != 1000 {
+			t.Fatalf("tokens %d left after a 9,000-token record, want 1,000", s.Remaining)
+		}
+	}
+}

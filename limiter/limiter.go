@@ -650,6 +650,11 @@ func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int6
 	if err == nil {
 		return nil
 	}
+	var unknown *UnknownSpendError
+	if !errors.As(err, &unknown) {
+		return err
+	}
+	drop := unknown.Buckets
 	var seeded func(i int)
 	if l.spend != nil {
 		seeded = func(i int) {
@@ -659,7 +664,15 @@ func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int6
 			}
 		}
 	}
-	return l.learnSpend(now, user, bs, err, seeded, func() error { return l.store.Charge(now, user, bs, amounts) })
+	err = l.learnSpend(now, user, bs, err, seeded, func() error { return l.store.Charge(now, user, bs, amounts) })
+	if err != nil && l.spend != nil && errors.Is(err, ErrStoreUnavailable) {
+		// The spend could not be read: the other buckets are still
+		// charged; the budgets, when learnt later, count the record.
+		if bs, amounts = dropBuckets(bs, amounts, drop); len(bs) > 0 {
+			_ = l.store.Charge(now, user, bs, amounts)
+		}
+	}
+	return err
 }
 
 // MaxSpend bounds what one record charges a budget and what a budget
@@ -713,7 +726,7 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 				if err != nil {
 					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
 				}
-				spent = clampSpend(rs.budgetSpend(user, b.Scope, groups))
+				spent = max(0, clampSpend(rs.budgetSpend(user, b.Scope, groups)))
 			}
 			ok, err := l.store.Seed(user, b, spent)
 			if err != nil {

@@ -129,12 +129,12 @@ func (m *MemoryStore) Seed(user string, b Bucket, spent int64) (bool, error) {
 	j := index(live, b.Scope)
 	switch {
 	case j < 0:
-		sh.users[user] = append(live, memBucket{scope: b.Scope, limit: b.Limit, period: b.Period.Start, spent: clampSpend(spent)})
+		sh.users[user] = append(live, memBucket{scope: b.Scope, limit: b.Limit, period: b.Period.Start, spent: max(0, clampSpend(spent))})
 		sh.live++
 	case live[j].current(b):
 		return false, nil
 	default:
-		live[j].period, live[j].spent = b.Period.Start, clampSpend(spent)
+		live[j].period, live[j].spent = b.Period.Start, max(0, clampSpend(spent))
 	}
 	return true, nil
 }

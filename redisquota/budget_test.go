@@ -309,3 +309,38 @@ func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
 		t.Fatalf("%d left in Redis, want 4.9: the local estimate was refunded from the shared budget", got)
 	}
 }
+
+// TestBudgetEstimateRefundedAfterBlip: an estimate reserved in Redis is
+// refunded there by its record even if calls went to the fail mode for a
+// while in between, for this user or another.
+func TestBudgetEstimateRefundedAfterBlip(t *testing.T) {
+	srv, client := standalone(t)
+	s := newStore(t, client, FailLocal)
+	clk := clock.NewManual(time.Now())
+	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
+		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.Err() == nil })
+	if d, err := l.Check(limiter.Request{UserID: "alice", Model: "m", Cost: 5 * dollar, RequestID: "r1"}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "1")
+	waitFor(t, func() bool {
+		_, _ = l.Check(limiter.Request{UserID: "bob", Model: "m", Cost: 1})
+		return s.Err() != nil
+	})
+	srv.Do(t, "CONFIG", "SET", "maxmemory", "0")
+	waitFor(t, func() bool {
+		_, err := l.Check(limiter.Request{UserID: "carol", Model: "m", Cost: 1})
+		return err == nil && s.Err() == nil
+	})
+	if err := l.Record(limiter.Usage{UserID: "alice", Model: "m", RequestID: "r1", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.Limits("alice", "", "")
+	if err != nil || st[0].Remaining != 9*dollar {
+		t.Fatalf("alice: %+v %v, want $9 left after a $1 call whose $5 estimate was reserved in Redis", st, err)
+	}
+}

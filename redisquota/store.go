@@ -104,9 +104,8 @@ type Store struct {
 	// one (out of memory, read-only), nil after a call succeeds: Redis is
 	// up, but checks go to the fail mode.
 	refusal atomic.Pointer[string]
-	// epoch counts the switches between Redis and the local shares (see
-	// Epoch).
-	epoch atomic.Uint64
+	// outages counts the times calls went to the fail mode (see Epoch).
+	outages atomic.Uint64
 	// replicas is the number of live replicas last seen; 1 before the
 	// first sighting.
 	replicas atomic.Int64
@@ -204,10 +203,19 @@ func (s *Store) Err() error {
 // Close closes the client to Redis, once Run has returned.
 func (s *Store) Close() error { return s.opts.Client.Close() }
 
-// Epoch implements limiter.Epocher: it changes whenever calls switch
-// between Redis and the local shares, so that an estimate reserved in one
-// is not refunded from the other, which never held it.
-func (s *Store) Epoch() uint64 { return s.epoch.Load() }
+// Epoch implements limiter.Epocher: it names where calls go now, 0 for
+// Redis and a number of its own for each outage (or run of refused
+// writes) answered by the fail mode, so that an estimate reserved in the
+// local shares is not refunded from Redis, which never held it, nor one
+// reserved in Redis from the shares. A call answered by Redis just as an
+// outage begins may be named for the outage: its estimate is then not
+// refunded, which errs on the side of refusing.
+func (s *Store) Epoch() uint64 {
+	if s.down.Load() || s.refusal.Load() != nil {
+		return s.outages.Load()
+	}
+	return 0
+}
 
 // Replicas returns the number of live replicas last seen in the registry.
 func (s *Store) Replicas() int { return int(s.replicas.Load()) }
@@ -469,8 +477,8 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
 	switch {
 	case err == nil:
-		if s.refusal.Load() != nil && s.refusal.Swap(nil) != nil {
-			s.epoch.Add(1)
+		if s.refusal.Load() != nil {
+			s.refusal.Store(nil)
 		}
 		return append(res[:1], res[2:]...), nil
 	case errors.Is(err, errPastDeadline):
@@ -649,7 +657,7 @@ func (s *Store) unavailable() error {
 func (s *Store) refuse(err error) {
 	msg := err.Error()
 	if s.refusal.Swap(&msg) == nil {
-		s.epoch.Add(1)
+		s.outages.Add(1)
 		if s.opts.FailMode == FailLocal {
 			s.transition.Lock()
 			s.seedShares(time.Now())
@@ -667,8 +675,8 @@ func (s *Store) markDown(err error) {
 		if s.opts.FailMode == FailLocal {
 			s.seedShares(time.Now())
 		}
+		s.outages.Add(1)
 		s.down.Store(true)
-		s.epoch.Add(1)
 		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
 			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)
 	}
@@ -700,7 +708,6 @@ func (s *Store) probe(ctx context.Context) {
 	s.transition.Lock()
 	defer s.transition.Unlock()
 	if s.down.Swap(false) {
-		s.epoch.Add(1)
 		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
 	}
 }

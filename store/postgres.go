@@ -153,7 +153,10 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 // user_id is compared as text, as by the logs: an adopted table may still
 // key users by uuid, and on a text column the cast costs nothing.
 func postgresSpent(q usage.SpendQuery) (string, []any) {
-	sql, args := `SELECT `+nanoUSD(`coalesce(sum(cost_usd), 0)`)+` FROM llm_usage_logs
+	// Capped at 2^53 nano-dollars, the most a budget counts: records may
+	// claim up to a billion dollars each, and a sum past int64 would fail
+	// the budget's every check until its period ends.
+	sql, args := `SELECT `+nanoUSD(`least(coalesce(sum(cost_usd), 0), 9007199.254740992)`)+` FROM llm_usage_logs
 		WHERE user_id::text = $1 AND created_at >= $2 AND created_at < $3`, []any{q.UserID, ceilMicro(q.From), ceilMicro(q.To)}
 	if q.Provider != "" {
 		args = append(args, q.Provider)

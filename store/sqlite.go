@@ -143,7 +143,9 @@ func (s *sqliteStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]u
 // sqliteSpent writes Spent's query. SQLite's LIKE ignores the case of
 // ASCII letters only, as the glob does.
 func sqliteSpent(q usage.SpendQuery) (string, []any) {
-	query, args := `SELECT coalesce(sum(cost_nano_usd), 0) FROM llm_usage_logs
+	// Capped at 2^53 nano-dollars, as on Postgres; total() does not fail
+	// past int64, and is exact below 2^53.
+	query, args := `SELECT CAST(min(total(cost_nano_usd), 9007199254740992) AS INTEGER) FROM llm_usage_logs
 		WHERE user_id = ? AND created_at >= ? AND created_at < ?`, []any{q.UserID, ceilMicro(q.From).UnixMicro(), ceilMicro(q.To).UnixMicro()}
 	if q.Provider != "" {
 		query, args = query+" AND provider = ?", append(args, q.Provider)
