@@ -256,6 +256,10 @@ type sidecar struct {
 
 // run serves until ctx ends or SIGTERM/SIGINT, then drains.
 func run(ctx context.Context, cfg serveConfig) error {
+	// First, so that its stop runs last: a second SIGTERM while the store
+	// and the spool close must not kill the process mid-close.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	logger := cfg.Logger
 	s := &sidecar{cfg: cfg, logger: logger}
 	if err := applyMemoryLimit(cfg.MemoryLimit, logger); err != nil {
@@ -320,8 +324,6 @@ func run(ctx context.Context, cfg serveConfig) error {
 		Logger:       logger,
 	})
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if cfg.PushURL != "" {
 		if err := s.exporter.StartPush(ctx, cfg.PushURL, cfg.PushInterval, logger); err != nil {
 			return err
