@@ -27,13 +27,30 @@ import (
 // follows the distinct calls waiting rather than their number. It is safe
 // for concurrent use.
 type Ledger struct {
+	// off is set while no rule is a budget: nothing needs the pending
+	// spend then, and a flood of new users must not cost memory for it.
+	off atomic.Bool
+
 	mu sync.Mutex
-	// users holds each user's slots with a pending cost.
-	users map[string]map[slotKey]*slot
+	// users holds each user's slots with a pending cost: a slice, since a
+	// user has a handful (a slice costs a third of a map of one entry).
+	users map[string][]slot
 }
 
-// New returns an empty Ledger.
-func New() *Ledger { return &Ledger{users: map[string]map[slotKey]*slot{}} }
+// New returns an empty Ledger, counting.
+func New() *Ledger { return &Ledger{users: map[string][]slot{}} }
+
+// SetEnabled starts or stops counting: a sidecar whose rules hold no
+// budget need not. Stopping forgets what was counted; after a start,
+// records accepted before it count once stored.
+func (l *Ledger) SetEnabled(on bool) {
+	if l.off.Swap(!on) == !on || on {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.users)
+}
 
 // Add counts records accepted for storage.
 func (l *Ledger) Add(recs []record.Record) { l.apply(recs, 1) }
@@ -56,13 +73,13 @@ func (l *Ledger) SpentByModel(user, provider, model string, from, to time.Time) 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	by := map[[2]string]usd.Amount{}
-	for k, s := range l.users[user] {
-		if k.slot < from.Unix() || k.slot >= to.Unix() {
+	for _, s := range l.users[user] {
+		if s.slot < from.Unix() || s.slot >= to.Unix() {
 			continue
 		}
-		if (provider == "" || k.provider == provider) && (model == "" || glob.Match(model, k.model)) {
-			g := [2]string{k.provider, k.model}
-			by[g] = min(by[g]+s.cost, limiter.MaxSpend) // slots hold at most 2^63: no wrap
+		if (provider == "" || s.provider == provider) && (model == "" || glob.Match(model, s.model)) {
+			g := [2]string{s.provider, s.model}
+			by[g] = min(by[g]+s.cost, limiter.MaxSpend) // slots hold at most 2^62: no wrap
 		}
 	}
 	out := make([]usage.ModelSpend, 0, len(by))
@@ -163,27 +180,27 @@ func unreachable(ctx context.Context, err error) bool {
 	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne)
 }
 
-// slotKey is a quarter hour of one provider and model's calls.
-type slotKey struct {
-	provider, model string
-	// slot is the quarter hour's start, in Unix seconds.
-	slot int64
-}
-
 // maxSlot bounds a slot's sum.
 const maxSlot = usd.Amount(1 << 62)
 
+// slot is the pending cost of a quarter hour of one provider and model's calls.
 type slot struct {
+	provider, model string
+	// slot is the quarter hour's start, in Unix seconds.
+	slot int64
 	cost usd.Amount
+	// records counts the pending records, so that the slot goes with its last.
+	records int32
 	// saturated is set once the sum reached maxSlot, which it keeps.
 	saturated bool
-	// records counts the pending records, so that the slot goes with its last.
-	records int
 }
 
 const slotSeconds = 15 * 60
 
 func (l *Ledger) apply(recs []record.Record, sign int) {
+	if l.off.Load() {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i := range recs {
@@ -192,17 +209,19 @@ func (l *Ledger) apply(recs []record.Record, sign int) {
 			continue
 		}
 		sec := r.Timestamp.Unix()
-		k := slotKey{provider: r.Provider, model: r.Model, slot: sec - mod(sec, slotSeconds)}
+		start := sec - mod(sec, slotSeconds)
 		slots := l.users[r.UserID]
-		if slots == nil {
-			slots = map[slotKey]*slot{}
+		j := 0
+		for ; j < len(slots) && (slots[j].slot != start || slots[j].provider != r.Provider || slots[j].model != r.Model); j++ {
+		}
+		if j == len(slots) {
+			if sign < 0 {
+				continue // counted before a SetEnabled(true), or forgotten by a stop
+			}
+			slots = append(slots, slot{provider: r.Provider, model: r.Model, slot: start})
 			l.users[r.UserID] = slots
 		}
-		s := slots[k]
-		if s == nil {
-			s = &slot{}
-			slots[k] = s
-		}
+		s := &slots[j]
 		// Each record counts at most 2^53, as budgets do. A slot whose sum
 		// would pass 2^62 stays there until its last record goes: records
 		// may claim a billion dollars each, and a wrapped sum would open
@@ -215,11 +234,14 @@ func (l *Ledger) apply(recs []record.Record, sign int) {
 		default:
 			s.cost += usd.Amount(sign) * c
 		}
-		s.records += sign
+		s.records += int32(sign)
 		if s.records <= 0 {
-			delete(slots, k)
+			slots[j] = slots[len(slots)-1]
+			slots = slots[:len(slots)-1]
 			if len(slots) == 0 {
 				delete(l.users, r.UserID)
+			} else {
+				l.users[r.UserID] = slots
 			}
 		}
 	}

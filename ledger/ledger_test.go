@@ -169,3 +169,31 @@ func TestSpentSaturates(t *testing.T) {
 		t.Fatalf("%d slots left after every record went", n)
 	}
 }
+
+// TestSetEnabled: a ledger that is off counts nothing, and forgets what
+// it had; records removed that it never counted change nothing.
+func TestSetEnabled(t *testing.T) {
+	l := New()
+	day := t0.Truncate(24 * time.Hour)
+	spent := func() usd.Amount { return l.Spent("u", "", "", day, day.Add(24*time.Hour)) }
+	a, b := rec("a", "u", "p", "m", 5, t0), rec("b", "u", "p", "m", 7, t0)
+	l.Add([]record.Record{a})
+	l.SetEnabled(false)
+	if got, n := spent(), l.Len(); got != 0 || n != 0 {
+		t.Fatalf("off: spent %d in %d slots, want nothing", got, n)
+	}
+	l.Add([]record.Record{b})
+	if n := l.Len(); n != 0 {
+		t.Fatalf("off: counted a record (%d slots)", n)
+	}
+	l.SetEnabled(true)
+	l.Remove([]record.Record{a, b}) // counted before, then forgotten
+	l.Add([]record.Record{b})
+	if got := spent(); got != 7 {
+		t.Fatalf("on again: spent %d, want 7", got)
+	}
+	l.SetEnabled(true) // no change: keeps what it has
+	if got := spent(); got != 7 {
+		t.Fatalf("enabled twice: spent %d, want 7", got)
+	}
+}

@@ -305,6 +305,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	s.exporter.WatchLimiter(s.limiter)
 	s.exporter.SetRulesDigest(s.rules.Set().Digest())
+	s.ledger.SetEnabled(hasBudget(s.rules.Set().InForce))
 	writerOpts := cfg.Writer
 	writerOpts.Observer, writerOpts.Logger = s.exporter, logger
 	writerOpts.DeadLetter = &store.DeadLetterFile{Path: filepath.Join(cfg.Store.DataDir, "dead-letter.ndjson")}
@@ -335,6 +336,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		if err := s.limiter.SetRules(set.InForce); err != nil {
 			return err
 		}
+		s.ledger.SetEnabled(hasBudget(set.InForce))
 		s.exporter.SetRulesDigest(set.Digest())
 		return nil
 	})
@@ -387,6 +389,17 @@ func run(ctx context.Context, cfg serveConfig) error {
 		logger.Error("records not persisted before shutdown", "records", s.writer.Len(), "error", err)
 	}
 	return nil
+}
+
+// hasBudget tells whether one of rules is a usd budget: the ledger of
+// pending spend is kept only then.
+func hasBudget(rules []limiter.Rule) bool {
+	for _, r := range rules {
+		if r.IsBudget() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *sidecar) apiHandler() http.Handler {
