@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -78,6 +79,8 @@ type Collector struct {
 	scratches scratches
 	// unpriced remembers the models seen without a price.
 	unpriced unpricedModels
+	// usages recycles the usage slices of requests of several records.
+	usages sync.Pool
 }
 
 // Route is one endpoint of the API.
@@ -104,6 +107,7 @@ func New(opts Options) *Collector {
 	if c.observer == nil {
 		c.observer = nopObserver{}
 	}
+	c.usages.New = func() any { return new([]limiter.Usage) }
 	if c.maxBodyBytes <= 0 {
 		c.maxBodyBytes = 1 << 20
 	}
@@ -186,11 +190,14 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	if len(recs) == 1 {
 		_ = c.limiter.Record(usageOfRecord(&recs[0]))
 	} else {
-		us := make([]limiter.Usage, len(recs))
+		us := c.usages.Get().(*[]limiter.Usage)
+		*us = (*us)[:0]
 		for i := range recs {
-			us[i] = usageOfRecord(&recs[i])
+			*us = append(*us, usageOfRecord(&recs[i]))
 		}
-		_ = c.limiter.RecordAll(us)
+		_ = c.limiter.RecordAll(*us)
+		clear(*us) // no strings kept alive in the pool
+		c.usages.Put(us)
 	}
 	c.unpriced.observe(recs, now, c.logger)
 	c.observer.ObserveRecords(recs)

@@ -237,7 +237,11 @@ func Embedded() (*Table, error) { return embedded() }
 // matches, else the embedded data. A provider without a table, such as
 // "unknown", has no embedded prices.
 func (t *Table) Lookup(providerName, model string, at time.Time) (Match, bool) {
-	p := provider.Normalize(providerName)
+	p := providerName
+	if _, known := t.data.byName[p]; !known {
+		// Intake hands names normalised already: normalise the others only.
+		p = provider.Normalize(providerName)
+	}
 	model = strings.TrimSpace(model)
 	for i := range t.overrides {
 		o := &t.overrides[i]
