@@ -180,9 +180,17 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 			recs[i].RequestID = newRequestID(now)
 		}
 	}
+	if err := c.apply(recs, now); err != nil {
+		return 0, err
+	}
+	return len(recs), nil
+}
+
+// apply persists valid records, charges them and counts them.
+func (c *Collector) apply(recs []record.Record, now time.Time) error {
 	if c.sink != nil {
 		if err := c.sink.Enqueue(recs); err != nil {
-			return 0, &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
+			return &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
 		}
 	}
 	// The records are stored whatever happens here: a quota store out of
@@ -201,7 +209,7 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	}
 	c.unpriced.observe(recs, now, c.logger)
 	c.observer.ObserveRecords(recs)
-	return len(recs), nil
+	return nil
 }
 
 // usageOfRecord is what the limiter charges for r.

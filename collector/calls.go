@@ -1,0 +1,83 @@
+package collector
+
+import (
+	"fmt"
+
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/provider"
+	"github.com/llmusage/llmusage/record"
+)
+
+// Call is a check asked for in code rather than by POST /v1/check: by the
+// proxy, for the calls it forwards.
+type Call struct {
+	// UserID, Provider and Model identify the call; Provider is
+	// normalised, and inferred from the model when empty.
+	UserID, Provider, Model string
+	// PromptTokens and MaxTokens estimate it, as a check's fields do.
+	PromptTokens, MaxTokens int64
+}
+
+// Check decides a call as POST /v1/check does (estimate, cost, budgets,
+// metrics). The request_id returned is the one its record must carry.
+func (c *Collector) Check(call Call) (d limiter.Decision, requestID string, err error) {
+	now := c.clock.Now()
+	req := checkRequest{UserID: call.UserID, Model: call.Model, Provider: call.Provider,
+		Tokens: call.PromptTokens + call.MaxTokens, PromptTokens: call.PromptTokens, MaxTokens: call.MaxTokens,
+		RequestID: newRequestID(now)}
+	for _, f := range []struct{ name, value string }{{"user_id", req.UserID}, {"model", req.Model}} {
+		if problem := lengthOrControl(f.value, MaxIDLength, true); problem != "" || f.value == "" {
+			if problem == "" {
+				problem = "is required"
+			}
+			return limiter.Decision{}, "", &Error{Status: 400, Message: fmt.Sprintf("cannot check: %s %s", f.name, problem),
+				Details: []Detail{{Field: f.name, Message: problem}}}
+		}
+	}
+	req.Provider = c.normaliseProvider(req.Provider, req.Model)
+	lr := limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
+	cost, priced := checkCost(c.rules().Prices, &req, now)
+	lr.Cost, lr.Unpriced = int64(cost), !priced
+	d, err = c.limiter.Check(lr)
+	if err != nil {
+		return d, "", err
+	}
+	c.observer.ObserveCheck(req.UserID, d.Allowed)
+	return d, req.RequestID, nil
+}
+
+// Accept takes records made in code (the proxy's) as POST /v1/calls takes
+// posted ones: priced unless they carry a cost, persisted, charged and
+// counted. The records must be valid; Provider is normalised here.
+func (c *Collector) Accept(recs []record.Record) error {
+	now := c.clock.Now().UTC()
+	for i := range recs {
+		r := &recs[i]
+		r.Provider = c.normaliseProvider(r.Provider, r.Model)
+		if r.Timestamp.IsZero() {
+			r.Timestamp = now
+		}
+		if r.Status == "" {
+			r.Status = record.StatusSuccess
+		}
+		if r.RequestID == "" {
+			r.RequestID = newRequestID(now)
+		}
+		r.TotalTokens = max(r.TotalTokens, r.PromptTokens+r.CompletionTokens)
+		if !r.HasCost {
+			r.Cost, r.HasCost = c.rules().Prices.Cost(r.Provider, r.Model, r.Timestamp, usageOf(r))
+		}
+	}
+	return c.apply(recs, now)
+}
+
+// normaliseProvider is a record's provider as intake resolves it.
+func (c *Collector) normaliseProvider(prov, model string) string {
+	if p := provider.Normalize(prov); p != "" {
+		return p
+	}
+	if model == "" {
+		return record.UnknownProvider
+	}
+	return c.rules().Providers.Infer(model)
+}
