@@ -23,6 +23,7 @@ import (
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/proxy"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/redisquota"
 	"github.com/llmusage/llmusage/rules"
@@ -67,6 +68,15 @@ func serveCommand() *cli.Command {
 			stringFlag("redis-fail-mode", "local", "how checks are answered while Redis is out of reach: local (this replica's share of each limit: limit / live replicas), open (allowed) or closed (refused with 503)"),
 			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
 			stringFlag("budget-timezone", "UTC", "time zone (IANA name, such as Europe/Paris) of usd budgets' calendar days, weeks (from Monday) and months"),
+			&cli.StringSliceFlag{Name: "upstream", EnvVars: envVars("upstream"),
+				Usage: "NAME=URL: a proxy route /NAME/... to URL (repeatable; comma-separated in the environment). Adds to or overrides the built-in openai, anthropic, groq, mistral, deepseek and xai"},
+			&cli.StringSliceFlag{Name: "upstream-key-file", EnvVars: envVars("upstream-key-file"),
+				Usage: "NAME=/path: the proxy sends the key in this file to upstream NAME instead of the client's (repeatable)"},
+			stringFlag("proxy-user-header", "X-LLMUsage-User", "header naming the user of a proxied call (else the body's user, safety_identifier or metadata.user_id)"),
+			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
+			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
+			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
+			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
 			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
 		},
 		Action: func(c *cli.Context) error {
@@ -126,6 +136,8 @@ type serveConfig struct {
 	BudgetLocation *time.Location
 	// BudgetAllowUnpriced lets checks of unpriced models pass budgets.
 	BudgetAllowUnpriced bool
+	// Proxy configures proxy mode; run adds the collector.
+	Proxy proxy.Options
 }
 
 // redisConfig selects the shared quota store.
@@ -213,6 +225,33 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if cfg.BudgetLocation, err = time.LoadLocation(c.String("budget-timezone")); err != nil || c.String("budget-timezone") == "" {
 		return serveConfig{}, fmt.Errorf("cannot use --budget-timezone %q: want an IANA time zone such as UTC or Europe/Paris", c.String("budget-timezone"))
 	}
+	cfg.Proxy = proxy.Options{UserHeader: c.String("proxy-user-header"), DefaultUser: c.String("proxy-default-user"),
+		MaxBodyBytes: cfg.MaxBodyBytes, ConnectTimeout: c.Duration("upstream-connect-timeout"),
+		FirstByteTimeout: c.Duration("upstream-first-byte-timeout"), IdleTimeout: c.Duration("upstream-idle-timeout"), Logger: cfg.Logger}
+	var overrides []proxy.Upstream
+	for _, s := range c.StringSlice("upstream") {
+		up, err := proxy.ParseUpstream(s)
+		if err != nil {
+			return serveConfig{}, err
+		}
+		overrides = append(overrides, up)
+	}
+	cfg.Proxy.Upstreams = proxy.Merge(proxy.Defaults(), overrides)
+	for _, s := range c.StringSlice("upstream-key-file") {
+		name, key, err := proxy.LoadKey(s)
+		if err != nil {
+			return serveConfig{}, err
+		}
+		found := false
+		for i := range cfg.Proxy.Upstreams {
+			if cfg.Proxy.Upstreams[i].Name == name {
+				cfg.Proxy.Upstreams[i].Key, found = key, true
+			}
+		}
+		if !found {
+			return serveConfig{}, fmt.Errorf("cannot use --upstream-key-file %s=...: no upstream is named %s", name, name)
+		}
+	}
 	switch c.String("budget-unpriced") {
 	case "allow":
 		cfg.BudgetAllowUnpriced = true
@@ -246,6 +285,8 @@ type sidecar struct {
 	queue ledger.Queue
 	// ledger counts what the records not stored yet spent, for budgets.
 	ledger *ledger.Ledger
+	// proxy forwards and meters the SDKs' calls.
+	proxy *proxy.Proxy
 	// spool is the queue when cfg.Durability is fsync.
 	spool *spool.Spool
 	// quota is the shared quota store; nil for each sidecar's own buckets.
@@ -324,6 +365,11 @@ func run(ctx context.Context, cfg serveConfig) error {
 		MaxBodyBytes: cfg.MaxBodyBytes,
 		Logger:       logger,
 	})
+	proxyOpts := cfg.Proxy
+	proxyOpts.Collector = s.collector
+	if s.proxy, err = proxy.New(proxyOpts); err != nil {
+		return err
+	}
 
 	if cfg.PushURL != "" {
 		if err := s.exporter.StartPush(ctx, cfg.PushURL, cfg.PushInterval, logger); err != nil {
@@ -404,9 +450,16 @@ func hasBudget(rules []limiter.Rule) bool {
 
 func (s *sidecar) apiHandler() http.Handler {
 	mux := http.NewServeMux()
-	for _, r := range s.collector.Routes() {
+	routes := s.collector.Routes()
+	if s.proxy != nil {
+		routes = append(routes, s.proxy.Routes()...)
+	}
+	for _, r := range routes {
 		h := r.Handler
-		if s.cfg.Token != "" {
+		switch {
+		case s.cfg.Token != "" && strings.HasPrefix(r.Name, "proxy_"):
+			h = collector.RequireTokenHeader(s.cfg.Token, h)
+		case s.cfg.Token != "":
 			h = collector.RequireBearer(s.cfg.Token, h)
 		}
 		mux.Handle(r.Pattern, s.exporter.InstrumentRoute(r.Name, h))

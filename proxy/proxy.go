@@ -1,0 +1,526 @@
+// Package proxy stands in the path of an application's calls to an LLM
+// API: point the official SDK at the sidecar (OPENAI_BASE_URL=
+// http://127.0.0.1:9470/openai/v1) and every call is checked before it is
+// forwarded and recorded after, streaming included, through the same
+// checks and spool as the intake API. Only the configured upstreams are
+// reachable: the client chooses a route, never a host.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// Kind is an upstream's wire format.
+type Kind uint8
+
+// The wire formats the proxy meters.
+const (
+	// OpenAI is the Chat Completions, Responses and Embeddings APIs, which
+	// Groq, Mistral, DeepSeek, xAI, vLLM and others speak too.
+	OpenAI Kind = iota
+	// Anthropic is the Messages API.
+	Anthropic
+)
+
+// Upstream is one route of the proxy: /Name/... is forwarded to URL with
+// the path after /Name appended.
+type Upstream struct {
+	// Name is the route's first path segment.
+	Name string
+	// URL is where calls go: scheme, host and an optional base path.
+	URL *url.URL
+	// Kind is the wire format.
+	Kind Kind
+	// Provider names the records' provider (OpenTelemetry GenAI names).
+	Provider string
+	// Key, when set, replaces the client's API key (--upstream-key-file),
+	// so that the application never holds it.
+	Key string
+}
+
+// Defaults are the built-in routes; --upstream adds to or overrides them.
+func Defaults() []Upstream {
+	must := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			panic(err)
+		}
+		return u
+	}
+	return []Upstream{
+		{Name: "openai", URL: must("https://api.openai.com"), Kind: OpenAI, Provider: "openai"},
+		{Name: "anthropic", URL: must("https://api.anthropic.com"), Kind: Anthropic, Provider: "anthropic"},
+		{Name: "groq", URL: must("https://api.groq.com"), Kind: OpenAI, Provider: "groq"},
+		{Name: "mistral", URL: must("https://api.mistral.ai"), Kind: OpenAI, Provider: "mistral_ai"},
+		{Name: "deepseek", URL: must("https://api.deepseek.com"), Kind: OpenAI, Provider: "deepseek"},
+		{Name: "xai", URL: must("https://api.x.ai"), Kind: OpenAI, Provider: "x_ai"},
+	}
+}
+
+// ParseUpstream reads NAME=URL. A known name keeps its wire format and
+// provider; a new one speaks OpenAI's format, and names its provider.
+func ParseUpstream(s string) (Upstream, error) {
+	name, raw, ok := strings.Cut(strings.TrimSpace(s), "=")
+	if !ok || name == "" || raw == "" {
+		return Upstream{}, fmt.Errorf("cannot use upstream %q: want NAME=URL, such as openai=http://127.0.0.1:8080", s)
+	}
+	if strings.ContainsAny(name, "/?#% ") {
+		return Upstream{}, fmt.Errorf("cannot use upstream %q: the name must be one path segment", s)
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return Upstream{}, fmt.Errorf("cannot use upstream %q: want an http:// or https:// URL without query", s)
+	}
+	up := Upstream{Name: name, URL: u, Kind: OpenAI, Provider: name}
+	for _, d := range Defaults() {
+		if d.Name == name {
+			up.Kind, up.Provider = d.Kind, d.Provider
+		}
+	}
+	return up, nil
+}
+
+// Merge lays overrides over base by name.
+func Merge(base, overrides []Upstream) []Upstream {
+	out := append([]Upstream(nil), base...)
+	for _, o := range overrides {
+		replaced := false
+		for i := range out {
+			if out[i].Name == o.Name {
+				o.Key = out[i].Key
+				out[i], replaced = o, true
+			}
+		}
+		if !replaced {
+			out = append(out, o)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// LoadKey reads NAME=/path, the key file of an upstream.
+func LoadKey(s string) (name, key string, err error) {
+	name, path, ok := strings.Cut(strings.TrimSpace(s), "=")
+	if !ok || name == "" || path == "" {
+		return "", "", fmt.Errorf("cannot use upstream key file %q: want NAME=/path", s)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", fmt.Errorf("cannot read the key of upstream %s: %w", name, err)
+	}
+	key = strings.TrimSpace(string(b))
+	if key == "" || strings.ContainsAny(key, "\r\n") {
+		return "", "", fmt.Errorf("cannot use the key of upstream %s in %s: want one line", name, path)
+	}
+	return name, key, nil
+}
+
+// Options configure a Proxy.
+type Options struct {
+	// Upstreams are the routes; Defaults() when nil.
+	Upstreams []Upstream
+	// Collector checks and records the calls; required.
+	Collector *collector.Collector
+	// UserHeader names the header that says who calls (X-LLMUsage-User
+	// when empty); it is not forwarded.
+	UserHeader string
+	// DefaultUser is the user of calls that name none; empty refuses them.
+	DefaultUser string
+	// MaxBodyBytes bounds a request body (1 MiB when zero).
+	MaxBodyBytes int64
+	// ConnectTimeout, FirstByteTimeout and IdleTimeout bound the dial, the
+	// wait for the response's headers and the silence between two reads
+	// of its body (5 s, 120 s and 120 s when zero).
+	ConnectTimeout, FirstByteTimeout, IdleTimeout time.Duration
+	// Transport sends the calls; one built from the timeouts when nil.
+	Transport http.RoundTripper
+	// Logger logs upstream failures (never keys); slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Proxy serves the routes.
+type Proxy struct {
+	opts      Options
+	upstreams map[string]*Upstream
+	transport http.RoundTripper
+	logger    *slog.Logger
+}
+
+// New returns a Proxy.
+func New(opts Options) (*Proxy, error) {
+	if opts.Collector == nil {
+		return nil, errors.New("cannot make a proxy without a collector")
+	}
+	if opts.Upstreams == nil {
+		opts.Upstreams = Defaults()
+	}
+	if opts.UserHeader == "" {
+		opts.UserHeader = "X-LLMUsage-User"
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 5 * time.Second
+	}
+	if opts.FirstByteTimeout <= 0 {
+		opts.FirstByteTimeout = 120 * time.Second
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 120 * time.Second
+	}
+	p := &Proxy{opts: opts, upstreams: map[string]*Upstream{}, transport: opts.Transport, logger: opts.Logger}
+	if p.logger == nil {
+		p.logger = slog.Default()
+	}
+	for i := range opts.Upstreams {
+		u := &opts.Upstreams[i]
+		p.upstreams[u.Name] = u
+	}
+	if p.transport == nil {
+		p.transport = &http.Transport{
+			Proxy:                 nil, // never a proxy of the environment's: keys would travel through it
+			DialContext:           (&net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   opts.ConnectTimeout,
+			ResponseHeaderTimeout: opts.FirstByteTimeout,
+		}
+	}
+	return p, nil
+}
+
+// Routes are the proxy's endpoints, one per upstream.
+func (p *Proxy) Routes() []collector.Route {
+	names := make([]string, 0, len(p.upstreams))
+	for name := range p.upstreams {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	routes := make([]collector.Route, 0, len(names))
+	for _, name := range names {
+		up := p.upstreams[name]
+		routes = append(routes, collector.Route{Pattern: "/" + name + "/", Name: "proxy_" + name, Handler: p.handler(up)})
+	}
+	return routes
+}
+
+// handler serves one upstream's route.
+func (p *Proxy) handler(up *Upstream) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest := strings.TrimPrefix(r.URL.Path, "/"+up.Name)
+		if !strings.HasPrefix(rest, "/") || strings.Contains(rest, "/../") || strings.HasSuffix(rest, "/..") {
+			writeError(w, up.Kind, http.StatusNotFound, "not_found_error", "cannot find "+r.URL.Path)
+			return
+		}
+		endpoint := meteredEndpoint(up.Kind, r.Method, rest)
+		if endpoint == "" {
+			p.forward(w, r, up, rest, nil, nil)
+			return
+		}
+		p.metered(w, r, up, rest, endpoint)
+	})
+}
+
+// meteredEndpoint names the call a request makes, or "" for one passed
+// through unmetered (model lists, count_tokens, files, ...).
+func meteredEndpoint(k Kind, method, rest string) string {
+	if method != http.MethodPost {
+		return ""
+	}
+	switch k {
+	case Anthropic:
+		if strings.HasSuffix(rest, "/messages") {
+			return "messages"
+		}
+	default:
+		for _, e := range []string{"/chat/completions", "/responses", "/embeddings", "/completions"} {
+			if strings.HasSuffix(rest, e) {
+				return strings.TrimPrefix(e, "/")
+			}
+		}
+	}
+	return ""
+}
+
+// call is one metered request on its way.
+type call struct {
+	up       *Upstream
+	endpoint string
+	user     string
+	model    string
+	stream   bool
+	// injected tells that the proxy asked for stream usage itself, and
+	// must hide the usage chunk from a client that did not.
+	injected bool
+	// promptEstimate is the prompt's tokens estimated from its size.
+	promptEstimate int64
+	requestID      string
+	start          time.Time
+}
+
+// metered checks, forwards and records one call.
+func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, rest, endpoint string) {
+	start := time.Now()
+	body, err := io.ReadAll(io.LimitReader(r.Body, p.opts.MaxBodyBytes+1))
+	if err != nil {
+		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot read the request body: "+err.Error())
+		return
+	}
+	if int64(len(body)) > p.opts.MaxBodyBytes {
+		writeError(w, up.Kind, http.StatusRequestEntityTooLarge, "invalid_request_error",
+			fmt.Sprintf("cannot forward a request body over %d bytes (--max-body-bytes)", p.opts.MaxBodyBytes))
+		return
+	}
+	var req requestFields
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot parse the request body as JSON: "+err.Error())
+		return
+	}
+	c := &call{up: up, endpoint: endpoint, model: req.Model, stream: req.Stream, start: start,
+		promptEstimate: int64(len(body)+3) / 4}
+	c.user = r.Header.Get(p.opts.UserHeader)
+	if c.user == "" {
+		c.user = req.user()
+	}
+	if c.user == "" {
+		c.user = p.opts.DefaultUser
+	}
+	if c.user == "" {
+		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error",
+			fmt.Sprintf("cannot tell who calls: send the header %s, or the body's %s (or run the sidecar with --proxy-default-user)", p.opts.UserHeader, userFieldOf(up.Kind)))
+		return
+	}
+	if c.model == "" {
+		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot check a call without a model")
+		return
+	}
+	d, requestID, err := p.opts.Collector.Check(collector.Call{UserID: c.user, Provider: up.Provider, Model: c.model,
+		PromptTokens: c.promptEstimate, MaxTokens: req.maxTokens()})
+	if err != nil {
+		status, msg := http.StatusServiceUnavailable, err.Error()
+		var ce *collector.Error
+		var tooLarge *limiter.EstimateTooLargeError
+		var unpriced *limiter.UnpricedError
+		switch {
+		case errors.As(err, &ce):
+			status = ce.Status
+		case errors.As(err, &tooLarge), errors.As(err, &unpriced):
+			status = http.StatusBadRequest
+		default:
+			w.Header().Set("Retry-After", "1")
+		}
+		writeError(w, up.Kind, status, errorTypeOf(up.Kind, status), "cannot check the call with llmusage: "+msg)
+		return
+	}
+	if !d.Allowed {
+		secs := max(int64((d.RetryAfter+time.Second-1)/time.Second), 1)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		writeError(w, up.Kind, http.StatusTooManyRequests, errorTypeOf(up.Kind, http.StatusTooManyRequests),
+			fmt.Sprintf("llmusage: user %s is over a limit; retry after %d s", c.user, secs))
+		return
+	}
+	c.requestID = requestID
+	if c.stream && up.Kind == OpenAI && endpoint == "chat/completions" && !req.includeUsage() {
+		if b, ok := withIncludeUsage(body); ok {
+			body, c.injected = b, true
+		}
+	}
+	p.forward(w, r, up, rest, body, c)
+}
+
+// forward sends the request upstream and relays the answer, metering it
+// when c is set. body replaces the request's when set.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, rest string, body []byte, c *call) {
+	rp := &httputil.ReverseProxy{
+		Transport:     p.transport,
+		FlushInterval: -1, // every chunk as it comes: no buffering of streams
+		ErrorLog:      nil,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			target := *up.URL
+			target.Path = strings.TrimSuffix(up.URL.Path, "/") + rest
+			target.RawPath = ""
+			target.RawQuery = r.URL.RawQuery
+			pr.Out.URL = &target
+			pr.Out.Host = target.Host
+			pr.Out.Header.Del(p.opts.UserHeader)
+			pr.Out.Header.Del(collector.TokenHeader)
+			if up.Key != "" {
+				if up.Kind == Anthropic {
+					pr.Out.Header.Set("X-Api-Key", up.Key)
+				} else {
+					pr.Out.Header.Set("Authorization", "Bearer "+up.Key)
+				}
+			}
+			if body != nil {
+				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+				pr.Out.ContentLength = int64(len(body))
+				pr.Out.Header.Set("Content-Length", strconv.Itoa(len(body)))
+			}
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if c != nil {
+				resp.Body = p.meter(r.Context(), resp, c)
+				if c.injected {
+					resp.Header.Del("Content-Length")
+				}
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			p.logger.Warn("upstream call failed", "upstream", up.Name, "path", rest, "error", redact(err))
+			status, kind := http.StatusBadGateway, "upstream_unreachable"
+			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+				status, kind = http.StatusGatewayTimeout, "upstream_timeout"
+			}
+			if c != nil {
+				p.record(c, status, kind, usage{}, false, 0)
+			}
+			if req.Context().Err() == nil {
+				writeError(w, up.Kind, status, errorTypeOf(up.Kind, status), "llmusage cannot reach the upstream "+up.Name+": "+redact(err))
+			}
+		},
+	}
+	if body != nil && r.Body != nil {
+		_ = r.Body.Close()
+	}
+	rp.ServeHTTP(w, r)
+}
+
+// isTimeout tells a transport timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// redact keeps URLs with credentials out of messages.
+func redact(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			u.User = nil
+			return ue.Op + " " + u.Redacted() + ": " + ue.Err.Error()
+		}
+	}
+	return err.Error()
+}
+
+// record makes the call's record and hands it to the collector.
+func (p *Proxy) record(c *call, status int, errorType string, u usage, exact bool, contentChars int64) {
+	rec := record.Record{
+		RequestID: c.requestID, UserID: c.user, Provider: c.up.Provider, Model: c.model,
+		Latency: time.Since(c.start), HasLatency: true, Status: record.StatusSuccess,
+	}
+	if u.model != "" {
+		rec.Model = u.model
+	}
+	if status >= 400 || errorType != "" {
+		rec.Status, rec.ErrorType = record.StatusError, errorType
+		if rec.ErrorType == "" {
+			rec.ErrorType = "http_" + strconv.Itoa(status)
+		}
+	}
+	meta := map[string]any{"proxy": c.up.Name, "endpoint": c.endpoint}
+	if exact {
+		rec.PromptTokens, rec.CompletionTokens = u.prompt, u.completion
+		rec.CachedTokens, rec.CacheWriteTokens, rec.ReasoningTokens = u.cached, u.cacheWrite, u.reasoning
+	} else if status < 400 || contentChars > 0 {
+		// No usage from the upstream (a stream cut short): counted from
+		// what was sent and relayed, and said so.
+		rec.PromptTokens, rec.CompletionTokens = c.promptEstimate, (contentChars+3)/4
+		meta["usage_estimated"] = true
+	}
+	rec.TotalTokens = rec.PromptTokens + rec.CompletionTokens
+	rec.Metadata, _ = json.Marshal(meta)
+	if err := p.opts.Collector.Accept([]record.Record{rec}); err != nil {
+		p.logger.Error("cannot record a proxied call", "upstream", c.up.Name, "user", c.user, "error", err)
+	}
+}
+
+// requestFields are what the proxy reads of a request body.
+type requestFields struct {
+	Model               string          `json:"model"`
+	Stream              bool            `json:"stream"`
+	User                string          `json:"user"`
+	SafetyIdentifier    string          `json:"safety_identifier"`
+	Metadata            json.RawMessage `json:"metadata"`
+	MaxTokens           int64           `json:"max_tokens"`
+	MaxCompletionTokens int64           `json:"max_completion_tokens"`
+	MaxOutputTokens     int64           `json:"max_output_tokens"`
+	StreamOptions       *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+func (f *requestFields) user() string {
+	if f.User != "" {
+		return f.User
+	}
+	if f.SafetyIdentifier != "" {
+		return f.SafetyIdentifier
+	}
+	var m struct {
+		UserID string `json:"user_id"`
+	}
+	if len(f.Metadata) > 0 && json.Unmarshal(f.Metadata, &m) == nil {
+		return m.UserID
+	}
+	return ""
+}
+
+func (f *requestFields) maxTokens() int64 {
+	return max(f.MaxTokens, f.MaxCompletionTokens, f.MaxOutputTokens, 0)
+}
+
+func (f *requestFields) includeUsage() bool { return f.StreamOptions != nil && f.StreamOptions.IncludeUsage }
+
+// withIncludeUsage sets stream_options.include_usage, keeping every other
+// field of the body as sent.
+func withIncludeUsage(body []byte) ([]byte, bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(body, &m) != nil {
+		return nil, false
+	}
+	opts := map[string]json.RawMessage{}
+	if raw, ok := m["stream_options"]; ok && string(raw) != "null" {
+		if json.Unmarshal(raw, &opts) != nil {
+			return nil, false
+		}
+	}
+	opts["include_usage"] = json.RawMessage("true")
+	b, err := json.Marshal(opts)
+	if err != nil {
+		return nil, false
+	}
+	m["stream_options"] = b
+	out, err := json.Marshal(m)
+	return out, err == nil
+}
+
+func userFieldOf(k Kind) string {
+	if k == Anthropic {
+		return "metadata.user_id"
+	}
+	return "user (or safety_identifier)"
+}
