@@ -314,7 +314,10 @@ func (m *meteredBody) setAnthropic(u *usageJSON) {
 		return
 	}
 	a := &m.anthropic
-	for _, f := range []struct{ dst **int64; src *int64 }{
+	for _, f := range []struct {
+		dst **int64
+		src *int64
+	}{
 		{&a.input, u.InputTokens}, {&a.cacheRead, u.CacheReadInputTokens}, {&a.cacheWrite, u.CacheCreationInputTokens}, {&a.output, u.OutputTokens},
 	} {
 		if f.src != nil {

@@ -493,7 +493,9 @@ func (f *requestFields) maxTokens() int64 {
 	return max(f.MaxTokens, f.MaxCompletionTokens, f.MaxOutputTokens, 0)
 }
 
-func (f *requestFields) includeUsage() bool { return f.StreamOptions != nil && f.StreamOptions.IncludeUsage }
+func (f *requestFields) includeUsage() bool {
+	return f.StreamOptions != nil && f.StreamOptions.IncludeUsage
+}
 
 // withIncludeUsage sets stream_options.include_usage, keeping every other
 // field of the body as sent.
