@@ -263,9 +263,6 @@ func (x *exchange) responses() {
 	x.stream(events)
 }
 
-// Embedding is the vector /v1/embeddings answers for each input.
-var Embedding = []float32{0.25, -0.5, 0.125}
-
 // embeddings answers POST /v1/embeddings, one Embedding per input, as
 // floats or, under encoding_format "base64" (what the openai SDK asks by
 // default), as base64 of little-endian float32s.

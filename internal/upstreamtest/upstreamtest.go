@@ -130,6 +130,9 @@ const (
 // ToolArgumentChunks are ToolArguments as streamed.
 var ToolArgumentChunks = []string{`{"city":`, `"Paris"}`}
 
+// Embedding is the vector /v1/embeddings answers for each input.
+var Embedding = []float32{0.25, -0.5, 0.125}
+
 // Request is one request the server received.
 type Request struct {
 	// Method is the HTTP method.
