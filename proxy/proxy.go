@@ -367,6 +367,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			pr.Out.Header.Del(p.opts.UserHeader)
 			pr.Out.Header.Del(collector.TokenHeader)
 			if up.Key != "" {
+				// The sidecar's key, in place of whatever the client sent
+				// (the Anthropic SDK may send its key as a bearer token).
+				pr.Out.Header.Del("Authorization")
+				pr.Out.Header.Del("X-Api-Key")
 				if up.Kind == Anthropic {
 					pr.Out.Header.Set("X-Api-Key", up.Key)
 				} else {
