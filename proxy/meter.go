@@ -51,8 +51,10 @@ type meteredBody struct {
 	// pending is a stream's bytes past its last complete event; out the
 	// events ready for the client.
 	pending, out []byte
-	eof          bool
-	readErr      error
+	// buf is what src is read into.
+	buf     []byte
+	eof     bool
+	readErr error
 
 	u      usage
 	exact  bool
@@ -80,7 +82,9 @@ func (m *meteredBody) Read(b []byte) (int, error) {
 		}
 		return n, err
 	}
-	var buf [32 << 10]byte
+	if m.buf == nil {
+		m.buf = make([]byte, 8<<10) // once a body: a buffer per Read escaped, 32 KiB a chunk
+	}
 	for len(m.out) == 0 {
 		if m.eof || m.readErr != nil {
 			err := m.readErr
@@ -90,9 +94,9 @@ func (m *meteredBody) Read(b []byte) (int, error) {
 			m.finish(err)
 			return 0, err
 		}
-		n, err := m.src.Read(buf[:])
+		n, err := m.src.Read(m.buf)
 		m.idle.Reset(m.p.opts.IdleTimeout)
-		m.pending = append(m.pending, buf[:n]...)
+		m.pending = append(m.pending, m.buf[:n]...)
 		m.events()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
