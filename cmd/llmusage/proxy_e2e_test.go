@@ -208,3 +208,69 @@ func assertNoSecret(t *testing.T, s *sidecartest.Sidecar, secret string) {
 		return nil
 	})
 }
+
+// TestProxyUpstreams: the sidecar's own key in place of the client's, an
+// upstream that stalls (the idle timeout ends it, recorded), Groq's
+// stream usage taken once, the Responses and Embeddings APIs metered.
+func TestProxyUpstreams(t *testing.T) {
+	up := upstreamtest.Start(t)
+	keyFile := filepath.Join(t.TempDir(), "openai-key")
+	if err := os.WriteFile(keyFile, []byte("sk-sidecar-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := sidecartest.Start(t, sidecartest.Options{Limits: "limits: []\n", Flags: []string{
+		"--upstream", "openai=" + up.URL, "--upstream", "groq=" + up.URL, "--upstream-key-file", "openai=" + keyFile,
+		"--upstream-idle-timeout", "300ms", "--flush-interval", "50ms"}})
+	h := map[string]string{"Authorization": "Bearer client-key", "X-LLMUsage-User": "kim"}
+
+	if code, _, body := proxyPost(t, s, "/openai/v1/chat/completions", h, `{"model":"gpt-4o","messages":[]}`); code != http.StatusOK {
+		t.Fatalf("chat: %d %s", code, body)
+	}
+	if got := up.Requests()[0].Header.Get("Authorization"); got != "Bearer sk-sidecar-secret" {
+		t.Fatalf("upstream Authorization %q, want the sidecar's key", got)
+	}
+
+	// Stalled after one chunk: the idle timeout ends it, as an error.
+	start := time.Now()
+	_, _, body := proxyPost(t, s, "/openai/v1/chat/completions", map[string]string{"X-LLMUsage-User": "stalled"}, `{"model":"stall","stream":true,"messages":[]}`)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a stalled upstream held the client %s", d)
+	}
+	if !strings.Contains(body, "data:") {
+		t.Fatalf("the chunk before the stall did not reach the client: %q", body)
+	}
+	r := logsOf(t, s, "stalled", 1)[0]
+	if meta, _ := r["metadata"].(map[string]any); r["error_type"] != "upstream_idle_timeout" || meta["usage_estimated"] != true {
+		t.Fatalf("stalled stream's record %v", r)
+	}
+
+	// Groq: usage in x_groq.usage and again in a usage chunk, counted once.
+	if code, _, body := proxyPost(t, s, "/groq/openai/v1/chat/completions", map[string]string{"X-LLMUsage-User": "gil"},
+		`{"model":"llama-3.1-8b-instant","stream":true,"messages":[]}`); code != http.StatusOK || !strings.Contains(body, "Hello") {
+		t.Fatalf("groq stream: %d %s", code, body)
+	}
+	g := logsOf(t, s, "gil", 1)[0]
+	if g["provider"] != "groq" || g["prompt_tokens"] != float64(upstreamtest.GroqUsage.Prompt) || g["completion_tokens"] != float64(upstreamtest.GroqUsage.Completion) {
+		t.Fatalf("groq record %v", g)
+	}
+
+	// The Responses and Embeddings APIs.
+	for _, c := range []struct {
+		user, path, body string
+		prompt, completion int
+	}{
+		{"rita", "/openai/v1/responses", `{"model":"gpt-4o","input":"hi"}`, upstreamtest.OpenAIUsage.Prompt, upstreamtest.OpenAIUsage.Completion},
+		{"rosa", "/openai/v1/responses", `{"model":"gpt-4o","input":"hi","stream":true}`, upstreamtest.OpenAIUsage.Prompt, upstreamtest.OpenAIUsage.Completion},
+		{"emma", "/openai/v1/embeddings", `{"model":"text-embedding-3-small","input":"hi"}`, upstreamtest.EmbeddingsUsage.Prompt, 0},
+	} {
+		if code, _, body := proxyPost(t, s, c.path, map[string]string{"X-LLMUsage-User": c.user}, c.body); code != http.StatusOK {
+			t.Fatalf("%s: %d %s", c.path, code, body)
+		}
+		r := logsOf(t, s, c.user, 1)[0]
+		if r["prompt_tokens"] != float64(c.prompt) || r["completion_tokens"] != float64(c.completion) || r["status"] != "success" {
+			t.Fatalf("%s %s: record %v", c.path, c.body, r)
+		}
+	}
+	assertNoSecret(t, s, "sk-sidecar-secret")
+	assertNoSecret(t, s, "client-key")
+}
