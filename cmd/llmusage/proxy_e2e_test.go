@@ -256,7 +256,7 @@ func TestProxyUpstreams(t *testing.T) {
 
 	// The Responses and Embeddings APIs.
 	for _, c := range []struct {
-		user, path, body string
+		user, path, body   string
 		prompt, completion int
 	}{
 		{"rita", "/openai/v1/responses", `{"model":"gpt-4o","input":"hi"}`, upstreamtest.OpenAIUsage.Prompt, upstreamtest.OpenAIUsage.Completion},
