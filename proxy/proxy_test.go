@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/record"
+)
+
+// sink keeps what the collector accepts.
+type sink struct {
+	mu   sync.Mutex
+	recs []record.Record
+}
+
+func (s *sink) Enqueue(recs []record.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recs = append(s.recs, recs...)
+	return nil
+}
+
+func (s *sink) all() []record.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]record.Record(nil), s.recs...)
+}
+
+// newTestProxy serves a proxy to upstream (as "openai"), recording into sink.
+func newTestProxy(t *testing.T, upstream http.Handler) (*httptest.Server, *sink) {
+	t.Helper()
+	up := httptest.NewServer(upstream)
+	t.Cleanup(up.Close)
+	l, err := limiter.New(nil, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := &sink{}
+	u, _ := url.Parse(up.URL)
+	p, err := New(Options{Collector: collector.New(collector.Options{Limiter: l, Sink: sk}), MaxBodyBytes: 1024,
+		Upstreams: []Upstream{{Name: "openai", URL: u, Kind: OpenAI, Provider: "openai"}},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	for _, r := range p.Routes() {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv, sk
+}
+
+func post(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("X-LLMUsage-User", "u")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestBadUpstreams: an upstream answering garbage gives an error record
+// and the answer as it came, never a hang or a made-up usage; bad request
+// bodies get clear errors in the provider's shape.
+func TestBadUpstreams(t *testing.T) {
+	srv, sk := newTestProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "stream") {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: {not json\n\ndata: [DONE]\n\n")
+			return
+		}
+		_, _ = io.WriteString(w, "<html>garbage</html>")
+	}))
+	code, body := post(t, srv.URL+"/openai/v1/chat/completions", `{"model":"gpt-4o","messages":[]}`)
+	if code != http.StatusOK || body != "<html>garbage</html>" {
+		t.Fatalf("garbage answer relayed as %d %q", code, body)
+	}
+	code, _ = post(t, srv.URL+"/openai/stream/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[]}`)
+	if code != http.StatusOK {
+		t.Fatalf("garbage stream: %d", code)
+	}
+	recs := sk.all()
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
+	}
+	if r := recs[0]; r.Status != record.StatusError || r.ErrorType != "upstream_bad_response" {
+		t.Fatalf("garbage JSON's record %+v", r)
+	}
+	if r := recs[1]; !strings.Contains(string(r.Metadata), `"usage_estimated":true`) {
+		t.Fatalf("a stream without usage was not marked estimated: %+v", r)
+	}
+
+	f := func(path, body string, wantStatus int, wantInError string) {
+		t.Helper()
+		code, got := post(t, srv.URL+path, body)
+		if code != wantStatus || !strings.Contains(got, wantInError) || !strings.Contains(got, `"error":{`) {
+			t.Fatalf("%s %s: %d %s, want %d naming %q in OpenAI's error shape", path, body, code, got, wantStatus, wantInError)
+		}
+	}
+	f("/openai/v1/chat/completions", `{"model":`, http.StatusBadRequest, "cannot parse the request body")
+	f("/openai/v1/chat/completions", `{"messages":[]}`, http.StatusBadRequest, "without a model")
+	f("/openai/v1/chat/completions", `{"model":"m","pad":"`+strings.Repeat("x", 2000)+`"}`, http.StatusRequestEntityTooLarge, "--max-body-bytes")
+	if n := len(sk.all()); n != 2 {
+		t.Fatalf("%d records after refused requests, want still 2", n)
+	}
+}
+
+func TestParseUpstream(t *testing.T) {
+	f := func(s string, wantErr bool, wantKind Kind, wantProvider string) {
+		t.Helper()
+		up, err := ParseUpstream(s)
+		if (err != nil) != wantErr {
+			t.Fatalf("ParseUpstream(%q): %v", s, err)
+		}
+		if err == nil && (up.Kind != wantKind || up.Provider != wantProvider) {
+			t.Fatalf("ParseUpstream(%q) = %+v", s, up)
+		}
+	}
+	f("openai=http://127.0.0.1:8080", false, OpenAI, "openai")
+	f("anthropic=https://proxy.example/anthropic", false, Anthropic, "anthropic")
+	f("vllm=http://vllm:8000", false, OpenAI, "vllm")
+	f("mistral=https://eu.mistral.example", false, OpenAI, "mistral_ai")
+	f("openai", true, 0, "")
+	f("=http://x", true, 0, "")
+	f("a/b=http://x", true, 0, "")
+	f("x=ftp://x", true, 0, "")
+	f("x=http://x?y=1", true, 0, "")
+	f("x=not a url", true, 0, "")
+}
