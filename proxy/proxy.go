@@ -377,6 +377,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 					pr.Out.Header.Set("Authorization", "Bearer "+up.Key)
 				}
 			}
+			if c != nil {
+				// The transport then asks for gzip itself and hands the
+				// answer over decompressed: usage is read from plain JSON,
+				// and the client gets it plain.
+				pr.Out.Header.Del("Accept-Encoding")
+			}
 			if body != nil {
 				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 				pr.Out.ContentLength = int64(len(body))

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"compress/gzip"
 	"io"
 	"log/slog"
 	"net/http"
@@ -140,4 +141,36 @@ func TestParseUpstream(t *testing.T) {
 	f("x=ftp://x", true, 0, "")
 	f("x=http://x?y=1", true, 0, "")
 	f("x=not a url", true, 0, "")
+}
+
+// TestGzipUpstream: an upstream that compresses its answers (as the
+// providers do when asked) still has its usage read.
+func TestGzipUpstream(t *testing.T) {
+	srv, sk := newTestProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answer := `{"model":"gpt-4o","usage":{"prompt_tokens":11,"completion_tokens":7}}`
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			_, _ = io.WriteString(zw, answer)
+			_ = zw.Close()
+			return
+		}
+		_, _ = io.WriteString(w, answer)
+	}))
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/openai/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
+	req.Header.Set("X-LLMUsage-User", "u")
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "prompt_tokens") {
+		t.Fatalf("the client got %q, want the answer readable", b)
+	}
+	recs := sk.all()
+	if len(recs) != 1 || recs[0].PromptTokens != 11 || recs[0].CompletionTokens != 7 || recs[0].Status != record.StatusSuccess {
+		t.Fatalf("records %+v, want the usage of the compressed answer", recs)
+	}
 }
