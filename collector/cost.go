@@ -161,10 +161,16 @@ func (c *Collector) servePrices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	overrides := prices.Overrides()
+	snap := prices.Snapshot()
+	type snapshotJSON struct {
+		Source  string `json:"source"`
+		Version string `json:"version"`
+		Date    string `json:"date"`
+	}
 	out := struct {
-		Snapshot  pricing.Snapshot `json:"snapshot"`
-		Overrides []priceJSON      `json:"overrides"`
-	}{Snapshot: prices.Snapshot(), Overrides: make([]priceJSON, 0, len(overrides))}
+		Snapshot  snapshotJSON `json:"snapshot"`
+		Overrides []priceJSON  `json:"overrides"`
+	}{Snapshot: snapshotJSON{snap.Source, snap.Version, snap.Date}, Overrides: make([]priceJSON, 0, len(overrides))}
 	for _, o := range overrides {
 		p := newPriceJSON(pricing.Price{Input: o.Input, CacheRead: o.CacheRead, CacheWrite: o.CacheWrite, Output: o.Output,
 			HasCacheRead: o.HasCacheRead, HasCacheWrite: o.HasCacheWrite}, o.Source, o.Model)

@@ -117,7 +117,7 @@ func TestPricesAPI(t *testing.T) {
 		t.Fatal(rec.Code, rec.Body)
 	}
 	snap := out["snapshot"].(map[string]any)
-	if !strings.HasPrefix(snap["Source"].(string), "genai-prices ") {
+	if !strings.HasPrefix(snap["source"].(string), "genai-prices ") || snap["version"] == "" || snap["date"] == "" {
 		t.Fatalf("snapshot %v", snap)
 	}
 	ov := out["overrides"].([]any)
