@@ -31,6 +31,7 @@ func (p *Proxy) meter(ctx context.Context, resp *http.Response, c *call) io.Read
 		m.timedOut.Store(true)
 		_ = m.src.Close()
 	})
+	m.idle.Stop() // runs only while a read waits on the upstream
 	return m
 }
 
@@ -72,8 +73,9 @@ const maxKeptBody = 16 << 20
 
 func (m *meteredBody) Read(b []byte) (int, error) {
 	if !m.sse {
+		m.idle.Reset(m.p.opts.IdleTimeout) // only while waiting on the upstream, not on a slow client
 		n, err := m.src.Read(b)
-		m.idle.Reset(m.p.opts.IdleTimeout)
+		m.idle.Stop()
 		if m.body.Len() < maxKeptBody {
 			m.body.Write(b[:n])
 		}
@@ -94,8 +96,9 @@ func (m *meteredBody) Read(b []byte) (int, error) {
 			m.finish(err)
 			return 0, err
 		}
-		n, err := m.src.Read(m.buf)
 		m.idle.Reset(m.p.opts.IdleTimeout)
+		n, err := m.src.Read(m.buf)
+		m.idle.Stop()
 		m.pending = append(m.pending, m.buf[:n]...)
 		m.events()
 		if err != nil {
@@ -104,8 +107,11 @@ func (m *meteredBody) Read(b []byte) (int, error) {
 			} else {
 				m.readErr = err
 			}
-			// What is left of an event cut short still goes to the client.
-			m.out = append(m.out, m.pending...)
+			// A last event without its blank line is read too; what is
+			// left of an event cut short still goes to the client.
+			if len(bytes.TrimSpace(m.pending)) > 0 && !m.readEvent(m.pending) {
+				m.out = append(m.out, m.pending...)
+			}
 			m.pending = m.pending[:0]
 		}
 	}
@@ -214,10 +220,14 @@ func (m *meteredBody) openAIEvent(data []byte) (drop bool) {
 		m.setOpenAI(ev.XGroq.Usage)
 	case ev.Type == "response.output_text.delta" || ev.Type == "response.function_call_arguments.delta":
 		m.chars += int64(len(ev.Delta))
-	case ev.Type == "response.completed" && ev.Response != nil && ev.Response.Usage != nil:
+	case strings.HasPrefix(ev.Type, "response.") && ev.Response != nil && ev.Response.Usage != nil:
+		// completed, and also incomplete (max_output_tokens reached) and failed.
 		m.setOpenAI(ev.Response.Usage)
 		if ev.Response.Model != "" {
 			m.u.model = ev.Response.Model
+		}
+		if ev.Type == "response.failed" {
+			m.errTyp = "response_failed"
 		}
 	case ev.Error != nil && ev.Error.Type != "":
 		m.errTyp = ev.Error.Type
@@ -354,10 +364,10 @@ func (m *meteredBody) finish(readErr error) {
 		switch {
 		case m.timedOut.Load():
 			errType = "upstream_idle_timeout"
+		case m.ctx.Err() != nil && !m.eof:
+			errType = "client_closed"
 		case readErr != nil && !errors.Is(readErr, io.EOF):
 			errType = "upstream_cut"
-		case readErr == nil && m.ctx.Err() != nil:
-			errType = "client_closed"
 		case readErr == nil && !m.eof && m.sse:
 			errType = "client_closed"
 		}

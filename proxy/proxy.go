@@ -83,12 +83,14 @@ func ParseUpstream(s string) (Upstream, error) {
 	if !ok || name == "" || raw == "" {
 		return Upstream{}, fmt.Errorf("cannot use upstream %q: want NAME=URL, such as openai=http://127.0.0.1:8080", s)
 	}
-	if strings.ContainsAny(name, "/?#% ") {
-		return Upstream{}, fmt.Errorf("cannot use upstream %q: the name must be one path segment", s)
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return Upstream{}, fmt.Errorf("cannot use upstream %s: the name must be letters, digits, - and _", name)
+		}
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return Upstream{}, fmt.Errorf("cannot use upstream %q: want an http:// or https:// URL without query", s)
+		return Upstream{}, fmt.Errorf("cannot use upstream %s: want an http:// or https:// URL without query", name)
 	}
 	up := Upstream{Name: name, URL: u, Kind: OpenAI, Provider: name}
 	for _, d := range Defaults() {
@@ -236,6 +238,14 @@ func (p *Proxy) handler(up *Upstream) http.Handler {
 		}
 		endpoint := meteredEndpoint(up.Kind, r.Method, rest)
 		if endpoint == "" {
+			// With the sidecar's own key, only reads and count_tokens go
+			// through unmetered: anything else would spend the key with
+			// no user, no check and no record.
+			if up.Key != "" && r.Method != http.MethodGet && !strings.HasSuffix(strings.TrimSuffix(rest, "/"), "/count_tokens") {
+				writeError(w, up.Kind, http.StatusForbidden, "permission_error",
+					fmt.Sprintf("llmusage: %s %s is not metered, and upstream %s is called with the sidecar's key: refused", r.Method, rest, up.Name))
+				return
+			}
 			p.forward(w, r, up, rest, nil, nil)
 			return
 		}
@@ -249,6 +259,7 @@ func meteredEndpoint(k Kind, method, rest string) string {
 	if method != http.MethodPost {
 		return ""
 	}
+	rest = strings.TrimRight(rest, "/")
 	switch k {
 	case Anthropic:
 		if strings.HasSuffix(rest, "/messages") {
@@ -293,8 +304,8 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			fmt.Sprintf("cannot forward a request body over %d bytes (--max-body-bytes)", p.opts.MaxBodyBytes))
 		return
 	}
-	var req requestFields
-	if err := json.Unmarshal(body, &req); err != nil {
+	req, err := readRequestFields(body)
+	if err != nil {
 		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot parse the request body as JSON: "+err.Error())
 		return
 	}
@@ -314,6 +325,11 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 	}
 	if c.model == "" {
 		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot check a call without a model")
+		return
+	}
+	if mt := req.maxTokens(); mt > collector.MaxTokens {
+		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error",
+			fmt.Sprintf("cannot check a call of max_tokens %d: at most %d", mt, int64(collector.MaxTokens)))
 		return
 	}
 	d, requestID, err := p.opts.Collector.Check(collector.Call{UserID: c.user, Provider: up.Provider, Model: c.model,
@@ -356,7 +372,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 	rp := &httputil.ReverseProxy{
 		Transport:     p.transport,
 		FlushInterval: -1, // every chunk as it comes: no buffering of streams
-		ErrorLog:      nil,
+		ErrorLog:      slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := *up.URL
 			target.Path = strings.TrimSuffix(up.URL.Path, "/") + rest
@@ -401,7 +417,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
 			p.logger.Warn("upstream call failed", "upstream", up.Name, "path", rest, "error", redact(err))
 			status, kind := http.StatusBadGateway, "upstream_unreachable"
-			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			switch {
+			case req.Context().Err() != nil: // the client went away first
+				status, kind = 499, "client_closed"
+			case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 				status, kind = http.StatusGatewayTimeout, "upstream_timeout"
 			}
 			if c != nil {
@@ -466,6 +485,48 @@ func (p *Proxy) record(c *call, status int, errorType string, u usage, exact boo
 	if err := p.opts.Collector.Accept([]record.Record{rec}); err != nil {
 		p.logger.Error("cannot record a proxied call", "upstream", c.up.Name, "user", c.user, "error", err)
 	}
+}
+
+// readRequestFields reads the fields the proxy acts on by their exact
+// names, as the upstream does: encoding/json matches struct fields
+// ignoring case, so {"model": "a", "Model": "b"} would be checked as b
+// and run as a.
+func readRequestFields(body []byte) (requestFields, error) {
+	var f requestFields
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return f, err
+	}
+	get := func(name string, dst any) error {
+		raw, ok := m[name]
+		if !ok || string(raw) == "null" {
+			return nil
+		}
+		if err := json.Unmarshal(raw, dst); err != nil {
+			return fmt.Errorf("field %s: %w", name, err)
+		}
+		return nil
+	}
+	var opts map[string]json.RawMessage
+	for _, g := range []struct {
+		name string
+		dst  any
+	}{{"model", &f.Model}, {"stream", &f.Stream}, {"user", &f.User}, {"safety_identifier", &f.SafetyIdentifier},
+		{"metadata", &f.Metadata}, {"max_tokens", &f.MaxTokens}, {"max_completion_tokens", &f.MaxCompletionTokens},
+		{"max_output_tokens", &f.MaxOutputTokens}, {"stream_options", &opts}} {
+		if err := get(g.name, g.dst); err != nil {
+			return f, err
+		}
+	}
+	if raw, ok := opts["include_usage"]; ok {
+		var v bool
+		if json.Unmarshal(raw, &v) == nil {
+			f.StreamOptions = &struct {
+				IncludeUsage bool `json:"include_usage"`
+			}{v}
+		}
+	}
+	return f, nil
 }
 
 // requestFields are what the proxy reads of a request body.

@@ -174,3 +174,105 @@ func TestGzipUpstream(t *testing.T) {
 		t.Fatalf("records %+v, want the usage of the compressed answer", recs)
 	}
 }
+
+// TestReviewFindings: what a review of the proxy found, each fixed.
+func TestReviewFindings(t *testing.T) {
+	var lastBody string
+	var mu sync.Mutex
+	srv, sk := newTestProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		lastBody = string(b)
+		mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/responses") {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":{\"usage\":{\"input_tokens\":11,\"output_tokens\":16}}}\n\n")
+			return
+		}
+		if strings.Contains(string(b), `"stream":true`) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			// The last event without its blank line.
+			_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}")
+			return
+		}
+		_, _ = io.WriteString(w, `{"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
+	}))
+	// Case variants of a field are not the field: the upstream reads
+	// "model", and so does the check.
+	if code, body := post(t, srv.URL+"/openai/v1/chat/completions", `{"model":"gpt-4o","Model":"cheap","messages":[]}`); code != http.StatusOK {
+		t.Fatalf("%d %s", code, body)
+	}
+	if r := sk.all()[0]; r.Model != "gpt-4o" {
+		t.Fatalf("checked and recorded as %q, the upstream ran gpt-4o", r.Model)
+	}
+	// max_tokens beyond intake's bound is refused, never wrapped.
+	if code, _ := post(t, srv.URL+"/openai/v1/chat/completions", `{"model":"gpt-4o","max_tokens":9223372036854775807}`); code != http.StatusBadRequest {
+		t.Fatalf("huge max_tokens: %d", code)
+	}
+	// A trailing slash is metered too.
+	n := len(sk.all())
+	post(t, srv.URL+"/openai/v1/chat/completions/", `{"model":"gpt-4o","messages":[]}`)
+	if len(sk.all()) != n+1 {
+		t.Fatal("a call with a trailing slash was not recorded")
+	}
+	// The Responses API's usage from response.incomplete.
+	post(t, srv.URL+"/openai/v1/responses", `{"model":"gpt-4o","input":"hi","stream":true}`)
+	if r := sk.all()[len(sk.all())-1]; r.PromptTokens != 11 || r.CompletionTokens != 16 {
+		t.Fatalf("response.incomplete's usage: %+v", r)
+	}
+	// A last event without its blank line is read, and the usage chunk
+	// the proxy asked for stays hidden.
+	code, body := post(t, srv.URL+"/openai/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[]}`)
+	if code != http.StatusOK || strings.Contains(body, "usage") {
+		t.Fatalf("stream: %d %q", code, body)
+	}
+	mu.Lock()
+	if !strings.Contains(lastBody, `"include_usage":true`) {
+		t.Fatalf("the proxy did not ask for usage: %s", lastBody)
+	}
+	mu.Unlock()
+	if r := sk.all()[len(sk.all())-1]; r.PromptTokens != 3 || r.CompletionTokens != 4 {
+		t.Fatalf("the unterminated last event's usage: %+v", r)
+	}
+}
+
+// TestSidecarKeyOnlyMetered: with the sidecar's own key, a call the proxy
+// does not meter is refused rather than spent unrecorded; reads pass.
+func TestSidecarKeyOnlyMetered(t *testing.T) {
+	var auth []string
+	var mu sync.Mutex
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		_, _ = io.WriteString(w, `{"data":[]}`)
+	}))
+	t.Cleanup(up.Close)
+	l, _ := limiter.New(nil, limiter.Options{})
+	u, _ := url.Parse(up.URL)
+	p, err := New(Options{Collector: collector.New(collector.Options{Limiter: l}),
+		Upstreams: []Upstream{{Name: "openai", URL: u, Kind: OpenAI, Provider: "openai", Key: "sk-sidecar"}},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	for _, r := range p.Routes() {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	if code, body := post(t, srv.URL+"/openai/v1/images/generations", `{"prompt":"x"}`); code != http.StatusForbidden || !strings.Contains(body, "not metered") {
+		t.Fatalf("an unmetered POST with the sidecar's key: %d %s", code, body)
+	}
+	resp, err := http.Get(srv.URL + "/openai/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auth) != 1 || auth[0] != "GET /v1/models Bearer sk-sidecar" {
+		t.Fatalf("upstream saw %v, want only the model list, with the sidecar's key", auth)
+	}
+}
