@@ -148,7 +148,8 @@ type Options struct {
 	UserHeader string
 	// DefaultUser is the user of calls that name none; empty refuses them.
 	DefaultUser string
-	// MaxBodyBytes bounds a request body (1 MiB when zero).
+	// MaxBodyBytes bounds a request body (32 MiB when zero): images and
+	// documents travel in it, base64-encoded.
 	MaxBodyBytes int64
 	// ConnectTimeout, FirstByteTimeout and IdleTimeout bound the dial, the
 	// wait for the response's headers and the silence between two reads
@@ -180,7 +181,7 @@ func New(opts Options) (*Proxy, error) {
 		opts.UserHeader = "X-LLMUsage-User"
 	}
 	if opts.MaxBodyBytes <= 0 {
-		opts.MaxBodyBytes = 1 << 20
+		opts.MaxBodyBytes = 32 << 20
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 5 * time.Second
@@ -310,7 +311,7 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		return
 	}
 	c := &call{up: up, endpoint: endpoint, model: req.Model, stream: req.Stream, start: start,
-		promptEstimate: int64(len(body)+3) / 4}
+		promptEstimate: promptEstimate(body)}
 	c.user = r.Header.Get(p.opts.UserHeader)
 	if c.user == "" {
 		c.user = req.user()
@@ -485,6 +486,30 @@ func (p *Proxy) record(c *call, status int, errorType string, u usage, exact boo
 	if err := p.opts.Collector.Accept([]record.Record{rec}); err != nil {
 		p.logger.Error("cannot record a proxied call", "upstream", c.up.Name, "user", c.user, "error", err)
 	}
+}
+
+// promptEstimate guesses a prompt's tokens from its body: 4 bytes a
+// token, but for base64 payloads (images, documents), which are priced
+// by other rules and would otherwise count as millions of tokens: each
+// counts as 1,000 (about what a provider bills a large image).
+func promptEstimate(body []byte) int64 {
+	size, images := int64(len(body)), int64(0)
+	rest := body
+	for {
+		i := bytes.Index(rest, []byte(";base64,"))
+		if i < 0 {
+			break
+		}
+		rest = rest[i+8:]
+		end := bytes.IndexByte(rest, '"')
+		if end < 0 {
+			end = len(rest)
+		}
+		size -= int64(end)
+		images++
+		rest = rest[end:]
+	}
+	return (max(size, 0)+3)/4 + 1000*images
 }
 
 // readRequestFields reads the fields the proxy acts on by their exact

@@ -276,3 +276,17 @@ func TestSidecarKeyOnlyMetered(t *testing.T) {
 		t.Fatalf("upstream saw %v, want only the model list, with the sidecar's key", auth)
 	}
 }
+
+func TestPromptEstimate(t *testing.T) {
+	f := func(body string, want int64) {
+		t.Helper()
+		if got := promptEstimate([]byte(body)); got != want {
+			t.Fatalf("promptEstimate(%.60q) = %d, want %d", body, got, want)
+		}
+	}
+	f(`{"model":"m"}`, 4)
+	f(``, 0)
+	image := `{"url":"data:image/png;base64,` + strings.Repeat("A", 4_000_000) + `"}`
+	f(image, int64(len(`{"url":"data:image/png;base64,"}`)+3)/4+1000)
+	f(image+","+image, int64(2*len(`{"url":"data:image/png;base64,"}`)+1+3)/4+2000)
+}

@@ -72,6 +72,7 @@ func serveCommand() *cli.Command {
 				Usage: "NAME=URL: a proxy route /NAME/... to URL (repeatable; comma-separated in the environment). Adds to or overrides the built-in openai, anthropic, groq, mistral, deepseek and xai"},
 			&cli.StringSliceFlag{Name: "upstream-key-file", EnvVars: envVars("upstream-key-file"),
 				Usage: "NAME=/path: the proxy sends the key in this file to upstream NAME instead of the client's (repeatable)"},
+			byteSizeFlag("proxy-max-body-bytes", 32<<20, "proxy: largest request body forwarded (images and PDFs travel in it), in bytes or with a unit"),
 			stringFlag("proxy-user-header", "X-LLMUsage-User", "header naming the user of a proxied call (else the body's user, safety_identifier or metadata.user_id)"),
 			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
 			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
@@ -226,7 +227,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		return serveConfig{}, fmt.Errorf("cannot use --budget-timezone %q: want an IANA time zone such as UTC or Europe/Paris", c.String("budget-timezone"))
 	}
 	cfg.Proxy = proxy.Options{UserHeader: c.String("proxy-user-header"), DefaultUser: c.String("proxy-default-user"),
-		MaxBodyBytes: cfg.MaxBodyBytes, ConnectTimeout: c.Duration("upstream-connect-timeout"),
+		MaxBodyBytes: bytesOf(c, "proxy-max-body-bytes"), ConnectTimeout: c.Duration("upstream-connect-timeout"),
 		FirstByteTimeout: c.Duration("upstream-first-byte-timeout"), IdleTimeout: c.Duration("upstream-idle-timeout"), Logger: cfg.Logger}
 	var overrides []proxy.Upstream
 	for _, s := range c.StringSlice("upstream") {
