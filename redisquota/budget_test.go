@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/internal/clock"
+	"github.com/llmusage/llmusage/internal/redistest"
 	"github.com/llmusage/llmusage/limiter"
 )
 
@@ -274,15 +275,7 @@ func TestBudgetSpendSaturatesOnRedis(t *testing.T) {
 // share while Redis refused writes is not refunded from the shared
 // budget, which never held it; the record is charged in full.
 func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
-	srv, client := standalone(t)
-	s := newStore(t, client, FailLocal)
-	clk := clock.NewManual(time.Now())
-	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
-		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return s.Err() == nil })
+	srv, s, l, clk := newLocalBudget(t)
 	remaining := func() int64 {
 		t.Helper()
 		st, err := l.Limits("u", "", "")
@@ -314,15 +307,7 @@ func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
 // refunded there by its record even if calls went to the fail mode for a
 // while in between, for this user or another.
 func TestBudgetEstimateRefundedAfterBlip(t *testing.T) {
-	srv, client := standalone(t)
-	s := newStore(t, client, FailLocal)
-	clk := clock.NewManual(time.Now())
-	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
-		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return s.Err() == nil })
+	srv, s, l, clk := newLocalBudget(t)
 	if d, err := l.Check(limiter.Request{UserID: "alice", Model: "m", Cost: 5 * dollar, RequestID: "r1"}); err != nil || !d.Allowed {
 		t.Fatal(d, err)
 	}
@@ -343,4 +328,20 @@ func TestBudgetEstimateRefundedAfterBlip(t *testing.T) {
 	if err != nil || st[0].Remaining != 9*dollar {
 		t.Fatalf("alice: %+v %v, want $9 left after a $1 call whose $5 estimate was reserved in Redis", st, err)
 	}
+}
+
+// newLocalBudget is a limiter with a $10 day budget on a Redis store in
+// FailLocal mode, once the store reaches Redis.
+func newLocalBudget(t *testing.T) (*redistest.Server, *Store, *limiter.Limiter, *clock.Manual) {
+	t.Helper()
+	srv, client := standalone(t)
+	s := newStore(t, client, FailLocal)
+	clk := clock.NewManual(time.Now())
+	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
+		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.Err() == nil })
+	return srv, s, l, clk
 }
