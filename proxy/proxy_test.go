@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/limiter"
@@ -27,6 +28,21 @@ func (s *sink) Enqueue(recs []record.Record) error {
 	defer s.mu.Unlock()
 	s.recs = append(s.recs, recs...)
 	return nil
+}
+
+// wait returns the records once there are at least n: a call is recorded
+// when the proxy has read the upstream's answer to its end, which may be
+// just after the client has it.
+func (s *sink) wait(t *testing.T, n int) []record.Record {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		recs := s.all()
+		if len(recs) >= n || time.Now().After(deadline) {
+			return recs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (s *sink) all() []record.Record {
@@ -94,7 +110,7 @@ func TestBadUpstreams(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("garbage stream: %d", code)
 	}
-	recs := sk.all()
+	recs := sk.wait(t, 2)
 	if len(recs) != 2 {
 		t.Fatalf("%d records, want 2", len(recs))
 	}
@@ -169,7 +185,7 @@ func TestGzipUpstream(t *testing.T) {
 	if !strings.Contains(string(b), "prompt_tokens") {
 		t.Fatalf("the client got %q, want the answer readable", b)
 	}
-	recs := sk.all()
+	recs := sk.wait(t, 1)
 	if len(recs) != 1 || recs[0].PromptTokens != 11 || recs[0].CompletionTokens != 7 || recs[0].Status != record.StatusSuccess {
 		t.Fatalf("records %+v, want the usage of the compressed answer", recs)
 	}
@@ -202,7 +218,7 @@ func TestReviewFindings(t *testing.T) {
 	if code, body := post(t, srv.URL+"/openai/v1/chat/completions", `{"model":"gpt-4o","Model":"cheap","messages":[]}`); code != http.StatusOK {
 		t.Fatalf("%d %s", code, body)
 	}
-	if r := sk.all()[0]; r.Model != "gpt-4o" {
+	if r := sk.wait(t, 1)[0]; r.Model != "gpt-4o" {
 		t.Fatalf("checked and recorded as %q, the upstream ran gpt-4o", r.Model)
 	}
 	// max_tokens beyond intake's bound is refused, never wrapped.
@@ -210,14 +226,14 @@ func TestReviewFindings(t *testing.T) {
 		t.Fatalf("huge max_tokens: %d", code)
 	}
 	// A trailing slash is metered too.
-	n := len(sk.all())
+	n := len(sk.wait(t, 1))
 	post(t, srv.URL+"/openai/v1/chat/completions/", `{"model":"gpt-4o","messages":[]}`)
-	if len(sk.all()) != n+1 {
+	if len(sk.wait(t, n+1)) != n+1 {
 		t.Fatal("a call with a trailing slash was not recorded")
 	}
 	// The Responses API's usage from response.incomplete.
 	post(t, srv.URL+"/openai/v1/responses", `{"model":"gpt-4o","input":"hi","stream":true}`)
-	if r := sk.all()[len(sk.all())-1]; r.PromptTokens != 11 || r.CompletionTokens != 16 {
+	if r := sk.wait(t, n+2)[n+1]; r.PromptTokens != 11 || r.CompletionTokens != 16 {
 		t.Fatalf("response.incomplete's usage: %+v", r)
 	}
 	// A last event without its blank line is read, and the usage chunk
@@ -231,7 +247,7 @@ func TestReviewFindings(t *testing.T) {
 		t.Fatalf("the proxy did not ask for usage: %s", lastBody)
 	}
 	mu.Unlock()
-	if r := sk.all()[len(sk.all())-1]; r.PromptTokens != 3 || r.CompletionTokens != 4 {
+	if r := sk.wait(t, n+3)[n+2]; r.PromptTokens != 3 || r.CompletionTokens != 4 {
 		t.Fatalf("the unterminated last event's usage: %+v", r)
 	}
 }
