@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,6 +33,27 @@ type postgresStore struct {
 	pool *pgxpool.Pool
 	// redacted names the database in messages, without its password.
 	redacted string
+	// maxConns is the connection budget (Options.MaxConns): the pool's
+	// size, the LISTEN connection included when it shares the pool.
+	maxConns int
+	// execMode is Options.ExecMode as pgx knows it; 0 for auto, which
+	// detect settles.
+	execMode pgx.QueryExecMode
+	// listenURL is Options.ListenURL: a direct connection for LISTEN only.
+	listenURL string
+	// pollInterval is how often WatchRules reads the rule tables when it
+	// cannot LISTEN.
+	pollInterval time.Duration
+	// connConfig is the pool's connection configuration, for detect's probe.
+	connConfig *pgx.ConnConfig
+
+	// detectMu serialises detect; pooled is its finding once detected.
+	detectMu sync.Mutex
+	detected bool
+	pooled   bool
+
+	// listening is 1 while a --database-listen-url connection is held.
+	listening atomic.Int32
 
 	idTypeOnce sync.Once
 	// idType is llm_usage_logs.id's SQL type, for casting cursors: an
@@ -38,35 +62,161 @@ type postgresStore struct {
 	idTypeErr error
 }
 
-// incomingColumns are copied into a per-connection temporary table, then
-// moved with INSERT ... ON CONFLICT DO NOTHING: COPY alone is the fastest
-// path into Postgres but aborts on the first duplicate request_id.
+// incomingColumns are the columns of llm_usage_logs a record fills, in
+// the order recordRows gives them: COPY straight into the table is the
+// fastest path into Postgres, but aborts on the first duplicate
+// request_id, so such a batch is copied into a temporary table and moved
+// with INSERT ... ON CONFLICT DO NOTHING.
 var incomingColumns = []string{
 	"request_id", "user_id", "provider", "model", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at", "cost_usd",
 }
 
-const createIncoming = `CREATE TEMPORARY TABLE IF NOT EXISTS llmusage_incoming (
+// createIncoming makes the temporary table of one transaction: dropped at
+// its commit or rollback, so that nothing outlives the transaction and a
+// transaction pooler (PgBouncer's pool_mode = transaction) may hand the
+// server connection to another client right after.
+const createIncoming = `CREATE TEMPORARY TABLE llmusage_incoming (
 	request_id text, user_id text, provider text, model text, tokens_used bigint, prompt_tokens bigint,
 	completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint, latency_ms double precision,
-	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9)) ON COMMIT DELETE ROWS`
+	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9)) ON COMMIT DROP`
 
-func openPostgres(ctx context.Context, dsn string) (*postgresStore, error) {
+// Defaults of Options' Postgres settings.
+const (
+	// DefaultMaxConns is --database-max-conns: one connection for the
+	// writer and the reads, one for LISTEN. A pod's sidecar writes a
+	// batch a second at most, and 200 pods must fit a Postgres whose
+	// max_connections is 100 or so, behind a pooler if need be.
+	DefaultMaxConns = 2
+	// DefaultPollInterval is how often the rule tables are read where
+	// LISTEN is not available: changes arrive within about a second.
+	DefaultPollInterval = time.Second
+)
+
+// execModes are the values of --database-exec-mode, pgx's names.
+var execModes = map[string]pgx.QueryExecMode{
+	"cache_statement": pgx.QueryExecModeCacheStatement,
+	"cache_describe":  pgx.QueryExecModeCacheDescribe,
+	"describe_exec":   pgx.QueryExecModeDescribeExec,
+	"exec":            pgx.QueryExecModeExec,
+	"simple_protocol": pgx.QueryExecModeSimpleProtocol,
+}
+
+// ParseExecMode checks a --database-exec-mode value: auto (or empty) or
+// one of pgx's query exec modes.
+func ParseExecMode(mode string) error {
+	if _, ok := execModes[mode]; ok || mode == "" || mode == "auto" {
+		return nil
+	}
+	return fmt.Errorf("cannot use --database-exec-mode %q: want auto, cache_statement, cache_describe, describe_exec, exec or simple_protocol", mode)
+}
+
+func openPostgres(ctx context.Context, opts Options) (*postgresStore, error) {
+	dsn := opts.DatabaseURL
 	redacted := Redact(dsn)
+	if err := ParseExecMode(opts.ExecMode); err != nil {
+		return nil, err
+	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// pgx's parse errors may quote the URL; never pass them on.
 		return nil, fmt.Errorf("cannot parse --database-url %s: check its syntax", redacted)
 	}
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		_, err := c.Exec(ctx, createIncoming)
-		return err
+	if opts.ListenURL != "" {
+		if _, err := pgx.ParseConfig(opts.ListenURL); err != nil {
+			return nil, fmt.Errorf("cannot parse --database-listen-url %s: check its syntax", Redact(opts.ListenURL))
+		}
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
+	s := &postgresStore{redacted: redacted, maxConns: opts.MaxConns, execMode: execModes[opts.ExecMode],
+		listenURL: opts.ListenURL, pollInterval: opts.PollInterval}
+	if s.maxConns <= 0 {
+		s.maxConns = DefaultMaxConns
+	}
+	if s.pollInterval <= 0 {
+		s.pollInterval = DefaultPollInterval
+	}
+	// pgx's own parameter in the URL says how to send statements, as for
+	// any pgx program; auto respects it.
+	if u, err := url.Parse(dsn); err == nil && s.execMode == 0 && u.Query().Has("default_query_exec_mode") {
+		s.execMode = cfg.ConnConfig.DefaultQueryExecMode
+	}
+	cfg.MaxConns = int32(s.maxConns)
+	// Idle connections are closed after a while (pgxpool's default is
+	// 30 min); a sidecar writes at least every --flush-interval, so it
+	// keeps the one it uses, and gives back what a burst of reads opened.
+	cfg.MaxConnIdleTime = time.Minute
+	s.connConfig = cfg.ConnConfig.Copy()
+	cfg.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
+		mode := s.execMode
+		if mode == 0 {
+			pooled, err := s.detect(ctx)
+			if err != nil {
+				return err
+			}
+			mode = pgx.QueryExecModeCacheStatement
+			if pooled {
+				mode = pgx.QueryExecModeCacheDescribe
+			}
+		}
+		cc.DefaultQueryExecMode = mode
+		return nil
+	}
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("cannot connect to %s: %s", redacted, scrub(err, dsn))
 	}
-	return &postgresStore{pool: pool, redacted: redacted}, nil
+	return s, nil
+}
+
+// detect tells whether --database-url goes through a pooler, once: the
+// process ID a server gives at connection (for cancel requests) is that
+// of the backend serving it, which a pooler that shares backends between
+// clients cannot give, so it makes up its own (PgBouncer, Supavisor,
+// Odyssey, RDS Proxy). A pooler that does give the backend's pins the
+// client to it, and server-side state works. The probe is a connection of
+// its own, before any of the pool's: a moment, and within the budget.
+func (s *postgresStore) detect(ctx context.Context) (pooled bool, err error) {
+	s.detectMu.Lock()
+	defer s.detectMu.Unlock()
+	if s.detected {
+		return s.pooled, nil
+	}
+	conn, err := pgconn.ConnectConfig(ctx, s.connConfig.Config.Copy())
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(ctx, "SELECT pg_backend_pid()").ReadAll()
+	if err != nil {
+		return false, err
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 {
+		return false, errors.New("cannot read pg_backend_pid()")
+	}
+	pid, err := strconv.ParseUint(string(res[0].Rows[0][0]), 10, 32)
+	if err != nil {
+		return false, fmt.Errorf("cannot read pg_backend_pid(): %w", err)
+	}
+	s.detected, s.pooled = true, uint32(pid) != conn.PID()
+	return s.pooled, nil
+}
+
+// ConnStats are a store's connections to its database, by state.
+type ConnStats struct {
+	// Idle connections wait in the pool, Acquired ones run a query or
+	// hold the LISTEN, Constructing ones are being opened.
+	Idle, Acquired, Constructing int
+	// Listening is 1 while the --database-listen-url connection is held
+	// (it is not in the pool).
+	Listening int
+	// Max is the pool's bound, --database-max-conns.
+	Max int
+}
+
+// Connections reads the pool's state, for llmusage_store_connections.
+func (s *postgresStore) Connections() ConnStats {
+	st := s.pool.Stat()
+	return ConnStats{Idle: int(st.IdleConns()), Acquired: int(st.AcquiredConns()), Constructing: int(st.ConstructingConns()),
+		Listening: int(s.listening.Load()), Max: int(st.MaxConns())}
 }
 
 func (s *postgresStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
@@ -108,14 +258,17 @@ func rejected(err error) error {
 	return err
 }
 
-// insertSkippingStored copies recs into the connection's temporary table
-// and moves them with ON CONFLICT (request_id) DO NOTHING.
+// insertSkippingStored copies recs into a temporary table of the
+// transaction and moves them with ON CONFLICT (request_id) DO NOTHING.
 func (s *postgresStore) insertSkippingStored(ctx context.Context, recs []record.Record) (int, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, s.fail("begin a transaction", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, createIncoming); err != nil {
+		return 0, s.fail("create a temporary table", err)
+	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"llmusage_incoming"}, incomingColumns, recordRows(recs)); err != nil {
 		return 0, rejected(s.fail("copy records", err))
 	}
@@ -225,11 +378,23 @@ func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([
 	return readModelSpend(ctx, s.query, s.fail, q.UserID, sql, args)
 }
 
-// WatchRules LISTENs on the channel the triggers of the rule tables and
-// of llm_model_prices notify.
-// After a lost connection it reconnects and reports a change, since
-// notifications sent meanwhile are lost.
+// WatchRules calls changed when the rule tables or llm_model_prices
+// change: their triggers NOTIFY, and WatchRules LISTENs on a connection of
+// the pool's (one of the budget's), or of --database-listen-url when it is
+// set. Where LISTEN cannot work, through a transaction pooler (which hands
+// the server connection to other clients between transactions) or with a
+// budget of one connection (the writer's), it reads the tables every
+// pollInterval instead and compares.
 func (s *postgresStore) WatchRules(ctx context.Context, changed func()) error {
+	if s.listenURL == "" {
+		pooled, err := s.detectRetrying(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		if pooled || s.maxConns < 2 {
+			return s.poll(ctx, changed)
+		}
+	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.listen(ctx, changed)
@@ -242,19 +407,89 @@ func (s *postgresStore) WatchRules(ctx context.Context, changed func()) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
+		// Notifications sent while disconnected are lost.
 		changed()
 	}
 	return nil
 }
 
-func (s *postgresStore) listen(ctx context.Context, changed func()) error {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return err
+// detectRetrying waits for detect to succeed (the database may be down
+// at start), or ctx to end.
+func (s *postgresStore) detectRetrying(ctx context.Context) (bool, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		pooled, err := s.detect(ctx)
+		if err == nil {
+			return pooled, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
-	// The connection carries the LISTEN; it must not go back to the pool.
-	c := conn.Hijack()
-	defer c.Close(context.Background())
+}
+
+// poll reads the rule and price rows every pollInterval and calls
+// changed when they differ from the last read: three small queries.
+func (s *postgresStore) poll(ctx context.Context, changed func()) error {
+	last := ""
+	t := time.NewTicker(s.pollInterval)
+	defer t.Stop()
+	for {
+		if sum, err := s.rulesFingerprint(ctx); err == nil {
+			if last != "" && sum != last {
+				changed()
+			}
+			last = sum
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// rulesFingerprint digests the rows WatchRules watches.
+func (s *postgresStore) rulesFingerprint(ctx context.Context) (string, error) {
+	ruleRows, err := s.RuleRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	prices, err := s.PriceRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	return rulesFingerprint(ruleRows, prices)
+}
+
+// listen LISTENs until the connection fails or ctx ends.
+func (s *postgresStore) listen(ctx context.Context, changed func()) error {
+	var c *pgx.Conn
+	if s.listenURL != "" {
+		cfg, err := pgx.ParseConfig(s.listenURL)
+		if err != nil {
+			return err
+		}
+		if c, err = pgx.ConnectConfig(ctx, cfg); err != nil {
+			return err
+		}
+		defer c.Close(context.Background())
+		s.listening.Store(1)
+		defer s.listening.Store(0)
+	} else {
+		// Held, it stays one of the pool's connections, so that the
+		// budget bounds it; it never goes back to the pool with its
+		// LISTEN: on the way out it is closed, which frees its place.
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { conn.Hijack().Close(context.Background()) }()
+		c = conn.Conn()
+	}
 	if _, err := c.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return err
 	}

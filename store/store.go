@@ -66,13 +66,32 @@ type Options struct {
 	DatabaseURL string
 	// DataDir holds the default SQLite file.
 	DataDir string
+	// MaxConns bounds the connections to a Postgres DatabaseURL
+	// (DefaultMaxConns when zero): the writer, the reads and the LISTEN
+	// for rule changes share them.
+	MaxConns int
+	// ExecMode is how statements reach Postgres: auto (or empty), or one
+	// of pgx's query exec modes (cache_statement, cache_describe,
+	// describe_exec, exec, simple_protocol). Auto takes the URL's
+	// default_query_exec_mode when it has one, else cache_statement
+	// (server-side prepared statements) on a direct connection and
+	// cache_describe (nothing kept on the server) through a pooler.
+	ExecMode string
+	// ListenURL is a direct connection to the same database for LISTEN
+	// only, where DatabaseURL goes through a transaction pooler; empty:
+	// LISTEN on DatabaseURL, or poll where that cannot work.
+	ListenURL string
+	// PollInterval is how often the rule tables are read when LISTEN is
+	// not available (DefaultPollInterval when zero).
+	PollInterval time.Duration
 }
 
 // Open connects to the store that opts select. It does not migrate.
 func Open(ctx context.Context, opts Options) (Store, error) {
 	switch kind, target := Kind(opts); kind {
 	case "postgres":
-		return openPostgres(ctx, target)
+		opts.DatabaseURL = target
+		return openPostgres(ctx, opts)
 	case "sqlite":
 		return openSQLite(ctx, target)
 	default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -51,11 +52,30 @@ type WriterOptions struct {
 	// DeadLetter takes the records the store rejects (ErrRejected). When
 	// nil, a rejected batch is retried like any failed one.
 	DeadLetter DeadLetter
+	// Rand returns a number in [0, 1) for the retries' jitter;
+	// math/rand/v2's Float64 when nil. Tests fix it.
+	Rand func() float64
 }
 
 // maxRetryWait bounds the backoff after failures, and so how long a
 // recovered database waits for the backlog to start draining.
 const maxRetryWait = 5 * time.Second
+
+// RetryWait is how long the writer waits after its nth failure in a row
+// (n >= 1): the flush interval doubled n times, at most maxRetryWait,
+// less a random part of up to half of it (r in [0, 1)). Without the
+// jitter the sidecars of every pod, failing together when a shared
+// database goes, would retry together for as long as it is gone, and
+// when it comes back all start draining their spools in the same
+// instant; with it their retries spread over half the wait.
+func RetryWait(flushInterval time.Duration, n int, r float64) time.Duration {
+	wait := flushInterval
+	for range min(n, 30) {
+		wait = min(2*wait, maxRetryWait)
+	}
+	wait = max(wait, flushInterval) // an interval over maxRetryWait stays
+	return wait - time.Duration(r*float64(wait/2))
+}
 
 // Writer moves records from a Queue to the Store in batches, so that
 // neither intake nor checks wait for the database. A batch that fails
@@ -91,6 +111,9 @@ func NewWriter(s Store, q Queue, opts WriterOptions) *Writer {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Float64
+	}
 	return &Writer{store: s, queue: q, opts: opts, kick: make(chan struct{}, 1)}
 }
 
@@ -122,24 +145,32 @@ func (w *Writer) StoreErr() error {
 
 // Run flushes by size or interval until ctx ends.
 func (w *Writer) Run(ctx context.Context) {
-	wait := w.opts.FlushInterval
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(w.opts.FlushInterval)
 	defer timer.Stop()
+	failures := 0
 	for {
+		// While the store fails, a full batch waits for the backoff too:
+		// during an outage every POST fills one, and would retry at once.
+		kick := w.kick
+		if failures > 0 {
+			kick = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
-		case <-w.kick:
+		case <-kick:
 		}
 		n, err := w.flush(ctx)
 		if err == nil && n == 0 {
 			err = w.ping(ctx)
 		}
+		wait := w.opts.FlushInterval
 		if err != nil {
-			wait = min(2*wait, maxRetryWait)
+			failures++
+			wait = RetryWait(w.opts.FlushInterval, failures, w.opts.Rand())
 		} else {
-			wait = w.opts.FlushInterval
+			failures = 0
 		}
 		timer.Reset(wait)
 	}

@@ -307,3 +307,78 @@ func TestWriterDeadLetterRetries(t *testing.T) {
 		t.Fatalf("once mended: %v, %d queued", err, q.Len())
 	}
 }
+
+// TestRetryWait: the wait after n failures doubles from the flush
+// interval up to maxRetryWait, less up to half of it at random.
+func TestRetryWait(t *testing.T) {
+	for _, c := range []struct {
+		interval time.Duration
+		n        int
+		r        float64
+		want     time.Duration
+	}{
+		{time.Second, 1, 0, 2 * time.Second},
+		{time.Second, 1, 0.5, 1500 * time.Millisecond},
+		{time.Second, 1, 0.999, 1001 * time.Millisecond},
+		{time.Second, 2, 0, 4 * time.Second},
+		{time.Second, 3, 0, maxRetryWait},
+		{time.Second, 1000, 0.5, maxRetryWait * 3 / 4},
+		{100 * time.Millisecond, 2, 0.25, 350 * time.Millisecond},
+		// An interval beyond the bound is kept, jittered.
+		{10 * time.Second, 1, 0.5, 7500 * time.Millisecond},
+	} {
+		if got := RetryWait(c.interval, c.n, c.r); got != c.want {
+			t.Errorf("RetryWait(%s, %d, %v) = %s, want %s", c.interval, c.n, c.r, got, c.want)
+		}
+	}
+}
+
+// TestWriterBacksOffWithJitter: a failed flush waits for its jittered
+// backoff, drawn from Rand, even when full batches keep arriving (each
+// would kick the writer), and the writer drains once the store is back.
+func TestWriterBacksOffWithJitter(t *testing.T) {
+	f := &flakyStore{Store: openMigrated(t, Options{DataDir: t.TempDir()})}
+	f.setDown(true)
+	var mu sync.Mutex
+	draws := 0
+	w := NewWriter(f, NewMemoryQueue(0), WriterOptions{BatchSize: 5, FlushInterval: 500 * time.Millisecond,
+		Rand: func() float64 { mu.Lock(); defer mu.Unlock(); draws++; return 0 }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	attempts := func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.batches) }
+	if err := w.Enqueue(records("first", 5)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for attempts() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a full batch was not flushed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The first failure waits 2 x 500 ms (Rand gives 0: no jitter off it):
+	// batches enqueued within 200 ms must not bring the retry forward.
+	for i := range 10 {
+		if err := w.Enqueue(records(fmt.Sprintf("more%d", i), 5)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := attempts(); n != 1 {
+		t.Fatalf("%d attempts within the first backoff, want 1: full batches bypass it", n)
+	}
+	mu.Lock()
+	if draws != 1 {
+		t.Errorf("Rand drawn %d times after one failure, want 1", draws)
+	}
+	mu.Unlock()
+	f.setDown(false)
+	for countRows(t, f.Store) != 55 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 55 records stored after the store came back", countRows(t, f.Store))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
