@@ -2,7 +2,8 @@
 # Installs what the tests need beyond Go modules, on Debian or Ubuntu:
 # promtool and prometheus (package prometheus) to lint /metrics and answer
 # the dashboards' queries, redis-server and redis-cli (package
-# redis-server) for the quota backend. Idempotent.
+# redis-server) for the quota backend, pgbouncer for the tests through a
+# transaction pooler. Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -12,6 +13,7 @@ as_root() {
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing Debian packages ${missing[*]}" >&2
 	as_root apt-get update -qq

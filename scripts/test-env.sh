@@ -1,11 +1,16 @@
 # Sourced by test.sh and bench.sh: installs and starts what the tests and
-# benchmarks need (promtool, PostgreSQL) and exports DATABASE_URL and
-# LLMUSAGE_TEST_REQUIRE_POSTGRES=1, under which a missing Postgres fails
-# the tests instead of skipping them.
+# benchmarks need (promtool, PostgreSQL, PgBouncer) and exports
+# DATABASE_URL, PGBOUNCER_URL (a PgBouncer in transaction mode in front of
+# it) and LLMUSAGE_TEST_REQUIRE_POSTGRES=1, under which a missing Postgres
+# or PgBouncer fails the tests instead of skipping them.
 ./scripts/test-deps.sh
 if [ -z "${DATABASE_URL:-}" ] && [ "$(id -u)" = 0 ]; then
 	# As root the tests cannot initdb a throwaway server: use the machine's.
 	DATABASE_URL=$(./scripts/start-postgres.sh)
 	export DATABASE_URL
+fi
+if [ -n "${DATABASE_URL:-}" ] && [ -z "${PGBOUNCER_URL:-}" ]; then
+	PGBOUNCER_URL=$(./scripts/start-pgbouncer.sh)
+	export PGBOUNCER_URL
 fi
 export LLMUSAGE_TEST_REQUIRE_POSTGRES=1
