@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -15,15 +16,18 @@ func migrateCommand() *cli.Command {
 		Name:         "migrate",
 		Usage:        "apply the embedded schema migrations (adopting the seed's groq_* tables if present)",
 		OnUsageError: usageError,
-		Flags: []cli.Flag{
-			databaseURLFlag(),
+		Flags: append(databaseFlags(),
 			dataDirFlag(),
 			boolFlag("status", false, "list the migrations and whether each is applied, changing nothing"),
-		},
+		),
 		Action: func(c *cli.Context) error {
 			ctx := c.Context
+			opts, err := storeOptions(c)
+			if err != nil {
+				return err
+			}
 			if c.Bool("status") {
-				s, err := store.Open(ctx, storeOptions(c))
+				s, err := store.Open(ctx, opts)
 				if err != nil {
 					return err
 				}
@@ -41,7 +45,7 @@ func migrateCommand() *cli.Command {
 				}
 				return nil
 			}
-			s, err := openStore(ctx, storeOptions(c), slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), true)
+			s, err := openStore(ctx, opts, slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), true)
 			if err != nil {
 				return err
 			}
@@ -54,12 +58,40 @@ func databaseURLFlag() cli.Flag {
 	return stringFlag("database-url", "", "postgres://user:password@host/db for Postgres, sqlite:/path/file.db, or empty for <data-dir>/llmusage.db")
 }
 
+// databaseFlags are --database-url and how to reach it, shared by serve
+// and migrate.
+func databaseFlags() []cli.Flag {
+	return []cli.Flag{
+		databaseURLFlag(),
+		intFlag("database-max-conns", store.DefaultMaxConns, "most connections to --database-url: the writer, the reads (usage API, budgets' spend, rule reloads) and the LISTEN for rule changes share them"),
+		stringFlag("database-exec-mode", "auto", "how statements are sent: auto (cache_statement on a direct connection, cache_describe through a pooler, detected), or pgx's cache_statement, cache_describe, describe_exec, exec, simple_protocol"),
+		stringFlag("database-listen-url", "", "a direct connection to the same database, for LISTEN only, where --database-url goes through a transaction pooler (PgBouncer); empty: LISTEN on --database-url, or poll the rule tables every second through a pooler"),
+	}
+}
+
 func dataDirFlag() cli.Flag {
 	return stringFlag("data-dir", "./llmusage-data", "directory of the embedded database (and, later, the spool)")
 }
 
-func storeOptions(c *cli.Context) store.Options {
-	return store.Options{DatabaseURL: c.String("database-url"), DataDir: c.String("data-dir")}
+// storeOptions reads and checks the database flags.
+func storeOptions(c *cli.Context) (store.Options, error) {
+	opts := store.Options{DatabaseURL: c.String("database-url"), DataDir: c.String("data-dir"),
+		MaxConns: c.Int("database-max-conns"), ExecMode: c.String("database-exec-mode"), ListenURL: c.String("database-listen-url")}
+	if opts.MaxConns < 1 {
+		return store.Options{}, fmt.Errorf("cannot use --database-max-conns %d: want at least 1", opts.MaxConns)
+	}
+	if err := store.ParseExecMode(opts.ExecMode); err != nil {
+		return store.Options{}, err
+	}
+	if opts.ListenURL != "" {
+		if kind, _ := store.Kind(store.Options{DatabaseURL: opts.ListenURL}); kind != "postgres" {
+			return store.Options{}, fmt.Errorf("cannot use --database-listen-url %s: want postgres:// or postgresql://", store.Redact(opts.ListenURL))
+		}
+		if kind, _ := store.Kind(opts); kind != "postgres" {
+			return store.Options{}, errors.New("cannot use --database-listen-url without a postgres:// --database-url")
+		}
+	}
+	return opts, nil
 }
 
 // openStore opens the selected store and, if migrate, brings its schema

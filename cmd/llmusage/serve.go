@@ -36,7 +36,7 @@ func serveCommand() *cli.Command {
 		Name:         "serve",
 		Usage:        "run the sidecar: intake API, limits and /metrics",
 		OnUsageError: usageError,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			stringFlag("listen-address", "127.0.0.1:9470", "address of the intake API: host:port, or unix:/path/to/socket"),
 			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz to Prometheus and the kubelet"),
 			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
@@ -54,7 +54,6 @@ func serveCommand() *cli.Command {
 			stringFlag("memory-limit", "auto", "Go soft memory limit: auto (90% of the container's memory limit, if any), 0 for none, or a size such as 256MiB; GOMEMLIMIT wins"),
 			stringFlag("auth-token-file", "", "file holding a shared token that /v1/* and /api/* then require as Authorization: Bearer <token>"),
 			boolFlag("metrics-auth", false, "require the --auth-token-file token on /metrics too"),
-			databaseURLFlag(),
 			dataDirFlag(),
 			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
 			intFlag("batch-size", 5000, "most records one database transaction writes"),
@@ -79,7 +78,7 @@ func serveCommand() *cli.Command {
 			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
 			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
 			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
-		},
+		}, databaseFlags()...),
 		Action: func(c *cli.Context) error {
 			cfg, err := serveConfigFrom(c)
 			if err != nil {
@@ -181,7 +180,6 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		DebugPprof:      c.Bool("debug-pprof"),
 		MemoryLimit:     c.String("memory-limit"),
 		MetricsAuth:     c.Bool("metrics-auth"),
-		Store:           storeOptions(c),
 		Migrate:         c.Bool("migrate"),
 		Writer:          store.WriterOptions{BatchSize: c.Int("batch-size"), FlushInterval: c.Duration("flush-interval")},
 		Durability:      c.String("durability"),
@@ -189,6 +187,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		QueueMaxRecords: c.Int("queue-max-records"),
 		Redis: redisConfig{URL: c.String("redis-url"), Cluster: c.Bool("redis-cluster"), Timeout: c.Duration("redis-timeout"),
 			Prefix: c.String("redis-prefix")},
+	}
+	if cfg.Store, err = storeOptions(c); err != nil {
+		return serveConfig{}, err
 	}
 	if cfg.Redis.FailMode, err = redisquota.ParseFailMode(c.String("redis-fail-mode")); err != nil {
 		return serveConfig{}, err
@@ -357,6 +358,9 @@ func run(ctx context.Context, cfg serveConfig) error {
 		sp = s.spool
 	}
 	s.exporter.WatchPersistence(s.writer, sp)
+	if c, ok := s.store.(exporter.Connections); ok {
+		s.exporter.WatchConnections(c)
+	}
 	s.collector = collector.New(collector.Options{
 		Limiter:      s.limiter,
 		Sink:         s.writer,

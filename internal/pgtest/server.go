@@ -18,14 +18,17 @@ type Server struct {
 	port     int
 	// asUser prefixes commands when they must run as another user.
 	asUser []string
+	// settings are the server's -c parameters beyond the defaults.
+	settings []string
 }
 
 // StartServer initialises and starts a server in a temporary directory,
 // removed when t ends. Without PostgreSQL binaries the test is skipped, or
-// fails under LLMUSAGE_TEST_REQUIRE_POSTGRES=1.
-func StartServer(t testing.TB) *Server {
+// fails under LLMUSAGE_TEST_REQUIRE_POSTGRES=1. Settings are name=value
+// parameters of the server (max_connections=120).
+func StartServer(t testing.TB, settings ...string) *Server {
 	t.Helper()
-	s, err := startServer(t)
+	s, err := startServer(t, settings)
 	if err != nil {
 		if os.Getenv("LLMUSAGE_TEST_REQUIRE_POSTGRES") == "1" {
 			t.Fatalf("Postgres is required (LLMUSAGE_TEST_REQUIRE_POSTGRES=1) but cannot be started: %s", err)
@@ -39,7 +42,7 @@ func StartServer(t testing.TB) *Server {
 	return s
 }
 
-func startServer(t testing.TB) (*Server, error) {
+func startServer(t testing.TB, settings []string) (*Server, error) {
 	bin, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -48,7 +51,7 @@ func startServer(t testing.TB) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin, dir: dir}
+	s := &Server{bin: bin, dir: dir, settings: settings}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -85,6 +88,9 @@ func (s *Server) Stop() error { return s.pgCtl("-m", "immediate", "stop") }
 // Start starts the server and waits until it accepts connections.
 func (s *Server) Start() error {
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, s.dir)
+	for _, kv := range s.settings {
+		opts += " -c " + kv
+	}
 	return s.pgCtl("-o", opts, "-l", filepath.Join(s.dir, "log"), "-w", "start")
 }
 
