@@ -162,5 +162,5 @@ func stepSummary(ctx context.Context, m Maintainer, o MaintenanceOptions) {
 
 type nopMaintenanceObserver struct{}
 
-func (nopMaintenanceObserver) ObserveDeleted(int)                                {}
+func (nopMaintenanceObserver) ObserveDeleted(int)                                 {}
 func (nopMaintenanceObserver) ObserveSummaryStep(int, bool, time.Duration, error) {}
