@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/llmusage/llmusage/internal/pgtest"
-	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/internal/sidecartest"
+	"github.com/llmusage/llmusage/limiter"
 )
 
 // TestRetentionKeepsSummary is issue #16's new user: a database holding
