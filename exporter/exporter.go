@@ -103,6 +103,7 @@ func New(opts Options) *Exporter {
 		e.models,
 		e.httpDur,
 		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
+		e.persist.deleted, e.persist.summarySteps, e.persist.summaryStep,
 		e.backend.rules,
 	)
 	e.noUserLabel = opts.NoUserLabel

@@ -13,6 +13,10 @@ type persistMetrics struct {
 	deadLettered prometheus.Counter
 	duplicates   prometheus.Counter
 	flush        *prometheus.HistogramVec
+	// deleted and summarySteps describe the upkeep of the usage tables.
+	deleted      prometheus.Counter
+	summarySteps *prometheus.CounterVec
+	summaryStep  prometheus.Histogram
 }
 
 func newPersistMetrics() *persistMetrics {
@@ -38,6 +42,35 @@ func newPersistMetrics() *persistMetrics {
 			Help:    "Duration of one batch write to the store, by result (ok or error).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
+		deleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_store_rows_deleted_total",
+			Help: "Rows of llm_usage_logs this sidecar deleted past --retention.",
+		}),
+		summarySteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmusage_store_rollup_steps_total",
+			Help: "Steps of llm_usage_daily_summary by result: ok, skipped (another sidecar held the lock) or error.",
+		}, []string{"result"}),
+		summaryStep: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "llmusage_store_rollup_step_duration_seconds",
+			Help:    "Duration of this sidecar's steps of llm_usage_daily_summary that it ran (result ok).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+	}
+}
+
+// ObserveDeleted counts rows deleted past the retention.
+func (e *Exporter) ObserveDeleted(n int) { e.persist.deleted.Add(float64(n)) }
+
+// ObserveSummaryStep counts one step of the daily summary.
+func (e *Exporter) ObserveSummaryStep(_ int, held bool, d time.Duration, err error) {
+	switch {
+	case err != nil:
+		e.persist.summarySteps.WithLabelValues("error").Inc()
+	case !held:
+		e.persist.summarySteps.WithLabelValues("skipped").Inc()
+	default:
+		e.persist.summarySteps.WithLabelValues("ok").Inc()
+		e.persist.summaryStep.Observe(d.Seconds())
 	}
 }
 

@@ -378,6 +378,46 @@ func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([
 	return readModelSpend(ctx, s.query, s.fail, q.UserID, sql, args)
 }
 
+// DeleteBefore deletes by ctid, found through idx_llm_usage_created_at:
+// it works whatever the type of an adopted table's id. A lock timeout
+// keeps a row locked by hand from holding the batch.
+func (s *postgresStore) DeleteBefore(ctx context.Context, cutoff time.Time, batch int) (deleted int, held bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, retentionLockKey).Scan(&held); err != nil || !held {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM llm_usage_logs WHERE ctid = ANY (ARRAY(
+			SELECT ctid FROM llm_usage_logs WHERE created_at < $1 ORDER BY created_at LIMIT $2))`, cutoff, batch)
+		deleted = int(tag.RowsAffected())
+		return err
+	})
+	if err != nil {
+		return 0, false, s.fail("delete rows past the retention", err)
+	}
+	return deleted, held, nil
+}
+
+// StepSummary calls refresh_llm_usage_summary() under a lock it only
+// tries: a sidecar finding it taken leaves the step to the holder.
+func (s *postgresStore) StepSummary(ctx context.Context) (written int, held bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, summaryLockKey).Scan(&held); err != nil || !held {
+			return err
+		}
+		var n int64
+		err := tx.QueryRow(ctx, `SELECT refresh_llm_usage_summary()`).Scan(&n)
+		written = int(n)
+		return err
+	})
+	if err != nil {
+		return 0, false, s.fail("step llm_usage_daily_summary", err)
+	}
+	return written, held, nil
+}
+
 // WatchRules calls changed when the rule tables or llm_model_prices
 // change: their triggers NOTIFY, and WatchRules LISTENs on a connection of
 // the pool's (one of the budget's), or of --database-listen-url when it is
@@ -501,20 +541,39 @@ func (s *postgresStore) listen(ctx context.Context, changed func()) error {
 	}
 }
 
+// Usage adds up the whole days before today from the summary and the
+// totals still pending for it, and today (and anything later) from the
+// raw rows: the cost grows with the days and groups asked for, not with
+// the rows, and days whose rows retention deleted are still counted.
 func (s *postgresStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
-	where, args := "created_at >= $1", []any{q.Since}
+	span := wholeDays(q.Since, time.Now())
+	args := []any{span.first.Format(time.DateOnly), span.today.Format(time.DateOnly), q.Since, span.first, span.today}
+	users, logUser := "", ""
 	if q.UserID != "" {
-		where, args = where+" AND user_id = $2", append(args, q.UserID)
+		// Two parameters: an adopted table may key llm_usage_logs by uuid,
+		// the summary by text, and one parameter has one type.
+		users, logUser = " AND user_id = $6", " AND user_id = $7"
+		args = append(args, q.UserID, q.UserID)
 	}
-	return readBreakdown(ctx, s.query, s.fail, postgresBreakdown, where, args)
-}
-
-// postgresBreakdown writes the usage breakdown in Postgres' SQL.
-var postgresBreakdown = breakdownSQL{
-	sums: `count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(tokens_used), 0)::bigint,
-		coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint,
-		` + nanoUSD(`coalesce(sum(cost_usd), 0)`) + `, count(*) FILTER (WHERE cost_usd IS NULL)`,
-	day: `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
+	sql := `SELECT to_char(day, 'YYYY-MM-DD'), model, provider, sum(calls)::bigint, sum(errors)::bigint,
+		sum(tokens_used)::bigint, sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint,
+		` + nanoUSD(`coalesce(sum(cost_usd), 0)`) + `, sum(unpriced_calls)::bigint
+	FROM (
+		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
+		FROM llm_usage_daily_summary WHERE day >= $1::date AND day < $2::date` + users + `
+		UNION ALL
+		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
+		FROM llm_usage_summary_pending WHERE day >= $1::date AND day < $2::date` + users + `
+		UNION ALL
+		SELECT (created_at AT TIME ZONE 'UTC')::date, model, provider, count(*), count(*) FILTER (WHERE status = 'error'),
+			coalesce(sum(tokens_used), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+			sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL)
+		FROM llm_usage_logs WHERE created_at >= $3 AND (created_at < $4 OR created_at >= $5)` + logUser + `
+		GROUP BY 1, 2, 3
+	) parts
+	GROUP BY day, model, provider
+	ORDER BY day, model, provider`
+	return readBreakdown(ctx, s.query, s.fail, sql, args)
 }
 
 // query runs sql for readBreakdown; done releases the rows.

@@ -190,22 +190,53 @@ func (s *sqliteStore) rulesFingerprint(ctx context.Context) (string, error) {
 	return rulesFingerprint(ruleRows, prices)
 }
 
+// Usage adds up whole days from llmusage_daily_totals (the summary's
+// table, kept by a trigger) and the rest from the raw rows, as on
+// Postgres.
 func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
-	where, args := "created_at >= ?", []any{q.Since.UnixMicro()}
+	span := wholeDays(q.Since, time.Now())
+	args := []any{span.first.Format(time.DateOnly), span.today.Format(time.DateOnly)}
+	users := ""
 	if q.UserID != "" {
-		where, args = where+" AND user_id = ?", append(args, q.UserID)
+		users = " AND user_id = ?"
+		args = append(args, q.UserID)
 	}
-	return readBreakdown(ctx, s.query, s.fail, sqliteBreakdown, where, args)
+	args = append(args, q.Since.UnixMicro(), span.first.UnixMicro(), span.today.UnixMicro())
+	if q.UserID != "" {
+		args = append(args, q.UserID)
+	}
+	sql := `SELECT day, model, provider, sum(calls), sum(errors), sum(tokens_used), sum(prompt_tokens),
+		sum(completion_tokens), coalesce(sum(cost_nano_usd), 0), sum(unpriced_calls)
+	FROM (
+		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_nano_usd, unpriced_calls
+		FROM llmusage_daily_totals WHERE day >= ? AND day < ?` + users + `
+		UNION ALL
+		SELECT date(created_at / 1000000, 'unixepoch'), model, provider, count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END),
+			coalesce(sum(tokens_used), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+			sum(cost_nano_usd), sum(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)
+		FROM llm_usage_logs WHERE created_at >= ? AND (created_at < ? OR created_at >= ?)` + users + `
+		GROUP BY 1, 2, 3
+	)
+	GROUP BY day, model, provider
+	ORDER BY day, model, provider`
+	return readBreakdown(ctx, s.query, s.fail, sql, args)
 }
 
-// sqliteBreakdown writes the usage breakdown in SQLite's SQL, where
-// created_at is in microseconds since the epoch.
-var sqliteBreakdown = breakdownSQL{
-	sums: `count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), coalesce(sum(tokens_used), 0),
-		coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-		coalesce(sum(cost_nano_usd), 0), sum(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)`,
-	day: `date(created_at / 1000000, 'unixepoch')`,
+// DeleteBefore deletes through idx_llm_usage_created_id. SQLite has one
+// process, so the lock is always held.
+func (s *sqliteStore) DeleteBefore(ctx context.Context, cutoff time.Time, batch int) (deleted int, held bool, err error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM llm_usage_logs WHERE rowid IN (
+		SELECT rowid FROM llm_usage_logs WHERE created_at < ? ORDER BY created_at LIMIT ?)`, cutoff.UnixMicro(), batch)
+	if err != nil {
+		return 0, false, s.fail("delete rows past the retention", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), true, nil
 }
+
+// StepSummary has nothing to do: SQLite's trigger keeps the summary
+// current.
+func (s *sqliteStore) StepSummary(context.Context) (int, bool, error) { return 0, true, nil }
 
 // query runs sql for readBreakdown; done releases the rows.
 func (s *sqliteStore) query(ctx context.Context, sql string, args ...any) (rows rowScanner, done func(), err error) {

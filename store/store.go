@@ -45,6 +45,8 @@ type Store interface {
 	// SpentByModel is Spent by provider and model: a budget's spend
 	// counts only the calls its rule is the most specific budget of.
 	SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error)
+	// Maintainer deletes rows past the retention and steps the summary.
+	Maintainer
 	// Migrator applies the embedded schema migrations.
 	Migrator
 	// Ping checks that the database answers.
@@ -287,63 +289,75 @@ type rowScanner interface {
 	Err() error
 }
 
-// breakdownSQL is how one database writes the usage breakdown's queries.
-type breakdownSQL struct {
-	// sums select a usage.Totals, in the order readModelGroups scans.
-	sums string
-	// day is created_at's UTC day as YYYY-MM-DD.
-	day string
+// daySpan splits a usage query's time range: the whole UTC days in
+// [first, today) are read from the summary, and the rest of the range,
+// from the query's Since to first and from today on, from the raw rows.
+type daySpan struct {
+	first, today time.Time
 }
 
-// readBreakdown sums the records matching where (with args) by model
-// and provider, then by day; query runs a query and fail names what
-// could not be done.
+// wholeDays is the daySpan of a query counting from since at time now.
+// A since within a day leaves that day to the raw rows.
+func wholeDays(since, now time.Time) daySpan {
+	first := since.UTC().Truncate(24 * time.Hour)
+	if first.Before(since) {
+		first = first.Add(24 * time.Hour)
+	}
+	today := now.UTC().Truncate(24 * time.Hour)
+	if today.Before(first) {
+		today = first
+	}
+	return daySpan{first: first, today: today}
+}
+
+// readBreakdown folds the rows of sql (with args) into a Breakdown. The
+// query yields one row per day, model and provider, as (day YYYY-MM-DD,
+// model, provider, calls, errors, tokens_used, prompt_tokens,
+// completion_tokens, cost in nano-dollars, unpriced_calls): every
+// database adds up whole days from its summary and today from the raw
+// rows, and the folding is the same.
 func readBreakdown(ctx context.Context, query func(ctx context.Context, sql string, args ...any) (rowScanner, func(), error),
-	fail func(what string, err error) error, d breakdownSQL, where string, args []any) (usage.Breakdown, error) {
+	fail func(what string, err error) error, sql string, args []any) (usage.Breakdown, error) {
 	u := usage.NewBreakdown()
-	rows, done, err := query(ctx, `SELECT model, provider, `+d.sums+` FROM llm_usage_logs WHERE `+where+` GROUP BY model, provider`, args...)
+	rows, done, err := query(ctx, sql, args...)
 	if err == nil {
-		err = readModelGroups(rows, &u)
+		err = foldBreakdown(rows, &u)
 		done()
 	}
 	if err != nil {
 		return usage.Breakdown{}, fail("sum usage", err)
 	}
-	rows, done, err = query(ctx, `SELECT `+d.day+` AS day, `+d.sums+`
-		FROM llm_usage_logs WHERE `+where+` GROUP BY day ORDER BY day`, args...)
-	if err == nil {
-		err = readDays(rows, &u)
-		done()
-	}
-	if err != nil {
-		return usage.Breakdown{}, fail("sum usage by day", err)
-	}
 	return u, nil
 }
 
-// readModelGroups folds rows of (model, provider, totals...) into u.
-func readModelGroups(rows rowScanner, u *usage.Breakdown) error {
+// foldBreakdown adds rows of (day, model, provider, totals...), ordered
+// by day, to u. A model's provider is the one with the most calls over
+// all the days, so each model and provider is added once, summed.
+func foldBreakdown(rows rowScanner, u *usage.Breakdown) error {
+	type group struct{ model, provider string }
+	var order []group
+	sums := map[group]usage.Totals{}
 	for rows.Next() {
-		var model, provider string
+		var day string
+		var g group
 		var t usage.Totals
-		if err := rows.Scan(&model, &provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens, &t.CostUSD, &t.UnpricedCalls); err != nil {
+		if err := rows.Scan(&day, &g.model, &g.provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens, &t.CostUSD, &t.UnpricedCalls); err != nil {
 			return err
 		}
-		u.Add(model, provider, t)
-	}
-	return rows.Err()
-}
-
-// readDays appends rows of (day, totals...) to u.ByDay.
-func readDays(rows rowScanner, u *usage.Breakdown) error {
-	for rows.Next() {
-		var d usage.DayTotals
-		if err := rows.Scan(&d.Day, &d.Calls, &d.Errors, &d.Tokens, &d.PromptTokens, &d.CompletionTokens, &d.CostUSD, &d.UnpricedCalls); err != nil {
-			return err
+		u.AddDay(day, t)
+		sum, seen := sums[g]
+		if !seen {
+			order = append(order, g)
 		}
-		u.ByDay = append(u.ByDay, d)
+		sums[g] = sum.Plus(t)
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, g := range order {
+		u.Add(g.model, g.provider, sums[g])
+	}
+	return nil
 }
 
 // readModelSpend runs a store's spend query (its SELECT of one sum, from

@@ -154,6 +154,22 @@ func (b *Breakdown) Add(model, provider string, t Totals) {
 	b.ByProvider[provider] = p
 }
 
+// AddDay adds t to the totals of day (YYYY-MM-DD). Days must come in
+// order, oldest first; a day's parts may come one after another.
+func (b *Breakdown) AddDay(day string, t Totals) {
+	if n := len(b.ByDay); n > 0 && b.ByDay[n-1].Day == day {
+		b.ByDay[n-1].add(t)
+		return
+	}
+	b.ByDay = append(b.ByDay, DayTotals{Day: day, Totals: t})
+}
+
+// Plus returns the sum of t and o.
+func (t Totals) Plus(o Totals) Totals {
+	t.add(o)
+	return t
+}
+
 func (t *Totals) add(o Totals) {
 	t.Calls += o.Calls
 	t.Errors += o.Errors

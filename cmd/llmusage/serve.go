@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
 
 	"github.com/llmusage/llmusage/collector"
@@ -57,6 +58,8 @@ func serveCommand() *cli.Command {
 			dataDirFlag(),
 			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
 			intFlag("batch-size", 5000, "most records one database transaction writes"),
+			stringFlag("retention", "", "delete rows of llm_usage_logs older than this (90d, 2w, 36h), in batches, one sidecar of a fleet at a time; never those a usd budget's current period needs. llm_usage_daily_summary keeps their days. Empty: keep every row"),
+			durationFlag("summary-interval", time.Minute, "time between steps of llm_usage_daily_summary (Postgres; one sidecar of a fleet at a time, as refresh_llm_usage_summary()); 0 leaves it to cron"),
 			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
 			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
 			byteSizeFlag("spool-max-bytes", 1<<30, "most bytes of records the spool holds for the database (1GiB); past it, POST /v1/calls answers 503"),
@@ -124,6 +127,9 @@ type serveConfig struct {
 	// Writer batches records into the database; run adds observer,
 	// logger and dead letter.
 	Writer store.WriterOptions
+	// Maintenance deletes rows past the retention and steps the summary;
+	// run adds the budgets, observer and logger.
+	Maintenance store.MaintenanceOptions
 	// Durability is fsync (the spool) or memory (a queue in memory).
 	Durability string
 	// SpoolMaxBytes bounds the spool.
@@ -189,6 +195,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			Prefix: c.String("redis-prefix")},
 	}
 	if cfg.Store, err = storeOptions(c); err != nil {
+		return serveConfig{}, err
+	}
+	if cfg.Maintenance, err = maintenanceOptions(c); err != nil {
 		return serveConfig{}, err
 	}
 	if cfg.Redis.FailMode, err = redisquota.ParseFailMode(c.String("redis-fail-mode")); err != nil {
@@ -381,6 +390,12 @@ func run(ctx context.Context, cfg serveConfig) error {
 			return err
 		}
 	}
+	maintenance := cfg.Maintenance
+	maintenance.KeepSince = func(now time.Time) time.Time {
+		return budgetPeriodsStart(s.rules.Set().InForce, now, cfg.BudgetLocation)
+	}
+	maintenance.Observer, maintenance.Logger = s.exporter, logger
+	go store.RunMaintenance(ctx, s.store, maintenance)
 	userTTL := cfg.Exporter.UserTTL
 	go s.sweepLoop(ctx, min(30*time.Second, max(userTTL/2, 100*time.Millisecond)))
 	go s.rules.Run(ctx, func(set *rules.Set) error {
@@ -440,6 +455,40 @@ func run(ctx context.Context, cfg serveConfig) error {
 		logger.Error("records not persisted before shutdown", "records", s.writer.Len(), "error", err)
 	}
 	return nil
+}
+
+// maintenanceOptions reads --retention (a duration as Prometheus writes
+// them, 90d or 2w, which time.ParseDuration cannot) and
+// --summary-interval.
+func maintenanceOptions(c *cli.Context) (store.MaintenanceOptions, error) {
+	o := store.MaintenanceOptions{SummaryInterval: c.Duration("summary-interval")}
+	if o.SummaryInterval < 0 {
+		return o, fmt.Errorf("cannot use --summary-interval %s: want a positive duration, or 0 for none", o.SummaryInterval)
+	}
+	if v := c.String("retention"); v != "" {
+		d, err := model.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return o, fmt.Errorf("cannot use --retention %q: want a positive duration such as 90d, 2w or 36h, or empty to keep every row", v)
+		}
+		o.Retention = time.Duration(d)
+	}
+	return o, nil
+}
+
+// budgetPeriodsStart is the start of the earliest current period of the
+// usd budgets in rules at now, or now without budgets: a budget's spend
+// is rebuilt from its period's rows, which retention must keep.
+func budgetPeriodsStart(rules []limiter.Rule, now time.Time, loc *time.Location) time.Time {
+	start := now
+	for _, r := range rules {
+		if !r.IsBudget() {
+			continue
+		}
+		if p := time.Unix(limiter.PeriodOf(r.Window, now, loc).Start, 0); p.Before(start) {
+			start = p
+		}
+	}
+	return start
 }
 
 // hasBudget tells whether one of rules is a usd budget: the ledger of
