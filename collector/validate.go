@@ -114,13 +114,17 @@ func checkRecord(r *record.Record, index int, now time.Time) []Detail {
 		n     int64
 	}{
 		{"prompt_tokens", r.PromptTokens}, {"completion_tokens", r.CompletionTokens}, {"cached_tokens", r.CachedTokens},
-		{"reasoning_tokens", r.ReasoningTokens}, {"cache_write_tokens", r.CacheWriteTokens}, {"tokens_used", r.TotalTokens},
+		{"reasoning_tokens", r.ReasoningTokens}, {"cache_write_tokens", r.CacheWriteTokens},
 	} {
 		fail(c.field, countProblem(c.n))
 	}
 	if len(ds) == 0 { // sums of counts out of range would mean nothing
 		fail("cache_write_tokens", cacheProblem(r.CachedTokens, r.CacheWriteTokens, r.PromptTokens))
-		fail("tokens_used", totalProblem(r.TotalTokens, r.PromptTokens+r.CompletionTokens))
+		if problem := countProblem(r.TotalTokens); problem != "" {
+			fail("tokens_used", problem)
+		} else {
+			fail("tokens_used", totalProblem(r.TotalTokens, r.PromptTokens+r.CompletionTokens))
+		}
 	}
 	if r.HasLatency {
 		fail("latency_ms", latencyProblem(float64(r.Latency)/float64(time.Millisecond)))

@@ -104,7 +104,7 @@ func requestEncoding(req *http.Request) (encoding, error) {
 // On error, status is the HTTP status to answer.
 func (r *Receiver) readBody(req *http.Request) (body []byte, status int, err error) {
 	tooLarge := func(what string) error {
-		return fmt.Errorf("cannot accept a body over %d bytes %s (--otlp-max-body-bytes): send smaller batches", r.maxBodyBytes, what)
+		return fmt.Errorf("cannot accept a body over %d bytes%s (--otlp-max-body-bytes): send smaller batches", r.maxBodyBytes, what)
 	}
 	if req.ContentLength > r.maxBodyBytes {
 		return nil, http.StatusRequestEntityTooLarge, tooLarge("")
@@ -128,7 +128,7 @@ func (r *Receiver) readBody(req *http.Request) (body []byte, status int, err err
 		return nil, http.StatusBadRequest, fmt.Errorf("cannot gunzip the request body: %w", err)
 	}
 	if int64(len(plain)) > r.maxBodyBytes {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge("once gunzipped")
+		return nil, http.StatusRequestEntityTooLarge, tooLarge(" once gunzipped")
 	}
 	return plain, 0, nil
 }

@@ -78,6 +78,11 @@ type mapper struct {
 // outcome invalid; the record's own rules are the collector's.
 func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service string) (rec record.Record, o outcome, reason string) {
 	attrs := span.Attributes()
+	// The ids first: they name the span in the reasons of its refusal.
+	tid, sid := span.TraceID(), span.SpanID()
+	if !tid.IsEmpty() && !sid.IsEmpty() {
+		rec.RequestID = hex.EncodeToString(tid[:]) + "-" + hex.EncodeToString(sid[:])
+	}
 	var counts [6]int64
 	var found bool
 	for i, names := range [...][]string{inputAttrs, outputAttrs, cacheReadAttrs, cacheWriteAttrs, reasoningAttrs, totalAttrs} {
@@ -98,6 +103,7 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 		return rec, ignored, ""
 	}
 	rec = record.Record{
+		RequestID:    rec.RequestID,
 		PromptTokens: counts[0], CompletionTokens: counts[1], CachedTokens: counts[2],
 		CacheWriteTokens: counts[3], ReasoningTokens: counts[4], TotalTokens: counts[5],
 		Status: record.StatusSuccess,
@@ -108,11 +114,9 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 	if v, _, ok := first(attrs, providerAttrs); ok {
 		rec.Provider = v.AsString()
 	}
-	tid, sid := span.TraceID(), span.SpanID()
-	if tid.IsEmpty() || sid.IsEmpty() {
+	if rec.RequestID == "" {
 		return rec, invalid, "a span needs its trace_id and span_id (the record's request_id)"
 	}
-	rec.RequestID = hex.EncodeToString(tid[:]) + "-" + hex.EncodeToString(sid[:])
 	start, end := span.StartTimestamp(), span.EndTimestamp()
 	if end == 0 {
 		return rec, invalid, "a span needs its end_time_unix_nano (the record's timestamp)"
