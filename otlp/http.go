@@ -157,7 +157,9 @@ func decode(body []byte, enc encoding) (er ptraceotlp.ExportRequest, err error) 
 // writeStatus answers an error with a google.rpc.Status in enc, as the
 // OTLP/HTTP specification asks.
 func writeStatus(w http.ResponseWriter, enc encoding, httpStatus int, code codes.Code, msg string) {
-	st := status.New(code, msg).Proto()
+	// A decoder's error may quote the body's bytes, and protobuf strings
+	// must be UTF-8: without this, such an answer had no body at all.
+	st := status.New(code, strings.ToValidUTF8(msg, "\uFFFD")).Proto()
 	var out []byte
 	if enc == encJSON {
 		out, _ = protojson.Marshal(st)

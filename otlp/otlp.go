@@ -166,7 +166,7 @@ func (r *Receiver) Export(td ptrace.Traces) (ptraceotlp.ExportResponse, error) {
 	if rejected := counts[invalid] + counts[noUser]; rejected > 0 {
 		ps := resp.PartialSuccess()
 		ps.SetRejectedSpans(int64(rejected))
-		ps.SetErrorMessage(r.message(reasons, counts[invalid], counts[noUser]))
+		ps.SetErrorMessage(strings.ToValidUTF8(r.message(reasons, counts[invalid], counts[noUser]), "\uFFFD"))
 		r.logger.Debug("refused OTLP spans", "rejected", rejected, "reason", ps.ErrorMessage())
 	}
 	return resp, nil
