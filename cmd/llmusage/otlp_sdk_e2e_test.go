@@ -59,8 +59,10 @@ func TestOTLPWithTheSDK(t *testing.T) {
 	if rec := jsonRecs["gpt-4o-mini"]; rec["error_type"] != "rate_limit_exceeded" {
 		t.Fatalf("error_type of %v", rec)
 	}
-	if rec := jsonRecs["claude-3-5-sonnet-20241022"]; rec["cache_write_tokens"] != float64(200) || rec["cost_usd"] == nil {
-		t.Fatalf("cache writes and cost of %v", rec)
+	// 300 uncached input tokens at $3 a million, 200 written to the cache
+	// at $3.75, 100 output at $15: the cache writes were read.
+	if rec := jsonRecs["claude-3-5-sonnet-20241022"]; rec["cost_usd"] != 0.00315 {
+		t.Fatalf("cost of %v, want 0.00315", rec)
 	}
 	meta, _ := jsonRecs["gpt-4o-2024-08-06"]["metadata"].(map[string]any)
 	if meta["service"] != "otel-e2e-json" || meta["operation"] != "chat" || meta["source"] != "otlp" {
@@ -87,14 +89,14 @@ func TestOTLPWithTheSDK(t *testing.T) {
 
 	// Two sends of the protobuf spans: 2+2 accepted there, 3 from JSON.
 	for series, want := range map[string]float64{
-		`llmusage_otlp_spans_total{outcome="accepted"}`:                                                     7,
-		`llmusage_otlp_spans_total{outcome="ignored"}`:                                                      3,
-		`llmusage_otlp_spans_total{outcome="no_user"}`:                                                      2,
-		`llmusage_otlp_spans_total{outcome="invalid"}`:                                                      2,
-		`llmusage_persist_duplicates_total`:                                                                 2,
-		`llm_requests_total{model="gpt-4o-2024-08-06",provider="openai",status="success",user="otel-user"}`: 1,
-		`llm_requests_total{model="gpt-4o-mini",provider="openai",status="error",user="otel-user"}`:         1,
-		`llm_tokens_total{model="gpt-4o-2024-08-06",provider="openai",type="cached",user="otel-user"}`:      300,
+		`llmusage_otlp_spans_total{outcome="accepted"}`:                                                      7,
+		`llmusage_otlp_spans_total{outcome="ignored"}`:                                                       3,
+		`llmusage_otlp_spans_total{outcome="no_user"}`:                                                       2,
+		`llmusage_otlp_spans_total{outcome="invalid"}`:                                                       2,
+		`llmusage_persist_duplicates_total`:                                                                  2,
+		`llm_requests_total{model="gpt-4o-2024-08-06",provider="openai",status="success",user="otel-user"}`:  1,
+		`llm_requests_total{model="gpt-4o-mini",provider="openai",status="error",user="otel-user"}`:          1,
+		`llm_tokens_total{model="gpt-4o-2024-08-06",provider="openai",token_type="cached",user="otel-user"}`: 300,
 	} {
 		sidecartest.WaitFor(t, 5*time.Second, func() bool { return s.Gauge(series) == want }, "%s = %v, want %v", series, s.Gauge(series), want)
 	}
