@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -142,7 +143,13 @@ func TestHTTP(t *testing.T) {
 	if len(bomb) > 64<<10 {
 		t.Fatalf("the bomb is %d bytes on the wire", len(bomb))
 	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	f(pb, "gzip", bomb, http.StatusRequestEntityTooLarge, "over 65536 bytes once gunzipped")
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 4<<20 {
+		t.Fatalf("the bomb cost %d bytes of memory: it was inflated past the bound", n)
+	}
 
 	// A wrong method.
 	if rec := h.post(http.MethodGet, pb, "", nil); rec.Code != http.StatusMethodNotAllowed || rec.Header().Get("Allow") != "POST" {
