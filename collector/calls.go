@@ -71,6 +71,66 @@ func (c *Collector) Accept(recs []record.Record) error {
 	return c.apply(recs, now)
 }
 
+// Submit takes records decoded in code from another format (OTLP spans)
+// by the rules of POST /v1/calls, but record by record: the valid ones
+// are accepted as Accept accepts them, and each invalid one is refused
+// with its Details (Index is its position in recs) without refusing the
+// others, as OTLP's partial success wants. A record without a timestamp
+// is stamped now, one without a total gets prompt + completion, one
+// without a request_id gets a new one; recs is normalised in place. err
+// is for the valid records not taken (a full spool: retry later); n
+// counts those taken.
+func (c *Collector) Submit(recs []record.Record) (n int, details []Detail, err error) {
+	now := c.clock.Now().UTC()
+	valid := make([]record.Record, 0, len(recs))
+	bad := map[int]bool{}
+	for i := range recs {
+		r := &recs[i]
+		r.Provider = c.normaliseProvider(r.Provider, r.Model)
+		if r.Timestamp.IsZero() {
+			r.Timestamp = now
+		}
+		if r.Status == "" {
+			r.Status = record.StatusSuccess
+		}
+		if r.TotalTokens == 0 {
+			r.TotalTokens = r.PromptTokens + r.CompletionTokens
+		}
+		if ds := checkRecord(r, i, now); len(ds) > 0 {
+			details = append(details, ds...)
+			bad[i] = true
+		}
+	}
+	for _, d := range repeatedRequestIDs(recs) {
+		details = append(details, d)
+		bad[d.Index] = true
+	}
+	for i := range recs {
+		if bad[i] {
+			continue
+		}
+		r := recs[i]
+		if r.RequestID == "" {
+			r.RequestID = newRequestID(now)
+		}
+		if !r.HasCost {
+			r.Cost, r.HasCost = c.rules().Prices.Cost(r.Provider, r.Model, r.Timestamp, usageOf(&r))
+		}
+		valid = append(valid, r)
+	}
+	sortDetails(details)
+	if len(bad) > 0 {
+		c.observer.ObserveRejected(len(bad))
+	}
+	if len(valid) == 0 {
+		return 0, details, nil
+	}
+	if err := c.apply(valid, now); err != nil {
+		return 0, details, err
+	}
+	return len(valid), details, nil
+}
+
 // normaliseProvider is a record's provider as intake resolves it.
 func (c *Collector) normaliseProvider(prov, model string) string {
 	if p := provider.Normalize(prov); p != "" {

@@ -138,11 +138,7 @@ func (p *fieldParser) str(name string, required, ident bool, maxLen int) string 
 			return ""
 		}
 	}
-	if required && strings.TrimSpace(s) == "" {
-		p.fail(name, "must not be empty")
-		return ""
-	}
-	if problem := lengthOrControl(s, maxLen, ident); problem != "" {
+	if problem := textProblem(s, required, ident, maxLen); problem != "" {
 		p.fail(name, "%s", problem)
 		return ""
 	}
@@ -178,8 +174,8 @@ func (p *fieldParser) count(name string) (n int64, ok bool) {
 		}
 		n = int64(f)
 	}
-	if n < 0 || n > MaxTokens {
-		p.fail(name, "must be between 0 and %d, got %d", int64(MaxTokens), n)
+	if problem := countProblem(n); problem != "" {
+		p.fail(name, "%s", problem)
 		return 0, false
 	}
 	return n, true
@@ -214,8 +210,8 @@ func (p *fieldParser) latency(name string) (time.Duration, bool) {
 		p.fail(name, "must be a number of milliseconds, got %s", truncate(v))
 		return 0, false
 	}
-	if ms < 0 || ms > float64(MaxLatency/time.Millisecond) {
-		p.fail(name, "must be between 0 and %d milliseconds, got %g", MaxLatency/time.Millisecond, ms)
+	if problem := latencyProblem(ms); problem != "" {
+		p.fail(name, "%s", problem)
 		return 0, false
 	}
 	return time.Duration(ms * float64(time.Millisecond)), true
@@ -227,17 +223,15 @@ func (p *fieldParser) timestamp(name string, now time.Time) time.Time {
 		return now
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
-	switch {
-	case err != nil:
+	if err != nil {
 		p.fail(name, "must be an RFC 3339 time such as 2006-01-02T15:04:05Z, got %q", s)
-	case t.After(now.Add(MaxFutureSkew)):
-		p.fail(name, "must not be more than %s in the future, got %s", MaxFutureSkew, s)
-	case t.Before(now.Add(-MaxAge)):
-		p.fail(name, "must not be more than %s in the past, got %s", MaxAge, s)
-	default:
-		return t.UTC()
+		return now
 	}
-	return now
+	if problem := timestampProblem(t, now, s); problem != "" {
+		p.fail(name, "%s", problem)
+		return now
+	}
+	return t.UTC()
 }
 
 func (p *fieldParser) object(name string) json.RawMessage {

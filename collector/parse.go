@@ -69,8 +69,8 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	r.ReasoningTokens, _ = p.count("reasoning_tokens")
 	if n, ok := p.count("cache_write_tokens"); ok {
 		r.CacheWriteTokens = n
-		if r.CachedTokens+n > r.PromptTokens {
-			p.fail("cache_write_tokens", "cached_tokens + cache_write_tokens (%d) must be at most prompt_tokens (%d), which include them", r.CachedTokens+n, r.PromptTokens)
+		if problem := cacheProblem(r.CachedTokens, n, r.PromptTokens); problem != "" {
+			p.fail("cache_write_tokens", "%s", problem)
 		}
 	}
 	r.Cost, r.HasCost = p.amount("cost_usd")
@@ -78,15 +78,15 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	switch {
 	case !hasTotal:
 		r.TotalTokens = r.PromptTokens + r.CompletionTokens
-	case total < r.PromptTokens+r.CompletionTokens:
-		p.fail("tokens_used", "must be at least prompt_tokens + completion_tokens (%d), got %d", r.PromptTokens+r.CompletionTokens, total)
+	case totalProblem(total, r.PromptTokens+r.CompletionTokens) != "":
+		p.fail("tokens_used", "%s", totalProblem(total, r.PromptTokens+r.CompletionTokens))
 	default:
 		r.TotalTokens = total
 	}
 	r.Latency, r.HasLatency = p.latency("latency_ms")
 	if s := p.str("status", false, true, 16); s != "" {
-		if s != record.StatusSuccess && s != record.StatusError {
-			p.fail("status", "must be %q or %q, got %q", record.StatusSuccess, record.StatusError, s)
+		if problem := statusProblem(s); problem != "" {
+			p.fail("status", "%s", problem)
 		}
 		r.Status = s
 	}

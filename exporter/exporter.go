@@ -63,6 +63,8 @@ type Exporter struct {
 	// noUserLabel is Options.NoUserLabel.
 	noUserLabel bool
 	httpDur     *prometheus.HistogramVec
+	// otlpSpans counts OTLP spans by outcome.
+	otlpSpans *prometheus.CounterVec
 }
 
 // New returns an Exporter with its registry populated.
@@ -88,6 +90,7 @@ func New(opts Options) *Exporter {
 	e.usage = newUsageMetrics(!opts.NoUserLabel, e.models)
 	e.persist = newPersistMetrics()
 	e.backend = newBackendMetrics()
+	e.otlpSpans = newOTLPSpans()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -105,6 +108,7 @@ func New(opts Options) *Exporter {
 		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
 		e.persist.deleted, e.persist.summarySteps, e.persist.summaryStep,
 		e.backend.rules,
+		e.otlpSpans,
 	)
 	e.noUserLabel = opts.NoUserLabel
 	if opts.Limiter != nil {

@@ -44,15 +44,18 @@ var aliases = map[string]string{
 	"azure":        "azure.ai.openai",
 	"azure_openai": "azure.ai.openai",
 	"azure-openai": "azure.ai.openai",
-	"bedrock":      "aws.bedrock",
-	"aws_bedrock":  "aws.bedrock",
-	"gemini":       "gcp.gemini",
-	"google":       "gcp.gemini",
-	"vertex":       "gcp.vertex_ai",
-	"vertex_ai":    "gcp.vertex_ai",
-	"mistral":      "mistral_ai",
-	"mistralai":    "mistral_ai",
-	"xai":          "x_ai",
+	// gen_ai.system's values before semantic conventions 1.37 renamed them.
+	"az.ai.openai":    "azure.ai.openai",
+	"az.ai.inference": "azure.ai.inference",
+	"bedrock":         "aws.bedrock",
+	"aws_bedrock":     "aws.bedrock",
+	"gemini":          "gcp.gemini",
+	"google":          "gcp.gemini",
+	"vertex":          "gcp.vertex_ai",
+	"vertex_ai":       "gcp.vertex_ai",
+	"mistral":         "mistral_ai",
+	"mistralai":       "mistral_ai",
+	"xai":             "x_ai",
 }
 
 // Table infers providers from model names by longest prefix.

@@ -45,6 +45,9 @@ func TestNormalize(t *testing.T) {
 	f("xai", "x_ai")
 	f("OpenAI", "openai")
 	f("groq", "groq")
+	// gen_ai.system's older values.
+	f("az.ai.openai", "azure.ai.openai")
+	f("az.ai.inference", "azure.ai.inference")
 	f("", "")
 	f("  ", "")
 }

@@ -19,11 +19,13 @@ import (
 
 	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/otlp"
 	"github.com/llmusage/llmusage/proxy"
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/redisquota"
@@ -80,6 +82,11 @@ func serveCommand() *cli.Command {
 			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
 			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
 			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
+			stringFlag("otlp-grpc-address", "", "also take OTLP/gRPC traces on this address (host:port, or unix:/path); empty: OTLP over HTTP only, at POST /v1/traces"),
+			&cli.StringSliceFlag{Name: "otlp-user-attribute", EnvVars: envVars("otlp-user-attribute"), Value: cli.NewStringSlice(otlp.DefaultUserAttributes...),
+				Usage: "span attribute naming the user of an OTLP span's call, looked up on the span then on its resource; repeatable or comma-separated, first found wins"},
+			stringFlag("otlp-default-user", "", "user of OTLP spans with GenAI usage that name none; empty refuses them (counted, and named in the partial success)"),
+			byteSizeFlag("otlp-max-body-bytes", otlp.DefaultMaxBodyBytes, "largest OTLP request (HTTP body or gRPC message), compressed and once decompressed, in bytes or with a unit"),
 			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
 		}, databaseFlags()...),
 		Action: func(c *cli.Context) error {
@@ -144,6 +151,10 @@ type serveConfig struct {
 	BudgetAllowUnpriced bool
 	// Proxy configures proxy mode; run adds the collector.
 	Proxy proxy.Options
+	// OTLP configures the OTLP intake; run adds the collector, token and observer.
+	OTLP otlp.Options
+	// OTLPGRPCAddress serves OTLP/gRPC; empty for none.
+	OTLPGRPCAddress string
 }
 
 // redisConfig selects the shared quota store.
@@ -263,6 +274,22 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			return serveConfig{}, fmt.Errorf("cannot use --upstream-key-file %s=...: no upstream is named %s", name, name)
 		}
 	}
+	var userAttrs []string
+	for _, s := range c.StringSlice("otlp-user-attribute") {
+		for _, a := range strings.Split(s, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				userAttrs = append(userAttrs, a)
+			}
+		}
+	}
+	if len(userAttrs) == 0 {
+		return serveConfig{}, errors.New("cannot use an empty --otlp-user-attribute: name at least one attribute, such as user.id")
+	}
+	cfg.OTLP = otlp.Options{UserAttributes: userAttrs, DefaultUser: c.String("otlp-default-user"), MaxBodyBytes: bytesOf(c, "otlp-max-body-bytes"), Logger: cfg.Logger}
+	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 1<<30 {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (1GiB)", n, 1<<30)
+	}
+	cfg.OTLPGRPCAddress = c.String("otlp-grpc-address")
 	switch c.String("budget-unpriced") {
 	case "allow":
 		cfg.BudgetAllowUnpriced = true
@@ -298,6 +325,8 @@ type sidecar struct {
 	ledger *ledger.Ledger
 	// proxy forwards and meters the SDKs' calls.
 	proxy *proxy.Proxy
+	// otlp takes OpenTelemetry traces.
+	otlp *otlp.Receiver
 	// spool is the queue when cfg.Durability is fsync.
 	spool *spool.Spool
 	// quota is the shared quota store; nil for each sidecar's own buckets.
@@ -329,6 +358,13 @@ func run(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	defer metricsLn.Close()
+	var grpcLn net.Listener
+	if cfg.OTLPGRPCAddress != "" {
+		if grpcLn, err = listen(cfg.OTLPGRPCAddress); err != nil {
+			return err
+		}
+		defer grpcLn.Close()
+	}
 	if err := s.openQueue(); err != nil {
 		return err
 	}
@@ -384,6 +420,9 @@ func run(ctx context.Context, cfg serveConfig) error {
 	if s.proxy, err = proxy.New(proxyOpts); err != nil {
 		return err
 	}
+	otlpOpts := cfg.OTLP
+	otlpOpts.Collector, otlpOpts.Token, otlpOpts.Observer = s.collector, cfg.Token, s.exporter
+	s.otlp = otlp.New(otlpOpts)
 
 	if cfg.PushURL != "" {
 		if err := s.exporter.StartPush(ctx, cfg.PushURL, cfg.PushInterval, logger); err != nil {
@@ -419,13 +458,23 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}()
 
 	servers := []*http.Server{newServer(s.apiHandler(), logger), newServer(s.metricsHandler(), logger)}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1) // and OTLP/gRPC's
 	for i, ln := range []net.Listener{apiLn, metricsLn} {
 		go func() {
 			if err := servers[i].Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
+	}
+	var grpcServer *grpc.Server
+	if grpcLn != nil {
+		grpcServer = s.otlp.GRPCServer()
+		go func() {
+			if err := grpcServer.Serve(grpcLn); err != nil {
+				errc <- fmt.Errorf("OTLP/gRPC: %w", err)
+			}
+		}()
+		logger.Info("OTLP/gRPC serving", "address", grpcLn.Addr().String())
 	}
 	s.ready.Store(true)
 	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(s.rules.Set().InForce))
@@ -444,6 +493,9 @@ func run(ctx context.Context, cfg serveConfig) error {
 		if err := srv.Shutdown(shutdownCtx); err != nil {
 			logger.Warn("cannot finish in-flight requests in time", "error", err)
 		}
+	}
+	if grpcServer != nil {
+		stopGRPC(shutdownCtx, grpcServer, logger)
 	}
 	stopWriter()
 	<-writerDone
@@ -491,6 +543,21 @@ func budgetPeriodsStart(rules []limiter.Rule, now time.Time, loc *time.Location)
 	return start
 }
 
+// stopGRPC lets in-flight exports finish until ctx ends, then cuts them.
+func stopGRPC(ctx context.Context, gs *grpc.Server, logger *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		gs.Stop()
+		logger.Warn("cannot finish in-flight OTLP/gRPC exports in time")
+	}
+}
+
 // hasBudget tells whether one of rules is a usd budget: the ledger of
 // pending spend is kept only then.
 func hasBudget(rules []limiter.Rule) bool {
@@ -507,6 +574,9 @@ func (s *sidecar) apiHandler() http.Handler {
 	routes := s.collector.Routes()
 	if s.proxy != nil {
 		routes = append(routes, s.proxy.Routes()...)
+	}
+	if s.otlp != nil {
+		routes = append(routes, s.otlp.Routes()...)
 	}
 	for _, r := range routes {
 		h := r.Handler

@@ -1,8 +1,9 @@
 // Package sdktest runs the official OpenAI and Anthropic SDKs (npm
 // packages pinned in test/sdk/package.json) from Go tests: Run starts
 // `node test/sdk/run.mjs <scenario> <baseURL>` and decodes the one JSON
-// line it prints. The packages are installed by `npm ci --prefix
-// test/sdk`, which make test runs (scripts/test-deps.sh).
+// line it prints; RunOTel likewise runs test/sdk/otel.mjs, the
+// OpenTelemetry JS SDK's OTLP trace exporters. The packages are installed
+// by `npm ci --prefix test/sdk`, which make test runs (scripts/test-deps.sh).
 package sdktest
 
 import (
@@ -48,8 +49,20 @@ type Result struct {
 	ErrorClass string `json:"errorClass"`
 	// Message is the error's message.
 	Message string `json:"message"`
+	// Exports are otel.mjs's exports, in order.
+	Exports []Export `json:"exports"`
 	// Line is the JSON line as printed.
 	Line string `json:"-"`
+}
+
+// Export is one export of an OpenTelemetry exporter in otel.mjs.
+type Export struct {
+	// Exporter names it: http-json, http-proto, http-proto-resent.
+	Exporter string `json:"exporter"`
+	// Code is the SDK's ExportResultCode: 0 SUCCESS, 1 FAILED.
+	Code int `json:"code"`
+	// Message is the failure's, if any.
+	Message string `json:"message"`
 }
 
 // UsageInt returns the usage number at path (e.g. "prompt_tokens_details",
@@ -88,16 +101,31 @@ func Dir() string {
 // it fails, telling how to install them.
 func Run(t testing.TB, scenario, baseURL string) Result {
 	t.Helper()
+	return run(t, "run.mjs", []string{"openai", filepath.Join("@anthropic-ai", "sdk")}, scenario, baseURL)
+}
+
+// RunOTel runs scenario of otel.mjs, the OpenTelemetry JS SDK's OTLP
+// trace exporters, against the sidecar at baseURL (http://host:port: the
+// exporters post to baseURL/v1/traces).
+func RunOTel(t testing.TB, scenario, baseURL string) Result {
+	t.Helper()
+	return run(t, "otel.mjs", []string{filepath.Join("@opentelemetry", "sdk-trace-base"),
+		filepath.Join("@opentelemetry", "exporter-trace-otlp-http"), filepath.Join("@opentelemetry", "exporter-trace-otlp-proto")}, scenario, baseURL)
+}
+
+// run runs script (in Dir) with scenario and baseURL, once pkgs are there.
+func run(t testing.TB, script string, pkgs []string, scenario, baseURL string) Result {
+	t.Helper()
 	node := sidecartest.RequireTool(t, "node")
 	dir := Dir()
-	for _, pkg := range []string{"openai", filepath.Join("@anthropic-ai", "sdk")} {
+	for _, pkg := range pkgs {
 		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
 			t.Fatalf("cannot run the SDK scenario %s: the npm packages are not installed (%s): run `npm ci --prefix test/sdk` (make test does)", scenario, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "run.mjs"), scenario, baseURL)
+	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, script), scenario, baseURL)
 	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -1,0 +1,236 @@
+package otlp
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+
+	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/record"
+)
+
+// The attributes read from a span, each list in order of preference: the
+// current GenAI semantic conventions first, then the older names and
+// those of OpenLLMetry and OpenLIT. docs/opentelemetry.md maps each one.
+var (
+	// providerAttrs name the provider (normalised as every provider is).
+	providerAttrs = []string{"gen_ai.provider.name", "gen_ai.system"}
+	// modelAttrs name the model: the one that answered, else the one asked.
+	modelAttrs = []string{"gen_ai.response.model", "gen_ai.request.model"}
+	// inputAttrs count input tokens, cache reads and writes included.
+	inputAttrs = []string{"gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens"}
+	// outputAttrs count output tokens, reasoning included.
+	outputAttrs = []string{"gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"}
+	// cacheReadAttrs count the input tokens read from a prompt cache.
+	cacheReadAttrs = []string{"gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens", "llm.usage.cache_read_input_tokens"}
+	// cacheWriteAttrs count the input tokens written to a prompt cache.
+	cacheWriteAttrs = []string{"gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens", "llm.usage.cache_creation_input_tokens"}
+	// reasoningAttrs count the output tokens spent on reasoning.
+	reasoningAttrs = []string{"gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens", "llm.usage.reasoning_tokens"}
+	// totalAttrs count all of a call's tokens (no current convention has one).
+	totalAttrs = []string{"llm.usage.total_tokens", "gen_ai.usage.total_tokens"}
+)
+
+// DefaultUserAttributes are where a span's user is looked up when
+// --otlp-user-attribute is not given: OTel's user.id, then the older
+// enduser.id.
+var DefaultUserAttributes = []string{"user.id", "enduser.id"}
+
+// outcome is what became of one span.
+type outcome int
+
+const (
+	// accepted: a call record, taken.
+	accepted outcome = iota
+	// invalid: GenAI usage that breaks a record's rules; refused.
+	invalid
+	// noUser: GenAI usage without a user, and no default user; skipped.
+	noUser
+	// ignored: not GenAI usage (no token counts).
+	ignored
+	// unavailable: a record the spool had no room for; the sender retries.
+	unavailable
+)
+
+// outcomeNames label llmusage_otlp_spans_total.
+var outcomeNames = [...]string{accepted: "accepted", invalid: "invalid", noUser: "no_user", ignored: "ignored", unavailable: "unavailable"}
+
+func (o outcome) String() string { return outcomeNames[o] }
+
+// mapper turns spans into call records.
+type mapper struct {
+	// userAttrs are looked up on the span, then on its resource.
+	userAttrs []string
+	// defaultUser takes the spans that name none; empty skips them.
+	defaultUser string
+}
+
+// spanRecord maps one span. A span without any token count is not GenAI
+// usage (ignored, rec unset). Problems the attributes show before a record
+// exists (a count that is not a number) are returned as reason, with
+// outcome invalid; the record's own rules are the collector's.
+func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service string) (rec record.Record, o outcome, reason string) {
+	attrs := span.Attributes()
+	// The ids first: they name the span in the reasons of its refusal.
+	tid, sid := span.TraceID(), span.SpanID()
+	if !tid.IsEmpty() && !sid.IsEmpty() {
+		rec.RequestID = hex.EncodeToString(tid[:]) + "-" + hex.EncodeToString(sid[:])
+	}
+	var counts [6]int64
+	var found bool
+	for i, names := range [...][]string{inputAttrs, outputAttrs, cacheReadAttrs, cacheWriteAttrs, reasoningAttrs, totalAttrs} {
+		v, name, ok := first(attrs, names)
+		if !ok {
+			continue
+		}
+		if i < 2 {
+			found = true // usage is input or output tokens; the others only qualify them
+		}
+		n, problem := count(v)
+		if problem != "" {
+			return rec, invalid, name + " " + problem
+		}
+		counts[i] = n
+	}
+	if !found {
+		return rec, ignored, ""
+	}
+	rec = record.Record{
+		RequestID:    rec.RequestID,
+		PromptTokens: counts[0], CompletionTokens: counts[1], CachedTokens: counts[2],
+		CacheWriteTokens: counts[3], ReasoningTokens: counts[4], TotalTokens: counts[5],
+		Status: record.StatusSuccess,
+	}
+	if v, _, ok := first(attrs, modelAttrs); ok {
+		rec.Model = v.AsString()
+	}
+	if v, _, ok := first(attrs, providerAttrs); ok {
+		rec.Provider = v.AsString()
+	}
+	if rec.RequestID == "" {
+		return rec, invalid, "a span needs its trace_id and span_id (the record's request_id)"
+	}
+	start, end := span.StartTimestamp(), span.EndTimestamp()
+	if end == 0 {
+		return rec, invalid, "a span needs its end_time_unix_nano (the record's timestamp)"
+	}
+	rec.Timestamp = end.AsTime().UTC()
+	if start != 0 {
+		// Past a day the collector refuses it; a span that ends before it
+		// starts likewise, as a negative latency.
+		d := int64(end) - int64(start)
+		if end < start {
+			d = -int64(start - end)
+		}
+		rec.Latency, rec.HasLatency = time.Duration(d), true
+	}
+	if v, ok := attrs.Get("error.type"); ok {
+		rec.Status, rec.ErrorType = record.StatusError, v.AsString()
+	}
+	if span.Status().Code() == ptrace.StatusCodeError {
+		rec.Status = record.StatusError
+	}
+	rec.Metadata = spanMetadata(attrs, service)
+	user := m.user(attrs, resource)
+	if user == "" {
+		return rec, noUser, ""
+	}
+	rec.UserID = user
+	return rec, accepted, ""
+}
+
+// user is the span's user: the first of userAttrs on the span, else on the
+// resource, else the default user ("" for none).
+func (m *mapper) user(attrs, resource pcommon.Map) string {
+	for _, where := range []pcommon.Map{attrs, resource} {
+		if v, _, ok := first(where, m.userAttrs); ok {
+			if s := v.AsString(); s != "" {
+				return s
+			}
+		}
+	}
+	return m.defaultUser
+}
+
+// first returns the value of the first of names that attrs holds.
+func first(attrs pcommon.Map, names []string) (pcommon.Value, string, bool) {
+	for _, name := range names {
+		if v, ok := attrs.Get(name); ok {
+			return v, name, true
+		}
+	}
+	return pcommon.Value{}, "", false
+}
+
+// count reads a token count: an int, a double without a fraction (some
+// SDKs have no ints), or a decimal string (some instrumentations
+// stringify). Its range is the collector's rule.
+func count(v pcommon.Value) (int64, string) {
+	switch v.Type() {
+	case pcommon.ValueTypeInt:
+		return v.Int(), ""
+	case pcommon.ValueTypeDouble:
+		f := v.Double()
+		if f != math.Trunc(f) || math.IsInf(f, 0) || math.Abs(f) > collector.MaxTokens {
+			return 0, fmt.Sprintf("must be an integer between 0 and %d, got %g", int64(collector.MaxTokens), f)
+		}
+		return int64(f), ""
+	case pcommon.ValueTypeStr:
+		if n, err := strconv.ParseInt(strings.TrimSpace(v.Str()), 10, 64); err == nil {
+			return n, ""
+		}
+		return 0, fmt.Sprintf("must be an integer, got the string %q", clip(v.Str()))
+	}
+	return 0, fmt.Sprintf("must be an integer, got a %s", v.Type())
+}
+
+// spanMetadata keeps what a record gains from its span beyond the fields:
+// the service, the operation and where the record came from. A value
+// that could not be stored byte for byte is left out rather than the
+// record refused: it is context, not usage.
+func spanMetadata(attrs pcommon.Map, service string) json.RawMessage {
+	m := map[string]string{"source": "otlp"}
+	if service != "" {
+		m["service"] = service
+	}
+	if v, ok := attrs.Get("gen_ai.operation.name"); ok {
+		m["operation"] = v.AsString()
+	}
+	for k, v := range m {
+		if !storable(v) {
+			delete(m, k)
+		}
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// storable tells whether a metadata value is short and plain enough to
+// keep: the store refuses NUL, and a label-like value has no business
+// being long or holding control characters.
+func storable(s string) bool {
+	if len(s) > collector.MaxIDLength {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return false
+		}
+	}
+	return true
+}
+
+// clip shortens s for an error message.
+func clip(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "..."
+	}
+	return s
+}
