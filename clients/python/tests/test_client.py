@@ -206,7 +206,7 @@ class TrackerTest(unittest.IsolatedAsyncioTestCase):
 
         def request(method: str, path: str, body: Any) -> Any:
             # In the worker thread: wait for the loop to run releaser.
-            asyncio.run_coroutine_threadsafe(asyncio.wait_for(release.wait(), 10), loop).result()
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
             return real(method, path, body)
 
         transport.request = request  # type: ignore[method-assign]
