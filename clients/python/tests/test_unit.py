@@ -1,0 +1,157 @@
+"""What the client sends and reads, without a sidecar: usage shapes, the
+record, connection reuse, and Python 3.9 syntax."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import datetime
+import functools
+import http.server
+import json
+import os
+import threading
+import unittest
+from types import SimpleNamespace as NS
+from typing import Any, Dict, List
+
+import llmusage
+from llmusage import LLMUsageTracker, usage_fields
+
+
+class UsageFieldsTest(unittest.TestCase):
+    def test_openai_and_groq_chat_completions(self) -> None:
+        obj = NS(prompt_tokens=100, completion_tokens=20, total_tokens=120,
+                 prompt_tokens_details=NS(cached_tokens=64, audio_tokens=0),
+                 completion_tokens_details=NS(reasoning_tokens=8, audio_tokens=0))
+        want = {"prompt_tokens": 100, "completion_tokens": 20, "cached_tokens": 64, "reasoning_tokens": 8}
+        self.assertEqual(usage_fields(obj), want)
+        as_dict = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                   "prompt_tokens_details": {"cached_tokens": 64}, "completion_tokens_details": {"reasoning_tokens": 8}}
+        self.assertEqual(usage_fields(as_dict), want)
+        # Groq: no details, timing fields besides.
+        groq = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12, "queue_time": 0.1,
+                "prompt_tokens_details": None}
+        self.assertEqual(usage_fields(groq), {"prompt_tokens": 5, "completion_tokens": 7})
+
+    def test_anthropic_cache_is_folded_into_prompt_tokens(self) -> None:
+        obj = NS(input_tokens=10, output_tokens=50, cache_read_input_tokens=1000, cache_creation_input_tokens=200)
+        self.assertEqual(usage_fields(obj), {"prompt_tokens": 1210, "completion_tokens": 50, "cached_tokens": 1000,
+                                             "cache_write_tokens": 200})
+        self.assertEqual(usage_fields({"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": None}),
+                         {"prompt_tokens": 3, "completion_tokens": 4})
+
+    def test_openai_responses_input_includes_the_cache(self) -> None:
+        obj = {"input_tokens": 300, "output_tokens": 40, "input_tokens_details": {"cached_tokens": 256},
+               "output_tokens_details": {"reasoning_tokens": 30}}
+        self.assertEqual(usage_fields(obj), {"prompt_tokens": 300, "completion_tokens": 40, "cached_tokens": 256,
+                                             "reasoning_tokens": 30})
+
+    def test_unknown_shapes_are_refused(self) -> None:
+        for bad in (None, {}, NS(tokens=3)):
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                usage_fields(bad)
+
+
+class FakeSidecar(http.server.ThreadingHTTPServer):
+    """Answers 202 to every POST and keeps the bodies and client ports."""
+
+    def __init__(self) -> None:
+        self.bodies: List[Any] = []
+        self.clients: List[int] = []
+        self.headers: List[Dict[str, str]] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.server_address[1]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server: FakeSidecar = self.server  # type: ignore[assignment]
+        server.bodies.append(body)
+        server.clients.append(self.client_address[1])
+        server.headers.append(dict(self.headers))
+        if self.path == "/v1/check":
+            out = json.dumps({"allowed": True, "request_id": body["request_id"], "limits": []}).encode()
+            self.send_response(200)
+        else:
+            out = b'{"accepted":1}'
+            self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class RequestTest(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.server = FakeSidecar()
+        self.tracker = LLMUsageTracker(self.server.url, token="tok", pool_size=2)
+
+    async def asyncTearDown(self) -> None:
+        await self.tracker.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self.server.shutdown)
+        self.server.server_close()
+
+    async def test_record_fields(self) -> None:
+        when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+        rid = await self.tracker.log_llm_call("u1", "claude-3-opus", 30, 20, 10, {"provider": "anthropic"},
+                                              latency_ms=12.5, success=False, error_type="overloaded",
+                                              cached_tokens=5, cache_write_tokens=2, cost_usd=0.25, timestamp=when)
+        self.assertEqual(self.server.bodies, [{
+            "user_id": "u1", "model": "claude-3-opus", "tokens_used": 30, "prompt_tokens": 20,
+            "completion_tokens": 10, "cached_tokens": 5, "cache_write_tokens": 2, "latency_ms": 12.5,
+            "status": "error", "error_type": "overloaded", "cost_usd": 0.25,
+            "timestamp": "2026-01-02T03:04:05+00:00", "metadata": {"provider": "anthropic"}, "request_id": rid}])
+        self.assertEqual(self.server.headers[0]["Authorization"], "Bearer tok")
+        self.assertEqual(len(rid), 36)
+        self.assertEqual(rid[14], "7")  # a UUID version 7
+
+    async def test_call_sends_the_checks_request_id_and_anthropic_cache_writes(self) -> None:
+        async with self.tracker.call("u2", "claude-3-5-sonnet-latest", "anthropic",
+                                     {"prompt_tokens": 100, "max_tokens": 50}) as call:
+            call.usage(NS(input_tokens=10, output_tokens=5, cache_read_input_tokens=0, cache_creation_input_tokens=90))
+            call.set(metadata={"route": "/x"})
+        check, rec = self.server.bodies
+        self.assertEqual(check, {"user_id": "u2", "model": "claude-3-5-sonnet-latest", "provider": "anthropic",
+                                 "request_id": call.request_id, "prompt_tokens": 100, "max_tokens": 50})
+        self.assertEqual(rec["request_id"], call.request_id)
+        self.assertEqual((rec["prompt_tokens"], rec["cache_write_tokens"], rec["metadata"]), (100, 90, {"route": "/x"}))
+        self.assertNotIn("cached_tokens", rec)
+
+    async def test_connections_are_reused(self) -> None:
+        for _ in range(5):
+            await self.tracker.log_llm_call("u3", "gpt-4o", prompt_tokens=1)
+        sync = functools.partial(self.tracker.log_llm_call_sync, "u3", "gpt-4o", prompt_tokens=1)
+        for _ in range(5):
+            await asyncio.get_running_loop().run_in_executor(None, sync)
+        self.assertEqual(len(self.server.clients), 10)
+        self.assertEqual(len(set(self.server.clients)), 1, self.server.clients)
+
+
+class SourceTest(unittest.TestCase):
+    def test_python_3_9_syntax(self) -> None:
+        path = llmusage.__file__
+        with open(path, encoding="utf-8") as f:
+            ast.parse(f.read(), path, feature_version=(3, 9))
+
+    def test_standard_library_only(self) -> None:
+        import sys
+        with open(llmusage.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        self.assertLessEqual(names, set(sys.stdlib_module_names))  # Python 3.10+, as the tests may be
+
+
+if __name__ == "__main__":
+    unittest.main()
