@@ -182,7 +182,9 @@ class TrackerTest(unittest.IsolatedAsyncioTestCase):
 
         transport.request = request  # type: ignore[method-assign]
         rid = await self.tracker.log_llm_call("lost-answer-user", "gpt-4o", prompt_tokens=7, completion_tokens=1)
-        self.assertEqual(self.tracker.pending, 1)
+        # Buffered: the background retry may have delivered it already.
+        self.assertEqual(lost, ["/v1/calls"])
+        self.assertLessEqual(self.tracker.pending, 1)
         self.assertTrue(await self.tracker.aflush(timeout=30))
         rows = self.sidecar.stored_once_marked("lost-answer-user", "sentinel")
         self.assertEqual([r["request_id"] for r in rows], [rid])
