@@ -12,7 +12,10 @@
 -- summary, so its answers are exact between steps.
 --
 -- Rows deleted or updated by hand in llm_usage_logs are not subtracted:
--- the summary counts what was inserted.
+-- the summary counts what was inserted. A row without a created_at (an
+-- adopted table's column may be nullable) belongs to no day, and the
+-- usage API never counted it: it is left out, rather than failing the
+-- migration or the insert.
 
 -- +goose Up
 -- No row may be inserted between the fill below and the trigger: the
@@ -57,6 +60,7 @@ BEGIN
            sum(cost_usd),
            count(*) FILTER (WHERE cost_usd IS NULL)
     FROM llmusage_inserted
+    WHERE created_at IS NOT NULL
     GROUP BY 1, 2, 3, 4;
     RETURN NULL;
 END
@@ -101,6 +105,7 @@ SELECT (created_at AT TIME ZONE 'UTC')::date,
        sum(cost_usd),
        count(*) FILTER (WHERE cost_usd IS NULL)
 FROM llm_usage_logs
+WHERE created_at IS NOT NULL
 GROUP BY 1, 2, 3, 4;
 -- The key the refresh upserts on, under the index name the view had.
 CREATE UNIQUE INDEX idx_llm_usage_daily_summary_key ON llm_usage_daily_summary (day, user_id, provider, model);
