@@ -328,3 +328,20 @@ func TestRetentionCutoff(t *testing.T) {
 	// A retention longer than the budget period is kept as it is.
 	f(90*24*time.Hour, monthStart, now.Add(-90*24*time.Hour))
 }
+
+// TestRetentionKeepsToday: the usage API reads today from the raw rows,
+// so a retention shorter than a day keeps every row since today's UTC
+// midnight, and the stats of today stay whole.
+func TestRetentionKeepsToday(t *testing.T) {
+	now := time.Date(2026, 12, 15, 10, 0, 0, 0, time.UTC)
+	midnight := time.Date(2026, 12, 15, 0, 0, 0, 0, time.UTC)
+	for _, retention := range []time.Duration{time.Minute, time.Hour, 10 * time.Hour} {
+		if got := (MaintenanceOptions{Retention: retention}).RetentionCutoff(now); !got.Equal(midnight) {
+			t.Fatalf("--retention %s at %s: cutoff %s, want today's midnight %s", retention, now, got, midnight)
+		}
+	}
+	// In another zone, the day is still UTC's.
+	if got := (MaintenanceOptions{Retention: time.Hour}).RetentionCutoff(now.In(time.FixedZone("UTC-8", -8*3600))); !got.Equal(midnight) {
+		t.Fatalf("cutoff %s, want %s", got, midnight)
+	}
+}
