@@ -124,6 +124,11 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 // Set returns the rules in force.
 func (m *Manager) Set() *Set { return m.set.Load() }
 
+// Stale tells whether the last read of the database's rows failed: the
+// rules in force may then lack some of its rows (its budgets among them)
+// until a read succeeds.
+func (m *Manager) Stale() bool { return m.stale.Load() }
+
 // Run reloads the limits file on SIGHUP and the database's rows when they
 // change, handing each new Set to apply, until ctx ends. A Set that apply
 // refuses is logged and the one in force stays.
