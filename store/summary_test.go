@@ -353,8 +353,7 @@ func TestRetentionKeepsToday(t *testing.T) {
 func TestSummaryMigrationConcurrent(t *testing.T) {
 	url := pgtest.URL(t)
 	ctx := context.Background()
-	first := openMigrated(t, Options{DatabaseURL: url}).(*postgresStore)
-	_ = first
+	openMigrated(t, Options{DatabaseURL: url})
 	// Back to version 5: a database of the previous release.
 	execAll(t, url, `DROP TRIGGER llm_usage_logs_summary ON llm_usage_logs; DROP FUNCTION llmusage_summary_collect();
 		DROP TABLE llm_usage_summary_pending; DROP FUNCTION refresh_llm_usage_summary(); DROP TABLE llm_usage_daily_summary;
