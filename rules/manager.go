@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/llmusage/llmusage/pricing"
 )
@@ -58,7 +59,16 @@ type Manager struct {
 	apply func(*Set) error
 	// set is the Set in force, for readers outside reloads.
 	set atomic.Pointer[Set]
+	// stale is set while the database's rows in force may not be its
+	// latest: its last read failed (at start, or a reload during an
+	// outage). Run reads them again until a read succeeds, since a watch
+	// only reports changes made after it started.
+	stale atomic.Bool
 }
+
+// staleRetry is how often Run reads the database's rows again while
+// stale: changes apply within about a second.
+const staleRetry = time.Second
 
 // readPrices reads llm_model_prices, if the database has prices.
 func (m *Manager) readPrices(ctx context.Context) ([]PriceRow, error) {
@@ -97,10 +107,12 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		rows, err := opts.DB.RuleRows(ctx)
 		if err != nil {
 			m.logger.Error("cannot read limit rules from the database; starting with the limits file's", "error", err)
+			m.stale.Store(true)
 		}
 		m.rows = rows
 		if prices, err := m.readPrices(ctx); err != nil {
 			m.logger.Error("cannot read model prices from the database; starting with the limits file's", "error", err)
+			m.stale.Store(true)
 		} else {
 			m.prices = prices
 		}
@@ -111,6 +123,11 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 
 // Set returns the rules in force.
 func (m *Manager) Set() *Set { return m.set.Load() }
+
+// Stale tells whether the last read of the database's rows failed: the
+// rules in force may then lack some of its rows (its budgets among them)
+// until a read succeeds.
+func (m *Manager) Stale() bool { return m.stale.Load() }
 
 // Run reloads the limits file on SIGHUP and the database's rows when they
 // change, handing each new Set to apply, until ctx ends. A Set that apply
@@ -127,6 +144,7 @@ func (m *Manager) Run(ctx context.Context, apply func(*Set) error) {
 				}
 			})
 		}()
+		go m.refreshStale(ctx)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -139,6 +157,25 @@ func (m *Manager) Run(ctx context.Context, apply func(*Set) error) {
 		}
 		if err := m.ReloadFile(); err != nil {
 			m.logger.Error("limits file not reloaded; the previous rules stay in force", "error", err)
+		}
+	}
+}
+
+// refreshStale reads the database's rows again every staleRetry while
+// the last read failed, until ctx ends. Its failures are not logged: the
+// failed read that made the rows stale was, and the store reports the
+// outage.
+func (m *Manager) refreshStale(ctx context.Context) {
+	t := time.NewTicker(staleRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if m.stale.Load() {
+			_ = m.ReloadDB(ctx)
 		}
 	}
 }
@@ -170,12 +207,16 @@ func (m *Manager) ReloadDB(ctx context.Context) error {
 	}
 	rows, err := m.opts.DB.RuleRows(ctx)
 	if err != nil {
+		m.stale.Store(true)
 		return err
 	}
 	prices, err := m.readPrices(ctx)
 	if err != nil {
+		m.stale.Store(true)
 		return err
 	}
+	// Read: a Set that apply refuses is not retried until the rows change.
+	m.stale.Store(false)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.update(m.file, rows, prices); err != nil {

@@ -166,3 +166,48 @@ func TestManagerRun(t *testing.T) {
 		t.Fatalf("a refused Set came into force: %s", got)
 	}
 }
+
+// downAtStart is a database unreachable until up is closed, whose watch
+// reports nothing: a LISTEN set up after the outage hears of no change,
+// and a poll's first read is the baseline it compares to.
+type downAtStart struct{ up chan struct{} }
+
+func (d downAtStart) RuleRows(context.Context) ([]rules.Row, error) {
+	select {
+	case <-d.up:
+		return []rules.Row{{Table: rules.UserLimitsTable, ID: "1", UserID: "alice", LimitType: "minute", LimitValue: 7}}, nil
+	default:
+		return nil, errors.New("cannot read the rule tables: connection refused")
+	}
+}
+
+func (d downAtStart) WatchRules(ctx context.Context, _ func()) error {
+	<-ctx.Done()
+	return nil
+}
+
+// TestManagerReadsRowsAfterStartOutage: a sidecar that started while the
+// database was unreachable (or its tables not yet migrated) enforces the
+// database's rows once it can read them, without waiting for a change.
+func TestManagerReadsRowsAfterStartOutage(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db := downAtStart{up: make(chan struct{})}
+	m, err := rules.New(ctx, rules.Options{DB: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := limits(m.Set()); got != "" {
+		t.Fatalf("rules before the database is reachable: %q", got)
+	}
+	go m.Run(ctx, func(*rules.Set) error { return nil })
+	time.Sleep(100 * time.Millisecond)
+	close(db.up)
+	deadline := time.Now().Add(3 * time.Second)
+	for limits(m.Set()) != "minute=7" {
+		if time.Now().After(deadline) {
+			t.Fatalf("rules 3 s after the database came back: %q, want its row minute=7", limits(m.Set()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -269,3 +269,23 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// TestAdoptRowsWithoutCreatedAt: the Groq-era created_at may be NULL
+// (its column had a default but no NOT NULL). Such rows belong to no day:
+// the migration to the incremental summary, and later inserts of them,
+// must not fail on them, and every dated row is still summed.
+func TestAdoptRowsWithoutCreatedAt(t *testing.T) {
+	url := pgtest.URL(t)
+	execAll(t, url, groqSchema+`
+INSERT INTO groq_usage_logs (user_id, model, tokens_used, created_at) VALUES ('11111111-1111-1111-1111-111111111111', 'gpt-4', 7, NULL);`)
+	s := openMigrated(t, Options{DatabaseURL: url}).(*postgresStore)
+	// An application of the seed's era still writing to the table.
+	execAll(t, url, `INSERT INTO llm_usage_logs (user_id, model, tokens_used, created_at) VALUES ('33333333-3333-3333-3333-333333333333', 'gpt-4', 9, NULL)`)
+	execAll(t, url, `SELECT refresh_llm_usage_summary()`)
+	if got := queryStrings(t, s, `SELECT sum(calls)::text || ' ' || sum(tokens_used)::text FROM llm_usage_daily_summary`); got[0] != "3 195" {
+		t.Fatalf("summary over the dated adopted rows: %v, want their 3 calls and 195 tokens", got)
+	}
+	if u, err := s.Usage(context.Background(), usage.Query{Since: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}); err != nil || u.Calls != 3 {
+		t.Fatalf("usage of the adopted rows: %+v, %v", u.Totals, err)
+	}
+}

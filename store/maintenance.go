@@ -99,9 +99,15 @@ func RunMaintenance(ctx context.Context, m Maintainer, opts MaintenanceOptions) 
 }
 
 // RetentionCutoff is the time before which rows are deleted at now:
-// now less the retention, or earlier where KeepSince needs older rows.
+// now less the retention, or earlier where KeepSince needs older rows,
+// and never after today's UTC midnight: the usage API reads today from
+// the raw rows (whole days from the summary), so a retention shorter
+// than a day keeps today's.
 func (o MaintenanceOptions) RetentionCutoff(now time.Time) time.Time {
 	cutoff := now.Add(-o.Retention)
+	if today := now.UTC().Truncate(24 * time.Hour); today.Before(cutoff) {
+		cutoff = today
+	}
 	if o.KeepSince != nil {
 		if keep := o.KeepSince(now); keep.Before(cutoff) {
 			cutoff = keep

@@ -328,3 +328,76 @@ func TestRetentionCutoff(t *testing.T) {
 	// A retention longer than the budget period is kept as it is.
 	f(90*24*time.Hour, monthStart, now.Add(-90*24*time.Hour))
 }
+
+// TestRetentionKeepsToday: the usage API reads today from the raw rows,
+// so a retention shorter than a day keeps every row since today's UTC
+// midnight, and the stats of today stay whole.
+func TestRetentionKeepsToday(t *testing.T) {
+	now := time.Date(2026, 12, 15, 10, 0, 0, 0, time.UTC)
+	midnight := time.Date(2026, 12, 15, 0, 0, 0, 0, time.UTC)
+	for _, retention := range []time.Duration{time.Minute, time.Hour, 10 * time.Hour} {
+		if got := (MaintenanceOptions{Retention: retention}).RetentionCutoff(now); !got.Equal(midnight) {
+			t.Fatalf("--retention %s at %s: cutoff %s, want today's midnight %s", retention, now, got, midnight)
+		}
+	}
+	// In another zone, the day is still UTC's.
+	if got := (MaintenanceOptions{Retention: time.Hour}).RetentionCutoff(now.In(time.FixedZone("UTC-8", -8*3600))); !got.Equal(midnight) {
+		t.Fatalf("cutoff %s, want %s", got, midnight)
+	}
+}
+
+// TestSummaryMigrationConcurrent: sidecars of a fleet started together
+// with --migrate (serve's default) each apply migration 00006 to a
+// database at version 5: one waits on the other's lock, then finds the
+// summary already a table, and neither fails.
+func TestSummaryMigrationConcurrent(t *testing.T) {
+	url := pgtest.URL(t)
+	ctx := context.Background()
+	openMigrated(t, Options{DatabaseURL: url})
+	// Back to version 5: a database of the previous release.
+	execAll(t, url, `DROP TRIGGER llm_usage_logs_summary ON llm_usage_logs; DROP FUNCTION llmusage_summary_collect();
+		DROP TABLE llm_usage_summary_pending; DROP FUNCTION refresh_llm_usage_summary(); DROP TABLE llm_usage_daily_summary;
+		CREATE MATERIALIZED VIEW llm_usage_daily_summary AS SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, provider, model,
+		    count(*) AS calls, count(*) FILTER (WHERE status = 'error') AS errors, sum(tokens_used)::bigint AS tokens_used,
+		    sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+		    sum(cached_tokens)::bigint AS cached_tokens, sum(reasoning_tokens)::bigint AS reasoning_tokens,
+		    sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls
+		FROM llm_usage_logs GROUP BY 1, 2, 3, 4;
+		CREATE UNIQUE INDEX idx_llm_usage_daily_summary_key ON llm_usage_daily_summary (day, user_id, provider, model);
+		CREATE FUNCTION refresh_llm_usage_summary() RETURNS void LANGUAGE plpgsql AS $$ BEGIN REFRESH MATERIALIZED VIEW CONCURRENTLY llm_usage_daily_summary; END $$;
+		INSERT INTO llm_usage_logs (request_id, user_id, model, provider, created_at) VALUES ('before', 'alice', 'gpt-4o', 'openai', '2026-11-20T10:00:00Z');
+		DELETE FROM goose_db_version WHERE version_id = 6;`)
+	const sidecars = 4
+	stores := make([]Store, sidecars)
+	for i := range stores {
+		s, err := Open(ctx, Options{DatabaseURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, sidecars)
+	start := make(chan struct{})
+	for _, s := range stores {
+		wg.Go(func() {
+			<-start
+			if _, err := s.Migrate(ctx); err != nil {
+				errs <- err
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent migrate: %s", err)
+	}
+	if _, err := stores[0].Insert(ctx, []record.Record{rec("after", "alice", "openai", "gpt-4o", 1, 1, t0)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryOne(t, stores[0], `SELECT (SELECT coalesce(sum(calls), 0) FROM llm_usage_daily_summary) + (SELECT coalesce(sum(calls), 0) FROM llm_usage_summary_pending)`); got != "2" {
+		t.Fatalf("summary and pending count %s calls, want 2 (one before the migration, one after)", got)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/internal/sidecartest"
 	"github.com/llmusage/llmusage/limiter"
+	"github.com/llmusage/llmusage/rules"
+	"github.com/llmusage/llmusage/store"
 )
 
 // TestRetentionKeepsSummary is issue #16's new user: a database holding
@@ -133,4 +136,27 @@ func TestBudgetPeriodsStart(t *testing.T) {
 	f(time.Date(2026, 12, 16, 23, 0, 0, 0, time.UTC), usd(limiter.Day))
 	f(time.Date(2026, 12, 13, 23, 0, 0, 0, time.UTC), usd(limiter.Day), usd(limiter.Week))
 	f(time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC), usd(limiter.Month), usd(limiter.Week))
+}
+
+// unreadableRules is a database whose rule tables cannot be read.
+type unreadableRules struct{}
+
+func (unreadableRules) RuleRows(context.Context) ([]rules.Row, error) {
+	return nil, errors.New("cannot read the rule tables: connection refused")
+}
+func (unreadableRules) WatchRules(ctx context.Context, _ func()) error { <-ctx.Done(); return nil }
+
+// TestRetentionKeepsAllWhileRulesUnread: a sidecar that could not read
+// the rule tables does not know the database's budgets, so its retention
+// deletes nothing a monthly budget's spend may be rebuilt from.
+func TestRetentionKeepsAllWhileRulesUnread(t *testing.T) {
+	m, err := rules.New(context.Background(), rules.Options{DB: unreadableRules{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 17, 10, 0, 0, 0, time.UTC)
+	o := store.MaintenanceOptions{Retention: 24 * time.Hour, KeepSince: retentionKeepSince(m, time.UTC)}
+	if cutoff := o.RetentionCutoff(now); !cutoff.IsZero() {
+		t.Fatalf("retention cutoff %s with the database's rules unread, want none (keep every row)", cutoff)
+	}
 }

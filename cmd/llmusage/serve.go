@@ -430,9 +430,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		}
 	}
 	maintenance := cfg.Maintenance
-	maintenance.KeepSince = func(now time.Time) time.Time {
-		return budgetPeriodsStart(s.rules.Set().InForce, now, cfg.BudgetLocation)
-	}
+	maintenance.KeepSince = retentionKeepSince(s.rules, cfg.BudgetLocation)
 	maintenance.Observer, maintenance.Logger = s.exporter, logger
 	go store.RunMaintenance(ctx, s.store, maintenance)
 	userTTL := cfg.Exporter.UserTTL
@@ -525,6 +523,19 @@ func maintenanceOptions(c *cli.Context) (store.MaintenanceOptions, error) {
 		o.Retention = time.Duration(d)
 	}
 	return o, nil
+}
+
+// retentionKeepSince is MaintenanceOptions.KeepSince: the start of the
+// budgets' current periods, or, while the database's rule rows could not
+// be read (its budgets unknown), the beginning of time: retention then
+// deletes nothing.
+func retentionKeepSince(m *rules.Manager, loc *time.Location) func(time.Time) time.Time {
+	return func(now time.Time) time.Time {
+		if m.Stale() {
+			return time.Time{}
+		}
+		return budgetPeriodsStart(m.Set().InForce, now, loc)
+	}
 }
 
 // budgetPeriodsStart is the start of the earliest current period of the

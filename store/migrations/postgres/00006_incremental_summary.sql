@@ -12,7 +12,10 @@
 -- summary, so its answers are exact between steps.
 --
 -- Rows deleted or updated by hand in llm_usage_logs are not subtracted:
--- the summary counts what was inserted.
+-- the summary counts what was inserted. A row without a created_at (an
+-- adopted table's column may be nullable) belongs to no day, and the
+-- usage API never counted it: it is left out, rather than failing the
+-- migration or the insert.
 
 -- +goose Up
 -- No row may be inserted between the fill below and the trigger: the
@@ -57,6 +60,7 @@ BEGIN
            sum(cost_usd),
            count(*) FILTER (WHERE cost_usd IS NULL)
     FROM llmusage_inserted
+    WHERE created_at IS NOT NULL
     GROUP BY 1, 2, 3, 4;
     RETURN NULL;
 END
@@ -68,51 +72,64 @@ CREATE TRIGGER llm_usage_logs_summary AFTER INSERT ON llm_usage_logs
     FOR EACH STATEMENT EXECUTE FUNCTION llmusage_summary_collect();
 
 -- The last full computation: from here on only inserts add to it.
-DROP FUNCTION IF EXISTS refresh_llm_usage_summary();
-DROP MATERIALIZED VIEW IF EXISTS llm_usage_daily_summary;
-CREATE TABLE llm_usage_daily_summary (
-    day               DATE NOT NULL,
-    user_id           TEXT NOT NULL,
-    provider          TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    calls             BIGINT NOT NULL,
-    errors            BIGINT NOT NULL,
-    tokens_used       BIGINT NOT NULL,
-    prompt_tokens     BIGINT NOT NULL,
-    completion_tokens BIGINT NOT NULL,
-    cached_tokens     BIGINT NOT NULL,
-    reasoning_tokens  BIGINT NOT NULL,
-    -- NULL when none of the group's calls is priced, as sum() gives.
-    cost_usd          NUMERIC,
-    unpriced_calls    BIGINT NOT NULL
-);
-INSERT INTO llm_usage_daily_summary
-SELECT (created_at AT TIME ZONE 'UTC')::date,
-       user_id::text,
-       provider,
-       model,
-       count(*),
-       count(*) FILTER (WHERE status = 'error'),
-       coalesce(sum(tokens_used), 0),
-       coalesce(sum(prompt_tokens), 0),
-       coalesce(sum(completion_tokens), 0),
-       coalesce(sum(cached_tokens), 0),
-       coalesce(sum(reasoning_tokens), 0),
-       sum(cost_usd),
-       count(*) FILTER (WHERE cost_usd IS NULL)
-FROM llm_usage_logs
-GROUP BY 1, 2, 3, 4;
--- The key the refresh upserts on, under the index name the view had.
-CREATE UNIQUE INDEX idx_llm_usage_daily_summary_key ON llm_usage_daily_summary (day, user_id, provider, model);
--- One user's days, for the usage API.
-CREATE INDEX idx_llm_usage_daily_summary_user ON llm_usage_daily_summary (user_id, day);
+-- Sidecars started together with --migrate (serve's default) may each
+-- run this migration: the LOCK above holds the others until the first
+-- commits, and they then find the summary a table already.
+-- +goose StatementBegin
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('llm_usage_daily_summary')) = 'r' THEN
+        RETURN;
+    END IF;
+    DROP FUNCTION IF EXISTS refresh_llm_usage_summary();
+    DROP MATERIALIZED VIEW IF EXISTS llm_usage_daily_summary;
+    CREATE TABLE llm_usage_daily_summary (
+        day               DATE NOT NULL,
+        user_id           TEXT NOT NULL,
+        provider          TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        calls             BIGINT NOT NULL,
+        errors            BIGINT NOT NULL,
+        tokens_used       BIGINT NOT NULL,
+        prompt_tokens     BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens     BIGINT NOT NULL,
+        reasoning_tokens  BIGINT NOT NULL,
+        -- NULL when none of the group's calls is priced, as sum() gives.
+        cost_usd          NUMERIC,
+        unpriced_calls    BIGINT NOT NULL
+    );
+    INSERT INTO llm_usage_daily_summary
+    SELECT (created_at AT TIME ZONE 'UTC')::date,
+           user_id::text,
+           provider,
+           model,
+           count(*),
+           count(*) FILTER (WHERE status = 'error'),
+           coalesce(sum(tokens_used), 0),
+           coalesce(sum(prompt_tokens), 0),
+           coalesce(sum(completion_tokens), 0),
+           coalesce(sum(cached_tokens), 0),
+           coalesce(sum(reasoning_tokens), 0),
+           sum(cost_usd),
+           count(*) FILTER (WHERE cost_usd IS NULL)
+    FROM llm_usage_logs
+    WHERE created_at IS NOT NULL
+    GROUP BY 1, 2, 3, 4;
+    -- The key the refresh upserts on, under the index name the view had.
+    CREATE UNIQUE INDEX idx_llm_usage_daily_summary_key ON llm_usage_daily_summary (day, user_id, provider, model);
+    -- One user's days, for the usage API.
+    CREATE INDEX idx_llm_usage_daily_summary_user ON llm_usage_daily_summary (user_id, day);
+END
+$$;
+-- +goose StatementEnd
 
 -- The incremental step. It returns how many summary rows it wrote. The
 -- advisory lock (the key is store.summaryLockKey) runs one step at a time
 -- across the fleet and against a call from cron; the DELETE takes only
 -- what is committed, so rows inserted meanwhile wait for the next step.
 -- +goose StatementBegin
-CREATE FUNCTION refresh_llm_usage_summary() RETURNS bigint
+CREATE OR REPLACE FUNCTION refresh_llm_usage_summary() RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     written bigint;
