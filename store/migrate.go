@@ -31,12 +31,12 @@ type Migrator interface {
 	MigrationStatus(ctx context.Context) ([]MigrationStatus, error)
 }
 
-func newGoose(db *sql.DB, dialect goose.Dialect, dir string) (*goose.Provider, error) {
+func newGoose(db *sql.DB, dialect goose.Dialect, dir string, opts ...goose.ProviderOption) (*goose.Provider, error) {
 	sub, err := fs.Sub(migrations, "migrations/"+dir)
 	if err != nil {
 		return nil, err
 	}
-	p, err := goose.NewProvider(dialect, db, sub)
+	p, err := goose.NewProvider(dialect, db, sub, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot load migrations: %w", err)
 	}

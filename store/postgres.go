@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
 
 	"github.com/llmusage/llmusage/record"
 	"github.com/llmusage/llmusage/rules"
@@ -641,14 +642,35 @@ func (s *postgresStore) Close() error {
 	return nil
 }
 
-// Migrate applies the embedded Postgres migrations.
+// Migrate applies the embedded Postgres migrations. Sidecars of a fleet
+// start together, each migrating by default: with migrations pending,
+// they take turns under goose's lock (a row of goose_lock, not a session
+// lock, so that it holds through a transaction pooler too), and each
+// applies what the one before left. With none pending, as at every start
+// but the first of a release, none waits.
 func (s *postgresStore) Migrate(ctx context.Context) ([]int64, error) {
 	p, closeDB, err := s.goose()
 	if err != nil {
 		return nil, err
 	}
 	defer closeDB()
-	applied, err := migrateUp(ctx, p)
+	if pending, err := p.HasPending(ctx); err == nil && !pending {
+		return nil, nil
+	}
+	locker, err := lock.NewPostgresTableLocker(
+		// A lease outlives a migration that starves the heartbeat of a
+		// connection (--database-max-conns 1), and turns come quickly.
+		lock.WithTableLeaseDuration(2*time.Minute), lock.WithTableLockTimeout(250*time.Millisecond, 2400))
+	if err != nil {
+		return nil, fmt.Errorf("cannot lock the migrations: %w", err)
+	}
+	db := stdlib.OpenDBFromPool(s.pool)
+	defer db.Close()
+	locked, err := newGoose(db, goose.DialectPostgres, "postgres", goose.WithLocker(locker))
+	if err != nil {
+		return nil, err
+	}
+	applied, err := migrateUp(ctx, locked)
 	if err != nil {
 		return applied, fmt.Errorf("%s: %w", s.redacted, err)
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"maps"
 	"slices"
 	"sync"
@@ -399,5 +400,43 @@ func TestSummaryMigrationConcurrent(t *testing.T) {
 	}
 	if got := queryOne(t, stores[0], `SELECT (SELECT coalesce(sum(calls), 0) FROM llm_usage_daily_summary) + (SELECT coalesce(sum(calls), 0) FROM llm_usage_summary_pending)`); got != "2" {
 		t.Fatalf("summary and pending count %s calls, want 2 (one before the migration, one after)", got)
+	}
+}
+
+// TestMigrateFreshDatabaseConcurrently: sidecars of a fleet starting
+// together on an empty database (each with --migrate, the default) all
+// start, and each migration is applied once.
+func TestMigrateFreshDatabaseConcurrently(t *testing.T) {
+	url := pgtest.URL(t)
+	ctx := context.Background()
+	const sidecars = 8
+	applied := make([][]int64, sidecars)
+	errs := make([]error, sidecars)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range sidecars {
+		s, err := Open(ctx, Options{DatabaseURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		wg.Go(func() {
+			<-start
+			applied[i], errs[i] = s.Migrate(ctx)
+		})
+	}
+	close(start)
+	wg.Wait()
+	var all []int64
+	for i := range sidecars {
+		if errs[i] != nil {
+			t.Fatalf("sidecar %d: %v", i, errs[i])
+		}
+		all = append(all, applied[i]...)
+	}
+	slices.Sort(all)
+	migrations, err := fs.Glob(migrations, "migrations/postgres/*.sql")
+	if err != nil || len(all) != len(migrations) || len(slices.Compact(all)) != len(migrations) {
+		t.Fatalf("applied %v by %d sidecars; want each of the %d migrations once", all, sidecars, len(migrations))
 	}
 }
