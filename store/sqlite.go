@@ -69,6 +69,7 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 	}
 	defer stmt.Close()
 	inserted := 0
+	days := dayTotals{}
 	for i := range recs {
 		r := &recs[i]
 		var latency, metadata, cost any
@@ -86,13 +87,88 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 		if err != nil {
 			return 0, s.fail("insert a record", err)
 		}
-		n, _ := res.RowsAffected()
-		inserted += int(n)
+		if n, _ := res.RowsAffected(); n > 0 {
+			inserted++
+			days.add(r)
+		}
+	}
+	if err := days.upsert(ctx, tx); err != nil {
+		return 0, s.fail("add records to llmusage_daily_totals", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, s.fail("commit records", err)
 	}
 	return inserted, nil
+}
+
+// dayTotals sums a transaction's new rows by day, user, provider and
+// model, for llmusage_daily_totals: SQLite has one writer, llmusage, so
+// the summary is kept in the writing transaction, one upsert per group
+// (a row trigger would make one per row).
+type dayTotals map[dayKey]*dayTotal
+
+type dayKey struct{ day, user, provider, model string }
+
+type dayTotal struct {
+	calls, errors, tokens, prompt, completion, cached, reasoning, unpriced int64
+	// cost sums the priced calls; priced tells whether there was one.
+	cost   int64
+	priced bool
+}
+
+func (d dayTotals) add(r *record.Record) {
+	k := dayKey{r.Timestamp.UTC().Format(time.DateOnly), r.UserID, r.Provider, r.Model}
+	t := d[k]
+	if t == nil {
+		t = &dayTotal{}
+		d[k] = t
+	}
+	t.calls++
+	if r.Status == record.StatusError {
+		t.errors++
+	}
+	t.tokens += r.TotalTokens
+	t.prompt += r.PromptTokens
+	t.completion += r.CompletionTokens
+	t.cached += r.CachedTokens
+	t.reasoning += r.ReasoningTokens
+	if r.HasCost {
+		t.cost += int64(r.Cost)
+		t.priced = true
+	} else {
+		t.unpriced++
+	}
+}
+
+const sqliteDayUpsert = `INSERT INTO llmusage_daily_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
+		calls = calls + excluded.calls, errors = errors + excluded.errors, tokens_used = tokens_used + excluded.tokens_used,
+		prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens,
+		cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+		cost_nano_usd = CASE WHEN cost_nano_usd IS NULL AND excluded.cost_nano_usd IS NULL THEN NULL
+		                     ELSE coalesce(cost_nano_usd, 0) + coalesce(excluded.cost_nano_usd, 0) END,
+		unpriced_calls = unpriced_calls + excluded.unpriced_calls`
+
+func (d dayTotals) upsert(ctx context.Context, tx *sql.Tx) error {
+	if len(d) == 0 {
+		return nil
+	}
+	stmt, err := tx.PrepareContext(ctx, sqliteDayUpsert)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for k, t := range d {
+		var cost any
+		if t.priced {
+			cost = t.cost
+		}
+		if _, err := stmt.ExecContext(ctx, k.day, k.user, k.provider, k.model, t.calls, t.errors, t.tokens, t.prompt,
+			t.completion, t.cached, t.reasoning, cost, t.unpriced); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *sqliteStore) RuleRows(ctx context.Context) ([]rules.Row, error) {

@@ -1,8 +1,9 @@
--- The daily summary as a table kept by a trigger, so that it outlives the
--- retention of raw rows and the usage API reads whole days from it
--- rather than from every row; see the Postgres migration of the same
--- name. SQLite has one writer, so the trigger adds each row to its day
--- directly: there is nothing pending and no step to run.
+-- The daily summary as a table, so that it outlives the retention of raw
+-- rows and the usage API reads whole days from it rather than from every
+-- row; see the Postgres migration of the same name. SQLite has one
+-- writer, llmusage, whose inserts add their totals to it in the same
+-- transaction (store.sqliteStore.Insert): there is nothing pending and no
+-- step to run. Rows inserted by hand are not summarised.
 -- llm_usage_daily_summary stays a view, with the columns of 00004, over
 -- the table.
 
@@ -28,7 +29,7 @@ CREATE TABLE IF NOT EXISTS llmusage_daily_totals (
 CREATE INDEX IF NOT EXISTS idx_llmusage_daily_totals_user ON llmusage_daily_totals (user_id, day);
 
 -- goose runs this in one transaction, which holds SQLite's write lock:
--- no row is inserted between the fill and the trigger.
+-- no row is inserted meanwhile.
 DELETE FROM llmusage_daily_totals;
 INSERT INTO llmusage_daily_totals
 SELECT date(created_at / 1000000, 'unixepoch'), user_id, provider, model, count(*),
@@ -37,29 +38,6 @@ SELECT date(created_at / 1000000, 'unixepoch'), user_id, provider, model, count(
        sum(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)
 FROM llm_usage_logs
 GROUP BY 1, 2, 3, 4;
-
-DROP TRIGGER IF EXISTS llm_usage_logs_summary;
--- +goose StatementBegin
-CREATE TRIGGER llm_usage_logs_summary AFTER INSERT ON llm_usage_logs
-BEGIN
-    INSERT INTO llmusage_daily_totals
-    VALUES (date(NEW.created_at / 1000000, 'unixepoch'), NEW.user_id, NEW.provider, NEW.model, 1,
-            CASE WHEN NEW.status = 'error' THEN 1 ELSE 0 END, NEW.tokens_used, NEW.prompt_tokens,
-            NEW.completion_tokens, NEW.cached_tokens, NEW.reasoning_tokens, NEW.cost_nano_usd,
-            CASE WHEN NEW.cost_nano_usd IS NULL THEN 1 ELSE 0 END)
-    ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
-        calls             = calls + excluded.calls,
-        errors            = errors + excluded.errors,
-        tokens_used       = tokens_used + excluded.tokens_used,
-        prompt_tokens     = prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens,
-        cached_tokens     = cached_tokens + excluded.cached_tokens,
-        reasoning_tokens  = reasoning_tokens + excluded.reasoning_tokens,
-        cost_nano_usd     = CASE WHEN cost_nano_usd IS NULL AND excluded.cost_nano_usd IS NULL THEN NULL
-                                 ELSE coalesce(cost_nano_usd, 0) + coalesce(excluded.cost_nano_usd, 0) END,
-        unpriced_calls    = unpriced_calls + excluded.unpriced_calls;
-END;
--- +goose StatementEnd
 
 DROP VIEW IF EXISTS llm_usage_daily_summary;
 CREATE VIEW llm_usage_daily_summary AS
