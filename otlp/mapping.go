@@ -102,6 +102,7 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 	if !found {
 		return rec, ignored, ""
 	}
+	addCache(&counts)
 	rec = record.Record{
 		RequestID:    rec.RequestID,
 		PromptTokens: counts[0], CompletionTokens: counts[1], CachedTokens: counts[2],
@@ -144,6 +145,34 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 	}
 	rec.UserID = user
 	return rec, accepted, ""
+}
+
+// addCache adds the cache reads and writes to input tokens that evidently
+// exclude them: OTel's input count includes them, but an instrumentation
+// that copies Anthropic's usage as it is reports Anthropic's
+// input_tokens, which do not. Cache tokens over the input can only mean
+// the latter, and refusing the span would lose the usage; a total under
+// the new input + output was counted the same way, and gains them too.
+// Fewer cache tokens than input cannot be told apart, and are taken as
+// OTel's. counts is input, output, cache read, cache write, reasoning,
+// total; counts out of range are left for the collector to refuse.
+func addCache(counts *[6]int64) {
+	in, out, read, write, total := counts[0], counts[1], counts[2], counts[3], counts[5]
+	inRange := func(ns ...int64) bool {
+		for _, n := range ns {
+			if n < 0 || n > collector.MaxTokens {
+				return false
+			}
+		}
+		return true
+	}
+	if !inRange(in, out, read, write) || read+write <= in {
+		return
+	}
+	counts[0] = in + read + write
+	if total != 0 && inRange(total) && total < counts[0]+out {
+		counts[5] = total + read + write
+	}
 }
 
 // user is the span's user: the first of userAttrs on the span, else on the
