@@ -109,10 +109,10 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 		CacheWriteTokens: counts[3], ReasoningTokens: counts[4], TotalTokens: counts[5],
 		Status: record.StatusSuccess,
 	}
-	if v, _, ok := first(attrs, modelAttrs); ok {
+	if v, _, ok := firstSet(attrs, modelAttrs); ok {
 		rec.Model = v.AsString()
 	}
-	if v, _, ok := first(attrs, providerAttrs); ok {
+	if v, _, ok := firstSet(attrs, providerAttrs); ok {
 		rec.Provider = v.AsString()
 	}
 	if rec.RequestID == "" {
@@ -139,7 +139,10 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 		rec.Status = record.StatusError
 	}
 	rec.Metadata = spanMetadata(attrs, service)
-	user := m.user(attrs, resource)
+	user, problem := m.user(attrs, resource)
+	if problem != "" {
+		return rec, invalid, problem
+	}
 	if user == "" {
 		return rec, noUser, ""
 	}
@@ -176,22 +179,39 @@ func addCache(counts *[6]int64) {
 }
 
 // user is the span's user: the first of userAttrs on the span, else on the
-// resource, else the default user ("" for none).
-func (m *mapper) user(attrs, resource pcommon.Map) string {
+// resource, else the default user ("" for none). A user is a string or an
+// integer (user.id: 42 is user "42"); a list, a map, bytes or a bool
+// would be stored as its JSON or base64 under a user nobody has, so it is
+// refused, with problem naming the attribute.
+func (m *mapper) user(attrs, resource pcommon.Map) (user, problem string) {
 	for _, where := range []pcommon.Map{attrs, resource} {
-		if v, _, ok := first(where, m.userAttrs); ok {
-			if s := v.AsString(); s != "" {
-				return s
+		if v, name, ok := firstSet(where, m.userAttrs); ok {
+			switch v.Type() {
+			case pcommon.ValueTypeStr, pcommon.ValueTypeInt:
+				return v.AsString(), ""
 			}
+			return "", fmt.Sprintf("%s must be a string or an integer, got a %s", name, v.Type())
 		}
 	}
-	return m.defaultUser
+	return m.defaultUser, ""
 }
 
 // first returns the value of the first of names that attrs holds.
 func first(attrs pcommon.Map, names []string) (pcommon.Value, string, bool) {
 	for _, name := range names {
 		if v, ok := attrs.Get(name); ok {
+			return v, name, true
+		}
+	}
+	return pcommon.Value{}, "", false
+}
+
+// firstSet is first, an empty string counting as absent: instrumentations
+// set gen_ai.response.model or user.id to "" when they have none, and
+// the next name (gen_ai.request.model, enduser.id) then has the value.
+func firstSet(attrs pcommon.Map, names []string) (pcommon.Value, string, bool) {
+	for _, name := range names {
+		if v, ok := attrs.Get(name); ok && !(v.Type() == pcommon.ValueTypeStr && v.Str() == "") {
 			return v, name, true
 		}
 	}

@@ -185,6 +185,10 @@ func TestSpanRecord(t *testing.T) {
 	// The request's model when the answer names none.
 	f(testSpan{attrs: with(current(), "gen_ai.response.model", nil)}, accepted, "alice openai gpt-4o 1000/200")
 
+	// An empty value is no value: the next name is looked up.
+	f(testSpan{attrs: with(current(), "gen_ai.response.model", "")}, accepted, "alice openai gpt-4o 1000/200")
+	f(testSpan{attrs: with(current(), "gen_ai.provider.name", "", "gen_ai.system", "anthropic")}, accepted, "alice anthropic gpt-4o")
+
 	// Counts as doubles without a fraction, and as decimal strings.
 	f(testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", 1000.0, "gen_ai.usage.output_tokens", "200")}, accepted, ok)
 	f(testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", 10.5)}, invalid, "gen_ai.usage.input_tokens must be an integer between 0 and 1000000000000, got 10.5")
@@ -205,6 +209,11 @@ func TestSpanRecord(t *testing.T) {
 	f(testSpan{attrs: with(current(), "user.id", int64(42))}, accepted, "42 openai")
 	f(testSpan{attrs: with(current(), "user.id", nil)}, noUser, " openai gpt-4o")
 	f(testSpan{attrs: with(current(), "user.id", "")}, noUser, "")
+	f(testSpan{attrs: with(current(), "user.id", "", "enduser.id", "bob")}, accepted, "bob openai")
+	// A user is a name or a number: a list or a map is no user's id.
+	f(testSpan{attrs: with(current(), "user.id", []any{"alice"})}, invalid, "user.id must be a string or an integer, got a Slice")
+	f(testSpan{attrs: with(current(), "user.id", map[string]any{"id": "alice"})}, invalid, "user.id must be a string or an integer, got a Map")
+	f(testSpan{attrs: with(current(), "user.id", nil), resource: map[string]any{"enduser.id": true}}, invalid, "enduser.id must be a string or an integer, got a Bool")
 
 	// Errors: error.type, or the span's status.
 	f(testSpan{attrs: with(current(), "error.type", "rate_limit_exceeded")}, accepted, "error rate_limit_exceeded 1.5s")
