@@ -278,6 +278,9 @@ func TestStartupErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	f("cannot listen on "+busy.Addr().String(), "serve", "--listen-address", busy.Addr().String(), "--metrics-address", sidecartest.FreeAddr(t))
+	// Which of the three addresses is busy: the error names its flag.
+	f("cannot listen on "+busy.Addr().String()+" (--otlp-grpc-address)", "serve", "--listen-address", sidecartest.FreeAddr(t),
+		"--metrics-address", sidecartest.FreeAddr(t), "--otlp-grpc-address", busy.Addr().String())
 }
 
 func TestVersion(t *testing.T) {

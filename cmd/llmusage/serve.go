@@ -348,19 +348,19 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
-	apiLn, err := listen(cfg.ListenAddress)
+	apiLn, err := listenFlag(cfg.ListenAddress, "--listen-address")
 	if err != nil {
 		return err
 	}
 	defer apiLn.Close()
-	metricsLn, err := listen(cfg.MetricsAddress)
+	metricsLn, err := listenFlag(cfg.MetricsAddress, "--metrics-address")
 	if err != nil {
 		return err
 	}
 	defer metricsLn.Close()
 	var grpcLn net.Listener
 	if cfg.OTLPGRPCAddress != "" {
-		if grpcLn, err = listen(cfg.OTLPGRPCAddress); err != nil {
+		if grpcLn, err = listenFlag(cfg.OTLPGRPCAddress, "--otlp-grpc-address"); err != nil {
 			return err
 		}
 		defer grpcLn.Close()
