@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
@@ -288,6 +290,13 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	cfg.OTLP = otlp.Options{UserAttributes: userAttrs, DefaultUser: c.String("otlp-default-user"), MaxBodyBytes: bytesOf(c, "otlp-max-body-bytes"), Logger: cfg.Logger}
 	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 1<<30 {
 		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (1GiB)", n, 1<<30)
+	}
+	// A default user the record rules refuse would refuse, span by span,
+	// every span it was meant to take: it is refused here, once.
+	if u := cfg.OTLP.DefaultUser; len(u) > collector.MaxIDLength {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-default-user: it must be at most %d bytes, got %d", collector.MaxIDLength, len(u))
+	} else if u != "" && (strings.TrimSpace(u) == "" || !utf8.ValidString(u) || strings.IndexFunc(u, unicode.IsControl) >= 0) {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-default-user %q: it must not be blank or hold control characters", u)
 	}
 	cfg.OTLPGRPCAddress = c.String("otlp-grpc-address")
 	switch c.String("budget-unpriced") {
