@@ -41,7 +41,8 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	enc, err := requestEncoding(req)
 	if err != nil {
-		writeStatus(w, encJSON, http.StatusUnsupportedMediaType, codes.InvalidArgument, err.Error())
+		// enc is the body's type when known, so that the answer is in it.
+		writeStatus(w, enc, http.StatusUnsupportedMediaType, codes.InvalidArgument, err.Error())
 		return
 	}
 	body, status, err := r.readBody(req)
@@ -80,23 +81,28 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 }
 
 // requestEncoding is the body's encoding by its Content-Type, which OTLP
-// requires, and checks its Content-Encoding (gzip or none).
+// requires, and checks its Content-Encoding (gzip or none). On error, the
+// encoding is still the body's when its type is known (JSON otherwise),
+// for the answer.
 func requestEncoding(req *http.Request) (encoding, error) {
-	if ce := req.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "gzip") && !strings.EqualFold(ce, "identity") {
-		return 0, fmt.Errorf("cannot accept Content-Encoding %q: send gzip or no encoding", ce)
-	}
 	ct := req.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
-		return 0, fmt.Errorf("cannot accept Content-Type %q: use application/x-protobuf or application/json", ct)
+		return encJSON, fmt.Errorf("cannot accept Content-Type %q: use application/x-protobuf or application/json", ct)
 	}
+	var enc encoding
 	switch mt {
 	case "application/x-protobuf", "application/protobuf":
-		return encProto, nil
+		enc = encProto
 	case "application/json":
-		return encJSON, nil
+		enc = encJSON
+	default:
+		return encJSON, fmt.Errorf("cannot accept Content-Type %q: use application/x-protobuf or application/json", mt)
 	}
-	return 0, fmt.Errorf("cannot accept Content-Type %q: use application/x-protobuf or application/json", mt)
+	if ce := req.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "gzip") && !strings.EqualFold(ce, "identity") {
+		return enc, fmt.Errorf("cannot accept Content-Encoding %q: send gzip or no encoding", ce)
+	}
+	return enc, nil
 }
 
 // readBody reads the body, gunzipped if it came so, within maxBodyBytes

@@ -136,6 +136,13 @@ func TestHTTP(t *testing.T) {
 	f("text/plain", "", protoBody(t, td), http.StatusUnsupportedMediaType, "cannot accept Content-Type \"text/plain\"")
 	f("", "", protoBody(t, td), http.StatusUnsupportedMediaType, "cannot accept Content-Type")
 	f(pb, "br", protoBody(t, td), http.StatusUnsupportedMediaType, "cannot accept Content-Encoding \"br\"")
+	// The answer is in the request's encoding whenever its type is known,
+	// as the specification asks of every answer.
+	for _, ct := range []string{pb, js} {
+		if rec := h.post(http.MethodPost, ct, "br", nil); rec.Code != http.StatusUnsupportedMediaType || rec.Header().Get("Content-Type") != ct {
+			t.Fatalf("%s with Content-Encoding br: %d, Content-Type %q", ct, rec.Code, rec.Header().Get("Content-Type"))
+		}
+	}
 
 	// Too large, and a gzip bomb: small on the wire, huge once inflated.
 	f(pb, "", make([]byte, 65<<10), http.StatusRequestEntityTooLarge, "over 65536 bytes")

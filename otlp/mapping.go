@@ -102,16 +102,17 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 	if !found {
 		return rec, ignored, ""
 	}
+	addCache(&counts)
 	rec = record.Record{
 		RequestID:    rec.RequestID,
 		PromptTokens: counts[0], CompletionTokens: counts[1], CachedTokens: counts[2],
 		CacheWriteTokens: counts[3], ReasoningTokens: counts[4], TotalTokens: counts[5],
 		Status: record.StatusSuccess,
 	}
-	if v, _, ok := first(attrs, modelAttrs); ok {
+	if v, _, ok := firstSet(attrs, modelAttrs); ok {
 		rec.Model = v.AsString()
 	}
-	if v, _, ok := first(attrs, providerAttrs); ok {
+	if v, _, ok := firstSet(attrs, providerAttrs); ok {
 		rec.Provider = v.AsString()
 	}
 	if rec.RequestID == "" {
@@ -138,7 +139,10 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 		rec.Status = record.StatusError
 	}
 	rec.Metadata = spanMetadata(attrs, service)
-	user := m.user(attrs, resource)
+	user, problem := m.user(attrs, resource)
+	if problem != "" {
+		return rec, invalid, problem
+	}
 	if user == "" {
 		return rec, noUser, ""
 	}
@@ -146,23 +150,68 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 	return rec, accepted, ""
 }
 
-// user is the span's user: the first of userAttrs on the span, else on the
-// resource, else the default user ("" for none).
-func (m *mapper) user(attrs, resource pcommon.Map) string {
-	for _, where := range []pcommon.Map{attrs, resource} {
-		if v, _, ok := first(where, m.userAttrs); ok {
-			if s := v.AsString(); s != "" {
-				return s
+// addCache adds the cache reads and writes to input tokens that evidently
+// exclude them: OTel's input count includes them, but an instrumentation
+// that copies Anthropic's usage as it is reports Anthropic's
+// input_tokens, which do not. Cache tokens over the input can only mean
+// the latter, and refusing the span would lose the usage; a total under
+// the new input + output was counted the same way, and gains them too.
+// Fewer cache tokens than input cannot be told apart, and are taken as
+// OTel's. counts is input, output, cache read, cache write, reasoning,
+// total; counts out of range are left for the collector to refuse.
+func addCache(counts *[6]int64) {
+	in, out, read, write, total := counts[0], counts[1], counts[2], counts[3], counts[5]
+	inRange := func(ns ...int64) bool {
+		for _, n := range ns {
+			if n < 0 || n > collector.MaxTokens {
+				return false
 			}
 		}
+		return true
 	}
-	return m.defaultUser
+	if !inRange(in, out, read, write) || read+write <= in {
+		return
+	}
+	counts[0] = in + read + write
+	if total != 0 && inRange(total) && total < counts[0]+out {
+		counts[5] = total + read + write
+	}
+}
+
+// user is the span's user: the first of userAttrs on the span, else on the
+// resource, else the default user ("" for none). A user is a string or an
+// integer (user.id: 42 is user "42"); a list, a map, bytes or a bool
+// would be stored as its JSON or base64 under a user nobody has, so it is
+// refused, with problem naming the attribute.
+func (m *mapper) user(attrs, resource pcommon.Map) (user, problem string) {
+	for _, where := range []pcommon.Map{attrs, resource} {
+		if v, name, ok := firstSet(where, m.userAttrs); ok {
+			switch v.Type() {
+			case pcommon.ValueTypeStr, pcommon.ValueTypeInt:
+				return v.AsString(), ""
+			}
+			return "", fmt.Sprintf("%s must be a string or an integer, got a %s", name, v.Type())
+		}
+	}
+	return m.defaultUser, ""
 }
 
 // first returns the value of the first of names that attrs holds.
 func first(attrs pcommon.Map, names []string) (pcommon.Value, string, bool) {
 	for _, name := range names {
 		if v, ok := attrs.Get(name); ok {
+			return v, name, true
+		}
+	}
+	return pcommon.Value{}, "", false
+}
+
+// firstSet is first, an empty string counting as absent: instrumentations
+// set gen_ai.response.model or user.id to "" when they have none, and
+// the next name (gen_ai.request.model, enduser.id) then has the value.
+func firstSet(attrs pcommon.Map, names []string) (pcommon.Value, string, bool) {
+	for _, name := range names {
+		if v, ok := attrs.Get(name); ok && !(v.Type() == pcommon.ValueTypeStr && v.Str() == "") {
 			return v, name, true
 		}
 	}

@@ -185,6 +185,10 @@ func TestSpanRecord(t *testing.T) {
 	// The request's model when the answer names none.
 	f(testSpan{attrs: with(current(), "gen_ai.response.model", nil)}, accepted, "alice openai gpt-4o 1000/200")
 
+	// An empty value is no value: the next name is looked up.
+	f(testSpan{attrs: with(current(), "gen_ai.response.model", "")}, accepted, "alice openai gpt-4o 1000/200")
+	f(testSpan{attrs: with(current(), "gen_ai.provider.name", "", "gen_ai.system", "anthropic")}, accepted, "alice anthropic gpt-4o")
+
 	// Counts as doubles without a fraction, and as decimal strings.
 	f(testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", 1000.0, "gen_ai.usage.output_tokens", "200")}, accepted, ok)
 	f(testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", 10.5)}, invalid, "gen_ai.usage.input_tokens must be an integer between 0 and 1000000000000, got 10.5")
@@ -205,6 +209,11 @@ func TestSpanRecord(t *testing.T) {
 	f(testSpan{attrs: with(current(), "user.id", int64(42))}, accepted, "42 openai")
 	f(testSpan{attrs: with(current(), "user.id", nil)}, noUser, " openai gpt-4o")
 	f(testSpan{attrs: with(current(), "user.id", "")}, noUser, "")
+	f(testSpan{attrs: with(current(), "user.id", "", "enduser.id", "bob")}, accepted, "bob openai")
+	// A user is a name or a number: a list or a map is no user's id.
+	f(testSpan{attrs: with(current(), "user.id", []any{"alice"})}, invalid, "user.id must be a string or an integer, got a Slice")
+	f(testSpan{attrs: with(current(), "user.id", map[string]any{"id": "alice"})}, invalid, "user.id must be a string or an integer, got a Map")
+	f(testSpan{attrs: with(current(), "user.id", nil), resource: map[string]any{"enduser.id": true}}, invalid, "enduser.id must be a string or an integer, got a Bool")
 
 	// Errors: error.type, or the span's status.
 	f(testSpan{attrs: with(current(), "error.type", "rate_limit_exceeded")}, accepted, "error rate_limit_exceeded 1.5s")
@@ -259,12 +268,12 @@ func TestExport(t *testing.T) {
 		testSpan{attrs: map[string]any{"http.route": "/", "user.id": "alice"}}, // ignored
 		testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", int64(2_000_000_000_000))},
 		testSpan{attrs: with(current(), "gen_ai.response.model", strings.Repeat("m", 300))},
-		testSpan{attrs: with(current(), "user.id", nil)},                                      // no user
-		testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", int64(-1))},              // negative
-		testSpan{attrs: with(current(), "gen_ai.usage.cache_read.input_tokens", int64(2000))}, // more cache than input
-		testSpan{attrs: current(), id: 1},                                                     // a repeat of the first
-		testSpan{attrs: current(), end: testNow.Add(-40 * 24 * time.Hour)},                    // too old
-		testSpan{attrs: with(current(), "gen_ai.usage.output_tokens", "x")},                   // not a number
+		testSpan{attrs: with(current(), "user.id", nil)},                           // no user
+		testSpan{attrs: with(current(), "gen_ai.usage.input_tokens", int64(-1))},   // negative
+		testSpan{attrs: current(), start: testNow, end: testNow.Add(-time.Minute)}, // ends before it starts
+		testSpan{attrs: current(), id: 1},                                          // a repeat of the first
+		testSpan{attrs: current(), end: testNow.Add(-40 * 24 * time.Hour)},         // too old
+		testSpan{attrs: with(current(), "gen_ai.usage.output_tokens", "x")},        // not a number
 		testSpan{attrs: with(current(), "gen_ai.provider.name", "Some Provider Inc.")},
 		testSpan{attrs: with(current(), "gen_ai.request.model", nil, "gen_ai.response.model", nil)},
 		testSpan{attrs: with(current(), "llm.usage.total_tokens", int64(10))},
@@ -296,7 +305,7 @@ func TestExport(t *testing.T) {
 		"cannot take 11 invalid spans",
 		"span ab000000000000000000000000000004-cd00000000000004: gen_ai.usage.input_tokens must be between 0 and 1000000000000",
 		"the model (gen_ai.response.model, gen_ai.request.model) must be at most 256 bytes",
-		"cached_tokens + cache_write_tokens (2100) must be at most prompt_tokens (1000)",
+		"the span's duration must be between 0 and 86400000 milliseconds, got -60000",
 		"request_id repeats record 0's",
 		"the span's end must not be more than 744h0m0s in the past",
 		`gen_ai.usage.output_tokens must be an integer, got the string "x"`,
@@ -336,5 +345,53 @@ func TestDefaultUser(t *testing.T) {
 	recs := h.sink.records()
 	if len(recs) != 2 || recs[0].UserID != "fallback" || recs[1].UserID != "zed" {
 		t.Fatalf("records %+v", recs)
+	}
+}
+
+// TestInputWithoutCache: an instrumentation that copies Anthropic's usage
+// as it is puts input tokens that exclude the cache in
+// gen_ai.usage.input_tokens. Cache reads and writes over the input can
+// only mean that: they are added to it (and to a total counted the same
+// way) rather than the span refused.
+func TestInputWithoutCache(t *testing.T) {
+	h := newHarness(t, Options{})
+	anthropic := func(kv ...any) map[string]any {
+		return with(map[string]any{"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-3-5-sonnet-20241022", "user.id": "u",
+			"gen_ai.usage.input_tokens": int64(100), "gen_ai.usage.output_tokens": int64(50),
+			"gen_ai.usage.cache_read.input_tokens": int64(300), "gen_ai.usage.cache_creation.input_tokens": int64(200)}, kv...)
+	}
+	td := traces(
+		testSpan{attrs: anthropic()},                                                                                         // 100 uncached, so 600 in all
+		testSpan{attrs: anthropic("llm.usage.total_tokens", int64(150))},                                                     // a total without the cache too
+		testSpan{attrs: anthropic("llm.usage.total_tokens", int64(650))},                                                     // a total with it already
+		testSpan{attrs: anthropic("gen_ai.usage.input_tokens", int64(600))},                                                  // OTel's count, cache included
+		testSpan{attrs: anthropic("gen_ai.usage.input_tokens", int64(500), "llm.usage.total_tokens", nil)},                   // cache == input: OTel's
+		testSpan{attrs: anthropic("gen_ai.usage.cache_read.input_tokens", int64(collector.MaxTokens)+1)},                     // still refused
+		testSpan{attrs: anthropic("gen_ai.usage.input_tokens", int64(-1), "gen_ai.usage.cache_read.input_tokens", int64(0))}, // still refused
+	)
+	resp, err := h.r.Export(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	recs := h.sink.records()
+	for _, r := range recs {
+		got = append(got, tokensOf(r))
+	}
+	want := []string{
+		"600/50 cache 300+200 reasoning 0 total 650",
+		"600/50 cache 300+200 reasoning 0 total 650",
+		"600/50 cache 300+200 reasoning 0 total 650",
+		"600/50 cache 300+200 reasoning 0 total 650",
+		"500/50 cache 300+200 reasoning 0 total 550",
+	}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("records\n%s\nwant\n%s\n(%s)", strings.Join(got, "\n"), strings.Join(want, "\n"), resp.PartialSuccess().ErrorMessage())
+	}
+	if recs[0].Cost != recs[3].Cost || !recs[0].HasCost {
+		t.Fatalf("the same usage priced %v and %v", recs[0].Cost, recs[3].Cost)
+	}
+	if n := resp.PartialSuccess().RejectedSpans(); n != 2 {
+		t.Fatalf("rejected %d, want 2: %s", n, resp.PartialSuccess().ErrorMessage())
 	}
 }

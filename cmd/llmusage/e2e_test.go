@@ -263,6 +263,8 @@ func TestStartupErrors(t *testing.T) {
 	f("cannot use --log-format", "serve", "--log-format", "xml")
 	f("cannot use --metrics-auth without --auth-token-file", "serve", "--metrics-auth")
 	f("cannot use --durability", "serve", "--durability", "maybe", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
+	f("cannot use --otlp-default-user: it must be at most 256 bytes", "serve", "--otlp-default-user", strings.Repeat("u", 257))
+	f(`cannot use --otlp-default-user "a\tb": it must not be blank or hold control characters`, "serve", "--otlp-default-user", "a\tb")
 	f("cannot use --max-body-bytes 67108864", "serve", "--max-body-bytes", "67108864", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
 
 	f("cannot migrate", "serve", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t),
@@ -278,6 +280,9 @@ func TestStartupErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	f("cannot listen on "+busy.Addr().String(), "serve", "--listen-address", busy.Addr().String(), "--metrics-address", sidecartest.FreeAddr(t))
+	// Which of the three addresses is busy: the error names its flag.
+	f("cannot listen on "+busy.Addr().String()+" (--otlp-grpc-address)", "serve", "--listen-address", sidecartest.FreeAddr(t),
+		"--metrics-address", sidecartest.FreeAddr(t), "--otlp-grpc-address", busy.Addr().String())
 }
 
 func TestVersion(t *testing.T) {

@@ -57,7 +57,16 @@ func writeStatus(w http.ResponseWriter, code int, body map[string]any) {
 }
 
 // listen opens host:port, or a unix socket for "unix:/path".
-func listen(addr string) (net.Listener, error) {
+func listen(addr string) (net.Listener, error) { return listenFlag(addr, "") }
+
+// listenFlag is listen for the address of flag, which its error names:
+// the sidecar listens on up to three, and a busy port's error must say
+// which flag to change.
+func listenFlag(addr, flag string) (net.Listener, error) {
+	what := addr
+	if flag != "" {
+		what += " (" + flag + ")"
+	}
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		// A socket left by a previous run that was killed would make
 		// Listen fail; a non-socket file is left alone.
@@ -66,13 +75,13 @@ func listen(addr string) (net.Listener, error) {
 		}
 		ln, err := net.Listen("unix", path)
 		if err != nil {
-			return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
+			return nil, fmt.Errorf("cannot listen on %s: %w", what, err)
 		}
 		return ln, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("cannot listen on %s: %w", what, err)
 	}
 	return ln, nil
 }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
 	"github.com/urfave/cli/v2"
@@ -289,6 +291,13 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 1<<30 {
 		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (1GiB)", n, 1<<30)
 	}
+	// A default user the record rules refuse would refuse, span by span,
+	// every span it was meant to take: it is refused here, once.
+	if u := cfg.OTLP.DefaultUser; len(u) > collector.MaxIDLength {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-default-user: it must be at most %d bytes, got %d", collector.MaxIDLength, len(u))
+	} else if u != "" && (strings.TrimSpace(u) == "" || !utf8.ValidString(u) || strings.IndexFunc(u, unicode.IsControl) >= 0) {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-default-user %q: it must not be blank or hold control characters", u)
+	}
 	cfg.OTLPGRPCAddress = c.String("otlp-grpc-address")
 	switch c.String("budget-unpriced") {
 	case "allow":
@@ -348,19 +357,19 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	// Ports first: a busy port is the commonest start-up error, and must
 	// not wait for (or touch) the database.
-	apiLn, err := listen(cfg.ListenAddress)
+	apiLn, err := listenFlag(cfg.ListenAddress, "--listen-address")
 	if err != nil {
 		return err
 	}
 	defer apiLn.Close()
-	metricsLn, err := listen(cfg.MetricsAddress)
+	metricsLn, err := listenFlag(cfg.MetricsAddress, "--metrics-address")
 	if err != nil {
 		return err
 	}
 	defer metricsLn.Close()
 	var grpcLn net.Listener
 	if cfg.OTLPGRPCAddress != "" {
-		if grpcLn, err = listen(cfg.OTLPGRPCAddress); err != nil {
+		if grpcLn, err = listenFlag(cfg.OTLPGRPCAddress, "--otlp-grpc-address"); err != nil {
 			return err
 		}
 		defer grpcLn.Close()
