@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -42,12 +43,18 @@ type grpcTraces struct {
 // Export answers as the OTLP/gRPC specification says: OK with a partial
 // success, or UNAVAILABLE with a RetryInfo while the spool is full.
 func (g *grpcTraces) Export(_ context.Context, req ptraceotlp.ExportRequest) (ptraceotlp.ExportResponse, error) {
-	resp, err := g.r.Export(req.Traces())
+	size := int64(sizer.TracesSize(req.Traces()))
+	var resp ptraceotlp.ExportResponse
+	err := errBusy
+	if g.r.inflight.TryAcquire(size) {
+		resp, err = g.r.Export(req.Traces())
+		g.r.inflight.Release(size)
+	}
 	if err == nil {
 		return resp, nil
 	}
-	if errors.Is(err, ErrUnavailable) {
-		st, derr := status.New(codes.Unavailable, err.Error()+"; nothing was taken, retry later").
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, errBusy) {
+		st, derr := status.New(codes.Unavailable, err.Error()).
 			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
 		if derr != nil {
 			return resp, status.Error(codes.Unavailable, err.Error())
@@ -56,6 +63,10 @@ func (g *grpcTraces) Export(_ context.Context, req ptraceotlp.ExportRequest) (pt
 	}
 	return resp, status.Error(codes.Internal, err.Error())
 }
+
+// sizer measures a gRPC request as its protobuf encoding, as an HTTP
+// body is measured.
+var sizer ptrace.ProtoMarshaler
 
 // requireToken refuses calls without the sidecar's token.
 func (r *Receiver) requireToken(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -50,6 +50,12 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 		writeStatus(w, enc, status, codes.InvalidArgument, err.Error())
 		return
 	}
+	if !r.inflight.TryAcquire(int64(len(body))) {
+		w.Header().Set("Retry-After", "1")
+		writeStatus(w, enc, http.StatusServiceUnavailable, codes.Unavailable, errBusy.Error())
+		return
+	}
+	defer r.inflight.Release(int64(len(body)))
 	er, err := decode(body, enc)
 	if err != nil {
 		writeStatus(w, enc, http.StatusBadRequest, codes.InvalidArgument, err.Error())
@@ -59,7 +65,7 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			w.Header().Set("Retry-After", "1")
-			writeStatus(w, enc, http.StatusServiceUnavailable, codes.Unavailable, err.Error()+"; nothing was taken, retry later")
+			writeStatus(w, enc, http.StatusServiceUnavailable, codes.Unavailable, err.Error())
 			return
 		}
 		writeStatus(w, enc, http.StatusInternalServerError, codes.Internal, err.Error())

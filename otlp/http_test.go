@@ -302,3 +302,42 @@ func TestGRPC(t *testing.T) {
 		t.Fatalf("a message over the bound: %v", err)
 	}
 }
+
+// TestInFlightBudget: while other exports fill the memory set aside for
+// decoding, one more is answered 503 with Retry-After (UNAVAILABLE with a
+// RetryInfo over gRPC), and is taken once they are done.
+func TestInFlightBudget(t *testing.T) {
+	h := newHarness(t, Options{MaxBodyBytes: 64 << 10})
+	body := protoBody(t, traces(testSpan{attrs: current()}))
+	budget := InFlightRequests * int64(64<<10)
+	if !h.r.inflight.TryAcquire(budget - int64(len(body)) + 1) {
+		t.Fatal("cannot take the budget")
+	}
+	rec := h.post(http.MethodPost, "application/x-protobuf", "", body)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "1" || !strings.Contains(rpcStatus(t, rec).Message, "retry later") {
+		t.Fatalf("over the budget: %d %q %q", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := h.r.GRPCServer()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	req := ptraceotlp.NewExportRequestFromTraces(traces(testSpan{attrs: current()}))
+	if _, err := ptraceotlp.NewGRPCClient(conn).Export(context.Background(), req); status.Code(err) != codes.Unavailable || len(status.Convert(err).Details()) != 1 {
+		t.Fatalf("gRPC over the budget: %v", err)
+	}
+	if len(h.sink.records()) != 0 {
+		t.Fatal("an export over the budget was taken")
+	}
+	h.r.inflight.Release(budget - int64(len(body)) + 1)
+	if rec := h.post(http.MethodPost, "application/x-protobuf", "", body); rec.Code != http.StatusOK || len(h.sink.records()) != 1 {
+		t.Fatalf("once free: %d, %d records", rec.Code, len(h.sink.records()))
+	}
+}

@@ -11,6 +11,7 @@ package otlp
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/sync/semaphore"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -28,6 +29,14 @@ import (
 // Batches are larger than /v1/calls': 512 spans by default in the SDKs,
 // often with prompts in their attributes.
 const DefaultMaxBodyBytes = 16 << 20
+
+// InFlightRequests is how many requests of the largest size are decoded
+// at once; more bytes than that wait for a retry (503, UNAVAILABLE).
+const InFlightRequests = 4
+
+// errBusy is why an export was not taken at once: InFlightRequests
+// requests' worth of bytes are being decoded.
+var errBusy = errors.New("cannot take this export now: other OTLP exports fill the memory set aside for them (4 x --otlp-max-body-bytes); nothing was taken, retry later")
 
 // Observer counts spans by outcome, for metrics.
 type Observer interface {
@@ -67,6 +76,11 @@ type Receiver struct {
 	mapper mapper
 	// maxBodyBytes bounds a request.
 	maxBodyBytes int64
+	// inflight bounds the bytes of the requests decoded at once (their
+	// decoded size: the spans in memory take some ten times that), so
+	// that many large exports at once answer 503 rather than exhaust the
+	// pod's memory.
+	inflight *semaphore.Weighted
 	// token guards gRPC; empty for none.
 	token string
 	// observer counts spans.
@@ -91,6 +105,7 @@ func New(opts Options) *Receiver {
 	if r.maxBodyBytes <= 0 {
 		r.maxBodyBytes = DefaultMaxBodyBytes
 	}
+	r.inflight = semaphore.NewWeighted(InFlightRequests * r.maxBodyBytes)
 	if r.observer == nil {
 		r.observer = nopObserver{}
 	}

@@ -288,8 +288,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		return serveConfig{}, errors.New("cannot use an empty --otlp-user-attribute: name at least one attribute, such as user.id")
 	}
 	cfg.OTLP = otlp.Options{UserAttributes: userAttrs, DefaultUser: c.String("otlp-default-user"), MaxBodyBytes: bytesOf(c, "otlp-max-body-bytes"), Logger: cfg.Logger}
-	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 1<<30 {
-		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (1GiB)", n, 1<<30)
+	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 64<<20 {
+		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (64MiB)", n, 64<<20)
 	}
 	// A default user the record rules refuse would refuse, span by span,
 	// every span it was meant to take: it is refused here, once.
