@@ -2,6 +2,7 @@ package collector
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
@@ -53,13 +54,7 @@ func (c *Collector) Accept(recs []record.Record) error {
 	now := c.clock.Now().UTC()
 	for i := range recs {
 		r := &recs[i]
-		r.Provider = c.normaliseProvider(r.Provider, r.Model)
-		if r.Timestamp.IsZero() {
-			r.Timestamp = now
-		}
-		if r.Status == "" {
-			r.Status = record.StatusSuccess
-		}
+		c.fillDefaults(r, now)
 		if r.RequestID == "" {
 			r.RequestID = newRequestID(now)
 		}
@@ -86,13 +81,7 @@ func (c *Collector) Submit(recs []record.Record) (n int, details []Detail, err e
 	bad := map[int]bool{}
 	for i := range recs {
 		r := &recs[i]
-		r.Provider = c.normaliseProvider(r.Provider, r.Model)
-		if r.Timestamp.IsZero() {
-			r.Timestamp = now
-		}
-		if r.Status == "" {
-			r.Status = record.StatusSuccess
-		}
+		c.fillDefaults(r, now)
 		if r.TotalTokens == 0 {
 			r.TotalTokens = r.PromptTokens + r.CompletionTokens
 		}
@@ -129,6 +118,19 @@ func (c *Collector) Submit(recs []record.Record) (n int, details []Detail, err e
 		return 0, details, err
 	}
 	return len(valid), details, nil
+}
+
+// fillDefaults completes a record made in code as intake completes a
+// posted one: its provider normalised (or inferred), now for a missing
+// timestamp, success for a missing status.
+func (c *Collector) fillDefaults(r *record.Record, now time.Time) {
+	r.Provider = c.normaliseProvider(r.Provider, r.Model)
+	if r.Timestamp.IsZero() {
+		r.Timestamp = now
+	}
+	if r.Status == "" {
+		r.Status = record.StatusSuccess
+	}
 }
 
 // normaliseProvider is a record's provider as intake resolves it.

@@ -475,35 +475,7 @@ func (s *postgresStore) detectRetrying(ctx context.Context) (bool, error) {
 // poll reads the rule and price rows every pollInterval and calls
 // changed when they differ from the last read: three small queries.
 func (s *postgresStore) poll(ctx context.Context, changed func()) error {
-	last := ""
-	t := time.NewTicker(s.pollInterval)
-	defer t.Stop()
-	for {
-		if sum, err := s.rulesFingerprint(ctx); err == nil {
-			if last != "" && sum != last {
-				changed()
-			}
-			last = sum
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// rulesFingerprint digests the rows WatchRules watches.
-func (s *postgresStore) rulesFingerprint(ctx context.Context) (string, error) {
-	ruleRows, err := s.RuleRows(ctx)
-	if err != nil {
-		return "", err
-	}
-	prices, err := s.PriceRows(ctx)
-	if err != nil {
-		return "", err
-	}
-	return rulesFingerprint(ruleRows, prices)
+	return pollRules(ctx, s.pollInterval, s, changed)
 }
 
 // listen LISTENs until the connection fails or ctx ends.

@@ -235,39 +235,11 @@ func sqliteSpent(q usage.SpendQuery) (string, []any) {
 // WatchRules polls the rule tables and llm_model_prices and calls changed
 // when their content differs from the last poll.
 func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
-	last := ""
-	t := time.NewTicker(sqlitePollInterval)
-	defer t.Stop()
-	for {
-		if sum, err := s.rulesFingerprint(ctx); err == nil {
-			if last != "" && sum != last {
-				changed()
-			}
-			last = sum
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// rulesFingerprint digests the rows WatchRules watches.
-func (s *sqliteStore) rulesFingerprint(ctx context.Context) (string, error) {
-	ruleRows, err := s.RuleRows(ctx)
-	if err != nil {
-		return "", err
-	}
-	prices, err := s.PriceRows(ctx)
-	if err != nil {
-		return "", err
-	}
-	return rulesFingerprint(ruleRows, prices)
+	return pollRules(ctx, sqlitePollInterval, s, changed)
 }
 
 // Usage adds up whole days from llmusage_daily_totals (the summary's
-// table, kept by a trigger) and the rest from the raw rows, as on
+// table, kept by Insert) and the rest from the raw rows, as on
 // Postgres.
 func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown, error) {
 	span := wholeDays(q.Since, time.Now())

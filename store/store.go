@@ -231,6 +231,46 @@ func trimDecimal(s *string) *string {
 	return &t
 }
 
+// pollRules reads src's rule and price rows every interval until ctx
+// ends and calls changed when they differ from the last read.
+func pollRules(ctx context.Context, interval time.Duration, src interface {
+	rules.Source
+	rules.PriceSource
+}, changed func()) error {
+	last := ""
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if sum, err := readFingerprint(ctx, src); err == nil {
+			if last != "" && sum != last {
+				changed()
+			}
+			last = sum
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// readFingerprint digests the rows WatchRules watches.
+func readFingerprint(ctx context.Context, src interface {
+	rules.Source
+	rules.PriceSource
+}) (string, error) {
+	ruleRows, err := src.RuleRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	prices, err := src.PriceRows(ctx)
+	if err != nil {
+		return "", err
+	}
+	return rulesFingerprint(ruleRows, prices)
+}
+
 // rulesFingerprint digests the rule and price rows, for stores that poll
 // for changes. JSON, unlike fmt, writes what the pointer fields point to
 // (limit_usd, the optional prices) rather than their addresses.
