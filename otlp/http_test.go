@@ -239,16 +239,15 @@ func FuzzHTTP(f *testing.F) {
 	})
 }
 
-// TestGRPC: the trace service over a real gRPC connection, gzip
-// included; a full spool is UNAVAILABLE with a RetryInfo; the token is
-// required when set.
-func TestGRPC(t *testing.T) {
-	h := newHarness(t, Options{Token: "s3cret"})
+// grpcClient serves r's trace service on a loopback port and returns a
+// client of it; both stop when t ends.
+func grpcClient(t *testing.T, r *Receiver) ptraceotlp.GRPCClient {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := h.r.GRPCServer()
+	srv := r.GRPCServer()
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -256,7 +255,15 @@ func TestGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	client := ptraceotlp.NewGRPCClient(conn)
+	return ptraceotlp.NewGRPCClient(conn)
+}
+
+// TestGRPC: the trace service over a real gRPC connection, gzip
+// included; a full spool is UNAVAILABLE with a RetryInfo; the token is
+// required when set.
+func TestGRPC(t *testing.T) {
+	h := newHarness(t, Options{Token: "s3cret"})
+	client := grpcClient(t, h.r)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer s3cret")
@@ -291,14 +298,9 @@ func TestGRPC(t *testing.T) {
 
 	// Past the bound: RESOURCE_EXHAUSTED from gRPC itself.
 	small := newHarness(t, Options{MaxBodyBytes: 1024})
-	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
-	srv2 := small.r.GRPCServer()
-	go func() { _ = srv2.Serve(ln2) }()
-	t.Cleanup(srv2.Stop)
-	conn2, _ := grpc.NewClient(ln2.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	t.Cleanup(func() { _ = conn2.Close() })
+	client2 := grpcClient(t, small.r)
 	big := ptraceotlp.NewExportRequestFromTraces(traces(testSpan{attrs: with(current(), "x", strings.Repeat("y", 4096))}))
-	if _, err := ptraceotlp.NewGRPCClient(conn2).Export(ctx, big); status.Code(err) != codes.ResourceExhausted {
+	if _, err := client2.Export(ctx, big); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("a message over the bound: %v", err)
 	}
 }
@@ -317,20 +319,8 @@ func TestInFlightBudget(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "1" || !strings.Contains(rpcStatus(t, rec).Message, "retry later") {
 		t.Fatalf("over the budget: %d %q %q", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := h.r.GRPCServer()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
 	req := ptraceotlp.NewExportRequestFromTraces(traces(testSpan{attrs: current()}))
-	if _, err := ptraceotlp.NewGRPCClient(conn).Export(context.Background(), req); status.Code(err) != codes.Unavailable || len(status.Convert(err).Details()) != 1 {
+	if _, err := grpcClient(t, h.r).Export(context.Background(), req); status.Code(err) != codes.Unavailable || len(status.Convert(err).Details()) != 1 {
 		t.Fatalf("gRPC over the budget: %v", err)
 	}
 	if len(h.sink.records()) != 0 {
