@@ -3,7 +3,8 @@
 # promtool and prometheus (package prometheus) to lint /metrics and answer
 # the dashboards' queries, redis-server and redis-cli (package
 # redis-server) for the quota backend, pgbouncer for the tests through a
-# transaction pooler. Idempotent.
+# transaction pooler, python3 with pip (python3-pip) for the Python
+# client's tests, which install it as a new user would. Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -14,6 +15,8 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing Debian packages ${missing[*]}" >&2
 	as_root apt-get update -qq
