@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"math/rand/v2"
 	"net/url"
 	"strconv"
 	"strings"
@@ -445,7 +446,7 @@ func (s *postgresStore) WatchRules(ctx context.Context, changed func()) error {
 		_ = err // the caller learns of outages through Ping
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(jittered(backoff)):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 		// Notifications sent while disconnected are lost.
@@ -466,10 +467,17 @@ func (s *postgresStore) detectRetrying(ctx context.Context) (bool, error) {
 		select {
 		case <-ctx.Done():
 			return false, ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(jittered(backoff)):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// jittered is a reconnection's wait: between half of backoff and all of
+// it, at random, so that the sidecars of a fleet, which lost Postgres at
+// the same instant, do not come back at the same instant too.
+func jittered(backoff time.Duration) time.Duration {
+	return RetryWait(backoff, 0, rand.Float64())
 }
 
 // poll reads the rule and price rows every pollInterval and calls

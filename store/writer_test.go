@@ -382,3 +382,19 @@ func TestWriterBacksOffWithJitter(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestJitteredReconnect: a reconnection waits between half its backoff
+// and all of it, and not the same for every sidecar.
+func TestJitteredReconnect(t *testing.T) {
+	seen := map[time.Duration]bool{}
+	for range 1000 {
+		d := jittered(time.Second)
+		if d < 500*time.Millisecond || d > time.Second {
+			t.Fatalf("jittered(1s) = %s, want 0.5s to 1s", d)
+		}
+		seen[d] = true
+	}
+	if len(seen) < 100 {
+		t.Fatalf("%d distinct waits of 1,000: no jitter", len(seen))
+	}
+}
