@@ -8,7 +8,8 @@ import "github.com/llmusage/llmusage/usage"
 // record's cost in nano-dollars, NULL when unpriced.
 func logColumns(text, cost string) string {
 	return `id` + text + `, coalesce(request_id, ''), user_id` + text + `, provider, model, tokens_used, prompt_tokens, completion_tokens,
-		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at, ` + cost
+		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at, ` + cost + `,
+		cache_write_tokens`
 }
 
 // logFilters returns the conditions of q's user, model and provider
@@ -35,7 +36,8 @@ func scanLogPage[ID, At, Meta any](rows rowScanner, limit int, convert func(e *u
 		var at At
 		var metadata Meta
 		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
-			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &at, &e.CostUSD); err != nil {
+			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &at, &e.CostUSD,
+			&e.CacheWriteTokens); err != nil {
 			return usage.LogPage{}, err
 		}
 		convert(&e, id, at, metadata)

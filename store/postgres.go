@@ -72,6 +72,7 @@ type postgresStore struct {
 var incomingColumns = []string{
 	"request_id", "user_id", "provider", "model", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at", "cost_usd",
+	"cache_write_tokens",
 }
 
 // createIncoming makes the temporary table of one transaction: dropped at
@@ -81,7 +82,8 @@ var incomingColumns = []string{
 const createIncoming = `CREATE TEMPORARY TABLE llmusage_incoming (
 	request_id text, user_id text, provider text, model text, tokens_used bigint, prompt_tokens bigint,
 	completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint, latency_ms double precision,
-	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9)) ON COMMIT DROP`
+	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9),
+	cache_write_tokens bigint) ON COMMIT DROP`
 
 // Defaults of Options' Postgres settings.
 const (
@@ -298,7 +300,8 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 			metadata = r.Metadata
 		}
 		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
-			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp, costNumeric(r)}, nil
+			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp, costNumeric(r),
+			r.CacheWriteTokens}, nil
 	})
 }
 

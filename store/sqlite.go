@@ -51,8 +51,9 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 }
 
 const sqliteInsert = `INSERT OR IGNORE INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens,
-	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at, cost_nano_usd)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at, cost_nano_usd,
+	cache_write_tokens)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
 	if len(recs) == 0 {
@@ -83,7 +84,8 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 			metadata = string(r.Metadata)
 		}
 		res, err := stmt.ExecContext(ctx, r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens,
-			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro(), cost)
+			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro(), cost,
+			r.CacheWriteTokens)
 		if err != nil {
 			return 0, s.fail("insert a record", err)
 		}
@@ -110,7 +112,9 @@ type dayTotals map[dayKey]*dayTotal
 type dayKey struct{ day, user, provider, model string }
 
 type dayTotal struct {
-	calls, errors, tokens, prompt, completion, cached, reasoning, unpriced int64
+	// The group's calls, errors and unpriced calls, and its token sums
+	// (tokens is tokens_used, cacheWrite cache_write_tokens).
+	calls, errors, tokens, prompt, completion, cached, reasoning, unpriced, cacheWrite int64
 	// cost sums the priced calls; priced tells whether there was one.
 	cost   int64
 	priced bool
@@ -132,6 +136,7 @@ func (d dayTotals) add(r *record.Record) {
 	t.completion += r.CompletionTokens
 	t.cached += r.CachedTokens
 	t.reasoning += r.ReasoningTokens
+	t.cacheWrite += r.CacheWriteTokens
 	if r.HasCost {
 		t.cost += int64(r.Cost)
 		t.priced = true
@@ -140,14 +145,17 @@ func (d dayTotals) add(r *record.Record) {
 	}
 }
 
-const sqliteDayUpsert = `INSERT INTO llmusage_daily_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+// sqliteDayUpsert gives llmusage_daily_totals' columns in their order,
+// cache_write_tokens (added by migration 00006) last.
+const sqliteDayUpsert = `INSERT INTO llmusage_daily_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
 		calls = calls + excluded.calls, errors = errors + excluded.errors, tokens_used = tokens_used + excluded.tokens_used,
 		prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens,
 		cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
 		cost_nano_usd = CASE WHEN cost_nano_usd IS NULL AND excluded.cost_nano_usd IS NULL THEN NULL
 		                     ELSE coalesce(cost_nano_usd, 0) + coalesce(excluded.cost_nano_usd, 0) END,
-		unpriced_calls = unpriced_calls + excluded.unpriced_calls`
+		unpriced_calls = unpriced_calls + excluded.unpriced_calls,
+		cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens`
 
 func (d dayTotals) upsert(ctx context.Context, tx *sql.Tx) error {
 	if len(d) == 0 {
@@ -164,7 +172,7 @@ func (d dayTotals) upsert(ctx context.Context, tx *sql.Tx) error {
 			cost = t.cost
 		}
 		if _, err := stmt.ExecContext(ctx, k.day, k.user, k.provider, k.model, t.calls, t.errors, t.tokens, t.prompt,
-			t.completion, t.cached, t.reasoning, cost, t.unpriced); err != nil {
+			t.completion, t.cached, t.reasoning, cost, t.unpriced, t.cacheWrite); err != nil {
 			return err
 		}
 	}

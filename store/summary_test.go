@@ -354,8 +354,8 @@ func TestRetentionKeepsToday(t *testing.T) {
 func TestSummaryMigrationConcurrent(t *testing.T) {
 	url := pgtest.URL(t)
 	ctx := context.Background()
-	openMigrated(t, Options{DatabaseURL: url})
-	// Back to version 5: a database of the previous release.
+	// Version 6, then back to version 5: a database of the release before 00006.
+	migrateUpTo(t, url, 6)
 	execAll(t, url, `DROP TRIGGER llm_usage_logs_summary ON llm_usage_logs; DROP FUNCTION llmusage_summary_collect();
 		DROP TABLE llm_usage_summary_pending; DROP FUNCTION refresh_llm_usage_summary(); DROP TABLE llm_usage_daily_summary;
 		CREATE MATERIALIZED VIEW llm_usage_daily_summary AS SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, provider, model,

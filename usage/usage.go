@@ -119,6 +119,10 @@ type LogEntry struct {
 	CompletionTokens int64 `json:"completion_tokens"`
 	CachedTokens     int64 `json:"cached_tokens"`
 	ReasoningTokens  int64 `json:"reasoning_tokens"`
+	// CacheWriteTokens is the part of PromptTokens written to a prompt
+	// cache (Anthropic's cache_creation_input_tokens); 0 for a row stored
+	// before the database kept it.
+	CacheWriteTokens int64 `json:"cache_write_tokens"`
 	// CostUSD is what the call cost, nil when unknown (an unpriced model,
 	// a row from before costs were recorded).
 	CostUSD *usd.Amount `json:"cost_usd"`

@@ -161,7 +161,7 @@ func TestProxyOpenAI(t *testing.T) {
 
 // TestProxyAnthropic: the Messages API through the proxy: JSON and
 // stream, counts as Anthropic reports them (input excludes the cache),
-// the cumulative output of a stream taken once.
+// the cumulative output of a stream taken once, cache writes stored.
 func TestProxyAnthropic(t *testing.T) {
 	up := upstreamtest.Start(t)
 	s := sidecartest.Start(t, sidecartest.Options{Limits: "limits: []\n",
@@ -180,6 +180,10 @@ func TestProxyAnthropic(t *testing.T) {
 	for _, r := range logsOf(t, s, "ann", 2) {
 		if tokens(r) != want || r["provider"] != "anthropic" {
 			t.Fatalf("record %v, want %s", r, want)
+		}
+		// cache_creation_input_tokens, stored and read back.
+		if r["cache_write_tokens"] != float64(u.CacheWrite) {
+			t.Fatalf("record %v, want cache_write_tokens %d", r, u.CacheWrite)
 		}
 	}
 	if up.Requests()[0].Header.Get("X-Api-Key") != "sk-ant-test-secret-key" {
