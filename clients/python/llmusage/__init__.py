@@ -178,7 +178,8 @@ class LLMUsageTracker:
         self._transport: Optional[_Transport] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._outbox = _Outbox(self._post_batch, buffer_size, on_lost)
-        self._closed = False
+        self._closed = False  # refuses new requests; the buffer still drains
+        self._shut = False  # the buffer too is done: no connection may be opened
         _trackers.add(self)
 
     # -- the seed's API -----------------------------------------------------
@@ -302,6 +303,7 @@ class LLMUsageTracker:
             self._closed = True
         self._outbox.close(self._exit_timeout if timeout is None else timeout)
         with self._lock:
+            self._shut = True
             executor, self._executor = self._executor, None
             transport, self._transport = self._transport, None
         if executor is not None:
@@ -366,9 +368,11 @@ class LLMUsageTracker:
                 self._executor = concurrent.futures.ThreadPoolExecutor(self._pool_size, thread_name_prefix="llmusage")
             return self._executor
 
-    def _http(self) -> _Transport:
+    def _http(self, draining: bool = False) -> _Transport:
+        """The transport; draining (the retry buffer's) works while close()
+        flushes, after new requests are refused."""
         with self._lock:
-            if self._closed:
+            if self._shut or (self._closed and not draining):
                 raise LLMUsageError("cannot use a closed LLMUsageTracker")
             if self._transport is None:
                 url = self._url or os.environ.get("LLMUSAGE_URL") or DEFAULT_URL
@@ -398,7 +402,7 @@ class LLMUsageTracker:
     def _post_batch(self, items: List[_Pending]) -> Tuple[int, Dict[str, Any]]:
         """Posts buffered records as one JSON array (for the retry buffer)."""
         body = b"[" + b",".join(i.body for i in items) + b"]"
-        status, _, answer = self._http().request("POST", "/v1/calls", body)
+        status, _, answer = self._http(draining=True).request("POST", "/v1/calls", body)
         return status, answer
 
     def _get(self, path: str, query: Mapping[str, Any], what: str) -> Dict[str, Any]:
@@ -424,6 +428,17 @@ class LLMUsageTracker:
             raise RateLimited("cannot call %s for user %s now: over a limit; retry in %ss"
                               % (body["model"], body["user_id"], retry_after), float(retry_after), answer)
         raise _error(status, headers, answer, "cannot check the quota")
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (gunicorn --preload, multiprocessing): the
+        parent's threads are gone and its kept-alive sockets are the
+        parent's, so start afresh; buffered records stay the parent's."""
+        self._lock = threading.Lock()
+        self._executor = None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.forget()
+        self._outbox.after_fork_in_child()
 
     def _close_at_exit(self) -> None:
         try:
@@ -749,6 +764,14 @@ class _Outbox:
         if left:
             self._lose(left, "still buffered when the tracker closed (the sidecar did not take them in time)")
 
+    def after_fork_in_child(self) -> None:
+        # The parent's retry thread (and whoever held the lock) is gone;
+        # the parent delivers its buffered records itself.
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._thread = None
+        self._items = collections.deque()
+
     def _run(self) -> None:
         delay = self.first_delay
         while True:
@@ -771,6 +794,9 @@ class _Outbox:
             status, answer = self._post(items)
         except _Unreachable as err:
             logger.debug("llmusage retry: %s", err)
+            return False
+        except Exception as err:  # e.g. LLMUSAGE_TOKEN_FILE unreadable: keep the records, try again later
+            logger.error("cannot deliver %d buffered LLM call record(s): %s; retrying", len(items), err)
             return False
         if status == 202:
             self._done(items)
@@ -915,6 +941,15 @@ class _Transport:
         for c in idle:
             c.close()
 
+    def forget(self) -> None:
+        """Closes this process's descriptors of the idle connections without
+        touching the lock (a forked child's copy may be held forever); the
+        parent's connections stay open."""
+        idle, self._idle = self._idle, []
+        for c in idle:
+            if c.sock is not None:
+                c.sock.close()  # close(2) on the child's descriptor only: no shutdown, no TLS close_notify
+
     def _get(self) -> Tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             if self._idle:
@@ -960,6 +995,15 @@ def _close_all() -> None:
     # Records still buffered get exit_timeout to go out, then are reported.
     for tracker in list(_trackers):
         tracker._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    for tracker in list(_trackers):
+        tracker._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: The module-level tracker the seed's code imports, configured from the
