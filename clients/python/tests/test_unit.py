@@ -11,6 +11,9 @@ import http.server
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import unittest
@@ -199,6 +202,37 @@ class DrainTest(unittest.IsolatedAsyncioTestCase):
             rid = await self.tracker.log_llm_call("drain-user", "gpt-4o", prompt_tokens=1)
             self.assertTrue(await self.tracker.aflush(timeout=10), "the buffer was not drained")
         self.assertEqual((self.tracker.lost, self.delivered()), (0, [rid]))
+
+
+class ExitTest(unittest.TestCase):
+    def test_records_buffered_at_exit_are_delivered(self) -> None:
+        # A script logs a record the sidecar cannot take until the exit
+        # begins, and ends: the exit must deliver it, not report it lost.
+        server = FakeSidecar()
+        script = textwrap.dedent("""\
+            import asyncio, llmusage
+            tracker = llmusage.llm_usage_tracker
+            transport = tracker._http()
+            real = transport.request
+
+            def request(method, path, body):
+                if path == "/v1/calls" and not tracker._closed:
+                    raise llmusage._Unreachable("down")
+                return real(method, path, body)
+
+            transport.request = request
+            print(asyncio.run(tracker.log_llm_call("exit-user", "gpt-4o", prompt_tokens=1)))
+            """)
+        try:
+            run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                                 env=dict(os.environ, LLMUSAGE_URL=server.url,
+                                          PYTHONPATH=os.path.dirname(os.path.dirname(llmusage.__file__))))
+        finally:
+            server.shutdown()
+            server.server_close()
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertNotIn("lost", run.stderr)
+        self.assertEqual([r["request_id"] for b in server.bodies for r in b], [run.stdout.strip()])
 
 
 class ForkTest(unittest.TestCase):
