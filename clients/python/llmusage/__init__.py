@@ -156,6 +156,16 @@ class LLMUsageTracker:
     retry, or they were still buffered at :meth:`close` or at exit.
     ``exit_timeout`` is how long the interpreter's exit waits for the
     buffer to drain.
+
+    ``fail_open`` (default ``True``): when the sidecar cannot be reached at
+    all (refused, reset, timed out), :meth:`call` runs the block unchecked
+    and :meth:`check_rate_limit` answers ``can_call: True`` with no limit,
+    each with a warning (at most one a minute), so that an outage of the
+    sidecar never takes the application out of service; the records go to
+    the retry buffer. A sidecar that answers ``503`` (e.g.
+    ``--redis-fail-mode=closed``) has decided: that raises
+    :class:`SidecarUnavailable` either way. ``fail_open=False`` raises it
+    for an unreachable sidecar too.
     """
 
     def __init__(
@@ -168,12 +178,15 @@ class LLMUsageTracker:
         buffer_size: int = 10000,
         on_lost: Optional[LostCallback] = None,
         exit_timeout: float = 5.0,
+        fail_open: bool = True,
     ) -> None:
         self._url = url
         self._token = token
         self._timeout = timeout
         self._pool_size = max(1, pool_size)
         self._exit_timeout = exit_timeout
+        self._fail_open = fail_open
+        self._warned_at: Optional[float] = None
         self._lock = threading.Lock()
         self._transport: Optional[_Transport] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -229,7 +242,9 @@ class LLMUsageTracker:
         "remaining", "reset_at"}``, consuming nothing. ``limit``, ``used``,
         ``remaining`` and ``reset_at`` are ``None`` when no rule limits the
         user. Raises :class:`InvalidRequest` for an unknown limit type and
-        :class:`SidecarUnavailable` when the sidecar cannot answer."""
+        :class:`SidecarUnavailable` when the sidecar answers ``503`` (or is
+        unreachable, with ``fail_open=False``; with the default, an
+        unreachable sidecar answers ``can_call: True`` and no limit)."""
         return await self._in_thread(self.check_rate_limit_sync, user_id, limit_type)
 
     async def get_rate_limits(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
@@ -266,7 +281,8 @@ class LLMUsageTracker:
 
         ``with`` works the same in synchronous code. Entering checks
         (``POST /v1/check``) and raises :class:`RateLimited` when the user
-        is over a limit; leaving records the call with the check's
+        is over a limit (an unreachable sidecar lets the block run
+        unchecked, with a warning, unless ``fail_open=False``); leaving records the call with the check's
         ``request_id`` (so it is not charged twice), its latency and, if
         the block raised, ``status="error"`` and the exception's class as
         ``error_type``. ``estimate`` is the call's expected tokens, or
@@ -335,7 +351,15 @@ class LLMUsageTracker:
     def check_rate_limit_sync(self, user_id: Any, limit_type: str = "minute") -> Dict[str, Any]:
         """:meth:`check_rate_limit` for synchronous code."""
         path = "/api/llm/usage/rate-limit/" + urllib.parse.quote(str(limit_type), safe="")
-        return self._get(path, {"user_id": user_id}, "cannot check the %s rate limit" % limit_type)
+        what = "cannot check the %s rate limit" % limit_type
+        try:
+            return self._get(path, {"user_id": user_id}, what)
+        except SidecarUnavailable as err:
+            if err.status is not None or not self._fail_open:
+                raise
+            self._warn_unreachable(err)
+            return {"can_call": True, "limit_type": limit_type, "limit": None, "used": None, "remaining": None,
+                    "reset_at": None}
 
     def get_rate_limits_sync(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
         """:meth:`get_rate_limits` for synchronous code."""
@@ -415,12 +439,17 @@ class LLMUsageTracker:
             raise _error(status, headers, answer, what)
         return answer
 
-    def _check(self, body: Dict[str, Any]) -> Dict[str, Any]:
-        """POST /v1/check; raises RateLimited on 429."""
+    def _check(self, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """POST /v1/check; raises RateLimited on 429; None when the sidecar
+        is unreachable and the tracker fails open."""
         try:
             status, headers, answer = self._http().request("POST", "/v1/check", _encode(body))
         except _Unreachable as err:
-            raise SidecarUnavailable("cannot check the quota: %s" % err) from err
+            unavailable = SidecarUnavailable("cannot check the quota: %s" % err)
+            if not self._fail_open:
+                raise unavailable from err
+            self._warn_unreachable(unavailable)
+            return None
         if status == 200:
             return answer
         if status == 429:
@@ -428,6 +457,13 @@ class LLMUsageTracker:
             raise RateLimited("cannot call %s for user %s now: over a limit; retry in %ss"
                               % (body["model"], body["user_id"], retry_after), float(retry_after), answer)
         raise _error(status, headers, answer, "cannot check the quota")
+
+    def _warn_unreachable(self, err: Exception) -> None:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= 60:
+            self._warned_at = now
+            logger.warning("%s; the sidecar is unreachable: calls go on unchecked (fail_open; warned at most "
+                           "once a minute)", err)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child (gunicorn --preload, multiprocessing): the
@@ -452,7 +488,9 @@ class Call:
     provider's usage with :meth:`usage`; leaving the block records it.
 
     ``request_id`` is the check's (and the record's), ``check`` the check's
-    answer (with ``limits``), ``latency_ms`` is set once the block ends.
+    answer (with ``limits``), ``checked`` whether there was one (``False``
+    when the sidecar was unreachable and the tracker fails open),
+    ``latency_ms`` is set once the block ends.
     """
 
     def __init__(self, tracker: LLMUsageTracker, user_id: str, model: str, provider: Optional[str],
@@ -463,6 +501,7 @@ class Call:
         self.provider = provider
         self.request_id = request_id or _new_request_id()
         self.check: Dict[str, Any] = {}
+        self.checked = False
         self.latency_ms: Optional[float] = None
         self._tracker = tracker
         self._estimate = estimate
@@ -483,17 +522,20 @@ class Call:
         self._fields.update(fields)
 
     def __enter__(self) -> "Call":
-        self.check = self._tracker._check(self._check_body())
-        self._started = time.monotonic()
+        self._checked(self._tracker._check(self._check_body()))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._record(exc_type, self._tracker._send_record)
 
     async def __aenter__(self) -> "Call":
-        self.check = await self._tracker._in_thread(self._tracker._check, self._check_body())
-        self._started = time.monotonic()
+        self._checked(await self._tracker._in_thread(self._tracker._check, self._check_body()))
         return self
+
+    def _checked(self, check: Optional[Dict[str, Any]]) -> None:
+        self.checked = check is not None
+        self.check = check or {}
+        self._started = time.monotonic()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         send = self._tracker._send_record
