@@ -685,7 +685,7 @@ class _Pending:
         try:
             self.body = _encode(record)
         except (TypeError, ValueError) as err:
-            raise InvalidRequest("cannot record the call: %s (metadata must be JSON)" % err) from err
+            raise InvalidRequest("cannot record the call: %s (every field, metadata included, must be JSON)" % err) from err
 
 
 def _field(obj: Any, name: str) -> Any:
