@@ -156,6 +156,16 @@ class LLMUsageTracker:
     retry, or they were still buffered at :meth:`close` or at exit.
     ``exit_timeout`` is how long the interpreter's exit waits for the
     buffer to drain.
+
+    ``fail_open`` (default ``True``): when the sidecar cannot be reached at
+    all (refused, reset, timed out), :meth:`call` runs the block unchecked
+    and :meth:`check_rate_limit` answers ``can_call: True`` with no limit,
+    each with a warning (at most one a minute), so that an outage of the
+    sidecar never takes the application out of service; the records go to
+    the retry buffer. A sidecar that answers ``503`` (e.g.
+    ``--redis-fail-mode=closed``) has decided: that raises
+    :class:`SidecarUnavailable` either way. ``fail_open=False`` raises it
+    for an unreachable sidecar too.
     """
 
     def __init__(
@@ -168,17 +178,21 @@ class LLMUsageTracker:
         buffer_size: int = 10000,
         on_lost: Optional[LostCallback] = None,
         exit_timeout: float = 5.0,
+        fail_open: bool = True,
     ) -> None:
         self._url = url
         self._token = token
         self._timeout = timeout
         self._pool_size = max(1, pool_size)
         self._exit_timeout = exit_timeout
+        self._fail_open = fail_open
+        self._warned_at: Optional[float] = None
         self._lock = threading.Lock()
         self._transport: Optional[_Transport] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._outbox = _Outbox(self._post_batch, buffer_size, on_lost)
-        self._closed = False
+        self._closed = False  # refuses new requests; the buffer still drains
+        self._shut = False  # the buffer too is done: no connection may be opened
         _trackers.add(self)
 
     # -- the seed's API -----------------------------------------------------
@@ -228,7 +242,9 @@ class LLMUsageTracker:
         "remaining", "reset_at"}``, consuming nothing. ``limit``, ``used``,
         ``remaining`` and ``reset_at`` are ``None`` when no rule limits the
         user. Raises :class:`InvalidRequest` for an unknown limit type and
-        :class:`SidecarUnavailable` when the sidecar cannot answer."""
+        :class:`SidecarUnavailable` when the sidecar answers ``503`` (or is
+        unreachable, with ``fail_open=False``; with the default, an
+        unreachable sidecar answers ``can_call: True`` and no limit)."""
         return await self._in_thread(self.check_rate_limit_sync, user_id, limit_type)
 
     async def get_rate_limits(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
@@ -265,7 +281,8 @@ class LLMUsageTracker:
 
         ``with`` works the same in synchronous code. Entering checks
         (``POST /v1/check``) and raises :class:`RateLimited` when the user
-        is over a limit; leaving records the call with the check's
+        is over a limit (an unreachable sidecar lets the block run
+        unchecked, with a warning, unless ``fail_open=False``); leaving records the call with the check's
         ``request_id`` (so it is not charged twice), its latency and, if
         the block raised, ``status="error"`` and the exception's class as
         ``error_type``. ``estimate`` is the call's expected tokens, or
@@ -302,6 +319,7 @@ class LLMUsageTracker:
             self._closed = True
         self._outbox.close(self._exit_timeout if timeout is None else timeout)
         with self._lock:
+            self._shut = True
             executor, self._executor = self._executor, None
             transport, self._transport = self._transport, None
         if executor is not None:
@@ -333,7 +351,15 @@ class LLMUsageTracker:
     def check_rate_limit_sync(self, user_id: Any, limit_type: str = "minute") -> Dict[str, Any]:
         """:meth:`check_rate_limit` for synchronous code."""
         path = "/api/llm/usage/rate-limit/" + urllib.parse.quote(str(limit_type), safe="")
-        return self._get(path, {"user_id": user_id}, "cannot check the %s rate limit" % limit_type)
+        what = "cannot check the %s rate limit" % limit_type
+        try:
+            return self._get(path, {"user_id": user_id}, what)
+        except SidecarUnavailable as err:
+            if err.status is not None or not self._fail_open:
+                raise
+            self._warn_unreachable(err)
+            return {"can_call": True, "limit_type": limit_type, "limit": None, "used": None, "remaining": None,
+                    "reset_at": None}
 
     def get_rate_limits_sync(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
         """:meth:`get_rate_limits` for synchronous code."""
@@ -366,9 +392,11 @@ class LLMUsageTracker:
                 self._executor = concurrent.futures.ThreadPoolExecutor(self._pool_size, thread_name_prefix="llmusage")
             return self._executor
 
-    def _http(self) -> _Transport:
+    def _http(self, draining: bool = False) -> _Transport:
+        """The transport; draining (the retry buffer's) works while close()
+        flushes, after new requests are refused."""
         with self._lock:
-            if self._closed:
+            if self._shut or (self._closed and not draining):
                 raise LLMUsageError("cannot use a closed LLMUsageTracker")
             if self._transport is None:
                 url = self._url or os.environ.get("LLMUSAGE_URL") or DEFAULT_URL
@@ -398,7 +426,7 @@ class LLMUsageTracker:
     def _post_batch(self, items: List[_Pending]) -> Tuple[int, Dict[str, Any]]:
         """Posts buffered records as one JSON array (for the retry buffer)."""
         body = b"[" + b",".join(i.body for i in items) + b"]"
-        status, _, answer = self._http().request("POST", "/v1/calls", body)
+        status, _, answer = self._http(draining=True).request("POST", "/v1/calls", body)
         return status, answer
 
     def _get(self, path: str, query: Mapping[str, Any], what: str) -> Dict[str, Any]:
@@ -411,12 +439,17 @@ class LLMUsageTracker:
             raise _error(status, headers, answer, what)
         return answer
 
-    def _check(self, body: Dict[str, Any]) -> Dict[str, Any]:
-        """POST /v1/check; raises RateLimited on 429."""
+    def _check(self, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """POST /v1/check; raises RateLimited on 429; None when the sidecar
+        is unreachable and the tracker fails open."""
         try:
             status, headers, answer = self._http().request("POST", "/v1/check", _encode(body))
         except _Unreachable as err:
-            raise SidecarUnavailable("cannot check the quota: %s" % err) from err
+            unavailable = SidecarUnavailable("cannot check the quota: %s" % err)
+            if not self._fail_open:
+                raise unavailable from err
+            self._warn_unreachable(unavailable)
+            return None
         if status == 200:
             return answer
         if status == 429:
@@ -424,6 +457,24 @@ class LLMUsageTracker:
             raise RateLimited("cannot call %s for user %s now: over a limit; retry in %ss"
                               % (body["model"], body["user_id"], retry_after), float(retry_after), answer)
         raise _error(status, headers, answer, "cannot check the quota")
+
+    def _warn_unreachable(self, err: Exception) -> None:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= 60:
+            self._warned_at = now
+            logger.warning("%s; the sidecar is unreachable: calls go on unchecked (fail_open; warned at most "
+                           "once a minute)", err)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (gunicorn --preload, multiprocessing): the
+        parent's threads are gone and its kept-alive sockets are the
+        parent's, so start afresh; buffered records stay the parent's."""
+        self._lock = threading.Lock()
+        self._executor = None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.forget()
+        self._outbox.after_fork_in_child()
 
     def _close_at_exit(self) -> None:
         try:
@@ -437,7 +488,9 @@ class Call:
     provider's usage with :meth:`usage`; leaving the block records it.
 
     ``request_id`` is the check's (and the record's), ``check`` the check's
-    answer (with ``limits``), ``latency_ms`` is set once the block ends.
+    answer (with ``limits``), ``checked`` whether there was one (``False``
+    when the sidecar was unreachable and the tracker fails open),
+    ``latency_ms`` is set once the block ends.
     """
 
     def __init__(self, tracker: LLMUsageTracker, user_id: str, model: str, provider: Optional[str],
@@ -448,6 +501,7 @@ class Call:
         self.provider = provider
         self.request_id = request_id or _new_request_id()
         self.check: Dict[str, Any] = {}
+        self.checked = False
         self.latency_ms: Optional[float] = None
         self._tracker = tracker
         self._estimate = estimate
@@ -468,17 +522,20 @@ class Call:
         self._fields.update(fields)
 
     def __enter__(self) -> "Call":
-        self.check = self._tracker._check(self._check_body())
-        self._started = time.monotonic()
+        self._checked(self._tracker._check(self._check_body()))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._record(exc_type, self._tracker._send_record)
 
     async def __aenter__(self) -> "Call":
-        self.check = await self._tracker._in_thread(self._tracker._check, self._check_body())
-        self._started = time.monotonic()
+        self._checked(await self._tracker._in_thread(self._tracker._check, self._check_body()))
         return self
+
+    def _checked(self, check: Optional[Dict[str, Any]]) -> None:
+        self.checked = check is not None
+        self.check = check or {}
+        self._started = time.monotonic()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         send = self._tracker._send_record
@@ -628,7 +685,7 @@ class _Pending:
         try:
             self.body = _encode(record)
         except (TypeError, ValueError) as err:
-            raise InvalidRequest("cannot record the call: %s (metadata must be JSON)" % err) from err
+            raise InvalidRequest("cannot record the call: %s (every field, metadata included, must be JSON)" % err) from err
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -749,6 +806,14 @@ class _Outbox:
         if left:
             self._lose(left, "still buffered when the tracker closed (the sidecar did not take them in time)")
 
+    def after_fork_in_child(self) -> None:
+        # The parent's retry thread (and whoever held the lock) is gone;
+        # the parent delivers its buffered records itself.
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._thread = None
+        self._items = collections.deque()
+
     def _run(self) -> None:
         delay = self.first_delay
         while True:
@@ -771,6 +836,9 @@ class _Outbox:
             status, answer = self._post(items)
         except _Unreachable as err:
             logger.debug("llmusage retry: %s", err)
+            return False
+        except Exception as err:  # e.g. LLMUSAGE_TOKEN_FILE unreadable: keep the records, try again later
+            logger.error("cannot deliver %d buffered LLM call record(s): %s; retrying", len(items), err)
             return False
         if status == 202:
             self._done(items)
@@ -915,6 +983,15 @@ class _Transport:
         for c in idle:
             c.close()
 
+    def forget(self) -> None:
+        """Closes this process's descriptors of the idle connections without
+        touching the lock (a forked child's copy may be held forever); the
+        parent's connections stay open."""
+        idle, self._idle = self._idle, []
+        for c in idle:
+            if c.sock is not None:
+                c.sock.close()  # close(2) on the child's descriptor only: no shutdown, no TLS close_notify
+
     def _get(self) -> Tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             if self._idle:
@@ -960,6 +1037,15 @@ def _close_all() -> None:
     # Records still buffered get exit_timeout to go out, then are reported.
     for tracker in list(_trackers):
         tracker._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    for tracker in list(_trackers):
+        tracker._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: The module-level tracker the seed's code imports, configured from the

@@ -278,8 +278,34 @@ class UnreachableTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual((tracker.lost, tracker.pending), (3, 0))
         self.assertIn("3 lost in all", logs.output[-1])
 
-    async def test_reads_and_checks_raise_when_unreachable(self) -> None:
+    async def test_an_unreachable_sidecar_does_not_stop_the_call(self) -> None:
+        # The project's rule: a backend's outage never takes the application
+        # out of service. An unreachable sidecar lets call() and the seed's
+        # check_rate_limit pass (with a warning), and the record is buffered.
         tracker = LLMUsageTracker("http://127.0.0.1:%d" % free_port())
+        try:
+            with self.assertLogs("llmusage", "WARNING") as logs:
+                answer = await tracker.check_rate_limit("down-user", "hour")
+                ran = False
+                async with tracker.call("down-user", "gpt-4o", estimate=10) as call:
+                    ran = True
+                    call.usage({"prompt_tokens": 3, "completion_tokens": 4})
+                with tracker.call("down-user", "gpt-4o") as call2:
+                    pass
+            self.assertEqual(answer, {"can_call": True, "limit_type": "hour", "limit": None, "used": None,
+                                      "remaining": None, "reset_at": None})
+            self.assertTrue(ran)
+            self.assertEqual((call.checked, call.check, call2.checked), (False, {}, False))
+            self.assertIn("unreachable", logs.output[0])
+            self.assertEqual(tracker.pending, 2)  # both records wait for the sidecar
+            # The other reads have no answer to make up.
+            with self.assertRaises(llmusage.SidecarUnavailable):
+                await tracker.get_usage_stats("down-user")
+        finally:
+            await tracker.aclose(timeout=0)
+
+    async def test_fail_open_false_raises_when_unreachable(self) -> None:
+        tracker = LLMUsageTracker("http://127.0.0.1:%d" % free_port(), fail_open=False)
         try:
             with self.assertRaises(llmusage.SidecarUnavailable):
                 await tracker.check_rate_limit("down-user")
@@ -287,8 +313,7 @@ class UnreachableTest(unittest.IsolatedAsyncioTestCase):
                 async with tracker.call("down-user", "gpt-4o"):
                     self.fail("the body ran without a check")
         finally:
-            await tracker.aclose()
-
+            await tracker.aclose(timeout=0)
 
 if __name__ == "__main__":
     unittest.main()
