@@ -20,7 +20,7 @@ type persistMetrics struct {
 }
 
 func newPersistMetrics() *persistMetrics {
-	return &persistMetrics{
+	m := &persistMetrics{
 		persisted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmusage_persisted_records_total",
 			Help: "Records written to the store (a redelivered request_id counts, but is stored once).",
@@ -56,6 +56,13 @@ func newPersistMetrics() *persistMetrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}
+	// Every result from the start, at 0, so that rates and alerts see a
+	// series before the first step (as client_golang advises for known
+	// label values).
+	for _, result := range []string{"ok", "skipped", "error"} {
+		m.summarySteps.WithLabelValues(result)
+	}
+	return m
 }
 
 // ObserveDeleted counts rows deleted past the retention.
