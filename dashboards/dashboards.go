@@ -165,6 +165,9 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`histogram_quantile(0.99, sum by (le) (rate(llmusage_persist_flush_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99"))).
 		WithPanel(statPanel("Database reachable", "1 when the last write or ping succeeded.", "bool_yes_no",
 			target(`min(llmusage_store_up{`+sel+`})`, "store up").Instant())).
+		WithPanel(timeSeries("Daily summary steps and retention", "Steps of llm_usage_daily_summary per second by result (ok: this fleet's step ran; skipped: another sidecar held the lock; error: alert LLMUsageSummaryStepsFailing), and rows of llm_usage_logs deleted past --retention per second.", "short",
+			target(`sum by (result) (rate(llmusage_store_rollup_steps_total{`+sel+`}[$__rate_interval]))`, "steps {{result}}"),
+			target(`sum(rate(llmusage_store_rows_deleted_total{`+sel+`}[$__rate_interval]))`, "rows deleted"))).
 		WithRow(dashboard.NewRowBuilder("Shared quota store")).
 		WithPanel(timeSeries("Quota store reachable", "1 while the sidecar reaches Redis (--redis-url), 0 while its checks are answered by --redis-fail-mode. Empty without --redis-url.", "short",
 			target(`max by (instance) (llmusage_quota_backend_up{`+sel+`})`, "{{instance}}")).
