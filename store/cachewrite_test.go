@@ -97,87 +97,55 @@ func TestCacheWriteTokensRoundTrip(t *testing.T) {
 // it stored cache writes (every migration but the last), with records in
 // the logs and the summary: they read 0 after, and new records keep theirs.
 func TestUpgradeToCacheWrites(t *testing.T) {
-	for _, c := range []struct {
-		name    string
-		open    func(t *testing.T) (Store, *sql.DB, goose.Dialect, string)
-		version int64
-	}{
-		{"sqlite", func(t *testing.T) (Store, *sql.DB, goose.Dialect, string) {
-			st, err := Open(context.Background(), Options{DataDir: t.TempDir()})
-			if err != nil {
+	forEachStoreAt(t, 5, 6, func(t *testing.T, s Store, db *sql.DB, kind string, version int64) {
+		ctx := context.Background()
+		// As the previous release wrote them: through the store's own
+		// insert there (this one names the new column), so by SQL.
+		createdAt := "'2026-11-20T09:30:00Z'"
+		if kind == "sqlite" {
+			createdAt = fmt.Sprint(t0.UnixMicro())
+			if _, err := db.ExecContext(ctx, `INSERT INTO llmusage_daily_totals VALUES ('2026-11-20', 'alice', 'anthropic', 'claude-sonnet-4', 1, 0, 110, 100, 10, 40, 0, NULL, 1)`); err != nil {
 				t.Fatal(err)
 			}
-			return st, st.(*sqliteStore).db, goose.DialectSQLite3, "sqlite"
-		}, 5},
-		{"postgres", func(t *testing.T) (Store, *sql.DB, goose.Dialect, string) {
-			st, err := Open(context.Background(), Options{DatabaseURL: pgtest.URL(t)})
-			if err != nil {
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens, completion_tokens, cached_tokens, created_at)
+			VALUES ('old', 'alice', 'anthropic', 'claude-sonnet-4', 110, 100, 10, 40, `+createdAt+`)`); err != nil {
+			t.Fatal(err)
+		}
+		if kind == "postgres" {
+			// One old row folded into the summary, one left pending.
+			if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
 				t.Fatal(err)
 			}
-			db := stdlib.OpenDBFromPool(st.(*postgresStore).pool)
-			t.Cleanup(func() { db.Close() })
-			return st, db, goose.DialectPostgres, "postgres"
-		}, 6},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			ctx := context.Background()
-			s, db, dialect, dir := c.open(t)
-			t.Cleanup(func() { s.Close() })
-			p, err := newGoose(db, dialect, dir)
-			if err != nil {
+			if _, err := db.ExecContext(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens, created_at)
+				VALUES ('pending', 'bob', 'anthropic', 'claude-sonnet-4', 5, 5, `+createdAt+`)`); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := p.UpTo(ctx, c.version); err != nil {
+		}
+		if applied, err := s.Migrate(ctx); err != nil || len(applied) != 1 || applied[0] != version+1 {
+			t.Fatalf("migrate: %v, %v; want the cache-write migration alone", applied, err)
+		}
+		n := cacheWriting(rec("new", "alice", "anthropic", "claude-sonnet-4", 100, 10, t0.Add(time.Second)), 40, 60)
+		if _, err := s.Insert(ctx, []record.Record{n}); err != nil {
+			t.Fatal(err)
+		}
+		got := cacheWritesOf(t, s)
+		if got["old"] != 0 || got["new"] != 60 {
+			t.Fatalf("cache_write_tokens after the upgrade: %v, want old 0 and new 60", got)
+		}
+		if kind == "postgres" {
+			if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
 				t.Fatal(err)
 			}
-			// As the previous release wrote them: through the store's own
-			// insert there (this one names the new column), so by SQL.
-			createdAt := "'2026-11-20T09:30:00Z'"
-			if c.name == "sqlite" {
-				createdAt = fmt.Sprint(t0.UnixMicro())
-				if _, err := db.ExecContext(ctx, `INSERT INTO llmusage_daily_totals VALUES ('2026-11-20', 'alice', 'anthropic', 'claude-sonnet-4', 1, 0, 110, 100, 10, 40, 0, NULL, 1)`); err != nil {
-					t.Fatal(err)
-				}
+			if got := queryOne(t, s, `SELECT calls || ' ' || cache_write_tokens FROM llm_usage_daily_summary WHERE user_id = 'bob'`); got != "1 0" {
+				t.Fatalf("bob's summary, pending across the upgrade: %s, want 1 0", got)
 			}
-			if _, err := db.ExecContext(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens, completion_tokens, cached_tokens, created_at)
-				VALUES ('old', 'alice', 'anthropic', 'claude-sonnet-4', 110, 100, 10, 40, `+createdAt+`)`); err != nil {
-				t.Fatal(err)
-			}
-			if c.name == "postgres" {
-				// One old row folded into the summary, one left pending.
-				if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := db.ExecContext(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens, created_at)
-					VALUES ('pending', 'bob', 'anthropic', 'claude-sonnet-4', 5, 5, `+createdAt+`)`); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if applied, err := s.Migrate(ctx); err != nil || len(applied) != 1 || applied[0] != c.version+1 {
-				t.Fatalf("migrate: %v, %v; want the cache-write migration alone", applied, err)
-			}
-			n := cacheWriting(rec("new", "alice", "anthropic", "claude-sonnet-4", 100, 10, t0.Add(time.Second)), 40, 60)
-			if _, err := s.Insert(ctx, []record.Record{n}); err != nil {
-				t.Fatal(err)
-			}
-			got := cacheWritesOf(t, s)
-			if got["old"] != 0 || got["new"] != 60 {
-				t.Fatalf("cache_write_tokens after the upgrade: %v, want old 0 and new 60", got)
-			}
-			if c.name == "postgres" {
-				if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
-					t.Fatal(err)
-				}
-				if got := queryOne(t, s, `SELECT calls || ' ' || cache_write_tokens FROM llm_usage_daily_summary WHERE user_id = 'bob'`); got != "1 0" {
-					t.Fatalf("bob's summary, pending across the upgrade: %s, want 1 0", got)
-				}
-			}
-			if got := queryOne(t, s, `SELECT calls || ' ' || prompt_tokens || ' ' || cached_tokens || ' ' || cache_write_tokens
-				FROM llm_usage_daily_summary WHERE user_id = 'alice'`); got != "2 200 80 60" {
-				t.Fatalf("alice's summary after the upgrade: %s, want 2 calls, 200 prompt, 80 cached, 60 written", got)
-			}
-		})
-	}
+		}
+		if got := queryOne(t, s, `SELECT calls || ' ' || prompt_tokens || ' ' || cached_tokens || ' ' || cache_write_tokens
+			FROM llm_usage_daily_summary WHERE user_id = 'alice'`); got != "2 200 80 60" {
+			t.Fatalf("alice's summary after the upgrade: %s, want 2 calls, 200 prompt, 80 cached, 60 written", got)
+		}
+	})
 }
 
 // migrateUpTo applies the Postgres migrations up to version to the

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
 
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/record"
@@ -433,76 +431,44 @@ func TestSpentUsesIndex(t *testing.T) {
 // TestUpgradeToCosts migrates a database that llmusage wrote before
 // costs (every migration but the last), with records and rules in it.
 func TestUpgradeToCosts(t *testing.T) {
-	for _, c := range []struct {
-		name    string
-		open    func(t *testing.T) (Store, *sql.DB, goose.Dialect, string)
-		version int64
-	}{
-		{"sqlite", func(t *testing.T) (Store, *sql.DB, goose.Dialect, string) {
-			st, err := Open(context.Background(), Options{DataDir: t.TempDir()})
-			if err != nil {
+	forEachStoreAt(t, 3, 4, func(t *testing.T, s Store, db *sql.DB, kind string, version int64) {
+		ctx := context.Background()
+		createdAt := "'2026-11-20T09:30:00Z'"
+		if kind == "sqlite" {
+			createdAt = fmt.Sprint(t0.UnixMicro())
+		}
+		for _, q := range []string{
+			`INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, created_at) VALUES ('old', 'alice', 'openai', 'gpt-4o', 10, ` + createdAt + `)`,
+			`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('alice', 'minute', 5)`,
+		} {
+			if _, err := db.ExecContext(ctx, q); err != nil {
+				t.Fatalf("%s: %s", q, err)
+			}
+		}
+		if applied, err := s.Migrate(ctx); err != nil || len(applied) == 0 || applied[0] != version+1 {
+			t.Fatalf("migrate: %v, %v; want the cost migration first", applied, err)
+		}
+		if _, err := s.Insert(ctx, []record.Record{priced(t, rec("new", "alice", "openai", "gpt-4o", 1, 1, t0), "0.5")}); err != nil {
+			t.Fatal(err)
+		}
+		u, err := s.Usage(ctx, usage.Query{UserID: "alice", Since: t0})
+		if err != nil || u.Calls != 2 || u.UnpricedCalls != 1 || u.CostUSD.String() != "0.5" {
+			t.Fatalf("usage after the upgrade: %+v, %v", u.Totals, err)
+		}
+		if spent, err := s.Spent(ctx, usage.SpendQuery{UserID: "alice", From: t0, To: t0.Add(time.Hour)}); err != nil || spent.String() != "0.5" {
+			t.Fatalf("spend after the upgrade: %s, %v", spent, err)
+		}
+		rows, err := s.RuleRows(ctx)
+		if err != nil || len(rows) != 3 || !rows[0].Seeded || !rows[1].Seeded || rows[2].LimitUSD != nil {
+			t.Fatalf("rule rows after the upgrade: %+v, %v", rows, err)
+		}
+		if kind == "postgres" {
+			if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
 				t.Fatal(err)
 			}
-			return st, st.(*sqliteStore).db, goose.DialectSQLite3, "sqlite"
-		}, 3},
-		{"postgres", func(t *testing.T) (Store, *sql.DB, goose.Dialect, string) {
-			st, err := Open(context.Background(), Options{DatabaseURL: pgtest.URL(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := stdlib.OpenDBFromPool(st.(*postgresStore).pool)
-			t.Cleanup(func() { db.Close() })
-			return st, db, goose.DialectPostgres, "postgres"
-		}, 4},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			ctx := context.Background()
-			s, db, dialect, dir := c.open(t)
-			t.Cleanup(func() { s.Close() })
-			p, err := newGoose(db, dialect, dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.UpTo(ctx, c.version); err != nil {
-				t.Fatal(err)
-			}
-			createdAt := "'2026-11-20T09:30:00Z'"
-			if c.name == "sqlite" {
-				createdAt = fmt.Sprint(t0.UnixMicro())
-			}
-			for _, q := range []string{
-				`INSERT INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, created_at) VALUES ('old', 'alice', 'openai', 'gpt-4o', 10, ` + createdAt + `)`,
-				`INSERT INTO llm_rate_limits (user_id, limit_type, limit_value) VALUES ('alice', 'minute', 5)`,
-			} {
-				if _, err := db.ExecContext(ctx, q); err != nil {
-					t.Fatalf("%s: %s", q, err)
-				}
-			}
-			if applied, err := s.Migrate(ctx); err != nil || len(applied) == 0 || applied[0] != c.version+1 {
-				t.Fatalf("migrate: %v, %v; want the cost migration first", applied, err)
-			}
-			if _, err := s.Insert(ctx, []record.Record{priced(t, rec("new", "alice", "openai", "gpt-4o", 1, 1, t0), "0.5")}); err != nil {
-				t.Fatal(err)
-			}
-			u, err := s.Usage(ctx, usage.Query{UserID: "alice", Since: t0})
-			if err != nil || u.Calls != 2 || u.UnpricedCalls != 1 || u.CostUSD.String() != "0.5" {
-				t.Fatalf("usage after the upgrade: %+v, %v", u.Totals, err)
-			}
-			if spent, err := s.Spent(ctx, usage.SpendQuery{UserID: "alice", From: t0, To: t0.Add(time.Hour)}); err != nil || spent.String() != "0.5" {
-				t.Fatalf("spend after the upgrade: %s, %v", spent, err)
-			}
-			rows, err := s.RuleRows(ctx)
-			if err != nil || len(rows) != 3 || !rows[0].Seeded || !rows[1].Seeded || rows[2].LimitUSD != nil {
-				t.Fatalf("rule rows after the upgrade: %+v, %v", rows, err)
-			}
-			if c.name == "postgres" {
-				if _, err := db.ExecContext(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if got := queryOne(t, s, `SELECT calls || ' ' || cost_usd || ' ' || unpriced_calls FROM llm_usage_daily_summary`); got != "2 0.5 1" && got != "2 0.500000000 1" {
-				t.Fatalf("summary after the upgrade: %s", got)
-			}
-		})
-	}
+		}
+		if got := queryOne(t, s, `SELECT calls || ' ' || cost_usd || ' ' || unpriced_calls FROM llm_usage_daily_summary`); got != "2 0.5 1" && got != "2 0.500000000 1" {
+			t.Fatalf("summary after the upgrade: %s", got)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	"github.com/llmusage/llmusage/internal/pgtest"
 	"github.com/llmusage/llmusage/limiter"
@@ -44,6 +47,48 @@ func forEachStore(t *testing.T, f func(t *testing.T, s Store, exec func(sql stri
 			}
 		})
 	})
+}
+
+// forEachStoreAt runs f against a SQLite file and a Postgres database
+// migrated up to the given versions only (a database of an earlier
+// release), with a database/sql handle on each for SQL the store's own
+// code would no longer write.
+func forEachStoreAt(t *testing.T, sqliteVersion, postgresVersion int64, f func(t *testing.T, s Store, db *sql.DB, kind string, version int64)) {
+	for _, c := range []struct {
+		kind    string
+		version int64
+		open    func(t *testing.T) (Store, *sql.DB, goose.Dialect)
+	}{
+		{"sqlite", sqliteVersion, func(t *testing.T) (Store, *sql.DB, goose.Dialect) {
+			st, err := Open(context.Background(), Options{DataDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st, st.(*sqliteStore).db, goose.DialectSQLite3
+		}},
+		{"postgres", postgresVersion, func(t *testing.T) (Store, *sql.DB, goose.Dialect) {
+			st, err := Open(context.Background(), Options{DatabaseURL: pgtest.URL(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := stdlib.OpenDBFromPool(st.(*postgresStore).pool)
+			t.Cleanup(func() { db.Close() })
+			return st, db, goose.DialectPostgres
+		}},
+	} {
+		t.Run(c.kind, func(t *testing.T) {
+			s, db, dialect := c.open(t)
+			t.Cleanup(func() { s.Close() })
+			p, err := newGoose(db, dialect, c.kind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.UpTo(context.Background(), c.version); err != nil {
+				t.Fatal(err)
+			}
+			f(t, s, db, c.kind, c.version)
+		})
+	}
 }
 
 func openMigrated(t *testing.T, opts Options) Store {
