@@ -6,7 +6,6 @@ package usd
 import (
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 )
@@ -113,15 +112,6 @@ func (a *Amount) UnmarshalJSON(b []byte) error {
 	}
 	*a = v
 	return nil
-}
-
-// FromFloat converts dollars given as a float (a YAML price), rounded to
-// the nearest nano-dollar.
-func FromFloat(f float64) (Amount, error) {
-	if math.IsNaN(f) || f < 0 || f > Max.Float() {
-		return 0, fmt.Errorf("cannot use %v as USD: must be between 0 and %d", f, int64(Max/Dollar))
-	}
-	return Amount(math.Round(f * float64(Dollar))), nil
 }
 
 func digits(s string) bool {
