@@ -1,0 +1,149 @@
+package redisquota
+
+import (
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// seenIndex remembers, per user, the buckets this replica touched and
+// when each will be full again, sharded to keep checks apart.
+type seenIndex struct {
+	shards [64]seenShard
+}
+
+type seenShard struct {
+	mu    sync.Mutex
+	users map[string][]seenBucket
+}
+
+type seenBucket struct {
+	// bucket is the scope and limit last used.
+	bucket limiter.Bucket
+	// fullAt is when the bucket is full again, in Unix nanoseconds, if
+	// nothing else touches it: a budget's period end.
+	fullAt int64
+	// spent is a budget's spend last seen.
+	spent float64
+}
+
+func (x *seenIndex) init() {
+	for i := range x.shards {
+		x.shards[i].users = make(map[string][]seenBucket)
+	}
+}
+
+func (x *seenIndex) shard(user string) *seenShard {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	return &x.shards[h.Sum32()%uint32(len(x.shards))]
+}
+
+// touch records the levels a call left.
+func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, levels []float64) {
+	sh := x.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	seen := sh.users[user]
+	for i, b := range bs {
+		fullAt := now.Add(b.RefillTime(now, float64(b.Limit)-levels[i])).UnixNano()
+		j := 0
+		for ; j < len(seen) && *seen[j].bucket.Scope != *b.Scope; j++ {
+		}
+		if j == len(seen) {
+			seen = append(seen, seenBucket{})
+		}
+		seen[j] = seenBucket{bucket: b, fullAt: fullAt, spent: float64(b.Limit) - levels[i]}
+	}
+	sh.users[user] = seen
+}
+
+// snapshot returns the buckets not yet full that a rule still owns, by user.
+func (x *seenIndex) snapshot(now time.Time, owner limiter.Owner) map[string][]limiter.Bucket {
+	out := map[string][]limiter.Bucket{}
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			for _, sb := range seen {
+				if b, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+					out[user] = append(out[user], b)
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+func (x *seenIndex) ofUser(now time.Time, user string, owner limiter.Owner) []limiter.Bucket {
+	sh := x.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	var out []limiter.Bucket
+	for _, sb := range sh.users[user] {
+		if b, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (x *seenIndex) sweep(now time.Time, owner limiter.Owner) (live int) {
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			kept := seen[:0]
+			for _, sb := range seen {
+				if _, ok := owner(user, sb.bucket.Scope); ok && sb.fullAt > now.UnixNano() {
+					kept = append(kept, sb)
+				}
+			}
+			if len(kept) == 0 {
+				delete(sh.users, user)
+				continue
+			}
+			sh.users[user] = kept
+			live += len(kept)
+		}
+		sh.mu.Unlock()
+	}
+	return live
+}
+
+// each calls fn with every bucket not yet full and the units it misses.
+func (x *seenIndex) each(now time.Time, fn func(user string, b limiter.Bucket, missing float64)) {
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for user, seen := range sh.users {
+			for _, sb := range seen {
+				switch left := sb.fullAt - now.UnixNano(); {
+				case left <= 0:
+				case sb.bucket.IsBudget():
+					fn(user, sb.bucket, sb.spent)
+				default:
+					fn(user, sb.bucket, float64(left)/float64(sb.bucket.Scope.Window.Duration())*float64(sb.bucket.Limit))
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+func (x *seenIndex) len() int {
+	n := 0
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		for _, seen := range sh.users {
+			n += len(seen)
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
