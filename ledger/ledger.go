@@ -139,7 +139,15 @@ type readFailure struct {
 
 // Spent implements limiter.SpendSource.
 func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
-	groups := s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
+	return s.read(user, sc, from, to, true)
+}
+
+// read sums the database's part, after the ledger's when pending.
+func (s *Source) read(user string, sc limiter.Scope, from, to time.Time, pending bool) ([]limiter.Spend, error) {
+	var groups []usage.ModelSpend
+	if pending {
+		groups = s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
+	}
 	if s.DB != nil {
 		backoff := s.Backoff
 		if backoff <= 0 {
@@ -288,3 +296,35 @@ func (q *queue) Commit(n int) error {
 	q.peeked = nil
 	return nil
 }
+
+// Stored implements limiter.SplitSpendSource: the database's part.
+func (s *Source) Stored(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
+	return s.read(user, sc, from, to, false)
+}
+
+// Pending implements limiter.SplitSpendSource: the records accepted and
+// not stored yet. (Records stored since Redis last answered are not kept
+// apart: see the README's "Where it errs".)
+func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time, _ bool) []limiter.Spend {
+	groups := s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
+	out := make([]limiter.Spend, len(groups))
+	for i, g := range groups {
+		out[i] = limiter.Spend{Provider: g.Provider, Model: g.Model, NanoUSD: int64(g.Spent)}
+	}
+	return out
+}
+
+// PendingCalls implements limiter.SplitSpendSource.
+func (s *Source) PendingCalls(bool) []limiter.Call {
+	s.Ledger.mu.Lock()
+	defer s.Ledger.mu.Unlock()
+	var out []limiter.Call
+	for user, slots := range s.Ledger.users {
+		for _, sl := range slots {
+			out = append(out, limiter.Call{UserID: user, Provider: sl.provider, Model: sl.model})
+		}
+	}
+	return out
+}
+
+var _ limiter.SplitSpendSource = (*Source)(nil)

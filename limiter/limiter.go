@@ -154,6 +154,9 @@ type Limiter struct {
 	maxPending int64
 	// store keeps the buckets.
 	store Store
+	// holdStore is store when it keeps the estimates itself (HoldStore);
+	// the Limiter then keeps none in pending.
+	holdStore HoldStore
 	// location, spend and allowUnpriced are the Options'.
 	location      *time.Location
 	spend         SpendSource
@@ -241,6 +244,10 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 	}
 	if l.store == nil {
 		l.store = NewMemoryStore()
+	}
+	if hs, ok := l.store.(HoldStore); ok {
+		l.holdStore = hs
+		hs.SetRecoverer(l.contributeAll)
 	}
 	if l.location == nil {
 		l.location = time.UTC
@@ -338,10 +345,16 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 		sc.need[i] = checkCost(r.Unit, req.Tokens, cost)
 		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens, cost)
 	}
-	allowed, err := l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+	take := func() (bool, error) {
+		if l.holdStore != nil && req.RequestID != "" {
+			return l.holdStore.TakeHold(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n], req.RequestID, l.pendingTTL)
+		}
+		return l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+	}
+	allowed, err := take()
 	if err != nil {
 		err = l.learnSpend(now, req.UserID, sc.buckets[:n], err, nil, func() (err error) {
-			allowed, err = l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
+			allowed, err = take()
 			return err
 		})
 	}
@@ -355,7 +368,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 				d.RetryAfter = max(d.RetryAfter, sc.buckets[i].RefillTime(now, missing))
 			}
 		}
-	} else if req.RequestID != "" {
+	} else if req.RequestID != "" && l.holdStore == nil {
 		// A check sent again with its request_id (a client's retry)
 		// replaces the first one's estimate, which its budgets give back.
 		if prev, hold, ok := l.remember(req, cost, hasBudget(rules), now); ok {
@@ -421,7 +434,11 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 	var buf [maxApplicable]*rule
 	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
 	requests, tokens := int64(1), u.Tokens
-	estimate, own, fresh := l.settle(u, now)
+	var estimate pendingCheck
+	var own, fresh bool
+	if l.holdStore == nil { // else the store settles the estimate
+		estimate, own, fresh = l.settle(u, now)
+	}
 	if own && fresh {
 		requests, tokens = 0, u.Tokens-estimate.tokens
 	}
@@ -445,7 +462,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 		}
 		sc.cost[i] = clampSpend(spent)
 	}
-	return l.charge(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt)
+	return l.chargeRecord(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt, u.RequestID)
 }
 
 // Limits reports the user's buckets without charging anything. With a
@@ -634,6 +651,18 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 // (learnt), which counted this record too. Without a SpendSource a
 // budget is learnt as nothing spent, and charged.
 func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int64, learnt *learntBudgets) error {
+	return l.chargeRecord(now, user, bs, amounts, learnt, "")
+}
+
+// chargeRecord is charge for the record of request_id id, which a
+// HoldStore charges once and settles against its check's hold.
+func (l *Limiter) chargeRecord(now time.Time, user string, bs []Bucket, amounts []int64, learnt *learntBudgets, id string) error {
+	storeCharge := func() error {
+		if l.holdStore != nil && id != "" {
+			return l.holdStore.ChargeOnce(now, user, bs, amounts, id)
+		}
+		return l.store.Charge(now, user, bs, amounts)
+	}
 	if learnt != nil && len(*learnt) > 0 {
 		var drop [maxApplicable]int
 		d := drop[:0]
@@ -646,7 +675,7 @@ func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int6
 			return nil
 		}
 	}
-	err := l.store.Charge(now, user, bs, amounts)
+	err := storeCharge()
 	if err == nil {
 		return nil
 	}
@@ -664,7 +693,7 @@ func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int6
 			}
 		}
 	}
-	err = l.learnSpend(now, user, bs, err, seeded, func() error { return l.store.Charge(now, user, bs, amounts) })
+	err = l.learnSpend(now, user, bs, err, seeded, storeCharge)
 	if err != nil && l.spend != nil && errors.Is(err, ErrStoreUnavailable) {
 		// The spend could not be read: the other buckets are still
 		// charged; the budgets, when learnt later, count the record.
@@ -720,6 +749,16 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 		rs := l.rules.Load()
 		for _, i := range unknown.Buckets {
 			b := bs[i]
+			if l.holdStore != nil {
+				added, err := l.contribute(user, b, false)
+				if err != nil {
+					return err
+				}
+				if added && seeded != nil {
+					seeded(i)
+				}
+				continue
+			}
 			var spent int64
 			if l.spend != nil {
 				groups, err := l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC())

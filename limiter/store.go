@@ -143,3 +143,56 @@ type Scope struct {
 // ErrStoreUnavailable marks a Store error that leaves the call undecided:
 // the shared store cannot be reached and no fallback answers.
 var ErrStoreUnavailable = errors.New("cannot reach the quota store")
+
+// HoldStore is a Store shared by replicas that keeps checks' estimates
+// itself, by request_id, rather than leaving them to each Limiter: a
+// record then settles its check's estimate on whichever replica it
+// reaches, a record sent again (a client's retry) is charged once
+// fleet-wide, and the estimates of a replica that died are given back.
+// The Limiter then hands it whole amounts and the request_id, and keeps
+// no estimates of its own.
+type HoldStore interface {
+	Store
+	// TakeHold is Take for a check with request_id id: what it debits is
+	// held for the record of id, which settles it (ChargeOnce), or given
+	// back after ttl. A hold of id already there (the check sent again)
+	// is given back as the new one is taken.
+	TakeHold(now time.Time, user string, bs []Bucket, need, cost []int64, levels []float64, id string, ttl time.Duration) (allowed bool, err error)
+	// ChargeOnce is Charge for the record of request_id id: each amount
+	// less what the hold of id holds in that bucket, and nothing at all
+	// when a record of id was charged already.
+	ChargeOnce(now time.Time, user string, bs []Bucket, amounts []int64, id string) error
+	// Contribute adds part, this replica's share of budget b's spend
+	// that the database does not have yet (records accepted and not
+	// stored, estimates held), to the store's spend of b, once per
+	// replica while the store keeps b; a store that does not know b's
+	// spend learns it from db, the database's sum, and part. It tells
+	// whether part was added by this call.
+	Contribute(user string, b Bucket, part int64, db func() (int64, error)) (added bool, err error)
+	// HeldBuckets returns, by user, the buckets of the estimates this
+	// replica holds.
+	HeldBuckets() map[string][]Bucket
+	// SetRecoverer registers what the Limiter does when the store lost
+	// its budgets' spend (a Redis restarted empty): add its part of every
+	// budget it has one in.
+	SetRecoverer(fn func() error)
+}
+
+// SplitSpendSource is a SpendSource that tells the database's part and
+// this replica's pending part apart, for a HoldStore.
+type SplitSpendSource interface {
+	SpendSource
+	// Stored is what the database has.
+	Stored(user string, sc Scope, from, to time.Time) ([]Spend, error)
+	// Pending is what was accepted and is not stored yet; recovering adds
+	// what was stored since the store last answered (see HoldStore).
+	Pending(user string, sc Scope, from, to time.Time, recovering bool) []Spend
+	// PendingCalls returns the users, providers and models with a
+	// pending part.
+	PendingCalls(recovering bool) []Call
+}
+
+// Call names a user's calls of one provider and model.
+type Call struct {
+	UserID, Provider, Model string
+}

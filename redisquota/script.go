@@ -10,60 +10,112 @@ import (
 // bucketScript applies the token bucket arithmetic of limiter.MemoryStore
 // to all of one call's buckets at once, on the Redis server's clock, so
 // that every replica sees the same levels and a check debits all of its
-// buckets or none: Redis runs a script atomically. All KEYS share the
-// user's hash tag, so that a Redis Cluster finds them in one slot.
+// buckets or none: Redis runs a script atomically. All of a user's keys
+// share the user's hash tag, so that a Redis Cluster finds them in one
+// slot.
 //
-// KEYS[i] is bucket i, a string "l t r": its level after the last change,
-// when that was (microseconds of the server's clock) and the refill rate
-// its expiry was set for; a missing key is a full bucket. (A string with
-// SET PX is one command a write where a hash takes two, HSET and
-// PEXPIRE, and a smaller key.) ARGV[1]
-// is the mode: "take" (a check: debit every bucket by its amount if each
-// holds its need, else nothing), "charge" (a record: debit, or refund a
-// negative amount up to the capacity, whatever the levels) or "read".
-// ARGV[2] is a deadline in microseconds of the server's clock, 0 for
-// none: a call that reaches Redis after it changes nothing and answers
-// -1, since its caller has given up on it and answered from the fail
-// mode (the call would otherwise be charged twice). Then five arguments
-// per bucket: capacity, refill per microsecond, need, amount, and a
-// budget's expiry in milliseconds (0 for a token bucket).
+// KEYS[1..n] are the buckets, a string "l t r": the level after the last
+// change, when that was (microseconds of the server's clock) and the
+// refill rate its expiry was set for; a missing key is a full bucket.
+// (A string with SET PX is one command a write where a hash takes two,
+// HSET and PEXPIRE, and a smaller key.) KEYS[n+1] is the hold of the
+// call's request_id, KEYS[n+2] its charged marker; then, when ARGV[9] is
+// 1, the replica's index of its holds, and, when ARGV[4] is not empty,
+// the epoch key (neither is in the user's slot: only on a single Redis).
+//
+// ARGV[1] is the mode: "take" (a check: debit every bucket by its amount
+// if each holds its need, else nothing), "charge" (a record: debit, or
+// refund a negative amount up to the capacity, whatever the levels) or
+// "read". ARGV[2] is a deadline in microseconds of the server's clock, 0
+// for none: a call that reaches Redis after it changes nothing and
+// answers -1, since its caller has given up on it and answered from the
+// fail mode (the call would otherwise be charged twice). ARGV[3] is n.
+// ARGV[4] is the epoch the caller knows: a Redis that lost it (restarted
+// empty, flushed, failed over to a replica that never had it) or holds
+// another changes nothing and answers -3, for the caller to recover (see
+// recover.go). ARGV[5] is the request_id ("" for none), ARGV[6] this
+// replica's instance, ARGV[7] and ARGV[8] the hold's and the marker's
+// expiry in milliseconds. Then five arguments per bucket: capacity,
+// refill per microsecond, need, amount, and a budget's expiry in
+// milliseconds (0 for a token bucket).
+//
+// Holds: a take with a request_id keeps what it debited from each bucket
+// in the hold, a hash of bucket key to amount (field "@" names the
+// replica instance that made it), so that the record of that request_id
+// settles it on whichever replica it reaches: a charge with a request_id
+// debits its amount less what the hold holds in that bucket, deletes the
+// hold, and sets the charged marker, after which a charge of the same
+// request_id (a client's retry, on any replica) changes nothing and
+// answers 3. A take that finds a hold of its request_id (a check sent
+// again) gives the old hold back as it takes the new one.
 //
 // A budget's key (its period's start is part of the name) holds the spend
 // of its period as an integer; its level is capacity less spend, it does
 // not refill, and a missing key is not a full budget but an unknown
 // spend: the call then changes nothing and answers allowed -2 with the
-// level "nan" for each budget missing, for the caller to seed them (SET NX
-// with the expiry) and call again.
+// level "nan" for each budget missing, for the caller to learn them
+// (contributeScript) and call again.
 //
 // It returns {allowed, now, level...}: allowed 1, 0, -1 past the
-// deadline, or -2; now the server's clock; levels as strings (a number
-// would be truncated to an integer on its way out of Lua). A bucket that
-// is full again is deleted, and the others expire when they would be
-// full: Redis memory follows the active users.
+// deadline, -2, -3, or 3 for a charge already made; now the server's
+// clock; levels as strings (a number would be truncated to an integer on
+// its way out of Lua). A bucket that is full again is deleted, and the
+// others expire when they would be full: Redis memory follows the active
+// users.
 var bucketScript = redis.NewScript(bucketSource)
+
+// argsBefore is the number of ARGV before the buckets' five each.
+const argsBefore = 9
 
 const bucketSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local B = 9
 local mode = ARGV[1]
 local deadline = tonumber(ARGV[2])
-local n = #KEYS
-if deadline > 0 and now > deadline then
-  local out = {-1, string.format('%.17g', now)}
+local n = tonumber(ARGV[3])
+local epoch = ARGV[4]
+local id = ARGV[5]
+local function answer(code)
+  local out = {code, string.format('%.17g', now)}
   for i = 1, n do out[i + 2] = '0' end
   return out
+end
+if deadline > 0 and now > deadline then return answer(-1) end
+local indexed = ARGV[9] == '1'
+if epoch ~= '' then
+  local k = n + 3
+  if indexed then k = n + 4 end
+  if redis.call('GET', KEYS[k]) ~= epoch then return answer(-3) end
+end
+local hold, marker = KEYS[n + 1], KEYS[n + 2]
+local duplicate = false
+if id ~= '' and mode == 'charge' and redis.call('EXISTS', marker) == 1 then
+  mode, duplicate = 'read', true
+end
+-- What the hold of this request_id holds in each bucket.
+local held = {}
+local hasHold = false
+if id ~= '' and mode ~= 'read' then
+  local h = redis.call('HGETALL', hold)
+  for j = 1, #h, 2 do
+    if h[j] ~= '@' then held[h[j]] = tonumber(h[j + 1]) end
+    hasHold = true
+  end
 end
 -- A hundred years: the longest wait the limiter reports. A debt of 10^12
 -- tokens against a small bucket would otherwise ask for an expiry Redis
 -- cannot parse, and the script would fail after its first writes.
 local maxTTL = 3153600000000
-local levels, rates, stale, spent = {}, {}, {}, {}
+local levels, rates, stale, spent, back = {}, {}, {}, {}, {}
 local allowed, unknown = 1, false
 for i = 1, n do
-  local a = 3 + (i - 1) * 5
+  local a = B + 1 + (i - 1) * 5
   local cap = tonumber(ARGV[a])
   local rate = tonumber(ARGV[a + 1])
   rates[i] = rate
+  back[i] = held[KEYS[i]] or 0
+  held[KEYS[i]] = nil
   local v = redis.call('GET', KEYS[i])
   local level = cap
   if tonumber(ARGV[a + 4]) > 0 then
@@ -81,12 +133,12 @@ for i = 1, n do
     stale[i] = r ~= ARGV[a + 1]
   end
   levels[i] = level
-  if level < tonumber(ARGV[a + 2]) then allowed = 0 end
+  if level + back[i] < tonumber(ARGV[a + 2]) then allowed = 0 end
 end
 if unknown then
   local out = {-2, string.format('%.17g', now)}
   for i = 1, n do
-    if tonumber(ARGV[3 + (i - 1) * 5 + 4]) > 0 and not spent[i] then
+    if tonumber(ARGV[B + 1 + (i - 1) * 5 + 4]) > 0 and not spent[i] then
       out[i + 2] = 'nan'
     else
       out[i + 2] = string.format('%.17g', levels[i])
@@ -97,18 +149,20 @@ end
 if mode == 'charge' then allowed = 1 end
 local write = allowed == 1 and mode ~= 'read'
 for i = 1, n do
-  local a = 3 + (i - 1) * 5
+  local a = B + 1 + (i - 1) * 5
   local cap = tonumber(ARGV[a])
   local level = levels[i]
+  -- What this call debits: its amount less what its hold gives back.
+  local amount = tonumber(ARGV[a + 3]) - back[i]
   if spent[i] then
     if write then
       -- Within 2^53, as the limiter bounds spend: exact in a Lua number.
-      local s = math.min(math.max(0, spent[i] + tonumber(ARGV[a + 3])), 9007199254740992)
+      local s = math.min(math.max(0, spent[i] + amount), 9007199254740992)
       levels[i] = cap - s
       redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
     end
   elseif write then
-    level = level - tonumber(ARGV[a + 3])
+    level = level - amount
     if level > cap then level = cap end
     levels[i] = level
   end
@@ -123,23 +177,157 @@ for i = 1, n do
     end
   end
 end
+if write and hasHold then
+  -- What the hold held in budgets this call does not touch (the rules or
+  -- the period changed since the check) is given back too.
+  for k, amount in pairs(held) do
+    local v = redis.call('GET', k)
+    if v and string.match(v, '^%d+$') then
+      redis.call('SET', k, string.format('%d', math.max(0, tonumber(v) - amount)), 'KEEPTTL')
+    end
+  end
+  redis.call('DEL', hold)
+end
+if write and id ~= '' then
+  if mode == 'charge' then
+    redis.call('SET', marker, '1', 'PX', ARGV[8])
+  elseif redis.call('EXISTS', marker) == 0 then
+    local fields = {'@', ARGV[6]}
+    for i = 1, n do
+      local a = B + 1 + (i - 1) * 5
+      if tonumber(ARGV[a + 3]) ~= 0 then
+        fields[#fields + 1] = KEYS[i]
+        fields[#fields + 1] = ARGV[a + 3]
+      end
+    end
+    redis.call('HSET', hold, unpack(fields))
+    redis.call('PEXPIRE', hold, ARGV[7])
+    if indexed then
+      redis.call('SADD', KEYS[n + 3], hold)
+      redis.call('PEXPIRE', KEYS[n + 3], ARGV[7])
+    end
+  end
+end
 if mode == 'read' then allowed = 1 end
+if duplicate then allowed = 3 end
 local out = {allowed, string.format('%.17g', now)}
 for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
 return out
 `
 
-// replicasScript registers replica ARGV[1] in the sorted set KEYS[1],
-// scored by the server's clock in milliseconds, forgets the replicas not
-// seen for ARGV[2] milliseconds, and returns {how many are left, the
-// server's clock in microseconds}.
+// replicasScript registers instance ARGV[1] in the sorted set KEYS[1],
+// scored by the server's clock in milliseconds, and forgets the instances
+// not seen for ARGV[2] milliseconds, moving them to the set KEYS[3] of
+// instances whose holds are to be given back. It sets the epoch KEYS[2]
+// to ARGV[3] unless Redis holds one. It returns {how many instances are
+// live, the server's clock in microseconds, the epoch}.
 var replicasScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+  redis.call('SADD', KEYS[3], unpack(gone))
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', tonumber(t[1]) * 1000000 + tonumber(t[2]))}
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', tonumber(t[1]) * 1000000 + tonumber(t[2])), redis.call('GET', KEYS[2])}
+`)
+
+// releaseScript gives back the hold KEYS[1] when instance ARGV[1] made it
+// (any instance when ARGV[1] is empty): what it holds in budgets is taken
+// off their spend, and the hold is deleted. Token and request buckets
+// refill by themselves. It returns 1 if there was such a hold.
+var releaseScript = redis.NewScript(`
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return 0 end
+local by, amounts = nil, {}
+for j = 1, #h, 2 do
+  if h[j] == '@' then by = h[j + 1] else amounts[h[j]] = tonumber(h[j + 1]) end
+end
+if ARGV[1] ~= '' and by ~= ARGV[1] then return 0 end
+for k, amount in pairs(amounts) do
+  local v = redis.call('GET', k)
+  if v and string.match(v, '^%d+$') then
+    redis.call('SET', k, string.format('%d', math.max(0, tonumber(v) - amount)), 'KEEPTTL')
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
+// contributeScript adds a replica's part to a budget's spend once per
+// incarnation of the key: KEYS[1] is the budget, KEYS[2] the set of the
+// instances whose part it holds. ARGV[1] is the instance, ARGV[2] its
+// part (what it accepted and has not stored, and what its holds hold),
+// ARGV[3] the database's sum ("" when not read yet) and ARGV[4] the
+// key's expiry in milliseconds. A key that is missing is created from
+// the database's sum and the part; without the sum it answers -2. It
+// returns {1 when the part was added now, 0 when it was already, or -2;
+// the spend}.
+var contributeScript = redis.NewScript(`
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return {0, redis.call('GET', KEYS[1]) or '0'}
+end
+local v = redis.call('GET', KEYS[1])
+local s
+if v then
+  s = tonumber(v) + tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], string.format('%d', math.min(math.max(0, s), 9007199254740992)), 'KEEPTTL')
+else
+  if ARGV[3] == '' then return {-2, '0'} end
+  s = tonumber(ARGV[3]) + tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], string.format('%d', math.min(math.max(0, s), 9007199254740992)), 'PX', ARGV[4])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {1, redis.call('GET', KEYS[1])}
+`)
+
+// reseedScript puts back the level a replica last saw in token bucket
+// KEYS[1] after Redis lost it: ARGV[1] the level, ARGV[2] the capacity,
+// ARGV[3] the refill per microsecond. Of several replicas' levels the
+// lowest (the most used) wins; a bucket that is lower already is kept.
+var reseedScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cap, rate, mine = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[1])
+local v = redis.call('GET', KEYS[1])
+if v then
+  local l, lt = string.match(v, '^(%S+) (%S+) ')
+  local level = math.min(cap, tonumber(l) + math.max(0, now - tonumber(lt)) * rate)
+  if level <= mine then return 0 end
+end
+if mine >= cap then return 0 end
+local ttl = math.min(math.ceil((cap - mine) / rate / 1000) + 1000, 3153600000000)
+redis.call('SET', KEYS[1], string.format('%.17g %.17g ', mine, now) .. ARGV[3], 'PX', string.format('%d', ttl))
+return 1
+`)
+
+// reholdScript puts back a hold after Redis lost it, or registers one
+// made while Redis was out of reach, without debiting anything (the
+// buckets already count it): KEYS[1] the hold, KEYS[2] the charged
+// marker, ARGV[1] the instance, ARGV[2] the hold's expiry in
+// milliseconds, then pairs of bucket key and amount. A request_id
+// already charged gets no hold.
+var reholdScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fields = {'@', ARGV[1]}
+for j = 3, #ARGV do fields[#fields + 1] = ARGV[j] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// settledScript marks request_id's record charged (KEYS[2], for ARGV[1]
+// milliseconds) and drops its hold KEYS[1] without giving it back: the
+// record was charged while Redis was out of reach, and what was charged
+// then is written back separately.
+var settledScript = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
 `)
 
 // noRetry is a command go-redis must not send twice: a script whose

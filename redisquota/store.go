@@ -79,6 +79,14 @@ type Options struct {
 	Observer Observer
 	// Logger logs Redis going away and coming back; slog.Default() when nil.
 	Logger *slog.Logger
+	// HoldTTL is how long a check's hold waits in Redis for its record
+	// (20 minutes when zero): longer than the limiter's wait, so that this
+	// replica gives an expired hold back before Redis forgets it.
+	HoldTTL time.Duration
+	// DedupTTL is how long a charged request_id is remembered, so that a
+	// record sent again within it is not charged again (15 minutes when
+	// zero).
+	DedupTTL time.Duration
 }
 
 // Store is a limiter.Store on Redis. Besides the buckets in Redis it
@@ -109,6 +117,27 @@ type Store struct {
 	replicas atomic.Int64
 	// seen indexes the buckets this replica touched.
 	seen seenIndex
+	// cluster tells a Redis Cluster, where a script reaches one slot only.
+	cluster bool
+	// instance names this process in the registry and in its holds: the
+	// ReplicaID and a random suffix, so that a restarted sidecar's
+	// predecessor is told apart and its holds given back.
+	instance string
+	// epoch is the epoch of Redis's state this replica knows (see
+	// recover.go); nil before the first registration.
+	epoch atomic.Pointer[string]
+	// verifiedAt is when (Unix nanoseconds) the last call that Redis
+	// answered under the known epoch started.
+	verifiedAt atomic.Int64
+	// holds are the holds this replica made and not yet saw settled.
+	holds holdIndex
+	// owed is what this replica debited in its local shares while Redis
+	// was out of reach, to write back when it is back.
+	owed owedIndex
+	// recovery serialises recoveries; recoverer is the limiter's part of
+	// one (see SetRecoverer).
+	recovery  sync.Mutex
+	recoverer atomic.Pointer[func(epochChanged bool) error]
 	// wake nudges Run's probe loop when a call fails.
 	wake chan struct{}
 	// transition serialises going down (seeding the local shares) and
@@ -150,7 +179,16 @@ func New(opts Options) *Store {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{opts: opts, wake: make(chan struct{}, 1)}
+	if opts.HoldTTL <= 0 {
+		opts.HoldTTL = 20 * time.Minute
+	}
+	if opts.DedupTTL <= 0 {
+		opts.DedupTTL = 15 * time.Minute
+	}
+	s := &Store{opts: opts, wake: make(chan struct{}, 1), instance: opts.ReplicaID + "/" + randomID()}
+	_, s.cluster = opts.Client.(*redis.ClusterClient)
+	s.holds.init()
+	s.owed.init()
 	s.local.Store(limiter.NewMemoryStore())
 	s.replicas.Store(1)
 	s.seen.init()
@@ -221,7 +259,7 @@ func (s *Store) Replicas() int { return int(s.replicas.Load()) }
 // Take implements limiter.Store.
 func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64) (bool, error) {
 	if !s.down.Load() {
-		res, err := s.run(opTake, user, bs, need, cost)
+		res, err := s.runRecovering(opTake, user, bs, need, cost, "")
 		if err == nil {
 			allowed := res[0] == 1
 			copy(levels, res[1:])
@@ -250,7 +288,7 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 // the others.
 func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts []int64) error {
 	if !s.down.Load() {
-		res, err := s.run(opCharge, user, bs, nil, amounts)
+		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, "")
 		if err == nil {
 			s.seen.touch(now, user, bs, res[1:])
 			return nil
@@ -270,9 +308,11 @@ func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts 
 // Levels implements limiter.Store.
 func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels []float64) error {
 	if !s.down.Load() {
-		res, err := s.run(opRead, user, bs, nil, nil)
+		res, err := s.runRecovering(opRead, user, bs, nil, nil, "")
 		if err == nil {
 			copy(levels, res[1:])
+			// The levels seen, to put back after Redis lost them.
+			s.seen.touch(now, user, bs, levels)
 			return nil
 		}
 		if isUnknownSpend(err) {
@@ -350,7 +390,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 	calls := make([]call, 0, len(byUser))
 	pipe := s.opts.Client.Pipeline()
 	for user, bs := range byUser {
-		keys, args := s.scriptArgs(opRead, user, bs, nil, nil, 0)
+		keys, args := s.scriptArgs(opRead, user, bs, nil, nil, 0, "", "")
 		calls = append(calls, call{user, bs, bucketScript.EvalSha(ctx, pipe, keys, args...)})
 	}
 	start := time.Now()
@@ -359,7 +399,7 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 		// The first scrape after a Redis restart: load the script, then read.
 		if err = bucketScript.Load(ctx, s.opts.Client).Err(); err == nil {
 			for i := range calls {
-				keys, args := s.scriptArgs(opRead, calls[i].user, calls[i].bs, nil, nil, 0)
+				keys, args := s.scriptArgs(opRead, calls[i].user, calls[i].bs, nil, nil, 0, "", "")
 				calls[i].cmd = bucketScript.EvalSha(ctx, pipe, keys, args...)
 			}
 			_, err = pipe.Exec(ctx)
@@ -425,6 +465,7 @@ func (s *Store) EachOfUser(now time.Time, user string, owner limiter.Owner, fn f
 // Sweep implements limiter.Store: it forgets the buckets that are full
 // again (Redis has deleted or expired them) and those no rule owns.
 func (s *Store) Sweep(now time.Time, owner limiter.Owner) int {
+	s.sweepHolds(now)
 	return s.seen.sweep(now, owner) + s.local.Load().Sweep(now, owner)
 }
 
@@ -448,11 +489,20 @@ const (
 // down; an error answer (OOM, READONLY, a script error) fails this call
 // only, so that one user's record cannot send every user's checks to the
 // fail mode, nor a Redis that answers PING but refuses writes flap.
-func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64) ([]float64, error) {
+func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64, id string) ([]float64, error) {
+	epoch := ""
+	if p := s.epoch.Load(); p != nil {
+		epoch = *p
+	}
+	return s.runAt(epoch, op, user, bs, need, amounts, id)
+}
+
+// runAt is run under epoch ("" checks none).
+func (s *Store) runAt(epoch, op, user string, bs []limiter.Bucket, need, amounts []int64, id string) ([]float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 	defer cancel()
 	start := time.Now()
-	keys, args := s.scriptArgs(op, user, bs, need, amounts, s.serverDeadline(start))
+	keys, args := s.scriptArgs(op, user, bs, need, amounts, s.serverDeadline(start), id, epoch)
 	res, err := parseResult(runBucketScript(ctx, s.opts.Client, keys, args), len(bs))
 	end := time.Now()
 	if err == nil {
@@ -470,6 +520,11 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 				}
 			}
 			return nil, unknown
+		case -3:
+			s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), nil)
+			return nil, errEpochLost
+		default:
+			s.verified(start)
 		}
 	}
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
@@ -488,6 +543,19 @@ func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64)
 		s.markDown(err)
 	}
 	return nil, err
+}
+
+// runRecovering is run, recovering first when Redis lost the epoch (see
+// recover.go) and then calling again once.
+func (s *Store) runRecovering(op, user string, bs []limiter.Bucket, need, amounts []int64, id string) ([]float64, error) {
+	res, err := s.run(op, user, bs, need, amounts, id)
+	if !errors.Is(err, errEpochLost) {
+		return res, err
+	}
+	if err := s.recover(); err != nil {
+		return nil, err
+	}
+	return s.run(op, user, bs, need, amounts, id)
 }
 
 // learnClock takes the offset of the server's clock (serverNow, read
@@ -530,12 +598,24 @@ func isRedisError(err error) bool {
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
-// scriptArgs builds the bucket script's keys and arguments.
-func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64, deadline int64) ([]string, []any) {
-	keys := make([]string, len(bs))
-	args := make([]any, 0, 2+5*len(bs))
-	args = append(args, op, deadline)
+// scriptArgs builds the bucket script's keys and arguments; id is the
+// call's request_id, "" for none.
+func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts []int64, deadline int64, id, epoch string) ([]string, []any) {
+	keys := make([]string, len(bs), len(bs)+4)
+	args := make([]any, 0, argsBefore+5*len(bs))
 	tag := s.userTag(user)
+	indexed := "0"
+	if s.cluster {
+		// On a single Redis every call checks the epoch and a hold joins
+		// the instance's index in the same script; a cluster keeps those
+		// keys in another slot (see recover.go for what that costs).
+		epoch = ""
+	} else {
+		if id != "" && op == opTake {
+			indexed = "1"
+		}
+	}
+	args = append(args, op, deadline, len(bs), epoch, id, s.instance, s.opts.HoldTTL.Milliseconds(), s.opts.DedupTTL.Milliseconds(), indexed)
 	now := time.Now()
 	for i, b := range bs {
 		var n, a, ttl int64
@@ -553,8 +633,28 @@ func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts [
 		}
 		args = append(args, b.Limit, strconv.FormatFloat(b.RefillPerSecond()/1e6, 'g', -1, 64), n, a, ttl)
 	}
+	keys = append(keys, s.holdKey(user, id), s.chargedKey(user, id))
+	if indexed == "1" {
+		keys = append(keys, s.holdIndexKey(s.instance))
+	}
+	if epoch != "" {
+		keys = append(keys, s.globalKey("epoch"))
+	}
 	return keys, args
 }
+
+// globalKey names a key of the whole fleet; they share a hash tag, so
+// that a Redis Cluster keeps them in one slot.
+func (s *Store) globalKey(name string) string { return s.opts.Prefix + ":{g}:" + name }
+
+// holdKey names the hold of user's check id, in the user's slot.
+func (s *Store) holdKey(user, id string) string { return s.userTag(user) + "h:" + id }
+
+// chargedKey names the marker of user's record id charged.
+func (s *Store) chargedKey(user, id string) string { return s.userTag(user) + "c:" + id }
+
+// holdIndexKey names the set of the holds instance made.
+func (s *Store) holdIndexKey(instance string) string { return s.globalKey("holds:" + instance) }
 
 // budgetKey names a budget's spend in its current period: a new period
 // is a new key, which starts unknown, and the old one expires.
@@ -631,8 +731,7 @@ func (s *Store) shares(bs []limiter.Bucket) []limiter.Bucket {
 	n := max(s.replicas.Load(), 1)
 	dst := make([]limiter.Bucket, 0, len(bs))
 	for _, b := range bs {
-		// A budget is not shared out: each replica seeds its spend from
-		// the database, which has every replica's records.
+		// A budget's share is in the spend it is seeded with (shareOfSpend).
 		if !b.IsBudget() {
 			b.Limit = max(1, int64(math.Ceil(float64(b.Limit)/float64(n))))
 		}
@@ -703,10 +802,19 @@ func (s *Store) probe(ctx context.Context) {
 		s.lastErr.Store(&msg)
 		return
 	}
+	if err := s.comeBack(ctx); err != nil {
+		msg := err.Error()
+		s.lastErr.Store(&msg)
+		return
+	}
 	s.transition.Lock()
 	defer s.transition.Unlock()
 	if s.down.Swap(false) {
 		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
+	}
+	// What the fail mode debited while the first write-back ran.
+	if p := s.epoch.Load(); p != nil {
+		_ = s.restore(ctx, *p, false)
 	}
 }
 
@@ -722,11 +830,10 @@ func (s *Store) seedShares(now time.Time) {
 	level := make([]float64, 1)
 	s.seen.each(now, func(user string, b limiter.Bucket, missing float64) {
 		if b.IsBudget() {
-			// The last spend seen, unless an earlier outage's is higher.
-			if err := prev.Levels(now, user, []limiter.Bucket{b}, level); err == nil {
-				missing = max(missing, float64(b.Limit)-level[0])
-			}
-			_, _ = local.Seed(user, b, int64(math.Ceil(missing)))
+			// The last spend seen. (An earlier outage's local share is not
+			// a spend: what was spent then was written back.)
+			// This replica's share of what was left: (limit - spent) / N.
+			_, _ = local.Seed(user, b, s.shareOfSpend(b, int64(math.Ceil(missing))))
 			return
 		}
 		bs := s.shares([]limiter.Bucket{b})
@@ -735,46 +842,6 @@ func (s *Store) seedShares(now time.Time) {
 		_ = local.Charge(now, user, bs, []int64{debit})
 	})
 	s.local.Store(local)
-}
-
-// register adds this replica to the registry and reads how many are
-// live. A failure to reach Redis sends the checks to the fail mode; an
-// error answer keeps the count it had.
-func (s *Store) register(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, max(4*s.opts.Timeout, 200*time.Millisecond))
-	defer cancel()
-	start := time.Now()
-	vals, err := replicasScript.Run(rctx, s.opts.Client, []string{s.opts.Prefix + ":replicas"}, s.opts.ReplicaID, replicaTTL.Milliseconds()).Slice()
-	end := time.Now()
-	var n int64
-	if err == nil {
-		n, err = parseRegistry(vals)
-	}
-	s.opts.Observer.ObserveQuotaBackend("replicas", end.Sub(start), err)
-	if err != nil {
-		if ctx.Err() == nil && !isRedisError(err) {
-			s.markDown(err)
-		}
-		return err
-	}
-	s.learnClock(start, end, int64(mustFloat(vals[1])))
-	s.replicas.Store(max(n, 1))
-	return nil
-}
-
-// parseRegistry reads the registry script's {count, server clock}.
-func parseRegistry(vals []any) (int64, error) {
-	if len(vals) != 2 {
-		return 0, fmt.Errorf("cannot read the registry script's answer %v", vals)
-	}
-	n, ok := vals[0].(int64)
-	if !ok {
-		return 0, fmt.Errorf("cannot read the registry script's answer %v", vals)
-	}
-	if _, ok := vals[1].(string); !ok {
-		return 0, fmt.Errorf("cannot read the registry script's clock %v", vals[1])
-	}
-	return n, nil
 }
 
 func mustFloat(v any) float64 {

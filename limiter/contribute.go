@@ -1,0 +1,89 @@
+package limiter
+
+import (
+	"fmt"
+	"time"
+)
+
+// contribute adds this replica's part of budget b of user (see
+// HoldStore.Contribute): the pending spend of the calls b is the most
+// specific budget of, with, when recovering, what was stored since the
+// store last answered.
+func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, error) {
+	rs := l.rules.Load()
+	from, to := time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()
+	split, _ := l.spend.(SplitSpendSource)
+	var part int64
+	if split != nil {
+		part = clampSpend(rs.budgetSpend(user, b.Scope, split.Pending(user, *b.Scope, from, to, recovering)))
+	}
+	db := func() (int64, error) {
+		if l.spend == nil {
+			return 0, nil
+		}
+		var groups []Spend
+		var err error
+		if split != nil {
+			groups, err = split.Stored(user, *b.Scope, from, to)
+		} else {
+			groups, err = l.spend.Spent(user, *b.Scope, from, to)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
+		}
+		return max(0, clampSpend(rs.budgetSpend(user, b.Scope, groups))), nil
+	}
+	return l.holdStore.Contribute(user, b, part, db)
+}
+
+// contributeAll adds this replica's part to every budget it has one in,
+// after the store lost their spend: the budgets of its pending calls and
+// of its holds, in their current periods.
+func (l *Limiter) contributeAll() error {
+	now := l.clock.Now()
+	rs := l.rules.Load()
+	type budgetID struct {
+		user   string
+		scope  Scope
+		period int64
+	}
+	done := map[budgetID]bool{}
+	add := func(user string, b Bucket) error {
+		id := budgetID{user, *b.Scope, b.Period.Start}
+		if done[id] {
+			return nil
+		}
+		done[id] = true
+		_, err := l.contribute(user, b, true)
+		return err
+	}
+	if split, ok := l.spend.(SplitSpendSource); ok {
+		var buf [maxApplicable]*rule
+		for _, c := range split.PendingCalls(true) {
+			for _, r := range rs.applicable(c.UserID, c.Provider, c.Model, buf[:0]) {
+				if r.Unit == USD {
+					if err := add(c.UserID, l.bucket(r, now)); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	for user, bs := range l.holdStore.HeldBuckets() {
+		for _, hb := range bs {
+			if !hb.IsBudget() {
+				continue
+			}
+			r := rs.owner(user, hb.Scope)
+			if r == nil {
+				continue
+			}
+			if b := l.bucket(r, now); b.Period == hb.Period {
+				if err := add(user, b); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package redisquota
+
+import (
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmusage/llmusage/internal/clock"
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// splitSpend is a SplitSpendSource: the database holds stored, and each
+// replica's ledger its own pending records.
+type splitSpend struct {
+	stored  *fixedSpend
+	pending int64
+}
+
+func (s *splitSpend) Spent(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
+	out, err := s.stored.Spent(user, sc, from, to)
+	return append(out, s.Pending(user, sc, from, to, false)...), err
+}
+func (s *splitSpend) Stored(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
+	return s.stored.Spent(user, sc, from, to)
+}
+func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time, bool) []limiter.Spend {
+	return []limiter.Spend{{Model: "m", NanoUSD: s.pending}}
+}
+func (s *splitSpend) PendingCalls(bool) []limiter.Call {
+	if s.pending == 0 {
+		return nil
+	}
+	return []limiter.Call{{UserID: "u", Model: "m"}}
+}
+
+// exactReplicas are n limiters on one Redis, each with a $1.00 day budget
+// and 10 requests a minute, sharing one database.
+func exactReplicas(t *testing.T, n int) (stores []*Store, ls []*limiter.Limiter, spends []*splitSpend, db *fixedSpend, clk *clock.Manual, flush func()) {
+	t.Helper()
+	srv, client := standalone(t)
+	clk = clock.NewManual(time.Now())
+	db = &fixedSpend{}
+	rules := []limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: dollar}, {Window: limiter.Minute, Unit: limiter.Requests, Limit: 10}}
+	for i := 0; i < n; i++ {
+		s := New(Options{Client: client, FailMode: FailLocal, ReplicaID: "replica" + string(rune('0'+i)), Timeout: time.Second})
+		sp := &splitSpend{stored: db}
+		l, err := limiter.New(rules, limiter.Options{Clock: clk, Store: s, Spend: sp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.register(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		stores, ls, spends = append(stores, s), append(ls, l), append(spends, sp)
+	}
+	return stores, ls, spends, db, clk, func() { srv.Do(t, "FLUSHALL") }
+}
+
+func left(t *testing.T, l *limiter.Limiter) (usd, requests int64) {
+	t.Helper()
+	st, err := l.Limits("u", "", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.Unit == limiter.USD {
+			usd = s.Remaining
+		} else {
+			requests = s.Remaining
+		}
+	}
+	return usd, requests
+}
+
+// TestRecordChargedOnceAcrossReplicas: a record settles its check's hold
+// on another replica, and the same record sent again, to either, is not
+// charged again.
+func TestRecordChargedOnceAcrossReplicas(t *testing.T) {
+	_, ls, _, _, clk, _ := exactReplicas(t, 2)
+	if d, err := ls[0].Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10, RequestID: "r1"}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	rec := limiter.Usage{UserID: "u", Model: "m", RequestID: "r1", Cost: dollar / 100, HasCost: true, Timestamp: clk.Now()}
+	for _, l := range []*limiter.Limiter{ls[1], ls[0], ls[1]} {
+		if err := l.Record(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if usd, requests := left(t, ls[0]); usd != dollar-dollar/100 || requests != 9 {
+		t.Fatalf("left $%d and %d requests, want $0.99 and 9: one $0.01 call, its $0.10 estimate settled once", usd, requests)
+	}
+}
+
+// TestLapsedReplicaHoldsGivenBack: the estimate held by a replica that
+// died is given back when it leaves the registry.
+func TestLapsedReplicaHoldsGivenBack(t *testing.T) {
+	stores, ls, _, _, _, _ := exactReplicas(t, 2)
+	if d, err := ls[0].Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 2, RequestID: "r1"}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	if usd, _ := left(t, ls[1]); usd != dollar/2 {
+		t.Fatalf("left $%d, want $0.50 held", usd)
+	}
+	// Replica 0 dies: its last registration is older than replicaTTL.
+	c := stores[1].opts.Client
+	if err := c.ZAdd(t.Context(), stores[1].globalKey("replicas"), redisZ(0, stores[0].instance)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stores[1].register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if usd, _ := left(t, ls[1]); usd != dollar {
+		t.Fatalf("left $%d after the replica holding $0.50 left, want $1.00", usd)
+	}
+}
+
+// TestRedisLossRebuildsExactly: after Redis restarted empty, request
+// buckets go on from the levels replicas last saw, and a budget's spend
+// is the database's plus every replica's pending records and holds.
+func TestRedisLossRebuildsExactly(t *testing.T) {
+	_, ls, spends, db, clk, flush := exactReplicas(t, 3)
+	// Replica 0 holds $0.20 for a call in flight; replica 1 has stored a
+	// $0.10 call; replica 2 has a $0.30 call accepted, not stored.
+	if d, err := ls[0].Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 5, RequestID: "held"}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	for i, c := range []struct {
+		l    *limiter.Limiter
+		cost int64
+	}{{ls[1], dollar / 10}, {ls[2], 3 * dollar / 10}} {
+		id := "rec" + string(rune('0'+i))
+		if d, err := c.l.Check(limiter.Request{UserID: "u", Model: "m", Cost: c.cost, RequestID: id}); err != nil || !d.Allowed {
+			t.Fatal(d, err)
+		}
+		if err := c.l.Record(limiter.Usage{UserID: "u", Model: "m", RequestID: id, Cost: c.cost, HasCost: true, Timestamp: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.spent.Store(dollar / 10)
+	spends[2].pending = 3 * dollar / 10
+	if usd, requests := left(t, ls[0]); usd != 4*dollar/10 || requests != 7 {
+		t.Fatalf("before: $%d and %d requests left, want $0.40 and 7", usd, requests)
+	}
+	flush()
+	// Each replica finds the epoch gone at its next call and recovers;
+	// until all have, the spend lacks the parts of those that have not.
+	for _, l := range ls {
+		left(t, l)
+	}
+	for round := 0; round < 2; round++ { // a replica that asks again changes nothing
+		for i, l := range ls {
+			if usd, requests := left(t, l); usd != 4*dollar/10 || requests != 7 {
+				t.Fatalf("replica %d after Redis lost everything: $%d and %d requests left, want $0.40 and 7", i, usd, requests)
+			}
+		}
+	}
+	// The held call's record settles against its put-back hold.
+	if err := ls[0].Record(limiter.Usage{UserID: "u", Model: "m", RequestID: "held", Cost: dollar / 5, HasCost: true, Timestamp: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if usd, _ := left(t, ls[1]); usd != 4*dollar/10 {
+		t.Fatalf("after the held call's record: $%d left, want $0.40", usd)
+	}
+}
+
+func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }

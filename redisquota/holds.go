@@ -1,0 +1,371 @@
+package redisquota
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// TakeHold implements limiter.HoldStore: a check with a request_id takes
+// its amounts as Take does and keeps them in a hold in Redis, named by
+// the request_id, that the record of that request_id settles on whichever
+// replica it reaches (ChargeOnce). The hold also waits here for ttl: if
+// no record came by then, Sweep gives it back. Past maxHolds waiting the
+// check is taken without a hold, and its record is charged in full.
+func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64, id string, ttl time.Duration) (bool, error) {
+	if id == "" || !s.holds.room() {
+		return s.Take(now, user, bs, need, cost, levels)
+	}
+	if !s.down.Load() {
+		res, err := s.runRecovering(opTake, user, bs, need, cost, id)
+		if err == nil {
+			allowed := res[0] == 1
+			copy(levels, res[1:])
+			s.seen.touch(now, user, bs, levels)
+			if allowed {
+				s.holds.put(user, id, bs, cost, now.Add(ttl), false)
+				if s.cluster {
+					s.indexHold(user, id)
+				}
+			}
+			return allowed, nil
+		}
+		if isUnknownSpend(err) {
+			return false, err
+		}
+	}
+	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
+	switch s.opts.FailMode {
+	case FailOpen:
+		for i, b := range bs {
+			levels[i] = float64(b.Limit)
+		}
+		return true, nil
+	case FailClosed:
+		return false, s.unavailable()
+	}
+	local := s.local.Load()
+	shares := s.shares(bs)
+	// A check sent again gives its first hold back, as in Redis.
+	if prev, ok := s.holds.get(user, id); ok {
+		back := s.amountsIn(prev, bs)
+		for i := range back {
+			back[i] = -back[i]
+		}
+		if err := local.Charge(now, user, shares, back); err != nil {
+			return false, err
+		}
+		s.owed.add(user, bs, back)
+	}
+	allowed, err := local.Take(now, user, shares, need, cost, levels)
+	if err == nil && allowed {
+		s.holds.put(user, id, bs, cost, now.Add(ttl), true)
+		s.owed.add(user, bs, cost)
+	}
+	return allowed, err
+}
+
+// ChargeOnce implements limiter.HoldStore: it charges a record's amounts
+// less what the hold of its request_id holds in each bucket, and nothing
+// when a record of that request_id was charged already, by any replica,
+// within DedupTTL.
+func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amounts []int64, id string) error {
+	if id == "" {
+		return s.Charge(now, user, bs, amounts)
+	}
+	if !s.down.Load() {
+		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, id)
+		if err == nil {
+			s.holds.drop(user, id)
+			s.seen.touch(now, user, bs, res[1:])
+			return nil
+		}
+		if isUnknownSpend(err) {
+			return err
+		}
+	}
+	if s.opts.FailMode != FailLocal {
+		return s.unavailable()
+	}
+	net := make([]int64, len(amounts))
+	copy(net, amounts)
+	if h, ok := s.holds.get(user, id); ok {
+		held := s.amountsIn(h, bs)
+		for i := range net {
+			net[i] -= held[i]
+		}
+		// Budgets of the hold that this record does not touch.
+		s.releaseLocal(now, h, bs)
+	}
+	if err := s.local.Load().Charge(now, user, s.shares(bs), net); err != nil {
+		return err
+	}
+	s.holds.drop(user, id)
+	s.owed.add(user, bs, net)
+	s.owed.settle(user, id)
+	return nil
+}
+
+// HeldIn sums what this replica's holds of user hold in bucket b, for a
+// budget's part (see Contribute).
+func (s *Store) HeldIn(user string, b limiter.Bucket) int64 {
+	return s.holds.heldIn(user, b)
+}
+
+// amountsIn is what hold h holds in each of bs.
+func (s *Store) amountsIn(h hold, bs []limiter.Bucket) []int64 {
+	out := make([]int64, len(bs))
+	for i, b := range bs {
+		for j, hb := range h.buckets {
+			if sameBucket(hb, b) {
+				out[i] = h.amounts[j]
+			}
+		}
+	}
+	return out
+}
+
+// releaseLocal gives back, in the local shares, what hold h holds in
+// budgets other than bs.
+func (s *Store) releaseLocal(now time.Time, h hold, bs []limiter.Bucket) {
+	for j, hb := range h.buckets {
+		if !hb.IsBudget() || h.amounts[j] == 0 {
+			continue
+		}
+		found := false
+		for _, b := range bs {
+			found = found || sameBucket(hb, b)
+		}
+		if !found {
+			one := []limiter.Bucket{hb}
+			back := []int64{-h.amounts[j]}
+			_ = s.local.Load().Charge(now, h.user, s.shares(one), back)
+			s.owed.add(h.user, one, back)
+		}
+	}
+}
+
+// sweepHolds gives back the holds whose record did not come within their
+// wait: in Redis, unless the record settled it meanwhile, or in the local
+// shares for those taken there. A hold whose release fails waits for the
+// next sweep.
+func (s *Store) sweepHolds(now time.Time) {
+	for _, h := range s.holds.expired(now) {
+		if h.local && s.down.Load() {
+			s.releaseLocal(now, h, nil)
+			s.holds.drop(h.user, h.id)
+			continue
+		}
+		if s.down.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
+		err := releaseScript.Run(ctx, s.opts.Client, []string{s.holdKey(h.user, h.id)}, s.instance).Err()
+		cancel()
+		if err == nil || errors.Is(err, redis.Nil) {
+			s.holds.drop(h.user, h.id)
+		}
+	}
+}
+
+// indexHold adds a hold to this instance's index where the bucket script
+// cannot (a Redis Cluster keeps the index in another slot). A hold left
+// out of the index is given back by its wait, not when its replica dies.
+func (s *Store) indexHold(user, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+	defer cancel()
+	pipe := s.opts.Client.Pipeline()
+	pipe.SAdd(ctx, s.holdIndexKey(s.instance), s.holdKey(user, id))
+	pipe.PExpire(ctx, s.holdIndexKey(s.instance), s.opts.HoldTTL)
+	_, _ = pipe.Exec(ctx)
+}
+
+// releaseLapsed gives back the holds of the instances that left the
+// registry without a record for them: a sidecar killed mid-call strands
+// no estimate for longer than replicaTTL. Each lapsed instance is taken
+// by one replica (SPOP); one whose release fails is put back.
+func (s *Store) releaseLapsed(ctx context.Context) {
+	for range 16 {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		inst, err := s.opts.Client.SPop(rctx, s.globalKey("lapsed")).Result()
+		if err != nil {
+			cancel()
+			return
+		}
+		if err := s.releaseInstance(rctx, inst); err != nil {
+			s.opts.Client.SAdd(rctx, s.globalKey("lapsed"), inst)
+			s.opts.Logger.Warn("cannot give back the holds of a replica that left; retrying", "instance", inst, "error", err)
+		}
+		cancel()
+	}
+}
+
+func (s *Store) releaseInstance(ctx context.Context, inst string) error {
+	index := s.holdIndexKey(inst)
+	keys, err := s.opts.Client.SMembers(ctx, index).Result()
+	if err != nil {
+		return err
+	}
+	released := 0
+	for _, k := range keys {
+		n, err := releaseScript.Run(ctx, s.opts.Client, []string{k}, inst).Int()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		released += n
+	}
+	if released > 0 {
+		s.opts.Logger.Info("gave back the holds of a replica that left", "instance", inst, "holds", released)
+	}
+	return s.opts.Client.Del(ctx, index).Err()
+}
+
+// holdIndex keeps the holds this replica made, until their record settles
+// them or their wait ends: to give them back then, and to put them back
+// in a Redis that lost them.
+type holdIndex struct {
+	mu sync.Mutex
+	// byID holds them by user and request_id.
+	byID map[holdID]hold
+}
+
+type holdID struct{ user, id string }
+
+// hold is one check's estimate in each of its buckets.
+type hold struct {
+	user, id string
+	buckets  []limiter.Bucket
+	amounts  []int64
+	// expires is when it is given back, in Unix nanoseconds.
+	expires int64
+	// local tells a hold taken in the local shares while Redis was out of
+	// reach, which Redis does not know yet.
+	local bool
+}
+
+// maxHolds bounds the holds waiting, as the limiter bounds its estimates.
+const maxHolds = 100_000
+
+func (x *holdIndex) init() { x.byID = map[holdID]hold{} }
+
+func (x *holdIndex) room() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.byID) < maxHolds
+}
+
+func (x *holdIndex) put(user, id string, bs []limiter.Bucket, amounts []int64, expires time.Time, local bool) {
+	h := hold{user: user, id: id, buckets: append([]limiter.Bucket(nil), bs...), amounts: append([]int64(nil), amounts...), expires: expires.UnixNano(), local: local}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.byID[holdID{user, id}] = h
+}
+
+func (x *holdIndex) get(user, id string) (hold, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	h, ok := x.byID[holdID{user, id}]
+	return h, ok
+}
+
+func (x *holdIndex) drop(user, id string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.byID, holdID{user, id})
+}
+
+func (x *holdIndex) expired(now time.Time) []hold {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []hold
+	for _, h := range x.byID {
+		if h.expires < now.UnixNano() {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// all returns every hold waiting, local ones only when localOnly.
+func (x *holdIndex) all(localOnly bool) []hold {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]hold, 0, len(x.byID))
+	for _, h := range x.byID {
+		if h.local || !localOnly {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// markRedis records that the local holds are now in Redis.
+func (x *holdIndex) markRedis() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for k, h := range x.byID {
+		if h.local {
+			h.local = false
+			x.byID[k] = h
+		}
+	}
+}
+
+func (x *holdIndex) heldIn(user string, b limiter.Bucket) int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var sum int64
+	for k, h := range x.byID {
+		if k.user != user {
+			continue
+		}
+		for j, hb := range h.buckets {
+			if sameBucket(hb, b) {
+				sum += h.amounts[j]
+			}
+		}
+	}
+	return sum
+}
+
+// users returns the users with holds waiting.
+func (x *holdIndex) users() map[string][]limiter.Bucket {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string][]limiter.Bucket{}
+	for k, h := range x.byID {
+		out[k.user] = append(out[k.user], h.buckets...)
+	}
+	return out
+}
+
+func (x *holdIndex) len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.byID)
+}
+
+// sameBucket tells whether a and b are one bucket: the same scope and,
+// for budgets, the same period.
+func sameBucket(a, b limiter.Bucket) bool {
+	return *a.Scope == *b.Scope && a.Period == b.Period
+}
+
+// randomID is 8 random bytes in hex.
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// HeldBuckets implements limiter.HoldStore.
+func (s *Store) HeldBuckets() map[string][]limiter.Bucket { return s.holds.users() }
+
+var _ limiter.HoldStore = (*Store)(nil)
