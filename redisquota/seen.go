@@ -146,4 +146,3 @@ func (x *seenIndex) len() int {
 	}
 	return n
 }
-
