@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make fault: the fault-injection suite (kill -9 and a Postgres outage
+# make fault: the fault-injection suite (the accounting oracle of budgets
+# and limits under Redis, sidecar and Postgres faults; kill -9 and a Postgres outage
 # under load, a full spool, a flood of 1,000,000 users). It starts
 # Postgres servers of its own, which it stops and starts.
 set -euo pipefail

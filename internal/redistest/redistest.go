@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,8 @@ type Server struct {
 	cmd *exec.Cmd
 	// log collects its output, for a failing test.
 	log *logBuffer
+	// paused is set between Pause and Resume.
+	paused bool
 }
 
 // URL is the server's redis:// URL.
@@ -57,15 +60,46 @@ func (s *Server) Stop(t testing.TB) {
 	}
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
-	s.cmd = nil
+	s.cmd, s.paused = nil, false
 }
 
-// Restart starts a stopped server again on the same address, empty.
+// Restart starts a stopped server again on the same address, empty: the
+// server runs without persistence (--save "" --appendonly no), so a
+// Stop and Restart is a Redis that lost everything.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	if err := s.start(); err != nil {
 		t.Fatalf("cannot restart redis-server on %s: %s\n%s", s.Addr, err, s.log)
 	}
+}
+
+// Pause freezes the server (SIGSTOP) without losing its data: it still
+// accepts connections (the kernel does), but answers nothing, so every
+// call waits for its client's timeout, as with a Redis that hangs or a
+// network partition. Resume thaws it with its data. A paused server is
+// thawed when the test ends, so that Stop can reap it.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if s.cmd == nil {
+		t.Fatalf("redis-server %s: Pause: not running", s.Addr)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("redis-server %s: SIGSTOP: %s", s.Addr, err)
+	}
+	s.paused = true
+}
+
+// Resume thaws a server Pause froze (SIGCONT): it answers again, with the
+// data it held.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if s.cmd == nil || !s.paused {
+		t.Fatalf("redis-server %s: Resume: not paused", s.Addr)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("redis-server %s: SIGCONT: %s", s.Addr, err)
+	}
+	s.paused = false
 }
 
 // Do sends one command and returns the server's reply line, for a test
