@@ -132,13 +132,13 @@ func (sc scenario) requestLimited() bool { return sc.limits == requestLimits }
 // $0.04 to $0.19 in three rounds at 6b0de1c): issue [1/6] stays open on
 // it, and it runs only with LLMUSAGE_FAULT_COMBINED=1 until it holds.
 var combinedScenario = scenario{name: "f-all-together", redisFault: true, limits: budgetLimits, duplicates: 0.2, inject: func(t *testing.T, r *run) {
-		r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() { r.redis.Stop(t) })
-		r.at(t, 1500*time.Millisecond, "sidecar 2 kill -9", func() { r.sidecars[1].Kill9(t) })
-		r.at(t, 2000*time.Millisecond, "sidecar 2 restarted on its data dir", func() { r.sidecars[1].Restart(t) })
-		r.at(t, 2500*time.Millisecond, "Postgres stopped (immediate)", func() { mustPG(t, r.pg.Stop()) })
-		r.at(t, 3500*time.Millisecond, "Postgres started", func() { mustPG(t, r.pg.Start()) })
-		r.at(t, 4*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
-	}}
+	r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() { r.redis.Stop(t) })
+	r.at(t, 1500*time.Millisecond, "sidecar 2 kill -9", func() { r.sidecars[1].Kill9(t) })
+	r.at(t, 2000*time.Millisecond, "sidecar 2 restarted on its data dir", func() { r.sidecars[1].Restart(t) })
+	r.at(t, 2500*time.Millisecond, "Postgres stopped (immediate)", func() { mustPG(t, r.pg.Stop()) })
+	r.at(t, 3500*time.Millisecond, "Postgres started", func() { mustPG(t, r.pg.Start()) })
+	r.at(t, 4*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
+}}
 
 var exactScenarios = []scenario{
 	{name: "z-no-fault", limits: budgetLimits},
