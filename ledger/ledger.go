@@ -35,6 +35,10 @@ type Ledger struct {
 	// users holds each user's slots with a pending cost: a slice, since a
 	// user has a handful (a slice costs a third of a map of one entry).
 	users map[string][]slot
+	// confirmed and unconfirmed keep stored records for a shared store's
+	// recovery (see unconfirmed.go).
+	confirmed   func() time.Time
+	unconfirmed []storedBatch
 }
 
 // New returns an empty Ledger, counting.
@@ -292,7 +296,7 @@ func (q *queue) Commit(n int) error {
 	if err := q.Queue.Commit(n); err != nil {
 		return err
 	}
-	q.ledger.Remove(q.peeked[:min(n, len(q.peeked))])
+	q.ledger.stored(q.peeked[:min(n, len(q.peeked))])
 	q.peeked = nil
 	return nil
 }
@@ -303,9 +307,8 @@ func (s *Source) Stored(user string, sc limiter.Scope, from, to time.Time) ([]li
 }
 
 // Pending implements limiter.SplitSpendSource: the records accepted and
-// not stored yet. (Records stored since Redis last answered are not kept
-// apart: see the README's "Where it errs".)
-func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time, _ bool) []limiter.Spend {
+// not stored yet.
+func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) []limiter.Spend {
 	groups := s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
 	out := make([]limiter.Spend, len(groups))
 	for i, g := range groups {
@@ -314,11 +317,19 @@ func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time, _ bo
 	return out
 }
 
+// Unconfirmed implements limiter.SplitSpendSource.
+func (s *Source) Unconfirmed(user string, sc limiter.Scope, from, to time.Time) []limiter.TimedSpend {
+	return s.Ledger.Unconfirmed(user, sc.Provider, sc.Model, from, to)
+}
+
 // PendingCalls implements limiter.SplitSpendSource.
-func (s *Source) PendingCalls(bool) []limiter.Call {
+func (s *Source) PendingCalls(recovering bool) []limiter.Call {
 	s.Ledger.mu.Lock()
 	defer s.Ledger.mu.Unlock()
 	var out []limiter.Call
+	if recovering {
+		out = s.Ledger.unconfirmedCalls(out)
+	}
 	for user, slots := range s.Ledger.users {
 		for _, sl := range slots {
 			out = append(out, limiter.Call{UserID: user, Provider: sl.provider, Model: sl.model})

@@ -14,8 +14,16 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 	from, to := time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()
 	split, _ := l.spend.(SplitSpendSource)
 	var part int64
+	var late []LateSpend
 	if split != nil {
-		part = clampSpend(rs.budgetSpend(user, b.Scope, split.Pending(user, *b.Scope, from, to, recovering)))
+		part = clampSpend(rs.budgetSpend(user, b.Scope, split.Pending(user, *b.Scope, from, to)))
+		if recovering {
+			for _, ts := range split.Unconfirmed(user, *b.Scope, from, to) {
+				if n := clampSpend(rs.budgetSpend(user, b.Scope, ts.Spends)); n != 0 {
+					late = append(late, LateSpend{At: ts.At, NanoUSD: n})
+				}
+			}
+		}
 	}
 	db := func() (int64, error) {
 		if l.spend == nil {
@@ -33,7 +41,7 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 		}
 		return max(0, clampSpend(rs.budgetSpend(user, b.Scope, groups))), nil
 	}
-	return l.holdStore.Contribute(user, b, part, db)
+	return l.holdStore.Contribute(user, b, part, late, db)
 }
 
 // contributeAll adds this replica's part to every budget it has one in,

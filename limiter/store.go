@@ -166,9 +166,11 @@ type HoldStore interface {
 	// that the database does not have yet (records accepted and not
 	// stored, estimates held), to the store's spend of b, once per
 	// replica while the store keeps b; a store that does not know b's
-	// spend learns it from db, the database's sum, and part. It tells
-	// whether part was added by this call.
-	Contribute(user string, b Bucket, part int64, db func() (int64, error)) (added bool, err error)
+	// spend learns it from db, the database's sum, and part. late are
+	// records stored since the store last answered under the state this
+	// replica knows: each counts if it was stored after the database's
+	// sum was taken. It tells whether part was added by this call.
+	Contribute(user string, b Bucket, part int64, late []LateSpend, db func() (int64, error)) (added bool, err error)
 	// HeldBuckets returns, by user, the buckets of the estimates this
 	// replica holds.
 	HeldBuckets() map[string][]Bucket
@@ -184,12 +186,26 @@ type SplitSpendSource interface {
 	SpendSource
 	// Stored is what the database has.
 	Stored(user string, sc Scope, from, to time.Time) ([]Spend, error)
-	// Pending is what was accepted and is not stored yet; recovering adds
-	// what was stored since the store last answered (see HoldStore).
-	Pending(user string, sc Scope, from, to time.Time, recovering bool) []Spend
+	// Pending is what was accepted and is not stored yet.
+	Pending(user string, sc Scope, from, to time.Time) []Spend
+	// Unconfirmed is what was stored since the store last answered under
+	// the state this replica knows, by the time it was stored.
+	Unconfirmed(user string, sc Scope, from, to time.Time) []TimedSpend
 	// PendingCalls returns the users, providers and models with a
-	// pending part.
+	// pending part, and when recovering an unconfirmed one.
 	PendingCalls(recovering bool) []Call
+}
+
+// TimedSpend is what was stored at one time.
+type TimedSpend struct {
+	At     time.Time
+	Spends []Spend
+}
+
+// LateSpend is what a budget counts of a TimedSpend.
+type LateSpend struct {
+	At      time.Time
+	NanoUSD int64
 }
 
 // Call names a user's calls of one provider and model.

@@ -19,12 +19,15 @@ type splitSpend struct {
 
 func (s *splitSpend) Spent(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
 	out, err := s.stored.Spent(user, sc, from, to)
-	return append(out, s.Pending(user, sc, from, to, false)...), err
+	return append(out, s.Pending(user, sc, from, to)...), err
 }
 func (s *splitSpend) Stored(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
 	return s.stored.Spent(user, sc, from, to)
 }
-func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time, bool) []limiter.Spend {
+func (s *splitSpend) Unconfirmed(string, limiter.Scope, time.Time, time.Time) []limiter.TimedSpend {
+	return nil
+}
+func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time) []limiter.Spend {
 	return []limiter.Spend{{Model: "m", NanoUSD: s.pending}}
 }
 func (s *splitSpend) PendingCalls(bool) []limiter.Call {

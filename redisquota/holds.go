@@ -23,7 +23,7 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 	if id == "" || !s.holds.room() {
 		return s.Take(now, user, bs, need, cost, levels)
 	}
-	if !s.down.Load() {
+	if s.useRedis() {
 		res, err := s.runRecovering(opTake, user, bs, need, cost, id)
 		if err == nil {
 			allowed := res[0] == 1
@@ -80,7 +80,7 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 	if id == "" {
 		return s.Charge(now, user, bs, amounts)
 	}
-	if !s.down.Load() {
+	if s.useRedis() {
 		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, id)
 		if err == nil {
 			s.holds.drop(user, id)

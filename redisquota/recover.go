@@ -61,10 +61,10 @@ func (s *Store) VerifiedSince() time.Time { return time.Unix(0, s.verifiedAt.Loa
 // replica's holds hold in b, to budget b's spend, once per incarnation of
 // its key; a key that is missing is created with db(), the database's
 // sum, too. It tells whether the part was added by this call.
-func (s *Store) Contribute(user string, b limiter.Bucket, part int64, db func() (int64, error)) (bool, error) {
+func (s *Store) Contribute(user string, b limiter.Bucket, part int64, late []limiter.LateSpend, db func() (int64, error)) (bool, error) {
 	part = min(max(part+s.holds.heldIn(user, b), -limiter.MaxSpend), limiter.MaxSpend)
-	if !s.down.Load() {
-		added, err := s.contribute(user, b, part, db)
+	if s.useRedis() {
+		added, err := s.contribute(user, b, part, late, db)
 		if err == nil || !isUnreachable(err) {
 			return added, err
 		}
@@ -80,14 +80,18 @@ func (s *Store) Contribute(user string, b limiter.Bucket, part int64, db func() 
 	return s.local.Load().Seed(user, b, s.shareOfSpend(b, stored+part))
 }
 
-func (s *Store) contribute(user string, b limiter.Bucket, part int64, db func() (int64, error)) (bool, error) {
+func (s *Store) contribute(user string, b limiter.Bucket, part int64, late []limiter.LateSpend, db func() (int64, error)) (bool, error) {
 	key := s.userTag(user) + budgetKey(user, b)
 	ttl := budgetTTL(b, time.Now())
-	sum := ""
+	sum, sumAt := "", ""
 	for range 2 {
 		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
 		start := time.Now()
-		vals, err := contributeScript.Run(ctx, s.opts.Client, []string{key, key + ":by"}, s.instance, part, sum, ttl).Slice()
+		args := []any{s.instance, part, sum, ttl, sumAt}
+		for _, l := range late {
+			args = append(args, l.At.UnixMicro(), l.NanoUSD)
+		}
+		vals, err := contributeScript.Run(ctx, s.opts.Client, []string{key, key + ":by", key + ":at"}, args...).Slice()
 		cancel()
 		s.opts.Observer.ObserveQuotaBackend(opSeed, time.Since(start), err)
 		if err != nil {
@@ -102,6 +106,9 @@ func (s *Store) contribute(user string, b limiter.Bucket, part int64, db func() 
 		if code != -2 {
 			return code == 1, nil
 		}
+		// Records stored from now on may be missing from the sum: the
+		// late ones stored after this count (twice at worst, never none).
+		sumAt = fmt.Sprint(time.Now().UnixMicro())
 		stored, err := db()
 		if err != nil {
 			return false, err
@@ -142,6 +149,7 @@ func (s *Store) recover() error {
 	}
 	s.epoch.Store(&current)
 	s.verified(start)
+	s.saveState()
 	s.opts.Logger.Warn("Redis lost the quota state (restarted empty, flushed or failed over); put back this replica's levels, holds and budget parts",
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -151,6 +159,8 @@ func (s *Store) recover() error {
 // (lost), the levels it last saw, its holds and its budgets' parts;
 // after an outage, what it debited meanwhile.
 func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
+	s.restoring.Store(true)
+	defer s.restoring.Store(false)
 	if lost {
 		if err := s.reseed(ctx); err != nil {
 			return err
@@ -332,9 +342,9 @@ func (s *Store) register(ctx context.Context) error {
 	s.replicas.Store(max(n, 1))
 	switch p := s.epoch.Load(); {
 	case p == nil:
-		// A new process adopts the epoch it finds: what its predecessor
-		// charged is in Redis already.
-		s.epoch.Store(&epoch)
+		if err := s.firstContact(epoch); err != nil {
+			return err
+		}
 		s.verified(start)
 	case *p == epoch:
 		s.verified(start)
@@ -343,7 +353,37 @@ func (s *Store) register(ctx context.Context) error {
 			return err
 		}
 	}
+	s.saveState()
 	s.releaseLapsed(ctx)
+	return nil
+}
+
+// firstContact adopts Redis's epoch the first time this process reaches
+// it. A predecessor on the same data directory (StateFile) knew an
+// epoch: if Redis still holds it, the records of the spool are charged
+// again (once: SetRestarted); if not, Redis lost what they were charged,
+// and this replica adds its part as a recovery does. Without a
+// predecessor, its spool is its part.
+func (s *Store) firstContact(epoch string) error {
+	s.recovery.Lock()
+	defer s.recovery.Unlock()
+	if s.epoch.Load() != nil {
+		return nil
+	}
+	s.restoring.Store(true)
+	defer s.restoring.Store(false)
+	if s.savedEpoch == epoch {
+		if fn := s.restarted.Load(); fn != nil {
+			if err := (*fn)(); err != nil {
+				return err
+			}
+		}
+	} else if fn := s.recoverer.Load(); fn != nil {
+		if err := (*fn)(true); err != nil {
+			return err
+		}
+	}
+	s.epoch.Store(&epoch)
 	return nil
 }
 
@@ -450,3 +490,8 @@ func (o *owedIndex) take() ([]debt, []holdID) {
 	o.settled = nil
 	return debts, settled
 }
+
+// useRedis tells whether calls go to Redis: unless it is out of reach,
+// and always while this replica restores its state there (Redis then
+// answered a ping, and the recovery's calls must not go to the shares).
+func (s *Store) useRedis() bool { return !s.down.Load() || s.restoring.Load() }

@@ -259,30 +259,44 @@ return 1
 
 // contributeScript adds a replica's part to a budget's spend once per
 // incarnation of the key: KEYS[1] is the budget, KEYS[2] the set of the
-// instances whose part it holds. ARGV[1] is the instance, ARGV[2] its
-// part (what it accepted and has not stored, and what its holds hold),
-// ARGV[3] the database's sum ("" when not read yet) and ARGV[4] the
-// key's expiry in milliseconds. A key that is missing is created from
-// the database's sum and the part; without the sum it answers -2. It
-// returns {1 when the part was added now, 0 when it was already, or -2;
-// the spend}.
+// instances whose part it holds, KEYS[3] when the database's sum in it
+// was taken (microseconds of the replicas' clocks). ARGV[1] is the
+// instance, ARGV[2] its part (what it accepted and has not stored, and
+// what its holds hold), ARGV[3] the database's sum ("" when not read
+// yet), ARGV[4] the key's expiry in milliseconds, ARGV[5] when that sum
+// was taken; then pairs of a time and an amount the replica stored then
+// (since Redis last answered it), each added if stored after the sum
+// was taken. A key that is missing is created from the database's sum
+// and the part; without the sum it answers -2. It returns {1 when the
+// part was added now, 0 when it was already, or -2; the spend}.
 var contributeScript = redis.NewScript(`
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return {0, redis.call('GET', KEYS[1]) or '0'}
 end
 local v = redis.call('GET', KEYS[1])
-local s
+local s, at
 if v then
-  s = tonumber(v) + tonumber(ARGV[2])
-  redis.call('SET', KEYS[1], string.format('%d', math.min(math.max(0, s), 9007199254740992)), 'KEEPTTL')
+  s = tonumber(v)
+  at = tonumber(redis.call('GET', KEYS[3]) or '0')
 else
   if ARGV[3] == '' then return {-2, '0'} end
-  s = tonumber(ARGV[3]) + tonumber(ARGV[2])
-  redis.call('SET', KEYS[1], string.format('%d', math.min(math.max(0, s), 9007199254740992)), 'PX', ARGV[4])
+  s = tonumber(ARGV[3])
+  at = tonumber(ARGV[5])
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
+end
+s = s + tonumber(ARGV[2])
+for j = 6, #ARGV, 2 do
+  if tonumber(ARGV[j]) > at then s = s + tonumber(ARGV[j + 1]) end
+end
+s = string.format('%d', math.min(math.max(0, s), 9007199254740992))
+if v then
+  redis.call('SET', KEYS[1], s, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], s, 'PX', ARGV[4])
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {1, redis.call('GET', KEYS[1])}
+return {1, s}
 `)
 
 // reseedScript puts back the level a replica last saw in token bucket

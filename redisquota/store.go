@@ -87,6 +87,9 @@ type Options struct {
 	// record sent again within it is not charged again (15 minutes when
 	// zero).
 	DedupTTL time.Duration
+	// StateFile keeps the epoch and the replica count across restarts
+	// (see state.go); none when empty.
+	StateFile string
 }
 
 // Store is a limiter.Store on Redis. Besides the buckets in Redis it
@@ -138,6 +141,15 @@ type Store struct {
 	// one (see SetRecoverer).
 	recovery  sync.Mutex
 	recoverer atomic.Pointer[func(epochChanged bool) error]
+	// restoring is set while a recovery or a first contact runs.
+	restoring atomic.Bool
+	// restarted is what a restarted sidecar does first (SetRestarted).
+	restarted atomic.Pointer[func() error]
+	// savedEpoch is the epoch the StateFile held at start; saved what it
+	// holds now, guarded by stateMu.
+	savedEpoch string
+	saved      savedState
+	stateMu    sync.Mutex
 	// wake nudges Run's probe loop when a call fails.
 	wake chan struct{}
 	// transition serialises going down (seeding the local shares) and
@@ -191,6 +203,7 @@ func New(opts Options) *Store {
 	s.owed.init()
 	s.local.Store(limiter.NewMemoryStore())
 	s.replicas.Store(1)
+	s.loadState()
 	s.seen.init()
 	return s
 }
@@ -223,7 +236,7 @@ func (s *Store) Run(ctx context.Context) {
 // Err tells why checks go to the fail mode: Redis out of reach, or
 // refusing the calls; nil while it answers them.
 func (s *Store) Err() error {
-	if !s.down.Load() {
+	if s.useRedis() {
 		if p := s.refusal.Load(); p != nil {
 			return fmt.Errorf("cannot use Redis (checks answered by --redis-fail-mode=%s): it refuses the calls: %s", s.opts.FailMode, *p)
 		}
@@ -258,7 +271,7 @@ func (s *Store) Replicas() int { return int(s.replicas.Load()) }
 
 // Take implements limiter.Store.
 func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64) (bool, error) {
-	if !s.down.Load() {
+	if s.useRedis() {
 		res, err := s.runRecovering(opTake, user, bs, need, cost, "")
 		if err == nil {
 			allowed := res[0] == 1
@@ -287,7 +300,7 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 // is charged to this replica's share in FailLocal mode, and not at all in
 // the others.
 func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts []int64) error {
-	if !s.down.Load() {
+	if s.useRedis() {
 		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, "")
 		if err == nil {
 			s.seen.touch(now, user, bs, res[1:])
@@ -307,7 +320,7 @@ func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts 
 
 // Levels implements limiter.Store.
 func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels []float64) error {
-	if !s.down.Load() {
+	if s.useRedis() {
 		res, err := s.runRecovering(opRead, user, bs, nil, nil, "")
 		if err == nil {
 			copy(levels, res[1:])
@@ -336,7 +349,7 @@ func (s *Store) Levels(now time.Time, user string, bs []limiter.Bucket, levels [
 // found a budget's key missing, the first one's spend counts. While Redis
 // is out of reach the local store is seeded in FailLocal mode.
 func (s *Store) Seed(user string, b limiter.Bucket, spent int64) (bool, error) {
-	if !s.down.Load() {
+	if s.useRedis() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 		defer cancel()
 		start := time.Now()

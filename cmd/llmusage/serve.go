@@ -332,6 +332,9 @@ type sidecar struct {
 	queue ledger.Queue
 	// ledger counts what the records not stored yet spent, for budgets.
 	ledger *ledger.Ledger
+	// spooled are the recent records the spool held at start, charged
+	// again once Redis answers (chargeSpooledAgain).
+	spooled []limiter.Usage
 	// proxy forwards and meters the SDKs' calls.
 	proxy *proxy.Proxy
 	// otlp takes OpenTelemetry traces.
@@ -388,12 +391,19 @@ func run(ctx context.Context, cfg serveConfig) error {
 	s.exporter = exporter.New(cfg.Exporter)
 	var buckets limiter.Store
 	if cfg.Redis.URL != "" {
-		if s.quota, err = openRedis(cfg.Redis, s.exporter, logger); err != nil {
+		stateFile := ""
+		if cfg.Durability != "memory" {
+			stateFile = filepath.Join(cfg.Store.DataDir, "quota-state.json")
+		}
+		if s.quota, err = openRedis(cfg.Redis, stateFile, s.exporter, logger); err != nil {
 			return err
 		}
 		defer s.quota.Close()
 		buckets = s.quota
 		s.exporter.WatchQuotaBackend(s.quota)
+		// Stored records count in a recovery until Redis confirms it kept
+		// its state after they were stored.
+		s.ledger.SetConfirmed(s.quota.VerifiedSince)
 	}
 	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second, DB: s.store.SpentByModel}
 	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets, Location: cfg.BudgetLocation,
@@ -401,6 +411,9 @@ func run(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	s.exporter.WatchLimiter(s.limiter)
+	if s.quota != nil {
+		s.quota.SetRestarted(s.chargeSpooledAgain)
+	}
 	s.exporter.SetRulesDigest(s.rules.Set().Digest())
 	s.ledger.SetEnabled(hasBudget(s.rules.Set().InForce))
 	writerOpts := cfg.Writer
@@ -650,8 +663,39 @@ func (s *sidecar) openQueue() error {
 	if n := sp.Len(); n > 0 {
 		s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
 		// What they spent counts in budgets until they are stored.
-		if err := sp.Scan(func(r *record.Record) { s.ledger.Add([]record.Record{*r}) }); err != nil {
+		recent := time.Now().Add(-respoolWindow)
+		if err := sp.Scan(func(r *record.Record) {
+			s.ledger.Add([]record.Record{*r})
+			if len(s.spooled) < maxRespooled && r.Timestamp.After(recent) {
+				s.spooled = append(s.spooled, limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model,
+					Tokens: r.TotalTokens, RequestID: r.RequestID, Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp})
+			}
+		}); err != nil {
 			s.logger.Warn("cannot read the spool's costs for budgets; budgets count the stored records only", "error", err)
+		}
+	}
+	return nil
+}
+
+// respoolWindow and maxRespooled bound the spooled records charged again
+// at a restart: Redis remembers a charged request_id for 15 minutes.
+const (
+	respoolWindow = 14 * time.Minute
+	maxRespooled  = 100_000
+)
+
+// chargeSpooledAgain charges the records found in the spool at start,
+// once Redis answers with the state the predecessor knew: Redis charges
+// each request_id once, so only those the predecessor did not charge
+// there (accepted while Redis was out of reach, or spooled just before
+// it died) count.
+func (s *sidecar) chargeSpooledAgain() error {
+	us := s.spooled
+	s.spooled = nil
+	for i := range us {
+		if err := s.limiter.Record(us[i]); err != nil && errors.Is(err, limiter.ErrStoreUnavailable) {
+			s.spooled = us[i:]
+			return err
 		}
 	}
 	return nil
@@ -692,7 +736,7 @@ func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
 
 // openRedis connects to the shared quota store. Redis need not answer
 // yet: until it does, checks are answered by the fail mode.
-func openRedis(cfg redisConfig, observer redisquota.Observer, logger *slog.Logger) (*redisquota.Store, error) {
+func openRedis(cfg redisConfig, stateFile string, observer redisquota.Observer, logger *slog.Logger) (*redisquota.Store, error) {
 	client, err := redisquota.NewClient(cfg.URL, cfg.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), err)
@@ -702,7 +746,7 @@ func openRedis(cfg redisConfig, observer redisquota.Observer, logger *slog.Logge
 	logger.Info("limits shared through Redis", "redis", store.Redact(cfg.URL), "cluster", cfg.Cluster,
 		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "prefix", cfg.Prefix, "replica", replica)
 	return redisquota.New(redisquota.Options{Client: client, Timeout: cfg.Timeout, FailMode: cfg.FailMode,
-		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger}), nil
+		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger, StateFile: stateFile}), nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
