@@ -197,3 +197,37 @@ func TestSetEnabled(t *testing.T) {
 		t.Fatalf("enabled twice: spent %d, want 7", got)
 	}
 }
+
+// TestStoredKeptUntilConfirmed: with a shared store, a stored record
+// leaves the pending ones but is kept, with the time it was stored,
+// until the store confirms its state after that time.
+func TestStoredKeptUntilConfirmed(t *testing.T) {
+	l := New()
+	var confirmed time.Time
+	l.SetConfirmed(func() time.Time { return confirmed })
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	q := l.Queue(store.NewMemoryQueue(10))
+	r := rec("a", "u", "openai", "gpt-4o", 100, t0)
+	if err := q.Enqueue([]record.Record{r}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Peek(10); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if err := q.Commit(1); err != nil {
+		t.Fatal(err)
+	}
+	from, to := t0.Add(-time.Hour), t0.Add(time.Hour)
+	if got := l.Spent("u", "", "", from, to); got != 0 {
+		t.Fatalf("pending after the commit: %d, want 0", got)
+	}
+	got := l.Unconfirmed("u", "", "", from, to)
+	if len(got) != 1 || got[0].Spends[0].NanoUSD != 100 || got[0].At.Before(before) {
+		t.Fatalf("unconfirmed %+v, want one batch of 100 stored after %v", got, before)
+	}
+	confirmed = time.Now()
+	if got := l.Unconfirmed("u", "", "", from, to); len(got) != 0 {
+		t.Fatalf("unconfirmed after a confirmation: %+v", got)
+	}
+}

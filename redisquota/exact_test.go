@@ -168,3 +168,89 @@ func TestRedisLossRebuildsExactly(t *testing.T) {
 }
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
+
+// TestBudgetShareAndWriteBack: while Redis is out of reach each replica
+// may spend its share of what was left, and what it spent is in Redis
+// once it is back.
+func TestBudgetShareAndWriteBack(t *testing.T) {
+	srv, client := standalone(t)
+	clk := clock.NewManual(time.Now())
+	rules := []limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: dollar}}
+	var ls []*limiter.Limiter
+	var stores []*Store
+	for i := 0; i < 2; i++ {
+		s := New(Options{Client: client, FailMode: FailLocal, ReplicaID: "replica" + string(rune('0'+i)), Timeout: 100 * time.Millisecond})
+		l, err := limiter.New(rules, limiter.Options{Clock: clk, Store: s, Spend: &splitSpend{stored: &fixedSpend{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, stores = append(ls, l), append(stores, s)
+	}
+	for range 2 { // each sees the other
+		for _, s := range stores {
+			if err := s.register(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check := func(l *limiter.Limiter, id string) bool {
+		d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10, RequestID: id})
+		return err == nil && d.Allowed
+	}
+	for i := range 4 { // $0.40 of $1.00 spent in Redis
+		if !check(ls[i%2], "before"+string(rune('0'+i))) {
+			t.Fatal("refused before the outage")
+		}
+	}
+	srv.Pause(t)
+	admitted := 0
+	for i := range 20 {
+		if check(ls[0], "during"+string(rune('a'+i))) {
+			admitted++
+		}
+	}
+	if admitted != 3 {
+		t.Fatalf("replica 0 admitted %d checks of $0.10 during the outage, want 3: its share of the $0.60 left", admitted)
+	}
+	srv.Resume(t)
+	for _, s := range stores {
+		waitFor(t, func() bool {
+			s.probe(t.Context())
+			return s.Err() == nil
+		})
+	}
+	if usd, _ := left(t, ls[1]); usd != 3*dollar/10 {
+		t.Fatalf("left $%d in Redis after the outage, want $0.30: what replica 0 spent meanwhile written back", usd)
+	}
+}
+
+// TestRestartKnowsTheEpoch: a store restarted on its state file charges
+// its spool again when Redis kept its state, and adds its part when
+// Redis lost it meanwhile.
+func TestRestartKnowsTheEpoch(t *testing.T) {
+	srv, client := standalone(t)
+	state := t.TempDir() + "/quota-state.json"
+	open := func() (*Store, *int, *int) {
+		s := New(Options{Client: client, FailMode: FailLocal, ReplicaID: "pod", StateFile: state, Timeout: time.Second})
+		var restarted, recovered int
+		s.SetRestarted(func() error { restarted++; return nil })
+		s.SetRecoverer(func() error { recovered++; return nil })
+		if err := s.register(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return s, &restarted, &recovered
+	}
+	_, restarted, recovered := open()
+	if *restarted != 0 || *recovered != 1 {
+		t.Fatalf("first start: restarted %d, recovered %d; want 0 and 1 (a new replica's spool is its part)", *restarted, *recovered)
+	}
+	_, restarted, recovered = open()
+	if *restarted != 1 || *recovered != 0 {
+		t.Fatalf("restart, Redis kept its state: restarted %d, recovered %d; want 1 and 0", *restarted, *recovered)
+	}
+	srv.Do(t, "FLUSHALL")
+	_, restarted, recovered = open()
+	if *restarted != 0 || *recovered != 1 {
+		t.Fatalf("restart, Redis lost its state: restarted %d, recovered %d; want 0 and 1", *restarted, *recovered)
+	}
+}

@@ -417,7 +417,14 @@ func (s *Store) comeBack(ctx context.Context) error {
 	if p != nil && *p != current {
 		return s.recover()
 	}
-	return s.restore(ctx, current, false)
+	return s.writeBackOwed(ctx, current)
+}
+
+// writeBackOwed writes back what the fail mode debited, under epoch.
+func (s *Store) writeBackOwed(ctx context.Context, epoch string) error {
+	s.recovery.Lock()
+	defer s.recovery.Unlock()
+	return s.restore(ctx, epoch, false)
 }
 
 // isUnreachable tells an error that sent the call to the fail mode.

@@ -543,8 +543,12 @@ func (s *Store) runAt(epoch, op, user string, bs []limiter.Bucket, need, amounts
 	s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), err)
 	switch {
 	case err == nil:
-		if s.refusal.Load() != nil {
-			s.refusal.Store(nil)
+		if s.refusal.Load() != nil && s.refusal.Swap(nil) != nil {
+			// Redis takes writes again: what the fail mode debited
+			// meanwhile goes back to it.
+			if p := s.epoch.Load(); p != nil {
+				go func() { _ = s.writeBackOwed(context.Background(), *p) }()
+			}
 		}
 		return append(res[:1], res[2:]...), nil
 	case errors.Is(err, errPastDeadline):
@@ -827,7 +831,7 @@ func (s *Store) probe(ctx context.Context) {
 	}
 	// What the fail mode debited while the first write-back ran.
 	if p := s.epoch.Load(); p != nil {
-		_ = s.restore(ctx, *p, false)
+		_ = s.writeBackOwed(ctx, *p)
 	}
 }
 
