@@ -1,10 +1,13 @@
 package redisquota
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/llmusage/llmusage/internal/clock"
+	"github.com/llmusage/llmusage/internal/redistest"
 	"github.com/llmusage/llmusage/limiter"
 )
 
@@ -36,4 +39,75 @@ func BenchmarkCheckOnRedis(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkExactOnRedis is what exactness costs per call on a real
+// Redis, with the epoch checked as a registered replica does: a check
+// without and with a request_id (which holds its estimate), and a record
+// without and with a request_id (which settles the hold and leaves a
+// charged marker); B/marker is the Redis memory each charged marker
+// takes until it expires.
+func BenchmarkExactOnRedis(b *testing.B) {
+	srv, client := standalone(b)
+	rules := []limiter.Rule{{Window: limiter.Minute, Unit: limiter.Requests, Limit: 1 << 40}, {Window: limiter.Month, Unit: limiter.USD, Limit: limiter.MaxLimit}}
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "bench", Timeout: time.Second})
+	if err := s.register(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	l, err := limiter.New(rules, limiter.Options{Clock: clock.NewManual(time.Now()), Store: s})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := func(prefix string) func() string {
+		n := 0
+		return func() string { n++; return prefix + strconv.Itoa(n) }
+	}
+	b.Run("check", func(b *testing.B) {
+		req := limiter.Request{UserID: "alice", Model: "gpt-4o", Cost: 1}
+		for b.Loop() {
+			if d, err := l.Check(req); err != nil || !d.Allowed {
+				b.Fatalf("%+v %v", d, err)
+			}
+		}
+	})
+	b.Run("check+hold", func(b *testing.B) {
+		next := ids("h")
+		for b.Loop() {
+			if d, err := l.Check(limiter.Request{UserID: "alice", Model: "gpt-4o", Cost: 1, RequestID: next()}); err != nil || !d.Allowed {
+				b.Fatalf("%+v %v", d, err)
+			}
+		}
+	})
+	b.Run("record", func(b *testing.B) {
+		u := limiter.Usage{UserID: "bob", Model: "gpt-4o", Cost: 1, HasCost: true, Timestamp: time.Now()}
+		for b.Loop() {
+			if err := l.Record(u); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("record+marker", func(b *testing.B) {
+		next := ids("r")
+		before := usedMemory(b, srv)
+		n := 0
+		for b.Loop() {
+			if err := l.Record(limiter.Usage{UserID: "bob", Model: "gpt-4o", Cost: 1, HasCost: true, Timestamp: time.Now(), RequestID: next()}); err != nil {
+				b.Fatal(err)
+			}
+			n++
+		}
+		b.ReportMetric(float64(usedMemory(b, srv)-before)/float64(n), "B/marker")
+	})
+}
+
+// usedMemory is Redis's used_memory.
+func usedMemory(b *testing.B, srv *redistest.Server) int64 {
+	for _, line := range strings.Split(srv.Do(b, "INFO", "memory"), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	b.Fatal("no used_memory in INFO memory")
+	return 0
 }
