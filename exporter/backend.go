@@ -16,7 +16,12 @@ type backendMetrics struct {
 	duration  *prometheus.HistogramVec
 	errors    *prometheus.CounterVec
 	fallbacks *prometheus.CounterVec
-	rules     *prometheus.GaugeVec
+	// recoveries, released and duplicates count what keeps the shared
+	// limits exact through faults (redisquota's recover.go and holds.go).
+	recoveries *prometheus.CounterVec
+	released   *prometheus.CounterVec
+	duplicates prometheus.Counter
+	rules      *prometheus.GaugeVec
 }
 
 func newBackendMetrics() *backendMetrics {
@@ -34,6 +39,18 @@ func newBackendMetrics() *backendMetrics {
 			Name: "llmusage_quota_fallback_checks_total",
 			Help: "Checks answered by --redis-fail-mode (local shares, open or closed) because the shared quota store was out of reach.",
 		}, []string{"mode"}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmusage_quota_recoveries_total",
+			Help: "Times this replica put its part back into the shared quota store, by reason (lost: Redis lost its state; restart: first contact after a restart on the same data directory; write_back: what the fail mode debited during an outage).",
+		}, []string{"reason"}),
+		released: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmusage_quota_holds_released_total",
+			Help: "Check estimates given back without their record, by reason (expired: no record within 15 minutes; replica_gone: the replica that held them left the registry).",
+		}, []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmusage_quota_duplicate_records_total",
+			Help: "Records not charged because a record of the same request_id was charged already, by any replica (a client's retry).",
+		}),
 		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "llmusage_rules_info",
 			Help: "The rules in force, by the SHA-256 of their content: replicas with different values enforce different limits (a half-rolled ConfigMap).",
@@ -51,7 +68,13 @@ type QuotaBackend interface {
 
 // WatchQuotaBackend exports the shared quota store's gauges. Call it once.
 func (e *Exporter) WatchQuotaBackend(b QuotaBackend) {
-	e.reg.MustRegister(e.backend.duration, e.backend.errors, e.backend.fallbacks)
+	e.reg.MustRegister(e.backend.duration, e.backend.errors, e.backend.fallbacks, e.backend.recoveries, e.backend.released, e.backend.duplicates)
+	for _, r := range []string{"lost", "restart", "write_back"} {
+		e.backend.recoveries.WithLabelValues(r)
+	}
+	for _, r := range []string{"expired", "replica_gone"} {
+		e.backend.released.WithLabelValues(r)
+	}
 	e.addGauge("llmusage_quota_backend_up", "Whether the shared quota store (Redis) answers (1) or checks go to --redis-fail-mode (0).", func() float64 {
 		if b.Err() != nil {
 			return 0
@@ -72,6 +95,19 @@ func (e *Exporter) ObserveQuotaBackend(op string, d time.Duration, err error) {
 
 // ObserveQuotaFallback counts a check answered by the fail mode.
 func (e *Exporter) ObserveQuotaFallback(mode string) { e.backend.fallbacks.WithLabelValues(mode).Inc() }
+
+// ObserveQuotaRecovery counts a recovery of the shared quota state.
+func (e *Exporter) ObserveQuotaRecovery(reason string) {
+	e.backend.recoveries.WithLabelValues(reason).Inc()
+}
+
+// ObserveQuotaHoldsReleased counts estimates given back without their record.
+func (e *Exporter) ObserveQuotaHoldsReleased(reason string, n int) {
+	e.backend.released.WithLabelValues(reason).Add(float64(n))
+}
+
+// ObserveQuotaDuplicate counts a record charged already.
+func (e *Exporter) ObserveQuotaDuplicate() { e.backend.duplicates.Inc() }
 
 // SetRulesDigest exports the digest of the rules now in force.
 func (e *Exporter) SetRulesDigest(sha256 string) {

@@ -167,10 +167,13 @@ func (s *Store) sweepHolds(now time.Time) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
-		err := releaseScript.Run(ctx, s.opts.Client, []string{s.holdKey(h.user, h.id)}, s.instance).Err()
+		n, err := releaseScript.Run(ctx, s.opts.Client, []string{s.holdKey(h.user, h.id)}, s.instance).Int()
 		cancel()
 		if err == nil || errors.Is(err, redis.Nil) {
 			s.holds.drop(h.user, h.id)
+			if n > 0 {
+				s.opts.Observer.ObserveQuotaHoldsReleased("expired", n)
+			}
 		}
 	}
 }
@@ -222,6 +225,7 @@ func (s *Store) releaseInstance(ctx context.Context, inst string) error {
 		released += n
 	}
 	if released > 0 {
+		s.opts.Observer.ObserveQuotaHoldsReleased("replica_gone", released)
 		s.opts.Logger.Info("gave back the holds of a replica that left", "instance", inst, "holds", released)
 	}
 	return s.opts.Client.Del(ctx, index).Err()

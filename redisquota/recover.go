@@ -150,6 +150,7 @@ func (s *Store) recover() error {
 	s.epoch.Store(&current)
 	s.verified(start)
 	s.saveState()
+	s.opts.Observer.ObserveQuotaRecovery("lost")
 	s.opts.Logger.Warn("Redis lost the quota state (restarted empty, flushed or failed over); put back this replica's levels, holds and budget parts",
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -262,6 +263,9 @@ func (s *Store) writeBack(ctx context.Context, epoch string, lost bool) error {
 	debts, settled := s.owed.take()
 	if len(debts) == 0 && len(settled) == 0 {
 		return nil
+	}
+	if !lost {
+		s.opts.Observer.ObserveQuotaRecovery("write_back")
 	}
 	var failed error
 	for _, d := range debts {
@@ -382,6 +386,9 @@ func (s *Store) firstContact(epoch string) error {
 		if err := (*fn)(true); err != nil {
 			return err
 		}
+	}
+	if s.savedEpoch != "" {
+		s.opts.Observer.ObserveQuotaRecovery("restart")
 	}
 	s.epoch.Store(&epoch)
 	return nil

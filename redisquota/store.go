@@ -59,6 +59,14 @@ type Observer interface {
 	// ObserveQuotaFallback is called for each check answered by the fail
 	// mode instead of Redis.
 	ObserveQuotaFallback(mode string)
+	// ObserveQuotaRecovery is called when this replica put its part back
+	// into Redis: reason is lost, restart or write_back.
+	ObserveQuotaRecovery(reason string)
+	// ObserveQuotaHoldsReleased is called with holds given back without
+	// their record: reason is expired or replica_gone.
+	ObserveQuotaHoldsReleased(reason string, n int)
+	// ObserveQuotaDuplicate is called for a record charged already.
+	ObserveQuotaDuplicate()
 }
 
 // Options configure a Store.
@@ -536,6 +544,10 @@ func (s *Store) runAt(epoch, op, user string, bs []limiter.Bucket, need, amounts
 		case -3:
 			s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), nil)
 			return nil, errEpochLost
+		case 3:
+			s.opts.Observer.ObserveQuotaDuplicate()
+			res[0] = 1
+			s.verified(start)
 		default:
 			s.verified(start)
 		}
@@ -874,5 +886,8 @@ type nopObserver struct{}
 
 func (nopObserver) ObserveQuotaBackend(string, time.Duration, error) {}
 func (nopObserver) ObserveQuotaFallback(string)                      {}
+func (nopObserver) ObserveQuotaRecovery(string)                      {}
+func (nopObserver) ObserveQuotaHoldsReleased(string, int)            {}
+func (nopObserver) ObserveQuotaDuplicate()                           {}
 
 var _ limiter.Store = (*Store)(nil)
