@@ -364,33 +364,38 @@ func (s *Store) register(ctx context.Context) error {
 
 // firstContact adopts Redis's epoch the first time this process reaches
 // it. A predecessor on the same data directory (StateFile) knew an
-// epoch: if Redis still holds it, the records of the spool are charged
-// again (once: SetRestarted); if not, Redis lost what they were charged,
-// and this replica adds its part as a recovery does. Without a
-// predecessor, its spool is its part.
+// epoch: if Redis still holds it, what this process debited in its fail
+// mode is written back and the records of the spool are charged again
+// (once: SetRestarted), which counts those the predecessor accepted
+// while Redis was out of reach or spooled without charging. If not, or
+// without a predecessor, this replica recovers: its spool and its holds
+// are its part.
 func (s *Store) firstContact(epoch string) error {
 	s.recovery.Lock()
 	defer s.recovery.Unlock()
 	if s.epoch.Load() != nil {
 		return nil
 	}
-	s.restoring.Store(true)
-	defer s.restoring.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	if s.savedEpoch == epoch {
+		if err := s.restore(ctx, epoch, false); err != nil {
+			return err
+		}
+		s.restoring.Store(true)
+		defer s.restoring.Store(false)
 		if fn := s.restarted.Load(); fn != nil {
 			if err := (*fn)(); err != nil {
 				return err
 			}
 		}
-	} else if fn := s.recoverer.Load(); fn != nil {
-		if err := (*fn)(true); err != nil {
-			return err
-		}
+	} else if err := s.restore(ctx, epoch, true); err != nil {
+		return err
 	}
+	s.epoch.Store(&epoch)
 	if s.savedEpoch != "" {
 		s.opts.Observer.ObserveQuotaRecovery("restart")
 	}
-	s.epoch.Store(&epoch)
 	return nil
 }
 
