@@ -18,10 +18,10 @@ import (
 // change, when that was (microseconds of the server's clock) and the
 // refill rate its expiry was set for; a missing key is a full bucket.
 // (A string with SET PX is one command a write where a hash takes two,
-// HSET and PEXPIRE, and a smaller key.) KEYS[n+1] is the hold of the
-// call's request_id, KEYS[n+2] its charged marker; then, when ARGV[9] is
-// 1, the replica's index of its holds, and, when ARGV[4] is not empty,
-// the epoch key (neither is in the user's slot: only on a single Redis).
+// HSET and PEXPIRE, and a smaller key.) With a request_id, KEYS[n+1] is
+// its hold and KEYS[n+2] its charged marker; then, when ARGV[9] is 1,
+// the replica's index of its holds, and, when ARGV[4] is not empty, the
+// epoch key (neither is in the user's slot: only on a single Redis).
 //
 // ARGV[1] is the mode: "take" (a check: debit every bucket by its amount
 // if each holds its need, else nothing), "charge" (a record: debit, or
@@ -83,12 +83,16 @@ local function answer(code)
 end
 if deadline > 0 and now > deadline then return answer(-1) end
 local indexed = ARGV[9] == '1'
+-- After the buckets: the hold and the marker (with a request_id), the
+-- index (when indexed), the epoch key (when checked).
+local extra = n
+local hold, marker
+if id ~= '' then hold, marker, extra = KEYS[n + 1], KEYS[n + 2], n + 2 end
+local index
+if indexed then index, extra = KEYS[extra + 1], extra + 1 end
 if epoch ~= '' then
-  local k = n + 3
-  if indexed then k = n + 4 end
-  if redis.call('GET', KEYS[k]) ~= epoch then return answer(-3) end
+  if redis.call('GET', KEYS[extra + 1]) ~= epoch then return answer(-3) end
 end
-local hold, marker = KEYS[n + 1], KEYS[n + 2]
 local duplicate = false
 if id ~= '' and mode == 'charge' and redis.call('EXISTS', marker) == 1 then
   mode, duplicate = 'read', true
@@ -203,8 +207,8 @@ if write and id ~= '' then
     redis.call('HSET', hold, unpack(fields))
     redis.call('PEXPIRE', hold, ARGV[7])
     if indexed then
-      redis.call('SADD', KEYS[n + 3], hold)
-      redis.call('PEXPIRE', KEYS[n + 3], ARGV[7])
+      redis.call('SADD', index, hold)
+      redis.call('PEXPIRE', index, ARGV[7])
     end
   end
 end

@@ -662,7 +662,9 @@ func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts [
 		}
 		args = append(args, b.Limit, strconv.FormatFloat(b.RefillPerSecond()/1e6, 'g', -1, 64), n, a, ttl)
 	}
-	keys = append(keys, s.holdKey(user, id), s.chargedKey(user, id))
+	if id != "" {
+		keys = append(keys, s.holdKey(user, id), s.chargedKey(user, id))
+	}
 	if indexed == "1" {
 		keys = append(keys, s.holdIndexKey(s.instance))
 	}
