@@ -114,10 +114,57 @@ func (s *Server) Do(t testing.TB, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// Cluster is a Redis Cluster of masters without replicas.
+// Cluster is a Redis Cluster.
 type Cluster struct {
-	// Nodes are its masters.
+	// Nodes are its servers: the masters first, then their replicas.
 	Nodes []*Server
+}
+
+// MasterOf returns the running node that serves key as a master now.
+func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
+	t.Helper()
+	var slot string
+	for _, s := range c.Nodes {
+		if s.cmd != nil {
+			slot = strings.TrimSpace(s.Do(t, "CLUSTER", "KEYSLOT", key))
+			break
+		}
+	}
+	for _, s := range c.Nodes {
+		if s.cmd != nil && s.ownsSlot(t, slot) {
+			return s
+		}
+	}
+	t.Fatalf("no running master serves slot %s", slot)
+	return nil
+}
+
+// ownsSlot tells whether s is a master serving slot now.
+func (s *Server) ownsSlot(t testing.TB, slot string) bool {
+	t.Helper()
+	out, err := exec.Command("redis-cli", "-p", s.port(), "CLUSTER", "NODES").Output()
+	if err != nil {
+		return false
+	}
+	n, _ := strconv.Atoi(slot)
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 || !strings.Contains(f[2], "myself") || !strings.Contains(f[2], "master") {
+			continue
+		}
+		for _, r := range f[8:] {
+			lo, hi, found := strings.Cut(r, "-")
+			if !found {
+				hi = lo
+			}
+			a, err1 := strconv.Atoi(lo)
+			b, err2 := strconv.Atoi(hi)
+			if err1 == nil && err2 == nil && a <= n && n <= b {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // URL is a redis:// URL naming the cluster's first node; a cluster
@@ -128,9 +175,21 @@ func (c *Cluster) URL() string { return "redis://" + c.Nodes[0].Addr }
 // cluster covering every slot.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return startCluster(t, n, 0, 5000)
+}
+
+// StartClusterWithReplicas starts masters (at least 3), each with one
+// replica, that fail over after a node is unreachable for a second.
+func StartClusterWithReplicas(t testing.TB, masters int) *Cluster {
+	t.Helper()
+	return startCluster(t, masters*2, 1, 1000)
+}
+
+func startCluster(t testing.TB, n, replicas, nodeTimeoutMs int) *Cluster {
+	t.Helper()
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
-		s := newServer(t, []string{"--cluster-enabled", "yes", "--cluster-node-timeout", "5000"})
+		s := newServer(t, []string{"--cluster-enabled", "yes", "--cluster-node-timeout", strconv.Itoa(nodeTimeoutMs)})
 		s.args = append(s.args, "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"))
 		// The cluster bus listens on port+10000: pick ports that leave room.
 		s.startOnFreePort(t)
@@ -140,7 +199,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for i, s := range c.Nodes {
 		addrs[i] = s.Addr
 	}
-	create := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...)
+	create := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...)
 	if out, err := create.CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %s\n%s", err, out)
 	}
