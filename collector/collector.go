@@ -188,24 +188,24 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 
 // apply persists valid records, charges them and counts them.
 func (c *Collector) apply(recs []record.Record, now time.Time) error {
-	if c.sink != nil {
-		if err := c.sink.Enqueue(recs); err != nil {
-			return &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
-		}
-	}
-	// The records are stored whatever happens here: a quota store out of
-	// reach costs the charge, which the store counts, not the record.
-	if len(recs) == 1 {
-		_ = c.limiter.Record(usageOfRecord(&recs[0]))
-	} else {
-		us := c.usages.Get().(*[]limiter.Usage)
-		*us = (*us)[:0]
-		for i := range recs {
-			*us = append(*us, usageOfRecord(&recs[i]))
-		}
-		_ = c.limiter.RecordAll(*us)
+	us := c.usages.Get().(*[]limiter.Usage)
+	defer func() {
 		clear(*us) // no strings kept alive in the pool
 		c.usages.Put(us)
+	}()
+	*us = (*us)[:0]
+	for i := range recs {
+		*us = append(*us, usageOfRecord(&recs[i]))
+	}
+	// The records are stored whatever happens to their charges: a quota
+	// store out of reach costs the charge, which the store counts, not
+	// the record.
+	enqueue := func() error { return nil }
+	if c.sink != nil {
+		enqueue = func() error { return c.sink.Enqueue(recs) }
+	}
+	if err := c.limiter.Accept(enqueue, *us); err != nil {
+		return &Error{Status: http.StatusServiceUnavailable, Message: err.Error() + "; nothing was applied, retry later"}
 	}
 	c.unpriced.observe(recs, now, c.logger)
 	c.observer.ObserveRecords(recs)

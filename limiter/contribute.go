@@ -48,6 +48,9 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 // after the store lost their spend: the budgets of its pending calls and
 // of its holds, in their current periods.
 func (l *Limiter) contributeAll() error {
+	// No request between its enqueue and its charges (see Accept).
+	l.accepting.Lock()
+	defer l.accepting.Unlock()
 	now := l.clock.Now()
 	rs := l.rules.Load()
 	type budgetID struct {

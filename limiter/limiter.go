@@ -157,6 +157,10 @@ type Limiter struct {
 	// holdStore is store when it keeps the estimates itself (HoldStore);
 	// the Limiter then keeps none in pending.
 	holdStore HoldStore
+	// accepting is read-held from a request's enqueue to the end of its
+	// records' charges, and write-held while a recovery counts the
+	// pending records (see Accept).
+	accepting sync.RWMutex
 	// location, spend and allowUnpriced are the Options'.
 	location      *time.Location
 	spend         SpendSource
@@ -390,7 +394,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 // If an allowed check with the same RequestID and user came first, the
 // request was already charged and only the difference between the actual
 // and the estimated tokens is applied, refunding an over-estimate.
-func (l *Limiter) Record(u Usage) error { return l.record(u, nil) }
+func (l *Limiter) Record(u Usage) error { return l.recordAll([]Usage{u}, false) }
 
 // RecordAll records the usages of one request, whose records entered the
 // SpendSource together (the spool, then the ledger, takes a request's
@@ -398,10 +402,60 @@ func (l *Limiter) Record(u Usage) error { return l.record(u, nil) }
 // learnt with all of them in it, so the others are not charged to it
 // again. It returns the first error.
 func (l *Limiter) RecordAll(us []Usage) error {
+	return l.recordAll(us, false)
+}
+
+// Accept enqueues a request's records (enqueue puts them among the
+// SpendSource's pending records, or fails, and then nothing is charged)
+// and charges them, as RecordAll does. With a HoldStore, a recovery
+// (which counts the pending records in budgets) never runs between the
+// two: each record is counted once, by the recovery or by its charge.
+// It returns enqueue's error; a charge that fails is the store's to
+// count (see Record).
+func (l *Limiter) Accept(enqueue func() error, us []Usage) error {
+	if l.holdStore == nil {
+		if err := enqueue(); err != nil {
+			return err
+		}
+		_ = l.RecordAll(us)
+		return nil
+	}
+	l.accepting.RLock()
+	if err := enqueue(); err != nil {
+		l.accepting.RUnlock()
+		return err
+	}
+	_ = l.recordAll(us, true)
+	return nil
+}
+
+// recordAll records us; when accepting, l.accepting is read-held and is
+// released.
+func (l *Limiter) recordAll(us []Usage, accepting bool) error {
 	var learnt learntBudgets
 	var first error
+	var lost []int
 	for i := range us {
-		if err := l.record(us[i], &learnt); err != nil && first == nil {
+		err := l.record(us[i], &learnt, false)
+		if errors.Is(err, ErrStateLost) {
+			lost = append(lost, i)
+			continue
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	if accepting {
+		l.accepting.RUnlock()
+	}
+	if len(lost) == 0 || l.holdStore == nil {
+		return first
+	}
+	// The store lost its state: its recovery counts these records, which
+	// are pending, in budgets; they are charged to the rest.
+	counted := l.holdStore.Recover() == nil
+	for _, i := range lost {
+		if err := l.record(us[i], &learnt, counted); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -426,7 +480,9 @@ func (lb *learntBudgets) has(user string, b Bucket) bool {
 	return false
 }
 
-func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
+// record charges u; counted tells that its budgets counted it already
+// (a recovery did), so that it is charged to the other buckets only.
+func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 	if u.UserID == "" {
 		return nil
 	}
@@ -454,7 +510,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets) error {
 		// The cost counts in the period of the call; the estimate is
 		// refunded from the period it was reserved in, if still current.
 		p, spent := sc.buckets[i].Period, int64(0)
-		if u.HasCost && p.Contains(u.Timestamp) {
+		if u.HasCost && p.Contains(u.Timestamp) && !counted {
 			spent = u.Cost
 		}
 		if own && l.holds(estimate, p) { // late or not, it was held

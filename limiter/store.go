@@ -140,6 +140,14 @@ type Scope struct {
 	Unit Unit
 }
 
+// ErrStateLost is returned by a HoldStore's ChargeOnce and Charge when
+// the store lost its state (a Redis restarted empty) and has not
+// recovered yet: nothing was charged. The Limiter then has the store
+// Recover, which counts the records accepted and not stored (the one
+// being charged among them) in budgets, and charges the record again
+// without its budgets.
+var ErrStateLost = errors.New("cannot charge: the quota store lost its state and must recover first")
+
 // ErrStoreUnavailable marks a Store error that leaves the call undecided:
 // the shared store cannot be reached and no fallback answers.
 var ErrStoreUnavailable = errors.New("cannot reach the quota store")
@@ -174,6 +182,9 @@ type HoldStore interface {
 	// HeldBuckets returns, by user, the buckets of the estimates this
 	// replica holds.
 	HeldBuckets() map[string][]Bucket
+	// Recover brings the store's state back after it answered
+	// ErrStateLost, once: a call while another recovers waits for it.
+	Recover() error
 	// SetRecoverer registers what the Limiter does when the store lost
 	// its budgets' spend (a Redis restarted empty): add its part of every
 	// budget it has one in.

@@ -81,7 +81,10 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 		return s.Charge(now, user, bs, amounts)
 	}
 	if s.useRedis() {
-		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, id)
+		res, err := s.run(opCharge, user, bs, nil, amounts, id)
+		if errors.Is(err, errEpochLost) {
+			return limiter.ErrStateLost
+		}
 		if err == nil {
 			s.holds.drop(user, id)
 			s.seen.touch(now, user, bs, res[1:])
@@ -94,22 +97,34 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 	if s.opts.FailMode != FailLocal {
 		return s.unavailable()
 	}
+	// The local shares are charged the record less its hold: the shares
+	// started from levels that held a hold taken in Redis, and debited
+	// one taken here. Redis gets the record again when it is back, less
+	// the holds taken here (whose estimates the write-back brings); one
+	// taken in Redis is settled there then, or, if Redis gave it back
+	// meanwhile (this replica's registration lapsed), not.
 	net := make([]int64, len(amounts))
 	copy(net, amounts)
+	replay := make([]int64, len(amounts))
+	copy(replay, amounts)
 	if h, ok := s.holds.get(user, id); ok {
 		held := s.amountsIn(h, bs)
 		for i := range net {
 			net[i] -= held[i]
+			if h.local {
+				replay[i] -= held[i]
+			}
 		}
-		// Budgets of the hold that this record does not touch.
-		s.releaseLocal(now, h, bs)
+		if h.local {
+			// Budgets of the hold that this record does not touch.
+			s.releaseLocal(now, h, bs)
+		}
 	}
 	if err := s.local.Load().Charge(now, user, s.shares(bs), net); err != nil {
 		return err
 	}
 	s.holds.drop(user, id)
-	s.owed.add(user, bs, net)
-	s.owed.settle(user, id)
+	s.owed.settle(user, id, bs, replay, net)
 	return nil
 }
 
@@ -158,7 +173,7 @@ func (s *Store) releaseLocal(now time.Time, h hold, bs []limiter.Bucket) {
 // next sweep.
 func (s *Store) sweepHolds(now time.Time) {
 	for _, h := range s.holds.expired(now) {
-		if h.local && s.down.Load() {
+		if h.local { // Redis never had it
 			s.releaseLocal(now, h, nil)
 			s.holds.drop(h.user, h.id)
 			continue

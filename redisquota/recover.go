@@ -30,6 +30,7 @@ package redisquota
 // counts.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -126,6 +127,9 @@ func (s *Store) shareOfSpend(b limiter.Bucket, spent int64) int64 {
 	return b.Limit - left/n
 }
 
+// Recover implements limiter.HoldStore.
+func (s *Store) Recover() error { return s.recover() }
+
 // recover brings Redis's state back after it lost the epoch, once: the
 // first caller recovers while the others wait, and find it done.
 func (s *Store) recover() error {
@@ -167,10 +171,12 @@ func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
 			return err
 		}
 	}
-	if err := s.writeBack(ctx, epoch, lost); err != nil {
+	// Holds first: a record that arrives meanwhile settles against its
+	// hold, whose estimate the write-back then brings.
+	if err := s.rehold(ctx, !lost); err != nil {
 		return err
 	}
-	if err := s.rehold(ctx, !lost); err != nil {
+	if err := s.writeBack(ctx, epoch, lost); err != nil {
 		return err
 	}
 	if lost {
@@ -256,9 +262,11 @@ func (s *Store) rehold(ctx context.Context, localOnly bool) error {
 }
 
 // writeBack charges Redis with what this replica debited from its local
-// shares while Redis was out of reach, and marks the records it charged
-// then. After a loss the budgets' debits are left out: the recovery
-// counts their records.
+// shares while Redis was out of reach, and charges again the records it
+// charged then (each once: a request_id charged already is not, and the
+// hold a record's check took in Redis is settled). After a loss the
+// budgets are left out: the recovery counts their records. What cannot
+// be written back waits for the next write-back.
 func (s *Store) writeBack(ctx context.Context, epoch string, lost bool) error {
 	debts, settled := s.owed.take()
 	if len(debts) == 0 && len(settled) == 0 {
@@ -278,31 +286,46 @@ func (s *Store) writeBack(ctx context.Context, epoch string, lost bool) error {
 			// whoever learns it next reads the records.
 			continue
 		}
-		if err != nil && failed == nil {
-			failed = err
+		if err != nil {
+			failed = cmp.Or(failed, err)
 			s.owed.add(d.user, []limiter.Bucket{d.bucket}, []int64{d.amount})
 		}
 	}
-	if failed != nil {
-		return failed
-	}
-	if len(settled) > 0 {
-		pipe := s.opts.Client.Pipeline()
-		for _, c := range settled {
-			settledScript.Run(ctx, pipe, []string{s.holdKey(c.user, c.id), s.chargedKey(c.user, c.id)}, s.opts.DedupTTL.Milliseconds())
+	for _, c := range settled {
+		amounts := c.amounts
+		if lost {
+			// The levels put back held its check; the recovery counts
+			// its cost in budgets.
+			amounts = withoutBudgets(c.buckets, c.net)
 		}
-		if err := execScripts(ctx, s.opts.Client, pipe); err != nil {
-			return err
+		_, err := s.runAt(epoch, opCharge, c.user, c.buckets, nil, amounts, c.id)
+		if isUnknownSpend(err) {
+			continue
+		}
+		if err != nil {
+			failed = cmp.Or(failed, err)
+			s.owed.settle(c.user, c.id, c.buckets, c.amounts, c.net)
 		}
 	}
-	return nil
+	return failed
+}
+
+// withoutBudgets is amounts with the budgets' set to 0.
+func withoutBudgets(bs []limiter.Bucket, amounts []int64) []int64 {
+	out := make([]int64, len(amounts))
+	for i, b := range bs {
+		if !b.IsBudget() {
+			out[i] = amounts[i]
+		}
+	}
+	return out
 }
 
 // execScripts runs a pipeline of scripts, loading them first if Redis
 // does not know them (it lost them with its state).
 func execScripts(ctx context.Context, c redis.UniversalClient, pipe redis.Pipeliner) error {
 	cmds := pipe.Cmds()
-	for _, sc := range []*redis.Script{reseedScript, reholdScript, settledScript, releaseScript, contributeScript} {
+	for _, sc := range []*redis.Script{reseedScript, reholdScript, releaseScript, contributeScript} {
 		if err := sc.Load(ctx, c).Err(); err != nil {
 			return err
 		}
@@ -378,7 +401,10 @@ func (s *Store) firstContact(epoch string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if s.savedEpoch == epoch {
+	// Without a state file (a new pod, whose spool is empty, or the
+	// first start of this version) the spool is charged again too: Redis
+	// charges each request_id once.
+	if s.savedEpoch == epoch || s.savedEpoch == "" {
 		if err := s.restore(ctx, epoch, false); err != nil {
 			return err
 		}
@@ -445,12 +471,12 @@ func isUnreachable(err error) bool {
 }
 
 // owedIndex sums what this replica debited from its local shares while
-// Redis was out of reach, by user and bucket, and the request_ids whose
-// records it charged then.
+// Redis was out of reach, by user and bucket, and keeps the records it
+// charged then, to charge again in Redis.
 type owedIndex struct {
 	mu      sync.Mutex
 	debts   map[owedKey]*debt
-	settled []holdID
+	settled []settledRecord
 }
 
 type owedKey struct {
@@ -465,8 +491,18 @@ type debt struct {
 	amount int64
 }
 
-// maxOwed bounds the request_ids remembered: past it, a record sent again
-// after the outage may be charged again.
+// settledRecord is a record charged in the local shares.
+type settledRecord struct {
+	user, id string
+	buckets  []limiter.Bucket
+	// amounts are what Redis is charged, less the holds taken in the
+	// local shares; net is less every hold.
+	amounts, net []int64
+}
+
+// maxOwed bounds the records kept: past it, a record charged while Redis
+// was out of reach is written back in the debts, and a copy of it sent
+// again afterwards may be charged again.
 const maxOwed = 100_000
 
 func (o *owedIndex) init() { o.debts = map[owedKey]*debt{} }
@@ -474,6 +510,10 @@ func (o *owedIndex) init() { o.debts = map[owedKey]*debt{} }
 func (o *owedIndex) add(user string, bs []limiter.Bucket, amounts []int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.addLocked(user, bs, amounts)
+}
+
+func (o *owedIndex) addLocked(user string, bs []limiter.Bucket, amounts []int64) {
 	for i, b := range bs {
 		if amounts[i] == 0 {
 			continue
@@ -488,16 +528,20 @@ func (o *owedIndex) add(user string, bs []limiter.Bucket, amounts []int64) {
 	}
 }
 
-func (o *owedIndex) settle(user, id string) {
+// settle keeps a record charged in the local shares.
+func (o *owedIndex) settle(user, id string, bs []limiter.Bucket, amounts, net []int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.settled) < maxOwed {
-		o.settled = append(o.settled, holdID{user, id})
+	if len(o.settled) >= maxOwed {
+		o.addLocked(user, bs, net)
+		return
 	}
+	o.settled = append(o.settled, settledRecord{user: user, id: id, buckets: append([]limiter.Bucket(nil), bs...),
+		amounts: append([]int64(nil), amounts...), net: append([]int64(nil), net...)})
 }
 
 // take empties the index and returns what it held.
-func (o *owedIndex) take() ([]debt, []holdID) {
+func (o *owedIndex) take() ([]debt, []settledRecord) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	debts := make([]debt, 0, len(o.debts))

@@ -162,7 +162,7 @@ func TestReviewWriteBackKeepsEveryFailedDebt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s.owed.settle("a", "r1")
+	s.owed.settle("a", "r1", []limiter.Bucket{b}, []int64{1}, []int64{1})
 	if err := s.writeBack(t.Context(), *s.epoch.Load(), false); err == nil {
 		t.Fatal("writeBack succeeded")
 	}
@@ -188,14 +188,14 @@ func TestReviewRecordBetweenWriteBackAndRehold(t *testing.T) {
 	if d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10, RequestID: "r1"}); err != nil || !d.Allowed {
 		t.Fatal(d, err)
 	}
-	s.restoring.Store(true) // restore(), as comeBack/writeBackOwed run it
-	if err := s.writeBack(t.Context(), *s.epoch.Load(), false); err != nil {
+	s.restoring.Store(true) // restore(), as comeBack/writeBackOwed run it: holds first
+	if err := s.rehold(t.Context(), true); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", RequestID: "r1", Cost: dollar / 10, HasCost: true, Timestamp: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.rehold(t.Context(), true); err != nil {
+	if err := s.writeBack(t.Context(), *s.epoch.Load(), false); err != nil {
 		t.Fatal(err)
 	}
 	s.restoring.Store(false)
@@ -239,11 +239,10 @@ func TestReviewOutageLapsesLiveReplicasHolds(t *testing.T) {
 	}
 }
 
-// TestReviewProbeSecondWriteBackSelfDeadlock: probe() holds s.transition
-// while its second writeBackOwed runs (store.go:841-848); a write-back
-// charge that fails calls refuse() or markDown(), which lock
-// s.transition again: the Run goroutine deadlocks, and with it every
-// later markDown (every check whose call to Redis fails).
+// TestReviewProbeSecondWriteBackSelfDeadlock: probe()'s second
+// write-back, whose charge fails and so calls refuse() or markDown(),
+// which lock s.transition, must not run under s.transition: the Run
+// goroutine would deadlock, and with it every later markDown.
 func TestReviewProbeSecondWriteBackSelfDeadlock(t *testing.T) {
 	_, client := standalone(t)
 	s := New(Options{Client: client, FailMode: FailLocal, ReplicaID: "r", Timeout: time.Second})
@@ -260,10 +259,7 @@ func TestReviewProbeSecondWriteBackSelfDeadlock(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// The tail of probe().
-		s.transition.Lock()
-		defer s.transition.Unlock()
-		_ = s.writeBackOwed(t.Context(), *s.epoch.Load())
+		s.backOnRedis(t.Context()) // the tail of probe()
 	}()
 	select {
 	case <-done:

@@ -46,8 +46,9 @@ import (
 // debits its amount less what the hold holds in that bucket, deletes the
 // hold, and sets the charged marker, after which a charge of the same
 // request_id (a client's retry, on any replica) changes nothing and
-// answers 3. A take that finds a hold of its request_id (a check sent
-// again) gives the old hold back as it takes the new one.
+// answers 3, and so does a take of it (allowed 1). A take that finds a
+// hold of its request_id (a check sent again) gives the old hold back as
+// it takes the new one.
 //
 // A budget's key (its period's start is part of the name) holds the spend
 // of its period as an integer; its level is capacity less spend, it does
@@ -94,8 +95,12 @@ if epoch ~= '' then
   if redis.call('GET', KEYS[extra + 1]) ~= epoch then return answer(-3) end
 end
 local duplicate = false
-if id ~= '' and mode == 'charge' and redis.call('EXISTS', marker) == 1 then
-  mode, duplicate = 'read', true
+if id ~= '' and mode ~= 'read' and redis.call('EXISTS', marker) == 1 then
+  -- The record of this request_id was charged: a record sent again is
+  -- not charged again, and a check sent again after it holds nothing
+  -- (its call is over) and is allowed.
+  duplicate = mode == 'charge'
+  mode = 'read'
 end
 -- What the hold of this request_id holds in each bucket.
 local held = {}
@@ -274,10 +279,14 @@ return 1
 // and the part; without the sum it answers -2. It returns {1 when the
 // part was added now, 0 when it was already, or -2; the spend}.
 var contributeScript = redis.NewScript(`
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-  return {0, redis.call('GET', KEYS[1]) or '0'}
-end
 local v = redis.call('GET', KEYS[1])
+if not v then
+  -- A key that went alone (evicted, deleted) is a new incarnation: its
+  -- contributors are forgotten with it.
+  redis.call('DEL', KEYS[2], KEYS[3])
+elseif redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return {0, v}
+end
 local s, at
 if v then
   s = tonumber(v)
@@ -338,15 +347,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
 
-// settledScript marks request_id's record charged (KEYS[2], for ARGV[1]
-// milliseconds) and drops its hold KEYS[1] without giving it back: the
-// record was charged while Redis was out of reach, and what was charged
-// then is written back separately.
-var settledScript = redis.NewScript(`
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-return 1
-`)
 
 // noRetry is a command go-redis must not send twice: a script whose
 // connection is lost after it was written may have run, and no call of

@@ -301,7 +301,11 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 	case FailClosed:
 		return false, s.unavailable()
 	}
-	return s.local.Load().Take(now, user, s.shares(bs), need, cost, levels)
+	allowed, err := s.local.Load().Take(now, user, s.shares(bs), need, cost, levels)
+	if err == nil && allowed {
+		s.owed.add(user, bs, cost)
+	}
+	return allowed, err
 }
 
 // Charge implements limiter.Store. While Redis is out of reach a record
@@ -309,7 +313,10 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 // the others.
 func (s *Store) Charge(now time.Time, user string, bs []limiter.Bucket, amounts []int64) error {
 	if s.useRedis() {
-		res, err := s.runRecovering(opCharge, user, bs, nil, amounts, "")
+		res, err := s.run(opCharge, user, bs, nil, amounts, "")
+		if errors.Is(err, errEpochLost) {
+			return limiter.ErrStateLost
+		}
 		if err == nil {
 			s.seen.touch(now, user, bs, res[1:])
 			return nil
@@ -838,12 +845,18 @@ func (s *Store) probe(ctx context.Context) {
 		s.lastErr.Store(&msg)
 		return
 	}
+	s.backOnRedis(ctx)
+}
+
+// backOnRedis sends the calls to Redis again, then writes back what the
+// fail mode debited while the first write-back ran. (Not under
+// s.transition: a write-back call that fails takes it, in markDown.)
+func (s *Store) backOnRedis(ctx context.Context) {
 	s.transition.Lock()
-	defer s.transition.Unlock()
 	if s.down.Swap(false) {
 		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
 	}
-	// What the fail mode debited while the first write-back ran.
+	s.transition.Unlock()
 	if p := s.epoch.Load(); p != nil {
 		_ = s.writeBackOwed(ctx, *p)
 	}

@@ -663,7 +663,7 @@ func (s *sidecar) openQueue() error {
 	if n := sp.Len(); n > 0 {
 		s.logger.Info("replaying spooled records into the store", "records", n, "bytes", sp.Bytes())
 		// What they spent counts in budgets until they are stored.
-		recent := time.Now().Add(-respoolWindow)
+		recent := time.Now().Add(-time.Hour)
 		if err := sp.Scan(func(r *record.Record) {
 			s.ledger.Add([]record.Record{*r})
 			if len(s.spooled) < maxRespooled && r.Timestamp.After(recent) {
@@ -678,7 +678,9 @@ func (s *sidecar) openQueue() error {
 }
 
 // respoolWindow and maxRespooled bound the spooled records charged again
-// at a restart: Redis remembers a charged request_id for 15 minutes.
+// at a restart: Redis remembers a charged request_id for 15 minutes, so
+// an older record (by its timestamp, when Redis is reached) may have been
+// charged already and is not.
 const (
 	respoolWindow = 14 * time.Minute
 	maxRespooled  = 100_000
@@ -688,15 +690,20 @@ const (
 // once Redis answers with the state the predecessor knew: Redis charges
 // each request_id once, so only those the predecessor did not charge
 // there (accepted while Redis was out of reach, or spooled just before
-// it died) count.
+// it died) count. They are charged together, so that a budget learnt
+// from the spool is not charged them again.
 func (s *sidecar) chargeSpooledAgain() error {
-	us := s.spooled
-	s.spooled = nil
-	for i := range us {
-		if err := s.limiter.Record(us[i]); err != nil && errors.Is(err, limiter.ErrStoreUnavailable) {
-			s.spooled = us[i:]
-			return err
+	recent := time.Now().Add(-respoolWindow)
+	us := s.spooled[:0]
+	for _, u := range s.spooled {
+		if u.Timestamp.After(recent) {
+			us = append(us, u)
 		}
+	}
+	s.spooled = nil
+	if err := s.limiter.RecordAll(us); errors.Is(err, limiter.ErrStoreUnavailable) {
+		s.spooled = us // again at the next contact; Redis charges each once
+		return err
 	}
 	return nil
 }
