@@ -347,7 +347,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
 
-
 // noRetry is a command go-redis must not send twice: a script whose
 // connection is lost after it was written may have run, and no call of
 // the bucket script is idempotent. (MaxRetries reaches a cluster's
