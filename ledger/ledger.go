@@ -39,10 +39,14 @@ type Ledger struct {
 	// recovery (see unconfirmed.go).
 	confirmed   func() time.Time
 	unconfirmed []storedBatch
+	// ids are the pending records by user and request_id (see byid.go);
+	// idCount counts them.
+	ids     map[string]map[string]*idEntry
+	idCount int
 }
 
 // New returns an empty Ledger, counting.
-func New() *Ledger { return &Ledger{users: map[string][]slot{}} }
+func New() *Ledger { return &Ledger{users: map[string][]slot{}, ids: map[string]map[string]*idEntry{}} }
 
 // SetEnabled starts or stops counting: a sidecar whose rules hold no
 // budget need not. Stopping forgets what was counted; after a start,
@@ -54,6 +58,8 @@ func (l *Ledger) SetEnabled(on bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	clear(l.users)
+	clear(l.ids)
+	l.idCount = 0
 }
 
 // Add counts records accepted for storage.
@@ -222,6 +228,9 @@ func (l *Ledger) apply(recs []record.Record, sign int) {
 		}
 		sec := r.Timestamp.Unix()
 		start := sec - mod(sec, slotSeconds)
+		if !l.countByID(r, start, sign) {
+			continue // a request_id counted already, or still
+		}
 		slots := l.users[r.UserID]
 		j := 0
 		for ; j < len(slots) && (slots[j].slot != start || slots[j].provider != r.Provider || slots[j].model != r.Model); j++ {
@@ -308,13 +317,8 @@ func (s *Source) Stored(user string, sc limiter.Scope, from, to time.Time) ([]li
 
 // Pending implements limiter.SplitSpendSource: the records accepted and
 // not stored yet.
-func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) []limiter.Spend {
-	groups := s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
-	out := make([]limiter.Spend, len(groups))
-	for i, g := range groups {
-		out[i] = limiter.Spend{Provider: g.Provider, Model: g.Model, NanoUSD: int64(g.Spent)}
-	}
-	return out
+func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) (sums, records []limiter.Spend) {
+	return s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
 }
 
 // Unconfirmed implements limiter.SplitSpendSource.

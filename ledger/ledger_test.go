@@ -231,3 +231,29 @@ func TestStoredKeptUntilConfirmed(t *testing.T) {
 		t.Fatalf("unconfirmed after a confirmation: %+v", got)
 	}
 }
+
+// TestCopiesOfARecordCountOnce: a record enqueued twice (a client's
+// retry) counts once while either copy is pending.
+func TestCopiesOfARecordCountOnce(t *testing.T) {
+	l := New()
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	r := rec("a", "u", "openai", "gpt-4o", 100, t0)
+	l.Add([]record.Record{r})
+	l.Add([]record.Record{r})
+	from, to := t0.Add(-time.Hour), t0.Add(time.Hour)
+	if got := l.Spent("u", "", "", from, to); got != 100 {
+		t.Fatalf("two copies pending: %d, want 100", got)
+	}
+	sums, records := l.PendingByID("u", "", "", from.Unix(), to.Unix())
+	if len(sums) != 0 || len(records) != 1 || records[0].RequestID != "a" || records[0].NanoUSD != 100 {
+		t.Fatalf("by request_id: sums %+v, records %+v; want the one record named", sums, records)
+	}
+	l.Remove([]record.Record{r})
+	if got := l.Spent("u", "", "", from, to); got != 100 {
+		t.Fatalf("one copy stored, one pending: %d, want 100", got)
+	}
+	l.Remove([]record.Record{r})
+	if got := l.Spent("u", "", "", from, to); got != 0 || l.Len() != 0 {
+		t.Fatalf("both stored: %d pending in %d slots, want 0", got, l.Len())
+	}
+}

@@ -39,12 +39,12 @@ func (l *Ledger) Unconfirmed(user, provider, model string, from, to time.Time) [
 	var out []limiter.TimedSpend
 	for _, b := range l.unconfirmed {
 		var spends []limiter.Spend
-		for _, s := range b.slots[user] {
-			if s.slot < from.Unix() || s.slot >= to.Unix() {
+		for _, r := range b.records[user] {
+			if r.slot < from.Unix() || r.slot >= to.Unix() {
 				continue
 			}
-			if (provider == "" || s.provider == provider) && (model == "" || glob.Match(model, s.model)) {
-				spends = append(spends, limiter.Spend{Provider: s.provider, Model: s.model, NanoUSD: int64(s.cost)})
+			if (provider == "" || r.provider == provider) && (model == "" || glob.Match(model, r.model)) {
+				spends = append(spends, limiter.Spend{Provider: r.provider, Model: r.model, NanoUSD: int64(r.cost), RequestID: r.id})
 			}
 		}
 		if len(spends) > 0 {
@@ -56,13 +56,20 @@ func (l *Ledger) Unconfirmed(user, provider, model string, from, to time.Time) [
 
 // maxUnconfirmed bounds the batches kept: past it the oldest go, which
 // only the newest could be needed for (stored after the sum was taken).
-const maxUnconfirmed = 10_000
+const maxUnconfirmed = 1_000
 
-// storedBatch is the cost of the records of one commit, by user.
+// storedBatch is the records of one commit, by user.
 type storedBatch struct {
 	// at is when the commit returned.
-	at    time.Time
-	slots map[string][]slot
+	at      time.Time
+	records map[string][]storedRecord
+}
+
+// storedRecord is one record stored.
+type storedRecord struct {
+	id, provider, model string
+	slot                int64
+	cost                usd.Amount
 }
 
 // stored moves records from pending to a new unconfirmed batch.
@@ -76,25 +83,17 @@ func (l *Ledger) stored(recs []record.Record) {
 	if l.confirmed == nil {
 		return
 	}
-	b := storedBatch{at: time.Now(), slots: map[string][]slot{}}
+	b := storedBatch{at: time.Now(), records: map[string][]storedRecord{}}
 	for i := range recs {
 		r := &recs[i]
 		if !r.HasCost || r.Cost == 0 {
 			continue
 		}
 		sec := r.Timestamp.Unix()
-		start := sec - mod(sec, slotSeconds)
-		slots := b.slots[r.UserID]
-		j := 0
-		for ; j < len(slots) && (slots[j].slot != start || slots[j].provider != r.Provider || slots[j].model != r.Model); j++ {
-		}
-		if j == len(slots) {
-			slots = append(slots, slot{provider: r.Provider, model: r.Model, slot: start})
-		}
-		slots[j].cost = min(slots[j].cost+usd.Amount(min(int64(r.Cost), limiter.MaxSpend)), maxSlot)
-		b.slots[r.UserID] = slots
+		b.records[r.UserID] = append(b.records[r.UserID], storedRecord{id: r.RequestID, provider: r.Provider, model: r.Model,
+			slot: sec - mod(sec, slotSeconds), cost: usd.Amount(min(int64(r.Cost), limiter.MaxSpend))})
 	}
-	if len(b.slots) == 0 {
+	if len(b.records) == 0 {
 		return
 	}
 	l.unconfirmed = append(l.unconfirmed, b)
@@ -124,9 +123,9 @@ func (l *Ledger) prune() {
 func (l *Ledger) unconfirmedCalls(calls []limiter.Call) []limiter.Call {
 	l.prune()
 	for _, b := range l.unconfirmed {
-		for user, slots := range b.slots {
-			for _, s := range slots {
-				calls = append(calls, limiter.Call{UserID: user, Provider: s.provider, Model: s.model})
+		for user, recs := range b.records {
+			for _, r := range recs {
+				calls = append(calls, limiter.Call{UserID: user, Provider: r.provider, Model: r.model})
 			}
 		}
 	}

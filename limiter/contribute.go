@@ -14,13 +14,22 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 	from, to := time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()
 	split, _ := l.spend.(SplitSpendSource)
 	var part int64
-	var late []LateSpend
+	var records []CountedSpend
 	if split != nil {
-		part = clampSpend(rs.budgetSpend(user, b.Scope, split.Pending(user, *b.Scope, from, to)))
+		owner := rs.owner(user, b.Scope)
+		sums, pending := split.Pending(user, *b.Scope, from, to)
+		part = clampSpend(rs.budgetSpend(user, b.Scope, sums))
+		for _, g := range pending {
+			if rs.budgetCounts(user, b.Scope, owner, g) {
+				records = append(records, CountedSpend{RequestID: g.RequestID, NanoUSD: g.NanoUSD})
+			}
+		}
 		if recovering {
 			for _, ts := range split.Unconfirmed(user, *b.Scope, from, to) {
-				if n := clampSpend(rs.budgetSpend(user, b.Scope, ts.Spends)); n != 0 {
-					late = append(late, LateSpend{At: ts.At, NanoUSD: n})
+				for _, g := range ts.Spends {
+					if rs.budgetCounts(user, b.Scope, owner, g) {
+						records = append(records, CountedSpend{RequestID: g.RequestID, At: ts.At, NanoUSD: g.NanoUSD})
+					}
 				}
 			}
 		}
@@ -41,7 +50,7 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 		}
 		return max(0, clampSpend(rs.budgetSpend(user, b.Scope, groups))), nil
 	}
-	return l.holdStore.Contribute(user, b, part, late, db)
+	return l.holdStore.Contribute(user, b, part, records, db)
 }
 
 // contributeAll adds this replica's part to every budget it has one in,

@@ -112,12 +112,17 @@ func (rs *ruleSet) budgetSpend(user string, sc *Scope, groups []Spend) int64 {
 	owner := rs.owner(user, sc)
 	var sum int64
 	for _, g := range groups {
-		if owner != nil && rs.slots[sc.Window][sc.Unit].match(user, g.Provider, g.Model) != owner {
-			continue
+		if rs.budgetCounts(user, sc, owner, g) {
+			sum = addSaturating(sum, g.NanoUSD)
 		}
-		sum = addSaturating(sum, g.NanoUSD)
 	}
 	return sum
+}
+
+// budgetCounts tells whether the budget of scope sc, whose rule is owner,
+// counts spend g.
+func (rs *ruleSet) budgetCounts(user string, sc *Scope, owner *rule, g Spend) bool {
+	return owner == nil || rs.slots[sc.Window][sc.Unit].match(user, g.Provider, g.Model) == owner
 }
 
 // addSaturating adds without wrapping past the int64 range.

@@ -85,6 +85,8 @@ type Spend struct {
 	Provider, Model string
 	// NanoUSD is the amount, in nano-dollars.
 	NanoUSD int64
+	// RequestID names the one record the spend is, when it is one.
+	RequestID string
 }
 
 // Owner returns the bucket of user with scope sc as the rules in force
@@ -174,11 +176,13 @@ type HoldStore interface {
 	// that the database does not have yet (records accepted and not
 	// stored, estimates held), to the store's spend of b, once per
 	// replica while the store keeps b; a store that does not know b's
-	// spend learns it from db, the database's sum, and part. late are
-	// records stored since the store last answered under the state this
-	// replica knows: each counts if it was stored after the database's
-	// sum was taken. It tells whether part was added by this call.
-	Contribute(user string, b Bucket, part int64, late []LateSpend, db func() (int64, error)) (added bool, err error)
+	// spend learns it from db, the database's sum, and part. records are
+	// the part's records known by request_id, each counted once in b
+	// whichever replicas hold it, and, with a time, records stored since
+	// the store last answered under the state this replica knows, each
+	// counted if stored after the database's sum was taken. It tells
+	// whether part was added by this call.
+	Contribute(user string, b Bucket, part int64, records []CountedSpend, db func() (int64, error)) (added bool, err error)
 	// HeldBuckets returns, by user, the buckets of the estimates this
 	// replica holds.
 	HeldBuckets() map[string][]Bucket
@@ -197,8 +201,9 @@ type SplitSpendSource interface {
 	SpendSource
 	// Stored is what the database has.
 	Stored(user string, sc Scope, from, to time.Time) ([]Spend, error)
-	// Pending is what was accepted and is not stored yet.
-	Pending(user string, sc Scope, from, to time.Time) []Spend
+	// Pending is what was accepted and is not stored yet: sums, and the
+	// records known by request_id one by one.
+	Pending(user string, sc Scope, from, to time.Time) (sums, records []Spend)
 	// Unconfirmed is what was stored since the store last answered under
 	// the state this replica knows, by the time it was stored.
 	Unconfirmed(user string, sc Scope, from, to time.Time) []TimedSpend
@@ -213,9 +218,13 @@ type TimedSpend struct {
 	Spends []Spend
 }
 
-// LateSpend is what a budget counts of a TimedSpend.
-type LateSpend struct {
-	At      time.Time
+// CountedSpend is one record of a replica's part of a budget.
+type CountedSpend struct {
+	// RequestID names the record.
+	RequestID string
+	// At is when it was stored; zero for a record not stored yet.
+	At time.Time
+	// NanoUSD is what it cost.
 	NanoUSD int64
 }
 

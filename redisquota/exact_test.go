@@ -15,11 +15,13 @@ import (
 type splitSpend struct {
 	stored  *fixedSpend
 	pending int64
+	// records are pending records known by request_id.
+	records []limiter.Spend
 }
 
 func (s *splitSpend) Spent(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
 	out, err := s.stored.Spent(user, sc, from, to)
-	return append(out, s.Pending(user, sc, from, to)...), err
+	return append(out, first(s.Pending(user, sc, from, to))...), err
 }
 func (s *splitSpend) Stored(user string, sc limiter.Scope, from, to time.Time) ([]limiter.Spend, error) {
 	return s.stored.Spent(user, sc, from, to)
@@ -27,11 +29,11 @@ func (s *splitSpend) Stored(user string, sc limiter.Scope, from, to time.Time) (
 func (s *splitSpend) Unconfirmed(string, limiter.Scope, time.Time, time.Time) []limiter.TimedSpend {
 	return nil
 }
-func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time) []limiter.Spend {
-	return []limiter.Spend{{Model: "m", NanoUSD: s.pending}}
+func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time) (sums, records []limiter.Spend) {
+	return []limiter.Spend{{Model: "m", NanoUSD: s.pending}}, s.records
 }
 func (s *splitSpend) PendingCalls(bool) []limiter.Call {
-	if s.pending == 0 {
+	if s.pending == 0 && len(s.records) == 0 {
 		return nil
 	}
 	return []limiter.Call{{UserID: "u", Model: "m"}}
@@ -252,5 +254,27 @@ func TestRestartKnowsTheEpoch(t *testing.T) {
 	_, restarted, recovered = open()
 	if *restarted != 0 || *recovered != 1 {
 		t.Fatalf("restart, Redis lost its state: restarted %d, recovered %d; want 0 and 1", *restarted, *recovered)
+	}
+}
+
+func first[T, U any](a T, _ U) T { return a }
+
+// TestRedisLossCountsARecordOnce: a record that two replicas' spools
+// hold (a client's retry to another replica) counts once when Redis lost
+// its state.
+func TestRedisLossCountsARecordOnce(t *testing.T) {
+	_, ls, spends, _, _, flush := exactReplicas(t, 2)
+	dup := limiter.Spend{Model: "m", NanoUSD: 3 * dollar / 10, RequestID: "dup"}
+	for _, sp := range spends {
+		sp.records = []limiter.Spend{dup}
+	}
+	flush()
+	for _, l := range ls {
+		left(t, l)
+	}
+	for i, l := range ls {
+		if usd, _ := left(t, l); usd != 7*dollar/10 {
+			t.Fatalf("replica %d: $%d left, want $0.70: the $0.30 record in both spools counted once", i, usd)
+		}
 	}
 }

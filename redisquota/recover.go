@@ -62,10 +62,10 @@ func (s *Store) VerifiedSince() time.Time { return time.Unix(0, s.verifiedAt.Loa
 // replica's holds hold in b, to budget b's spend, once per incarnation of
 // its key; a key that is missing is created with db(), the database's
 // sum, too. It tells whether the part was added by this call.
-func (s *Store) Contribute(user string, b limiter.Bucket, part int64, late []limiter.LateSpend, db func() (int64, error)) (bool, error) {
+func (s *Store) Contribute(user string, b limiter.Bucket, part int64, records []limiter.CountedSpend, db func() (int64, error)) (bool, error) {
 	part = min(max(part+s.holds.heldIn(user, b), -limiter.MaxSpend), limiter.MaxSpend)
 	if s.useRedis() {
-		added, err := s.contribute(user, b, part, late, db)
+		added, err := s.contribute(user, b, part, records, db)
 		if err == nil || !isUnreachable(err) {
 			return added, err
 		}
@@ -77,11 +77,16 @@ func (s *Store) Contribute(user string, b limiter.Bucket, part int64, late []lim
 	if err != nil {
 		return false, err
 	}
+	for _, r := range records {
+		if r.At.IsZero() {
+			part += r.NanoUSD
+		}
+	}
 	// This replica's share of what is left (see seedShares).
 	return s.local.Load().Seed(user, b, s.shareOfSpend(b, stored+part))
 }
 
-func (s *Store) contribute(user string, b limiter.Bucket, part int64, late []limiter.LateSpend, db func() (int64, error)) (bool, error) {
+func (s *Store) contribute(user string, b limiter.Bucket, part int64, records []limiter.CountedSpend, db func() (int64, error)) (bool, error) {
 	key := s.userTag(user) + budgetKey(user, b)
 	ttl := budgetTTL(b, time.Now())
 	sum, sumAt := "", ""
@@ -89,10 +94,14 @@ func (s *Store) contribute(user string, b limiter.Bucket, part int64, late []lim
 		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
 		start := time.Now()
 		args := []any{s.instance, part, sum, ttl, sumAt}
-		for _, l := range late {
-			args = append(args, l.At.UnixMicro(), l.NanoUSD)
+		for _, r := range records {
+			var at int64
+			if !r.At.IsZero() {
+				at = r.At.UnixMicro()
+			}
+			args = append(args, r.RequestID, at, r.NanoUSD)
 		}
-		vals, err := contributeScript.Run(ctx, s.opts.Client, []string{key, key + ":by", key + ":at"}, args...).Slice()
+		vals, err := contributeScript.Run(ctx, s.opts.Client, []string{key, key + ":by", key + ":at", key + ":ids"}, args...).Slice()
 		cancel()
 		s.opts.Observer.ObserveQuotaBackend(opSeed, time.Since(start), err)
 		if err != nil {

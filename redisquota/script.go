@@ -269,21 +269,22 @@ return 1
 // contributeScript adds a replica's part to a budget's spend once per
 // incarnation of the key: KEYS[1] is the budget, KEYS[2] the set of the
 // instances whose part it holds, KEYS[3] when the database's sum in it
-// was taken (microseconds of the replicas' clocks). ARGV[1] is the
-// instance, ARGV[2] its part (what it accepted and has not stored, and
-// what its holds hold), ARGV[3] the database's sum ("" when not read
-// yet), ARGV[4] the key's expiry in milliseconds, ARGV[5] when that sum
-// was taken; then pairs of a time and an amount the replica stored then
-// (since Redis last answered it), each added if stored after the sum
-// was taken. A key that is missing is created from the database's sum
-// and the part; without the sum it answers -2. It returns {1 when the
-// part was added now, 0 when it was already, or -2; the spend}.
+// was taken (microseconds of the replicas' clocks), KEYS[4] the set of
+// the request_ids parts named. ARGV[1] is the instance, ARGV[2] its part
+// in sums (records not known by request_id, and what its holds hold),
+// ARGV[3] the database's sum ("" when not read yet), ARGV[4] the keys'
+// expiry in milliseconds, ARGV[5] when that sum was taken; then triples
+// of a request_id, when the record was stored (0 for one not stored yet)
+// and its cost: each counts once whichever replicas name it, and one
+// stored counts only if stored after the sum was taken. A key that is
+// missing is created from the database's sum and the part (a key that
+// went alone, evicted or deleted, forgets its parts); without the sum it
+// answers -2. It returns {1 when the part was added now, 0 when it was
+// already, or -2; the spend}.
 var contributeScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
-  -- A key that went alone (evicted, deleted) is a new incarnation: its
-  -- contributors are forgotten with it.
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 elseif redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return {0, v}
 end
@@ -298,9 +299,19 @@ else
   redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
 end
 s = s + tonumber(ARGV[2])
-for j = 6, #ARGV, 2 do
-  if tonumber(ARGV[j]) > at then s = s + tonumber(ARGV[j + 1]) end
+local named = false
+for j = 6, #ARGV, 3 do
+  local stored = tonumber(ARGV[j + 1])
+  if stored == 0 or stored > at then
+    if ARGV[j] == '' then
+      s = s + tonumber(ARGV[j + 2])
+    elseif redis.call('SADD', KEYS[4], ARGV[j]) == 1 then
+      s = s + tonumber(ARGV[j + 2])
+      named = true
+    end
+  end
 end
+if named then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 s = string.format('%d', math.min(math.max(0, s), 9007199254740992))
 if v then
   redis.call('SET', KEYS[1], s, 'KEEPTTL')
