@@ -93,7 +93,7 @@ func (s *Store) contribute(user string, b limiter.Bucket, part int64, records []
 	for range 2 {
 		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
 		start := time.Now()
-		args := []any{s.instance, part, sum, ttl, sumAt}
+		args := []any{s.instance, part, sum, ttl, sumAt, s.userTag(user) + "c:", s.opts.DedupTTL.Milliseconds()}
 		for _, r := range records {
 			var at int64
 			if !r.At.IsZero() {

@@ -46,7 +46,9 @@ import (
 // debits its amount less what the hold holds in that bucket, deletes the
 // hold, and sets the charged marker, after which a charge of the same
 // request_id (a client's retry, on any replica) changes nothing and
-// answers 3, and so does a take of it (allowed 1). A take that finds a
+// answers 3, and so does a take of it (allowed 1). A marker "p" is a
+// record a recovery counted in the budgets (contributeScript): its
+// charge debits the other buckets only. A take that finds a
 // hold of its request_id (a check sent again) gives the old hold back as
 // it takes the new one.
 //
@@ -94,13 +96,19 @@ if indexed then index, extra = KEYS[extra + 1], extra + 1 end
 if epoch ~= '' then
   if redis.call('GET', KEYS[extra + 1]) ~= epoch then return answer(-3) end
 end
-local duplicate = false
-if id ~= '' and mode ~= 'read' and redis.call('EXISTS', marker) == 1 then
-  -- The record of this request_id was charged: a record sent again is
-  -- not charged again, and a check sent again after it holds nothing
-  -- (its call is over) and is allowed.
-  duplicate = mode == 'charge'
-  mode = 'read'
+local duplicate, counted = false, false
+if id ~= '' and mode ~= 'read' then
+  local m = redis.call('GET', marker)
+  if m == '1' or (m and mode == 'take') then
+    -- The record of this request_id was charged: a record sent again is
+    -- not charged again, and a check sent again after it holds nothing
+    -- (its call is over) and is allowed.
+    duplicate = mode == 'charge'
+    mode = 'read'
+  elseif m then
+    -- A recovery counted it in the budgets ("p"): charged to the others.
+    counted = true
+  end
 end
 -- What the hold of this request_id holds in each bucket.
 local held = {}
@@ -162,7 +170,9 @@ for i = 1, n do
   local cap = tonumber(ARGV[a])
   local level = levels[i]
   -- What this call debits: its amount less what its hold gives back.
-  local amount = tonumber(ARGV[a + 3]) - back[i]
+  local amount = tonumber(ARGV[a + 3])
+  if counted and spent[i] then amount = 0 end
+  amount = amount - back[i]
   if spent[i] then
     if write then
       -- Within 2^53, as the limiter bounds spend: exact in a Lua number.
@@ -273,10 +283,12 @@ return 1
 // the request_ids parts named. ARGV[1] is the instance, ARGV[2] its part
 // in sums (records not known by request_id, and what its holds hold),
 // ARGV[3] the database's sum ("" when not read yet), ARGV[4] the keys'
-// expiry in milliseconds, ARGV[5] when that sum was taken; then triples
-// of a request_id, when the record was stored (0 for one not stored yet)
-// and its cost: each counts once whichever replicas name it, and one
-// stored counts only if stored after the sum was taken. A key that is
+// expiry in milliseconds, ARGV[5] when that sum was taken, ARGV[6] the
+// start of the charged markers' keys and ARGV[7] their expiry; then
+// triples of a request_id, when the record was stored (0 for one not
+// stored yet) and its cost: each counts once whichever replicas name
+// it, and one stored counts only if stored after the sum was taken. Each
+// gets the charged marker "p" unless it has one. A key that is
 // missing is created from the database's sum and the part (a key that
 // went alone, evicted or deleted, forgets its parts); without the sum it
 // answers -2. It returns {1 when the part was added now, 0 when it was
@@ -300,7 +312,9 @@ else
 end
 s = s + tonumber(ARGV[2])
 local named = false
-for j = 6, #ARGV, 3 do
+for j = 8, #ARGV, 3 do
+  -- A copy of it charged later is charged to the other buckets only.
+  if ARGV[j] ~= '' then redis.call('SET', ARGV[6] .. ARGV[j], 'p', 'NX', 'PX', ARGV[7]) end
   local stored = tonumber(ARGV[j + 1])
   if stored == 0 or stored > at then
     if ARGV[j] == '' then

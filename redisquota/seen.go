@@ -25,8 +25,13 @@ type seenBucket struct {
 	// fullAt is when the bucket is full again, in Unix nanoseconds, if
 	// nothing else touches it: a budget's period end.
 	fullAt int64
-	// spent is a budget's spend last seen.
+	// spent is a budget's spend last seen, at (Unix nanoseconds); rate
+	// is how fast the fleet spent it lately (per nanosecond), so that a
+	// share taken when Redis goes away counts what the other replicas
+	// spent since this one last looked.
 	spent float64
+	at    int64
+	rate  float64
 }
 
 func (x *seenIndex) init() {
@@ -55,7 +60,15 @@ func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, level
 		if j == len(seen) {
 			seen = append(seen, seenBucket{})
 		}
-		seen[j] = seenBucket{bucket: b, fullAt: fullAt, spent: float64(b.Limit) - levels[i]}
+		prev := seen[j]
+		sb := seenBucket{bucket: b, fullAt: fullAt, spent: float64(b.Limit) - levels[i], at: now.UnixNano()}
+		if b.IsBudget() && prev.bucket.Period == b.Period && prev.at > 0 {
+			sb.rate = prev.rate
+			if dt := sb.at - prev.at; dt > 0 && sb.spent >= prev.spent {
+				sb.rate = (prev.rate + (sb.spent-prev.spent)/float64(dt)) / 2
+			}
+		}
+		seen[j] = sb
 	}
 	sh.users[user] = seen
 }
@@ -114,7 +127,9 @@ func (x *seenIndex) sweep(now time.Time, owner limiter.Owner) (live int) {
 	return live
 }
 
-// each calls fn with every bucket not yet full and the units it misses.
+// each calls fn with every bucket not yet full and the units it misses:
+// for a budget, the spend last seen and what the fleet has likely spent
+// since, at the rate it spent lately.
 func (x *seenIndex) each(now time.Time, fn func(user string, b limiter.Bucket, missing float64)) {
 	for i := range x.shards {
 		sh := &x.shards[i]
@@ -124,7 +139,7 @@ func (x *seenIndex) each(now time.Time, fn func(user string, b limiter.Bucket, m
 				switch left := sb.fullAt - now.UnixNano(); {
 				case left <= 0:
 				case sb.bucket.IsBudget():
-					fn(user, sb.bucket, sb.spent)
+					fn(user, sb.bucket, min(float64(sb.bucket.Limit), sb.spent+sb.rate*float64(max(now.UnixNano()-sb.at, 0))))
 				default:
 					fn(user, sb.bucket, float64(left)/float64(sb.bucket.Scope.Window.Duration())*float64(sb.bucket.Limit))
 				}

@@ -829,6 +829,12 @@ func (s *Store) markDown(err error) {
 func (s *Store) probe(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, max(s.opts.Timeout, 100*time.Millisecond))
 	defer cancel()
+	if c, ok := s.opts.Client.(*redis.ClusterClient); ok {
+		// A master that died is still in the client's map of slots until
+		// it reloads it, and calls without retries never make it reload:
+		// a replica promoted meanwhile would never be used.
+		c.ReloadState(pctx)
+	}
 	start := time.Now()
 	err := s.opts.Client.Ping(pctx).Err()
 	s.opts.Observer.ObserveQuotaBackend("ping", time.Since(start), err)
