@@ -24,6 +24,19 @@ type idEntry struct {
 	slot            int64
 	cost            usd.Amount
 	copies          int32
+	// dup tells a record another replica charged (Duplicate): its part
+	// is that replica's, not this one's.
+	dup bool
+}
+
+// Duplicate marks user's pending record requestID as another replica's,
+// when it is this replica's only copy.
+func (l *Ledger) Duplicate(user, requestID string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.ids[user][requestID]; e != nil && e.copies == 1 {
+		e.dup = true
+	}
 }
 
 // countByID tells whether r changes the sums: the first copy of a
@@ -76,7 +89,9 @@ func (l *Ledger) PendingByID(user, provider, model string, from, to int64) (sums
 	for id, e := range l.ids[user] {
 		if match(e.provider, e.model, e.slot) {
 			by[[2]string{e.provider, e.model}] -= int64(e.cost)
-			records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, NanoUSD: int64(e.cost), RequestID: id})
+			if !e.dup {
+				records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, NanoUSD: int64(e.cost), RequestID: id})
+			}
 		}
 	}
 	for k, n := range by {

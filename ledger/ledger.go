@@ -326,6 +326,9 @@ func (s *Source) Unconfirmed(user string, sc limiter.Scope, from, to time.Time) 
 	return s.Ledger.Unconfirmed(user, sc.Provider, sc.Model, from, to)
 }
 
+// Duplicate implements limiter.SplitSpendSource.
+func (s *Source) Duplicate(user, requestID string) { s.Ledger.Duplicate(user, requestID) }
+
 // PendingCalls implements limiter.SplitSpendSource.
 func (s *Source) PendingCalls(recovering bool) []limiter.Call {
 	s.Ledger.mu.Lock()

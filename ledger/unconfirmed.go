@@ -74,6 +74,18 @@ type storedRecord struct {
 
 // stored moves records from pending to a new unconfirmed batch.
 func (l *Ledger) stored(recs []record.Record) {
+	// Another replica's records (Duplicate) are not this one's part.
+	l.mu.Lock()
+	var dups map[*record.Record]bool
+	for i := range recs {
+		if e := l.ids[recs[i].UserID][recs[i].RequestID]; e != nil && e.dup {
+			if dups == nil {
+				dups = map[*record.Record]bool{}
+			}
+			dups[&recs[i]] = true
+		}
+	}
+	l.mu.Unlock()
 	l.apply(recs, -1)
 	if l.off.Load() {
 		return
@@ -86,7 +98,7 @@ func (l *Ledger) stored(recs []record.Record) {
 	b := storedBatch{at: time.Now(), records: map[string][]storedRecord{}}
 	for i := range recs {
 		r := &recs[i]
-		if !r.HasCost || r.Cost == 0 {
+		if !r.HasCost || r.Cost == 0 || dups[r] {
 			continue
 		}
 		sec := r.Timestamp.Unix()

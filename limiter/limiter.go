@@ -518,7 +518,14 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 		}
 		sc.cost[i] = clampSpend(spent)
 	}
-	return l.chargeRecord(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt, u.RequestID)
+	err := l.chargeRecord(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt, u.RequestID)
+	if errors.Is(err, ErrDuplicate) {
+		if split, ok := l.spend.(SplitSpendSource); ok {
+			split.Duplicate(u.UserID, u.RequestID)
+		}
+		return nil
+	}
+	return err
 }
 
 // Limits reports the user's buckets without charging anything. With a

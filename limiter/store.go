@@ -150,6 +150,10 @@ type Scope struct {
 // without its budgets.
 var ErrStateLost = errors.New("cannot charge: the quota store lost its state and must recover first")
 
+// ErrDuplicate is returned by a HoldStore's ChargeOnce for a record of
+// a request_id charged already (by any replica): nothing was charged.
+var ErrDuplicate = errors.New("not charged: a record of this request_id was charged already")
+
 // ErrStoreUnavailable marks a Store error that leaves the call undecided:
 // the shared store cannot be reached and no fallback answers.
 var ErrStoreUnavailable = errors.New("cannot reach the quota store")
@@ -210,6 +214,10 @@ type SplitSpendSource interface {
 	// PendingCalls returns the users, providers and models with a
 	// pending part, and when recovering an unconfirmed one.
 	PendingCalls(recovering bool) []Call
+	// Duplicate tells that user's pending record requestID was not
+	// charged here: another replica charged a copy of it, whose part it
+	// is.
+	Duplicate(user, requestID string)
 }
 
 // TimedSpend is what was stored at one time.

@@ -32,6 +32,7 @@ func (s *splitSpend) Unconfirmed(string, limiter.Scope, time.Time, time.Time) []
 func (s *splitSpend) Pending(string, limiter.Scope, time.Time, time.Time) (sums, records []limiter.Spend) {
 	return []limiter.Spend{{Model: "m", NanoUSD: s.pending}}, s.records
 }
+func (s *splitSpend) Duplicate(string, string) {}
 func (s *splitSpend) PendingCalls(bool) []limiter.Call {
 	if s.pending == 0 && len(s.records) == 0 {
 		return nil

@@ -88,6 +88,9 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 		if err == nil {
 			s.holds.drop(user, id)
 			s.seen.touch(now, user, bs, res[1:])
+			if res[0] == 3 {
+				return limiter.ErrDuplicate
+			}
 			return nil
 		}
 		if isUnknownSpend(err) {

@@ -551,9 +551,8 @@ func (s *Store) runAt(epoch, op, user string, bs []limiter.Bucket, need, amounts
 		case -3:
 			s.opts.Observer.ObserveQuotaBackend(op, end.Sub(start), nil)
 			return nil, errEpochLost
-		case 3:
+		case 3: // a record charged already: res[0] stays 3 for ChargeOnce
 			s.opts.Observer.ObserveQuotaDuplicate()
-			res[0] = 1
 			s.verified(start)
 		default:
 			s.verified(start)

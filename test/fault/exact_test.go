@@ -243,11 +243,11 @@ func startRun(t *testing.T, pg *pgtest.Server, sc scenario, round int) *run {
 	for _, s := range r.sidecars {
 		r.apiURLs = append(r.apiURLs, s.APIURL())
 	}
-	if sc.requestLimited() {
-		// The local fail mode shares a limit out among the replicas each
-		// saw in Redis's registry (refreshed every 2 s): before they saw
-		// each other each would take the whole limit, which is not the
-		// fault under test.
+	{
+		// The local fail mode shares a limit or a budget out among the
+		// replicas each saw in Redis's registry (refreshed every 2 s):
+		// before they saw each other each would take the whole of it,
+		// which is not the fault under test (README, "Where it errs").
 		sidecartest.WaitFor(t, 10*time.Second, func() bool {
 			for _, s := range r.sidecars {
 				if s.Gauge("llmusage_quota_replicas") != replicaCount {
