@@ -212,6 +212,20 @@ func startCluster(t testing.TB, n, replicas, nodeTimeoutMs int) *Cluster {
 		}
 		return true
 	}, "the Redis Cluster did not reach cluster_state:ok")
+	if replicas > 0 {
+		// A replica that has not synced with its master yet cannot take
+		// over from it.
+		sidecartest.WaitFor(t, 60*time.Second, func() bool {
+			synced := 0
+			for _, s := range c.Nodes {
+				out, err := exec.Command("redis-cli", "-p", s.port(), "info", "replication").Output()
+				if err == nil && strings.Contains(string(out), "master_link_status:up") {
+					synced++
+				}
+			}
+			return synced == n/(replicas+1)*replicas
+		}, "the Redis Cluster's replicas did not sync with their masters")
+	}
 	return c
 }
 
