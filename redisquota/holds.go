@@ -41,15 +41,8 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 			return false, err
 		}
 	}
-	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
-	switch s.opts.FailMode {
-	case FailOpen:
-		for i, b := range bs {
-			levels[i] = float64(b.Limit)
-		}
-		return true, nil
-	case FailClosed:
-		return false, s.unavailable()
+	if allowed, done, err := s.failModeTake(bs, levels); done {
+		return allowed, err
 	}
 	local := s.local.Load()
 	shares := s.shares(bs)

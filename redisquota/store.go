@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"slices"
@@ -291,21 +290,30 @@ func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost
 			return false, err
 		}
 	}
-	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
-	switch s.opts.FailMode {
-	case FailOpen:
-		for i, b := range bs {
-			levels[i] = float64(b.Limit)
-		}
-		return true, nil
-	case FailClosed:
-		return false, s.unavailable()
+	if allowed, done, err := s.failModeTake(bs, levels); done {
+		return allowed, err
 	}
 	allowed, err := s.local.Load().Take(now, user, s.shares(bs), need, cost, levels)
 	if err == nil && allowed {
 		s.owed.add(user, bs, cost)
 	}
 	return allowed, err
+}
+
+// failModeTake answers a check in the fail mode: done unless it is
+// FailLocal, whose shares the caller asks.
+func (s *Store) failModeTake(bs []limiter.Bucket, levels []float64) (allowed, done bool, err error) {
+	s.opts.Observer.ObserveQuotaFallback(string(s.opts.FailMode))
+	switch s.opts.FailMode {
+	case FailOpen:
+		for i, b := range bs {
+			levels[i] = float64(b.Limit)
+		}
+		return true, true, nil
+	case FailClosed:
+		return false, true, s.unavailable()
+	}
+	return false, false, nil
 }
 
 // Charge implements limiter.Store. While Redis is out of reach a record
@@ -593,40 +601,6 @@ func (s *Store) runRecovering(op, user string, bs []limiter.Bucket, need, amount
 	return s.run(op, user, bs, need, amounts, id)
 }
 
-// learnClock takes the offset of the server's clock (serverNow, read
-// between start and end) from this one's, keeping the sample of the
-// fastest round trip of the last clockWindow: a slow round trip tells
-// the offset only within half of it, and one slow reply must not make
-// the next deadlines early.
-func (s *Store) learnClock(start, end time.Time, serverNow int64) {
-	rtt := end.Sub(start)
-	s.clockMu.Lock()
-	defer s.clockMu.Unlock()
-	if !s.hasOffset.Load() || rtt <= s.bestRTT || end.Sub(s.bestAt) > clockWindow {
-		s.bestRTT, s.bestAt = rtt, end
-		s.clockOffset.Store(serverNow - start.Add(rtt/2).UnixMicro())
-		s.hasOffset.Store(true)
-	}
-}
-
-// clockWindow is how long the fastest round trip's clock offset is kept.
-const clockWindow = 10 * time.Second
-
-// errPastDeadline is a call that reached Redis after its caller gave up.
-var errPastDeadline = errors.New("cannot use the call: it reached Redis after its deadline and changed nothing")
-
-// serverDeadline is when, on the server's clock, a call started at start
-// must no longer change anything: a little before the caller gives up,
-// so that an answer computed in time still arrives in time. 0 (none)
-// until a first answer told the server's clock.
-func (s *Store) serverDeadline(start time.Time) int64 {
-	if !s.hasOffset.Load() {
-		return 0
-	}
-	margin := min(s.opts.Timeout/5, 10*time.Millisecond)
-	return start.Add(s.opts.Timeout-margin).UnixMicro() + s.clockOffset.Load()
-}
-
 // isRedisError tells an error answer of the server from a failure to reach it.
 func isRedisError(err error) bool {
 	var re redis.Error
@@ -678,219 +652,6 @@ func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts [
 		keys = append(keys, s.globalKey("epoch"))
 	}
 	return keys, args
-}
-
-// globalKey names a key of the whole fleet; they share a hash tag, so
-// that a Redis Cluster keeps them in one slot.
-func (s *Store) globalKey(name string) string { return s.opts.Prefix + ":{g}:" + name }
-
-// holdKey names the hold of user's check id, in the user's slot.
-func (s *Store) holdKey(user, id string) string { return s.userTag(user) + "h:" + id }
-
-// chargedKey names the marker of user's record id charged.
-func (s *Store) chargedKey(user, id string) string { return s.userTag(user) + "c:" + id }
-
-// holdIndexKey names the set of the holds instance made.
-func (s *Store) holdIndexKey(instance string) string { return s.globalKey("holds:" + instance) }
-
-// budgetKey names a budget's spend in its current period: a new period
-// is a new key, which starts unknown, and the old one expires.
-func budgetKey(user string, b limiter.Bucket) string {
-	return scopeKey(user, b.Scope) + ":" + strconv.FormatInt(b.Period.Start, 10)
-}
-
-// budgetTTL keeps a budget's key an hour past its period, in
-// milliseconds: replicas whose clocks lag still find it.
-func budgetTTL(b limiter.Bucket, now time.Time) int64 {
-	return max(1, time.Unix(b.Period.End, 0).Add(time.Hour).Sub(now).Milliseconds())
-}
-
-func isUnknownSpend(err error) bool {
-	var unknown *limiter.UnknownSpendError
-	return errors.As(err, &unknown)
-}
-
-// userTag starts the keys of one user's buckets: the prefix and a hash
-// tag of the user, so that a Redis Cluster keeps them in one slot. The
-// tag is a hash rather than the user itself, since a user_id may hold
-// the braces that delimit a tag.
-func (s *Store) userTag(user string) string {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(user))
-	return s.opts.Prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}:"
-}
-
-// scopeKey names a bucket unambiguously: each free-form part is
-// length-prefixed, so that no user, provider or model holding a colon
-// can make two buckets one.
-func scopeKey(user string, sc *limiter.Scope) string {
-	var b strings.Builder
-	b.WriteString(sc.Window.String())
-	b.WriteByte(':')
-	b.WriteString(sc.Unit.String())
-	for _, part := range []string{user, sc.Provider, sc.Model} {
-		b.WriteByte(':')
-		b.WriteString(strconv.Itoa(len(part)))
-		b.WriteByte(':')
-		b.WriteString(part)
-	}
-	return b.String()
-}
-
-// parseResult reads the bucket script's answer: {allowed, now, level...}.
-func parseResult(cmd *redis.Cmd, n int) ([]float64, error) {
-	vals, err := cmd.Slice()
-	if err != nil {
-		return nil, err
-	}
-	if len(vals) != n+2 {
-		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+2)
-	}
-	out := make([]float64, n+2)
-	if allowed, ok := vals[0].(int64); ok {
-		out[0] = float64(allowed)
-	}
-	for i := 1; i <= n+1; i++ {
-		str, ok := vals[i].(string)
-		if !ok {
-			return nil, fmt.Errorf("cannot read the bucket script's level %d: %T", i, vals[i])
-		}
-		if out[i], err = strconv.ParseFloat(str, 64); err != nil {
-			return nil, fmt.Errorf("cannot read the bucket script's level %d: %w", i, err)
-		}
-	}
-	return out, nil
-}
-
-// shares scales each bucket to this replica's share of its limit, for
-// the local fail mode.
-func (s *Store) shares(bs []limiter.Bucket) []limiter.Bucket {
-	n := max(s.replicas.Load(), 1)
-	dst := make([]limiter.Bucket, 0, len(bs))
-	for _, b := range bs {
-		// A budget's share is in the spend it is seeded with (shareOfSpend).
-		if !b.IsBudget() {
-			b.Limit = max(1, int64(math.Ceil(float64(b.Limit)/float64(n))))
-		}
-		dst = append(dst, b)
-	}
-	return dst
-}
-
-func (s *Store) unavailable() error {
-	cause := s.Err()
-	if cause == nil { // a call just failed, then another succeeded
-		cause = errors.New("a call to Redis failed")
-	}
-	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, cause)
-}
-
-// refuse records an error answer of Redis (out of memory, read-only):
-// Redis is up, but this call, and any like it, goes to the fail mode. The
-// first seeds the local shares, as going down does.
-func (s *Store) refuse(err error) {
-	msg := err.Error()
-	if s.refusal.Swap(&msg) == nil {
-		s.outages.Add(1)
-		if s.opts.FailMode == FailLocal {
-			s.transition.Lock()
-			s.seedShares(time.Now())
-			s.transition.Unlock()
-		}
-	}
-}
-
-// markDown sends the checks to the fail mode until a ping answers.
-func (s *Store) markDown(err error) {
-	msg := err.Error()
-	s.lastErr.Store(&msg)
-	s.transition.Lock()
-	if !s.down.Load() {
-		if s.opts.FailMode == FailLocal {
-			s.seedShares(time.Now())
-		}
-		s.outages.Add(1)
-		s.down.Store(true)
-		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
-			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)
-	}
-	s.transition.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// probe goes back to Redis once it answers a ping and takes a write (the
-// registry's): a Redis that answers PING but refuses writes (OOM,
-// READONLY) stays in the fail mode rather than flapping. The local
-// shares are kept: the next outage starts from them.
-func (s *Store) probe(ctx context.Context) {
-	pctx, cancel := context.WithTimeout(ctx, max(s.opts.Timeout, 100*time.Millisecond))
-	defer cancel()
-	if c, ok := s.opts.Client.(*redis.ClusterClient); ok {
-		// A master that died is still in the client's map of slots until
-		// it reloads it, and calls without retries never make it reload:
-		// a replica promoted meanwhile would never be used.
-		c.ReloadState(pctx)
-	}
-	start := time.Now()
-	err := s.opts.Client.Ping(pctx).Err()
-	s.opts.Observer.ObserveQuotaBackend("ping", time.Since(start), err)
-	if err == nil {
-		err = s.register(ctx)
-	}
-	if err != nil {
-		msg := err.Error()
-		s.lastErr.Store(&msg)
-		return
-	}
-	if err := s.comeBack(ctx); err != nil {
-		msg := err.Error()
-		s.lastErr.Store(&msg)
-		return
-	}
-	s.backOnRedis(ctx)
-}
-
-// backOnRedis sends the calls to Redis again, then writes back what the
-// fail mode debited while the first write-back ran. (Not under
-// s.transition: a write-back call that fails takes it, in markDown.)
-func (s *Store) backOnRedis(ctx context.Context) {
-	s.transition.Lock()
-	if s.down.Swap(false) {
-		s.opts.Logger.Info("Redis is back; checks use the shared buckets again")
-	}
-	s.transition.Unlock()
-	if p := s.epoch.Load(); p != nil {
-		_ = s.writeBackOwed(ctx, *p)
-	}
-}
-
-// seedShares starts this replica's local shares where the shared buckets
-// it last saw stood, so that the fleet goes on admitting what was left of
-// each limit rather than a full one more: of a bucket missing m units of
-// its limit, each of N replicas' shares (limit / N) misses m / N. A share
-// lower still from an earlier outage stays as low. Buckets it never saw
-// start full. s.transition is held.
-func (s *Store) seedShares(now time.Time) {
-	prev, local := s.local.Load(), limiter.NewMemoryStore()
-	n := float64(max(s.replicas.Load(), 1))
-	level := make([]float64, 1)
-	s.seen.each(now, func(user string, b limiter.Bucket, missing float64) {
-		if b.IsBudget() {
-			// The last spend seen. (An earlier outage's local share is not
-			// a spend: what was spent then was written back.)
-			// This replica's share of what was left: (limit - spent) / N.
-			_, _ = local.Seed(user, b, s.shareOfSpend(b, int64(math.Ceil(missing))))
-			return
-		}
-		bs := s.shares([]limiter.Bucket{b})
-		_ = prev.Levels(now, user, bs, level)
-		debit := max(int64(math.Ceil(missing/n)), bs[0].Limit-int64(math.Floor(level[0])))
-		_ = local.Charge(now, user, bs, []int64{debit})
-	})
-	s.local.Store(local)
 }
 
 func mustFloat(v any) float64 {

@@ -271,7 +271,7 @@ func mustPG(t *testing.T, err error) {
 	}
 }
 
-// createDatabase creates a database for one round on the shared server.
+// createDatabase creates database name (again) on srv and returns its URL.
 func createDatabase(t *testing.T, srv *pgtest.Server, name string) string {
 	t.Helper()
 	ctx := context.Background()

@@ -208,20 +208,6 @@ func waitDrained(t *testing.T, s *sidecartest.Sidecar) {
 	}
 }
 
-func newDatabase(t *testing.T, srv *pgtest.Server) string {
-	t.Helper()
-	ctx := context.Background()
-	db, err := pgx.Connect(ctx, srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	if _, err := db.Exec(ctx, "CREATE DATABASE llmusage_fault"); err != nil {
-		t.Fatal(err)
-	}
-	return strings.Replace(srv.URL(), "/postgres?", "/llmusage_fault?", 1)
-}
-
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
 		return d
@@ -234,7 +220,7 @@ func envDuration(name string, def time.Duration) time.Duration {
 // acknowledged record must be stored exactly once.
 func TestKillAndOutageUnderLoad(t *testing.T) {
 	srv := pgtest.StartServer(t)
-	dbURL := newDatabase(t, srv)
+	dbURL := createDatabase(t, srv, "llmusage_fault")
 	s := startSidecar(t, t.TempDir(), "--database-url", dbURL, "--durability", "fsync")
 	l := startLoad(s.APIURL(), 4, 20)
 
@@ -305,7 +291,7 @@ func TestKillAndOutageUnderLoad(t *testing.T) {
 // returns.
 func TestFullSpool(t *testing.T) {
 	srv := pgtest.StartServer(t)
-	dbURL := newDatabase(t, srv)
+	dbURL := createDatabase(t, srv, "llmusage_fault")
 	s := startSidecar(t, t.TempDir(), "--database-url", dbURL, "--spool-max-bytes", "65536")
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,96 @@
+package redisquota
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// globalKey names a key of the whole fleet; they share a hash tag, so
+// that a Redis Cluster keeps them in one slot.
+func (s *Store) globalKey(name string) string { return s.opts.Prefix + ":{g}:" + name }
+
+// holdKey names the hold of user's check id, in the user's slot.
+func (s *Store) holdKey(user, id string) string { return s.userTag(user) + "h:" + id }
+
+// chargedKey names the marker of user's record id charged.
+func (s *Store) chargedKey(user, id string) string { return s.userTag(user) + "c:" + id }
+
+// holdIndexKey names the set of the holds instance made.
+func (s *Store) holdIndexKey(instance string) string { return s.globalKey("holds:" + instance) }
+
+// budgetKey names a budget's spend in its current period: a new period
+// is a new key, which starts unknown, and the old one expires.
+func budgetKey(user string, b limiter.Bucket) string {
+	return scopeKey(user, b.Scope) + ":" + strconv.FormatInt(b.Period.Start, 10)
+}
+
+// budgetTTL keeps a budget's key an hour past its period, in
+// milliseconds: replicas whose clocks lag still find it.
+func budgetTTL(b limiter.Bucket, now time.Time) int64 {
+	return max(1, time.Unix(b.Period.End, 0).Add(time.Hour).Sub(now).Milliseconds())
+}
+
+func isUnknownSpend(err error) bool {
+	var unknown *limiter.UnknownSpendError
+	return errors.As(err, &unknown)
+}
+
+// userTag starts the keys of one user's buckets: the prefix and a hash
+// tag of the user, so that a Redis Cluster keeps them in one slot. The
+// tag is a hash rather than the user itself, since a user_id may hold
+// the braces that delimit a tag.
+func (s *Store) userTag(user string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(user))
+	return s.opts.Prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}:"
+}
+
+// scopeKey names a bucket unambiguously: each free-form part is
+// length-prefixed, so that no user, provider or model holding a colon
+// can make two buckets one.
+func scopeKey(user string, sc *limiter.Scope) string {
+	var b strings.Builder
+	b.WriteString(sc.Window.String())
+	b.WriteByte(':')
+	b.WriteString(sc.Unit.String())
+	for _, part := range []string{user, sc.Provider, sc.Model} {
+		b.WriteByte(':')
+		b.WriteString(strconv.Itoa(len(part)))
+		b.WriteByte(':')
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
+// parseResult reads the bucket script's answer: {allowed, now, level...}.
+func parseResult(cmd *redis.Cmd, n int) ([]float64, error) {
+	vals, err := cmd.Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(vals) != n+2 {
+		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+2)
+	}
+	out := make([]float64, n+2)
+	if allowed, ok := vals[0].(int64); ok {
+		out[0] = float64(allowed)
+	}
+	for i := 1; i <= n+1; i++ {
+		str, ok := vals[i].(string)
+		if !ok {
+			return nil, fmt.Errorf("cannot read the bucket script's level %d: %T", i, vals[i])
+		}
+		if out[i], err = strconv.ParseFloat(str, 64); err != nil {
+			return nil, fmt.Errorf("cannot read the bucket script's level %d: %w", i, err)
+		}
+	}
+	return out, nil
+}
