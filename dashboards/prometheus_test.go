@@ -372,9 +372,12 @@ limits:
 func startSidecars(t *testing.T) (shared []*sidecartest.Sidecar, lost *sidecartest.Sidecar) {
 	t.Helper()
 	srv := redistest.Start(t)
+	// The replicas' Redis answers: a check must never wait out the
+	// timeout, which the default 50 ms is not on a machine busy with other
+	// tests (the fallback alerts would then fire for them too).
 	shared = sidecartest.StartN(t, 2, sidecartest.Options{
 		Limits: limits,
-		Flags:  []string{"--flush-interval", "100ms", "--redis-url", srv.URL()},
+		Flags:  []string{"--flush-interval", "100ms", "--redis-url", srv.URL(), "--redis-timeout", "2s"},
 	})
 	lost = sidecartest.Start(t, sidecartest.Options{
 		Limits: limits + `
