@@ -71,7 +71,7 @@ func BenchmarkExactOnRedis(b *testing.B) {
 		}
 	})
 	b.Run("check+hold", func(b *testing.B) {
-		next := ids("h")
+		next := ids("h" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-")
 		for b.Loop() {
 			if d, err := l.Check(limiter.Request{UserID: "alice", Model: "gpt-4o", Cost: 1, RequestID: next()}); err != nil || !d.Allowed {
 				b.Fatalf("%+v %v", d, err)
@@ -87,7 +87,7 @@ func BenchmarkExactOnRedis(b *testing.B) {
 		}
 	})
 	b.Run("record+marker", func(b *testing.B) {
-		next := ids("r")
+		next := ids("r" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-") // new markers each run
 		before := usedMemory(b, srv)
 		n := 0
 		for b.Loop() {
