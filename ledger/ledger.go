@@ -5,10 +5,12 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +133,9 @@ type Source struct {
 	// DB sums the stored records' cost by provider and model; nil when
 	// there is no database.
 	DB func(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error)
+	// StoredIDs tells which of a user's request_ids the database has; nil
+	// when there is no database.
+	StoredIDs func(ctx context.Context, user string, ids []string) ([]string, error)
 	// Timeout bounds a database read (5 seconds when zero): a check waits for it.
 	Timeout time.Duration
 	// Backoff is how long after a failed read the next ones fail at once
@@ -317,8 +322,33 @@ func (s *Source) Stored(user string, sc limiter.Scope, from, to time.Time) ([]li
 
 // Pending implements limiter.SplitSpendSource: the records accepted and
 // not stored yet.
+// A pending record that the database has was stored by another replica
+// (a copy of it posted there): it is that replica's part, so it is left
+// out. The records are read again after the database answered, so that
+// one this replica stored meanwhile is among the stored ones (see
+// Unconfirmed), not left out. A database that does not answer leaves
+// them all in (counted twice rather than missed).
 func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) (sums, records []limiter.Spend) {
-	return s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
+	sums, records = s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
+	if s.StoredIDs == nil || len(records) == 0 {
+		return sums, records
+	}
+	ids := make([]string, len(records))
+	for i, r := range records {
+		ids[i] = r.RequestID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.Timeout, 5*time.Second))
+	defer cancel()
+	stored, err := s.StoredIDs(ctx, user, ids)
+	if err != nil || len(stored) == 0 {
+		return sums, records
+	}
+	elsewhere := make(map[string]bool, len(stored))
+	for _, id := range stored {
+		elsewhere[id] = true
+	}
+	sums, records = s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
+	return sums, slices.DeleteFunc(records, func(r limiter.Spend) bool { return elsewhere[r.RequestID] })
 }
 
 // Unconfirmed implements limiter.SplitSpendSource.

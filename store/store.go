@@ -45,6 +45,10 @@ type Store interface {
 	// SpentByModel is Spent by provider and model: a budget's spend
 	// counts only the calls its rule is the most specific budget of.
 	SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error)
+	// StoredIDs returns which of user's request_ids are stored, for a
+	// budget's recovery: a copy of a record another replica stored is
+	// not this one's part.
+	StoredIDs(ctx context.Context, user string, ids []string) ([]string, error)
 	// Maintainer deletes rows past the retention and steps the summary.
 	Maintainer
 	// Migrator applies the embedded schema migrations.

@@ -405,7 +405,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		// its state after they were stored.
 		s.ledger.SetConfirmed(s.quota.VerifiedSince)
 	}
-	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second, DB: s.store.SpentByModel}
+	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second, DB: s.store.SpentByModel, StoredIDs: s.store.StoredIDs}
 	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets, Location: cfg.BudgetLocation,
 		Spend: spend, AllowUnpriced: cfg.BudgetAllowUnpriced}); err != nil {
 		return err
