@@ -32,7 +32,6 @@ package redisquota
 import (
 	"cmp"
 	"context"
-	"os"
 	"errors"
 	"fmt"
 	"math"
@@ -115,17 +114,8 @@ func (s *Store) contribute(user string, b limiter.Bucket, part int64, records []
 		}
 		code, _ := vals[0].(int64)
 		if code != -2 {
-			if os.Getenv("LLMUSAGE_DEBUG_CONTRIB") != "" {
-				var late, pend []string
-				for _, r := range records {
-					if r.At.IsZero() {
-						pend = append(pend, r.RequestID)
-					} else {
-						late = append(late, fmt.Sprintf("%s@%d", r.RequestID, r.At.UnixMicro()))
-					}
-				}
-				s.opts.Logger.Warn("DEBUG contribute", "inst", s.instance, "code", code, "spend", vals[1], "part", part, "sum", sum, "sumAt", sumAt, "pending", pend, "late", late)
-			}
+			s.opts.Logger.Debug("budget part", "user", user, "window", b.Scope.Window.String(), "added", code == 1,
+				"spend", vals[1], "part", part, "records", len(records), "database_sum", sum)
 			return code == 1, nil
 		}
 		// Records stored from now on may be missing from the sum: the
