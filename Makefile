@@ -15,7 +15,7 @@ test:
 bench:
 	./scripts/bench.sh
 
-## fault: kill -9 and Postgres outages under load, a full spool, a 1,000,000-user flood
+## fault: budgets and limits exact through Redis, sidecar and Postgres faults (3 sidecars, real Redis and Postgres); kill -9 and Postgres outages under load, a full spool, a 1,000,000-user flood
 fault:
 	./scripts/fault.sh
 
