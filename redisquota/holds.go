@@ -247,11 +247,12 @@ func (s *Store) releaseInstance(ctx context.Context, inst string) error {
 // in a Redis that lost them.
 type holdIndex struct {
 	mu sync.Mutex
-	// byID holds them by user and request_id.
-	byID map[holdID]hold
+	// byUser holds them by user and request_id, so that a recovery sums a
+	// user's holds without reading every other user's; count is their
+	// number.
+	byUser map[string]map[string]hold
+	count  int
 }
-
-type holdID struct{ user, id string }
 
 // hold is one check's estimate in each of its buckets.
 type hold struct {
@@ -268,43 +269,68 @@ type hold struct {
 // maxHolds bounds the holds waiting, as the limiter bounds its estimates.
 const maxHolds = 100_000
 
-func (x *holdIndex) init() { x.byID = map[holdID]hold{} }
+func (x *holdIndex) init() { x.byUser = map[string]map[string]hold{} }
 
 func (x *holdIndex) room() bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.byID) < maxHolds
+	return x.count < maxHolds
 }
 
 func (x *holdIndex) put(user, id string, bs []limiter.Bucket, amounts []int64, expires time.Time, local bool) {
 	h := hold{user: user, id: id, buckets: append([]limiter.Bucket(nil), bs...), amounts: append([]int64(nil), amounts...), expires: expires.UnixNano(), local: local}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.byID[holdID{user, id}] = h
+	ofUser := x.byUser[user]
+	if ofUser == nil {
+		ofUser = map[string]hold{}
+		x.byUser[user] = ofUser
+	}
+	if _, ok := ofUser[id]; !ok {
+		x.count++
+	}
+	ofUser[id] = h
 }
 
 func (x *holdIndex) get(user, id string) (hold, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	h, ok := x.byID[holdID{user, id}]
+	h, ok := x.byUser[user][id]
 	return h, ok
 }
 
 func (x *holdIndex) drop(user, id string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	delete(x.byID, holdID{user, id})
+	ofUser := x.byUser[user]
+	if _, ok := ofUser[id]; !ok {
+		return
+	}
+	delete(ofUser, id)
+	x.count--
+	if len(ofUser) == 0 {
+		delete(x.byUser, user)
+	}
+}
+
+// each calls fn with every hold waiting; x.mu is held.
+func (x *holdIndex) each(fn func(h hold)) {
+	for _, ofUser := range x.byUser {
+		for _, h := range ofUser {
+			fn(h)
+		}
+	}
 }
 
 func (x *holdIndex) expired(now time.Time) []hold {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	var out []hold
-	for _, h := range x.byID {
+	x.each(func(h hold) {
 		if h.expires < now.UnixNano() {
 			out = append(out, h)
 		}
-	}
+	})
 	return out
 }
 
@@ -312,23 +338,23 @@ func (x *holdIndex) expired(now time.Time) []hold {
 func (x *holdIndex) all(localOnly bool) []hold {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	out := make([]hold, 0, len(x.byID))
-	for _, h := range x.byID {
+	out := make([]hold, 0, x.count)
+	x.each(func(h hold) {
 		if h.local || !localOnly {
 			out = append(out, h)
 		}
-	}
+	})
 	return out
 }
 
-// markRedis records that the local holds are now in Redis.
-func (x *holdIndex) markRedis() {
+// markRedis records that holds hs are now in Redis too.
+func (x *holdIndex) markRedis(hs []hold) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for k, h := range x.byID {
-		if h.local {
-			h.local = false
-			x.byID[k] = h
+	for _, h := range hs {
+		if cur, ok := x.byUser[h.user][h.id]; ok && cur.local {
+			cur.local = false
+			x.byUser[h.user][h.id] = cur
 		}
 	}
 }
@@ -337,10 +363,7 @@ func (x *holdIndex) heldIn(user string, b limiter.Bucket) int64 {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	var sum int64
-	for k, h := range x.byID {
-		if k.user != user {
-			continue
-		}
+	for _, h := range x.byUser[user] {
 		for j, hb := range h.buckets {
 			if sameBucket(hb, b) {
 				sum += h.amounts[j]
@@ -350,13 +373,15 @@ func (x *holdIndex) heldIn(user string, b limiter.Bucket) int64 {
 	return sum
 }
 
-// users returns the users with holds waiting.
+// users returns the users with holds waiting, with their holds' buckets.
 func (x *holdIndex) users() map[string][]limiter.Bucket {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	out := map[string][]limiter.Bucket{}
-	for k, h := range x.byID {
-		out[k.user] = append(out[k.user], h.buckets...)
+	out := make(map[string][]limiter.Bucket, len(x.byUser))
+	for user, ofUser := range x.byUser {
+		for _, h := range ofUser {
+			out[user] = append(out[user], h.buckets...)
+		}
 	}
 	return out
 }
@@ -364,7 +389,7 @@ func (x *holdIndex) users() map[string][]limiter.Bucket {
 func (x *holdIndex) len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.byID)
+	return x.count
 }
 
 // sameBucket tells whether a and b are one bucket: the same scope and,

@@ -268,7 +268,7 @@ func (s *Store) rehold(ctx context.Context, localOnly bool) error {
 	if err := execScripts(ctx, s.opts.Client, pipe); err != nil {
 		return err
 	}
-	s.holds.markRedis()
+	s.holds.markRedis(hs)
 	return nil
 }
 
