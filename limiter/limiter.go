@@ -224,8 +224,6 @@ type pendingCheck struct {
 	tokens int64
 	// cost is the estimated cost reserved in budgets, in nano-USD.
 	cost int64
-	// epoch is the store's Epoch when the cost was reserved.
-	epoch uint64
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
 }
@@ -640,17 +638,9 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 }
 
 // holds tells whether a budget in period holds the estimate of p: it was
-// reserved in that period, and in the same place (Epocher).
+// reserved in that period.
 func (l *Limiter) holds(p pendingCheck, period Period) bool {
-	return period.Contains(time.Unix(0, p.at)) && p.epoch == l.epoch()
-}
-
-// epoch is the store's Epoch, or 0.
-func (l *Limiter) epoch() uint64 {
-	if e, ok := l.store.(Epocher); ok {
-		return e.Epoch()
-	}
-	return 0
+	return period.Contains(time.Unix(0, p.at))
 }
 
 // hasBudget tells whether one of rules is a budget.
@@ -864,7 +854,7 @@ func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time
 			return
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, epoch: l.epoch(), at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
 	if budgeted && cost > 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)

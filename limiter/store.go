@@ -52,14 +52,6 @@ type Store interface {
 // the spend from its SpendSource and seeds it. Take and Charge change
 // nothing when they return one.
 
-// Epocher is a Store whose budgets' spend may move between places (Redis
-// and a local fallback): Epoch changes when it does, and an estimate
-// reserved under another epoch is not refunded, since the budget it is
-// refunded from never held it.
-type Epocher interface {
-	Epoch() uint64
-}
-
 // UnknownSpendError lists the budget buckets whose spend a store does
 // not know.
 type UnknownSpendError struct {

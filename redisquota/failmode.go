@@ -44,7 +44,6 @@ func (s *Store) unavailable() error {
 func (s *Store) refuse(err error) {
 	msg := err.Error()
 	if s.refusal.Swap(&msg) == nil {
-		s.outages.Add(1)
 		if s.opts.FailMode == FailLocal {
 			s.transition.Lock()
 			s.seedShares(time.Now())
@@ -62,7 +61,6 @@ func (s *Store) markDown(err error) {
 		if s.opts.FailMode == FailLocal {
 			s.seedShares(time.Now())
 		}
-		s.outages.Add(1)
 		s.down.Store(true)
 		s.opts.Logger.Warn("Redis out of reach; checks are answered by the fail mode until it is back",
 			"fail_mode", string(s.opts.FailMode), "replicas", s.replicas.Load(), "error", msg)

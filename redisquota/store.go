@@ -120,8 +120,6 @@ type Store struct {
 	// one (out of memory, read-only), nil after a call succeeds: Redis is
 	// up, but checks go to the fail mode.
 	refusal atomic.Pointer[string]
-	// outages counts the times calls went to the fail mode (see Epoch).
-	outages atomic.Uint64
 	// replicas is the number of live replicas last seen; 1 before the
 	// first sighting.
 	replicas atomic.Int64
@@ -258,20 +256,6 @@ func (s *Store) Err() error {
 
 // Close closes the client to Redis, once Run has returned.
 func (s *Store) Close() error { return s.opts.Client.Close() }
-
-// Epoch implements limiter.Epocher: it names where calls go now, 0 for
-// Redis and a number of its own for each outage (or run of refused
-// writes) answered by the fail mode, so that an estimate reserved in the
-// local shares is not refunded from Redis, which never held it, nor one
-// reserved in Redis from the shares. A call answered by Redis just as an
-// outage begins may be named for the outage: its estimate is then not
-// refunded, which errs on the side of refusing.
-func (s *Store) Epoch() uint64 {
-	if s.down.Load() || s.refusal.Load() != nil {
-		return s.outages.Load()
-	}
-	return 0
-}
 
 // Replicas returns the number of live replicas last seen in the registry.
 func (s *Store) Replicas() int { return int(s.replicas.Load()) }
