@@ -51,6 +51,9 @@ type Options struct {
 type Request struct {
 	// UserID is the caller; required.
 	UserID string
+	// TeamID is the team the call is for, if any: it selects the rules
+	// scoped by team_id and the team's pools.
+	TeamID string
 	// Provider and Model select the rules scoped by them.
 	Provider, Model string
 	// Tokens is the estimated token use, charged to token buckets now and
@@ -68,8 +71,8 @@ type Request struct {
 
 // Usage is what a finished call used, charged after the fact.
 type Usage struct {
-	// UserID, Provider and Model select the buckets, as in Request.
-	UserID, Provider, Model string
+	// UserID, TeamID, Provider and Model select the buckets, as in Request.
+	UserID, TeamID, Provider, Model string
 	// Tokens is the call's total token count.
 	Tokens int64
 	// RequestID matches the usage with an earlier check, if any.

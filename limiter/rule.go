@@ -109,6 +109,12 @@ func (u Unit) String() string { return unitNames[u] }
 type Rule struct {
 	// UserID scopes the rule to one user; empty matches every user.
 	UserID string
+	// TeamID scopes the rule to the calls of one team (the call's
+	// team_id); empty matches every call, with a team or without.
+	TeamID string
+	// Per tells who shares the rule's buckets: each user (the default),
+	// each team, or every call the scope matches.
+	Per Per
 	// Provider scopes the rule to one provider; empty matches every provider.
 	Provider string
 	// Model scopes the rule to models matching this glob, where "*"

@@ -63,18 +63,24 @@ func (e *UnknownSpendError) Error() string {
 	return fmt.Sprintf("cannot decide without the spend of %d budgets in their period", len(e.Buckets))
 }
 
-// SpendSource tells what a user spent in a budget's scope: what the
+// SpendSource tells what a budget's owner spent in its scope: what the
 // database has for [from, to) plus what is accepted and not stored yet,
-// by provider and model, for the Limiter to keep the calls that the
-// budget's rule is the most specific budget of (a provider's budget
-// beside an unscoped one takes that provider's calls).
+// by provider, model and team, for the Limiter to keep the calls that
+// the budget's rule is the most specific budget of (a provider's budget
+// beside an unscoped one takes that provider's calls). The owner (the
+// user argument of every method here) is a user_id, or a pool's owner
+// (see ParseOwner): a team's pool sums the calls of every user for the
+// team, the shared pool every call; sc.TeamID, when set, keeps the
+// calls of that team only.
 type SpendSource interface {
 	Spent(user string, sc Scope, from, to time.Time) ([]Spend, error)
 }
 
-// Spend is what was spent on one provider and model.
+// Spend is what was spent on one provider and model by one team.
 type Spend struct {
 	Provider, Model string
+	// TeamID is the team the calls were for; empty for none.
+	TeamID string
 	// NanoUSD is the amount, in nano-dollars.
 	NanoUSD int64
 	// RequestID names the one record the spend is, when it is one.
@@ -128,6 +134,11 @@ func (b Bucket) RefillTime(now time.Time, missing float64) time.Duration {
 type Scope struct {
 	// Provider and Model are the rule's scope values; empty when unscoped.
 	Provider, Model string
+	// TeamID is the rule's team scope; empty when unscoped.
+	TeamID string
+	// Per is who shares the bucket (see Per): the bucket's owner is a
+	// user, a team's pool or the shared pool accordingly.
+	Per Per
 	// Window is the rule's limit type.
 	Window Window
 	// Unit is what the rule counts.
@@ -228,7 +239,9 @@ type CountedSpend struct {
 	NanoUSD int64
 }
 
-// Call names a user's calls of one provider and model.
+// Call names a user's calls of one provider and model for a team.
 type Call struct {
 	UserID, Provider, Model string
+	// TeamID is the team the calls were for; empty for none.
+	TeamID string
 }
