@@ -26,6 +26,10 @@ type Row struct {
 	ID string
 	// UserID is empty in ConfigsTable.
 	UserID string
+	// TeamID scopes the rule to one team's calls; empty for any.
+	TeamID string
+	// Per is who shares the rule's buckets: user (also when empty), team or all.
+	Per string
 	// LimitType is second, minute, hour or day.
 	LimitType string
 	// Unit is requests (also when empty) or tokens.

@@ -68,8 +68,11 @@ type DayTotals struct {
 
 // SpendQuery selects the records whose costs a budget's spend sums.
 type SpendQuery struct {
-	// UserID is the user charged; required.
+	// UserID is the user charged; empty sums every user's (a pool's spend).
 	UserID string
+	// TeamID keeps the records of one team; empty keeps every record,
+	// with a team or without.
+	TeamID string
 	// Provider scopes the sum to one provider (normalised); empty means any.
 	Provider string
 	// Model is a glob as limit rules match models: "*" any run of
@@ -79,10 +82,12 @@ type SpendQuery struct {
 	From, To time.Time
 }
 
-// ModelSpend is what a user spent on one provider and model.
+// ModelSpend is what was spent on one provider and model for one team.
 type ModelSpend struct {
 	Provider, Model string
-	Spent           usd.Amount
+	// TeamID is the records' team_id; empty for none.
+	TeamID string
+	Spent  usd.Amount
 }
 
 // LogQuery selects a page of records.
