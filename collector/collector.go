@@ -278,6 +278,12 @@ type limitJSON struct {
 	ResetAt   string         `json:"reset_at"`
 	Provider  string         `json:"provider,omitempty"`
 	Model     string         `json:"model,omitempty"`
+	// TeamID is the rule's team scope.
+	TeamID string `json:"team_id,omitempty"`
+	// Per and Pool name a pool: per team or all, and the pool's key
+	// ("team:search", "all"); a user's own bucket has neither.
+	Per  string `json:"per,omitempty"`
+	Pool string `json:"pool,omitempty"`
 }
 
 func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
@@ -366,12 +372,21 @@ func (c *Collector) serveLimits(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, prov, model)
+	team, err := optionalTeam(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"user_id": user, "limits": limitsJSON(statuses)})
+	statuses, err := c.limiter.Limits(user, team, prov, model)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := map[string]any{"user_id": user, "limits": limitsJSON(statuses)}
+	if team != "" {
+		out["team_id"] = team
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // readBody reads the request body into buf[:0], growing it as needed,
@@ -420,12 +435,31 @@ func requiredUser(r *http.Request) (string, error) {
 	return user, nil
 }
 
+// optionalTeam reads the team_id query parameter, which may be absent.
+func optionalTeam(r *http.Request) (string, error) {
+	team := r.URL.Query().Get("team_id")
+	if team == "" {
+		return "", nil
+	}
+	problem := lengthOrControl(team, MaxIDLength, true)
+	if !utf8.ValidString(team) {
+		problem = "must be valid UTF-8"
+	}
+	if problem != "" {
+		return "", &Error{Status: http.StatusBadRequest, Message: "cannot answer for this team_id: it " + problem, Details: []Detail{{Field: "team_id", Message: problem}}}
+	}
+	return team, nil
+}
+
 func limitsJSON(statuses []limiter.Status) []limitJSON {
 	out := make([]limitJSON, len(statuses))
 	for i, s := range statuses {
 		out[i] = limitJSON{
 			LimitType: s.Window.String(), Unit: s.Unit.String(), Limit: limitValue(s.Unit, s.Limit), Remaining: limitValue(s.Unit, s.Remaining),
-			ResetAt: formatResetAt(s.ResetAt), Provider: s.Provider, Model: s.Model,
+			ResetAt: formatResetAt(s.ResetAt), Provider: s.Provider, Model: s.Model, TeamID: s.TeamID, Pool: s.Pool,
+		}
+		if s.Per != limiter.PerUser {
+			out[i].Per = s.Per.String()
 		}
 	}
 	return out

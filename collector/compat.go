@@ -32,7 +32,7 @@ func (c *Collector) serveSeedRateLimit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, "", "")
+	statuses, err := c.limiter.Limits(user, "", "", "")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -48,7 +48,7 @@ func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) 
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, "", "")
+	statuses, err := c.limiter.Limits(user, "", "", "")
 	if err != nil {
 		writeError(w, err)
 		return

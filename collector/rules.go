@@ -46,13 +46,19 @@ func (c *Collector) serveRules(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	applicable := c.limiter.Applicable(user, prov, model)
+	team, err := optionalTeam(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	applicable := c.limiter.Applicable(user, team, prov, model)
 	out := struct {
 		UserID     string     `json:"user_id"`
+		TeamID     string     `json:"team_id,omitempty"`
 		Provider   string     `json:"provider"`
 		Model      string     `json:"model"`
 		Applicable []ruleJSON `json:"applicable"`
-	}{UserID: user, Provider: prov, Model: model, Applicable: make([]ruleJSON, 0, len(applicable))}
+	}{UserID: user, TeamID: team, Provider: prov, Model: model, Applicable: make([]ruleJSON, 0, len(applicable))}
 	for _, rule := range applicable {
 		out.Applicable = append(out.Applicable, newRuleJSON(rule))
 	}
@@ -86,17 +92,25 @@ func (c *Collector) queryScope(q url.Values) (prov, model string, err error) {
 
 // ruleJSON is a rule as /v1/rules shows it.
 type ruleJSON struct {
-	LimitType  string         `json:"limit_type"`
-	Unit       string         `json:"unit"`
-	Limit      json.Marshaler `json:"limit"`
-	UserID     string         `json:"user_id,omitempty"`
-	Provider   string         `json:"provider,omitempty"`
-	Model      string         `json:"model,omitempty"`
-	Source     string         `json:"source"`
-	ShadowedBy string         `json:"shadowed_by,omitempty"`
+	LimitType string         `json:"limit_type"`
+	Unit      string         `json:"unit"`
+	Limit     json.Marshaler `json:"limit"`
+	UserID    string         `json:"user_id,omitempty"`
+	TeamID    string         `json:"team_id,omitempty"`
+	// Per is who shares the rule's buckets: team or all; omitted for
+	// user, each user's own.
+	Per        string `json:"per,omitempty"`
+	Provider   string `json:"provider,omitempty"`
+	Model      string `json:"model,omitempty"`
+	Source     string `json:"source"`
+	ShadowedBy string `json:"shadowed_by,omitempty"`
 }
 
 func newRuleJSON(r limiter.Rule) ruleJSON {
-	return ruleJSON{LimitType: r.Window.String(), Unit: r.Unit.String(), Limit: limitValue(r.Unit, r.Limit),
-		UserID: r.UserID, Provider: r.Provider, Model: r.Model, Source: r.Source}
+	j := ruleJSON{LimitType: r.Window.String(), Unit: r.Unit.String(), Limit: limitValue(r.Unit, r.Limit),
+		UserID: r.UserID, TeamID: r.TeamID, Provider: r.Provider, Model: r.Model, Source: r.Source}
+	if r.Per != limiter.PerUser {
+		j.Per = r.Per.String()
+	}
+	return j
 }

@@ -52,7 +52,7 @@ func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 		"unpriced_calls_today": u.UnpricedCalls,
 	}
 	if user != "" {
-		statuses, err := c.limiter.Limits(user, "", "")
+		statuses, err := c.limiter.Limits(user, "", "", "")
 		if err != nil {
 			writeError(w, err)
 			return

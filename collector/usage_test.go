@@ -171,7 +171,7 @@ func TestSinkFull(t *testing.T) {
 	if w.Len() != 0 || len(s.observer.records) != 0 {
 		t.Fatalf("refused request applied: queue %d, observed %d", w.Len(), len(s.observer.records))
 	}
-	if got, err := s.limiter.Limits("u", "", ""); err != nil || got[0].Remaining != got[0].Limit {
+	if got, err := s.limiter.Limits("u", "", "", ""); err != nil || got[0].Remaining != got[0].Limit {
 		t.Fatalf("refused request charged the limiter: %+v", got)
 	}
 }

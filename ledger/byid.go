@@ -20,7 +20,7 @@ const maxIDs = 100_000
 // idEntry is one pending request_id: its call and how many copies of it
 // are pending.
 type idEntry struct {
-	provider, model string
+	provider, model, team string
 	slot            int64
 	cost            usd.Amount
 	copies          int32
@@ -66,37 +66,43 @@ func (l *Ledger) countByID(r *record.Record, slot int64, sign int) bool {
 			byID = map[string]*idEntry{}
 			l.ids[r.UserID] = byID
 		}
-		byID[r.RequestID] = &idEntry{provider: r.Provider, model: r.Model, slot: slot, cost: usd.Amount(min(int64(r.Cost), limiter.MaxSpend)), copies: 1}
+		byID[r.RequestID] = &idEntry{provider: r.Provider, model: r.Model, team: r.TeamID, slot: slot, cost: usd.Amount(min(int64(r.Cost), limiter.MaxSpend)), copies: 1}
 		l.idCount++
 	}
 	return true
 }
 
-// PendingByID is SpentByModel apart from the records known by
-// request_id, which it returns one by one.
-func (l *Ledger) PendingByID(user, provider, model string, from, to int64) (sums, records []limiter.Spend) {
+// PendingByID is the pending cost of the records of o in [from, to)
+// (Unix seconds) for a provider and a model glob: the records known by
+// request_id one by one (a copy that another replica charged left out),
+// and the others' sums by provider, model and team.
+func (l *Ledger) PendingByID(o Owner, provider, model string, from, to int64) (sums, records []limiter.Spend) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	match := func(p, m string, slot int64) bool {
-		return slot >= from && slot < to && (provider == "" || p == provider) && (model == "" || glob.Match(model, m))
+	match := func(p, m, team string, slot int64) bool {
+		return slot >= from && slot < to && o.hasTeam(team) && (provider == "" || p == provider) && (model == "" || glob.Match(model, m))
 	}
-	by := map[[2]string]int64{}
-	for _, s := range l.users[user] {
-		if match(s.provider, s.model, s.slot) {
-			by[[2]string{s.provider, s.model}] += int64(min(s.cost, limiter.MaxSpend))
-		}
-	}
-	for id, e := range l.ids[user] {
-		if match(e.provider, e.model, e.slot) {
-			by[[2]string{e.provider, e.model}] -= int64(e.cost)
-			if !e.dup {
-				records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, NanoUSD: int64(e.cost), RequestID: id})
+	by := map[[3]string]int64{}
+	eachUser(o, l.users, func(_ string, slots []slot) {
+		for _, s := range slots {
+			if match(s.provider, s.model, s.team, s.slot) {
+				by[[3]string{s.provider, s.model, s.team}] += int64(min(s.cost, limiter.MaxSpend))
 			}
 		}
-	}
+	})
+	eachUser(o, l.ids, func(_ string, ids map[string]*idEntry) {
+		for id, e := range ids {
+			if match(e.provider, e.model, e.team, e.slot) {
+				by[[3]string{e.provider, e.model, e.team}] -= int64(e.cost)
+				if !e.dup {
+					records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, TeamID: e.team, NanoUSD: int64(e.cost), RequestID: id})
+				}
+			}
+		}
+	})
 	for k, n := range by {
 		if n != 0 {
-			sums = append(sums, limiter.Spend{Provider: k[0], Model: k[1], NanoUSD: n})
+			sums = append(sums, limiter.Spend{Provider: k[0], Model: k[1], TeamID: k[2], NanoUSD: n})
 		}
 	}
 	return sums, records

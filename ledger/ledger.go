@@ -74,29 +74,32 @@ func (l *Ledger) Remove(recs []record.Record) { l.apply(recs, -1) }
 // provider ("" for any) and a model glob ("" for any).
 func (l *Ledger) Spent(user, provider, model string, from, to time.Time) usd.Amount {
 	var sum usd.Amount
-	for _, s := range l.SpentByModel(user, provider, model, from, to) {
+	for _, s := range l.SpentByModel(Owned(user, ""), provider, model, from, to) {
 		sum += s.Spent
 	}
 	return sum
 }
 
-// SpentByModel is Spent by provider and model.
-func (l *Ledger) SpentByModel(user, provider, model string, from, to time.Time) []usage.ModelSpend {
+// SpentByModel sums the pending cost of the records of o in [from, to)
+// by provider, model and team.
+func (l *Ledger) SpentByModel(o Owner, provider, model string, from, to time.Time) []usage.ModelSpend {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	by := map[[2]string]usd.Amount{}
-	for _, s := range l.users[user] {
-		if s.slot < from.Unix() || s.slot >= to.Unix() {
-			continue
+	by := map[[3]string]usd.Amount{}
+	eachUser(o, l.users, func(_ string, slots []slot) {
+		for _, s := range slots {
+			if s.slot < from.Unix() || s.slot >= to.Unix() || !o.hasTeam(s.team) {
+				continue
+			}
+			if (provider == "" || s.provider == provider) && (model == "" || glob.Match(model, s.model)) {
+				g := [3]string{s.provider, s.model, s.team}
+				by[g] = min(by[g]+s.cost, limiter.MaxSpend) // slots hold at most 2^62: no wrap
+			}
 		}
-		if (provider == "" || s.provider == provider) && (model == "" || glob.Match(model, s.model)) {
-			g := [2]string{s.provider, s.model}
-			by[g] = min(by[g]+s.cost, limiter.MaxSpend) // slots hold at most 2^62: no wrap
-		}
-	}
+	})
 	out := make([]usage.ModelSpend, 0, len(by))
 	for k, a := range by {
-		out = append(out, usage.ModelSpend{Provider: k[0], Model: k[1], Spent: a})
+		out = append(out, usage.ModelSpend{Provider: k[0], Model: k[1], TeamID: k[2], Spent: a})
 	}
 	return out
 }
@@ -160,8 +163,9 @@ func (s *Source) Spent(user string, sc limiter.Scope, from, to time.Time) ([]lim
 // read sums the database's part, after the ledger's when pending.
 func (s *Source) read(user string, sc limiter.Scope, from, to time.Time, pending bool) ([]limiter.Spend, error) {
 	var groups []usage.ModelSpend
+	o := Owned(user, sc.TeamID)
 	if pending {
-		groups = s.Ledger.SpentByModel(user, sc.Provider, sc.Model, from, to)
+		groups = s.Ledger.SpentByModel(o, sc.Provider, sc.Model, from, to)
 	}
 	if s.DB != nil {
 		backoff := s.Backoff
@@ -178,7 +182,7 @@ func (s *Source) read(user string, sc limiter.Scope, from, to time.Time, pending
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		stored, err := s.DB(ctx, usage.SpendQuery{UserID: user, Provider: sc.Provider, Model: sc.Model, From: from, To: to})
+		stored, err := s.DB(ctx, o.query(sc, from, to))
 		if err != nil {
 			if unreachable(ctx, err) {
 				s.failed.Store(&readFailure{time.Now(), err})
@@ -190,7 +194,7 @@ func (s *Source) read(user string, sc limiter.Scope, from, to time.Time, pending
 	}
 	out := make([]limiter.Spend, len(groups))
 	for i, g := range groups {
-		out[i] = limiter.Spend{Provider: g.Provider, Model: g.Model, NanoUSD: int64(g.Spent)}
+		out[i] = limiter.Spend{Provider: g.Provider, Model: g.Model, TeamID: g.TeamID, NanoUSD: int64(g.Spent)}
 	}
 	return out, nil
 }
@@ -206,9 +210,10 @@ func unreachable(ctx context.Context, err error) bool {
 // maxSlot bounds a slot's sum.
 const maxSlot = usd.Amount(1 << 62)
 
-// slot is the pending cost of a quarter hour of one provider and model's calls.
+// slot is the pending cost of a quarter hour of one provider and model's
+// calls for one team.
 type slot struct {
-	provider, model string
+	provider, model, team string
 	// slot is the quarter hour's start, in Unix seconds.
 	slot int64
 	cost usd.Amount
@@ -238,13 +243,13 @@ func (l *Ledger) apply(recs []record.Record, sign int) {
 		}
 		slots := l.users[r.UserID]
 		j := 0
-		for ; j < len(slots) && (slots[j].slot != start || slots[j].provider != r.Provider || slots[j].model != r.Model); j++ {
+		for ; j < len(slots) && (slots[j].slot != start || slots[j].provider != r.Provider || slots[j].model != r.Model || slots[j].team != r.TeamID); j++ {
 		}
 		if j == len(slots) {
 			if sign < 0 {
 				continue // counted before a SetEnabled(true), or forgotten by a stop
 			}
-			slots = append(slots, slot{provider: r.Provider, model: r.Model, slot: start})
+			slots = append(slots, slot{provider: r.Provider, model: r.Model, team: r.TeamID, slot: start})
 			l.users[r.UserID] = slots
 		}
 		s := &slots[j]
@@ -329,7 +334,8 @@ func (s *Source) Stored(user string, sc limiter.Scope, from, to time.Time) ([]li
 // Unconfirmed), not left out. A database that does not answer leaves
 // them all in (counted twice rather than missed).
 func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) (sums, records []limiter.Spend) {
-	sums, records = s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
+	o := Owned(user, sc.TeamID)
+	sums, records = s.Ledger.PendingByID(o, sc.Provider, sc.Model, from.Unix(), to.Unix())
 	if s.StoredIDs == nil || len(records) == 0 {
 		return sums, records
 	}
@@ -339,7 +345,7 @@ func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) (sum
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.Timeout, 5*time.Second))
 	defer cancel()
-	stored, err := s.StoredIDs(ctx, user, ids)
+	stored, err := s.StoredIDs(ctx, o.UserID(), ids)
 	if err != nil || len(stored) == 0 {
 		return sums, records
 	}
@@ -347,13 +353,13 @@ func (s *Source) Pending(user string, sc limiter.Scope, from, to time.Time) (sum
 	for _, id := range stored {
 		elsewhere[id] = true
 	}
-	sums, records = s.Ledger.PendingByID(user, sc.Provider, sc.Model, from.Unix(), to.Unix())
+	sums, records = s.Ledger.PendingByID(o, sc.Provider, sc.Model, from.Unix(), to.Unix())
 	return sums, slices.DeleteFunc(records, func(r limiter.Spend) bool { return elsewhere[r.RequestID] })
 }
 
 // Unconfirmed implements limiter.SplitSpendSource.
 func (s *Source) Unconfirmed(user string, sc limiter.Scope, from, to time.Time) []limiter.TimedSpend {
-	return s.Ledger.Unconfirmed(user, sc.Provider, sc.Model, from, to)
+	return s.Ledger.Unconfirmed(Owned(user, sc.TeamID), sc.Provider, sc.Model, from, to)
 }
 
 // Duplicate implements limiter.SplitSpendSource.
@@ -369,7 +375,7 @@ func (s *Source) PendingCalls(recovering bool) []limiter.Call {
 	}
 	for user, slots := range s.Ledger.users {
 		for _, sl := range slots {
-			out = append(out, limiter.Call{UserID: user, Provider: sl.provider, Model: sl.model})
+			out = append(out, limiter.Call{UserID: user, TeamID: sl.team, Provider: sl.provider, Model: sl.model})
 		}
 	}
 	return out

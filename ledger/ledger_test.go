@@ -222,12 +222,12 @@ func TestStoredKeptUntilConfirmed(t *testing.T) {
 	if got := l.Spent("u", "", "", from, to); got != 0 {
 		t.Fatalf("pending after the commit: %d, want 0", got)
 	}
-	got := l.Unconfirmed("u", "", "", from, to)
+	got := l.Unconfirmed(Owned("u", ""), "", "", from, to)
 	if len(got) != 1 || got[0].Spends[0].NanoUSD != 100 || got[0].At.Before(before) {
 		t.Fatalf("unconfirmed %+v, want one batch of 100 stored after %v", got, before)
 	}
 	confirmed = time.Now()
-	if got := l.Unconfirmed("u", "", "", from, to); len(got) != 0 {
+	if got := l.Unconfirmed(Owned("u", ""), "", "", from, to); len(got) != 0 {
 		t.Fatalf("unconfirmed after a confirmation: %+v", got)
 	}
 }
@@ -244,7 +244,7 @@ func TestCopiesOfARecordCountOnce(t *testing.T) {
 	if got := l.Spent("u", "", "", from, to); got != 100 {
 		t.Fatalf("two copies pending: %d, want 100", got)
 	}
-	sums, records := l.PendingByID("u", "", "", from.Unix(), to.Unix())
+	sums, records := l.PendingByID(Owned("u", ""), "", "", from.Unix(), to.Unix())
 	if len(sums) != 0 || len(records) != 1 || records[0].RequestID != "a" || records[0].NanoUSD != 100 {
 		t.Fatalf("by request_id: sums %+v, records %+v; want the one record named", sums, records)
 	}

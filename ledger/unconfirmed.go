@@ -32,21 +32,23 @@ func (l *Ledger) SetConfirmed(since func() time.Time) {
 // Unconfirmed sums the cost of user's records in [from, to), for a
 // provider ("" for any) and a model glob ("" for any), that were stored
 // but not confirmed, by the batch they were stored in.
-func (l *Ledger) Unconfirmed(user, provider, model string, from, to time.Time) []limiter.TimedSpend {
+func (l *Ledger) Unconfirmed(o Owner, provider, model string, from, to time.Time) []limiter.TimedSpend {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.prune()
 	var out []limiter.TimedSpend
 	for _, b := range l.unconfirmed {
 		var spends []limiter.Spend
-		for _, r := range b.records[user] {
-			if r.slot < from.Unix() || r.slot >= to.Unix() {
-				continue
+		eachUser(o, b.records, func(_ string, recs []storedRecord) {
+			for _, r := range recs {
+				if r.slot < from.Unix() || r.slot >= to.Unix() || !o.hasTeam(r.team) {
+					continue
+				}
+				if (provider == "" || r.provider == provider) && (model == "" || glob.Match(model, r.model)) {
+					spends = append(spends, limiter.Spend{Provider: r.provider, Model: r.model, TeamID: r.team, NanoUSD: int64(r.cost), RequestID: r.id})
+				}
 			}
-			if (provider == "" || r.provider == provider) && (model == "" || glob.Match(model, r.model)) {
-				spends = append(spends, limiter.Spend{Provider: r.provider, Model: r.model, NanoUSD: int64(r.cost), RequestID: r.id})
-			}
-		}
+		})
 		if len(spends) > 0 {
 			out = append(out, limiter.TimedSpend{At: b.at, Spends: spends})
 		}
@@ -67,7 +69,7 @@ type storedBatch struct {
 
 // storedRecord is one record stored.
 type storedRecord struct {
-	id, provider, model string
+	id, provider, model, team string
 	slot                int64
 	cost                usd.Amount
 }
@@ -102,7 +104,7 @@ func (l *Ledger) stored(recs []record.Record) {
 			continue
 		}
 		sec := r.Timestamp.Unix()
-		b.records[r.UserID] = append(b.records[r.UserID], storedRecord{id: r.RequestID, provider: r.Provider, model: r.Model,
+		b.records[r.UserID] = append(b.records[r.UserID], storedRecord{id: r.RequestID, provider: r.Provider, model: r.Model, team: r.TeamID,
 			slot: sec - mod(sec, slotSeconds), cost: usd.Amount(min(int64(r.Cost), limiter.MaxSpend))})
 	}
 	if len(b.records) == 0 {
@@ -137,7 +139,7 @@ func (l *Ledger) unconfirmedCalls(calls []limiter.Call) []limiter.Call {
 	for _, b := range l.unconfirmed {
 		for user, recs := range b.records {
 			for _, r := range recs {
-				calls = append(calls, limiter.Call{UserID: user, Provider: r.provider, Model: r.model})
+				calls = append(calls, limiter.Call{UserID: user, TeamID: r.team, Provider: r.provider, Model: r.model})
 			}
 		}
 	}

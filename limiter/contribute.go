@@ -80,9 +80,9 @@ func (l *Limiter) contributeAll() error {
 	if split, ok := l.spend.(SplitSpendSource); ok {
 		var buf [maxApplicable]*rule
 		for _, c := range split.PendingCalls(true) {
-			for _, r := range rs.applicable(c.UserID, c.Provider, c.Model, buf[:0]) {
+			for _, r := range rs.applicable(c.UserID, c.TeamID, c.Provider, c.Model, buf[:0]) {
 				if r.Unit == USD {
-					if err := add(c.UserID, l.bucket(r, now)); err != nil {
+					if err := add(r.bucketOwner(c.UserID, c.TeamID), l.bucket(r, now)); err != nil {
 						return err
 					}
 				}

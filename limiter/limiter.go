@@ -92,6 +92,13 @@ type Status struct {
 	Unit   Unit
 	// Provider and Model are the rule's scope values; empty when unscoped.
 	Provider, Model string
+	// TeamID is the rule's team scope; empty when unscoped.
+	TeamID string
+	// Per tells who shares the bucket.
+	Per Per
+	// Pool names the pool the bucket is ("all", "team:<id>"); empty for
+	// a user's own bucket.
+	Pool string
 	// Limit is the bucket's capacity.
 	Limit int64
 	// Remaining is the whole units left now, never negative: a bucket in
@@ -200,14 +207,17 @@ type pendingShard struct {
 
 // budgetHold is the call whose estimate a budget holds.
 type budgetHold struct {
-	user, provider, model string
+	user, team, provider, model string
 }
 
-// maxApplicable is the most buckets one call touches: one per limit type and unit.
-const maxApplicable = int(numUnits) * int(numWindows)
+// maxApplicable is the most buckets one call touches: one per level,
+// limit type and unit.
+const maxApplicable = int(numPers) * int(numUnits) * int(numWindows)
 
 // callScratch holds one call's buckets and amounts.
 type callScratch struct {
+	// owners holds each bucket's owner (see bucketOwner).
+	owners     [maxApplicable]string
 	buckets    [maxApplicable]Bucket
 	need, cost [maxApplicable]int64
 	levels     [maxApplicable]float64
@@ -298,11 +308,13 @@ func (l *Limiter) Rules() []Rule {
 	return out
 }
 
-// Applicable returns the rule that applies to a call of user on provider
-// and model for each limit type and unit, as Check would choose them.
-func (l *Limiter) Applicable(user, provider, model string) []Rule {
+// Applicable returns the rule that applies to a call of user for team on
+// provider and model for each level, limit type and unit, as Check would
+// choose them: the user's own rules first, then the team's pools, then
+// the shared pools.
+func (l *Limiter) Applicable(user, team, provider, model string) []Rule {
 	var buf [maxApplicable]*rule
-	rules := l.rules.Load().applicable(user, provider, model, buf[:0])
+	rules := l.rules.Load().applicable(user, team, provider, model, buf[:0])
 	out := make([]Rule, len(rules))
 	for i, r := range rules {
 		out[i] = r.Rule
@@ -327,7 +339,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	}
 	now := l.clock.Now()
 	var buf [maxApplicable]*rule
-	rules := l.rules.Load().applicable(req.UserID, req.Provider, req.Model, buf[:0])
+	rules := l.rules.Load().applicable(req.UserID, req.TeamID, req.Provider, req.Model, buf[:0])
 	cost := req.Cost
 	if req.Unpriced {
 		cost = 0
@@ -349,20 +361,9 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 		sc.buckets[i] = l.bucket(r, now)
 		sc.need[i] = checkCost(r.Unit, req.Tokens, cost)
 		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens, cost)
+		sc.owners[i] = r.bucketOwner(req.UserID, req.TeamID)
 	}
-	take := func() (bool, error) {
-		if l.holdStore != nil && req.RequestID != "" {
-			return l.holdStore.TakeHold(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n], req.RequestID, l.pendingTTL)
-		}
-		return l.store.Take(now, req.UserID, sc.buckets[:n], sc.need[:n], sc.cost[:n], sc.levels[:n])
-	}
-	allowed, err := take()
-	if err != nil {
-		err = l.learnSpend(now, req.UserID, sc.buckets[:n], err, nil, func() (err error) {
-			allowed, err = take()
-			return err
-		})
-	}
+	allowed, err := l.takeAll(now, req, sc, n)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -385,7 +386,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	}
 	d.Limits = limits[:0]
 	for i, r := range rules {
-		d.Limits = append(d.Limits, statusAt(r, sc.buckets[i], sc.levels[i], now))
+		d.Limits = append(d.Limits, ownedStatus(statusAt(r, sc.buckets[i], sc.levels[i], now), sc.owners[i]))
 	}
 	return d, nil
 }
@@ -489,7 +490,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 	}
 	now := l.clock.Now()
 	var buf [maxApplicable]*rule
-	rules := l.rules.Load().applicable(u.UserID, u.Provider, u.Model, buf[:0])
+	rules := l.rules.Load().applicable(u.UserID, u.TeamID, u.Provider, u.Model, buf[:0])
 	requests, tokens := int64(1), u.Tokens
 	var estimate pendingCheck
 	var own, fresh bool
@@ -504,6 +505,7 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 	n := len(rules)
 	for i, r := range rules {
 		sc.buckets[i] = l.bucket(r, now)
+		sc.owners[i] = r.bucketOwner(u.UserID, u.TeamID)
 		if r.Unit != USD {
 			sc.cost[i] = chargeCost(r.Unit, requests, tokens, 0)
 			continue
@@ -519,41 +521,35 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 		}
 		sc.cost[i] = clampSpend(spent)
 	}
-	err := l.chargeRecord(now, u.UserID, sc.buckets[:n], sc.cost[:n], learnt, u.RequestID)
-	if errors.Is(err, ErrDuplicate) {
-		if split, ok := l.spend.(SplitSpendSource); ok {
-			split.Duplicate(u.UserID, u.RequestID)
-		}
-		return nil
-	}
-	return err
+	return l.chargeOwners(now, u.UserID, sc, n, learnt, u.RequestID)
 }
 
-// Limits reports the user's buckets without charging anything. With a
-// provider or a model it reports exactly the buckets a check for that call
-// would use; without, the buckets of the rules not scoped by provider or
-// model plus every live bucket of the user's scoped rules.
-func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
+// Limits reports the buckets of user's calls for team without charging
+// anything, the team's and the shared pools included. With a provider or
+// a model it reports exactly the buckets a check for that call would
+// use; without, the buckets of the rules not scoped by provider or model
+// plus every live bucket of the user's own scoped rules.
+func (l *Limiter) Limits(user, team, provider, model string) ([]Status, error) {
 	now := l.clock.Now()
 	rs := l.rules.Load()
 	var buf [maxApplicable]*rule
-	rules := rs.applicable(user, provider, model, buf[:0])
+	rules := rs.applicable(user, team, provider, model, buf[:0])
 	sc := l.scratch.Get().(*callScratch)
 	defer l.scratch.Put(sc)
 	n := len(rules)
 	for i, r := range rules {
 		sc.buckets[i] = l.bucket(r, now)
+		sc.owners[i] = r.bucketOwner(user, team)
 	}
-	read := func() error { return l.store.Levels(now, user, sc.buckets[:n], sc.levels[:n]) }
-	if err := read(); err != nil {
-		err = l.learnSpend(now, user, sc.buckets[:n], err, nil, read)
-		if err != nil {
+	for lo, hi := 0, 0; lo < n; lo = hi {
+		hi = ownerEnd(sc, lo, n)
+		if err := l.readLevels(now, sc, lo, hi); err != nil {
 			return nil, err
 		}
 	}
 	out := make([]Status, 0, n)
 	for i, r := range rules {
-		out = append(out, statusAt(r, sc.buckets[i], sc.levels[i], now))
+		out = append(out, ownedStatus(statusAt(r, sc.buckets[i], sc.levels[i], now), sc.owners[i]))
 	}
 	if provider != "" || model != "" {
 		return out, nil
@@ -571,13 +567,14 @@ func (l *Limiter) Limits(user, provider, model string) ([]Status, error) {
 	return out, err
 }
 
-// Each calls fn with every live bucket, for metrics built at scrape time.
-// fn may run under a store lock: it must be quick and must not call l.
+// Each calls fn with every live bucket and its owner (a user_id, or a
+// pool's owner: see ParseOwner), for metrics built at scrape time. fn
+// may run under a store lock: it must be quick and must not call l.
 func (l *Limiter) Each(fn func(user string, s Status)) {
 	now := l.clock.Now()
 	rs := l.rules.Load()
-	l.store.Each(now, l.owner(rs, now), func(user string, b Bucket, level float64) {
-		fn(user, statusAt(rs.owner(user, b.Scope), b, level, now))
+	l.store.Each(now, l.owner(rs, now), func(owner string, b Bucket, level float64) {
+		fn(owner, ownedStatus(statusAt(rs.owner(owner, b.Scope), b, level, now), owner))
 	})
 }
 
@@ -621,23 +618,25 @@ func (l *Limiter) Sweep() (live int) {
 // estimate until its period ends, erring on the side of refusing.
 func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 	var buf [maxApplicable]*rule
-	rules := l.rules.Load().applicable(h.user, h.provider, h.model, buf[:0])
-	var bs []Bucket
-	var amounts []int64
+	rules := l.rules.Load().applicable(h.user, h.team, h.provider, h.model, buf[:0])
+	sc := l.scratch.Get().(*callScratch)
+	defer l.scratch.Put(sc)
+	n := 0
 	for _, r := range rules {
 		if r.Unit != USD {
 			continue
 		}
 		b := l.bucket(r, now)
 		if l.holds(p, b.Period) {
-			bs, amounts = append(bs, b), append(amounts, -p.cost)
+			sc.buckets[n], sc.cost[n], sc.owners[n] = b, -p.cost, r.bucketOwner(h.user, h.team)
+			n++
 		}
 	}
-	if len(bs) == 0 {
-		return
-	}
 	// A budget seeded now holds what the database says, without estimates.
-	_ = l.charge(now, h.user, bs, amounts, nil)
+	for lo, hi := 0, 0; lo < n; lo = hi {
+		hi = ownerEnd(sc, lo, n)
+		_ = l.charge(now, sc.owners[lo], sc.buckets[lo:hi], sc.cost[lo:hi], nil)
+	}
 }
 
 // holds tells whether a budget in period holds the estimate of p: it was
@@ -862,7 +861,7 @@ func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)
 		}
-		sh.holds[key] = budgetHold{req.UserID, req.Provider, req.Model}
+		sh.holds[key] = budgetHold{req.UserID, req.TeamID, req.Provider, req.Model}
 	} else {
 		delete(sh.holds, key)
 	}
@@ -938,7 +937,7 @@ func chargeCost(u Unit, requests, tokens, cost int64) int64 {
 
 // status describes rule r's bucket without its level.
 func (r *rule) status() Status {
-	return Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, Limit: r.Limit}
+	return Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, TeamID: r.TeamID, Per: r.Per, Limit: r.Limit}
 }
 
 // statusAt reports bucket b of rule r holding level units. A budget

@@ -44,7 +44,7 @@ func mustCheck(t testing.TB, l *Limiter, req Request) Decision {
 
 func mustLimits(t testing.TB, l *Limiter, user, provider, model string) []Status {
 	t.Helper()
-	st, err := l.Limits(user, provider, model)
+	st, err := l.Limits(user, "", provider, model)
 	if err != nil {
 		t.Fatalf("unexpected error in Limits(%q, %q, %q): %s", user, provider, model, err)
 	}

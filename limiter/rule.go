@@ -156,19 +156,39 @@ func (r Rule) Validate() error {
 		return fmt.Errorf("usd must be between 0.000000001 and %d (dollars), got %d nano-USD", int64(MaxLimit)/1e9, r.Limit)
 	case r.Limit < 1 || r.Limit > MaxLimit:
 		return fmt.Errorf("%s must be between 1 and %d, got %d", r.Unit, int64(MaxLimit), r.Limit)
+	case r.Per >= numPers:
+		return fmt.Errorf("invalid per %d", r.Per)
+	case r.Per != PerUser && r.UserID != "":
+		return fmt.Errorf("a rule with user_id %q is that user's own: per %s would share it with nobody; drop per, or drop user_id for a pool", r.UserID, r.Per)
 	}
 	return nil
+}
+
+// bucketOwner returns who owns the bucket of rule r for a call of user
+// for team: the user, the team's pool or the shared pool.
+func (r *rule) bucketOwner(user, team string) string {
+	switch r.Per {
+	case PerTeam:
+		return TeamOwner(team)
+	case PerAll:
+		return AllOwner
+	}
+	return user
 }
 
 // IsBudget tells whether the rule is a USD budget over calendar periods.
 func (r Rule) IsBudget() bool { return r.Unit == USD }
 
-// specificity orders rules: user scope outranks provider scope, which
-// outranks model scope, so that user+provider+model > user+provider >
-// user+model > user > provider+model > provider > model > unscoped.
+// specificity orders rules of one level: user scope outranks team scope,
+// which outranks provider scope, which outranks model scope, so that
+// user+provider+model > user+team > user > team+provider > provider+model
+// > provider > model > unscoped.
 func (r Rule) specificity() int {
 	s := 0
 	if r.UserID != "" {
+		s += 8
+	}
+	if r.TeamID != "" {
 		s += 4
 	}
 	if r.Provider != "" {
@@ -181,8 +201,12 @@ func (r Rule) specificity() int {
 }
 
 // matches tells whether the rule applies to a call. The user is checked by
-// the caller, which indexes user-scoped rules by user.
-func (r *Rule) matches(provider, model string) bool {
+// the caller, which indexes user-scoped rules by user. A team's pool
+// takes the calls made for a team only.
+func (r *Rule) matches(team, provider, model string) bool {
+	if (r.TeamID != "" && r.TeamID != team) || (r.Per == PerTeam && team == "") {
+		return false
+	}
 	if r.Provider != "" && r.Provider != provider {
 		return false
 	}

@@ -9,10 +9,12 @@ import (
 // ruleSet indexes the rules for matching. It is immutable once built.
 type ruleSet struct {
 	all []rule
-	// slots holds, per (window, unit), the candidate rules, most specific first.
-	slots [numWindows][numUnits]slotRules
-	// active lists the slots that hold a rule, in slot order: a call
-	// visits these only (two of eighteen with the default rules).
+	// slots holds, per (level, window, unit), the candidate rules, most
+	// specific first.
+	slots [numPers][numWindows][numUnits]slotRules
+	// active lists the slots that hold a rule, in slot order (a user's
+	// own buckets first, then the team's pools, then the shared pools): a
+	// call visits these only (two of fifty-four with the default rules).
 	active []*slotRules
 	// owners finds the rule a user's bucket belongs to.
 	owners map[ownerKey]*rule
@@ -41,7 +43,7 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 	for i := range rules {
 		r := &rs.all[i]
 		r.Rule = rules[i]
-		r.scope = &Scope{Provider: r.Provider, Model: r.Model, Window: r.Window, Unit: r.Unit}
+		r.scope = &Scope{Provider: r.Provider, Model: r.Model, TeamID: r.TeamID, Per: r.Per, Window: r.Window, Unit: r.Unit}
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Source, err)
 		}
@@ -50,7 +52,7 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 			return nil, fmt.Errorf("%s: a %s %s rule with the same scope is already defined at %s", r.Source, r.Window, r.Unit, prev.Source)
 		}
 		rs.owners[k] = r
-		slot := &rs.slots[r.Window][r.Unit]
+		slot := &rs.slots[r.Per][r.Window][r.Unit]
 		if r.UserID != "" {
 			if slot.byUser == nil {
 				slot.byUser = make(map[string][]*rule)
@@ -65,64 +67,76 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 		// that both match) the one written first wins.
 		sort.SliceStable(rules, func(i, j int) bool { return rules[i].specificity() > rules[j].specificity() })
 	}
-	for w := range rs.slots {
-		for u := range rs.slots[w] {
-			slot := &rs.slots[w][u]
-			for _, rules := range slot.byUser {
-				bySpecificity(rules)
-			}
-			bySpecificity(slot.general)
-			if len(slot.general) > 0 || len(slot.byUser) > 0 {
-				rs.active = append(rs.active, slot)
+	for p := range rs.slots {
+		for w := range rs.slots[p] {
+			for u := range rs.slots[p][w] {
+				slot := &rs.slots[p][w][u]
+				for _, rules := range slot.byUser {
+					bySpecificity(rules)
+				}
+				bySpecificity(slot.general)
+				if len(slot.general) > 0 || len(slot.byUser) > 0 {
+					rs.active = append(rs.active, slot)
+				}
 			}
 		}
 	}
 	return rs, nil
 }
 
-// applicable appends the most specific matching rule of every (window,
-// unit) to dst.
-func (rs *ruleSet) applicable(user, provider, model string, dst []*rule) []*rule {
+// applicable appends the most specific matching rule of every (level,
+// window, unit) to dst: a user's own rules first, then the team's pools,
+// then the shared pools.
+func (rs *ruleSet) applicable(user, team, provider, model string, dst []*rule) []*rule {
 	for _, slot := range rs.active {
-		if r := slot.match(user, provider, model); r != nil {
+		if r := slot.match(user, team, provider, model); r != nil {
 			dst = append(dst, r)
 		}
 	}
 	return dst
 }
 
-func (s *slotRules) match(user, provider, model string) *rule {
+func (s *slotRules) match(user, team, provider, model string) *rule {
 	for _, r := range s.byUser[user] {
-		if r.matches(provider, model) {
+		if r.matches(team, provider, model) {
 			return r
 		}
 	}
 	for _, r := range s.general {
-		if r.matches(provider, model) {
+		if r.matches(team, provider, model) {
 			return r
 		}
 	}
 	return nil
 }
 
-// budgetSpend sums the groups of spend whose calls the budget of scope sc
-// counts: those for which its rule is the most specific of its limit
-// type, as Check and Record choose it. Sums saturate rather than wrap.
-func (rs *ruleSet) budgetSpend(user string, sc *Scope, groups []Spend) int64 {
-	owner := rs.owner(user, sc)
+// budgetSpend sums the groups of spend whose calls the budget of owner
+// and scope sc counts: those for which its rule is the most specific of
+// its level and limit type, as Check and Record choose it. Sums saturate
+// rather than wrap.
+func (rs *ruleSet) budgetSpend(owner string, sc *Scope, groups []Spend) int64 {
+	r := rs.owner(owner, sc)
 	var sum int64
 	for _, g := range groups {
-		if rs.budgetCounts(user, sc, owner, g) {
+		if rs.budgetCounts(owner, sc, r, g) {
 			sum = addSaturating(sum, g.NanoUSD)
 		}
 	}
 	return sum
 }
 
-// budgetCounts tells whether the budget of scope sc, whose rule is owner,
-// counts spend g.
-func (rs *ruleSet) budgetCounts(user string, sc *Scope, owner *rule, g Spend) bool {
-	return owner == nil || rs.slots[sc.Window][sc.Unit].match(user, g.Provider, g.Model) == owner
+// budgetCounts tells whether the budget of owner and scope sc, whose rule
+// is r, counts spend g.
+func (rs *ruleSet) budgetCounts(owner string, sc *Scope, r *rule, g Spend) bool {
+	if r == nil {
+		return true
+	}
+	per, id := ParseOwner(owner)
+	user := ""
+	if per == PerUser {
+		user = id
+	}
+	return rs.slots[sc.Per][sc.Window][sc.Unit].match(user, g.TeamID, g.Provider, g.Model) == r
 }
 
 // addSaturating adds without wrapping past the int64 range.
@@ -137,9 +151,9 @@ func addSaturating(a, b int64) int64 {
 	return s
 }
 
-// owner returns the rule that a user's bucket of scope sc belongs to, or
-// nil if the rules changed and none does any more. The user may or may
-// not be part of the rule's scope.
+// owner returns the rule that the bucket of scope sc of a user (or of a
+// pool's owner) belongs to, or nil if the rules changed and none does
+// any more. The user may or may not be part of the rule's scope.
 func (rs *ruleSet) owner(user string, sc *Scope) *rule {
 	if r := rs.owners[ownerKey{user, *sc}]; r != nil {
 		return r

@@ -175,6 +175,10 @@ type HoldStore interface {
 	// back after ttl. A hold of id already there (the check sent again)
 	// is given back as the new one is taken.
 	TakeHold(now time.Time, user string, bs []Bucket, need, cost []int64, levels []float64, id string, ttl time.Duration) (allowed bool, err error)
+	// ReleaseHold gives back what the hold of id took from bs, at once:
+	// a check refused by a pool after its user's buckets allowed it
+	// undoes what it took there. Nothing is marked charged.
+	ReleaseHold(now time.Time, user string, bs []Bucket, id string) error
 	// ChargeOnce is Charge for the record of request_id id: each amount
 	// less what the hold of id holds in that bucket, and nothing at all
 	// when a record of id was charged already.

@@ -73,7 +73,7 @@ func TestBudgetsAcrossReplicas(t *testing.T) {
 	}
 	remaining := func(l *limiter.Limiter) int64 {
 		t.Helper()
-		st, err := l.Limits("u", "", "")
+		st, err := l.Limits("u", "", "", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +136,7 @@ func TestBudgetRecordSeedsOnce(t *testing.T) {
 	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := l.Limits("u", "", "")
+	st, err := l.Limits("u", "", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestBudgetRecordSeedsOnce(t *testing.T) {
 	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ = l.Limits("u", "", ""); st[0].Remaining != 8*dollar {
+	if st, _ = l.Limits("u", "", "", ""); st[0].Remaining != 8*dollar {
 		t.Fatalf("%d left, want 8", st[0].Remaining)
 	}
 	// The key expires an hour after the month ends.
@@ -235,15 +235,15 @@ func TestLimitsAfterRedisLostScopedBudget(t *testing.T) {
 	if d, err := l.Check(limiter.Request{UserID: "u", Provider: "openai", Model: "gpt-4o", Cost: dollar / 4}); err != nil || !d.Allowed {
 		t.Fatalf("check: %+v %v", d, err)
 	}
-	st, err := l.Limits("u", "", "")
+	st, err := l.Limits("u", "", "", "")
 	if err != nil || len(st) != 1 || st[0].Remaining != dollar*3/4 {
 		t.Fatalf("limits: %+v %v", st, err)
 	}
 	srv.Do(t, "FLUSHALL")
-	if st, err = l.Limits("u", "", ""); err != nil || len(st) != 0 {
+	if st, err = l.Limits("u", "", "", ""); err != nil || len(st) != 0 {
 		t.Fatalf("limits after Redis lost the budget: %+v %v, want none and no error", st, err)
 	}
-	if st, err = l.Limits("u", "openai", ""); err != nil || len(st) != 1 || st[0].Remaining != dollar {
+	if st, err = l.Limits("u", "", "openai", ""); err != nil || len(st) != 1 || st[0].Remaining != dollar {
 		t.Fatalf("openai limits after Redis lost the budget: %+v %v, want the database's (nothing spent)", st, err)
 	}
 }
@@ -278,7 +278,7 @@ func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
 	srv, s, l, clk := newLocalBudget(t)
 	remaining := func() int64 {
 		t.Helper()
-		st, err := l.Limits("u", "", "")
+		st, err := l.Limits("u", "", "", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,7 +294,7 @@ func TestBudgetEstimateRefundedWhereHeld(t *testing.T) {
 		return err == nil && d.Allowed && s.Err() != nil
 	})
 	srv.Do(t, "CONFIG", "SET", "maxmemory", "0")
-	waitFor(t, func() bool { _, err := l.Limits("u", "", ""); return err == nil && s.Err() == nil })
+	waitFor(t, func() bool { _, err := l.Limits("u", "", "", ""); return err == nil && s.Err() == nil })
 	if err := l.Record(limiter.Usage{UserID: "u", Model: "m", RequestID: "local", Cost: dollar / 10, HasCost: true, Timestamp: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ func TestBudgetEstimateRefundedAfterBlip(t *testing.T) {
 	if err := l.Record(limiter.Usage{UserID: "alice", Model: "m", RequestID: "r1", Cost: dollar, HasCost: true, Timestamp: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := l.Limits("alice", "", "")
+	st, err := l.Limits("alice", "", "", "")
 	if err != nil || st[0].Remaining != 9*dollar {
 		t.Fatalf("alice: %+v %v, want $9 left after a $1 call whose $5 estimate was reserved in Redis", st, err)
 	}

@@ -65,7 +65,7 @@ func exactReplicas(t *testing.T, n int) (stores []*Store, ls []*limiter.Limiter,
 
 func left(t *testing.T, l *limiter.Limiter) (usd, requests int64) {
 	t.Helper()
-	st, err := l.Limits("u", "", "m")
+	st, err := l.Limits("u", "", "", "m")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -409,3 +409,46 @@ func randomID() string {
 func (s *Store) HeldBuckets() map[string][]limiter.Bucket { return s.holds.users() }
 
 var _ limiter.HoldStore = (*Store)(nil)
+
+// ReleaseHold implements limiter.HoldStore: the hold of a check that a
+// pool refused after user's buckets allowed it is given back at once,
+// budgets and token and request buckets alike, in Redis or in the local
+// shares it was taken in. A release that fails leaves the hold to its
+// wait (Sweep), erring on the side of refusing.
+func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id string) error {
+	h, ok := s.holds.get(user, id)
+	if !ok {
+		return nil
+	}
+	back := s.amountsIn(h, bs)
+	for i := range back {
+		back[i] = -back[i]
+	}
+	if h.local {
+		if err := s.local.Load().Charge(now, user, s.shares(bs), back); err != nil {
+			return err
+		}
+		s.owed.add(user, bs, back)
+		s.holds.drop(user, id)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
+	defer cancel()
+	if _, err := releaseScript.Run(ctx, s.opts.Client, []string{s.holdKey(user, id)}, s.instance).Int(); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	s.holds.drop(user, id)
+	// The script gave the budgets back; token and request buckets are
+	// refunded as a record's over-estimate is.
+	var rest []limiter.Bucket
+	var refund []int64
+	for i, b := range bs {
+		if !b.IsBudget() && back[i] != 0 {
+			rest, refund = append(rest, b), append(refund, back[i])
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return s.Charge(now, user, rest, refund)
+}

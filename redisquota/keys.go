@@ -67,6 +67,15 @@ func scopeKey(user string, sc *limiter.Scope) string {
 		b.WriteByte(':')
 		b.WriteString(part)
 	}
+	// A team scope comes last, so that the keys of rules without one
+	// stay as they were. A pool's owner (which starts with NUL) tells
+	// whose it is; the rule's level follows from it.
+	if sc.TeamID != "" {
+		b.WriteString(":t:")
+		b.WriteString(strconv.Itoa(len(sc.TeamID)))
+		b.WriteByte(':')
+		b.WriteString(sc.TeamID)
+	}
 	return b.String()
 }
 

@@ -35,6 +35,8 @@ type File struct {
 // fileRule is one entry of the file's limits list.
 type fileRule struct {
 	UserID    string `yaml:"user_id"`
+	TeamID    string `yaml:"team_id"`
+	Per       string `yaml:"per"`
 	Provider  string `yaml:"provider"`
 	Model     string `yaml:"model"`
 	LimitType string `yaml:"limit_type"`
@@ -119,13 +121,17 @@ func ParseFile(name string, data []byte) (*File, error) {
 		if fr.Requests == nil && fr.Tokens == nil && fr.USD == nil {
 			return nil, fmt.Errorf("cannot use %s: limits[%d]: set requests, tokens, usd or several", at, i)
 		}
+		per, err := limiter.ParsePer(fr.Per)
+		if err != nil {
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+		}
 		if fr.USD != nil {
 			budget, err := usd.Parse(string(*fr.USD))
 			if err != nil {
 				return nil, fmt.Errorf("cannot use %s: limits[%d]: usd must be an amount of dollars such as 50 or 0.01, got %q", at, i, *fr.USD)
 			}
 			r := limiter.Rule{
-				UserID: fr.UserID, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
+				UserID: fr.UserID, TeamID: fr.TeamID, Per: per, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
 				Window: w, Unit: limiter.USD, Limit: int64(budget), Source: at,
 			}
 			if err := r.Validate(); err != nil {
@@ -141,7 +147,7 @@ func ParseFile(name string, data []byte) (*File, error) {
 				continue
 			}
 			r := limiter.Rule{
-				UserID: fr.UserID, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
+				UserID: fr.UserID, TeamID: fr.TeamID, Per: per, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
 				Window: w, Unit: u.unit, Limit: *u.value, Source: at,
 			}
 			if err := r.Validate(); err != nil {

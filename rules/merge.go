@@ -36,7 +36,11 @@ type Set struct {
 func (s *Set) Digest() string {
 	h := sha256.New()
 	for _, r := range s.InForce {
-		fmt.Fprintf(h, "rule %q %q %q %s %s %d\n", r.UserID, r.Provider, r.Model, r.Window, r.Unit, r.Limit)
+		fmt.Fprintf(h, "rule %q %q %q %s %s %d", r.UserID, r.Provider, r.Model, r.Window, r.Unit, r.Limit)
+		if r.TeamID != "" || r.Per != limiter.PerUser { // so that the digests of earlier rules stay
+			fmt.Fprintf(h, " team %q per %s", r.TeamID, r.Per)
+		}
+		fmt.Fprintln(h)
 	}
 	for _, p := range s.Providers.Prefixes() {
 		fmt.Fprintf(h, "provider %q %q\n", p.Prefix, p.Provider)
@@ -138,11 +142,12 @@ func Merge(file *File, rows []Row) *Set {
 
 // scope is what makes two rules compete: one of them is in force.
 type scope struct {
-	user, provider, model string
-	window                limiter.Window
-	unit                  limiter.Unit
+	user, team, provider, model string
+	per                         limiter.Per
+	window                      limiter.Window
+	unit                        limiter.Unit
 }
 
 func scopeOf(r limiter.Rule) scope {
-	return scope{r.UserID, r.Provider, r.Model, r.Window, r.Unit}
+	return scope{r.UserID, r.TeamID, r.Provider, r.Model, r.Per, r.Window, r.Unit}
 }

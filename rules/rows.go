@@ -88,7 +88,11 @@ func (r Row) Rule() (limiter.Rule, error) {
 		}
 		limit = int64(amount)
 	}
-	rule := limiter.Rule{UserID: r.UserID, Provider: provider.Normalize(r.Provider), Model: r.Model,
+	per, err := limiter.ParsePer(strings.ToLower(strings.TrimSpace(r.Per)))
+	if err != nil {
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
+	}
+	rule := limiter.Rule{UserID: r.UserID, TeamID: r.TeamID, Per: per, Provider: provider.Normalize(r.Provider), Model: r.Model,
 		Window: w, Unit: unit, Limit: limit, Source: at}
 	if err := rule.Validate(); err != nil {
 		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)

@@ -9,10 +9,11 @@ import (
 // most 32,766 parameters).
 const storedIDsChunk = 1000
 
-// StoredIDs implements Store, from the unique index on request_id.
+// StoredIDs implements Store, from the unique index on request_id. An
+// empty user asks for every user's (a pool's records).
 func (s *postgresStore) StoredIDs(ctx context.Context, user string, ids []string) ([]string, error) {
 	return storedIDs(ctx, s.query, s.fail, ids, func(chunk []string) (string, []any) {
-		return `SELECT request_id FROM llm_usage_logs WHERE request_id = ANY($1) AND user_id::text = $2`, []any{chunk, user}
+		return `SELECT request_id FROM llm_usage_logs WHERE request_id = ANY($1) AND ($2 = '' OR user_id::text = $2)`, []any{chunk, user}
 	})
 }
 
@@ -23,8 +24,8 @@ func (s *sqliteStore) StoredIDs(ctx context.Context, user string, ids []string) 
 		for _, id := range chunk {
 			args = append(args, id)
 		}
-		args = append(args, user)
-		return `SELECT request_id FROM llm_usage_logs WHERE request_id IN (?` + strings.Repeat(",?", len(chunk)-1) + `) AND user_id = ?`, args
+		args = append(args, user, user)
+		return `SELECT request_id FROM llm_usage_logs WHERE request_id IN (?` + strings.Repeat(",?", len(chunk)-1) + `) AND (? = '' OR user_id = ?)`, args
 	})
 }
 
