@@ -290,27 +290,34 @@ func TestQuotaGauges(t *testing.T) {
 		{Window: limiter.Minute, Unit: limiter.Requests, Limit: 3},
 		{Provider: "openai", Window: limiter.Day, Unit: limiter.Tokens, Limit: 1000},
 		{Window: limiter.Month, Unit: limiter.USD, Limit: 50 * 1e9},
+		{Provider: "openai", Window: limiter.Minute, Unit: limiter.Requests, Limit: 30, Per: limiter.PerAll},
+		{TeamID: "search", Window: limiter.Month, Unit: limiter.USD, Limit: 1000 * 1e9, Per: limiter.PerTeam},
 	}, limiter.Options{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := New(Options{Clock: clk, Limiter: l})
-	l.Record(limiter.Usage{UserID: "u", Provider: "openai", Model: "gpt-4", Tokens: 250, Cost: 12_345_000_000, HasCost: true, Timestamp: testNow})
+	l.Record(limiter.Usage{UserID: "u", TeamID: "search", Provider: "openai", Model: "gpt-4", Tokens: 250, Cost: 12_345_000_000, HasCost: true, Timestamp: testNow})
 	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 200, 50)})
-	// A user over the cap, or never observed, gets no quota series.
+	// A user over the cap, or never observed, gets no quota series; the
+	// pools it touched do, with an empty user.
 	l.Record(limiter.Usage{UserID: "ghost", Provider: "openai", Model: "gpt-4", Tokens: 1})
 
 	want := `
-# HELP llm_quota_limit Capacity of the user's token bucket for a limit type and unit (requests or tokens), or the user's budget in US dollars (unit usd, a calendar day, week or month); provider and model are set for scoped rules.
+# HELP llm_quota_limit Capacity of the token bucket for a limit type and unit (requests or tokens), or the budget in US dollars (unit usd, a calendar day, week or month), of a user (per="user") or of a pool shared by a team's users (per="team") or by every call of its scope (per="all"), whose user is empty; provider, model and team are set for scoped rules.
 # TYPE llm_quota_limit gauge
-llm_quota_limit{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 1000
-llm_quota_limit{limit_type="minute",model="",provider="",unit="requests",user="u"} 3
-llm_quota_limit{limit_type="month",model="",provider="",unit="usd",user="u"} 50
-# HELP llm_quota_remaining Whole units left in the user's token bucket now, or dollars left in the budget's period; 0 while the bucket is in debt or the budget overspent.
+llm_quota_limit{limit_type="day",model="",per="user",provider="openai",team="",unit="tokens",user="u"} 1000
+llm_quota_limit{limit_type="minute",model="",per="all",provider="openai",team="",unit="requests",user=""} 30
+llm_quota_limit{limit_type="minute",model="",per="user",provider="",team="",unit="requests",user="u"} 3
+llm_quota_limit{limit_type="month",model="",per="team",provider="",team="search",unit="usd",user=""} 1000
+llm_quota_limit{limit_type="month",model="",per="user",provider="",team="",unit="usd",user="u"} 50
+# HELP llm_quota_remaining Whole units left in the token bucket now, or dollars left in the budget's period, of a user or a pool (see llm_quota_limit); 0 while the bucket is in debt or the budget overspent.
 # TYPE llm_quota_remaining gauge
-llm_quota_remaining{limit_type="day",model="",provider="openai",unit="tokens",user="u"} 750
-llm_quota_remaining{limit_type="minute",model="",provider="",unit="requests",user="u"} 2
-llm_quota_remaining{limit_type="month",model="",provider="",unit="usd",user="u"} 37.655
+llm_quota_remaining{limit_type="day",model="",per="user",provider="openai",team="",unit="tokens",user="u"} 750
+llm_quota_remaining{limit_type="minute",model="",per="all",provider="openai",team="",unit="requests",user=""} 28
+llm_quota_remaining{limit_type="minute",model="",per="user",provider="",team="",unit="requests",user="u"} 2
+llm_quota_remaining{limit_type="month",model="",per="team",provider="",team="search",unit="usd",user=""} 987.655
+llm_quota_remaining{limit_type="month",model="",per="user",provider="",team="",unit="usd",user="u"} 37.655
 `
 	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want), "llm_quota_limit", "llm_quota_remaining"); err != nil {
 		t.Fatal(err)

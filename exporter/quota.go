@@ -20,19 +20,22 @@ type quotaCollector struct {
 	remaining *prometheus.Desc
 }
 
-// quotaLabels: provider and model are empty for unscoped rules, which
-// Prometheus treats as absent.
-var quotaLabels = []string{"user", "limit_type", "unit", "provider", "model"}
+// quotaLabels: provider, model and team are empty for unscoped rules,
+// which Prometheus treats as absent. per tells who shares the bucket: a
+// pool (per "team" or "all") has an empty user, and a team pool's team
+// is its team; a pool's series are the same on every replica, so that
+// max without (instance, pod) makes one series per pool fleet-wide.
+var quotaLabels = []string{"user", "limit_type", "unit", "provider", "model", "per", "team"}
 
 func newQuotaCollector(l *limiter.Limiter, g *userGuard) *quotaCollector {
 	return &quotaCollector{
 		limiter: l,
 		guard:   g,
 		limit: prometheus.NewDesc("llm_quota_limit",
-			"Capacity of the user's token bucket for a limit type and unit (requests or tokens), or the user's budget in US dollars (unit usd, a calendar day, week or month); provider and model are set for scoped rules.",
+			"Capacity of the token bucket for a limit type and unit (requests or tokens), or the budget in US dollars (unit usd, a calendar day, week or month), of a user (per=\"user\") or of a pool shared by a team's users (per=\"team\") or by every call of its scope (per=\"all\"), whose user is empty; provider, model and team are set for scoped rules.",
 			quotaLabels, nil),
 		remaining: prometheus.NewDesc("llm_quota_remaining",
-			"Whole units left in the user's token bucket now, or dollars left in the budget's period; 0 while the bucket is in debt or the budget overspent.",
+			"Whole units left in the token bucket now, or dollars left in the budget's period, of a user or a pool (see llm_quota_limit); 0 while the bucket is in debt or the budget overspent.",
 			quotaLabels, nil),
 	}
 }
@@ -54,14 +57,22 @@ func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
 	// for at most --metrics-max-users of them.
 	tracked := c.guard.users()
 	var samples []quotaSample
-	c.limiter.Each(func(user string, s limiter.Status) {
-		if tracked[user] {
-			samples = append(samples, quotaSample{user, s})
+	c.limiter.Each(func(owner string, s limiter.Status) {
+		if per, _ := limiter.ParseOwner(owner); per != limiter.PerUser || tracked[owner] {
+			samples = append(samples, quotaSample{owner, s})
 		}
 	})
 	for _, q := range samples {
 		s := q.status
-		labels := []string{labelValue(q.user), s.Window.String(), s.Unit.String(), labelValue(s.Provider), labelValue(s.Model)}
+		per, id := limiter.ParseOwner(q.user)
+		user, team := id, s.TeamID
+		switch per {
+		case limiter.PerTeam:
+			user, team = "", id
+		case limiter.PerAll:
+			user = ""
+		}
+		labels := []string{labelValue(user), s.Window.String(), s.Unit.String(), labelValue(s.Provider), labelValue(s.Model), per.String(), labelValue(team)}
 		limit, remaining := float64(s.Limit), float64(s.Remaining)
 		if s.Unit == limiter.USD { // in dollars, the base unit
 			limit, remaining = usd.Amount(s.Limit).Float(), usd.Amount(s.Remaining).Float()
