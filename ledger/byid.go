@@ -21,9 +21,9 @@ const maxIDs = 100_000
 // are pending.
 type idEntry struct {
 	provider, model, team string
-	slot            int64
-	cost            usd.Amount
-	copies          int32
+	slot                  int64
+	cost                  usd.Amount
+	copies                int32
 	// dup tells a record another replica charged (Duplicate): its part
 	// is that replica's, not this one's.
 	dup bool

@@ -70,8 +70,8 @@ type storedBatch struct {
 // storedRecord is one record stored.
 type storedRecord struct {
 	id, provider, model, team string
-	slot                int64
-	cost                usd.Amount
+	slot                      int64
+	cost                      usd.Amount
 }
 
 // stored moves records from pending to a new unconfirmed batch.
