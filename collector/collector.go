@@ -214,7 +214,7 @@ func (c *Collector) apply(recs []record.Record, now time.Time) error {
 
 // usageOfRecord is what the limiter charges for r.
 func usageOfRecord(r *record.Record) limiter.Usage {
-	return limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
+	return limiter.Usage{UserID: r.UserID, TeamID: r.TeamID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
 		Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp}
 }
 

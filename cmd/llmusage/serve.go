@@ -667,7 +667,7 @@ func (s *sidecar) openQueue() error {
 		if err := sp.Scan(func(r *record.Record) {
 			s.ledger.Add([]record.Record{*r})
 			if len(s.spooled) < maxRespooled && r.Timestamp.After(recent) {
-				s.spooled = append(s.spooled, limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model,
+				s.spooled = append(s.spooled, limiter.Usage{UserID: r.UserID, TeamID: r.TeamID, Provider: r.Provider, Model: r.Model,
 					Tokens: r.TotalTokens, RequestID: r.RequestID, Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp})
 			}
 		}); err != nil {
