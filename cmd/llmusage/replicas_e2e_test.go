@@ -42,7 +42,7 @@ func assertNoFallback(t *testing.T, sidecars []*sidecartest.Sidecar) {
 	for i, s := range sidecars {
 		metrics := s.Scrape(t)
 		if strings.Contains(metrics, "llmusage_quota_fallback_checks_total{") || sidecartest.Value(metrics, "llmusage_quota_backend_up") != 1 {
-			t.Fatalf("sidecar %d answered checks without Redis: the figures are not those of the shared buckets\n%s", i, s.Log())
+			t.Fatalf("sidecar %d answered checks without Redis: the figures are not those of the shared buckets\n%s\n%s", i, grepLines(metrics, "llmusage_quota"), s.Log())
 		}
 	}
 }
