@@ -77,6 +77,18 @@ const budgetLimits = `limits:
     usd: 1
 ` + exactPrices
 
+// exactTeam is the team of the pool scenario's users.
+const exactTeam = "exact-team"
+
+// poolLimits gives team exactTeam a $1.00 daily budget that its users
+// share (issue [2/6]): the pool scenario's clients are each a user of it.
+const poolLimits = `limits:
+  - team_id: ` + exactTeam + `
+    limit_type: day
+    usd: 1
+    per: team
+` + exactPrices
+
 // requestLimits gives the user 20 requests a minute, and no budget.
 const requestLimits = `limits:
   - user_id: ` + exactUser + `
@@ -121,6 +133,9 @@ type scenario struct {
 	// duration, when set, runs the load for that long rather than until
 	// the budget is exhausted (the request-limit scenario).
 	duration time.Duration
+	// team makes each client a user of its own in exactTeam, under
+	// poolLimits, rather than all of them exactUser.
+	team bool
 	// inject runs the faults, from the test's goroutine, while the load
 	// runs; it returns once every fault is over (the backends are back).
 	inject func(t *testing.T, r *run)
@@ -152,6 +167,15 @@ var exactScenarios = []scenario{
 	{name: "e-duplicate-posts", limits: budgetLimits, duplicates: 0.2},
 	// Every fault of a to e in one run.
 	{name: "f-all-together", redisFault: true, limits: budgetLimits, duplicates: 0.2, inject: func(t *testing.T, r *run) {
+		r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() { r.redis.Stop(t) })
+		r.at(t, 1500*time.Millisecond, "sidecar 2 kill -9", func() { r.sidecars[1].Kill9(t) })
+		r.at(t, 2000*time.Millisecond, "sidecar 2 restarted on its data dir", func() { r.sidecars[1].Restart(t) })
+		r.at(t, 2500*time.Millisecond, "Postgres stopped (immediate)", func() { mustPG(t, r.pg.Stop()) })
+		r.at(t, 3500*time.Millisecond, "Postgres started", func() { mustPG(t, r.pg.Start()) })
+		r.at(t, 4*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
+	}},
+	// Every fault of f, on a team's pool that five users share.
+	{name: "h-team-pool-all-together", redisFault: true, limits: poolLimits, team: true, duplicates: 0.2, inject: func(t *testing.T, r *run) {
 		r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() { r.redis.Stop(t) })
 		r.at(t, 1500*time.Millisecond, "sidecar 2 kill -9", func() { r.sidecars[1].Kill9(t) })
 		r.at(t, 2000*time.Millisecond, "sidecar 2 restarted on its data dir", func() { r.sidecars[1].Restart(t) })
@@ -226,6 +250,8 @@ type run struct {
 // call is what a client knows of one call, by request_id.
 type call struct {
 	sidecar int
+	// worker is the client that made it.
+	worker int
 	allowed bool
 	// acked counts the 2xx answers to its record's posts.
 	acked int
@@ -347,7 +373,7 @@ func (r *run) runClient(worker int) {
 		n := r.next.Add(1)
 		sidecar := int(n % replicaCount)
 		id := fmt.Sprintf("exact-%d", n)
-		code, err := r.post(sidecar, "/v1/check", fmt.Sprintf(`{"user_id":%q,"model":%q,"request_id":%q,"prompt_tokens":0,"max_tokens":1}`, exactUser, exactModel, id))
+		code, err := r.post(sidecar, "/v1/check", fmt.Sprintf(`{%s,"model":%q,"request_id":%q,"prompt_tokens":0,"max_tokens":1}`, r.caller(worker), exactModel, id))
 		r.count("check", code, err)
 		switch {
 		case err != nil || code/100 == 5:
@@ -365,7 +391,7 @@ func (r *run) runClient(worker int) {
 		}
 		r.streaks[sidecar].Store(0)
 		r.mu.Lock()
-		r.calls[id] = &call{sidecar: sidecar, allowed: true}
+		r.calls[id] = &call{sidecar: sidecar, allowed: true, worker: worker}
 		r.mu.Unlock()
 		time.Sleep(callLatency) // the LLM call
 		r.postRecord(id, sidecar)
@@ -384,13 +410,25 @@ func (r *run) runClient(worker int) {
 	}
 }
 
+// caller is the JSON fields naming worker's user, and its team in the
+// pool scenario.
+func (r *run) caller(worker int) string {
+	if !r.sc.team {
+		return fmt.Sprintf(`"user_id":%q`, exactUser)
+	}
+	return fmt.Sprintf(`"user_id":"%s-%d","team_id":%q`, exactUser, worker, exactTeam)
+}
+
 // postRecord posts the record of call id to the sidecar that checked it
 // (the estimate is held there), retrying with the same request_id until
 // a 2xx answer: a connection refused or reset (the sidecar killed), a
 // timeout or a 5xx (a full spool) may have lost an answer, not the
 // record.
 func (r *run) postRecord(id string, sidecar int) {
-	body := fmt.Sprintf(`{"user_id":%q,"model":%q,"request_id":%q,"prompt_tokens":0,"completion_tokens":1}`, exactUser, exactModel, id)
+	r.mu.Lock()
+	caller := r.caller(r.calls[id].worker)
+	r.mu.Unlock()
+	body := fmt.Sprintf(`{%s,"model":%q,"request_id":%q,"prompt_tokens":0,"completion_tokens":1}`, caller, exactModel, id)
 	pause := 50 * time.Millisecond
 	deadline := time.Now().Add(time.Minute)
 	for attempt := 0; ; attempt++ {
@@ -537,7 +575,7 @@ func (r *run) audit(t *testing.T) figures {
 	db := r.connect(t)
 	defer db.Close(ctx)
 	rows, err := db.Query(ctx, `SELECT request_id, count(*), count(*) FILTER (WHERE cost_usd IS DISTINCT FROM 0.01), COALESCE((SUM(cost_usd) * 1000000000)::bigint, 0)
-		FROM llm_usage_logs WHERE user_id = $1 GROUP BY request_id`, exactUser)
+		FROM llm_usage_logs WHERE user_id LIKE $1 || '%' GROUP BY request_id`, exactUser)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,7 +627,7 @@ func (r *run) audit(t *testing.T) figures {
 	r.mu.Unlock()
 
 	for _, s := range r.sidecars {
-		f.remaining = append(f.remaining, budgetRemaining(t, s))
+		f.remaining = append(f.remaining, budgetRemaining(t, s, r.sc.team))
 		f.fallbacks += max(0, s.Gauge(`llmusage_quota_fallback_checks_total{mode="local"}`))
 	}
 	r.mu.Lock()
@@ -600,10 +638,14 @@ func (r *run) audit(t *testing.T) figures {
 }
 
 // budgetRemaining is what the sidecar reports left of the user's budget,
-// in nano-dollars, or -1 without a budget.
-func budgetRemaining(t *testing.T, s *sidecartest.Sidecar) int64 {
+// or of the team's pool, in nano-dollars, or -1 without a budget.
+func budgetRemaining(t *testing.T, s *sidecartest.Sidecar, team bool) int64 {
 	t.Helper()
-	code, body := s.Get(t, "/v1/limits?user_id="+exactUser)
+	path := "/v1/limits?user_id=" + exactUser
+	if team {
+		path = "/v1/limits?user_id=" + exactUser + "-0&team_id=" + exactTeam
+	}
+	code, body := s.Get(t, path)
 	if code != http.StatusOK {
 		t.Fatalf("/v1/limits: %d %v", code, body)
 	}
