@@ -1,14 +1,69 @@
 package rules
 
-import "testing"
+import (
+	"strings"
+	"testing"
 
-// TestExampleLimitsFile keeps the shipped example loadable.
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// TestExampleLimitsFile keeps the shipped example loadable, with Groq's
+// account quota as a pool beside the per-user defaults.
 func TestExampleLimitsFile(t *testing.T) {
 	cfg, err := LoadFile("../deploy/kubernetes/limits.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Rules) != 6 || len(cfg.Providers) != 1 {
-		t.Fatalf("example file: %d rules and %d prefixes, want 6 and 1", len(cfg.Rules), len(cfg.Providers))
+	if len(cfg.Rules) != 8 || len(cfg.Providers) != 1 {
+		t.Fatalf("example file: %d rules and %d prefixes, want 8 and 1", len(cfg.Rules), len(cfg.Providers))
+	}
+	pools := 0
+	for _, r := range cfg.Rules {
+		if r.Per == limiter.PerAll && r.Provider == "groq" && r.Unit == limiter.Requests {
+			pools++
+		}
+	}
+	if pools != 2 {
+		t.Fatalf("example file: %d Groq account rules (per: all), want the minute's and the day's", pools)
+	}
+}
+
+// TestIssueExampleLoads: the limits file of issue [2/6], as written there.
+func TestIssueExampleLoads(t *testing.T) {
+	cfg, err := ParseFile("limits.yaml", []byte(`limits:
+  - limit_type: minute        # each user, as today
+    requests: 30
+  - provider: groq            # Groq's account quota, all users together
+    limit_type: minute
+    requests: 30
+    per: all
+  - limit_type: month         # the whole bill
+    usd: 500
+    per: all
+  - team_id: search           # team search's budget, shared by its users
+    limit_type: month
+    usd: 1000
+    per: team
+  - team_id: search           # and each of its users at most $20 a day
+    limit_type: day
+    usd: 20
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range cfg.Rules {
+		got = append(got, r.Per.String()+"/"+r.TeamID)
+	}
+	if want := "user/ all/ all/ team/search user/search"; strings.Join(got, " ") != want {
+		t.Fatalf("levels %s, want %s", strings.Join(got, " "), want)
+	}
+	for _, bad := range []struct{ yaml, want string }{
+		{"limits:\n  - limit_type: minute\n    requests: 1\n    per: everyone\n", `unknown per "everyone"`},
+		{"limits:\n  - user_id: bob\n    limit_type: minute\n    requests: 1\n    per: all\n", "user_id"},
+	} {
+		if _, err := ParseFile("limits.yaml", []byte(bad.yaml)); err == nil || !strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), "limits.yaml:2") {
+			t.Fatalf("%q: error %v, want one naming line 2 and %q", bad.yaml, err, bad.want)
+		}
 	}
 }
