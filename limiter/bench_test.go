@@ -163,3 +163,46 @@ func BenchmarkCheckBudget(b *testing.B) {
 		limits = d.Limits
 	}
 }
+
+// BenchmarkCheckWithPool is a check of a user bucket alone against one
+// of a user bucket and a shared pool (per: all), which the check takes
+// after the user's, from another shard; and the pool when many users
+// check at once, each on its own goroutine.
+func BenchmarkCheckWithPool(b *testing.B) {
+	user := Rule{Window: Minute, Unit: Requests, Limit: 1 << 40}
+	pool := Rule{Window: Minute, Unit: Requests, Limit: 1 << 40, Per: PerAll}
+	for _, c := range []struct {
+		name  string
+		rules []Rule
+	}{{"user", []Rule{user}}, {"user+pool", []Rule{user, pool}}} {
+		b.Run(c.name, func(b *testing.B) {
+			l := mustNew(b, c.rules, Options{Clock: newManualClock()})
+			req := Request{UserID: "alice", Provider: "groq", Model: "llama"}
+			var limits []Status
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := l.CheckInto(req, limits)
+				if err != nil || !d.Allowed {
+					b.Fatalf("%+v %v", d, err)
+				}
+				limits = d.Limits
+			}
+		})
+		b.Run(c.name+"/parallel-users", func(b *testing.B) {
+			l := mustNew(b, c.rules, Options{Clock: newManualClock()})
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				req := Request{UserID: fmt.Sprintf("user-%d", next.Add(1)), Provider: "groq", Model: "llama"}
+				var limits []Status
+				for pb.Next() {
+					d, err := l.CheckInto(req, limits)
+					if err != nil || !d.Allowed {
+						b.Fatalf("%+v %v", d, err)
+					}
+					limits = d.Limits
+				}
+			})
+		})
+	}
+}

@@ -111,3 +111,67 @@ func usedMemory(b *testing.B, srv *redistest.Server) int64 {
 	b.Fatal("no used_memory in INFO memory")
 	return 0
 }
+
+// BenchmarkPoolCheckOnRedis is a check of a user's request bucket alone
+// against one of the user's bucket and a shared pool (per: all), which
+// takes a second script call (the pool's keys live apart from the
+// user's); without and with a request_id (holds). Each check is another
+// user's, as in a fleet; the pool is one key all of them share.
+func BenchmarkPoolCheckOnRedis(b *testing.B) {
+	srv, client := standalone(b)
+	user := limiter.Rule{Window: limiter.Minute, Unit: limiter.Requests, Limit: 1 << 40}
+	pool := limiter.Rule{Window: limiter.Minute, Unit: limiter.Requests, Limit: 1 << 40, Per: limiter.PerAll}
+	for _, c := range []struct {
+		name  string
+		rules []limiter.Rule
+		ids   bool
+	}{
+		{"user", []limiter.Rule{user}, false},
+		{"user+pool", []limiter.Rule{user, pool}, false},
+		{"user/request_id", []limiter.Rule{user}, true},
+		{"user+pool/request_id", []limiter.Rule{user, pool}, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "bench", Timeout: time.Second})
+			l, err := limiter.New(c.rules, limiter.Options{Clock: clock.NewManual(time.Now()), Store: s})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			srv.Do(b, "CONFIG", "RESETSTAT")
+			b.ReportAllocs()
+			for b.Loop() {
+				n++
+				req := limiter.Request{UserID: "user-" + strconv.Itoa(n%1000), Provider: "groq", Model: "llama"}
+				if c.ids {
+					req.RequestID = "bench-" + c.name + strconv.Itoa(n)
+				}
+				if d, err := l.Check(req); err != nil || !d.Allowed {
+					b.Fatalf("%+v %v", d, err)
+				}
+			}
+			// The time Redis spent in the scripts per check: one Redis
+			// serves about 1e6 / this checks a second.
+			b.ReportMetric(scriptMicros(b, srv)/float64(n), "redis-us/op")
+		})
+	}
+}
+
+// scriptMicros is the microseconds Redis spent running scripts since
+// its statistics were reset.
+func scriptMicros(b *testing.B, srv *redistest.Server) float64 {
+	var total float64
+	for _, line := range strings.Split(srv.Do(b, "INFO", "commandstats"), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "cmdstat_evalsha:") && !strings.HasPrefix(line, "cmdstat_eval:") {
+			continue
+		}
+		for _, field := range strings.Split(line[strings.IndexByte(line, ':')+1:], ",") {
+			if v, ok := strings.CutPrefix(field, "usec="); ok {
+				n, _ := strconv.ParseFloat(v, 64)
+				total += n
+			}
+		}
+	}
+	return total
+}
