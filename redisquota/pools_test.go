@@ -25,10 +25,18 @@ var poolRules = []limiter.Rule{
 
 // poolReplicas are three limiters on client, sharing db.
 func poolReplicas(t *testing.T, client redis.UniversalClient, db limiter.SpendSource) []*limiter.Limiter {
+	ls, _ := poolReplicasIn(t, client, db, FailClosed)
+	return ls
+}
+
+// poolReplicasIn is poolReplicas in a fail mode, with the stores.
+func poolReplicasIn(t *testing.T, client redis.UniversalClient, db limiter.SpendSource, mode FailMode) ([]*limiter.Limiter, []*Store) {
 	t.Helper()
 	var ls []*limiter.Limiter
+	var stores []*Store
 	for i := range 3 {
-		s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: fmt.Sprintf("%s-%d", t.Name(), i), Timeout: time.Second})
+		s := New(Options{Client: client, FailMode: mode, ReplicaID: fmt.Sprintf("%s-%d", t.Name(), i), Timeout: 200 * time.Millisecond})
+		stores = append(stores, s)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); s.Run(ctx) }()
@@ -39,7 +47,28 @@ func poolReplicas(t *testing.T, client redis.UniversalClient, db limiter.SpendSo
 		}
 		ls = append(ls, l)
 	}
-	return ls
+	return ls, stores
+}
+
+// TestPoolLocalShare: with Redis out of reach, each of three replicas
+// admits a third of a shared pool, as of a user's limit.
+func TestPoolLocalShare(t *testing.T) {
+	srv, client := standalone(t)
+	ls, stores := poolReplicasIn(t, client, &fixedSpend{}, FailLocal)
+	waitFor(t, func() bool { return stores[0].Replicas() == 3 && stores[1].Replicas() == 3 && stores[2].Replicas() == 3 })
+	srv.Stop(t)
+	for r, l := range ls {
+		admitted := concurrently(30, func(i int) bool {
+			d, err := l.Check(limiter.Request{UserID: fmt.Sprintf("user-%d-%d", r, i), Provider: "groq", Model: "llama"})
+			if err != nil {
+				t.Error(err)
+			}
+			return d.Allowed
+		})
+		if admitted != 10 {
+			t.Fatalf("replica %d admitted %d of Groq's 30 a minute without Redis, want its third, 10", r, admitted)
+		}
+	}
 }
 
 func clusterClient(t *testing.T) redis.UniversalClient {
