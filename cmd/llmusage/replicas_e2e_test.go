@@ -113,7 +113,7 @@ func TestReplicasShareOneLimit(t *testing.T) {
 
 	// Every replica reports the shared bucket, in its answers and in its
 	// quota gauges: all agree (within the refill between two reads).
-	series := `llm_quota_remaining{limit_type="minute",model="",provider="",unit="requests",user="alice"}`
+	series := `llm_quota_remaining{limit_type="minute",model="",per="user",provider="",team="",unit="requests",user="alice"}`
 	var gauges []float64
 	for i, s := range sidecars {
 		code, body := s.Get(t, "/v1/limits?user_id=alice")
