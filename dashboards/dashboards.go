@@ -74,8 +74,27 @@ func Overview() *dashboard.DashboardBuilder {
 		WithRow(dashboard.NewRowBuilder("Quota")).
 		WithPanel(timeSeries("Quota checks by decision", "Checks answered allowed (200) or limited (429), per second.", "reqps",
 			target(`sum by (decision) (rate(llm_rate_limit_checks_total{`+sel+`}[$__rate_interval]))`, "{{decision}}"))).
-		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets with the highest share used, budgets (unit usd) included; 1 means no quota left.",
-			target(`topk(20, max by (user, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant())).
+		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets of users with the highest share used, budgets (unit usd) included; 1 means no quota left. Pools are in the Pools row.",
+			target(`topk(20, max by (user, team, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant())).
+		WithRow(dashboard.NewRowBuilder("Pools")).
+		WithPanel(tablePanel("Pools", "Buckets shared by a team's users (per team, team is the team) or by every call of a rule's scope (per all; team set for a rule scoped by team_id): limit, used and remaining, one row per pool however many pods report it (with Redis the shared level; without it, the pod closest to refusing). USD pools are in Pool budgets.",
+			target(`max by (per, team, limit_type, unit, provider, model) (llm_quota_limit{`+poolSel+`, unit!="usd"})`, "limit").Instant().RefId("limit"),
+			target(`max by (per, team, limit_type, unit, provider, model) (llm_quota_limit{`+poolSel+`, unit!="usd"} - llm_quota_remaining{`+poolSel+`, unit!="usd"})`, "used").Instant().RefId("used"),
+			target(`min by (per, team, limit_type, unit, provider, model) (llm_quota_remaining{`+poolSel+`, unit!="usd"})`, "remaining").Instant().RefId("remaining"))).
+		WithPanel(tablePanel("Pool budgets", "USD budgets shared by a team's users or by every call of a rule's scope (rules with per and usd: day, week or month, reset at 00:00 UTC, on Monday, on the 1st): limit, spent this window and remaining, in dollars, one row per pool. At 0 remaining every call the pool covers is refused until the window resets.",
+			target(`max by (per, team, limit_type, provider, model) (llm_quota_limit{`+poolSel+`, unit="usd"})`, "limit").Instant().RefId("limit"),
+			target(`max by (per, team, limit_type, provider, model) (llm_quota_limit{`+poolSel+`, unit="usd"} - llm_quota_remaining{`+poolSel+`, unit="usd"})`, "spent").Instant().RefId("spent"),
+			target(`min by (per, team, limit_type, provider, model) (llm_quota_remaining{`+poolSel+`, unit="usd"})`, "remaining").Instant().RefId("remaining")).
+			Unit("currencyUSD")).
+		WithPanel(barGauge("Share of each pool used", "1 - remaining / limit per pool (recording rules pool_limit_type_unit:llm_quota_used:ratio and pool_limit_type_provider_model:llm_budget_used:ratio): LLMUsagePoolNearlyExhausted and LLMUsagePoolBudgetNearlySpent fire above 90% for 5 minutes.", "percentunit",
+			target(`max by (per, team, limit_type, unit, provider, model) (pool_limit_type_unit:llm_quota_used:ratio{`+sel+`, unit!="usd"})`, "{{per}} {{team}} {{limit_type}} {{unit}} {{provider}} {{model}}").Instant(),
+			target(`max by (per, team, limit_type, provider, model) (pool_limit_type_provider_model:llm_budget_used:ratio{`+sel+`})`, "{{per}} {{team}} {{limit_type}} usd {{provider}} {{model}}").Instant()).
+			Min(0).Max(1).Thresholds(poolThresholds())).
+		WithPanel(timeSeries("Pool share used over time", "The share of each pool used or spent, against the 90% threshold of the pool alerts; a budget's drops to 0 when its window resets.", "percentunit",
+			target(`max by (per, team, limit_type, unit, provider, model) (pool_limit_type_unit:llm_quota_used:ratio{`+sel+`, unit!="usd"})`, "{{per}} {{team}} {{limit_type}} {{unit}} {{provider}} {{model}}"),
+			target(`max by (per, team, limit_type, provider, model) (pool_limit_type_provider_model:llm_budget_used:ratio{`+sel+`})`, "{{per}} {{team}} {{limit_type}} usd {{provider}} {{model}}")).
+			Min(0).Max(1).Thresholds(poolThresholds()).
+			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLineAndArea))).
 		WithRow(dashboard.NewRowBuilder("Spend")).
 		WithPanel(timeSeries("Spend by provider", "USD an hour, at the current rate, of the priced records (recording rule provider_model:llm_cost_usd:rate5m); records of unpriced models are not in it.", "currencyUSD",
 			target(`sum by (provider) (provider_model:llm_cost_usd:rate5m{`+sel+`}) * 3600`, "{{provider}}"))).
@@ -87,7 +106,26 @@ func Overview() *dashboard.DashboardBuilder {
 			target(`sum(increase(llm_cost_usd_total{`+sel+`}[$__range]))`, "spend").Instant())).
 		WithPanel(timeSeries("Unpriced records by provider", "Records per second whose model has no price (stored with a null cost): their cost is missing from the spend and the budgets. Add a price (limits file prices:, or a row of llm_model_prices); GET /v1/prices?unpriced=1 names the models.", "short",
 			target(`sum by (provider) (rate(llmusage_records_unpriced_total{`+sel+`}[$__rate_interval]))`, "{{provider}}")).
-			Span(6))
+			Span(6)).
+		WithRow(dashboard.NewRowBuilder("Teams")).
+		WithPanel(timeSeries("Spend by team", "USD an hour, at the current rate, by the records' team_id (recording rule team:llm_cost_usd:rate5m); (no team) are the records without one, __other__ the teams past --metrics-max-teams.", "currencyUSD",
+			target(noTeam(`sum by (team) (team:llm_cost_usd:rate5m{`+sel+`}) * 3600`), "{{team}}"))).
+		WithPanel(timeSeries("Calls by team", "Calls per second by the records' team_id (recording rule team:llm_requests:rate5m).", "reqps",
+			target(noTeam(`sum by (team) (team:llm_requests:rate5m{`+sel+`})`), "{{team}}"))).
+		WithPanel(barGauge("Spend by team in the time range", "USD spent on priced records in the time range, by team, the twenty highest.", "currencyUSD",
+			target(noTeam(`topk(20, sum by (team) (increase(llm_cost_usd_total{`+sel+`}[$__range])))`), "{{team}}").Instant())).
+		WithPanel(barGauge("Calls by team in the time range", "Calls recorded in the time range, by team, the twenty highest.", "short",
+			target(noTeam(`topk(20, sum by (team) (increase(llm_requests_total{`+sel+`}[$__range])))`), "{{team}}").Instant()))
+}
+
+// poolSel selects the pools' quota gauges: buckets and budgets shared by
+// a team (per="team") or by every call of a rule's scope (per="all").
+const poolSel = sel + `, per=~"team|all"`
+
+// noTeam names the series of records without a team_id (team="", so no
+// team label) "(no team)" in the legends.
+func noTeam(expr string) string {
+	return `label_replace(` + expr + `, "team", "(no team)", "team", "")`
 }
 
 // UserQuota is the successor of the seed's usage card: one user's quota
@@ -105,23 +143,23 @@ func UserQuota() *dashboard.DashboardBuilder {
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
 			Sort(dashboard.VariableSortAlphabeticalAsc)).
 		WithRow(dashboard.NewRowBuilder("Quota")).
-		WithPanel(tablePanel("Quota by limit type", "For each limit the user's bucket: limit, used and remaining, one row per bucket however many pods report it (with Redis they report the same shared level; without it, the pod closest to refusing). USD budgets are in the Budgets row.",
-			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`})`, "limit").Instant().RefId("limit"),
-			target(`max by (limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`} - llm_quota_remaining{`+quotaSel+`})`, "used").Instant().RefId("used"),
-			target(`min by (limit_type, unit, provider, model) (llm_quota_remaining{`+quotaSel+`})`, "remaining").Instant().RefId("remaining"))).
+		WithPanel(tablePanel("Quota by limit type", "For each limit the user's bucket: limit, used and remaining, one row per bucket however many pods report it (with Redis they report the same shared level; without it, the pod closest to refusing). team is set for a rule scoped by team_id. USD budgets are in the Budgets row; pools the user shares are on the overview (row Pools).",
+			target(`max by (team, limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`})`, "limit").Instant().RefId("limit"),
+			target(`max by (team, limit_type, unit, provider, model) (llm_quota_limit{`+quotaSel+`} - llm_quota_remaining{`+quotaSel+`})`, "used").Instant().RefId("used"),
+			target(`min by (team, limit_type, unit, provider, model) (llm_quota_remaining{`+quotaSel+`})`, "remaining").Instant().RefId("remaining"))).
 		WithPanel(timeSeries("Share of quota used", "1 - remaining / limit for each of the user's buckets, the pod closest to refusing (with Redis every pod reports the same shared level); the warning alert fires above 0.8 for 10 minutes. USD budgets are in the Budgets row.", "percentunit",
-			target(`max by (limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+quotaSel+`})`, "{{limit_type}} {{unit}} {{provider}} {{model}}"))).
+			target(`max by (team, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+quotaSel+`})`, "{{team}} {{limit_type}} {{unit}} {{provider}} {{model}}"))).
 		WithRow(dashboard.NewRowBuilder("Budgets")).
 		WithPanel(tablePanel("Budgets", "The user's USD budgets (limit rules with unit usd: day, week or month, reset at 00:00 UTC, on Monday, on the 1st): limit, spent this window and remaining, in dollars, one row per budget (the pod closest to refusing, as for the quota). At 0 remaining the user's checks are refused until the window resets.",
-			target(`max by (limit_type, provider, model) (llm_quota_limit{`+budgetSel+`})`, "limit").Instant().RefId("limit"),
-			target(`max by (limit_type, provider, model) (llm_quota_limit{`+budgetSel+`} - llm_quota_remaining{`+budgetSel+`})`, "spent").Instant().RefId("spent"),
-			target(`min by (limit_type, provider, model) (llm_quota_remaining{`+budgetSel+`})`, "remaining").Instant().RefId("remaining")).
+			target(`max by (team, limit_type, provider, model) (llm_quota_limit{`+budgetSel+`})`, "limit").Instant().RefId("limit"),
+			target(`max by (team, limit_type, provider, model) (llm_quota_limit{`+budgetSel+`} - llm_quota_remaining{`+budgetSel+`})`, "spent").Instant().RefId("spent"),
+			target(`min by (team, limit_type, provider, model) (llm_quota_remaining{`+budgetSel+`})`, "remaining").Instant().RefId("remaining")).
 			Unit("currencyUSD")).
 		WithPanel(barGauge("Share of each budget spent", "1 - remaining / limit per budget (recording rule user_limit_type_provider_model:llm_budget_used:ratio): LLMUsageBudgetNearlySpent fires at 80% for 5 minutes, LLMUsageBudgetSpent at 100%.", "percentunit",
-			target(`max by (limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{limit_type}} {{provider}} {{model}}").Instant()).
+			target(`max by (team, limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{team}} {{limit_type}} {{provider}} {{model}}").Instant()).
 			Min(0).Max(1).Thresholds(budgetThresholds())).
 		WithPanel(timeSeries("Budget spent over time", "The share of each budget spent, against the 80% and 100% thresholds of the budget alerts; it drops to 0 when the window resets.", "percentunit",
-			target(`max by (limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{limit_type}} {{provider}} {{model}}")).
+			target(`max by (team, limit_type, provider, model) (user_limit_type_provider_model:llm_budget_used:ratio{`+userSel+`})`, "{{team}} {{limit_type}} {{provider}} {{model}}")).
 			Min(0).Max(1).Thresholds(budgetThresholds()).
 			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLineAndArea))).
 		WithPanel(timeSeries("Spend over time", "The user's spend in USD an hour, at the current rate, by model.", "currencyUSD",
@@ -211,6 +249,15 @@ func budgetThresholds() *dashboard.ThresholdsConfigBuilder {
 		{Value: nil, Color: "green"},
 		{Value: cog.ToPtr(0.8), Color: "orange"},
 		{Value: cog.ToPtr(1.0), Color: "red"},
+	})
+}
+
+// poolThresholds colours a pool's share used: green, red above 90%
+// (LLMUsagePoolNearlyExhausted, LLMUsagePoolBudgetNearlySpent).
+func poolThresholds() *dashboard.ThresholdsConfigBuilder {
+	return dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps([]dashboard.Threshold{
+		{Value: nil, Color: "green"},
+		{Value: cog.ToPtr(0.9), Color: "red"},
 	})
 }
 

@@ -33,8 +33,10 @@ import (
 // It drives traffic through all of them, and checks that every dashboard
 // query returns data, that every metric the dashboards and rules name
 // exists (in a real scrape, or as a recording rule), that the quota alert
-// fires once for a user over 80% whom both replicas served, and that the
-// shared quota store's alerts fire for the third sidecar.
+// fires once for a user over 80% whom both replicas served, that the pool
+// alert fires once for a pool past 90% that both replicas report, that
+// teams have usage series and pools of their own, and that the shared
+// quota store's alerts fire for the third sidecar.
 func TestAgainstPrometheus(t *testing.T) {
 	promBin := sidecartest.RequireTool(t, "prometheus")
 	dir := t.TempDir()
@@ -64,6 +66,13 @@ func TestAgainstPrometheus(t *testing.T) {
 		side := shared[i%2]
 		post(t, side, "/v1/check", `{"user_id":"heavy","model":"gpt-4o","request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusOK)
 		post(t, side, "/v1/calls", `{"user_id":"heavy","model":"gpt-4o","prompt_tokens":120,"completion_tokens":30,"latency_ms":900,"request_id":"heavy-`+fmt.Sprint(i)+`"}`, http.StatusAccepted)
+	}
+
+	// "pooler" empties the hourly pool of pool-model, shared by all calls
+	// (per: all, 20 requests an hour), through both replicas: the pool is
+	// reported by both, and alerted once.
+	for i := 0; i < 20; i++ {
+		post(t, shared[i%2], "/v1/check", `{"user_id":"pooler","model":"pool-model"}`, http.StatusOK)
 	}
 
 	// exposed are the series names of a scrape of every sidecar now.
@@ -184,6 +193,79 @@ func TestAgainstPrometheus(t *testing.T) {
 			case spender(a) && name != "LLMUsageBudgetNearlySpent":
 				t.Errorf("%s for spender at 90%% of a budget: %+v", name, a)
 			}
+		}
+	})
+
+	t.Run("the pool alert fires once for the pool past 90%, and the users' quota alerts do not", func(t *testing.T) {
+		pool := func(a alert) bool {
+			return a.Labels["alertname"] == "LLMUsagePoolNearlyExhausted" && a.Labels["per"] == "all" && a.Labels["model"] == "pool-model"
+		}
+		sidecartest.WaitFor(t, 90*time.Second, func() bool {
+			for _, a := range prom.alerts(t) {
+				if pool(a) && a.State == "firing" {
+					return true
+				}
+			}
+			return false
+		}, "LLMUsagePoolNearlyExhausted is not firing for the pool of pool-model")
+		// Both replicas report the pool, with an empty user...
+		sidecartest.WaitFor(t, 30*time.Second, func() bool {
+			return len(prom.query(t, `llm_quota_remaining{per="all", model="pool-model", user=""}`)) == 2
+		}, "the pool of pool-model is not reported by both replicas: %s", prom.query(t, `llm_quota_remaining{model="pool-model"}`))
+		// ... and the rule and the alert have one series, without the pod.
+		if got := prom.query(t, `pool_limit_type_unit:llm_quota_used:ratio{per="all", model="pool-model"}`); len(got) != 1 || bytes.Contains(got[0], []byte(`"instance"`)) {
+			t.Errorf("pool_limit_type_unit:llm_quota_used:ratio for the pool of pool-model: %s, want one series without instance", got)
+		}
+		var alerts []alert
+		for _, a := range prom.alerts(t) {
+			if pool(a) {
+				alerts = append(alerts, a)
+			}
+			switch n := a.Labels["alertname"]; n {
+			case "LLMUsageQuotaNearlyExhausted", "LLMUsageQuotaExhausted", "LLMUsageBudgetNearlySpent", "LLMUsageBudgetSpent":
+				if a.Labels["user"] == "" {
+					t.Errorf("%s without a user (a pool in the users' alerts): %+v", n, a)
+				}
+			}
+		}
+		if len(alerts) != 1 || alerts[0].Labels["instance"] != "" {
+			t.Errorf("LLMUsagePoolNearlyExhausted for the pool of pool-model: %+v, want one alert without instance", alerts)
+		}
+		// The pool is not a user's: the users' rules leave it out.
+		if got := prom.query(t, `user_limit_type_unit:llm_quota_used:ratio{model="pool-model"}`); len(got) != 0 {
+			t.Errorf("user_limit_type_unit:llm_quota_used:ratio has the pool of pool-model: %s", got)
+		}
+	})
+
+	// team_id on records and checks, and the team label of the usage
+	// counters, come with the team attribution of issue #22.
+	t.Run("teams have usage series and pools", func(t *testing.T) {
+		exprs := []string{
+			`sum by (team) (llm_requests_total{team="search"})`,
+			`sum by (team) (llm_cost_usd_total{team="search"})`,
+			`team:llm_cost_usd:rate5m{team="search"}`,
+			`team:llm_requests:rate5m{team="ads"}`,
+			`max by (team) (llm_quota_limit{per="team", team="search", unit="requests"})`,
+			`max by (team) (llm_quota_limit{per="team", team="search", unit="usd"})`,
+			`pool_limit_type_unit:llm_quota_used:ratio{per="team", team="search"}`,
+			`pool_limit_type_provider_model:llm_budget_used:ratio{per="team", team="search"}`,
+		}
+		missing := func() (out []string) {
+			for _, expr := range exprs {
+				if len(prom.query(t, expr)) == 0 {
+					out = append(out, expr)
+				}
+			}
+			return out
+		}
+		if !sidecartest.Eventually(60*time.Second, func() bool { return len(missing()) == 0 }) {
+			for _, expr := range missing() {
+				t.Errorf("no data for %s", expr)
+			}
+		}
+		// A team pool's series have an empty user: not in the users' rules.
+		if got := prom.query(t, `user_limit_type_unit:llm_quota_used:ratio{user=""}`); len(got) != 0 {
+			t.Errorf("user_limit_type_unit:llm_quota_used:ratio has series without a user: %s", got)
 		}
 	})
 
@@ -346,7 +428,8 @@ func scrapedNames(t *testing.T, metrics string) map[string]bool {
 func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m)) }
 
 // limits are the sidecars' rules: per-user hourly limits for "heavy" and
-// "light".
+// "light", budgets, and pools: shared by all calls of a model (per: all),
+// and one per team (per: team).
 const limits = `
 limits:
   - user_id: heavy
@@ -364,6 +447,20 @@ limits:
   - provider: openai
     limit_type: minute
     tokens: 1000000
+  - model: pool-model
+    per: all
+    limit_type: hour
+    requests: 20
+  - model: gpt-4o
+    per: all
+    limit_type: day
+    usd: 1000
+  - per: team
+    limit_type: hour
+    requests: 100000
+  - per: team
+    limit_type: month
+    usd: 1000
 `
 
 // startSidecars starts two replicas sharing a real Redis, and a third
@@ -424,11 +521,18 @@ func traffic(t *testing.T, sides []*sidecartest.Sidecar, stop chan struct{}) {
 		if i%4 == 0 {
 			status = "error"
 		}
+		// Records of teams search and ads, and of no team (every third).
+		team := ""
+		if teams := []string{"search", "ads", ""}; teams[i%3] != "" {
+			team = fmt.Sprintf(`,"team_id":%q`, teams[i%3])
+		}
 		for _, s := range sides {
-			post(t, s, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q}`,
-				i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status), http.StatusAccepted)
+			post(t, s, "/v1/calls", fmt.Sprintf(`{"user_id":"user-%d","provider":%q,"model":%q,"prompt_tokens":%d,"completion_tokens":20,"cached_tokens":5,"reasoning_tokens":3,"latency_ms":%d,"status":%q%s}`,
+				i%5, m.provider, m.model, 100+i%50, 200+(i%10)*150, status, team), http.StatusAccepted)
 			// "burst" checks more than its 30 a minute: some are refused.
 			post(t, s, "/v1/check", `{"user_id":"burst","model":"gpt-4o"}`, 0)
+			// A check for team search takes from its pools (per: team).
+			post(t, s, "/v1/check", `{"user_id":"user-1","team_id":"search","model":"gpt-4o"}`, http.StatusOK)
 			post(t, s, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
 		}
 	}
