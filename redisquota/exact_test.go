@@ -1,6 +1,7 @@
 package redisquota
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -277,5 +278,70 @@ func TestRedisLossCountsARecordOnce(t *testing.T) {
 		if usd, _ := left(t, l); usd != 7*dollar/10 {
 			t.Fatalf("replica %d: $%d left, want $0.70: the $0.30 record in both spools counted once", i, usd)
 		}
+	}
+}
+
+// TestRestartAfterLossFencesChecks: a sidecar restarted on its data
+// directory while Redis was away finds, at its first contact, a Redis
+// that lost the epoch its predecessor knew, and another replica that
+// rebuilt the budget already. While it adds its part (its holds, its
+// spool), a check it answers must not take a hold in the rebuilt budget:
+// the part would count that hold a second time.
+func TestRestartAfterLossFencesChecks(t *testing.T) {
+	srv, client := standalone(t)
+	clk := clock.NewManual(time.Now())
+	rules := []limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: dollar}}
+	db := &fixedSpend{}
+	db.spent.Store(4 * dollar / 10)
+	state := t.TempDir() + "/quota-state.json"
+	open := func(stateFile string) (*Store, *limiter.Limiter) {
+		s := New(Options{Client: client, FailMode: FailLocal, ReplicaID: "pod", StateFile: stateFile, Timeout: time.Second})
+		l, err := limiter.New(rules, limiter.Options{Clock: clk, Store: s, Spend: &splitSpend{stored: db}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, l
+	}
+	// The predecessor knew the epoch, and died; Redis restarted empty.
+	if s, _ := open(state); s.register(t.Context()) != nil {
+		t.Fatal("cannot register")
+	}
+	srv.Do(t, "FLUSHALL")
+	// Another replica rebuilt the budget: $0.40 stored, and its $0.10 check.
+	other, lo := open("")
+	if err := other.register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := lo.Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10, RequestID: "r1"}); err != nil || !d.Allowed {
+		t.Fatal(d, err)
+	}
+	// The successor: a check arrives while its first contact adds its part.
+	s, l := open(state)
+	contribute := *s.recoverer.Load()
+	checked := make(chan error, 1)
+	recoverer := func(changed bool) error {
+		go func() {
+			d, err := l.Check(limiter.Request{UserID: "u", Model: "m", Cost: dollar / 10, RequestID: "r2"})
+			if err == nil && !d.Allowed {
+				err = errors.New("refused")
+			}
+			checked <- err
+		}()
+		select {
+		case err := <-checked: // it did not wait for the part
+			checked <- err
+		case <-time.After(300 * time.Millisecond):
+		}
+		return contribute(changed)
+	}
+	s.recoverer.Store(&recoverer)
+	if err := s.register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-checked; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := budgetSpend(t, s, l, clk.Now()), int64(6*dollar/10); got != want {
+		t.Fatalf("Redis spend $%d, want $%d: $0.40 stored and two $0.10 holds, each once", got, want)
 	}
 }

@@ -509,8 +509,15 @@ const (
 // down; an error answer (OOM, READONLY, a script error) fails this call
 // only, so that one user's record cannot send every user's checks to the
 // fail mode, nor a Redis that answers PING but refuses writes flap.
+//
+// Until its first contact adopts Redis's epoch, a restarted replica
+// calls under the epoch its predecessor knew (savedEpoch): a Redis that
+// lost it answers -3, and the call waits for the recovery that adds this
+// replica's part, as after any loss. (Without one a check could take a
+// hold in a budget that another replica rebuilt, and the part, which
+// counts this replica's holds, count it again.)
 func (s *Store) run(op, user string, bs []limiter.Bucket, need, amounts []int64, id string) ([]float64, error) {
-	epoch := ""
+	epoch := s.savedEpoch
 	if p := s.epoch.Load(); p != nil {
 		epoch = *p
 	}
