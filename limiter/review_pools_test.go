@@ -72,3 +72,26 @@ func TestReviewPoolAddedByReloadRefundedByExpiredEstimate(t *testing.T) {
 		t.Fatalf("bob spent $0.90 of the $1 pool: $%.2f left, want $0.10", float64(got)/dollar)
 	}
 }
+
+// TestReviewPoolEstimateSettledAndSwept: on the memory store, check +
+// record leave the user's budget and the pool each holding the actual
+// cost; an estimate whose record never comes is given back to both by
+// Sweep; a retried check replaces its estimate in both. (Held up.)
+func TestReviewPoolEstimateSettledAndSwept(t *testing.T) {
+	l, c := newTestLimiter(t, reviewUserBudget, reviewPool)
+	mustCheck(t, l, Request{UserID: "a", Model: "m", Cost: dollar / 2, RequestID: "r1"})
+	mustCheck(t, l, Request{UserID: "a", Model: "m", Cost: dollar / 2, RequestID: "r1"}) // retry
+	if err := l.Record(Usage{UserID: "a", Model: "m", RequestID: "r1", Cost: dollar / 10, HasCost: true, Timestamp: c.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, l, Request{UserID: "a", Model: "m", Cost: dollar / 4, RequestID: "r2"}) // never recorded
+	c.Advance(16 * time.Minute)
+	l.Sweep()
+	st, err := l.Limits("a", "", "", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, p := findStatus(t, st, PerUser).Remaining, findStatus(t, st, PerAll).Remaining; u != 10*dollar-dollar/10 || p != dollar-dollar/10 {
+		t.Fatalf("user $%d, pool $%d left", u, p)
+	}
+}
