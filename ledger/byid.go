@@ -90,12 +90,12 @@ func (l *Ledger) PendingByID(o Owner, provider, model string, from, to int64) (s
 			}
 		}
 	})
-	eachUser(o, l.ids, func(_ string, ids map[string]*idEntry) {
+	eachUser(o, l.ids, func(user string, ids map[string]*idEntry) {
 		for id, e := range ids {
 			if match(e.provider, e.model, e.team, e.slot) {
 				by[[3]string{e.provider, e.model, e.team}] -= int64(e.cost)
 				if !e.dup {
-					records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, TeamID: e.team, NanoUSD: int64(e.cost), RequestID: id})
+					records = append(records, limiter.Spend{Provider: e.provider, Model: e.model, TeamID: e.team, NanoUSD: int64(e.cost), RequestID: id, UserID: user})
 				}
 			}
 		}

@@ -39,13 +39,13 @@ func (l *Ledger) Unconfirmed(o Owner, provider, model string, from, to time.Time
 	var out []limiter.TimedSpend
 	for _, b := range l.unconfirmed {
 		var spends []limiter.Spend
-		eachUser(o, b.records, func(_ string, recs []storedRecord) {
+		eachUser(o, b.records, func(user string, recs []storedRecord) {
 			for _, r := range recs {
 				if r.slot < from.Unix() || r.slot >= to.Unix() || !o.hasTeam(r.team) {
 					continue
 				}
 				if (provider == "" || r.provider == provider) && (model == "" || glob.Match(model, r.model)) {
-					spends = append(spends, limiter.Spend{Provider: r.provider, Model: r.model, TeamID: r.team, NanoUSD: int64(r.cost), RequestID: r.id})
+					spends = append(spends, limiter.Spend{Provider: r.provider, Model: r.model, TeamID: r.team, NanoUSD: int64(r.cost), RequestID: r.id, UserID: user})
 				}
 			}
 		})

@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 )
@@ -19,16 +20,17 @@ func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, erro
 		owner := rs.owner(user, b.Scope)
 		sums, pending := split.Pending(user, *b.Scope, from, to)
 		part = clampSpend(rs.budgetSpend(user, b.Scope, sums))
+		// A pool names its records as its holds and charges do (HoldID).
 		for _, g := range pending {
 			if rs.budgetCounts(user, b.Scope, owner, g) {
-				records = append(records, CountedSpend{RequestID: g.RequestID, NanoUSD: g.NanoUSD})
+				records = append(records, CountedSpend{RequestID: HoldID(user, cmp.Or(g.UserID, user), g.RequestID), NanoUSD: g.NanoUSD})
 			}
 		}
 		if recovering {
 			for _, ts := range split.Unconfirmed(user, *b.Scope, from, to) {
 				for _, g := range ts.Spends {
 					if rs.budgetCounts(user, b.Scope, owner, g) {
-						records = append(records, CountedSpend{RequestID: g.RequestID, At: ts.At, NanoUSD: g.NanoUSD})
+						records = append(records, CountedSpend{RequestID: HoldID(user, cmp.Or(g.UserID, user), g.RequestID), At: ts.At, NanoUSD: g.NanoUSD})
 					}
 				}
 			}

@@ -237,6 +237,9 @@ type pendingCheck struct {
 	tokens int64
 	// cost is the estimated cost reserved in budgets, in nano-USD.
 	cost int64
+	// budgets are the levels and limit types of the budgets that
+	// reserved it (budgetSlot).
+	budgets uint16
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
 }
@@ -377,7 +380,7 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	} else if req.RequestID != "" && l.holdStore == nil {
 		// A check sent again with its request_id (a client's retry)
 		// replaces the first one's estimate, which its budgets give back.
-		if prev, hold, ok := l.remember(req, cost, hasBudget(rules), now); ok {
+		if prev, hold, ok := l.remember(req, cost, budgetSlots(rules), now); ok {
 			l.release(now, hold, prev)
 		}
 	}
@@ -436,11 +439,13 @@ func (l *Limiter) Accept(enqueue func() error, us []Usage) error {
 func (l *Limiter) recordAll(us []Usage, accepting bool) error {
 	var learnt learntBudgets
 	var first error
-	var lost []int
+	// lost are the usages whose charge met a store that lost its state,
+	// and charged how many of their owners it charged before.
+	var lost, charged []int
 	for i := range us {
-		err := l.record(us[i], &learnt, false)
+		n, err := l.record(us[i], &learnt, false, 0)
 		if errors.Is(err, ErrStateLost) {
-			lost = append(lost, i)
+			lost, charged = append(lost, i), append(charged, n)
 			continue
 		}
 		if err != nil && first == nil {
@@ -456,8 +461,8 @@ func (l *Limiter) recordAll(us []Usage, accepting bool) error {
 	// The store lost its state: its recovery counts these records, which
 	// are pending, in budgets; they are charged to the rest.
 	counted := l.holdStore.Recover() == nil
-	for _, i := range lost {
-		if err := l.record(us[i], &learnt, counted); err != nil && first == nil {
+	for j, i := range lost {
+		if _, err := l.record(us[i], &learnt, counted, charged[j]); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -484,9 +489,9 @@ func (lb *learntBudgets) has(user string, b Bucket) bool {
 
 // record charges u; counted tells that its budgets counted it already
 // (a recovery did), so that it is charged to the other buckets only.
-func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
+func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool, skip int) (charged int, err error) {
 	if u.UserID == "" {
-		return nil
+		return 0, nil
 	}
 	now := l.clock.Now()
 	var buf [maxApplicable]*rule
@@ -516,12 +521,12 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool) error {
 		if u.HasCost && p.Contains(u.Timestamp) && !counted {
 			spent = u.Cost
 		}
-		if own && l.holds(estimate, p) { // late or not, it was held
+		if own && l.holds(estimate, r, p) { // late or not, it was held
 			spent -= estimate.cost
 		}
 		sc.cost[i] = clampSpend(spent)
 	}
-	return l.chargeOwners(now, u.UserID, sc, n, learnt, u.RequestID)
+	return l.chargeOwners(now, u.UserID, sc, n, learnt, u.RequestID, skip)
 }
 
 // Limits reports the buckets of user's calls for team without charging
@@ -627,7 +632,7 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 			continue
 		}
 		b := l.bucket(r, now)
-		if l.holds(p, b.Period) {
+		if l.holds(p, r, b.Period) {
 			sc.buckets[n], sc.cost[n], sc.owners[n] = b, -p.cost, r.bucketOwner(h.user, h.team)
 			n++
 		}
@@ -639,20 +644,29 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 	}
 }
 
-// holds tells whether a budget in period holds the estimate of p: it was
-// reserved in that period.
-func (l *Limiter) holds(p pendingCheck, period Period) bool {
-	return period.Contains(time.Unix(0, p.at))
+// holds tells whether the budget of rule r in period holds the
+// estimate of p: it was reserved in that period, in a budget of r's
+// level and limit type (one that a reload added since holds nothing).
+func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
+	return p.budgets&budgetSlot(r) != 0 && period.Contains(time.Unix(0, p.at))
 }
 
-// hasBudget tells whether one of rules is a budget.
-func hasBudget(rules []*rule) bool {
-	for _, r := range rules {
-		if r.Unit == USD {
-			return true
-		}
+// budgetSlot is the bit of r's level and limit type among a check's
+// budgets; zero for a rule that is no budget.
+func budgetSlot(r *rule) uint16 {
+	if r.Unit != USD {
+		return 0
 	}
-	return false
+	return 1 << (uint(r.Per)*3 + uint(r.Window-Day))
+}
+
+// budgetSlots is the budgets among rules, as bits (budgetSlot).
+func budgetSlots(rules []*rule) uint16 {
+	var slots uint16
+	for _, r := range rules {
+		slots |= budgetSlot(r)
+	}
+	return slots
 }
 
 // EstimateStats counts the token estimates of allowed checks, which wait
@@ -839,7 +853,7 @@ func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, u
 // remember keeps an allowed check's estimates for its record. It returns
 // the estimate of the same user's check with this request_id that it
 // replaces, if that one held a budget.
-func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
+func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
@@ -856,8 +870,8 @@ func (l *Limiter) remember(req Request, cost int64, budgeted bool, now time.Time
 			return
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
-	if budgeted && cost > 0 {
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
+	if budgets != 0 && cost > 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)
 		}

@@ -47,7 +47,7 @@ func (l *Limiter) takeOwner(now time.Time, req Request, sc *callScratch, lo, hi 
 	owner := sc.owners[lo]
 	take := func() (bool, error) {
 		if l.holdStore != nil && req.RequestID != "" {
-			return l.holdStore.TakeHold(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi], req.RequestID, l.pendingTTL)
+			return l.holdStore.TakeHold(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi], HoldID(owner, req.UserID, req.RequestID), l.pendingTTL)
 		}
 		return l.store.Take(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi])
 	}
@@ -67,9 +67,13 @@ func (l *Limiter) untake(now time.Time, req Request, sc *callScratch, end int) {
 	for lo, hi := 0, 0; lo < end; lo = hi {
 		hi = ownerEnd(sc, lo, end)
 		owner := sc.owners[lo]
+		held := false
 		if l.holdStore != nil && req.RequestID != "" {
-			_ = l.holdStore.ReleaseHold(now, owner, sc.buckets[lo:hi], req.RequestID)
-		} else {
+			// A check taken without a hold (the store holds too many)
+			// is refunded as one without a request_id.
+			held, _ = l.holdStore.ReleaseHold(now, owner, sc.buckets[lo:hi], HoldID(owner, req.UserID, req.RequestID))
+		}
+		if !held {
 			var refund [maxApplicable]int64
 			for i := lo; i < hi; i++ {
 				refund[i] = -sc.cost[i]
@@ -94,30 +98,46 @@ func (l *Limiter) readLevels(now time.Time, sc *callScratch, lo, hi int) error {
 }
 
 // chargeOwners charges the record of request_id id of user, whose
-// buckets and amounts are sc's first n, owner by owner. A record whose
-// user's buckets a copy charged already (ErrDuplicate) is that copy's,
-// everywhere; an owner that lost its state (ErrStateLost) stops the
-// charge, which the caller repeats after a recovery, where the owners
-// charged already answer ErrDuplicate.
-func (l *Limiter) chargeOwners(now time.Time, user string, sc *callScratch, n int, learnt *learntBudgets, id string) error {
+// buckets and amounts are sc's first n, owner by owner, but for the
+// first skip owners. A record whose first owner a copy charged already
+// (ErrDuplicate) is that copy's, everywhere; an owner that lost its
+// state (ErrStateLost) stops the charge, which the caller repeats after
+// a recovery for the owners not charged (charged tells how many were:
+// the loss may have taken their charged markers).
+func (l *Limiter) chargeOwners(now time.Time, user string, sc *callScratch, n int, learnt *learntBudgets, id string, skip int) (charged int, err error) {
 	var first error
-	for lo, hi := 0, 0; lo < n; lo = hi {
+	for lo, hi := 0, 0; lo < n; lo, charged = hi, charged+1 {
 		hi = ownerEnd(sc, lo, n)
-		err := l.chargeRecord(now, sc.owners[lo], sc.buckets[lo:hi], sc.cost[lo:hi], learnt, id)
+		if charged < skip {
+			continue
+		}
+		err := l.chargeRecord(now, sc.owners[lo], sc.buckets[lo:hi], sc.cost[lo:hi], learnt, HoldID(sc.owners[lo], user, id))
 		switch {
 		case errors.Is(err, ErrDuplicate) && lo == 0:
 			if split, ok := l.spend.(SplitSpendSource); ok {
 				split.Duplicate(user, id)
 			}
-			return nil
+			return charged + 1, nil
 		case errors.Is(err, ErrDuplicate):
 		case errors.Is(err, ErrStateLost):
-			return err
+			return charged, err
 		case err != nil && first == nil:
 			first = err
 		}
 	}
-	return first
+	return charged, first
+}
+
+// HoldID names, in owner's buckets, the hold and the charged record of
+// user's request_id id: id itself in the user's own buckets, where it is
+// theirs alone; in a pool's, which every user shares, id prefixed with
+// the user, so that two users' request_ids, which clients choose, never
+// settle or pass for each other's.
+func HoldID(owner, user, id string) string {
+	if id == "" || owner == user {
+		return id
+	}
+	return user + "\x00" + id
 }
 
 // ownerEnd returns the end of the run of buckets of sc's owner at lo.

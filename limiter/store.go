@@ -83,8 +83,9 @@ type Spend struct {
 	TeamID string
 	// NanoUSD is the amount, in nano-dollars.
 	NanoUSD int64
-	// RequestID names the one record the spend is, when it is one.
-	RequestID string
+	// RequestID names the one record the spend is, when it is one, and
+	// UserID that record's user.
+	RequestID, UserID string
 }
 
 // Owner returns the bucket of user with scope sc as the rules in force
@@ -177,8 +178,10 @@ type HoldStore interface {
 	TakeHold(now time.Time, user string, bs []Bucket, need, cost []int64, levels []float64, id string, ttl time.Duration) (allowed bool, err error)
 	// ReleaseHold gives back what the hold of id took from bs, at once:
 	// a check refused by a pool after its user's buckets allowed it
-	// undoes what it took there. Nothing is marked charged.
-	ReleaseHold(now time.Time, user string, bs []Bucket, id string) error
+	// undoes what it took there. Nothing is marked charged. released
+	// tells whether there was such a hold (TakeHold may take without
+	// one).
+	ReleaseHold(now time.Time, user string, bs []Bucket, id string) (released bool, err error)
 	// ChargeOnce is Charge for the record of request_id id: each amount
 	// less what the hold of id holds in that bucket, and nothing at all
 	// when a record of id was charged already.

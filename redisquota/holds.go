@@ -46,9 +46,11 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 	}
 	local := s.local.Load()
 	shares := s.shares(bs)
-	// A check sent again gives its first hold back, as in Redis.
+	// A check sent again gives its first hold back, as in Redis; if it is
+	// refused, the first hold stays, as in Redis, and is taken again.
+	var back []int64
 	if prev, ok := s.holds.get(user, id); ok {
-		back := s.amountsIn(prev, bs)
+		back = s.amountsIn(prev, bs)
 		for i := range back {
 			back[i] = -back[i]
 		}
@@ -58,9 +60,16 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 		s.owed.add(user, bs, back)
 	}
 	allowed, err := local.Take(now, user, shares, need, cost, levels)
-	if err == nil && allowed {
+	switch {
+	case err == nil && allowed:
 		s.holds.put(user, id, bs, cost, now.Add(ttl), true)
 		s.owed.add(user, bs, cost)
+	case back != nil:
+		for i := range back {
+			back[i] = -back[i]
+		}
+		_ = local.Charge(now, user, shares, back)
+		s.owed.add(user, bs, back)
 	}
 	return allowed, err
 }
@@ -415,10 +424,10 @@ var _ limiter.HoldStore = (*Store)(nil)
 // budgets and token and request buckets alike, in Redis or in the local
 // shares it was taken in. A release that fails leaves the hold to its
 // wait (Sweep), erring on the side of refusing.
-func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id string) error {
+func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id string) (bool, error) {
 	h, ok := s.holds.get(user, id)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	back := s.amountsIn(h, bs)
 	for i := range back {
@@ -426,16 +435,16 @@ func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id 
 	}
 	if h.local {
 		if err := s.local.Load().Charge(now, user, s.shares(bs), back); err != nil {
-			return err
+			return true, err
 		}
 		s.owed.add(user, bs, back)
 		s.holds.drop(user, id)
-		return nil
+		return true, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
 	defer cancel()
 	if _, err := releaseScript.Run(ctx, s.opts.Client, []string{s.holdKey(user, id)}, s.instance).Int(); err != nil && !errors.Is(err, redis.Nil) {
-		return err
+		return true, err
 	}
 	s.holds.drop(user, id)
 	// The script gave the budgets back; token and request buckets are
@@ -448,7 +457,7 @@ func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id 
 		}
 	}
 	if len(rest) == 0 {
-		return nil
+		return true, nil
 	}
-	return s.Charge(now, user, rest, refund)
+	return true, s.Charge(now, user, rest, refund)
 }

@@ -55,7 +55,9 @@ func poolReplicasIn(t *testing.T, client redis.UniversalClient, db limiter.Spend
 func TestPoolLocalShare(t *testing.T) {
 	srv, client := standalone(t)
 	ls, stores := poolReplicasIn(t, client, &fixedSpend{}, FailLocal)
-	waitFor(t, func() bool { return stores[0].Replicas() == 3 && stores[1].Replicas() == 3 && stores[2].Replicas() == 3 })
+	waitFor(t, func() bool {
+		return stores[0].Replicas() == 3 && stores[1].Replicas() == 3 && stores[2].Replicas() == 3
+	})
 	srv.Stop(t)
 	for r, l := range ls {
 		admitted := concurrently(30, func(i int) bool {
