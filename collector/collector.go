@@ -214,7 +214,7 @@ func (c *Collector) apply(recs []record.Record, now time.Time) error {
 
 // usageOfRecord is what the limiter charges for r.
 func usageOfRecord(r *record.Record) limiter.Usage {
-	return limiter.Usage{UserID: r.UserID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
+	return limiter.Usage{UserID: r.UserID, TeamID: r.TeamID, Provider: r.Provider, Model: r.Model, Tokens: r.TotalTokens, RequestID: r.RequestID,
 		Cost: int64(r.Cost), HasCost: r.HasCost, Timestamp: r.Timestamp}
 }
 
@@ -299,7 +299,7 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: invalid request", Details: details})
 		return
 	}
-	lr := limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
+	lr := limiter.Request{UserID: req.UserID, TeamID: req.TeamID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
 	cost, priced := checkCost(c.rules().Prices, &req, c.clock.Now())
 	lr.Cost, lr.Unpriced = int64(cost), !priced
 	d, err := c.limiter.CheckInto(lr, s.limits)

@@ -28,6 +28,8 @@ type Record struct {
 	RequestID string
 	// UserID is the user the call is billed to. Never empty.
 	UserID string
+	// TeamID is the team the call was for; empty when the client gave none.
+	TeamID string
 	// Provider is the lower-case provider name (OpenTelemetry GenAI
 	// naming where one exists), or UnknownProvider.
 	Provider string
