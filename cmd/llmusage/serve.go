@@ -47,6 +47,7 @@ func serveCommand() *cli.Command {
 			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
 			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
+			intFlag("metrics-max-teams", 1_000, "most distinct team label values; further teams are counted as team=\"__other__\""),
 			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
 			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users, and of provider and model pairs, idle this long"),
 			boolFlag("metrics-user-label", true, "label usage metrics by user; false drops the label and the per-user quota gauges"),
@@ -188,6 +189,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		Exporter: exporter.Options{
 			MaxUsers:    c.Int("metrics-max-users"),
 			MaxModels:   c.Int("metrics-max-models"),
+			MaxTeams:    c.Int("metrics-max-teams"),
 			UserTTL:     c.Duration("metrics-user-ttl"),
 			NoUserLabel: !c.Bool("metrics-user-label"),
 			Version:     version,
