@@ -15,7 +15,8 @@ CREATE INDEX idx_llm_usage_user_created ON llm_usage_logs (user_id, created_at D
 -- created_at range, from this index alone.
 CREATE INDEX IF NOT EXISTS idx_llm_usage_created_cover ON llm_usage_logs (created_at, team_id, provider, model, cost_nano_usd);
 -- One team's calls, for its logs pages and stats.
-CREATE INDEX IF NOT EXISTS idx_llm_usage_team_created ON llm_usage_logs (team_id, created_at DESC, id DESC) WHERE team_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_llm_usage_team_created ON llm_usage_logs (team_id, created_at DESC, id DESC, provider, model, cost_nano_usd)
+    WHERE team_id IS NOT NULL;
 
 -- The totals' key gains team_id: a WITHOUT ROWID table's primary key is
 -- its layout, so the table is copied into a new one.
