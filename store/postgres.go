@@ -370,8 +370,8 @@ func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([
 }
 
 // DeleteBefore deletes by ctid, found through idx_llm_usage_created_at
-// (covering since 00008):
-// it works whatever the type of an adopted table's id. A lock timeout
+// (covering since 00008): it works whatever the type of an adopted
+// table's id. A lock timeout
 // keeps a row locked by hand from holding the batch.
 func (s *postgresStore) DeleteBefore(ctx context.Context, cutoff time.Time, batch int) (deleted int, held bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
