@@ -20,7 +20,7 @@ func TestPoolSpentUsesIndexes(t *testing.T) {
 	now := time.Now()
 	month := now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -29)
 	cases := []struct {
-		q                  usage.SpendQuery
+		q                usage.SpendQuery
 		postgres, sqlite string
 	}{
 		{usage.SpendQuery{From: month, To: now}, "Index Only Scan using idx_llm_usage_created_at", "USING COVERING INDEX idx_llm_usage_created_cover (created_at>? AND created_at<?)"},
