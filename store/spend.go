@@ -111,15 +111,23 @@ func (d spendDialect) spendQuery(q usage.SpendQuery, byModel bool, now time.Time
 	if today := now.UTC().Truncate(24 * time.Hour); today.Before(end) {
 		end = today
 	}
+	// By model, each part sums its own groups first: the planner cannot
+	// tell how few groups a union has, and would sort all its rows.
+	cost, partGroup := "cost", ""
+	if byModel {
+		cost, partGroup = "sum(cost)", " GROUP BY 1, 2, 3"
+	}
 	var parts []string
+	part := func(teamCol, costCol, table, where string) {
+		parts = append(parts, `SELECT provider, model, `+teamCol+` AS team_id, `+strings.Replace(cost, "cost", costCol, 1)+` AS cost
+			FROM `+table+` WHERE `+where+filters("team_id")+partGroup)
+	}
 	raw := func(from, to time.Time) {
-		parts = append(parts, `SELECT provider, model, coalesce(team_id, '') AS team_id, `+d.cost+` AS cost FROM llm_usage_logs
-			WHERE created_at >= `+arg(d.at(from))+` AND created_at < `+arg(d.at(to))+filters("team_id"))
+		part("coalesce(team_id, '')", d.cost, "llm_usage_logs", "created_at >= "+arg(d.at(from))+" AND created_at < "+arg(d.at(to)))
 	}
 	if first.Before(end) {
 		for _, table := range d.summaries {
-			parts = append(parts, `SELECT provider, model, team_id, `+d.summaryCost+` AS cost FROM `+table+`
-				WHERE day >= `+d.day(arg(d.date(first)))+` AND day < `+d.day(arg(d.date(end)))+filters("team_id"))
+			part("team_id", d.summaryCost, table, "day >= "+d.day(arg(d.date(first)))+" AND day < "+d.day(arg(d.date(end))))
 		}
 		if q.From.Before(first) {
 			raw(q.From, first)
