@@ -15,6 +15,8 @@ type Call struct {
 	// UserID, Provider and Model identify the call; Provider is
 	// normalised, and inferred from the model when empty.
 	UserID, Provider, Model string
+	// TeamID is the team the call is for; empty for none.
+	TeamID string
 	// PromptTokens and MaxTokens estimate it, as a check's fields do.
 	PromptTokens, MaxTokens int64
 }
@@ -23,7 +25,7 @@ type Call struct {
 // metrics). The request_id returned is the one its record must carry.
 func (c *Collector) Check(call Call) (d limiter.Decision, requestID string, err error) {
 	now := c.clock.Now()
-	req := checkRequest{UserID: call.UserID, Model: call.Model, Provider: call.Provider,
+	req := checkRequest{UserID: call.UserID, TeamID: call.TeamID, Model: call.Model, Provider: call.Provider,
 		Tokens: call.PromptTokens + call.MaxTokens, PromptTokens: call.PromptTokens, MaxTokens: call.MaxTokens,
 		RequestID: newRequestID(now)}
 	for _, f := range []struct{ name, value string }{{"user_id", req.UserID}, {"model", req.Model}} {
@@ -35,8 +37,12 @@ func (c *Collector) Check(call Call) (d limiter.Decision, requestID string, err 
 				Details: []Detail{{Field: f.name, Message: problem}}}
 		}
 	}
+	if problem := textProblem(req.TeamID, false, true, MaxIDLength); problem != "" {
+		return limiter.Decision{}, "", &Error{Status: 400, Message: "cannot check: team_id " + problem,
+			Details: []Detail{{Field: "team_id", Message: problem}}}
+	}
 	req.Provider = c.normaliseProvider(req.Provider, req.Model)
-	lr := limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
+	lr := limiter.Request{UserID: req.UserID, TeamID: req.TeamID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
 	cost, priced := checkCost(c.rules().Prices, &req, now)
 	lr.Cost, lr.Unpriced = int64(cost), !priced
 	d, err = c.limiter.Check(lr)

@@ -305,7 +305,7 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Message: "cannot check: invalid request", Details: details})
 		return
 	}
-	lr := limiter.Request{UserID: req.UserID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
+	lr := limiter.Request{UserID: req.UserID, TeamID: req.TeamID, Provider: req.Provider, Model: req.Model, Tokens: req.Tokens, RequestID: req.RequestID}
 	cost, priced := checkCost(c.rules().Prices, &req, c.clock.Now())
 	lr.Cost, lr.Unpriced = int64(cost), !priced
 	d, err := c.limiter.CheckInto(lr, s.limits)

@@ -13,7 +13,7 @@ import (
 // Limits on record fields. Values past them are rejected rather than
 // truncated, so that nothing is stored differently from what was sent.
 const (
-	// MaxIDLength bounds user_id and model, in bytes.
+	// MaxIDLength bounds user_id, team_id and model, in bytes.
 	MaxIDLength = 256
 	// MaxProviderLength bounds provider, in bytes.
 	MaxProviderLength = 64
@@ -35,15 +35,15 @@ const (
 var recordFields = []string{
 	"user_id", "model", "provider", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "request_id",
-	"timestamp", "metadata", "cache_write_tokens", "cost_usd",
+	"timestamp", "metadata", "cache_write_tokens", "cost_usd", "team_id",
 }
 
 // maxFields sizes a parser's member slice: every known field of a record
 // fits; more (unknown fields) grow it.
-const maxFields = 16
+const maxFields = 17
 
 // checkFields are the fields of a quota check.
-var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id", "prompt_tokens", "max_tokens"}
+var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id", "prompt_tokens", "max_tokens", "team_id"}
 
 // parseRecord validates one raw record and normalises it; a record
 // without a request_id gets one in ingest, once the batch is valid.
@@ -55,6 +55,7 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	}
 	r := record.Record{
 		UserID:    p.str("user_id", true, true, MaxIDLength),
+		TeamID:    p.str("team_id", false, true, MaxIDLength),
 		Model:     p.str("model", true, true, MaxIDLength),
 		ErrorType: p.str("error_type", false, false, MaxErrorTypeLength),
 		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
@@ -101,6 +102,8 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 type checkRequest struct {
 	// UserID and Model are required.
 	UserID, Model string
+	// TeamID is the team the call is for; empty for none.
+	TeamID string
 	// Provider is given or inferred, as for a record.
 	Provider string
 	// RequestID is the client's, or a new one for the record to send back.
@@ -119,6 +122,7 @@ func (c *Collector) parseCheck(raw json.RawMessage) (checkRequest, []Detail) {
 	}
 	req := checkRequest{
 		UserID:    p.str("user_id", true, true, MaxIDLength),
+		TeamID:    p.str("team_id", false, true, MaxIDLength),
 		Model:     p.str("model", true, true, MaxIDLength),
 		RequestID: p.str("request_id", false, true, MaxRequestIDLength),
 	}

@@ -76,16 +76,21 @@ func (c *Collector) serveStats(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	user := q.Get("user_id")
+	user, team := q.Get("user_id"), q.Get("team_id")
+	if err := teamParam(team); err != nil {
+		writeError(w, err)
+		return
+	}
 	today := c.clock.Now().UTC().Truncate(24 * time.Hour)
 	since := today.AddDate(0, 0, -(days - 1))
-	u, err := c.usage.Usage(r.Context(), usage.Query{UserID: user, Since: since})
+	u, err := c.usage.Usage(r.Context(), usage.Query{UserID: user, TeamID: team, Since: since})
 	if err != nil {
 		writeError(w, storeError(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"user_id":           nullable(user),
+		"team_id":           nullable(team),
 		"days":              days,
 		"since":             since.Format(time.DateOnly),
 		"total_calls":       u.Calls,
@@ -97,6 +102,7 @@ func (c *Collector) serveStats(w http.ResponseWriter, r *http.Request) {
 		"unpriced_calls":    u.UnpricedCalls,
 		"by_model":          u.ByModel,
 		"by_provider":       u.ByProvider,
+		"by_team":           u.ByTeam,
 		"by_day":            u.ByDay,
 	})
 }
@@ -109,8 +115,12 @@ func (c *Collector) serveLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if err := teamParam(q.Get("team_id")); err != nil {
+		writeError(w, err)
+		return
+	}
 	page, err := c.usage.Logs(r.Context(), usage.LogQuery{
-		UserID: q.Get("user_id"), Model: q.Get("model"), Provider: provider.Normalize(q.Get("provider")),
+		UserID: q.Get("user_id"), TeamID: q.Get("team_id"), Model: q.Get("model"), Provider: provider.Normalize(q.Get("provider")),
 		Limit: limit, Before: q.Get("before"),
 	})
 	if errors.Is(err, usage.ErrBadCursor) {
@@ -122,6 +132,15 @@ func (c *Collector) serveLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, page)
+}
+
+// teamParam checks a ?team_id= filter as intake checks a record's.
+func teamParam(team string) error {
+	if problem := textProblem(team, false, true, MaxIDLength); problem != "" {
+		return &Error{Status: http.StatusBadRequest, Message: "cannot use this team_id: it " + problem,
+			Details: []Detail{{Field: "team_id", Message: problem}}}
+	}
+	return nil
 }
 
 func intParam(raw string, def, lo, hi int, name string) (int, error) {

@@ -105,6 +105,7 @@ func checkRecord(r *record.Record, index int, now time.Time) []Detail {
 		fail(field, textProblem(s, true, true, maxLen))
 	}
 	required("user_id", r.UserID, MaxIDLength)
+	fail("team_id", textProblem(r.TeamID, false, true, MaxIDLength))
 	required("model", r.Model, MaxIDLength)
 	fail("provider", textProblem(r.Provider, false, true, MaxProviderLength))
 	fail("request_id", textProblem(r.RequestID, false, true, MaxRequestIDLength))

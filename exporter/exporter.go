@@ -30,6 +30,10 @@ const OverflowUser = "__other__"
 // did not fit under the cardinality cap.
 const OverflowModel = "__other__"
 
+// OverflowTeam is the team label value of records whose team did not fit
+// under the cardinality cap.
+const OverflowTeam = "__other__"
+
 // Options configure an Exporter.
 type Options struct {
 	// Limiter is the source of the quota gauges; optional.
@@ -42,6 +46,8 @@ type Options struct {
 	// MaxModels caps the distinct provider and model label pairs (1,000
 	// when zero).
 	MaxModels int
+	// MaxTeams caps the distinct team label values (1,000 when zero).
+	MaxTeams int
 	// NoUserLabel drops the user label from every metric, and with it the
 	// per-user quota gauges.
 	NoUserLabel bool
@@ -55,6 +61,7 @@ type Options struct {
 type Exporter struct {
 	reg     *prometheus.Registry
 	guard   *userGuard
+	teams   *userGuard
 	models  *modelGuard
 	usage   *usageMetrics
 	persist *persistMetrics
@@ -75,6 +82,9 @@ func New(opts Options) *Exporter {
 	if opts.MaxModels <= 0 {
 		opts.MaxModels = 1_000
 	}
+	if opts.MaxTeams <= 0 {
+		opts.MaxTeams = 1_000
+	}
 	if opts.UserTTL <= 0 {
 		opts.UserTTL = time.Hour
 	}
@@ -86,6 +96,7 @@ func New(opts Options) *Exporter {
 		clock: opts.Clock,
 	}
 	e.guard = newUserGuard(opts.MaxUsers, opts.UserTTL, !opts.NoUserLabel)
+	e.teams = newTeamGuard(opts.MaxTeams, opts.UserTTL)
 	e.models = newModelGuard(opts.MaxModels, opts.UserTTL, opts.Clock.Now())
 	e.usage = newUsageMetrics(!opts.NoUserLabel, e.models)
 	e.persist = newPersistMetrics()
@@ -103,6 +114,7 @@ func New(opts Options) *Exporter {
 		newBuildInfo(opts.Version, opts.Revision, runtime.Version()),
 		e.usage,
 		e.guard,
+		e.teams,
 		e.models,
 		e.httpDur,
 		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
@@ -143,7 +155,7 @@ func (e *Exporter) ObserveRecords(recs []record.Record) {
 	now := e.clock.Now()
 	ns := e.models.nanos(now)
 	for i := range recs {
-		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now), ns)
+		e.usage.observeRecord(&recs[i], e.guard.label(recs[i].UserID, now), e.teams.label(recs[i].TeamID, now), ns)
 	}
 	e.usage.accepted.Add(float64(len(recs)))
 }
@@ -156,14 +168,15 @@ func (e *Exporter) ObserveCheck(userID string, allowed bool) {
 	e.usage.observeCheck(e.guard.label(userID, e.clock.Now()), allowed)
 }
 
-// Sweep removes the series of users, and of provider and model pairs,
-// idle longer than the TTL, returning how many users were forgotten.
+// Sweep removes the series of users, of teams, and of provider and model
+// pairs, idle longer than the TTL, returning how many users were forgotten.
 func (e *Exporter) Sweep() int {
 	now := e.clock.Now()
 	expired := e.guard.expire(now)
 	for _, u := range expired {
 		e.usage.deleteUser(u)
 	}
+	e.usage.deleteTeams(e.teams.expire(now))
 	e.usage.deletePairs(e.models.expire(now))
 	return len(expired)
 }

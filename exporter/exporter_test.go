@@ -41,21 +41,21 @@ func TestUsageMetrics(t *testing.T) {
 	e.ObserveRejected(4)
 
 	want := `
-# HELP llm_requests_total LLM API calls recorded, by user, provider, model and status (success or error).
+# HELP llm_requests_total LLM API calls recorded, by user, team (empty for none), provider, model and status (success or error).
 # TYPE llm_requests_total counter
-llm_requests_total{model="claude-3-opus",provider="anthropic",status="error",user="u2"} 1
-llm_requests_total{model="llama-3.1-70b-versatile",provider="groq",status="success",user="u1"} 2
-llm_requests_total{model="o3-mini",provider="openai",status="success",user="u1"} 1
-# HELP llm_tokens_total Tokens used by LLM API calls, by user, provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.
+llm_requests_total{model="claude-3-opus",provider="anthropic",status="error",team="",user="u2"} 1
+llm_requests_total{model="llama-3.1-70b-versatile",provider="groq",status="success",team="",user="u1"} 2
+llm_requests_total{model="o3-mini",provider="openai",status="success",team="",user="u1"} 1
+# HELP llm_tokens_total Tokens used by LLM API calls, by user, team (empty for none), provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.
 # TYPE llm_tokens_total counter
-llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="completion",user="u2"} 3
-llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="prompt",user="u2"} 7
-llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="completion",user="u1"} 51
-llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="prompt",user="u1"} 101
-llm_tokens_total{model="o3-mini",provider="openai",token_type="cached",user="u1"} 2
-llm_tokens_total{model="o3-mini",provider="openai",token_type="completion",user="u1"} 20
-llm_tokens_total{model="o3-mini",provider="openai",token_type="prompt",user="u1"} 5
-llm_tokens_total{model="o3-mini",provider="openai",token_type="reasoning",user="u1"} 11
+llm_tokens_total{model="claude-3-opus",provider="anthropic",team="",token_type="completion",user="u2"} 3
+llm_tokens_total{model="claude-3-opus",provider="anthropic",team="",token_type="prompt",user="u2"} 7
+llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",team="",token_type="completion",user="u1"} 51
+llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",team="",token_type="prompt",user="u1"} 101
+llm_tokens_total{model="o3-mini",provider="openai",team="",token_type="cached",user="u1"} 2
+llm_tokens_total{model="o3-mini",provider="openai",team="",token_type="completion",user="u1"} 20
+llm_tokens_total{model="o3-mini",provider="openai",team="",token_type="prompt",user="u1"} 5
+llm_tokens_total{model="o3-mini",provider="openai",team="",token_type="reasoning",user="u1"} 11
 # HELP llm_rate_limit_checks_total Quota checks, by user and decision (allowed or limited).
 # TYPE llm_rate_limit_checks_total counter
 llm_rate_limit_checks_total{decision="allowed",user="u1"} 1
@@ -100,14 +100,14 @@ func TestUserGuard(t *testing.T) {
 
 	requests := func(want string) {
 		t.Helper()
-		full := "# HELP llm_requests_total LLM API calls recorded, by user, provider, model and status (success or error).\n# TYPE llm_requests_total counter\n" + want
+		full := "# HELP llm_requests_total LLM API calls recorded, by user, team (empty for none), provider, model and status (success or error).\n# TYPE llm_requests_total counter\n" + want
 		if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(full), "llm_requests_total"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="a"} 1
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="a"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="b"} 2
 `)
 	if got := testutil.ToFloat64(e.guard.overflow); got != 3 {
 		t.Fatalf("overflow %v, want 3 (c, d and e's check)", got)
@@ -117,14 +117,14 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
 	if n := e.Sweep(); n != 1 {
 		t.Fatalf("Sweep forgot %d users, want 1", n)
 	}
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="b"} 2
 `)
 	// The freed slot goes to the next new user.
 	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 2
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="b"} 2
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="__other__"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="b"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="f"} 1
 `)
 	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader("# HELP llmusage_metrics_users Distinct user label values currently exported (capped by --metrics-max-users).\n# TYPE llmusage_metrics_users gauge\nllmusage_metrics_users 2\n"), "llmusage_metrics_users"); err != nil {
 		t.Fatal(err)
@@ -139,8 +139,52 @@ llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
 		t.Fatalf("Sweep forgot %d users, want 2 (b and f)", n)
 	}
 	e.ObserveRecords([]record.Record{rec("f", "openai", "gpt-4", 1, 1)})
-	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",user="__other__"} 3
-llm_requests_total{model="gpt-4",provider="openai",status="success",user="f"} 1
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="__other__"} 3
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="f"} 1
+`)
+}
+
+// TestTeamGuard checks the cap on team label values: teams past it share
+// team="__other__", calls without a team keep team="" outside the cap,
+// and an idle team's series go, freeing its slot.
+func TestTeamGuard(t *testing.T) {
+	clk := clock.NewManual(testNow)
+	e := New(Options{Clock: clk, MaxTeams: 2, UserTTL: time.Hour})
+	teamed := func(user, team string) record.Record {
+		r := rec(user, "openai", "gpt-4", 1, 1)
+		r.TeamID = team
+		return r
+	}
+	e.ObserveRecords([]record.Record{teamed("a", "red"), teamed("a", "blue"), teamed("b", "")})
+	clk.Advance(30 * time.Minute)
+	e.ObserveRecords([]record.Record{teamed("b", "green"), teamed("a", "blue")})
+	requests := func(want string) {
+		t.Helper()
+		full := "# HELP llm_requests_total LLM API calls recorded, by user, team (empty for none), provider, model and status (success or error).\n# TYPE llm_requests_total counter\n" + want
+		if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(full), "llm_requests_total"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="b"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="__other__",user="b"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="blue",user="a"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="red",user="a"} 1
+`)
+	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader("# HELP llmusage_metrics_teams Distinct team label values currently exported, the empty one aside (capped by --metrics-max-teams).\n# TYPE llmusage_metrics_teams gauge\nllmusage_metrics_teams 2\n"), "llmusage_metrics_teams"); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(e.teams.overflow); got != 1 {
+		t.Fatalf("team overflow %v, want 1 (green)", got)
+	}
+	// red has been idle for more than the TTL: its series go, and its
+	// slot goes to the next new team.
+	clk.Advance(31 * time.Minute)
+	e.Sweep()
+	e.ObserveRecords([]record.Record{teamed("b", "green")})
+	requests(`llm_requests_total{model="gpt-4",provider="openai",status="success",team="",user="b"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="__other__",user="b"} 1
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="blue",user="a"} 2
+llm_requests_total{model="gpt-4",provider="openai",status="success",team="green",user="b"} 1
 `)
 }
 
@@ -171,10 +215,10 @@ func TestModelGuard(t *testing.T) {
 			t.Fatalf("%s:\n%s\nwant\n%s", name, got, want)
 		}
 	}
-	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
-llm_requests_total{model="__other__",provider="openai",status="success",user="a"} 1
-llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 2
-llm_requests_total{model="gpt-4o-mini",provider="openai",status="success",user="b"} 1`)
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",team="",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",team="",user="a"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",team="",user="a"} 2
+llm_requests_total{model="gpt-4o-mini",provider="openai",status="success",team="",user="b"} 1`)
 	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
 llm_request_duration_seconds_count{model="__other__",provider="openai"} 1
 llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2
@@ -189,12 +233,12 @@ llm_request_duration_seconds_count{model="gpt-4o-mini",provider="openai"} 1`)
 		t.Fatalf("Sweep forgot %d users, want 0", n)
 	}
 	f("llmusage_metrics_models", "llmusage_metrics_models 1")
-	f("llm_tokens_total", `llm_tokens_total{model="__other__",provider="__other__",token_type="completion",user="b"} 1
-llm_tokens_total{model="__other__",provider="__other__",token_type="prompt",user="b"} 1
-llm_tokens_total{model="__other__",provider="openai",token_type="completion",user="a"} 1
-llm_tokens_total{model="__other__",provider="openai",token_type="prompt",user="a"} 1
-llm_tokens_total{model="gpt-4o",provider="openai",token_type="completion",user="a"} 2
-llm_tokens_total{model="gpt-4o",provider="openai",token_type="prompt",user="a"} 2`)
+	f("llm_tokens_total", `llm_tokens_total{model="__other__",provider="__other__",team="",token_type="completion",user="b"} 1
+llm_tokens_total{model="__other__",provider="__other__",team="",token_type="prompt",user="b"} 1
+llm_tokens_total{model="__other__",provider="openai",team="",token_type="completion",user="a"} 1
+llm_tokens_total{model="__other__",provider="openai",team="",token_type="prompt",user="a"} 1
+llm_tokens_total{model="gpt-4o",provider="openai",team="",token_type="completion",user="a"} 2
+llm_tokens_total{model="gpt-4o",provider="openai",team="",token_type="prompt",user="a"} 2`)
 	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
 llm_request_duration_seconds_count{model="__other__",provider="openai"} 1
 llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2`)
@@ -202,11 +246,11 @@ llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 2`)
 	// The freed slot goes to the next new pair; gpt-4o-mini, back, finds
 	// the cap full again.
 	e.ObserveRecords([]record.Record{timed("b", "acme", "x-1"), timed("b", "openai", "gpt-4o-mini")})
-	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
-llm_requests_total{model="__other__",provider="openai",status="success",user="a"} 1
-llm_requests_total{model="__other__",provider="openai",status="success",user="b"} 1
-llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 2
-llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",team="",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",team="",user="a"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",team="",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",team="",user="a"} 2
+llm_requests_total{model="x-1",provider="acme",status="success",team="",user="b"} 1`)
 	f("llmusage_metrics_models_overflow_total", "llmusage_metrics_models_overflow_total 3")
 
 	// 95m: gpt-4o (last seen at 30m) and the (__other__, __other__)
@@ -219,10 +263,10 @@ llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 		t.Fatalf("Sweep forgot %d users, want 1 (a)", n)
 	}
 	e.ObserveRecords([]record.Record{timed("a", "openai", "gpt-4o"), timed("b", "acme", "x-2")})
-	f("llm_requests_total", `llm_requests_total{model="__other__",provider="acme",status="success",user="b"} 1
-llm_requests_total{model="__other__",provider="openai",status="success",user="b"} 1
-llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 1
-llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="acme",status="success",team="",user="b"} 1
+llm_requests_total{model="__other__",provider="openai",status="success",team="",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",team="",user="a"} 1
+llm_requests_total{model="x-1",provider="acme",status="success",team="",user="b"} 1`)
 
 	// 130m: x-1 (61m), acme's only pair, and openai's overflow pair (61m)
 	// expire. gpt-5 takes the free slot; x-3 finds the cap full and acme
@@ -232,10 +276,10 @@ llm_requests_total{model="x-1",provider="acme",status="success",user="b"} 1`)
 		t.Fatalf("Sweep forgot %d users, want 0", n)
 	}
 	e.ObserveRecords([]record.Record{timed("b", "openai", "gpt-5"), timed("b", "acme", "x-3")})
-	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",user="b"} 1
-llm_requests_total{model="__other__",provider="acme",status="success",user="b"} 1
-llm_requests_total{model="gpt-4o",provider="openai",status="success",user="a"} 1
-llm_requests_total{model="gpt-5",provider="openai",status="success",user="b"} 1`)
+	f("llm_requests_total", `llm_requests_total{model="__other__",provider="__other__",status="success",team="",user="b"} 1
+llm_requests_total{model="__other__",provider="acme",status="success",team="",user="b"} 1
+llm_requests_total{model="gpt-4o",provider="openai",status="success",team="",user="a"} 1
+llm_requests_total{model="gpt-5",provider="openai",status="success",team="",user="b"} 1`)
 	f("llm_request_duration_seconds_count", `llm_request_duration_seconds_count{model="__other__",provider="__other__"} 1
 llm_request_duration_seconds_count{model="__other__",provider="acme"} 1
 llm_request_duration_seconds_count{model="gpt-4o",provider="openai"} 1
@@ -334,7 +378,7 @@ func TestNoUserLabel(t *testing.T) {
 	if strings.Contains(grep(out, "llm_"), "user=") || strings.Contains(out, "llm_quota_") {
 		t.Fatalf("user label or quota gauges present with NoUserLabel:\n%s", grep(out, "llm_"))
 	}
-	if !strings.Contains(out, `llm_requests_total{model="gpt-4",provider="openai",status="success"} 2`) ||
+	if !strings.Contains(out, `llm_requests_total{model="gpt-4",provider="openai",status="success",team=""} 2`) ||
 		!strings.Contains(out, `llm_rate_limit_checks_total{decision="limited"} 1`) {
 		t.Fatalf("aggregated series missing:\n%s", grep(out, "llm_"))
 	}
@@ -404,7 +448,7 @@ func TestPush(t *testing.T) {
 	}
 	select {
 	case body := <-bodies:
-		if !strings.Contains(body, `llm_tokens_total{model="gpt-4",provider="openai",token_type="completion",user="pushed-user"} 4`) {
+		if !strings.Contains(body, `llm_tokens_total{model="gpt-4",provider="openai",team="",token_type="completion",user="pushed-user"} 4`) {
 			t.Fatalf("pushed body lacks the token series:\n%s", grep(body, "llm_"))
 		}
 	case <-time.After(30 * time.Second):
@@ -501,11 +545,11 @@ func TestCostMetrics(t *testing.T) {
 		rec("u1", "vllm", "llama-local", 5, 5),
 	})
 	want := `
-# HELP llm_cost_usd_total Cost of LLM API calls in US dollars, by user, provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).
+# HELP llm_cost_usd_total Cost of LLM API calls in US dollars, by user, team (empty for none), provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).
 # TYPE llm_cost_usd_total counter
-llm_cost_usd_total{model="gpt-4",provider="openai",user="u2"} 0.0006
-llm_cost_usd_total{model="gpt-4o",provider="openai",user="u2"} 0
-llm_cost_usd_total{model="llama-3.1-70b-versatile",provider="groq",user="u1"} 0.000197
+llm_cost_usd_total{model="gpt-4",provider="openai",team="",user="u2"} 0.0006
+llm_cost_usd_total{model="gpt-4o",provider="openai",team="",user="u2"} 0
+llm_cost_usd_total{model="llama-3.1-70b-versatile",provider="groq",team="",user="u1"} 0.000197
 # HELP llmusage_records_unpriced_total Call records of a model without a price, stored with a null cost, by provider; GET /v1/prices?unpriced=1 names the models.
 # TYPE llmusage_records_unpriced_total counter
 llmusage_records_unpriced_total{provider="unknown"} 2

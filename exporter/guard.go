@@ -24,6 +24,9 @@ type userGuard struct {
 	mu sync.Mutex
 	// lastSeen holds, per tracked user, the last time it was observed.
 	lastSeen map[string]time.Time
+	// keepEmpty passes the empty value through untracked (the team guard's
+	// calls without a team).
+	keepEmpty bool
 
 	guardMetrics
 }
@@ -40,9 +43,26 @@ func newUserGuard(maxUsers int, ttl time.Duration, enabled bool) *userGuard {
 	}
 }
 
+// newTeamGuard bounds the team label as a userGuard bounds the user
+// label: the first maxTeams teams get series of their own, later ones
+// share OverflowTeam until idle teams expire. The empty team (a call
+// without one) is always its own value and is not counted.
+func newTeamGuard(maxTeams int, ttl time.Duration) *userGuard {
+	return &userGuard{
+		enabled:   true,
+		maxUsers:  maxTeams,
+		ttl:       ttl,
+		lastSeen:  make(map[string]time.Time),
+		keepEmpty: true,
+		guardMetrics: newGuardMetrics("llmusage_metrics_teams",
+			"Distinct team label values currently exported, the empty one aside (capped by --metrics-max-teams).",
+			"Records counted under team=\""+OverflowTeam+"\" because the team cap was reached."),
+	}
+}
+
 // label returns the user label value for an observation of user at now.
 func (g *userGuard) label(user string, now time.Time) string {
-	if !g.enabled {
+	if !g.enabled || (g.keepEmpty && user == "") {
 		return ""
 	}
 	user = labelValue(user)

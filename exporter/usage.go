@@ -32,7 +32,7 @@ type usageMetrics struct {
 }
 
 // seriesKey names the series a record updates, but for status and token type.
-type seriesKey struct{ user, provider, model string }
+type seriesKey struct{ user, team, provider, model string }
 
 // recordSeries holds one seriesKey's children, each made on first use:
 // a series of zeros would claim a breakdown that was never measured.
@@ -64,21 +64,23 @@ func newUsageMetrics(userLabel bool, models *modelGuard) *usageMetrics {
 		}
 		return labels
 	}
+	// The usage counters carry the team too, after the user.
+	withTeam := func(labels ...string) []string { return withUser(append([]string{"team"}, labels...)...) }
 	return &usageMetrics{
 		userLabel: userLabel,
 		models:    models,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_requests_total",
-			Help: "LLM API calls recorded, by user, provider, model and status (success or error).",
-		}, withUser("provider", "model", "status")),
+			Help: "LLM API calls recorded, by user, team (empty for none), provider, model and status (success or error).",
+		}, withTeam("provider", "model", "status")),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_tokens_total",
-			Help: "Tokens used by LLM API calls, by user, provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.",
-		}, withUser("provider", "model", "token_type")),
+			Help: "Tokens used by LLM API calls, by user, team (empty for none), provider, model and token_type (prompt, completion, cached, reasoning). cached is part of prompt and reasoning part of completion.",
+		}, withTeam("provider", "model", "token_type")),
 		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llm_cost_usd_total",
-			Help: "Cost of LLM API calls in US dollars, by user, provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).",
-		}, withUser("provider", "model")),
+			Help: "Cost of LLM API calls in US dollars, by user, team (empty for none), provider and model: the record's cost_usd, else priced at intake. Calls of models without a price are not in it (see llmusage_records_unpriced_total).",
+		}, withTeam("provider", "model")),
 		unpriced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmusage_records_unpriced_total",
 			Help: "Call records of a model without a price, stored with a null cost, by provider; GET /v1/prices?unpriced=1 names the models.",
@@ -104,12 +106,12 @@ func newUsageMetrics(userLabel bool, models *modelGuard) *usageMetrics {
 	}
 }
 
-// observeRecord counts r under user, the user guard's label value, at ns
-// on the model guard's clock.
-func (m *usageMetrics) observeRecord(r *record.Record, user string, ns int64) {
+// observeRecord counts r under user and team, the guards' label values,
+// at ns on the model guard's clock.
+func (m *usageMetrics) observeRecord(r *record.Record, user, team string, ns int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s, k := m.seriesOf(seriesKey{user: user, provider: labelValue(r.Provider), model: labelValue(r.Model)}, ns)
+	s, k := m.seriesOf(seriesKey{user: user, team: team, provider: labelValue(r.Provider), model: labelValue(r.Model)}, ns)
 	status := 0
 	if r.Status == record.StatusError {
 		status = 1
@@ -181,12 +183,12 @@ func (m *usageMetrics) seriesOf(k seriesKey, ns int64) (*recordSeries, seriesKey
 	return s, k
 }
 
-// labels prepends the user when the user label is on.
+// labels prepends the user when the user label is on, and the team.
 func (m *usageMetrics) labels(k seriesKey, last string) []string {
 	if m.userLabel {
-		return []string{k.user, k.provider, k.model, last}
+		return []string{k.user, k.team, k.provider, k.model, last}
 	}
-	return []string{k.provider, k.model, last}
+	return []string{k.team, k.provider, k.model, last}
 }
 
 // deleteUser removes a user's series by their exact labels, known from
@@ -225,6 +227,28 @@ func (m *usageMetrics) deleteSeries(k seriesKey, s *recordSeries) {
 func (m *usageMetrics) pairLabels(k seriesKey) []string {
 	l := m.labels(k, "")
 	return l[:len(l)-1]
+}
+
+// deleteTeams removes the series of teams, of every user, in one walk
+// over the cache as deletePairs does.
+func (m *usageMetrics) deleteTeams(teams []string) {
+	if len(teams) == 0 {
+		return
+	}
+	gone := make(map[string]bool, len(teams))
+	for _, t := range teams {
+		gone[t] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, keys := range m.series {
+		for k, s := range keys {
+			if gone[k.team] {
+				m.deleteSeries(k, s)
+				delete(keys, k)
+			}
+		}
+	}
 }
 
 // deletePairs removes the series of provider and model pairs, of every

@@ -43,6 +43,10 @@ var (
 // enduser.id.
 var DefaultUserAttributes = []string{"user.id", "enduser.id"}
 
+// DefaultTeamAttribute is where a span's team is looked up when
+// --otlp-team-attribute is not given.
+const DefaultTeamAttribute = "llmusage.team_id"
+
 // outcome is what became of one span.
 type outcome int
 
@@ -70,6 +74,9 @@ type mapper struct {
 	userAttrs []string
 	// defaultUser takes the spans that name none; empty skips them.
 	defaultUser string
+	// teamAttr is looked up on the span, then on its resource, for the
+	// record's team_id (optional).
+	teamAttr string
 }
 
 // spanRecord maps one span. A span without any token count is not GenAI
@@ -147,7 +154,28 @@ func (m *mapper) spanRecord(span ptrace.Span, resource pcommon.Map, service stri
 		return rec, noUser, ""
 	}
 	rec.UserID = user
+	if rec.TeamID, problem = m.team(attrs, resource); problem != "" {
+		return rec, invalid, problem
+	}
 	return rec, accepted, ""
+}
+
+// team is the span's team: teamAttr on the span, else on the resource,
+// else none. Like a user, a string or an integer.
+func (m *mapper) team(attrs, resource pcommon.Map) (team, problem string) {
+	if m.teamAttr == "" {
+		return "", ""
+	}
+	for _, where := range []pcommon.Map{attrs, resource} {
+		if v, name, ok := firstSet(where, []string{m.teamAttr}); ok {
+			switch v.Type() {
+			case pcommon.ValueTypeStr, pcommon.ValueTypeInt:
+				return v.AsString(), ""
+			}
+			return "", fmt.Sprintf("%s must be a string or an integer, got a %s", name, v.Type())
+		}
+	}
+	return "", ""
 }
 
 // addCache adds the cache reads and writes to input tokens that evidently

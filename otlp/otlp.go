@@ -52,6 +52,9 @@ type Options struct {
 	// UserAttributes are looked up, in order, on a span and then on its
 	// resource for the record's user; DefaultUserAttributes when empty.
 	UserAttributes []string
+	// TeamAttribute is looked up on a span and then on its resource for
+	// the record's team_id; DefaultTeamAttribute when empty.
+	TeamAttribute string
 	// DefaultUser is the user of spans that name none; empty skips them
 	// (counted, and named in the partial success).
 	DefaultUser string
@@ -93,7 +96,7 @@ type Receiver struct {
 func New(opts Options) *Receiver {
 	r := &Receiver{
 		collector:    opts.Collector,
-		mapper:       mapper{userAttrs: opts.UserAttributes, defaultUser: opts.DefaultUser},
+		mapper:       mapper{userAttrs: opts.UserAttributes, defaultUser: opts.DefaultUser, teamAttr: opts.TeamAttribute},
 		maxBodyBytes: opts.MaxBodyBytes,
 		token:        opts.Token,
 		observer:     opts.Observer,
@@ -101,6 +104,9 @@ func New(opts Options) *Receiver {
 	}
 	if len(r.mapper.userAttrs) == 0 {
 		r.mapper.userAttrs = DefaultUserAttributes
+	}
+	if r.mapper.teamAttr == "" {
+		r.mapper.teamAttr = DefaultTeamAttribute
 	}
 	if r.maxBodyBytes <= 0 {
 		r.maxBodyBytes = DefaultMaxBodyBytes
@@ -173,7 +179,7 @@ func (r *Receiver) Export(td ptrace.Traces) (ptraceotlp.ExportResponse, error) {
 			return ptraceotlp.NewExportResponse(), err
 		}
 		for _, d := range details {
-			reasons = append(reasons, spanName(recs[d.Index])+": "+fieldName(d.Field, r.mapper.userAttrs)+" "+d.Message)
+			reasons = append(reasons, spanName(recs[d.Index])+": "+fieldName(d.Field, r.mapper.userAttrs, r.mapper.teamAttr)+" "+d.Message)
 		}
 	}
 	r.observe(counts)
@@ -233,10 +239,12 @@ func spanName(rec record.Record) string {
 }
 
 // fieldName is a record field as the span spells it.
-func fieldName(field string, userAttrs []string) string {
+func fieldName(field string, userAttrs []string, teamAttr string) string {
 	switch field {
 	case "user_id":
 		return "the user (" + strings.Join(userAttrs, ", ") + ")"
+	case "team_id":
+		return "the team (" + teamAttr + ")"
 	case "model":
 		return "the model (" + strings.Join(modelAttrs, ", ") + ")"
 	case "provider":

@@ -348,6 +348,44 @@ func TestDefaultUser(t *testing.T) {
 	}
 }
 
+// TestTeamAttribute: the team is llmusage.team_id (or the attribute
+// configured) on the span, else on its resource; none leaves it empty,
+// and a value past the collector's rules refuses the span.
+func TestTeamAttribute(t *testing.T) {
+	h := newHarness(t, Options{})
+	res, err := h.r.Export(traces(
+		testSpan{attrs: with(current(), "llmusage.team_id", "red"), resource: map[string]any{"llmusage.team_id": "blue"}},
+		testSpan{attrs: current(), resource: map[string]any{"llmusage.team_id": "blue"}, id: 2},
+		testSpan{attrs: current(), id: 3},
+		testSpan{attrs: with(current(), "llmusage.team_id", int64(7)), id: 4},
+		testSpan{attrs: with(current(), "llmusage.team_id", []any{"x"}), id: 5},
+		testSpan{attrs: with(current(), "llmusage.team_id", "bad\nteam"), id: 6},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := h.sink.records()
+	var teams []string
+	for _, r := range recs {
+		teams = append(teams, r.TeamID)
+	}
+	if strings.Join(teams, ",") != "red,blue,,7" {
+		t.Fatalf("teams %q", teams)
+	}
+	if ps := res.PartialSuccess(); ps.RejectedSpans() != 2 || !strings.Contains(ps.ErrorMessage(), "llmusage.team_id must be a string or an integer") ||
+		!strings.Contains(ps.ErrorMessage(), "the team (llmusage.team_id) must not contain control characters") {
+		t.Fatalf("partial success %d: %s", ps.RejectedSpans(), ps.ErrorMessage())
+	}
+
+	h = newHarness(t, Options{TeamAttribute: "app.team"})
+	if _, err := h.r.Export(traces(testSpan{attrs: with(current(), "app.team", "green", "llmusage.team_id", "red")})); err != nil {
+		t.Fatal(err)
+	}
+	if recs := h.sink.records(); len(recs) != 1 || recs[0].TeamID != "green" {
+		t.Fatalf("records with --otlp-team-attribute app.team: %+v", recs)
+	}
+}
+
 // TestInputWithoutCache: an instrumentation that copies Anthropic's usage
 // as it is puts input tokens that exclude the cache in
 // gen_ai.usage.input_tokens. Cache reads and writes over the input can

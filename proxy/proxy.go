@@ -146,6 +146,10 @@ type Options struct {
 	// UserHeader names the header that says who calls (X-LLMUsage-User
 	// when empty); it is not forwarded.
 	UserHeader string
+	// TeamHeader names the header that says which team the call is for
+	// (X-LLMUsage-Team when empty), else the body's metadata.team_id; it
+	// is not forwarded.
+	TeamHeader string
 	// DefaultUser is the user of calls that name none; empty refuses them.
 	DefaultUser string
 	// MaxBodyBytes bounds a request body (32 MiB when zero): images and
@@ -179,6 +183,9 @@ func New(opts Options) (*Proxy, error) {
 	}
 	if opts.UserHeader == "" {
 		opts.UserHeader = "X-LLMUsage-User"
+	}
+	if opts.TeamHeader == "" {
+		opts.TeamHeader = "X-LLMUsage-Team"
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 32 << 20
@@ -281,8 +288,10 @@ type call struct {
 	up       *Upstream
 	endpoint string
 	user     string
-	model    string
-	stream   bool
+	// team is the call's team_id; empty for none.
+	team   string
+	model  string
+	stream bool
 	// injected tells that the proxy asked for stream usage itself, and
 	// must hide the usage chunk from a client that did not.
 	injected bool
@@ -324,6 +333,10 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			fmt.Sprintf("cannot tell who calls: send the header %s, or the body's %s (or run the sidecar with --proxy-default-user)", p.opts.UserHeader, userFieldOf(up.Kind)))
 		return
 	}
+	c.team = r.Header.Get(p.opts.TeamHeader)
+	if c.team == "" {
+		c.team = req.team()
+	}
 	if c.model == "" {
 		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error", "cannot check a call without a model")
 		return
@@ -333,7 +346,7 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			fmt.Sprintf("cannot check a call of max_tokens %d: at most %d", mt, int64(collector.MaxTokens)))
 		return
 	}
-	d, requestID, err := p.opts.Collector.Check(collector.Call{UserID: c.user, Provider: up.Provider, Model: c.model,
+	d, requestID, err := p.opts.Collector.Check(collector.Call{UserID: c.user, TeamID: c.team, Provider: up.Provider, Model: c.model,
 		PromptTokens: c.promptEstimate, MaxTokens: req.maxTokens()})
 	if err != nil {
 		status, msg := http.StatusServiceUnavailable, err.Error()
@@ -382,6 +395,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			pr.Out.URL = &target
 			pr.Out.Host = target.Host
 			pr.Out.Header.Del(p.opts.UserHeader)
+			pr.Out.Header.Del(p.opts.TeamHeader)
 			pr.Out.Header.Del(collector.TokenHeader)
 			if up.Key != "" {
 				// The sidecar's key, in place of whatever the client sent
@@ -459,7 +473,7 @@ func redact(err error) string {
 // record makes the call's record and hands it to the collector.
 func (p *Proxy) record(c *call, status int, errorType string, u usage, exact bool, contentChars int64) {
 	rec := record.Record{
-		RequestID: c.requestID, UserID: c.user, Provider: c.up.Provider, Model: c.model,
+		RequestID: c.requestID, UserID: c.user, TeamID: c.team, Provider: c.up.Provider, Model: c.model,
 		Latency: time.Since(c.start), HasLatency: true, Status: record.StatusSuccess,
 	}
 	if u.model != "" {
@@ -581,6 +595,19 @@ func (f *requestFields) user() string {
 	}
 	if len(f.Metadata) > 0 && json.Unmarshal(f.Metadata, &m) == nil {
 		return m.UserID
+	}
+	return ""
+}
+
+// team is the body's metadata.team_id, if it is a string.
+func (f *requestFields) team() string {
+	var m struct {
+		TeamID any `json:"team_id"`
+	}
+	if len(f.Metadata) > 0 && json.Unmarshal(f.Metadata, &m) == nil {
+		if s, ok := m.TeamID.(string); ok {
+			return s
+		}
 	}
 	return ""
 }

@@ -306,3 +306,60 @@ func TestPromptEstimate(t *testing.T) {
 	f(image, int64(len(`{"url":"data:image/png;base64,"}`)+3)/4+1000)
 	f(image+","+image, int64(2*len(`{"url":"data:image/png;base64,"}`)+1+3)/4+2000)
 }
+
+// TestTeam: a call's team is the X-LLMUsage-Team header, else the body's
+// metadata.team_id; the header is not forwarded, and an invalid team is
+// refused before the upstream is called.
+func TestTeam(t *testing.T) {
+	var upstreamHeaders []http.Header
+	var mu sync.Mutex
+	srv, sk := newTestProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		upstreamHeaders = append(upstreamHeaders, r.Header.Clone())
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"model":"gpt-4o","usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
+	}))
+	send := func(team, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/openai/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("X-LLMUsage-User", "u")
+		if team != "" {
+			req.Header.Set("X-LLMUsage-Team", team)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, c := range []struct{ header, body string }{
+		{"red", `{"model":"gpt-4o","messages":[],"metadata":{"team_id":"blue"}}`},
+		{"", `{"model":"gpt-4o","messages":[],"metadata":{"team_id":"blue"}}`},
+		{"", `{"model":"gpt-4o","messages":[]}`},
+	} {
+		if code, body := send(c.header, c.body); code != http.StatusOK {
+			t.Fatalf("%q %s: %d %s", c.header, c.body, code, body)
+		}
+	}
+	recs := sk.wait(t, 3)
+	if len(recs) != 3 || recs[0].TeamID != "red" || recs[1].TeamID != "blue" || recs[2].TeamID != "" {
+		t.Fatalf("records %+v, want teams red, blue and none", recs)
+	}
+	for _, h := range upstreamHeaders {
+		if h.Get("X-LLMUsage-Team") != "" {
+			t.Fatalf("the team header was forwarded: %v", h)
+		}
+	}
+	if code, body := send(strings.Repeat("x", 300), `{"model":"gpt-4o","messages":[]}`); code != http.StatusBadRequest || !strings.Contains(body, "team_id") {
+		t.Fatalf("a team too long: %d %s", code, body)
+	}
+	if code, body := send("", `{"model":"gpt-4o","messages":[],"metadata":{"team_id":"bad\u0001team"}}`); code != http.StatusBadRequest || !strings.Contains(body, "team_id") {
+		t.Fatalf("a team with a control character: %d %s", code, body)
+	}
+	if len(upstreamHeaders) != 3 {
+		t.Fatalf("the upstream saw %d calls, want 3", len(upstreamHeaders))
+	}
+}

@@ -28,7 +28,7 @@ type Record struct {
 	RequestID string
 	// UserID is the user the call is billed to. Never empty.
 	UserID string
-	// TeamID is the team or product the call was for; empty for none.
+	// TeamID is the team the call was for; empty when the client gave none.
 	TeamID string
 	// Provider is the lower-case provider name (OpenTelemetry GenAI
 	// naming where one exists), or UnknownProvider.

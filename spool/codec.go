@@ -16,11 +16,13 @@ import (
 const frameHeader = 8
 
 // codecVersion leads every payload, so that the format can change.
-// Version 2 added the cache write tokens and the cost after the metadata;
-// frames of version 1, spooled by an older sidecar, still decode.
+// Version 2 added the cache write tokens and the cost after the metadata,
+// version 3 the team_id after them; frames of versions 1 and 2, spooled
+// by an older sidecar, still decode.
 const (
-	codecVersion   = 2
+	codecVersion   = 3
 	codecVersionV1 = 1
+	codecVersionV2 = 2
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -32,8 +34,8 @@ var errCorrupt = errors.New("corrupt spool frame")
 // maxFrameSize bounds the bytes appendFrame adds for r, so that a buffer
 // for many records can be sized once.
 func maxFrameSize(r *record.Record) int {
-	const fixed = frameHeader + 1 + 6*binary.MaxVarintLen64 + 7*binary.MaxVarintLen64 + 1 + binary.MaxVarintLen64 + 2*binary.MaxVarintLen64
-	return fixed + len(r.RequestID) + len(r.UserID) + len(r.Provider) + len(r.Model) + len(r.Status) + len(r.ErrorType) + len(r.Metadata)
+	const fixed = frameHeader + 1 + 6*binary.MaxVarintLen64 + 7*binary.MaxVarintLen64 + 1 + binary.MaxVarintLen64 + 3*binary.MaxVarintLen64
+	return fixed + len(r.RequestID) + len(r.UserID) + len(r.TeamID) + len(r.Provider) + len(r.Model) + len(r.Status) + len(r.ErrorType) + len(r.Metadata)
 }
 
 func appendFrame(dst []byte, r *record.Record) []byte {
@@ -62,6 +64,8 @@ func appendFrame(dst []byte, r *record.Record) []byte {
 	dst = append(dst, r.Metadata...)
 	dst = binary.AppendVarint(dst, r.CacheWriteTokens)
 	dst = binary.AppendVarint(dst, int64(r.Cost))
+	dst = binary.AppendUvarint(dst, uint64(len(r.TeamID)))
+	dst = append(dst, r.TeamID...)
 	payload := dst[start+frameHeader:]
 	binary.LittleEndian.PutUint32(dst[start:], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, castagnoli))
@@ -71,7 +75,7 @@ func appendFrame(dst []byte, r *record.Record) []byte {
 // decodePayload decodes a frame's payload, already checksummed.
 func decodePayload(p []byte) (record.Record, error) {
 	var r record.Record
-	if len(p) == 0 || (p[0] != codecVersion && p[0] != codecVersionV1) {
+	if len(p) == 0 || (p[0] != codecVersion && p[0] != codecVersionV1 && p[0] != codecVersionV2) {
 		return r, errCorrupt
 	}
 	version := p[0]
@@ -117,6 +121,13 @@ func decodePayload(p []byte) (record.Record, error) {
 	}
 	r.CacheWriteTokens = num()
 	r.Cost, r.HasCost = usd.Amount(num()), flags&4 != 0
+	if p == nil {
+		return r, errCorrupt
+	}
+	if version == codecVersionV2 {
+		return r, nil
+	}
+	r.TeamID = str()
 	if p == nil {
 		return r, errCorrupt
 	}

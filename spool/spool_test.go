@@ -24,6 +24,7 @@ func rec(i int) record.Record {
 		Latency: 1500 * time.Microsecond, HasLatency: i%2 == 0, Status: record.StatusSuccess, ErrorType: "",
 		Timestamp: time.Date(2026, 11, 27, 12, 0, 0, i, time.UTC), Metadata: []byte(`{ "kept":  "as is" }`),
 		CacheWriteTokens: int64(i % 3), Cost: usd.Amount(i * 1234), HasCost: i%3 != 0,
+		TeamID: []string{"", "team-a"}[i%2],
 	}
 }
 
@@ -32,10 +33,12 @@ func rec(i int) record.Record {
 func TestDecodeVersion1(t *testing.T) {
 	want := rec(4)
 	want.CacheWriteTokens, want.Cost, want.HasCost = 0, 0, false
+	want.TeamID = ""
 	frame := appendFrame(nil, &want)
 	payload := frame[frameHeader:]
-	// Version 2 appended two varints (zeros: one byte each) after the metadata.
-	v1 := append([]byte{codecVersionV1}, payload[1:len(payload)-2]...)
+	// Version 2 appended two varints (zeros: one byte each) after the
+	// metadata, version 3 an empty team_id (its length, one byte).
+	v1 := append([]byte{codecVersionV1}, payload[1:len(payload)-3]...)
 	got, err := decodePayload(v1)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +47,28 @@ func TestDecodeVersion1(t *testing.T) {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	if _, err := decodePayload(payload[:len(payload)-1]); err == nil {
-		t.Fatal("a version 2 frame without its cost decoded")
+		t.Fatal("a version 3 frame without its team_id decoded")
+	}
+}
+
+// TestDecodeVersion2 reads a frame as the sidecar before teams wrote it.
+func TestDecodeVersion2(t *testing.T) {
+	want := rec(5)
+	frame := appendFrame(nil, &want)
+	payload := frame[frameHeader:]
+	// Version 3 appended team_id (length and bytes) after the cost.
+	v2 := append([]byte{codecVersionV2}, payload[1:len(payload)-1-len(want.TeamID)]...)
+	got, err := decodePayload(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.TeamID = ""
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+	team := rec(5)
+	if got, err := decodePayload(payload); err != nil || got.TeamID != team.TeamID {
+		t.Fatalf("decoded team_id %q (%v), want %q", got.TeamID, err, team.TeamID)
 	}
 }
 

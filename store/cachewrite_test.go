@@ -122,8 +122,8 @@ func TestUpgradeToCacheWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if applied, err := s.Migrate(ctx); err != nil || len(applied) != 1 || applied[0] != version+1 {
-			t.Fatalf("migrate: %v, %v; want the cache-write migration alone", applied, err)
+		if applied, err := s.Migrate(ctx); err != nil || len(applied) == 0 || applied[0] != version+1 {
+			t.Fatalf("migrate: %v, %v; want the cache-write migration first", applied, err)
 		}
 		n := cacheWriting(rec("new", "alice", "anthropic", "claude-sonnet-4", 100, 10, t0.Add(time.Second)), 40, 60)
 		if _, err := s.Insert(ctx, []record.Record{n}); err != nil {
@@ -169,15 +169,47 @@ func migrateUpTo(t *testing.T, url string, version int64) {
 	}
 }
 
-// TestCacheWriteMigrationUnderLoad applies the Postgres migration while
-// records are inserted and the usage API reads: its locks are taken
-// without waiting while holding one (inserts and reads take the tables in
-// different orders), so it neither deadlocks nor fails, and neither does
-// any insert or read.
+// previousUsage is the usage API's query as the release before teams
+// wrote it: a sidecar not upgraded yet runs it while another migrates.
+const previousUsage = `SELECT to_char(day, 'YYYY-MM-DD'), model, provider, sum(calls)::bigint
+	FROM (
+		SELECT day, model, provider, calls FROM llm_usage_daily_summary WHERE day >= $1::date AND user_id = $2
+		UNION ALL
+		SELECT day, model, provider, calls FROM llm_usage_summary_pending WHERE day >= $1::date AND user_id = $2
+		UNION ALL
+		SELECT (created_at AT TIME ZONE 'UTC')::date, model, provider, count(*)
+		FROM llm_usage_logs WHERE created_at >= $3 AND user_id = $2
+		GROUP BY 1, 2, 3
+	) parts
+	GROUP BY day, model, provider`
+
+// TestCacheWriteMigrationUnderLoad applies the Postgres migrations of
+// cache writes (00007) and of teams (00008) while records are inserted
+// and the usage API reads: their locks are taken without waiting while
+// holding one (inserts and reads take the tables in different orders),
+// so they neither deadlock nor fail, and neither does any insert or read
+// of the release before or of this one once its column exists.
 func TestCacheWriteMigrationUnderLoad(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		before int64
+		// column is the migration's new column of llm_usage_logs, value
+		// what this release's insert puts in it.
+		column, value string
+	}{
+		{"cache_write_tokens", 6, "cache_write_tokens", "3"},
+		{"team_id", 7, "team_id", "'team-' || (g % 3)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			migrationUnderLoad(t, c.before, c.column, c.value)
+		})
+	}
+}
+
+func migrationUnderLoad(t *testing.T, before int64, column, value string) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	migrateUpTo(t, url, 6)
+	migrateUpTo(t, url, before)
 	st, err := Open(ctx, Options{DatabaseURL: url})
 	if err != nil {
 		t.Fatal(err)
@@ -211,22 +243,30 @@ func TestCacheWriteMigrationUnderLoad(t *testing.T) {
 				}
 				// This release's, which fails until the column exists (the
 				// spool would retry it).
-				_, err = lp.Exec(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, created_at, cache_write_tokens)
-					SELECT $1 || g, 'alice', 'anthropic', 'claude-sonnet-4', now(), 3 FROM generate_series(1, 20) g`, fmt.Sprintf("n%d-%d-", w, i))
+				_, err = lp.Exec(ctx, `INSERT INTO llm_usage_logs (request_id, user_id, provider, model, created_at, `+column+`)
+					SELECT $1 || g, 'alice', 'anthropic', 'claude-sonnet-4', now(), `+value+` FROM generate_series(1, 20) g`, fmt.Sprintf("n%d-%d-", w, i))
 				if pgErr := (*pgconn.PgError)(nil); err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42703") {
-					errs <- fmt.Errorf("insert with cache writes: %w", err)
+					errs <- fmt.Errorf("insert with %s: %w", column, err)
 					return
 				}
 			}
 		})
 		wg.Go(func() {
+			since := time.Now().AddDate(0, 0, -3)
 			for {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if _, err := load.Usage(ctx, usage.Query{UserID: "alice", Since: time.Now().AddDate(0, 0, -3)}); err != nil {
+				rows, err := lp.Query(ctx, previousUsage, since.Format(time.DateOnly), "alice", since)
+				if err == nil {
+					for rows.Next() {
+					}
+					rows.Close()
+					err = rows.Err()
+				}
+				if err != nil {
 					errs <- fmt.Errorf("usage: %w", err)
 					return
 				}
@@ -234,7 +274,11 @@ func TestCacheWriteMigrationUnderLoad(t *testing.T) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond)
-	_, migrateErr := s.Migrate(ctx)
+	p, err := newGoose(stdlib.OpenDBFromPool(s.pool), goose.DialectPostgres, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, migrateErr := p.UpTo(ctx, before+1)
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -245,6 +289,9 @@ func TestCacheWriteMigrationUnderLoad(t *testing.T) {
 	for err := range errs {
 		t.Errorf("under the migration: %s", err)
 	}
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := st.Insert(ctx, []record.Record{cacheWriting(rec("after", "carol", "anthropic", "claude-sonnet-4", 10, 1, t0), 0, 7)}); err != nil {
 		t.Fatal(err)
 	}
@@ -252,12 +299,14 @@ func TestCacheWriteMigrationUnderLoad(t *testing.T) {
 	if err != nil || len(page.Logs) != 1 || page.Logs[0].CacheWriteTokens != 7 {
 		t.Fatalf("the record after: %+v, %v; want cache_write_tokens 7", page.Logs, err)
 	}
-	// No insert was stored with cache writes the summary missed.
+	// No insert was stored with a value the summary missed.
 	if _, err := s.pool.Exec(ctx, `SELECT refresh_llm_usage_summary()`); err != nil {
 		t.Fatal(err)
 	}
-	logs := queryOne(t, st, `SELECT count(*) || ' ' || sum(cache_write_tokens) FROM llm_usage_logs WHERE created_at IS NOT NULL`)
-	if summary := queryOne(t, st, `SELECT sum(calls) || ' ' || sum(cache_write_tokens) FROM llm_usage_daily_summary`); summary != logs {
-		t.Fatalf("summary: calls and cache writes %s; the logs: %s", summary, logs)
+	logs := queryOne(t, st, `SELECT string_agg(n, ' ' ORDER BY n) FROM (SELECT coalesce(team_id, '') || ':' || count(*) || ':' || sum(cache_write_tokens) AS n
+		FROM llm_usage_logs WHERE created_at IS NOT NULL GROUP BY coalesce(team_id, '')) x`)
+	if summary := queryOne(t, st, `SELECT string_agg(n, ' ' ORDER BY n) FROM (SELECT team_id || ':' || sum(calls) || ':' || sum(cache_write_tokens) AS n
+		FROM llm_usage_daily_summary GROUP BY team_id) x`); summary != logs {
+		t.Fatalf("summary: calls and cache writes by team %s; the logs: %s", summary, logs)
 	}
 }

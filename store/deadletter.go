@@ -87,7 +87,9 @@ type intakeFields struct {
 	// after a crash wrote it twice stores it once.
 	RequestID string `json:"request_id"`
 	// UserID, Provider and Model identify the call.
-	UserID   string `json:"user_id"`
+	UserID string `json:"user_id"`
+	// TeamID is the call's team, if any.
+	TeamID   string `json:"team_id,omitempty"`
 	Provider string `json:"provider"`
 	Model    string `json:"model"`
 	// TokensUsed to ReasoningTokens are the call's token counts.
@@ -113,7 +115,7 @@ type intakeFields struct {
 
 func intakeRecord(r record.Record) intakeFields {
 	f := intakeFields{
-		RequestID: r.RequestID, UserID: r.UserID, Provider: r.Provider, Model: r.Model,
+		RequestID: r.RequestID, UserID: r.UserID, TeamID: r.TeamID, Provider: r.Provider, Model: r.Model,
 		TokensUsed: r.TotalTokens, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens,
 		CachedTokens: r.CachedTokens, ReasoningTokens: r.ReasoningTokens, CacheWriteTokens: r.CacheWriteTokens,
 		Status: r.Status, ErrorType: r.ErrorType, Timestamp: r.Timestamp.UTC().Format(time.RFC3339Nano),

@@ -188,6 +188,26 @@ func TestAdoptGroqDatabase(t *testing.T) {
 		t.Fatalf("spend of new records in the adopted table: %d nano-USD, %v; want 15", spent, err)
 	}
 
+	// Teams: records, rule rows, logs, usage and a pool's spend.
+	team := rec("new-team", "bob", "openai", "gpt-4o", 1, 1, t0)
+	team.TeamID, team.Cost, team.HasCost = "red", 7, true
+	if n, err := s.Insert(ctx, []record.Record{team}); err != nil || n != 1 {
+		t.Fatalf("insert a team's record into the adopted table: %d, %v", n, err)
+	}
+	if page, err := s.Logs(ctx, usage.LogQuery{TeamID: "red", Limit: 5}); err != nil || len(page.Logs) != 1 || page.Logs[0].TeamID != "red" {
+		t.Fatalf("team logs of the adopted table: %+v, %v", page, err)
+	}
+	if spent, err := s.Spent(ctx, usage.SpendQuery{TeamID: "red", From: t0, To: t0.Add(time.Second)}); err != nil || spent != 7 {
+		t.Fatalf("team pool spend in the adopted table: %d nano-USD, %v; want 7", spent, err)
+	}
+	if u, err := s.Usage(ctx, usage.Query{Since: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}); err != nil || u.ByTeam["red"].Calls != 1 || u.ByTeam[""].Calls != 8 {
+		t.Fatalf("usage by team of the adopted table: %+v, %v", u.ByTeam, err)
+	}
+	execAll(t, url, `UPDATE llm_rate_limits SET team_id = 'red', per = 'team' WHERE limit_type = 'month'`)
+	if rows, err := s.RuleRows(ctx); err != nil || rows[3].TeamID != "red" || rows[3].Per != "team" {
+		t.Fatalf("team rule row in an adopted table: %+v, %v", rows, err)
+	}
+
 	// Idempotent: a second run changes nothing.
 	if applied, err := s.Migrate(ctx); err != nil || len(applied) != 0 {
 		t.Fatalf("second migrate: %v, %v", applied, err)

@@ -9,17 +9,17 @@ import "github.com/llmusage/llmusage/usage"
 func logColumns(text, cost string) string {
 	return `id` + text + `, coalesce(request_id, ''), user_id` + text + `, provider, model, tokens_used, prompt_tokens, completion_tokens,
 		cached_tokens, reasoning_tokens, latency_ms, status, coalesce(error_type, ''), metadata, created_at, ` + cost + `,
-		cache_write_tokens`
+		cache_write_tokens, coalesce(team_id, '')`
 }
 
-// logFilters returns the conditions of q's user, model and provider
+// logFilters returns the conditions of q's user, team, model and provider
 // filters; arg adds a value and returns its placeholder, and text casts
-// the column (a legacy user_id may be a uuid).
+// user_id (a legacy user_id may be a uuid).
 func logFilters(q usage.LogQuery, text string, arg func(v any) string) []string {
 	var conds []string
-	for _, f := range []struct{ col, val string }{{"user_id", q.UserID}, {"model", q.Model}, {"provider", q.Provider}} {
+	for _, f := range []struct{ col, val string }{{"user_id" + text, q.UserID}, {"team_id", q.TeamID}, {"model", q.Model}, {"provider", q.Provider}} {
 		if f.val != "" {
-			conds = append(conds, f.col+text+" = "+arg(f.val))
+			conds = append(conds, f.col+" = "+arg(f.val))
 		}
 	}
 	return conds
@@ -37,7 +37,7 @@ func scanLogPage[ID, At, Meta any](rows rowScanner, limit int, convert func(e *u
 		var metadata Meta
 		if err := rows.Scan(&id, &e.RequestID, &e.UserID, &e.Provider, &e.Model, &e.TokensUsed, &e.PromptTokens, &e.CompletionTokens,
 			&e.CachedTokens, &e.ReasoningTokens, &e.LatencyMs, &e.Status, &e.ErrorType, &metadata, &at, &e.CostUSD,
-			&e.CacheWriteTokens); err != nil {
+			&e.CacheWriteTokens, &e.TeamID); err != nil {
 			return usage.LogPage{}, err
 		}
 		convert(&e, id, at, metadata)

@@ -72,7 +72,7 @@ type postgresStore struct {
 var incomingColumns = []string{
 	"request_id", "user_id", "provider", "model", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "metadata", "created_at", "cost_usd",
-	"cache_write_tokens",
+	"cache_write_tokens", "team_id",
 }
 
 // createIncoming makes the temporary table of one transaction: dropped at
@@ -83,7 +83,7 @@ const createIncoming = `CREATE TEMPORARY TABLE llmusage_incoming (
 	request_id text, user_id text, provider text, model text, tokens_used bigint, prompt_tokens bigint,
 	completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint, latency_ms double precision,
 	status text, error_type text, metadata jsonb, created_at timestamptz, cost_usd numeric(20,9),
-	cache_write_tokens bigint) ON COMMIT DROP`
+	cache_write_tokens bigint, team_id text) ON COMMIT DROP`
 
 // Defaults of Options' Postgres settings.
 const (
@@ -301,30 +301,15 @@ func recordRows(recs []record.Record) pgx.CopyFromSource {
 		}
 		return []any{r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens, r.CompletionTokens,
 			r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp, costNumeric(r),
-			r.CacheWriteTokens}, nil
+			r.CacheWriteTokens, nullString(r.TeamID)}, nil
 	})
 }
 
-// postgresSpent writes Spent's query. The model glob is matched with
-// LIKE on the model lower-cased by translate, which folds ASCII letters
-// only, as the glob does; ILIKE would fold others too under most locales.
+// postgresSpent writes Spent's query (see spendDialect.spendQuery).
 // user_id is compared as text, as by the logs: an adopted table may still
 // key users by uuid, and on a text column the cast costs nothing.
 func postgresSpent(q usage.SpendQuery) (string, []any) {
-	// Capped at 2^53 nano-dollars, the most a budget counts: records may
-	// claim up to a billion dollars each, and a sum past int64 would fail
-	// the budget's every check until its period ends.
-	sql, args := `SELECT `+nanoUSD(`least(coalesce(sum(cost_usd), 0), 9007199.254740992)`)+` FROM llm_usage_logs
-		WHERE user_id::text = $1 AND created_at >= $2 AND created_at < $3`, []any{q.UserID, ceilMicro(q.From), ceilMicro(q.To)}
-	if q.Provider != "" {
-		args = append(args, q.Provider)
-		sql += fmt.Sprintf(" AND provider = $%d", len(args))
-	}
-	if q.Model != "" {
-		args = append(args, likePattern(q.Model))
-		sql += fmt.Sprintf(` AND translate(model, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') LIKE $%d ESCAPE '\'`, len(args))
-	}
-	return sql, args
+	return postgresSpend.spendQuery(q, false, time.Now())
 }
 
 // costNumeric is a record's cost_usd: its nano-dollars as a numeric of
@@ -366,25 +351,27 @@ func (s *postgresStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error)
 	return out, nil
 }
 
-// Spent answers from idx_llm_usage_user_created alone (an index-only
-// scan: provider, model and cost_usd are INCLUDEd).
+// Spent answers a user's spend from idx_llm_usage_user_created alone (an
+// index-only scan: provider, model, cost_usd and team_id are INCLUDEd),
+// and a pool's from the daily summary and idx_llm_usage_created_at.
 func (s *postgresStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
 	sql, args := postgresSpent(q)
 	var spent usd.Amount
 	if err := s.pool.QueryRow(ctx, sql, args...).Scan(&spent); err != nil {
-		return 0, s.fail("sum the spend of "+q.UserID, err)
+		return 0, s.fail("sum the spend of "+spender(q), err)
 	}
 	return spent, nil
 }
 
-// SpentByModel implements Store, from the same index.
+// SpentByModel implements Store, from the same indexes.
 func (s *postgresStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
-	sql, args := postgresSpent(q)
-	return readModelSpend(ctx, s.query, s.fail, q.UserID, sql, args)
+	sql, args := postgresSpend.spendQuery(q, true, time.Now())
+	return readModelSpend(ctx, s.query, s.fail, spender(q), sql, args)
 }
 
-// DeleteBefore deletes by ctid, found through idx_llm_usage_created_at:
-// it works whatever the type of an adopted table's id. A lock timeout
+// DeleteBefore deletes by ctid, found through idx_llm_usage_created_at
+// (covering since 00008): it works whatever the type of an adopted
+// table's id. A lock timeout
 // keeps a row locked by hand from holding the batch.
 func (s *postgresStore) DeleteBefore(ctx context.Context, cutoff time.Time, batch int) (deleted int, held bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -536,27 +523,32 @@ func (s *postgresStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdo
 	if q.UserID != "" {
 		// Two parameters: an adopted table may key llm_usage_logs by uuid,
 		// the summary by text, and one parameter has one type.
-		users, logUser = " AND user_id = $6", " AND user_id = $7"
 		args = append(args, q.UserID, q.UserID)
+		users, logUser = fmt.Sprintf(" AND user_id = $%d", len(args)-1), fmt.Sprintf(" AND user_id = $%d", len(args))
 	}
-	sql := `SELECT to_char(day, 'YYYY-MM-DD'), model, provider, sum(calls)::bigint, sum(errors)::bigint,
+	if q.TeamID != "" {
+		args = append(args, q.TeamID)
+		team := fmt.Sprintf(" AND team_id = $%d", len(args))
+		users, logUser = users+team, logUser+team
+	}
+	sql := `SELECT to_char(day, 'YYYY-MM-DD'), model, provider, team_id, sum(calls)::bigint, sum(errors)::bigint,
 		sum(tokens_used)::bigint, sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint,
 		` + nanoUSD(`coalesce(sum(cost_usd), 0)`) + `, sum(unpriced_calls)::bigint
 	FROM (
-		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
+		SELECT day, model, provider, team_id, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
 		FROM llm_usage_daily_summary WHERE day >= $1::date AND day < $2::date` + users + `
 		UNION ALL
-		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
+		SELECT day, model, provider, team_id, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_usd, unpriced_calls
 		FROM llm_usage_summary_pending WHERE day >= $1::date AND day < $2::date` + users + `
 		UNION ALL
-		SELECT (created_at AT TIME ZONE 'UTC')::date, model, provider, count(*), count(*) FILTER (WHERE status = 'error'),
+		SELECT (created_at AT TIME ZONE 'UTC')::date, model, provider, coalesce(team_id, ''), count(*), count(*) FILTER (WHERE status = 'error'),
 			coalesce(sum(tokens_used), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
 			sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL)
 		FROM llm_usage_logs WHERE created_at >= $3 AND (created_at < $4 OR created_at >= $5)` + logUser + `
-		GROUP BY 1, 2, 3
+		GROUP BY 1, 2, 3, 4
 	) parts
-	GROUP BY day, model, provider
-	ORDER BY day, model, provider`
+	GROUP BY day, model, provider, team_id
+	ORDER BY day, model, provider, team_id`
 	return readBreakdown(ctx, s.query, s.fail, sql, args)
 }
 

@@ -52,8 +52,8 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 
 const sqliteInsert = `INSERT OR IGNORE INTO llm_usage_logs (request_id, user_id, provider, model, tokens_used, prompt_tokens,
 	completion_tokens, cached_tokens, reasoning_tokens, latency_ms, status, error_type, metadata, created_at, cost_nano_usd,
-	cache_write_tokens)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	cache_write_tokens, team_id)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, error) {
 	if len(recs) == 0 {
@@ -85,7 +85,7 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 		}
 		res, err := stmt.ExecContext(ctx, r.RequestID, r.UserID, r.Provider, r.Model, r.TotalTokens, r.PromptTokens,
 			r.CompletionTokens, r.CachedTokens, r.ReasoningTokens, latency, r.Status, nullString(r.ErrorType), metadata, r.Timestamp.UnixMicro(), cost,
-			r.CacheWriteTokens)
+			r.CacheWriteTokens, nullString(r.TeamID))
 		if err != nil {
 			return 0, s.fail("insert a record", err)
 		}
@@ -103,13 +103,13 @@ func (s *sqliteStore) Insert(ctx context.Context, recs []record.Record) (int, er
 	return inserted, nil
 }
 
-// dayTotals sums a transaction's new rows by day, user, provider and
-// model, for llmusage_daily_totals: SQLite has one writer, llmusage, so
+// dayTotals sums a transaction's new rows by day, user, provider, model
+// and team, for llmusage_daily_totals: SQLite has one writer, llmusage, so
 // the summary is kept in the writing transaction, one upsert per group
 // (a row trigger would make one per row).
 type dayTotals map[dayKey]*dayTotal
 
-type dayKey struct{ day, user, provider, model string }
+type dayKey struct{ day, user, provider, model, team string }
 
 type dayTotal struct {
 	// The group's calls, errors and unpriced calls, and its token sums
@@ -121,7 +121,7 @@ type dayTotal struct {
 }
 
 func (d dayTotals) add(r *record.Record) {
-	k := dayKey{r.Timestamp.UTC().Format(time.DateOnly), r.UserID, r.Provider, r.Model}
+	k := dayKey{r.Timestamp.UTC().Format(time.DateOnly), r.UserID, r.Provider, r.Model, r.TeamID}
 	t := d[k]
 	if t == nil {
 		t = &dayTotal{}
@@ -146,9 +146,9 @@ func (d dayTotals) add(r *record.Record) {
 }
 
 // sqliteDayUpsert gives llmusage_daily_totals' columns in their order,
-// cache_write_tokens (added by migration 00006) last.
-const sqliteDayUpsert = `INSERT INTO llmusage_daily_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
+// cache_write_tokens (added by migration 00006) and team_id (00007) last.
+const sqliteDayUpsert = `INSERT INTO llmusage_daily_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (day, user_id, provider, model, team_id) DO UPDATE SET
 		calls = calls + excluded.calls, errors = errors + excluded.errors, tokens_used = tokens_used + excluded.tokens_used,
 		prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens,
 		cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
@@ -172,7 +172,7 @@ func (d dayTotals) upsert(ctx context.Context, tx *sql.Tx) error {
 			cost = t.cost
 		}
 		if _, err := stmt.ExecContext(ctx, k.day, k.user, k.provider, k.model, t.calls, t.errors, t.tokens, t.prompt,
-			t.completion, t.cached, t.reasoning, cost, t.unpriced, t.cacheWrite); err != nil {
+			t.completion, t.cached, t.reasoning, cost, t.unpriced, t.cacheWrite, k.team); err != nil {
 			return err
 		}
 	}
@@ -208,36 +208,28 @@ func (s *sqliteStore) PriceRows(ctx context.Context) ([]rules.PriceRow, error) {
 	return out, nil
 }
 
-// Spent answers from idx_llm_usage_user_created alone (a covering index).
+// Spent answers a user's spend from idx_llm_usage_user_created alone (a
+// covering index), and a pool's from llmusage_daily_totals and
+// idx_llm_usage_created_cover.
 func (s *sqliteStore) Spent(ctx context.Context, q usage.SpendQuery) (usd.Amount, error) {
 	query, args := sqliteSpent(q)
 	var spent usd.Amount
 	if err := s.db.QueryRowContext(ctx, query, args...).Scan(&spent); err != nil {
-		return 0, s.fail("sum the spend of "+q.UserID, err)
+		return 0, s.fail("sum the spend of "+spender(q), err)
 	}
 	return spent, nil
 }
 
-// SpentByModel implements Store, from the same index.
+// SpentByModel implements Store, from the same indexes.
 func (s *sqliteStore) SpentByModel(ctx context.Context, q usage.SpendQuery) ([]usage.ModelSpend, error) {
-	query, args := sqliteSpent(q)
-	return readModelSpend(ctx, s.query, s.fail, q.UserID, query, args)
+	query, args := sqliteSpend.spendQuery(q, true, time.Now())
+	return readModelSpend(ctx, s.query, s.fail, spender(q), query, args)
 }
 
 // sqliteSpent writes Spent's query. SQLite's LIKE ignores the case of
 // ASCII letters only, as the glob does.
 func sqliteSpent(q usage.SpendQuery) (string, []any) {
-	// Capped at 2^53 nano-dollars, as on Postgres; total() does not fail
-	// past int64, and is exact below 2^53.
-	query, args := `SELECT CAST(min(total(cost_nano_usd), 9007199254740992) AS INTEGER) FROM llm_usage_logs
-		WHERE user_id = ? AND created_at >= ? AND created_at < ?`, []any{q.UserID, ceilMicro(q.From).UnixMicro(), ceilMicro(q.To).UnixMicro()}
-	if q.Provider != "" {
-		query, args = query+" AND provider = ?", append(args, q.Provider)
-	}
-	if q.Model != "" {
-		query, args = query+` AND model LIKE ? ESCAPE '\'`, append(args, likePattern(q.Model))
-	}
-	return query, args
+	return sqliteSpend.spendQuery(q, false, time.Now())
 }
 
 // WatchRules polls the rule tables and llm_model_prices and calls changed
@@ -253,28 +245,32 @@ func (s *sqliteStore) Usage(ctx context.Context, q usage.Query) (usage.Breakdown
 	span := wholeDays(q.Since, time.Now())
 	args := []any{span.first.Format(time.DateOnly), span.today.Format(time.DateOnly)}
 	users := ""
+	var filters []any
 	if q.UserID != "" {
-		users = " AND user_id = ?"
-		args = append(args, q.UserID)
+		users += " AND user_id = ?"
+		filters = append(filters, q.UserID)
 	}
+	if q.TeamID != "" {
+		users += " AND team_id = ?"
+		filters = append(filters, q.TeamID)
+	}
+	args = append(args, filters...)
 	args = append(args, q.Since.UnixMicro(), span.first.UnixMicro(), span.today.UnixMicro())
-	if q.UserID != "" {
-		args = append(args, q.UserID)
-	}
-	sql := `SELECT day, model, provider, sum(calls), sum(errors), sum(tokens_used), sum(prompt_tokens),
+	args = append(args, filters...)
+	sql := `SELECT day, model, provider, team_id, sum(calls), sum(errors), sum(tokens_used), sum(prompt_tokens),
 		sum(completion_tokens), coalesce(sum(cost_nano_usd), 0), sum(unpriced_calls)
 	FROM (
-		SELECT day, model, provider, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_nano_usd, unpriced_calls
+		SELECT day, model, provider, team_id, calls, errors, tokens_used, prompt_tokens, completion_tokens, cost_nano_usd, unpriced_calls
 		FROM llmusage_daily_totals WHERE day >= ? AND day < ?` + users + `
 		UNION ALL
-		SELECT date(created_at / 1000000, 'unixepoch'), model, provider, count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END),
+		SELECT date(created_at / 1000000, 'unixepoch'), model, provider, coalesce(team_id, ''), count(*), sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END),
 			coalesce(sum(tokens_used), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
 			sum(cost_nano_usd), sum(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)
 		FROM llm_usage_logs WHERE created_at >= ? AND (created_at < ? OR created_at >= ?)` + users + `
-		GROUP BY 1, 2, 3
+		GROUP BY 1, 2, 3, 4
 	)
-	GROUP BY day, model, provider
-	ORDER BY day, model, provider`
+	GROUP BY day, model, provider, team_id
+	ORDER BY day, model, provider, team_id`
 	return readBreakdown(ctx, s.query, s.fail, sql, args)
 }
 

@@ -153,7 +153,7 @@ type ruleTable struct {
 // them by uuid). The sort names the table's column: a bare "id" would be
 // the text output column, and id 10 would sort before id 9.
 func ruleTables(text string) []ruleTable {
-	cols := `limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value, limit_usd` + text
+	cols := `coalesce(team_id, ''), coalesce(per, ''), limit_type, coalesce(unit, 'requests'), coalesce(provider, ''), coalesce(model, ''), limit_value, limit_usd` + text
 	return []ruleTable{
 		{rules.ConfigsTable, `SELECT id` + text + `, '', ` + cols + `, seeded FROM ` + rules.ConfigsTable + ` ORDER BY ` + rules.ConfigsTable + `.id`},
 		{rules.UserLimitsTable, `SELECT id` + text + `, user_id` + text + `, ` + cols + `, false FROM ` + rules.UserLimitsTable + ` ORDER BY ` + rules.UserLimitsTable + `.id`},
@@ -182,7 +182,7 @@ func readRuleRows(ctx context.Context, query func(ctx context.Context, sql strin
 func scanRuleRows(out []rules.Row, table string, rows rowScanner) ([]rules.Row, error) {
 	for rows.Next() {
 		r := rules.Row{Table: table}
-		if err := rows.Scan(&r.ID, &r.UserID, &r.LimitType, &r.Unit, &r.Provider, &r.Model, &r.LimitValue, &r.LimitUSD, &r.Seeded); err != nil {
+		if err := rows.Scan(&r.ID, &r.UserID, &r.TeamID, &r.Per, &r.LimitType, &r.Unit, &r.Provider, &r.Model, &r.LimitValue, &r.LimitUSD, &r.Seeded); err != nil {
 			return nil, err
 		}
 		r.LimitUSD = trimDecimal(r.LimitUSD)
@@ -355,8 +355,8 @@ func wholeDays(since, now time.Time) daySpan {
 }
 
 // readBreakdown folds the rows of sql (with args) into a Breakdown. The
-// query yields one row per day, model and provider, as (day YYYY-MM-DD,
-// model, provider, calls, errors, tokens_used, prompt_tokens,
+// query yields one row per day, model, provider and team, as (day
+// YYYY-MM-DD, model, provider, team_id (empty for none), calls, errors, tokens_used, prompt_tokens,
 // completion_tokens, cost in nano-dollars, unpriced_calls): every
 // database adds up whole days from its summary and today from the raw
 // rows, and the folding is the same.
@@ -374,21 +374,22 @@ func readBreakdown(ctx context.Context, query func(ctx context.Context, sql stri
 	return u, nil
 }
 
-// foldBreakdown adds rows of (day, model, provider, totals...), ordered
-// by day, to u. A model's provider is the one with the most calls over
+// foldBreakdown adds rows of (day, model, provider, team, totals...),
+// ordered by day, to u. A model's provider is the one with the most calls over
 // all the days, so each model and provider is added once, summed.
 func foldBreakdown(rows rowScanner, u *usage.Breakdown) error {
 	type group struct{ model, provider string }
 	var order []group
 	sums := map[group]usage.Totals{}
 	for rows.Next() {
-		var day string
+		var day, team string
 		var g group
 		var t usage.Totals
-		if err := rows.Scan(&day, &g.model, &g.provider, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens, &t.CostUSD, &t.UnpricedCalls); err != nil {
+		if err := rows.Scan(&day, &g.model, &g.provider, &team, &t.Calls, &t.Errors, &t.Tokens, &t.PromptTokens, &t.CompletionTokens, &t.CostUSD, &t.UnpricedCalls); err != nil {
 			return err
 		}
 		u.AddDay(day, t)
+		u.AddTeam(team, t)
 		sum, seen := sums[g]
 		if !seen {
 			order = append(order, g)
@@ -402,32 +403,4 @@ func foldBreakdown(rows rowScanner, u *usage.Breakdown) error {
 		u.Add(g.model, g.provider, sums[g])
 	}
 	return nil
-}
-
-// readModelSpend runs a store's spend query (its SELECT of one sum, from
-// postgresSpent or sqliteSpent) by provider and model.
-func readModelSpend(ctx context.Context, query func(ctx context.Context, sql string, args ...any) (rowScanner, func(), error),
-	fail func(what string, err error) error, user, sql string, args []any) ([]usage.ModelSpend, error) {
-	sql = strings.Replace(sql, "SELECT ", "SELECT provider, model, ", 1) + " GROUP BY provider, model"
-	rows, done, err := query(ctx, sql, args...)
-	var out []usage.ModelSpend
-	if err == nil {
-		for rows.Next() {
-			var m usage.ModelSpend
-			if err = rows.Scan(&m.Provider, &m.Model, &m.Spent); err != nil {
-				break
-			}
-			if m.Spent != 0 {
-				out = append(out, m)
-			}
-		}
-		if err == nil {
-			err = rows.Err()
-		}
-		done()
-	}
-	if err != nil {
-		return nil, fail("sum the spend of "+user, err)
-	}
-	return out, nil
 }

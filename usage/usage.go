@@ -14,18 +14,22 @@ import (
 type Query struct {
 	// UserID restricts to one user; empty means every user.
 	UserID string
+	// TeamID restricts to one team's calls; empty means every call.
+	TeamID string
 	// Since is the first instant counted.
 	Since time.Time
 }
 
 // Breakdown is what the usage API reports: the totals of a set of
-// records, and the same split by model, provider and day.
+// records, and the same split by model, provider, team and day.
 type Breakdown struct {
 	Totals
 	// ByModel maps a model to its totals.
 	ByModel map[string]ModelTotals `json:"by_model"`
 	// ByProvider maps a provider to its totals.
 	ByProvider map[string]Totals `json:"by_provider"`
+	// ByTeam maps a team_id to its totals; "" holds the calls without one.
+	ByTeam map[string]Totals `json:"by_team"`
 	// ByDay is oldest first, days without calls omitted.
 	ByDay []DayTotals `json:"by_day"`
 }
@@ -92,8 +96,8 @@ type ModelSpend struct {
 
 // LogQuery selects a page of records.
 type LogQuery struct {
-	// UserID, Model and Provider filter when not empty.
-	UserID, Model, Provider string
+	// UserID, TeamID, Model and Provider filter when not empty.
+	UserID, TeamID, Model, Provider string
 	// Limit is the page size.
 	Limit int
 	// Before is the NextCursor of the previous page, or empty for the newest.
@@ -115,7 +119,9 @@ type LogEntry struct {
 	// RequestID is the record's request_id; empty for a legacy row without one.
 	RequestID string `json:"request_id"`
 	// UserID, Provider and Model identify the call.
-	UserID   string `json:"user_id"`
+	UserID string `json:"user_id"`
+	// TeamID is the call's team; "" when it had none.
+	TeamID   string `json:"team_id"`
 	Provider string `json:"provider"`
 	Model    string `json:"model"`
 	// TokensUsed to ReasoningTokens are the call's token counts.
@@ -145,7 +151,7 @@ type LogEntry struct {
 // NewBreakdown returns an empty Breakdown, its maps and days ready for Add
 // and written as {} and [] rather than null.
 func NewBreakdown() Breakdown {
-	return Breakdown{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByDay: []DayTotals{}}
+	return Breakdown{ByModel: map[string]ModelTotals{}, ByProvider: map[string]Totals{}, ByTeam: map[string]Totals{}, ByDay: []DayTotals{}}
 }
 
 // Add folds one (model, provider) group into the totals and breakdowns.
@@ -161,6 +167,13 @@ func (b *Breakdown) Add(model, provider string, t Totals) {
 	p := b.ByProvider[provider]
 	p.add(t)
 	b.ByProvider[provider] = p
+}
+
+// AddTeam adds t to the totals of team (already counted by Add).
+func (b *Breakdown) AddTeam(team string, t Totals) {
+	s := b.ByTeam[team]
+	s.add(t)
+	b.ByTeam[team] = s
 }
 
 // AddDay adds t to the totals of day (YYYY-MM-DD). Days must come in

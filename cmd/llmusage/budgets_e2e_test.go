@@ -52,7 +52,7 @@ func TestCostsOnDefaultStore(t *testing.T) {
 			t.Fatalf("%s: cost_usd %v, want %v", model, got, cost)
 		}
 		prov := byModel[model].(map[string]any)["provider"]
-		series := fmt.Sprintf(`llm_cost_usd_total{model=%q,provider=%q,user="alice"}`, model, prov)
+		series := fmt.Sprintf(`llm_cost_usd_total{model=%q,provider=%q,team="",user="alice"}`, model, prov)
 		if got := sidecartest.Value(metrics, series); got != cost {
 			t.Fatalf("%s = %v, want %v", series, got, cost)
 		}

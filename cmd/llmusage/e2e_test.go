@@ -351,10 +351,10 @@ func TestCardinalityCaps(t *testing.T) {
 	}
 	requests := samples(p.Scrape(t), "llm_requests_total")
 	want := []string{
-		`llm_requests_total{model="__other__",provider="__other__",status="success",user="user-0"} 1`,
-		`llm_requests_total{model="__other__",provider="openai",status="success",user="__other__"} 3`,
-		`llm_requests_total{model="gpt-4o-2026-11-27T12:00",provider="openai",status="success",user="user-0"} 1`,
-		`llm_requests_total{model="gpt-4o-2026-11-27T12:01",provider="openai",status="success",user="__other__"} 1`,
+		`llm_requests_total{model="__other__",provider="__other__",status="success",team="",user="user-0"} 1`,
+		`llm_requests_total{model="__other__",provider="openai",status="success",team="",user="__other__"} 3`,
+		`llm_requests_total{model="gpt-4o-2026-11-27T12:00",provider="openai",status="success",team="",user="user-0"} 1`,
+		`llm_requests_total{model="gpt-4o-2026-11-27T12:01",provider="openai",status="success",team="",user="__other__"} 1`,
 	}
 	if got := strings.Join(requests, "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("llm_requests_total:\n%s\nwant\n%s", got, strings.Join(want, "\n"))

@@ -89,14 +89,14 @@ func TestOTLPWithTheSDK(t *testing.T) {
 
 	// Two sends of the protobuf spans: 2+2 accepted there, 3 from JSON.
 	for series, want := range map[string]float64{
-		`llmusage_otlp_spans_total{outcome="accepted"}`:                                                      7,
-		`llmusage_otlp_spans_total{outcome="ignored"}`:                                                       3,
-		`llmusage_otlp_spans_total{outcome="no_user"}`:                                                       2,
-		`llmusage_otlp_spans_total{outcome="invalid"}`:                                                       2,
-		`llmusage_persist_duplicates_total`:                                                                  2,
-		`llm_requests_total{model="gpt-4o-2024-08-06",provider="openai",status="success",user="otel-user"}`:  1,
-		`llm_requests_total{model="gpt-4o-mini",provider="openai",status="error",user="otel-user"}`:          1,
-		`llm_tokens_total{model="gpt-4o-2024-08-06",provider="openai",token_type="cached",user="otel-user"}`: 300,
+		`llmusage_otlp_spans_total{outcome="accepted"}`:                                                              7,
+		`llmusage_otlp_spans_total{outcome="ignored"}`:                                                               3,
+		`llmusage_otlp_spans_total{outcome="no_user"}`:                                                               2,
+		`llmusage_otlp_spans_total{outcome="invalid"}`:                                                               2,
+		`llmusage_persist_duplicates_total`:                                                                          2,
+		`llm_requests_total{model="gpt-4o-2024-08-06",provider="openai",status="success",team="",user="otel-user"}`:  1,
+		`llm_requests_total{model="gpt-4o-mini",provider="openai",status="error",team="",user="otel-user"}`:          1,
+		`llm_tokens_total{model="gpt-4o-2024-08-06",provider="openai",team="",token_type="cached",user="otel-user"}`: 300,
 	} {
 		sidecartest.WaitFor(t, 5*time.Second, func() bool { return s.Gauge(series) == want }, "%s = %v, want %v", series, s.Gauge(series), want)
 	}

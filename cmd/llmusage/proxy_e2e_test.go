@@ -99,7 +99,7 @@ func TestProxyOpenAI(t *testing.T) {
 			t.Fatalf("record %v, want %s from the upstream's usage, priced", r, want)
 		}
 	}
-	if got := s.Gauge(`llm_tokens_total{model="gpt-4o",provider="openai",token_type="prompt",user="alice"}`); got != float64(2*upstreamtest.OpenAIUsage.Prompt) {
+	if got := s.Gauge(`llm_tokens_total{model="gpt-4o",provider="openai",team="",token_type="prompt",user="alice"}`); got != float64(2*upstreamtest.OpenAIUsage.Prompt) {
 		t.Fatalf("llm_tokens_total prompt = %v", got)
 	}
 

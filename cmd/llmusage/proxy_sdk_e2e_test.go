@@ -102,7 +102,7 @@ func TestProxyWithTheSDKs(t *testing.T) {
 			}
 		}
 	}
-	if got := s.Gauge(`llm_requests_total{model="error-429",provider="openai",status="error",user="sdk-user"}`); got != 1 {
+	if got := s.Gauge(`llm_requests_total{model="error-429",provider="openai",status="error",team="",user="sdk-user"}`); got != 1 {
 		t.Fatalf("llm_requests_total of the upstream's 429 = %v, want 1 (the sidecar's refusal is no call)", got)
 	}
 	assertNoSecret(t, s, "sk-test-secret-key")

@@ -82,8 +82,8 @@ asyncio.run(main())
 	}
 	metrics := p.Scrape(t)
 	for _, want := range []string{
-		`llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",token_type="prompt",user="doc-user"} 100`,
-		`llm_tokens_total{model="claude-3-opus",provider="anthropic",token_type="completion",user="doc-user"} 3`,
+		`llm_tokens_total{model="llama-3.1-70b-versatile",provider="groq",team="",token_type="prompt",user="doc-user"} 100`,
+		`llm_tokens_total{model="claude-3-opus",provider="anthropic",team="",token_type="completion",user="doc-user"} 3`,
 		`llm_rate_limit_checks_total{decision="limited",user="doc-user"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {

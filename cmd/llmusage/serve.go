@@ -47,6 +47,7 @@ func serveCommand() *cli.Command {
 			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
 			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
+			intFlag("metrics-max-teams", 1_000, "most distinct team label values; further teams are counted as team=\"__other__\""),
 			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
 			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users, and of provider and model pairs, idle this long"),
 			boolFlag("metrics-user-label", true, "label usage metrics by user; false drops the label and the per-user quota gauges"),
@@ -80,6 +81,7 @@ func serveCommand() *cli.Command {
 				Usage: "NAME=/path: the proxy sends the key in this file to upstream NAME instead of the client's (repeatable)"},
 			byteSizeFlag("proxy-max-body-bytes", 32<<20, "proxy: largest request body forwarded (images and PDFs travel in it), in bytes or with a unit"),
 			stringFlag("proxy-user-header", "X-LLMUsage-User", "header naming the user of a proxied call (else the body's user, safety_identifier or metadata.user_id)"),
+			stringFlag("proxy-team-header", "X-LLMUsage-Team", "header naming the team of a proxied call (else the body's metadata.team_id); optional"),
 			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
 			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
 			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
@@ -87,6 +89,7 @@ func serveCommand() *cli.Command {
 			stringFlag("otlp-grpc-address", "", "also take OTLP/gRPC traces on this address (host:port, or unix:/path); empty: OTLP over HTTP only, at POST /v1/traces"),
 			&cli.StringSliceFlag{Name: "otlp-user-attribute", EnvVars: envVars("otlp-user-attribute"), Value: cli.NewStringSlice(otlp.DefaultUserAttributes...),
 				Usage: "span attribute naming the user of an OTLP span's call, looked up on the span then on its resource; repeatable or comma-separated, first found wins"},
+			stringFlag("otlp-team-attribute", otlp.DefaultTeamAttribute, "span attribute naming the team of an OTLP span's call (its team_id), looked up on the span then on its resource; optional"),
 			stringFlag("otlp-default-user", "", "user of OTLP spans with GenAI usage that name none; empty refuses them (counted, and named in the partial success)"),
 			byteSizeFlag("otlp-max-body-bytes", otlp.DefaultMaxBodyBytes, "largest OTLP request (HTTP body or gRPC message), compressed and once decompressed, in bytes or with a unit"),
 			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
@@ -188,6 +191,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		Exporter: exporter.Options{
 			MaxUsers:    c.Int("metrics-max-users"),
 			MaxModels:   c.Int("metrics-max-models"),
+			MaxTeams:    c.Int("metrics-max-teams"),
 			UserTTL:     c.Duration("metrics-user-ttl"),
 			NoUserLabel: !c.Bool("metrics-user-label"),
 			Version:     version,
@@ -249,7 +253,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if cfg.BudgetLocation, err = time.LoadLocation(c.String("budget-timezone")); err != nil || c.String("budget-timezone") == "" {
 		return serveConfig{}, fmt.Errorf("cannot use --budget-timezone %q: want an IANA time zone such as UTC or Europe/Paris", c.String("budget-timezone"))
 	}
-	cfg.Proxy = proxy.Options{UserHeader: c.String("proxy-user-header"), DefaultUser: c.String("proxy-default-user"),
+	cfg.Proxy = proxy.Options{UserHeader: c.String("proxy-user-header"), TeamHeader: c.String("proxy-team-header"), DefaultUser: c.String("proxy-default-user"),
 		MaxBodyBytes: bytesOf(c, "proxy-max-body-bytes"), ConnectTimeout: c.Duration("upstream-connect-timeout"),
 		FirstByteTimeout: c.Duration("upstream-first-byte-timeout"), IdleTimeout: c.Duration("upstream-idle-timeout"), Logger: cfg.Logger}
 	var overrides []proxy.Upstream
@@ -287,7 +291,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if len(userAttrs) == 0 {
 		return serveConfig{}, errors.New("cannot use an empty --otlp-user-attribute: name at least one attribute, such as user.id")
 	}
-	cfg.OTLP = otlp.Options{UserAttributes: userAttrs, DefaultUser: c.String("otlp-default-user"), MaxBodyBytes: bytesOf(c, "otlp-max-body-bytes"), Logger: cfg.Logger}
+	cfg.OTLP = otlp.Options{UserAttributes: userAttrs, TeamAttribute: c.String("otlp-team-attribute"), DefaultUser: c.String("otlp-default-user"), MaxBodyBytes: bytesOf(c, "otlp-max-body-bytes"), Logger: cfg.Logger}
 	if n := cfg.OTLP.MaxBodyBytes; n <= 0 || n > 64<<20 {
 		return serveConfig{}, fmt.Errorf("cannot use --otlp-max-body-bytes %d: want 1 to %d (64MiB)", n, 64<<20)
 	}

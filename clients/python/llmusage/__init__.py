@@ -217,12 +217,15 @@ class LLMUsageTracker:
         cache_write_tokens: Optional[int] = None,
         cost_usd: Optional[Union[float, int, decimal.Decimal]] = None,
         timestamp: Optional[Union[_dt.datetime, str]] = None,
+        team_id: Any = None,
     ) -> str:
         """Record one LLM call, as the seed's ``log_llm_call`` did.
 
         Fields left ``None`` are not sent (the sidecar then derives them:
         ``tokens_used`` is ``prompt_tokens + completion_tokens``, the
         provider comes from ``metadata["provider"]`` or the model name).
+        ``team_id`` (optional) is the team the call is for, validated like
+        ``user_id``.
         ``success=False`` is ``status="error"``. A naive ``timestamp`` is
         taken as UTC. Returns the record's ``request_id`` (generated when
         not given), which makes a retry store it once.
@@ -233,10 +236,10 @@ class LLMUsageTracker:
         """
         rec = _record(user_id, model, tokens_used, prompt_tokens, completion_tokens, metadata, provider, latency_ms,
                       status, success, error_type, request_id, cached_tokens, reasoning_tokens, cache_write_tokens,
-                      cost_usd, timestamp)
+                      cost_usd, timestamp, team_id)
         return await self._in_thread(self._send_record, rec)
 
-    async def check_rate_limit(self, user_id: Any, limit_type: str = "minute") -> Dict[str, Any]:
+    async def check_rate_limit(self, user_id: Any, limit_type: str = "minute", *, team_id: Any = None) -> Dict[str, Any]:
         """The seed's answer for one limit type (``second``, ``minute``,
         ``hour``, ``day``): ``{"can_call", "limit_type", "limit", "used",
         "remaining", "reset_at"}``, consuming nothing. ``limit``, ``used``,
@@ -244,19 +247,22 @@ class LLMUsageTracker:
         user. Raises :class:`InvalidRequest` for an unknown limit type and
         :class:`SidecarUnavailable` when the sidecar answers ``503`` (or is
         unreachable, with ``fail_open=False``; with the default, an
-        unreachable sidecar answers ``can_call: True`` and no limit)."""
-        return await self._in_thread(self.check_rate_limit_sync, user_id, limit_type)
+        unreachable sidecar answers ``can_call: True`` and no limit).
+        ``team_id`` is sent along as ``?team_id=``, for the rules scoped
+        by team."""
+        return await self._in_thread(functools.partial(self.check_rate_limit_sync, user_id, limit_type, team_id=team_id))
 
-    async def get_rate_limits(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
+    async def get_rate_limits(self, user_id: Any, *, team_id: Any = None) -> Dict[str, Dict[str, Any]]:
         """:meth:`check_rate_limit` for every limit type, keyed by type."""
-        return await self._in_thread(self.get_rate_limits_sync, user_id)
+        return await self._in_thread(functools.partial(self.get_rate_limits_sync, user_id, team_id=team_id))
 
-    async def get_usage_stats(self, user_id: Any = None, days: int = 30) -> Dict[str, Any]:
+    async def get_usage_stats(self, user_id: Any = None, days: int = 30, *, team_id: Any = None) -> Dict[str, Any]:
         """Totals of the last ``days`` days (1 to 366) of one user, or of
-        everyone when ``user_id`` is ``None``: ``total_calls``,
-        ``total_tokens``, ``prompt_tokens``, ``completion_tokens``,
-        ``cost_usd``, ``by_model``, ``by_provider``, ``by_day``."""
-        return await self._in_thread(self.get_usage_stats_sync, user_id, days)
+        everyone when ``user_id`` is ``None``, of one team's calls with
+        ``team_id``: ``total_calls``, ``total_tokens``, ``prompt_tokens``,
+        ``completion_tokens``, ``cost_usd``, ``by_model``, ``by_provider``,
+        ``by_team`` (``""`` for the calls without a team), ``by_day``."""
+        return await self._in_thread(functools.partial(self.get_usage_stats_sync, user_id, days, team_id=team_id))
 
     async def get_usage_summary(self, user_id: Any = None) -> Dict[str, Any]:
         """The old usage card: today's calls, tokens and cost, and for a user
@@ -264,15 +270,19 @@ class LLMUsageTracker:
         return await self._in_thread(self.get_usage_summary_sync, user_id)
 
     async def get_usage_logs(self, user_id: Any = None, limit: int = 50, before: Optional[str] = None,
-                             model: Optional[str] = None, provider: Optional[str] = None) -> Dict[str, Any]:
+                             model: Optional[str] = None, provider: Optional[str] = None, *,
+                             team_id: Any = None) -> Dict[str, Any]:
         """Stored records, newest first: ``{"logs": [...], "next_cursor": ...}``;
-        pass ``next_cursor`` as ``before`` for the next page."""
-        return await self._in_thread(self.get_usage_logs_sync, user_id, limit, before, model, provider)
+        pass ``next_cursor`` as ``before`` for the next page. ``team_id``
+        keeps one team's records."""
+        return await self._in_thread(functools.partial(self.get_usage_logs_sync, user_id, limit, before, model, provider,
+                                                       team_id=team_id))
 
     # -- beyond the seed ----------------------------------------------------
 
     def call(self, user_id: Any, model: str, provider: Optional[str] = None, estimate: Optional[Estimate] = None,
-             *, metadata: Optional[Mapping[str, Any]] = None, request_id: Optional[str] = None) -> "Call":
+             *, metadata: Optional[Mapping[str, Any]] = None, request_id: Optional[str] = None,
+             team_id: Any = None) -> "Call":
         """Check the quota, time the call and record it, in one block::
 
             async with tracker.call(user_id, "gpt-4o", estimate=800) as call:
@@ -287,9 +297,11 @@ class LLMUsageTracker:
         the block raised, ``status="error"`` and the exception's class as
         ``error_type``. ``estimate`` is the call's expected tokens, or
         ``{"prompt_tokens": ..., "max_tokens": ...}`` for a budget to
-        price it; the record settles the difference.
+        price it; the record settles the difference. ``team_id`` (optional)
+        goes on the check and on the record.
         """
-        return Call(self, str(user_id), model, provider, estimate, metadata, request_id)
+        return Call(self, str(user_id), model, provider, estimate, metadata, request_id,
+                    None if team_id is None else str(team_id))
 
     @property
     def pending(self) -> int:
@@ -348,12 +360,12 @@ class LLMUsageTracker:
         rec = _record(user_id, model, tokens_used, prompt_tokens, completion_tokens, metadata, **fields)
         return self._send_record(rec)
 
-    def check_rate_limit_sync(self, user_id: Any, limit_type: str = "minute") -> Dict[str, Any]:
+    def check_rate_limit_sync(self, user_id: Any, limit_type: str = "minute", *, team_id: Any = None) -> Dict[str, Any]:
         """:meth:`check_rate_limit` for synchronous code."""
         path = "/api/llm/usage/rate-limit/" + urllib.parse.quote(str(limit_type), safe="")
         what = "cannot check the %s rate limit" % limit_type
         try:
-            return self._get(path, {"user_id": user_id}, what)
+            return self._get(path, {"user_id": user_id, "team_id": team_id}, what)
         except SidecarUnavailable as err:
             if err.status is not None or not self._fail_open:
                 raise
@@ -361,22 +373,26 @@ class LLMUsageTracker:
             return {"can_call": True, "limit_type": limit_type, "limit": None, "used": None, "remaining": None,
                     "reset_at": None}
 
-    def get_rate_limits_sync(self, user_id: Any) -> Dict[str, Dict[str, Any]]:
+    def get_rate_limits_sync(self, user_id: Any, *, team_id: Any = None) -> Dict[str, Dict[str, Any]]:
         """:meth:`get_rate_limits` for synchronous code."""
-        return self._get("/api/llm/usage/rate-limits", {"user_id": user_id}, "cannot read the rate limits")
+        return self._get("/api/llm/usage/rate-limits", {"user_id": user_id, "team_id": team_id},
+                         "cannot read the rate limits")
 
-    def get_usage_stats_sync(self, user_id: Any = None, days: int = 30) -> Dict[str, Any]:
+    def get_usage_stats_sync(self, user_id: Any = None, days: int = 30, *, team_id: Any = None) -> Dict[str, Any]:
         """:meth:`get_usage_stats` for synchronous code."""
-        return self._get("/api/llm/usage/stats", {"days": days, "user_id": user_id}, "cannot read the usage stats")
+        return self._get("/api/llm/usage/stats", {"days": days, "user_id": user_id, "team_id": team_id},
+                         "cannot read the usage stats")
 
     def get_usage_summary_sync(self, user_id: Any = None) -> Dict[str, Any]:
         """:meth:`get_usage_summary` for synchronous code."""
         return self._get("/api/llm/usage/summary", {"user_id": user_id}, "cannot read the usage summary")
 
     def get_usage_logs_sync(self, user_id: Any = None, limit: int = 50, before: Optional[str] = None,
-                            model: Optional[str] = None, provider: Optional[str] = None) -> Dict[str, Any]:
+                            model: Optional[str] = None, provider: Optional[str] = None, *,
+                            team_id: Any = None) -> Dict[str, Any]:
         """:meth:`get_usage_logs` for synchronous code."""
-        query = {"limit": limit, "before": before, "user_id": user_id, "model": model, "provider": provider}
+        query = {"limit": limit, "before": before, "user_id": user_id, "team_id": team_id, "model": model,
+                 "provider": provider}
         return self._get("/api/llm/usage/logs", query, "cannot read the usage logs")
 
     # -- internals ----------------------------------------------------------
@@ -495,8 +511,9 @@ class Call:
 
     def __init__(self, tracker: LLMUsageTracker, user_id: str, model: str, provider: Optional[str],
                  estimate: Optional[Estimate], metadata: Optional[Mapping[str, Any]],
-                 request_id: Optional[str]) -> None:
+                 request_id: Optional[str], team_id: Optional[str] = None) -> None:
         self.user_id = user_id
+        self.team_id = team_id
         self.model = model
         self.provider = provider
         self.request_id = request_id or _new_request_id()
@@ -543,6 +560,8 @@ class Call:
 
     def _check_body(self) -> Dict[str, Any]:
         body: Dict[str, Any] = {"user_id": self.user_id, "model": self.model, "request_id": self.request_id}
+        if self.team_id is not None:
+            body["team_id"] = self.team_id
         if self.provider:
             body["provider"] = self.provider
         if isinstance(self._estimate, Mapping):
@@ -558,6 +577,7 @@ class Call:
         fields.setdefault("provider", self.provider)
         fields.setdefault("latency_ms", self.latency_ms)
         fields.setdefault("request_id", self.request_id)
+        fields.setdefault("team_id", self.team_id)
         if exc_type is not None:
             fields.setdefault("status", "error")
             fields.setdefault("error_type", exc_type.__name__)
@@ -630,7 +650,8 @@ def _record(user_id: Any, model: str, tokens_used: Optional[int] = None, prompt_
             provider: Optional[str] = None, latency_ms: Optional[float] = None, status: Optional[str] = None,
             success: Optional[bool] = None, error_type: Optional[str] = None, request_id: Optional[str] = None,
             cached_tokens: Optional[int] = None, reasoning_tokens: Optional[int] = None,
-            cache_write_tokens: Optional[int] = None, cost_usd: Any = None, timestamp: Any = None) -> Dict[str, Any]:
+            cache_write_tokens: Optional[int] = None, cost_usd: Any = None, timestamp: Any = None,
+            team_id: Any = None) -> Dict[str, Any]:
     """The JSON record of one call, with a client-side request_id so that
     every retry of it is stored once."""
     if status is None and success is not None:
@@ -642,6 +663,8 @@ def _record(user_id: Any, model: str, tokens_used: Optional[int] = None, prompt_
     if isinstance(cost_usd, decimal.Decimal):
         cost_usd = float(cost_usd)
     rec: Dict[str, Any] = {"user_id": str(user_id), "model": model}
+    if team_id is not None:
+        rec["team_id"] = str(team_id)
     for name, value in (("provider", provider), ("tokens_used", tokens_used), ("prompt_tokens", prompt_tokens),
                         ("completion_tokens", completion_tokens), ("cached_tokens", cached_tokens),
                         ("reasoning_tokens", reasoning_tokens), ("cache_write_tokens", cache_write_tokens),

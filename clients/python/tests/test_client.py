@@ -165,6 +165,36 @@ class TrackerTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual((status, summary), (200, direct))
         self.assertEqual(summary["calls_today"], 2)
 
+    async def test_team_id_on_records_checks_and_reads(self) -> None:
+        rid = await self.tracker.log_llm_call("team-user", "gpt-4o", prompt_tokens=10, completion_tokens=5,
+                                              team_id="red")
+        async with self.tracker.call("team-user", "gpt-4o-mini", estimate=20, team_id="blue") as call:
+            self.assertTrue(call.check["allowed"])
+            call.usage({"prompt_tokens": 3, "completion_tokens": 4})
+        with self.tracker.call("team-user", "gpt-4o-mini", estimate=20) as plain:
+            plain.usage({"prompt_tokens": 1, "completion_tokens": 1})
+        rows = self.sidecar.stored_once_marked("team-user", "sentinel")
+        teams = {r["request_id"]: r["team_id"] for r in rows}
+        self.assertEqual(teams, {rid: "red", call.request_id: "blue", plain.request_id: ""})
+        # The reads filter by team.
+        page = await self.tracker.get_usage_logs(user_id="team-user", team_id="blue")
+        self.assertEqual([r["request_id"] for r in page["logs"]], [call.request_id])
+        stats = await self.tracker.get_usage_stats("team-user", days=1, team_id="red")
+        self.assertEqual((stats["total_calls"], stats["team_id"], list(stats["by_team"])), (1, "red", ["red"]))
+        stats = self.tracker.get_usage_stats_sync("team-user", days=1)
+        self.assertEqual({t: v["calls"] for t, v in stats["by_team"].items()}, {"red": 1, "blue": 1, "": 2})
+        # The checks take it too (it selects the rules scoped by team).
+        self.assertEqual((await self.tracker.check_rate_limit("team-user", team_id="red"))["can_call"], True)
+        self.assertIn("minute", self.tracker.get_rate_limits_sync("team-user", team_id="red"))
+        # An invalid team_id is refused naming it, on a record and on a check.
+        with self.assertRaises(InvalidRequest) as cm:
+            await self.tracker.log_llm_call("team-user", "gpt-4o", prompt_tokens=1, team_id="bad\nteam")
+        self.assertIn("team_id", cm.exception.fields)
+        with self.assertRaises(InvalidRequest) as cm:
+            with self.tracker.call("team-user", "gpt-4o", team_id="x" * 300):
+                pass
+        self.assertIn("team_id", cm.exception.fields)
+
     async def test_a_lost_answer_is_retried_with_the_same_request_id_and_stored_once(self) -> None:
         # The first POST reaches the sidecar, but its answer is lost on the
         # way back, as when a connection drops: the client must retry, and
