@@ -133,7 +133,7 @@ func New(opts Options) *Exporter {
 // estimates, read at scrape time. Call it once, unless Options.Limiter was set.
 func (e *Exporter) WatchLimiter(l *limiter.Limiter) {
 	if !e.noUserLabel {
-		e.reg.MustRegister(newQuotaCollector(l, e.guard))
+		e.reg.MustRegister(newQuotaCollector(l, e.guard, e.teams))
 	}
 	e.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "llmusage_limiter_buckets",

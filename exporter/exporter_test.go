@@ -342,7 +342,14 @@ func TestQuotaGauges(t *testing.T) {
 	}
 	e := New(Options{Clock: clk, Limiter: l})
 	l.Record(limiter.Usage{UserID: "u", TeamID: "search", Provider: "openai", Model: "gpt-4", Tokens: 250, Cost: 12_345_000_000, HasCost: true, Timestamp: testNow})
-	e.ObserveRecords([]record.Record{rec("u", "openai", "gpt-4", 200, 50)})
+	// A team pool is exported once its team has usage series (the team
+	// guard caps them as the user guard caps users).
+	if out := scrape(t, e); strings.Contains(out, `per="team",`) {
+		t.Fatalf("a team pool exported before its team was observed:\n%s", grep(out, "llm_quota_limit"))
+	}
+	r := rec("u", "openai", "gpt-4", 200, 50)
+	r.TeamID = "search"
+	e.ObserveRecords([]record.Record{r})
 	// A user over the cap, or never observed, gets no quota series; the
 	// pools it touched do, with an empty user.
 	l.Record(limiter.Usage{UserID: "ghost", Provider: "openai", Model: "gpt-4", Tokens: 1})

@@ -14,8 +14,11 @@ import (
 // without a live bucket has its whole quota left; those series vanish
 // until the user calls again.
 type quotaCollector struct {
-	limiter   *limiter.Limiter
-	guard     *userGuard
+	limiter *limiter.Limiter
+	guard   *userGuard
+	// teams caps the team pools exported as guard caps the users: a
+	// per: team rule without a team_id has a pool per team.
+	teams     *userGuard
 	limit     *prometheus.Desc
 	remaining *prometheus.Desc
 }
@@ -27,10 +30,11 @@ type quotaCollector struct {
 // max without (instance, pod) makes one series per pool fleet-wide.
 var quotaLabels = []string{"user", "limit_type", "unit", "provider", "model", "per", "team"}
 
-func newQuotaCollector(l *limiter.Limiter, g *userGuard) *quotaCollector {
+func newQuotaCollector(l *limiter.Limiter, g, teams *userGuard) *quotaCollector {
 	return &quotaCollector{
 		limiter: l,
 		guard:   g,
+		teams:   teams,
 		limit: prometheus.NewDesc("llm_quota_limit",
 			"Capacity of the token bucket for a limit type and unit (requests or tokens), or the budget in US dollars (unit usd, a calendar day, week or month), of a user (per=\"user\") or of a pool shared by a team's users (per=\"team\") or by every call of its scope (per=\"all\"), whose user is empty; provider, model and team are set for scoped rules.",
 			quotaLabels, nil),
@@ -54,11 +58,13 @@ func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
 	// Copy the tracked users' buckets first: Each holds a limiter lock,
 	// which must not wait on the registry reading ch. Only tracked users
 	// are copied, so that a scrape during a flood of users costs memory
-	// for at most --metrics-max-users of them.
-	tracked := c.guard.users()
+	// for at most --metrics-max-users of them, and team pools of at most
+	// --metrics-max-teams teams (those with usage series).
+	tracked, teams := c.guard.users(), c.teams.users()
 	var samples []quotaSample
 	c.limiter.Each(func(owner string, s limiter.Status) {
-		if per, _ := limiter.ParseOwner(owner); per != limiter.PerUser || tracked[owner] {
+		switch per, id := limiter.ParseOwner(owner); {
+		case per == limiter.PerAll, per == limiter.PerUser && tracked[owner], per == limiter.PerTeam && teams[labelValue(id)]:
 			samples = append(samples, quotaSample{owner, s})
 		}
 	})
