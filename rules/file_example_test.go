@@ -67,3 +67,26 @@ func TestIssueExampleLoads(t *testing.T) {
 		}
 	}
 }
+
+// TestRowPerAndTeam: a database row's per and team_id columns make a
+// pool as the limits file's do; a bad per names the row.
+func TestRowPerAndTeam(t *testing.T) {
+	r, err := Row{Table: ConfigsTable, ID: "7", TeamID: "search", Per: " Team ", LimitType: "month", Unit: "usd", LimitValue: 1000}.Rule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Per != limiter.PerTeam || r.TeamID != "search" || r.Limit != 1000e9 {
+		t.Fatalf("rule %+v", r)
+	}
+	if r, err := (Row{Table: ConfigsTable, ID: "8", LimitType: "minute", LimitValue: 3}).Rule(); err != nil || r.Per != limiter.PerUser {
+		t.Fatalf("a row without per: %+v %v", r, err)
+	}
+	_, err = Row{Table: UserLimitsTable, ID: "9", UserID: "bob", Per: "all", LimitType: "minute", LimitValue: 3}.Rule()
+	if err == nil || !strings.Contains(err.Error(), "llm_rate_limits id 9") || !strings.Contains(err.Error(), "user_id") {
+		t.Fatalf("a user's row per all: %v", err)
+	}
+	_, err = Row{Table: ConfigsTable, ID: "10", Per: "everyone", LimitType: "minute", LimitValue: 3}.Rule()
+	if err == nil || !strings.Contains(err.Error(), `unknown per "everyone"`) {
+		t.Fatalf("a bad per: %v", err)
+	}
+}
