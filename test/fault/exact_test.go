@@ -251,7 +251,7 @@ type run struct {
 type call struct {
 	sidecar int
 	// worker is the client that made it.
-	worker int
+	worker  int
 	allowed bool
 	// acked counts the 2xx answers to its record's posts.
 	acked int
