@@ -1,12 +1,16 @@
-// Package limiter keeps per-user token buckets on golang.org/x/time/rate.
+// Package limiter keeps token buckets and budgets of users and of the
+// pools they share, on golang.org/x/time/rate semantics.
 //
 // Each rule is a token bucket with a capacity of its limit, refilled
-// continuously at limit per window. For every (limit type, unit) the most
-// specific matching rule applies, and its bucket is keyed by the user plus
-// the scope values of that rule, so a provider-scoped rule gives each user a
-// separate budget per provider. The package knows nothing of HTTP or
-// metrics: callers pass plain values and read plain values back, and time
-// comes from an injected Clock.
+// continuously at limit per window, or a budget over a calendar window.
+// For every level (a user's own, a team's pool, the shared pool: see
+// Per), limit type and unit the most specific matching rule applies, and
+// its bucket is keyed by its owner (the user, the team, or nobody) plus
+// the scope values of that rule, so a provider-scoped rule gives each user
+// a separate budget per provider. A check passes only if every level
+// allows it. The package knows nothing of HTTP or metrics: callers pass
+// plain values and read plain values back, and time comes from an
+// injected Clock.
 package limiter
 
 import (
@@ -194,22 +198,6 @@ type Limiter struct {
 	scratch sync.Pool
 }
 
-// pendingShard holds the estimates of some users.
-type pendingShard struct {
-	mu   sync.Mutex
-	byID map[pendingKey]pendingCheck
-	// holds names the call of each estimate reserved in a budget, so
-	// that an estimate whose record never comes is given back: a budget
-	// does not refill, and would otherwise lose it until its period ends.
-	holds map[pendingKey]budgetHold
-	_     [32]byte // keeps neighbouring shards' mutexes on separate cache lines
-}
-
-// budgetHold is the call whose estimate a budget holds.
-type budgetHold struct {
-	user, team, provider, model string
-}
-
 // maxApplicable is the most buckets one call touches: one per level,
 // limit type and unit.
 const maxApplicable = int(numPers) * int(numUnits) * int(numWindows)
@@ -221,27 +209,6 @@ type callScratch struct {
 	buckets    [maxApplicable]Bucket
 	need, cost [maxApplicable]int64
 	levels     [maxApplicable]float64
-}
-
-// pendingKey is a 128-bit hash of a request_id, and pendingCheck holds
-// no pointer either: the collector need not mark the pending map, and
-// no string is kept per estimate. 100,000 estimates keyed by their IDs
-// were half the live heap of a sidecar under checks, marked on every
-// collection. Two IDs collide with a chance of 2^-128 a pair.
-type pendingKey [2]uint64
-
-type pendingCheck struct {
-	// user hashes the checked user: a record reconciles only its own
-	// user's estimate.
-	user   uint64
-	tokens int64
-	// cost is the estimated cost reserved in budgets, in nano-USD.
-	cost int64
-	// budgets are the levels and limit types of the budgets that
-	// reserved it (budgetSlot).
-	budgets uint16
-	// at is the check's time and expires its end, in Unix nanoseconds.
-	at, expires int64
 }
 
 // New returns a Limiter enforcing rules, which must each pass Validate.
@@ -469,24 +436,6 @@ func (l *Limiter) recordAll(us []Usage, accepting bool) error {
 	return first
 }
 
-// learntBudgets are the budgets a request's records learnt the spend of.
-type learntBudgets []learntBudget
-
-type learntBudget struct {
-	user   string
-	scope  Scope
-	period int64
-}
-
-func (lb *learntBudgets) has(user string, b Bucket) bool {
-	for _, x := range *lb {
-		if x.user == user && x.scope == *b.Scope && x.period == b.Period.Start {
-			return true
-		}
-	}
-	return false
-}
-
 // record charges u; counted tells that its budgets counted it already
 // (a recovery did), so that it is charged to the other buckets only.
 func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool, skip int) (charged int, err error) {
@@ -617,78 +566,6 @@ func (l *Limiter) Sweep() (live int) {
 	return live
 }
 
-// release gives back to the budgets the estimate of a check whose record
-// never came, where it was reserved in their current period. An error
-// (the store out of reach) loses the refund: the budget then holds the
-// estimate until its period ends, erring on the side of refusing.
-func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
-	var buf [maxApplicable]*rule
-	rules := l.rules.Load().applicable(h.user, h.team, h.provider, h.model, buf[:0])
-	sc := l.scratch.Get().(*callScratch)
-	defer l.scratch.Put(sc)
-	n := 0
-	for _, r := range rules {
-		if r.Unit != USD {
-			continue
-		}
-		b := l.bucket(r, now)
-		if l.holds(p, r, b.Period) {
-			sc.buckets[n], sc.cost[n], sc.owners[n] = b, -p.cost, r.bucketOwner(h.user, h.team)
-			n++
-		}
-	}
-	// A budget seeded now holds what the database says, without estimates.
-	for lo, hi := 0, 0; lo < n; lo = hi {
-		hi = ownerEnd(sc, lo, n)
-		_ = l.charge(now, sc.owners[lo], sc.buckets[lo:hi], sc.cost[lo:hi], nil)
-	}
-}
-
-// holds tells whether the budget of rule r in period holds the
-// estimate of p: it was reserved in that period, in a budget of r's
-// level and limit type (one that a reload added since holds nothing).
-func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
-	return p.budgets&budgetSlot(r) != 0 && period.Contains(time.Unix(0, p.at))
-}
-
-// budgetSlot is the bit of r's level and limit type among a check's
-// budgets; zero for a rule that is no budget.
-func budgetSlot(r *rule) uint16 {
-	if r.Unit != USD {
-		return 0
-	}
-	return 1 << (uint(r.Per)*3 + uint(r.Window-Day))
-}
-
-// budgetSlots is the budgets among rules, as bits (budgetSlot).
-func budgetSlots(rules []*rule) uint16 {
-	var slots uint16
-	for _, r := range rules {
-		slots |= budgetSlot(r)
-	}
-	return slots
-}
-
-// EstimateStats counts the token estimates of allowed checks, which wait
-// for the record of the same request_id to settle them.
-type EstimateStats struct {
-	// Pending are remembered now.
-	Pending int64
-	// Expired were forgotten after PendingTTL without their record, or met
-	// it too late: either the call was never made, or its record did not
-	// carry the check's request_id and was charged in full on top of the
-	// estimate.
-	Expired int64
-	// Dropped were never remembered because MaxPending were; their
-	// records are charged in full too.
-	Dropped int64
-}
-
-// Estimates returns the counts of estimates since the Limiter was made.
-func (l *Limiter) Estimates() EstimateStats {
-	return EstimateStats{Pending: l.pendingCount.Load(), Expired: l.expiredCount.Load(), Dropped: l.droppedCount.Load()}
-}
-
 // Len returns the number of live buckets.
 func (l *Limiter) Len() int { return l.store.Len() }
 
@@ -710,207 +587,6 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 		b.Period = PeriodOf(r.Window, now, l.location)
 	}
 	return b
-}
-
-// charge applies amounts to the buckets bs of user, for a record or the
-// release of an estimate. A budget whose spend the store does not know is
-// learnt: the SpendSource counts the record (stored, or pending in the
-// ledger) and no estimate, so a budget this call learnt is not charged.
-// Neither is a budget an earlier record of the same request learnt
-// (learnt), which counted this record too. Without a SpendSource a
-// budget is learnt as nothing spent, and charged.
-func (l *Limiter) charge(now time.Time, user string, bs []Bucket, amounts []int64, learnt *learntBudgets) error {
-	return l.chargeRecord(now, user, bs, amounts, learnt, "")
-}
-
-// chargeRecord is charge for the record of request_id id, which a
-// HoldStore charges once and settles against its check's hold.
-func (l *Limiter) chargeRecord(now time.Time, user string, bs []Bucket, amounts []int64, learnt *learntBudgets, id string) error {
-	storeCharge := func() error {
-		if l.holdStore != nil && id != "" {
-			return l.holdStore.ChargeOnce(now, user, bs, amounts, id)
-		}
-		return l.store.Charge(now, user, bs, amounts)
-	}
-	if learnt != nil && len(*learnt) > 0 {
-		var drop [maxApplicable]int
-		d := drop[:0]
-		for i, b := range bs {
-			if b.IsBudget() && learnt.has(user, b) {
-				d = append(d, i)
-			}
-		}
-		if bs, amounts = dropBuckets(bs, amounts, d); len(bs) == 0 {
-			return nil
-		}
-	}
-	err := storeCharge()
-	if err == nil {
-		return nil
-	}
-	var unknown *UnknownSpendError
-	if !errors.As(err, &unknown) {
-		return err
-	}
-	drop := unknown.Buckets
-	var seeded func(i int)
-	if l.spend != nil {
-		seeded = func(i int) {
-			amounts[i] = 0
-			if learnt != nil {
-				*learnt = append(*learnt, learntBudget{user, *bs[i].Scope, bs[i].Period.Start})
-			}
-		}
-	}
-	err = l.learnSpend(now, user, bs, err, seeded, storeCharge)
-	if err != nil && l.spend != nil && errors.Is(err, ErrStoreUnavailable) {
-		// The spend could not be read: the other buckets are still
-		// charged; the budgets, when learnt later, count the record.
-		if bs, amounts = dropBuckets(bs, amounts, drop); len(bs) > 0 {
-			_ = l.store.Charge(now, user, bs, amounts)
-		}
-	}
-	return err
-}
-
-// MaxSpend bounds what one record charges a budget and what a budget
-// holds spent, in nano-dollars: 2^53, exact in a float64 (and in Redis's
-// Lua numbers) and eight times MaxLimit, so that a spent budget stays
-// spent (a record may claim up to a billion dollars, and ten of them
-// would wrap an int64) while levels stay exact.
-const MaxSpend = 1 << 53
-
-func clampSpend(n int64) int64 { return min(max(n, -MaxSpend), MaxSpend) }
-
-// dropBuckets removes the buckets at the indexes drop (ascending) from
-// bs and amounts, in place.
-func dropBuckets(bs []Bucket, amounts []int64, drop []int) ([]Bucket, []int64) {
-	kept, d := 0, 0
-	for i := range bs {
-		if d < len(drop) && drop[d] == i {
-			d++
-			continue
-		}
-		bs[kept], amounts[kept] = bs[i], amounts[i]
-		kept++
-	}
-	return bs[:kept], amounts[:kept]
-}
-
-// maxSeedRounds bounds learnSpend: a second round only happens when a
-// period ended or another replica's key expired in between.
-const maxSeedRounds = 3
-
-// learnSpend handles err, the error of a store operation on bs: when the
-// store did not know the spend of some budgets, it reads it from the
-// SpendSource, seeds the store and runs op (the operation again), until
-// the store knows. seeded is told the buckets this call seeded. The
-// first call is the caller's, so that the common path makes no closure.
-func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error, seeded func(i int), op func() error) error {
-	for round := 1; ; round++ {
-		if round > 1 {
-			err = op()
-		}
-		var unknown *UnknownSpendError
-		if !errors.As(err, &unknown) || round == maxSeedRounds {
-			return err
-		}
-		rs := l.rules.Load()
-		for _, i := range unknown.Buckets {
-			b := bs[i]
-			if l.holdStore != nil {
-				added, err := l.contribute(user, b, false)
-				if err != nil {
-					return err
-				}
-				if added && seeded != nil {
-					seeded(i)
-				}
-				continue
-			}
-			var spent int64
-			if l.spend != nil {
-				groups, err := l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC())
-				if err != nil {
-					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)
-				}
-				spent = max(0, clampSpend(rs.budgetSpend(user, b.Scope, groups)))
-			}
-			ok, err := l.store.Seed(user, b, spent)
-			if err != nil {
-				return err
-			}
-			if ok && seeded != nil {
-				seeded(i)
-			}
-		}
-	}
-}
-
-// userHash names a user in pendingChecks and places it in a shard.
-func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
-
-// remember keeps an allowed check's estimates for its record. It returns
-// the estimate of the same user's check with this request_id that it
-// replaces, if that one held a budget.
-func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
-	uh := l.userHash(req.UserID)
-	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(req.RequestID)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if old, dup := sh.byID[key]; dup {
-		if h, held := sh.holds[key]; held && old.user == uh {
-			prev, hold, replaced = old, h, true
-		}
-	} else {
-		if l.pendingCount.Add(1) > l.maxPending {
-			l.pendingCount.Add(-1)
-			l.droppedCount.Add(1)
-			return
-		}
-	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
-	if budgets != 0 && cost > 0 {
-		if sh.holds == nil {
-			sh.holds = make(map[pendingKey]budgetHold)
-		}
-		sh.holds[key] = budgetHold{req.UserID, req.TeamID, req.Provider, req.Model}
-	} else {
-		delete(sh.holds, key)
-	}
-	return prev, hold, replaced
-}
-
-// settle takes the estimate of the allowed check that u's record
-// follows: own tells it is its user's, fresh that it is within the TTL.
-func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fresh bool) {
-	if u.RequestID == "" {
-		return pendingCheck{}, false, false
-	}
-	uh := l.userHash(u.UserID)
-	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(u.RequestID)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	p, found := sh.byID[key]
-	if !found {
-		return pendingCheck{}, false, false
-	}
-	own, expired := p.user == uh, now.UnixNano() > p.expires
-	if own || expired {
-		delete(sh.byID, key)
-		delete(sh.holds, key)
-		l.pendingCount.Add(-1)
-	}
-	if expired {
-		l.expiredCount.Add(1)
-	}
-	return p, own, !expired
-}
-
-func (l *Limiter) pendingKey(requestID string) pendingKey {
-	return pendingKey{maphash.String(l.idSeeds[0], requestID), maphash.String(l.idSeeds[1], requestID)}
 }
 
 // reported tells whether one of rules owns buckets of scope sc.

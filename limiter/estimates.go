@@ -1,0 +1,185 @@
+package limiter
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// The estimates of allowed checks, kept by the Limiter when its store is
+// no HoldStore, until the record of the same request_id settles them.
+
+// pendingShard holds the estimates of some users.
+type pendingShard struct {
+	mu   sync.Mutex
+	byID map[pendingKey]pendingCheck
+	// holds names the call of each estimate reserved in a budget, so
+	// that an estimate whose record never comes is given back: a budget
+	// does not refill, and would otherwise lose it until its period ends.
+	holds map[pendingKey]budgetHold
+	_     [32]byte // keeps neighbouring shards' mutexes on separate cache lines
+}
+
+// budgetHold is the call whose estimate a budget holds.
+type budgetHold struct {
+	user, team, provider, model string
+}
+
+// pendingKey is a 128-bit hash of a request_id, and pendingCheck holds
+// no pointer either: the collector need not mark the pending map, and
+// no string is kept per estimate. 100,000 estimates keyed by their IDs
+// were half the live heap of a sidecar under checks, marked on every
+// collection. Two IDs collide with a chance of 2^-128 a pair.
+type pendingKey [2]uint64
+
+type pendingCheck struct {
+	// user hashes the checked user: a record reconciles only its own
+	// user's estimate.
+	user   uint64
+	tokens int64
+	// cost is the estimated cost reserved in budgets, in nano-USD.
+	cost int64
+	// budgets are the levels and limit types of the budgets that
+	// reserved it (budgetSlot).
+	budgets uint16
+	// at is the check's time and expires its end, in Unix nanoseconds.
+	at, expires int64
+}
+
+// release gives back to the budgets the estimate of a check whose record
+// never came, where it was reserved in their current period. An error
+// (the store out of reach) loses the refund: the budget then holds the
+// estimate until its period ends, erring on the side of refusing.
+func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
+	var buf [maxApplicable]*rule
+	rules := l.rules.Load().applicable(h.user, h.team, h.provider, h.model, buf[:0])
+	sc := l.scratch.Get().(*callScratch)
+	defer l.scratch.Put(sc)
+	n := 0
+	for _, r := range rules {
+		if r.Unit != USD {
+			continue
+		}
+		b := l.bucket(r, now)
+		if l.holds(p, r, b.Period) {
+			sc.buckets[n], sc.cost[n], sc.owners[n] = b, -p.cost, r.bucketOwner(h.user, h.team)
+			n++
+		}
+	}
+	// A budget seeded now holds what the database says, without estimates.
+	for lo, hi := 0, 0; lo < n; lo = hi {
+		hi = ownerEnd(sc, lo, n)
+		_ = l.charge(now, sc.owners[lo], sc.buckets[lo:hi], sc.cost[lo:hi], nil)
+	}
+}
+
+// holds tells whether the budget of rule r in period holds the
+// estimate of p: it was reserved in that period, in a budget of r's
+// level and limit type (one that a reload added since holds nothing).
+func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
+	return p.budgets&budgetSlot(r) != 0 && period.Contains(time.Unix(0, p.at))
+}
+
+// budgetSlot is the bit of r's level and limit type among a check's
+// budgets; zero for a rule that is no budget.
+func budgetSlot(r *rule) uint16 {
+	if r.Unit != USD {
+		return 0
+	}
+	return 1 << (uint(r.Per)*3 + uint(r.Window-Day))
+}
+
+// budgetSlots is the budgets among rules, as bits (budgetSlot).
+func budgetSlots(rules []*rule) uint16 {
+	var slots uint16
+	for _, r := range rules {
+		slots |= budgetSlot(r)
+	}
+	return slots
+}
+
+// EstimateStats counts the token estimates of allowed checks, which wait
+// for the record of the same request_id to settle them.
+type EstimateStats struct {
+	// Pending are remembered now.
+	Pending int64
+	// Expired were forgotten after PendingTTL without their record, or met
+	// it too late: either the call was never made, or its record did not
+	// carry the check's request_id and was charged in full on top of the
+	// estimate.
+	Expired int64
+	// Dropped were never remembered because MaxPending were; their
+	// records are charged in full too.
+	Dropped int64
+}
+
+// Estimates returns the counts of estimates since the Limiter was made.
+func (l *Limiter) Estimates() EstimateStats {
+	return EstimateStats{Pending: l.pendingCount.Load(), Expired: l.expiredCount.Load(), Dropped: l.droppedCount.Load()}
+}
+
+// userHash names a user in pendingChecks and places it in a shard.
+func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, user) }
+
+// remember keeps an allowed check's estimates for its record. It returns
+// the estimate of the same user's check with this request_id that it
+// replaces, if that one held a budget.
+func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
+	uh := l.userHash(req.UserID)
+	sh := &l.pending[uh%numShards]
+	key := l.pendingKey(req.RequestID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if old, dup := sh.byID[key]; dup {
+		if h, held := sh.holds[key]; held && old.user == uh {
+			prev, hold, replaced = old, h, true
+		}
+	} else {
+		if l.pendingCount.Add(1) > l.maxPending {
+			l.pendingCount.Add(-1)
+			l.droppedCount.Add(1)
+			return
+		}
+	}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
+	if budgets != 0 && cost > 0 {
+		if sh.holds == nil {
+			sh.holds = make(map[pendingKey]budgetHold)
+		}
+		sh.holds[key] = budgetHold{req.UserID, req.TeamID, req.Provider, req.Model}
+	} else {
+		delete(sh.holds, key)
+	}
+	return prev, hold, replaced
+}
+
+// settle takes the estimate of the allowed check that u's record
+// follows: own tells it is its user's, fresh that it is within the TTL.
+func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fresh bool) {
+	if u.RequestID == "" {
+		return pendingCheck{}, false, false
+	}
+	uh := l.userHash(u.UserID)
+	sh := &l.pending[uh%numShards]
+	key := l.pendingKey(u.RequestID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p, found := sh.byID[key]
+	if !found {
+		return pendingCheck{}, false, false
+	}
+	own, expired := p.user == uh, now.UnixNano() > p.expires
+	if own || expired {
+		delete(sh.byID, key)
+		delete(sh.holds, key)
+		l.pendingCount.Add(-1)
+	}
+	if expired {
+		l.expiredCount.Add(1)
+	}
+	return p, own, !expired
+}
+
+func (l *Limiter) pendingKey(requestID string) pendingKey {
+	return pendingKey{maphash.String(l.idSeeds[0], requestID), maphash.String(l.idSeeds[1], requestID)}
+}
