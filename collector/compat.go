@@ -32,7 +32,12 @@ func (c *Collector) serveSeedRateLimit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, "", "", "")
+	team, err := optionalTeam(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	statuses, err := c.limiter.Limits(user, team, "", "")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -48,7 +53,12 @@ func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) 
 		writeError(w, err)
 		return
 	}
-	statuses, err := c.limiter.Limits(user, "", "", "")
+	team, err := optionalTeam(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	statuses, err := c.limiter.Limits(user, team, "", "")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -62,16 +72,28 @@ func (c *Collector) serveSeedRateLimits(w http.ResponseWriter, r *http.Request) 
 
 // seedLimitOf picks the unscoped requests bucket of a window; Limits lists
 // those before any provider- or model-scoped bucket.
+//
+// Where pools apply beside the user's own limit (per: team or all), the
+// answer is the tightest of them, the one with the least left: a call
+// needs every one.
 func seedLimitOf(win limiter.Window, statuses []limiter.Status) seedLimit {
-	for _, s := range statuses {
+	var tightest *limiter.Status
+	for i := range statuses {
+		s := &statuses[i]
 		if s.Window != win || s.Unit != limiter.Requests || s.Provider != "" || s.Model != "" {
 			continue
 		}
-		used := s.Limit - s.Remaining
-		resetAt := formatResetAt(s.ResetAt)
-		return seedLimit{CanCall: s.Remaining >= 1, LimitType: win.String(), Limit: &s.Limit, Used: &used, Remaining: &s.Remaining, ResetAt: &resetAt}
+		if tightest == nil || s.Remaining < tightest.Remaining {
+			tightest = s
+		}
 	}
-	return seedLimit{CanCall: true, LimitType: win.String()}
+	if tightest == nil {
+		return seedLimit{CanCall: true, LimitType: win.String()}
+	}
+	s := *tightest
+	used := s.Limit - s.Remaining
+	resetAt := formatResetAt(s.ResetAt)
+	return seedLimit{CanCall: s.Remaining >= 1, LimitType: win.String(), Limit: &s.Limit, Used: &used, Remaining: &s.Remaining, ResetAt: &resetAt}
 }
 
 // seedWindows are the seed's limit types, the request limits its

@@ -233,3 +233,36 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestSeedRateLimitSaysThePool: the seed's check_rate_limit answer
+// (/api/llm/usage/rate-limit/{type}) is the tightest of the user's limit
+// and the pools a call needs: a user with all their own requests left
+// cannot call once a shared or a team pool is spent.
+func TestSeedRateLimitSaysThePool(t *testing.T) {
+	s := sidecartest.Start(t, sidecartest.Options{Limits: `limits:
+  - limit_type: minute
+    requests: 30
+  - limit_type: minute
+    requests: 3
+    per: team
+  - limit_type: hour
+    requests: 2
+    per: all
+`})
+	for i := range 2 {
+		if code := checkStatus(t, s, fmt.Sprintf(`{"user_id":"other-%d","team_id":"search","model":"m"}`, i)); code != http.StatusOK {
+			t.Fatalf("check %d: %d", i, code)
+		}
+	}
+	_, minute := s.Get(t, "/api/llm/usage/rate-limit/minute?user_id=fresh&team_id=search")
+	if minute["can_call"] != true || minute["limit"] != float64(3) || minute["remaining"] != float64(1) {
+		t.Fatalf("minute, team search's pool of 3 with 2 used: %v", minute)
+	}
+	_, hour := s.Get(t, "/api/llm/usage/rate-limit/hour?user_id=fresh")
+	if hour["can_call"] != false || hour["limit"] != float64(2) || hour["remaining"] != float64(0) {
+		t.Fatalf("hour, the shared pool of 2 spent: %v", hour)
+	}
+	if code, body := s.Get(t, "/api/llm/usage/rate-limits?user_id=fresh&team_id=%00"); code != http.StatusBadRequest {
+		t.Fatalf("a bad team_id: %d %v", code, body)
+	}
+}
