@@ -335,7 +335,7 @@ func TestBudgetEstimateRefundedAfterBlip(t *testing.T) {
 func newLocalBudget(t *testing.T) (*redistest.Server, *Store, *limiter.Limiter, *clock.Manual) {
 	t.Helper()
 	srv, client := standalone(t)
-	s := newStore(t, client, FailLocal)
+	s := newStoreWithin(t, client, FailLocal, 5*time.Second)
 	clk := clock.NewManual(time.Now())
 	l, err := limiter.New([]limiter.Rule{{Window: limiter.Day, Unit: limiter.USD, Limit: 10 * dollar}},
 		limiter.Options{Clock: clk, Store: s, Spend: &fixedSpend{}})

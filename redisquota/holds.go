@@ -83,11 +83,30 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 		return s.Charge(now, user, bs, amounts)
 	}
 	if s.useRedis() {
+		// A hold taken in the local shares that Redis does not have yet
+		// (Redis refused writes, or was away, and the write-back that puts
+		// it there has not run): the record is charged in full in Redis,
+		// and what the write-back owes for the hold is cancelled. Under
+		// the recovery lock, so that the write-back does not put the hold
+		// in Redis in between (it would be settled, and cancelled too).
+		h, held := s.holds.get(user, id)
+		if held && h.local {
+			s.recovery.Lock()
+			defer s.recovery.Unlock()
+			h, held = s.holds.get(user, id)
+		}
 		res, err := s.run(opCharge, user, bs, nil, amounts, id)
 		if errors.Is(err, errEpochLost) {
 			return limiter.ErrStateLost
 		}
 		if err == nil {
+			if held && h.local {
+				back := make([]int64, len(h.amounts))
+				for i, a := range h.amounts {
+					back[i] = -a
+				}
+				s.owed.add(user, h.buckets, back)
+			}
 			s.holds.drop(user, id)
 			s.seen.touch(now, user, bs, res[1:])
 			if res[0] == 3 {
