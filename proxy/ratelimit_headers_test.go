@@ -240,10 +240,10 @@ func TestProviderRateLimitsThroughProxy(t *testing.T) {
 	}
 	text := scrape(t, metrics)
 	for series, want := range map[string]float64{
-		"llm_provider_ratelimit_limit" + labels("requests"):     14400,
-		"llm_provider_ratelimit_remaining" + labels("requests"): 14370,
-		"llm_provider_ratelimit_limit" + labels("tokens"):       18000,
-		"llm_provider_ratelimit_remaining" + labels("tokens"):   17997,
+		"llm_provider_ratelimit_limit" + labels("requests"):                          14400,
+		"llm_provider_ratelimit_remaining" + labels("requests"):                      14370,
+		"llm_provider_ratelimit_limit" + labels("tokens"):                            18000,
+		"llm_provider_ratelimit_remaining" + labels("tokens"):                        17997,
 		`llm_provider_throttled_total{model="llama-3.1-8b-instant",provider="groq"}`: 0,
 	} {
 		if got, ok := metricValue(t, text, series); !ok || got != want {
@@ -262,8 +262,8 @@ func TestProviderRateLimitsThroughProxy(t *testing.T) {
 	}
 	text = scrape(t, metrics)
 	for series, want := range map[string]float64{
-		"llm_provider_ratelimit_limit" + labels("tokens"):     18000, // kept: the 429 did not say
-		"llm_provider_ratelimit_remaining" + labels("tokens"): 0,
+		"llm_provider_ratelimit_limit" + labels("tokens"):                            18000, // kept: the 429 did not say
+		"llm_provider_ratelimit_remaining" + labels("tokens"):                        0,
 		`llm_provider_throttled_total{model="llama-3.1-8b-instant",provider="groq"}`: 1,
 	} {
 		if got, ok := metricValue(t, text, series); !ok || got != want {
@@ -301,9 +301,9 @@ func TestAnthropicRateLimitsThroughProxy(t *testing.T) {
 	text := scrape(t, metrics)
 	lv := `{key="` + fp + `",model="claude-sonnet-4-5",provider="anthropic",resource="`
 	for series, want := range map[string]float64{
-		"llm_provider_ratelimit_limit" + lv + `requests"}`:          50,
-		"llm_provider_ratelimit_remaining" + lv + `output_tokens"}`: 19000,
-		"llm_provider_ratelimit_limit" + lv + `input_tokens"}`:      80000,
+		"llm_provider_ratelimit_limit" + lv + `requests"}`:                             50,
+		"llm_provider_ratelimit_remaining" + lv + `output_tokens"}`:                    19000,
+		"llm_provider_ratelimit_limit" + lv + `input_tokens"}`:                         80000,
 		`llm_provider_throttled_total{model="claude-sonnet-4-5",provider="anthropic"}`: 1,
 	} {
 		if got, ok := metricValue(t, text, series); !ok || got != want {
