@@ -128,6 +128,11 @@ func TestKeyFingerprint(t *testing.T) {
 	if !regexp.MustCompile(`^[0-9a-f]{8}$`).MatchString(bearer) {
 		t.Fatalf("fingerprint %q: want 8 hex digits", bearer)
 	}
+	// The runbook's shell command gives the same:
+	// printf 'llmusage provider key fingerprint v1\0%s' sk-proj-abc123 | sha256sum | cut -c1-8
+	if bearer != "4ecf4d81" {
+		t.Fatalf("fingerprint %q, want 4ecf4d81 as the runbook computes it", bearer)
+	}
 	if bearer != apiKey || bearer == other {
 		t.Fatalf("fingerprints %q %q %q: want the same key alike, two keys apart", bearer, apiKey, other)
 	}
