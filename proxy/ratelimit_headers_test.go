@@ -147,6 +147,12 @@ func TestKeyFingerprint(t *testing.T) {
 // rateLimitProxy serves a proxy with an exporter to upstream as route name
 // of kind k, and the exporter's /metrics.
 func rateLimitProxy(t *testing.T, name string, k Kind, provider string, upstream http.Handler) (proxyURL, metricsURL string) {
+	return rateLimitProxyWithKey(t, name, k, provider, "", upstream)
+}
+
+// rateLimitProxyWithKey is rateLimitProxy with the sidecar's own key for
+// the upstream (--upstream-key-file) when key is set.
+func rateLimitProxyWithKey(t *testing.T, name string, k Kind, provider, key string, upstream http.Handler) (proxyURL, metricsURL string) {
 	t.Helper()
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
@@ -157,7 +163,7 @@ func rateLimitProxy(t *testing.T, name string, k Kind, provider string, upstream
 	exp := exporter.New(exporter.Options{})
 	u, _ := url.Parse(up.URL)
 	p, err := New(Options{Collector: collector.New(collector.Options{Limiter: l, Sink: &sink{}, Observer: exp}),
-		Upstreams:  []Upstream{{Name: name, URL: u, Kind: k, Provider: provider}},
+		Upstreams:  []Upstream{{Name: name, URL: u, Kind: k, Provider: provider, Key: key}},
 		RateLimits: exp, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -321,5 +327,27 @@ func TestAnthropicRateLimitsThroughProxy(t *testing.T) {
 	// A reset in the past (the example's fixed date) is 0, not negative.
 	if s, ok := metricValue(t, text, "llm_provider_ratelimit_reset_seconds"+lv+`requests"}`); !ok || s != 0 {
 		t.Fatalf("past reset: %v (found %v), want 0", s, ok)
+	}
+}
+
+// TestRateLimitKeyIsTheOneSent: with the sidecar's own key the series are
+// labelled with its fingerprint, not the client's.
+func TestRateLimitKeyIsTheOneSent(t *testing.T) {
+	proxyURL, metrics := rateLimitProxyWithKey(t, "openai", OpenAI, "openai", "sk-sidecar-secret", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for k, v := range openAIExample {
+			w.Header()[k] = v
+		}
+		_, _ = io.WriteString(w, `{"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
+	}))
+	if code := callWithKey(t, proxyURL+"/openai/v1/chat/completions", "Authorization", "Bearer client-key", `{"model":"gpt-4o","messages":[]}`); code != http.StatusOK {
+		t.Fatalf("call: %d", code)
+	}
+	text := scrape(t, metrics)
+	sidecar := KeyFingerprint(headers("Authorization", "Bearer sk-sidecar-secret"))
+	if _, ok := metricValue(t, text, `llm_provider_ratelimit_remaining{key="`+sidecar+`",model="gpt-4o",provider="openai",resource="tokens"}`); !ok {
+		t.Fatalf("no series for the sidecar's key %s:\n%s", sidecar, text)
+	}
+	if client := KeyFingerprint(headers("Authorization", "Bearer client-key")); strings.Contains(text, client) {
+		t.Fatal("the client's key, replaced, labels a series")
 	}
 }
