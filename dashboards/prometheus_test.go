@@ -269,6 +269,10 @@ func TestAgainstPrometheus(t *testing.T) {
 		}
 	})
 
+	t.Run("the provider quota alerts fire once, from the proxy's upstream answers", func(t *testing.T) {
+		checkProviderAlerts(t, prom)
+	})
+
 	t.Run("the shared quota store alerts fire for the sidecar without Redis", func(t *testing.T) {
 		want := map[string]func(a alert) bool{
 			"LLMUsageQuotaBackendDown":   func(a alert) bool { return a.Labels["instance"] == lost.MetricsAddr() },

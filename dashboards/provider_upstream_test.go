@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/llmusage/llmusage/internal/sidecartest"
+	"github.com/llmusage/llmusage/proxy"
 )
 
 // startRateLimitedUpstream is a fake OpenAI API whose answers carry the
@@ -63,4 +65,49 @@ func proxyCall(t *testing.T, s *sidecartest.Sidecar, user string) {
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("POST /openai/v1/chat/completions through the proxy: %d", resp.StatusCode)
 	}
+}
+
+// checkProviderAlerts: the fake upstream's 5 of 100 requests left and its
+// 429s fire LLMProviderRateLimitNearlyExhausted and LLMProviderThrottling,
+// once each across the three sidecars (no instance), labelled with the
+// key's fingerprint, and not for the tokens limit (97% left).
+func checkProviderAlerts(t *testing.T, prom *promProc) {
+	t.Helper()
+	// The fingerprint of "sk-test-dashboards" (proxy.KeyFingerprint).
+	key := keyFingerprint("sk-test-dashboards")
+	for name, match := range map[string]func(a alert) bool{
+		"LLMProviderRateLimitNearlyExhausted": func(a alert) bool {
+			return a.Labels["provider"] == "openai" && a.Labels["model"] == "gpt-4o" && a.Labels["resource"] == "requests" && a.Labels["key"] == key
+		},
+		"LLMProviderThrottling": func(a alert) bool { return a.Labels["provider"] == "openai" && a.Labels["model"] == "gpt-4o" },
+	} {
+		sidecartest.WaitFor(t, 90*time.Second, func() bool {
+			for _, a := range prom.alerts(t) {
+				if a.Labels["alertname"] == name && a.State == "firing" && match(a) {
+					return true
+				}
+			}
+			return false
+		}, "%s is not firing for openai gpt-4o", name)
+		var n int
+		for _, a := range prom.alerts(t) {
+			if a.Labels["alertname"] != name {
+				continue
+			}
+			if a.Labels["instance"] != "" || !match(a) {
+				t.Errorf("%s: %+v, want one alert for openai gpt-4o without instance", name, a)
+			}
+			n++
+		}
+		if n != 1 {
+			t.Errorf("%d %s alerts, want 1", n, name)
+		}
+	}
+}
+
+// keyFingerprint is proxy.KeyFingerprint of a bearer key.
+func keyFingerprint(key string) string {
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+key)
+	return proxy.KeyFingerprint(h)
 }
