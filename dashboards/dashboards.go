@@ -95,6 +95,20 @@ func Overview() *dashboard.DashboardBuilder {
 			target(`max by (per, team, limit_type, provider, model) (pool_limit_type_provider_model:llm_budget_used:ratio{`+sel+`})`, "{{per}} {{team}} {{limit_type}} usd {{provider}} {{model}}")).
 			Min(0).Max(1).Thresholds(poolThresholds()).
 			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLineAndArea))).
+		WithRow(dashboard.NewRowBuilder("Provider quotas")).
+		WithPanel(tablePanel("Provider limits", "The providers' own rate limits, as their latest answers through the proxy said (x-ratelimit-* of OpenAI, Groq, Mistral and xAI; anthropic-ratelimit-* of Anthropic): limit, remaining and seconds until whole again, by provider, model, resource (requests, tokens, input_tokens, output_tokens) and key (a fingerprint of the API key, never the key); the lowest remaining over the pods.",
+			target(`max by (provider, model, resource, key) (llm_provider_ratelimit_limit{`+sel+`})`, "limit").Instant().RefId("limit"),
+			target(`min by (provider, model, resource, key) (llm_provider_ratelimit_remaining{`+sel+`})`, "remaining").Instant().RefId("remaining"),
+			target(`max by (provider, model, resource, key) (llm_provider_ratelimit_reset_seconds{`+sel+`})`, "reset (s)").Instant().RefId("reset"))).
+		WithPanel(barGauge("Share of each provider limit left", "remaining / limit of each of the providers' own limits (recording rule provider_model_resource_key:llm_provider_ratelimit_remaining:ratio): LLMProviderRateLimitNearlyExhausted fires under 10% for 2 minutes.", "percentunit",
+			target(`min by (provider, model, resource, key) (provider_model_resource_key:llm_provider_ratelimit_remaining:ratio{`+sel+`})`, "{{provider}} {{model}} {{resource}} {{key}}").Instant()).
+			Min(0).Max(1).Thresholds(providerLimitThresholds())).
+		WithPanel(timeSeries("Provider limits left over time", "The share left of each of the providers' own limits, against the 10% threshold of LLMProviderRateLimitNearlyExhausted.", "percentunit",
+			target(`min by (provider, model, resource, key) (provider_model_resource_key:llm_provider_ratelimit_remaining:ratio{`+sel+`})`, "{{provider}} {{model}} {{resource}} {{key}}")).
+			Min(0).Max(1).Thresholds(providerLimitThresholds()).
+			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLineAndArea))).
+		WithPanel(timeSeries("Provider 429s", "The providers' own 429s a second, by provider and model (recording rule provider_model:llm_provider_throttled:rate5m; not the sidecar's 429s): LLMProviderThrottling fires above 0.05 a second for 10 minutes.", "reqps",
+			target(`sum by (provider, model) (provider_model:llm_provider_throttled:rate5m{`+sel+`})`, "{{provider}} {{model}}"))).
 		WithRow(dashboard.NewRowBuilder("Spend")).
 		WithPanel(timeSeries("Spend by provider", "USD an hour, at the current rate, of the priced records (recording rule provider_model:llm_cost_usd:rate5m); records of unpriced models are not in it.", "currencyUSD",
 			target(`sum by (provider) (provider_model:llm_cost_usd:rate5m{`+sel+`}) * 3600`, "{{provider}}"))).
@@ -258,6 +272,15 @@ func poolThresholds() *dashboard.ThresholdsConfigBuilder {
 	return dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps([]dashboard.Threshold{
 		{Value: nil, Color: "green"},
 		{Value: cog.ToPtr(0.9), Color: "red"},
+	})
+}
+
+// providerLimitThresholds colours the share left of a provider's own
+// limit: red under 10% (LLMProviderRateLimitNearlyExhausted), green above.
+func providerLimitThresholds() *dashboard.ThresholdsConfigBuilder {
+	return dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps([]dashboard.Threshold{
+		{Value: nil, Color: "red"},
+		{Value: cog.ToPtr(0.1), Color: "green"},
 	})
 }
 

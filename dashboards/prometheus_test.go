@@ -269,6 +269,10 @@ func TestAgainstPrometheus(t *testing.T) {
 		}
 	})
 
+	t.Run("the provider quota alerts fire once, from the proxy's upstream answers", func(t *testing.T) {
+		checkProviderAlerts(t, prom)
+	})
+
 	t.Run("the shared quota store alerts fire for the sidecar without Redis", func(t *testing.T) {
 		want := map[string]func(a alert) bool{
 			"LLMUsageQuotaBackendDown":   func(a alert) bool { return a.Labels["instance"] == lost.MetricsAddr() },
@@ -469,12 +473,15 @@ limits:
 func startSidecars(t *testing.T) (shared []*sidecartest.Sidecar, lost *sidecartest.Sidecar) {
 	t.Helper()
 	srv := redistest.Start(t)
+	// The proxy's openai route goes to a fake upstream sending rate-limit
+	// headers and 429s (the provider quota panels).
+	upstream := "openai=" + startRateLimitedUpstream(t)
 	// The replicas' Redis answers: a check must never wait out the
 	// timeout, which the default 50 ms is not on a machine busy with other
 	// tests (the fallback alerts would then fire for them too).
 	shared = sidecartest.StartN(t, 2, sidecartest.Options{
 		Limits: limits,
-		Flags:  []string{"--flush-interval", "100ms", "--redis-url", srv.URL(), "--redis-timeout", "2s"},
+		Flags:  []string{"--flush-interval", "100ms", "--redis-url", srv.URL(), "--redis-timeout", "2s", "--upstream", upstream},
 	})
 	lost = sidecartest.Start(t, sidecartest.Options{
 		Limits: limits + `
@@ -482,7 +489,7 @@ func startSidecars(t *testing.T) (shared []*sidecartest.Sidecar, lost *sidecarte
     limit_type: day
     requests: 5
 `,
-		Flags: []string{"--flush-interval", "100ms", "--redis-url", "redis://" + sidecartest.FreeAddr(t) + "/0"},
+		Flags: []string{"--flush-interval", "100ms", "--redis-url", "redis://" + sidecartest.FreeAddr(t) + "/0", "--upstream", upstream},
 	})
 	return shared, lost
 }
@@ -534,6 +541,10 @@ func traffic(t *testing.T, sides []*sidecartest.Sidecar, stop chan struct{}) {
 			// A check for team search takes from its pools (per: team).
 			post(t, s, "/v1/check", `{"user_id":"user-1","team_id":"search","model":"gpt-4o"}`, http.StatusOK)
 			post(t, s, "/v1/calls", `{"user_id":"x","model":"m","prompt_token":1}`, http.StatusBadRequest)
+			// A call through the proxy: the provider's own quota.
+			if i%2 == 0 {
+				proxyCall(t, s, "proxied")
+			}
 		}
 	}
 }

@@ -72,6 +72,8 @@ type Exporter struct {
 	httpDur     *prometheus.HistogramVec
 	// otlpSpans counts OTLP spans by outcome.
 	otlpSpans *prometheus.CounterVec
+	// providerLimits are the providers' own rate limits, from the proxy.
+	providerLimits *providerLimits
 }
 
 // New returns an Exporter with its registry populated.
@@ -102,6 +104,7 @@ func New(opts Options) *Exporter {
 	e.persist = newPersistMetrics()
 	e.backend = newBackendMetrics()
 	e.otlpSpans = newOTLPSpans()
+	e.providerLimits = newProviderLimits(e.models, opts.UserTTL)
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -121,6 +124,7 @@ func New(opts Options) *Exporter {
 		e.persist.deleted, e.persist.summarySteps, e.persist.summaryStep,
 		e.backend.rules,
 		e.otlpSpans,
+		providerLimitsCollector{e.providerLimits, e},
 	)
 	e.noUserLabel = opts.NoUserLabel
 	if opts.Limiter != nil {
@@ -177,6 +181,8 @@ func (e *Exporter) Sweep() int {
 		e.usage.deleteUser(u)
 	}
 	e.usage.deleteTeams(e.teams.expire(now))
-	e.usage.deletePairs(e.models.expire(now))
+	pairs := e.models.expire(now)
+	e.usage.deletePairs(pairs)
+	e.providerLimits.expire(now, pairs)
 	return len(expired)
 }

@@ -163,6 +163,9 @@ type Options struct {
 	Transport http.RoundTripper
 	// Logger logs upstream failures (never keys); slog.Default() when nil.
 	Logger *slog.Logger
+	// RateLimits is told the provider's quota headers and 429s of every
+	// upstream answer; optional.
+	RateLimits RateLimitObserver
 }
 
 // Proxy serves the routes.
@@ -421,6 +424,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
+			p.observeRateLimits(up, c, resp)
 			if c != nil {
 				resp.Body = p.meter(r.Context(), resp, c)
 				if c.injected {

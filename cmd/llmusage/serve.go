@@ -442,7 +442,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		Logger:       logger,
 	})
 	proxyOpts := cfg.Proxy
-	proxyOpts.Collector = s.collector
+	proxyOpts.Collector, proxyOpts.RateLimits = s.collector, s.exporter
 	if s.proxy, err = proxy.New(proxyOpts); err != nil {
 		return err
 	}
