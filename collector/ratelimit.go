@@ -34,11 +34,17 @@ const sfMaxInt = 999_999_999_999_999
 // after its pool for a shared one ("minute-requests",
 // "all-minute-requests", "team-day-usd").
 func RateLimitPolicyName(s limiter.Status) string {
-	name := s.Window.String() + "-" + s.Unit.String()
+	return string(appendPolicyName(nil, s))
+}
+
+func appendPolicyName(b []byte, s limiter.Status) []byte {
 	if s.Per != limiter.PerUser {
-		name = s.Per.String() + "-" + name
+		b = append(b, s.Per.String()...)
+		b = append(b, '-')
 	}
-	return name
+	b = append(b, s.Window.String()...)
+	b = append(b, '-')
+	return append(b, s.Unit.String()...)
 }
 
 // SetRateLimit sets the RateLimit-Policy and RateLimit fields of the
@@ -52,7 +58,6 @@ func setRateLimit(h http.Header, d limiter.Decision, now time.Time) {
 		return
 	}
 	s := d.Limits[d.Tightest]
-	name := RateLimitPolicyName(s)
 	var t int64
 	if d.Allowed {
 		t = max(ceilSeconds(s.ResetAt.Sub(now)), 0)
@@ -60,14 +65,14 @@ func setRateLimit(h http.Header, d limiter.Decision, now time.Time) {
 		t = max(ceilSeconds(d.RetryAfter), 1) // the Retry-After sent with it
 	}
 	b := make([]byte, 0, 96)
-	b = appendSFName(b, name)
+	b = appendSFName(b, s)
 	b = append(b, ";q="...)
 	b = strconv.AppendInt(b, sfValue(s.Unit, s.Limit), 10)
 	b = append(b, ";w="...)
 	b = strconv.AppendInt(b, int64(math.Ceil(s.Window.Duration().Seconds())), 10)
 	b = appendSFUnit(b, s.Unit)
 	n := len(b)
-	b = appendSFName(b, name)
+	b = appendSFName(b, s)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, sfValue(s.Unit, s.Remaining), 10)
 	b = append(b, ";t="...)
@@ -78,11 +83,12 @@ func setRateLimit(h http.Header, d limiter.Decision, now time.Time) {
 	h["Ratelimit"] = []string{all[n:]}
 }
 
-// appendSFName appends a policy name as a Structured Field string; names
-// are made of limit types, units and pools, plain ASCII letters and '-'.
-func appendSFName(b []byte, name string) []byte {
+// appendSFName appends a bucket's policy name as a Structured Field
+// string; names are made of limit types, units and pools, plain ASCII
+// letters and '-'.
+func appendSFName(b []byte, s limiter.Status) []byte {
 	b = append(b, '"')
-	b = append(b, name...)
+	b = appendPolicyName(b, s)
 	return append(b, '"')
 }
 
