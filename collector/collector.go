@@ -321,6 +321,7 @@ func (c *Collector) serveCheck(w http.ResponseWriter, r *http.Request) {
 		retryAfter = max(ceilSeconds(d.RetryAfter), 1)
 		w.Header()["Retry-After"] = retryAfterValue(retryAfter)
 	}
+	c.SetRateLimit(w.Header(), d)
 	s.out = appendCheckAnswer(s.out, d, req.RequestID, req.Provider, retryAfter)
 	writeAnswer(w, status, s.out)
 }

@@ -121,6 +121,11 @@ type Decision struct {
 	RetryAfter time.Duration
 	// Limits holds the status of every applicable bucket after the decision.
 	Limits []Status
+	// Tightest is the index in Limits of the tightest bucket: when refused,
+	// the one whose wait is RetryAfter; when allowed, the one with the
+	// least left relative to its limit; -1 without a bucket. A Decision
+	// made otherwise may hold 0 with no Limits: check it against len(Limits).
+	Tightest int
 }
 
 // EstimateTooLargeError is returned by Check when an estimate exceeds a
@@ -337,11 +342,13 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	if err != nil {
 		return Decision{}, err
 	}
-	d := Decision{Allowed: allowed}
+	d := Decision{Allowed: allowed, Tightest: -1}
 	if !allowed {
 		for i := range rules {
 			if missing := float64(sc.need[i]) - sc.levels[i]; missing > 0 {
-				d.RetryAfter = max(d.RetryAfter, sc.buckets[i].RefillTime(now, missing))
+				if wait := sc.buckets[i].RefillTime(now, missing); d.Tightest < 0 || wait > d.RetryAfter {
+					d.RetryAfter, d.Tightest = wait, i
+				}
 			}
 		}
 	} else if req.RequestID != "" && l.holdStore == nil {
@@ -358,7 +365,26 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	for i, r := range rules {
 		d.Limits = append(d.Limits, ownedStatus(statusAt(r, sc.buckets[i], sc.levels[i], now), sc.owners[i]))
 	}
+	if d.Tightest < 0 {
+		d.Tightest = leastLeft(d.Limits)
+	}
 	return d, nil
+}
+
+// leastLeft is the index of the status with the least left relative to
+// its limit (the first of equals), -1 for none.
+func leastLeft(limits []Status) int {
+	best, bestShare := -1, 0.0
+	for i, s := range limits {
+		share := 0.0
+		if s.Limit > 0 {
+			share = float64(s.Remaining) / float64(s.Limit)
+		}
+		if best < 0 || share < bestShare {
+			best, bestShare = i, share
+		}
+	}
+	return best
 }
 
 // Record charges a finished call. A call is never refused (it already

@@ -1250,3 +1250,37 @@ func TestHugeDebitIsCheap(t *testing.T) {
 		t.Fatalf("check after the debt: %+v, %v", d, err)
 	}
 }
+
+// TestDecisionTightest: a refusal names the bucket whose wait is the
+// RetryAfter; an allowed call the bucket with the least left relative to
+// its limit.
+func TestDecisionTightest(t *testing.T) {
+	l, _ := newTestLimiter(t,
+		Rule{Window: Minute, Unit: Requests, Limit: 4},
+		Rule{Window: Second, Unit: Requests, Limit: 1},
+		Rule{Window: Hour, Unit: Tokens, Limit: 1000},
+	)
+	name := func(d Decision) string {
+		if d.Tightest < 0 || d.Tightest >= len(d.Limits) {
+			return "none"
+		}
+		s := d.Limits[d.Tightest]
+		return s.Window.String() + "-" + s.Unit.String()
+	}
+	// 0 of 1 a second left: the tightest.
+	if d := mustCheck(t, l, Request{UserID: "u", Tokens: 100}); !d.Allowed || name(d) != "second-requests" {
+		t.Fatalf("first call: allowed %v, tightest %s, want the second's requests", d.Allowed, name(d))
+	}
+	// Refused by the second's bucket alone.
+	if d := mustCheck(t, l, Request{UserID: "u", Tokens: 100}); d.Allowed || name(d) != "second-requests" || d.RetryAfter != time.Second {
+		t.Fatalf("second call: allowed %v, tightest %s, wait %s, want refused by the second's requests, 1s", d.Allowed, name(d), d.RetryAfter)
+	}
+	// Refused by two: the longer wait, the hour's tokens, names it.
+	if d := mustCheck(t, l, Request{UserID: "u", Tokens: 950}); d.Allowed || name(d) != "hour-tokens" || d.RetryAfter <= time.Second {
+		t.Fatalf("large call: allowed %v, tightest %s, wait %s, want refused by the hour's tokens", d.Allowed, name(d), d.RetryAfter)
+	}
+	none, _ := newTestLimiter(t)
+	if d := mustCheck(t, none, Request{UserID: "u"}); !d.Allowed || d.Tightest != -1 {
+		t.Fatalf("without rules: allowed %v, tightest %d, want -1", d.Allowed, d.Tightest)
+	}
+}

@@ -2,8 +2,56 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/limiter"
 )
+
+// DefaultClientRetryMax is Options.ClientRetryMax's default.
+const DefaultClientRetryMax = 5 * time.Second
+
+// refuse answers a call the check refused (a limit, a pool, a budget):
+// 429 in the provider's format, with Retry-After and the IETF RateLimit
+// fields of the bucket that refused it.
+//
+// What the official SDKs do on it, with their default options (both
+// retry a 429 twice, maxRetries 2), as the sources pinned in
+// test/sdk/package.json read:
+//
+//   - openai 5.23.2, node_modules/openai/client.mjs: shouldRetry (lines
+//     374-395) obeys x-should-retry "true" or "false" before looking at
+//     the status, and retries 429; retryRequest (396-425) sleeps
+//     retry-after-ms, else Retry-After, but only when under 60 s: a longer
+//     one is replaced by its own backoff (0.5 s, 1 s, with jitter), so
+//     the retries come far too early and fail too. maxRetries defaults to
+//     2 (line 111).
+//   - @anthropic-ai/sdk 1.15.0, node_modules/@anthropic-ai/sdk/client.mjs:
+//     shouldRetry (848-883) obeys x-should-retry likewise; retryRequest
+//     (884-914) sleeps any positive Retry-After up to 2^31-1 ms: a day's
+//     limit would hold the caller for a day, twice. maxRetries defaults
+//     to 2 (line 170).
+//
+// So a wait longer than ClientRetryMax also says x-should-retry: false
+// (both SDKs raise RateLimitError at once), and a shorter one keeps the
+// SDK's retry, which Retry-After times to pass.
+func (p *Proxy) refuse(w http.ResponseWriter, up *Upstream, user string, d limiter.Decision) {
+	secs := max(int64((d.RetryAfter+time.Second-1)/time.Second), 1)
+	h := w.Header()
+	h.Set("Retry-After", strconv.FormatInt(secs, 10))
+	if p.opts.ClientRetryMax < 0 || time.Duration(secs)*time.Second > p.opts.ClientRetryMax {
+		h.Set("X-Should-Retry", "false")
+	}
+	p.opts.Collector.SetRateLimit(h, d)
+	msg := fmt.Sprintf("llmusage: user %s is over a limit; retry after %d s", user, secs)
+	if d.Tightest >= 0 && d.Tightest < len(d.Limits) {
+		msg = fmt.Sprintf("llmusage: user %s is over the %s limit; retry after %d s", user, collector.RateLimitPolicyName(d.Limits[d.Tightest]), secs)
+	}
+	writeError(w, up.Kind, http.StatusTooManyRequests, errorTypeOf(up.Kind, http.StatusTooManyRequests), msg)
+}
 
 // writeError answers in the provider's own error format, so that its SDK
 // raises the matching error (RateLimitError for 429, and so on).

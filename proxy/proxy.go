@@ -159,6 +159,12 @@ type Options struct {
 	// wait for the response's headers and the silence between two reads
 	// of its body (5 s, 120 s and 120 s when zero).
 	ConnectTimeout, FirstByteTimeout, IdleTimeout time.Duration
+	// ClientRetryMax is the longest wait the sidecar's own 429 leaves the
+	// SDK to retry after (Retry-After); a longer one also says
+	// x-should-retry: false, so that the official SDKs raise at once
+	// rather than sleep through it or retry in vain. 5 s when zero;
+	// negative: every refusal says not to retry.
+	ClientRetryMax time.Duration
 	// Transport sends the calls; one built from the timeouts when nil.
 	Transport http.RoundTripper
 	// Logger logs upstream failures (never keys); slog.Default() when nil.
@@ -201,6 +207,9 @@ func New(opts Options) (*Proxy, error) {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 120 * time.Second
+	}
+	if opts.ClientRetryMax == 0 {
+		opts.ClientRetryMax = DefaultClientRetryMax
 	}
 	p := &Proxy{opts: opts, upstreams: map[string]*Upstream{}, transport: opts.Transport, logger: opts.Logger}
 	if p.logger == nil {
@@ -368,10 +377,7 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		return
 	}
 	if !d.Allowed {
-		secs := max(int64((d.RetryAfter+time.Second-1)/time.Second), 1)
-		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		writeError(w, up.Kind, http.StatusTooManyRequests, errorTypeOf(up.Kind, http.StatusTooManyRequests),
-			fmt.Sprintf("llmusage: user %s is over a limit; retry after %d s", c.user, secs))
+		p.refuse(w, up, c.user, d)
 		return
 	}
 	c.requestID = requestID

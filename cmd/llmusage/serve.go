@@ -83,6 +83,7 @@ func serveCommand() *cli.Command {
 			stringFlag("proxy-user-header", "X-LLMUsage-User", "header naming the user of a proxied call (else the body's user, safety_identifier or metadata.user_id)"),
 			stringFlag("proxy-team-header", "X-LLMUsage-Team", "header naming the team of a proxied call (else the body's metadata.team_id); optional"),
 			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
+			durationFlag("proxy-client-retry-max", proxy.DefaultClientRetryMax, "proxy: longest wait of the sidecar's own 429 that the SDK is left to retry (Retry-After); a longer one also says x-should-retry: false, and the official SDKs raise at once. 0: every refusal; at most 59s (the openai SDK does not wait 60 s or more)"),
 			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
 			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
 			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
@@ -256,6 +257,14 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	cfg.Proxy = proxy.Options{UserHeader: c.String("proxy-user-header"), TeamHeader: c.String("proxy-team-header"), DefaultUser: c.String("proxy-default-user"),
 		MaxBodyBytes: bytesOf(c, "proxy-max-body-bytes"), ConnectTimeout: c.Duration("upstream-connect-timeout"),
 		FirstByteTimeout: c.Duration("upstream-first-byte-timeout"), IdleTimeout: c.Duration("upstream-idle-timeout"), Logger: cfg.Logger}
+	switch d := c.Duration("proxy-client-retry-max"); {
+	case d < 0 || d >= time.Minute:
+		return serveConfig{}, fmt.Errorf("cannot use --proxy-client-retry-max %s: want 0 to 59s (the openai SDK replaces a Retry-After of 60 s or more with its own short backoff)", d)
+	case d == 0:
+		cfg.Proxy.ClientRetryMax = -1 // proxy.Options' zero is its default
+	default:
+		cfg.Proxy.ClientRetryMax = d
+	}
 	var overrides []proxy.Upstream
 	for _, s := range c.StringSlice("upstream") {
 		up, err := proxy.ParseUpstream(s)

@@ -49,6 +49,13 @@ type Result struct {
 	ErrorClass string `json:"errorClass"`
 	// Message is the error's message.
 	Message string `json:"message"`
+	// ElapsedMs is the scenario's time in milliseconds; the last call's
+	// for the *-twice scenarios.
+	ElapsedMs int `json:"elapsedMs"`
+	// Attempts is the number of HTTP requests the SDK sent for the
+	// (last) call, its retries included: counted by the *-default
+	// scenarios only, 0 elsewhere.
+	Attempts int `json:"attempts"`
 	// Exports are otel.mjs's exports, in order.
 	Exports []Export `json:"exports"`
 	// Line is the JSON line as printed.

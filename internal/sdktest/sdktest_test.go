@@ -230,3 +230,40 @@ func (f *fakeT) Fatalf(format string, args ...any) {
 	f.msg = fmt.Sprintf(format, args...)
 	panic("fatal")
 }
+
+// TestDefaultScenariosAgainstTheFake: the *-default scenarios (the SDKs'
+// default options) call once, the *-twice ones twice, each answered at
+// the first attempt, and say so.
+func TestDefaultScenariosAgainstTheFake(t *testing.T) {
+	for _, tc := range []struct {
+		scenario, path string
+		calls          int
+	}{
+		{"openai-chat-default", "/v1/chat/completions", 1},
+		{"openai-chat-default-twice", "/v1/chat/completions", 2},
+		{"anthropic-message-default", "/v1/messages", 1},
+		{"anthropic-message-default-twice", "/v1/messages", 2},
+	} {
+		t.Run(tc.scenario, func(t *testing.T) {
+			t.Parallel()
+			fake := upstreamtest.Start(t)
+			base := fake.URL + "/v1"
+			if strings.HasPrefix(tc.scenario, "anthropic") {
+				base = fake.URL
+			}
+			r := sdktest.Run(t, tc.scenario, base)
+			if !r.OK || r.Text != upstreamtest.Text || r.Attempts != 1 || r.ElapsedMs < 0 {
+				t.Fatalf("%s: %s, want the fake's answer at the first attempt", tc.scenario, r.Line)
+			}
+			reqs := fake.Requests()
+			if len(reqs) != tc.calls {
+				t.Fatalf("the fake received %d requests, want %d", len(reqs), tc.calls)
+			}
+			for _, req := range reqs {
+				if req.Path != tc.path || req.Header.Get("X-LLMUsage-User") != "sdk-user" {
+					t.Fatalf("request %s, user %q", req.Path, req.Header.Get("X-LLMUsage-User"))
+				}
+			}
+		})
+	}
+}

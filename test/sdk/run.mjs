@@ -12,6 +12,14 @@
 // stream). toolCalls are {id, name, arguments} (OpenAI, arguments a JSON
 // text) or {id, name, input} (Anthropic, input parsed by the SDK).
 //
+// Every line also says elapsedMs, the scenario's time (of its last call
+// for the *-twice scenarios), and attempts, the HTTP requests the SDK
+// sent for that call (its retries included).
+//
+// The *-default scenarios make the client with the SDK's default options
+// (maxRetries 2, its own timeout), as an application does: they show what
+// the SDK does on its own with the sidecar's 429 (retry, or raise).
+//
 // Usage: node test/sdk/run.mjs <scenario> <baseURL>
 // The OpenAI base URL is used as is (e.g. http://127.0.0.1:9470/openai/v1);
 // the Anthropic SDK appends /v1/messages to its own (e.g.
@@ -36,6 +44,36 @@ const weatherTool = {
     required: ['city'],
   },
 };
+
+// attempts counts the HTTP requests the SDKs send (their retries
+// included); countingFetch is the fetch the clients are given.
+let attempts = 0;
+const countingFetch = (...args) => {
+  attempts++;
+  return fetch(...args);
+};
+
+// openaiDefault and anthropicDefault are clients with the SDKs' default
+// options (retries and timeout), but for the test's key and base URL.
+function openaiDefault() {
+  return new OpenAI({ apiKey: 'sk-test-secret-key', baseURL, defaultHeaders: userHeaders, fetch: countingFetch });
+}
+
+function anthropicDefault() {
+  return new Anthropic({ apiKey: 'sk-ant-test-secret-key', baseURL, defaultHeaders: userHeaders, fetch: countingFetch });
+}
+
+// lastCall runs the calls in order and times the last one alone.
+let lastCallStart;
+async function lastCall(...calls) {
+  let out;
+  for (const call of calls) {
+    attempts = 0;
+    lastCallStart = performance.now();
+    out = await call();
+  }
+  return out;
+}
 
 function openai(headers = userHeaders) {
   return new OpenAI({
@@ -251,6 +289,29 @@ const scenarios = {
       }),
     ),
 
+  // With the SDKs' default options: one call, then two in a row (the
+  // second's result is reported), of the models the tests limit (fast: a
+  // short wait).
+  'openai-chat-default': async () =>
+    lastCall(async () => openaiChat(await openaiDefault().chat.completions.create({ model: openaiModel, messages }))),
+
+  'openai-chat-default-twice': async () => {
+    const c = openaiDefault();
+    const call = async () => openaiChat(await c.chat.completions.create({ model: 'fast', messages }));
+    return lastCall(call, call);
+  },
+
+  'anthropic-message-default': async () =>
+    lastCall(async () =>
+      anthropicMessage(await anthropicDefault().messages.create({ model: anthropicModel, max_tokens: 64, messages })),
+    ),
+
+  'anthropic-message-default-twice': async () => {
+    const c = anthropicDefault();
+    const call = async () => anthropicMessage(await c.messages.create({ model: 'fast', max_tokens: 64, messages }));
+    return lastCall(call, call);
+  },
+
   'anthropic-count-tokens': async () => {
     const r = await anthropic().messages.countTokens({ model: anthropicModel, messages });
     return { ok: true, text: '', usage: r, chunks: 0, toolCalls: [] };
@@ -263,6 +324,7 @@ if (!scenario || !baseURL || !scenarios[scenario]) {
 }
 
 let out;
+const start = performance.now();
 try {
   out = await scenarios[scenario]();
 } catch (err) {
@@ -274,4 +336,6 @@ try {
   };
   if (err?.cause) out.cause = String(err.cause?.message ?? err.cause);
 }
+out.elapsedMs = Math.round(performance.now() - (lastCallStart ?? start));
+out.attempts = attempts;
 process.stdout.write(JSON.stringify(out) + '\n');

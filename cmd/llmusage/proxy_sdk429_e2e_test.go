@@ -1,0 +1,89 @@
+package main
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/llmusage/llmusage/internal/sdktest"
+	"github.com/llmusage/llmusage/internal/sidecartest"
+	"github.com/llmusage/llmusage/internal/upstreamtest"
+)
+
+// TestSDKsOnTheSidecars429 runs the official openai and @anthropic-ai/sdk
+// npm packages with their default options (2 retries) through the real
+// sidecar. A user over a minute's limit gets RateLimitError within a
+// second, at the first attempt: the sidecar's 429 says x-should-retry:
+// false for a wait past --proxy-client-retry-max (5 s), which both SDKs
+// obey. Over a second's limit the wait is 1 s: the 429 keeps its
+// Retry-After alone, the SDK sleeps it and its retry succeeds.
+func TestSDKsOnTheSidecars429(t *testing.T) {
+	up := upstreamtest.Start(t)
+	s := sidecartest.Start(t, sidecartest.Options{
+		Limits: `limits:
+  - model: gpt-4
+    limit_type: minute
+    requests: 1
+  - model: claude-3-opus
+    limit_type: minute
+    requests: 1
+  - model: fast
+    limit_type: second
+    requests: 1
+`,
+		Flags: []string{"--upstream", "openai=" + up.URL, "--upstream", "anthropic=" + up.URL, "--flush-interval", "50ms"},
+	})
+	openai, anthropic := s.APIURL()+"/openai/v1", s.APIURL()+"/anthropic"
+	for _, tc := range []struct{ scenario, base, model string }{
+		{"openai-chat-default", openai, "gpt-4"},
+		{"anthropic-message-default", anthropic, "claude-3-opus"},
+	} {
+		if r := sdktest.Run(t, tc.scenario, tc.base); !r.OK || r.Attempts != 1 {
+			t.Fatalf("%s, the minute's first call: %s", tc.scenario, r.Line)
+		}
+		r := sdktest.Run(t, tc.scenario, tc.base)
+		if r.OK || r.Status != http.StatusTooManyRequests || r.ErrorClass != "RateLimitError" {
+			t.Fatalf("%s over the minute's limit: %s, want RateLimitError", tc.scenario, r.Line)
+		}
+		if r.Attempts != 1 || r.ElapsedMs >= 1000 {
+			t.Fatalf("%s over the minute's limit: %d attempts in %d ms, want 1 within a second (x-should-retry: false): %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
+		}
+		if !strings.Contains(r.Message, "minute-requests") {
+			t.Errorf("%s: message %q does not name the limit", tc.scenario, r.Message)
+		}
+		n := 0
+		for _, req := range up.Requests() {
+			if m := req.JSON(); m != nil && m["model"] == tc.model {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("the upstream saw %d calls of %s, want 1", n, tc.model)
+		}
+	}
+
+	// Two calls in a row under one a second: the second is refused for
+	// about a second, retried by the SDK after Retry-After, and succeeds.
+	for _, tc := range []struct{ scenario, base string }{
+		{"openai-chat-default-twice", openai},
+		{"anthropic-message-default-twice", anthropic},
+	} {
+		r := sdktest.Run(t, tc.scenario, tc.base)
+		if !r.OK || !strings.HasPrefix(r.Text, "Hello") {
+			t.Fatalf("%s: %s, want the upstream's answer after the SDK's retry", tc.scenario, r.Line)
+		}
+		if r.Attempts != 2 || r.ElapsedMs < 500 {
+			t.Fatalf("%s: the second call took %d attempts in %d ms, want 2, the first refused with Retry-After: 1: %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
+		}
+	}
+
+	// /v1/check says the same bucket in the IETF fields.
+	code, h, _ := s.PostJSON(t, "/v1/check", `{"user_id":"checker","model":"gpt-4"}`)
+	if code != http.StatusOK || h.Get("RateLimit-Policy") != `"minute-requests";q=1;w=60` || h.Get("RateLimit") != `"minute-requests";r=0;t=60` {
+		t.Fatalf("first check: %d, RateLimit-Policy %q, RateLimit %q", code, h.Get("RateLimit-Policy"), h.Get("RateLimit"))
+	}
+	code, h, _ = s.PostJSON(t, "/v1/check", `{"user_id":"checker","model":"gpt-4"}`)
+	if code != http.StatusTooManyRequests || h.Get("RateLimit") != `"minute-requests";r=0;t=`+h.Get("Retry-After") || h.Get("X-Should-Retry") != "" {
+		t.Fatalf("refused check: %d, Retry-After %q, RateLimit %q, x-should-retry %q", code, h.Get("Retry-After"), h.Get("RateLimit"), h.Get("X-Should-Retry"))
+	}
+}
