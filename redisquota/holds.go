@@ -292,6 +292,12 @@ type hold struct {
 	// local tells a hold taken in the local shares while Redis was out of
 	// reach, which Redis does not know yet.
 	local bool
+	// inKey tells a hold taken in Redis, whose debit is in the budget
+	// keys it holds in until Redis loses them (forgetLoss): a budget
+	// part (Contribute) does not count it again. A check that learnt a
+	// pool's spend while another of this replica's checks took a hold in
+	// the key a replica had just made counted it twice.
+	inKey bool
 }
 
 // maxHolds bounds the holds waiting, as the limiter bounds its estimates.
@@ -306,7 +312,7 @@ func (x *holdIndex) room() bool {
 }
 
 func (x *holdIndex) put(user, id string, bs []limiter.Bucket, amounts []int64, expires time.Time, local bool) {
-	h := hold{user: user, id: id, buckets: append([]limiter.Bucket(nil), bs...), amounts: append([]int64(nil), amounts...), expires: expires.UnixNano(), local: local}
+	h := hold{user: user, id: id, buckets: append([]limiter.Bucket(nil), bs...), amounts: append([]int64(nil), amounts...), expires: expires.UnixNano(), local: local, inKey: !local}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	ofUser := x.byUser[user]
@@ -387,11 +393,29 @@ func (x *holdIndex) markRedis(hs []hold) {
 	}
 }
 
+// forgetLoss records that Redis lost the debits of every hold.
+func (x *holdIndex) forgetLoss() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for user, hs := range x.byUser {
+		for id, h := range hs {
+			if h.inKey {
+				h.inKey = false
+				x.byUser[user][id] = h
+			}
+		}
+	}
+}
+
+// heldIn sums what the holds of user whose debit b's key lacks hold in b.
 func (x *holdIndex) heldIn(user string, b limiter.Bucket) int64 {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	var sum int64
 	for _, h := range x.byUser[user] {
+		if h.inKey {
+			continue
+		}
 		for j, hb := range h.buckets {
 			if sameBucket(hb, b) {
 				sum += h.amounts[j]

@@ -178,6 +178,7 @@ func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
 	s.restoring.Store(true)
 	defer s.restoring.Store(false)
 	if lost {
+		s.holds.forgetLoss()
 		if err := s.reseed(ctx); err != nil {
 			return err
 		}
