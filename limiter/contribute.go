@@ -11,6 +11,10 @@ import (
 // specific budget of, with, when recovering, what was stored since the
 // store last answered.
 func (l *Limiter) contribute(user string, b Bucket, recovering bool) (bool, error) {
+	if b.IsConcurrency() {
+		// Only holds are in flight: the store adds this replica's.
+		return l.holdStore.Contribute(user, b, 0, nil, func() (int64, error) { return 0, nil })
+	}
 	rs := l.rules.Load()
 	from, to := time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC()
 	split, _ := l.spend.(SplitSpendSource)

@@ -13,9 +13,11 @@ import (
 type pendingShard struct {
 	mu   sync.Mutex
 	byID map[pendingKey]pendingCheck
-	// holds names the call of each estimate reserved in a budget, so
-	// that an estimate whose record never comes is given back: a budget
-	// does not refill, and would otherwise lose it until its period ends.
+	// holds names the call of each estimate reserved in a budget or
+	// holding a slot of a concurrency limit, so that an estimate whose
+	// record never comes is given back: neither refills, and a budget
+	// would otherwise lose it until its period ends, a concurrency limit
+	// for ever.
 	holds map[pendingKey]budgetHold
 	_     [32]byte // keeps neighbouring shards' mutexes on separate cache lines
 }
@@ -40,7 +42,8 @@ type pendingCheck struct {
 	// cost is the estimated cost reserved in budgets, in nano-USD.
 	cost int64
 	// budgets are the levels and limit types of the budgets that
-	// reserved it (budgetSlot).
+	// reserved it, and the levels of the concurrency limits it holds a
+	// slot of (budgetSlot).
 	budgets uint16
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
@@ -57,12 +60,16 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 	defer l.scratch.Put(sc)
 	n := 0
 	for _, r := range rules {
-		if r.Unit != USD {
+		if r.Unit != USD && r.Unit != Concurrent {
 			continue
 		}
 		b := l.bucket(r, now)
 		if l.holds(p, r, b.Period) {
-			sc.buckets[n], sc.cost[n], sc.owners[n] = b, -p.cost, r.bucketOwner(h.user, h.team)
+			back := -p.cost
+			if r.Unit == Concurrent {
+				back = -1
+			}
+			sc.buckets[n], sc.cost[n], sc.owners[n] = b, back, r.bucketOwner(h.user, h.team)
 			n++
 		}
 	}
@@ -81,13 +88,19 @@ func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
 }
 
 // budgetSlot is the bit of r's level and limit type among a check's
-// budgets; zero for a rule that is no budget.
+// budgets and concurrency limits; zero for a rule that is neither.
 func budgetSlot(r *rule) uint16 {
-	if r.Unit != USD {
-		return 0
+	switch r.Unit {
+	case USD:
+		return 1 << (uint(r.Per)*3 + uint(r.Window-Day))
+	case Concurrent:
+		return 1 << (uint(numPers)*3 + uint(r.Per))
 	}
-	return 1 << (uint(r.Per)*3 + uint(r.Window-Day))
+	return 0
 }
+
+// concurrencySlots are the bits of budgetSlot that concurrency limits use.
+const concurrencySlots = (1<<numPers - 1) << (numPers * 3)
 
 // budgetSlots is the budgets among rules, as bits (budgetSlot).
 func budgetSlots(rules []*rule) uint16 {
@@ -123,8 +136,9 @@ func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, u
 
 // remember keeps an allowed check's estimates for its record. It returns
 // the estimate of the same user's check with this request_id that it
-// replaces, if that one held a budget.
-func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Time) (prev pendingCheck, hold budgetHold, replaced bool) {
+// replaces, if that one held a budget, and whether it kept this one
+// (not past MaxPending).
+func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(req.RequestID)
@@ -138,11 +152,11 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Tim
 		if l.pendingCount.Add(1) > l.maxPending {
 			l.pendingCount.Add(-1)
 			l.droppedCount.Add(1)
-			return
+			return prev, hold, false, false
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(l.pendingTTL).UnixNano()}
-	if budgets != 0 && cost > 0 {
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(ttl).UnixNano()}
+	if (budgets != 0 && cost > 0) || budgets&concurrencySlots != 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)
 		}
@@ -150,7 +164,7 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, now time.Tim
 	} else {
 		delete(sh.holds, key)
 	}
-	return prev, hold, replaced
+	return prev, hold, replaced, true
 }
 
 // settle takes the estimate of the allowed check that u's record

@@ -49,6 +49,12 @@ type Options struct {
 	// price) pass a budget that is not exhausted; else it is refused with
 	// an *UnpricedError.
 	AllowUnpriced bool
+	// ConcurrencyTimeout is how long a check's slot in a concurrency limit
+	// waits for the record of its request_id before it is given back
+	// (10 minutes when zero): a call whose record never comes (its client
+	// died) does not hold a slot for ever. A check that takes a slot
+	// keeps its other estimates as long.
+	ConcurrencyTimeout time.Duration
 }
 
 // Request asks whether a user may make one call.
@@ -162,6 +168,10 @@ func (e *UnpricedError) Error() string {
 // ErrNoUser is returned for a request without a user.
 var ErrNoUser = errors.New("cannot check a request without user_id")
 
+// ErrNoRequestID is returned for a request under a concurrency limit
+// without a request_id: no record could give its slot back.
+var ErrNoRequestID = errors.New("cannot hold a slot of a concurrent limit for a check without request_id")
+
 // Limiter holds the rules and the token estimates of allowed checks, and
 // decides checks and charges records on the buckets of its Store. It is
 // safe for concurrent use.
@@ -171,6 +181,8 @@ type Limiter struct {
 	// pendingTTL and maxPending are Options.PendingTTL and MaxPending.
 	pendingTTL time.Duration
 	maxPending int64
+	// concurrencyTimeout is Options.ConcurrencyTimeout.
+	concurrencyTimeout time.Duration
 	// store keeps the buckets.
 	store Store
 	// holdStore is store when it keeps the estimates itself (HoldStore);
@@ -219,14 +231,15 @@ type callScratch struct {
 // New returns a Limiter enforcing rules, which must each pass Validate.
 func New(rules []Rule, opts Options) (*Limiter, error) {
 	l := &Limiter{
-		clock:      opts.Clock,
-		pendingTTL: opts.PendingTTL,
-		maxPending: int64(opts.MaxPending),
-		store:      opts.Store,
-		location:   opts.Location,
-		spend:      opts.Spend,
-		seed:       maphash.MakeSeed(),
-		idSeeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		clock:              opts.Clock,
+		pendingTTL:         opts.PendingTTL,
+		maxPending:         int64(opts.MaxPending),
+		concurrencyTimeout: opts.ConcurrencyTimeout,
+		store:              opts.Store,
+		location:           opts.Location,
+		spend:              opts.Spend,
+		seed:               maphash.MakeSeed(),
+		idSeeds:            [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	l.scratch.New = func() any { return new(callScratch) }
 	if l.clock == nil {
@@ -248,6 +261,9 @@ func New(rules []Rule, opts Options) (*Limiter, error) {
 	}
 	if l.maxPending <= 0 {
 		l.maxPending = 100_000
+	}
+	if l.concurrencyTimeout <= 0 {
+		l.concurrencyTimeout = DefaultConcurrencyTimeout
 	}
 	for i := range l.pending {
 		l.pending[i].byID = make(map[pendingKey]pendingCheck)
@@ -327,6 +343,8 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 			return Decision{}, &UnpricedError{Provider: req.Provider, Model: req.Model, Status: r.status()}
 		case r.Unit == USD && cost > r.Limit:
 			return Decision{}, &EstimateTooLargeError{Cost: cost, Status: r.status()}
+		case r.Unit == Concurrent && req.RequestID == "":
+			return Decision{}, ErrNoRequestID
 		}
 	}
 	sc := l.scratch.Get().(*callScratch)
@@ -354,8 +372,15 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	} else if req.RequestID != "" && l.holdStore == nil {
 		// A check sent again with its request_id (a client's retry)
 		// replaces the first one's estimate, which its budgets give back.
-		if prev, hold, ok := l.remember(req, cost, budgetSlots(rules), now); ok {
+		slots := budgetSlots(rules)
+		prev, hold, replaced, kept := l.remember(req, cost, slots, l.holdTTL(sc.buckets[:n]), now)
+		if replaced {
 			l.release(now, hold, prev)
+		}
+		if !kept && slots&concurrencySlots != 0 {
+			// No record could give its slot back: refused, as if full.
+			l.untake(now, req, sc, n)
+			d.Allowed, d.RetryAfter, d.Tightest = false, ConcurrencyRetry, -1
 		}
 	}
 	if limits == nil {
@@ -486,7 +511,16 @@ func (l *Limiter) record(u Usage, learnt *learntBudgets, counted bool, skip int)
 	for i, r := range rules {
 		sc.buckets[i] = l.bucket(r, now)
 		sc.owners[i] = r.bucketOwner(u.UserID, u.TeamID)
-		if r.Unit != USD {
+		switch {
+		case r.Unit == Concurrent:
+			// The record ends the call: its check's slot comes back. A
+			// HoldStore gives back the hold of the request_id itself.
+			sc.cost[i] = 0
+			if own && l.holds(estimate, r, sc.buckets[i].Period) {
+				sc.cost[i] = -1
+			}
+			continue
+		case r.Unit != USD:
 			sc.cost[i] = chargeCost(r.Unit, requests, tokens, 0)
 			continue
 		}
@@ -609,10 +643,31 @@ func (l *Limiter) owner(rs *ruleSet, now time.Time) Owner {
 // bucket is rule r's bucket at now: a budget's is in its current period.
 func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 	b := Bucket{Scope: r.scope, Limit: r.Limit}
-	if r.Unit == USD {
+	switch r.Unit {
+	case USD:
 		b.Period = PeriodOf(r.Window, now, l.location)
+	case Concurrent:
+		b.Period = ConcurrencyPeriod
 	}
 	return b
+}
+
+// DefaultConcurrencyTimeout is Options.ConcurrencyTimeout's default.
+const DefaultConcurrencyTimeout = 10 * time.Minute
+
+// ConcurrencyPeriod is every concurrency limit's Period: its slots are
+// spent by checks and given back by records, never by a period's end.
+var ConcurrencyPeriod = Period{Start: 0, End: math.MaxInt64}
+
+// holdTTL is how long a check's estimates on bs wait for its record: a
+// slot in flight waits ConcurrencyTimeout.
+func (l *Limiter) holdTTL(bs []Bucket) time.Duration {
+	for _, b := range bs {
+		if b.IsConcurrency() {
+			return l.concurrencyTimeout
+		}
+	}
+	return l.pendingTTL
 }
 
 // reported tells whether one of rules owns buckets of scope sc.
@@ -633,7 +688,7 @@ const MaxWait = 100 * 365 * 24 * time.Hour
 // budget or token bucket stops even calls that give no estimate.
 func checkCost(u Unit, tokens, cost int64) int64 {
 	switch u {
-	case Requests:
+	case Requests, Concurrent:
 		return 1
 	case USD:
 		return max(cost, 1)
@@ -645,6 +700,8 @@ func chargeCost(u Unit, requests, tokens, cost int64) int64 {
 	switch u {
 	case Requests:
 		return requests
+	case Concurrent:
+		return 1 // a check's slot; a record's is settled in record
 	case USD:
 		return cost
 	}
@@ -661,7 +718,7 @@ func (r *rule) status() Status {
 func statusAt(r *rule, b Bucket, level float64, now time.Time) Status {
 	s := r.status()
 	s.Remaining = max(0, int64(math.Floor(level)))
-	if b.IsBudget() {
+	if b.IsBudget() && !b.IsConcurrency() {
 		s.ResetAt = time.Unix(b.Period.End, 0).UTC()
 	} else {
 		s.ResetAt = now.Add(b.RefillTime(now, float64(r.Limit)-level))

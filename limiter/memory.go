@@ -199,8 +199,10 @@ func (m *MemoryStore) Sweep(now time.Time, owner Owner) (live int) {
 			kept := bs[:0]
 			for _, b := range bs {
 				// A budget's spend is kept for its whole period: it is
-				// not refilled, and reading it again costs a query.
-				if ob, ok := owner(user, b.scope); ok && (b.lim == nil && b.current(ob) || b.lim != nil && b.lim.TokensAt(now) < float64(b.limit)) {
+				// not refilled, and reading it again costs a query. A
+				// concurrency limit with no call in flight is learnt
+				// again as such, for free.
+				if ob, ok := owner(user, b.scope); ok && (b.lim == nil && b.current(ob) && (b.spent > 0 || !ob.IsConcurrency()) || b.lim != nil && b.lim.TokensAt(now) < float64(b.limit)) {
 					kept = append(kept, b)
 				}
 			}

@@ -47,7 +47,7 @@ func (l *Limiter) takeOwner(now time.Time, req Request, sc *callScratch, lo, hi 
 	owner := sc.owners[lo]
 	take := func() (bool, error) {
 		if l.holdStore != nil && req.RequestID != "" {
-			return l.holdStore.TakeHold(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi], HoldID(owner, req.UserID, req.RequestID), l.pendingTTL)
+			return l.holdStore.TakeHold(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi], HoldID(owner, req.UserID, req.RequestID), l.holdTTL(sc.buckets[lo:hi]))
 		}
 		return l.store.Take(now, owner, sc.buckets[lo:hi], sc.need[lo:hi], sc.cost[lo:hi], sc.levels[lo:hi])
 	}

@@ -21,17 +21,22 @@ const (
 	Day
 	Week
 	Month
+	// InFlight is a concurrency limit's: it counts the calls in flight
+	// (unit Concurrent), not a period. It is no limit type of the
+	// seed's tables: rules write concurrent: N instead.
+	InFlight
 	numWindows
 )
 
 // Windows lists every limit type, shortest first.
 var Windows = []Window{Second, Minute, Hour, Day, Week, Month}
 
-var windowNames = [numWindows]string{"second", "minute", "hour", "day", "week", "month"}
+var windowNames = [numWindows]string{"second", "minute", "hour", "day", "week", "month", "concurrent"}
 
 // windowDurations are the token buckets' refill periods; a month's is
-// nominal (budgets use calendar periods, see PeriodOf).
-var windowDurations = [numWindows]time.Duration{time.Second, time.Minute, time.Hour, 24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour}
+// nominal (budgets use calendar periods, see PeriodOf); a concurrency
+// limit's slots never refill by time.
+var windowDurations = [numWindows]time.Duration{time.Second, time.Minute, time.Hour, 24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour, 0}
 
 // String returns the limit type as it is written in the limits file and the API.
 func (w Window) String() string {
@@ -46,9 +51,9 @@ func (w Window) Duration() time.Duration { return windowDurations[w] }
 
 // ParseWindow parses a limit type name.
 func ParseWindow(s string) (Window, error) {
-	for w, name := range windowNames {
-		if s == name {
-			return Window(w), nil
+	for _, w := range Windows {
+		if s == windowNames[w] {
+			return w, nil
 		}
 	}
 	return 0, fmt.Errorf("unknown limit_type %q; valid: second, minute, hour, day, week, month", s)
@@ -96,13 +101,21 @@ const (
 	Tokens
 	// USD counts spend in nano-dollars (usd.Amount): a budget.
 	USD
+	// Concurrent counts the calls in flight: checks allowed whose record
+	// has not come (window InFlight).
+	Concurrent
 	numUnits
 )
 
-var unitNames = [numUnits]string{"requests", "tokens", "usd"}
+var unitNames = [numUnits]string{"requests", "tokens", "usd", "concurrent"}
 
 // String returns the unit as the API and the seed's tables spell it.
-func (u Unit) String() string { return unitNames[u] }
+func (u Unit) String() string {
+	if u >= numUnits {
+		return fmt.Sprintf("Unit(%d)", uint8(u))
+	}
+	return unitNames[u]
+}
 
 // Rule is one token bucket definition: Limit units per Window, optionally
 // scoped to a user, a provider and a model.
@@ -134,6 +147,10 @@ type Rule struct {
 	Source string
 }
 
+// MaxConcurrent bounds a concurrency limit: each slot in flight is a
+// hold that a sidecar keeps.
+const MaxConcurrent = 100_000
+
 // MaxLimit bounds a rule's limit so that bucket arithmetic stays exact in
 // float64 and fits rate.Limiter's int burst.
 const MaxLimit = 1 << 50
@@ -146,15 +163,19 @@ func (r Rule) Validate() error {
 	if r.Unit >= numUnits {
 		return fmt.Errorf("invalid unit %d", r.Unit)
 	}
-	budget, calendar := r.Unit == USD, r.Window >= Day
+	budget, calendar := r.Unit == USD, r.Window >= Day && r.Window != InFlight
 	switch {
+	case (r.Unit == Concurrent) != (r.Window == InFlight):
+		return fmt.Errorf("a concurrent limit has no limit_type, and limit_type %s counts no calls in flight", r.Window)
+	case r.Unit == Concurrent && (r.Limit < 1 || r.Limit > MaxConcurrent):
+		return fmt.Errorf("concurrent must be between 1 and %d, got %d", MaxConcurrent, r.Limit)
 	case budget && !calendar:
 		return fmt.Errorf("a usd budget counts a calendar day, week or month, not a %s", r.Window)
-	case !budget && r.Window > Day:
+	case !budget && r.Window > Day && r.Window != InFlight:
 		return fmt.Errorf("limit_type %s is a calendar window, for usd budgets only; limit %s per day instead", r.Window, r.Unit)
 	case budget && (r.Limit < 1 || r.Limit > MaxLimit):
 		return fmt.Errorf("usd must be between 0.000000001 and %d (dollars), got %d nano-USD", int64(MaxLimit)/1e9, r.Limit)
-	case r.Limit < 1 || r.Limit > MaxLimit:
+	case r.Unit != Concurrent && (r.Limit < 1 || r.Limit > MaxLimit):
 		return fmt.Errorf("%s must be between 1 and %d, got %d", r.Unit, int64(MaxLimit), r.Limit)
 	case r.Per >= numPers:
 		return fmt.Errorf("invalid per %d", r.Per)
@@ -178,6 +199,9 @@ func (r *rule) bucketOwner(user, team string) string {
 
 // IsBudget tells whether the rule is a USD budget over calendar periods.
 func (r Rule) IsBudget() bool { return r.Unit == USD }
+
+// IsConcurrency tells whether the rule limits the calls in flight.
+func (r Rule) IsConcurrency() bool { return r.Unit == Concurrent }
 
 // specificity orders rules of one level: user scope outranks team scope,
 // which outranks provider scope, which outranks model scope, so that

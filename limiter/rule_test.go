@@ -107,9 +107,9 @@ func TestRuleValidate(t *testing.T) {
 	f(Rule{Window: Day, Unit: Tokens, Limit: MaxLimit + 1}, "tokens must be between 1 and 1125899906842624, got 1125899906842625")
 
 	// invalid window and unit
-	f(Rule{Window: numWindows, Unit: Requests, Limit: 1}, "invalid limit_type 6")
+	f(Rule{Window: numWindows, Unit: Requests, Limit: 1}, "invalid limit_type 7")
 	f(Rule{Window: 255, Unit: Requests, Limit: 1}, "invalid limit_type 255")
-	f(Rule{Window: Minute, Unit: numUnits, Limit: 1}, "invalid unit 3")
+	f(Rule{Window: Minute, Unit: numUnits, Limit: 1}, "invalid unit 4")
 
 	// budgets: calendar windows only, and only for usd
 	f(Rule{Window: Day, Unit: USD, Limit: 1}, "")

@@ -143,8 +143,8 @@ func (l *Limiter) learnSpend(now time.Time, user string, bs []Bucket, err error,
 				}
 				continue
 			}
-			var spent int64
-			if l.spend != nil {
+			var spent int64 // nothing in flight is in the database
+			if l.spend != nil && !b.IsConcurrency() {
 				groups, err := l.spend.Spent(user, *b.Scope, time.Unix(b.Period.Start, 0).UTC(), time.Unix(b.Period.End, 0).UTC())
 				if err != nil {
 					return fmt.Errorf("%w: cannot read the spend of a %s budget: %w", ErrStoreUnavailable, b.Scope.Window, err)

@@ -104,19 +104,42 @@ type Bucket struct {
 	Period Period
 }
 
-// IsBudget tells whether the bucket is a budget's.
-func (b Bucket) IsBudget() bool { return b.Scope.Unit == USD }
+// IsBudget tells whether the bucket counts what it holds rather than
+// refilling over time: a USD budget (its spend in its Period), or a
+// concurrency limit, which is a budget of slots: a check spends one, the
+// record of its request_id gives it back, and its Period never ends.
+// Stores keep both alike: a level of Limit less what is spent, and a
+// spend they may not know (UnknownSpendError), which replicas put back
+// after a loss.
+func (b Bucket) IsBudget() bool { return b.Scope.Unit == USD || b.Scope.Unit == Concurrent }
 
-// RefillPerSecond is the units the bucket gains each second.
+// IsConcurrency tells whether the bucket counts calls in flight.
+func (b Bucket) IsConcurrency() bool { return b.Scope.Unit == Concurrent }
+
+// RefillPerSecond is the units the bucket gains each second: none for a
+// concurrency limit.
 func (b Bucket) RefillPerSecond() float64 {
+	if b.IsConcurrency() {
+		return 0
+	}
 	return float64(b.Limit) / b.Scope.Window.Duration().Seconds()
 }
 
+// ConcurrencyRetry is the wait a concurrency limit's refusal reports: a
+// slot comes back when a call ends, which no clock tells, and calls
+// last seconds, so a client tries again soon (and an SDK's own retry
+// does, see proxy/errors.go) rather than waiting out a window.
+const ConcurrencyRetry = time.Second
+
 // RefillTime is how long, from now, the bucket takes to gain missing
-// units: a budget gains them all when its period ends.
+// units: a budget gains them all when its period ends; a concurrency
+// limit's wait is ConcurrencyRetry.
 func (b Bucket) RefillTime(now time.Time, missing float64) time.Duration {
 	if missing <= 0 {
 		return 0
+	}
+	if b.IsConcurrency() {
+		return ConcurrencyRetry
 	}
 	if b.IsBudget() {
 		return max(0, time.Unix(b.Period.End, 0).Sub(now))

@@ -20,6 +20,9 @@ import (
 // no record came by then, Sweep gives it back. Past maxHolds waiting the
 // check is taken without a hold, and its record is charged in full.
 func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64, id string, ttl time.Duration) (bool, error) {
+	if hasConcurrency(bs) && (id == "" || !s.holds.room() || s.fencedSlots()) {
+		return s.refuseSlots(now, user, bs, levels)
+	}
 	if id == "" || !s.holds.room() {
 		return s.Take(now, user, bs, need, cost, levels)
 	}
@@ -33,6 +36,13 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 				s.holds.put(user, id, bs, cost, now.Add(ttl), false)
 				if s.cluster {
 					s.indexHold(user, id)
+				}
+				if hasConcurrency(bs) && s.fencedSlots() {
+					// The call found the loss and recovered first.
+					if _, err := s.ReleaseHold(now, user, bs, id); err != nil {
+						return false, err
+					}
+					return s.refuseSlots(now, user, bs, levels)
 				}
 			}
 			return allowed, nil
@@ -503,4 +513,48 @@ func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id 
 		return true, nil
 	}
 	return true, s.Charge(now, user, rest, refund)
+}
+
+// Concurrency limits (see limiter.Bucket.IsBudget): a slot is a hold of
+// one in a budget of slots, which the record of its request_id gives
+// back on whichever replica it reaches, its wait (ttl, the
+// concurrency timeout) gives back if no record comes, and the registry
+// gives back when its replica dies (replicaTTL). After Redis lost its
+// state each replica puts its slots back (a budget part of its holds),
+// but not all at once: lossFence after its recovery, while the others
+// notice the loss (each within registerEvery) and put theirs back, this
+// replica refuses new slots rather than count the others' as free.
+
+// lossFence is how long after a recovery from a loss new slots are refused.
+const lossFence = 2*registerEvery + time.Second
+
+// hasConcurrency tells whether bs hold a concurrency limit.
+func hasConcurrency(bs []limiter.Bucket) bool {
+	for _, b := range bs {
+		if b.IsConcurrency() {
+			return true
+		}
+	}
+	return false
+}
+
+// fencedSlots tells whether new slots are refused after a loss.
+func (s *Store) fencedSlots() bool {
+	at := s.lostAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < lossFence
+}
+
+// refuseSlots refuses a check of concurrency limits bs: the levels are
+// read, and every concurrency limit's reported full, so that the
+// refusal's wait is a concurrency limit's.
+func (s *Store) refuseSlots(now time.Time, user string, bs []limiter.Bucket, levels []float64) (bool, error) {
+	if err := s.Levels(now, user, bs, levels); err != nil {
+		return false, err
+	}
+	for i, b := range bs {
+		if b.IsConcurrency() {
+			levels[i] = min(levels[i], 0)
+		}
+	}
+	return false, nil
 }

@@ -33,8 +33,15 @@ func budgetKey(user string, b limiter.Bucket) string {
 }
 
 // budgetTTL keeps a budget's key an hour past its period, in
-// milliseconds: replicas whose clocks lag still find it.
-func budgetTTL(b limiter.Bucket, now time.Time) int64 {
+// milliseconds: replicas whose clocks lag still find it. A concurrency
+// limit's key, whose period never ends, lives a minute past the longest
+// hold in it: the bucket script sets that again at each write, so the
+// key outlives every slot taken in it, and goes once none was for that
+// long.
+func (s *Store) budgetTTL(b limiter.Bucket, now time.Time) int64 {
+	if b.IsConcurrency() {
+		return (s.opts.HoldTTL + time.Minute).Milliseconds()
+	}
 	return max(1, time.Unix(b.Period.End, 0).Add(time.Hour).Sub(now).Milliseconds())
 }
 

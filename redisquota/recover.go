@@ -88,7 +88,7 @@ func (s *Store) Contribute(user string, b limiter.Bucket, part int64, records []
 
 func (s *Store) contribute(user string, b limiter.Bucket, part int64, records []limiter.CountedSpend, db func() (int64, error)) (bool, error) {
 	key := s.userTag(user) + budgetKey(user, b)
-	ttl := budgetTTL(b, time.Now())
+	ttl := s.budgetTTL(b, time.Now())
 	sum, sumAt := "", ""
 	for range 2 {
 		ctx, cancel := context.WithTimeout(context.Background(), max(4*s.opts.Timeout, 200*time.Millisecond))
@@ -135,6 +135,11 @@ func (s *Store) contribute(user string, b limiter.Bucket, part int64, records []
 func (s *Store) shareOfSpend(b limiter.Bucket, spent int64) int64 {
 	n := max(s.replicas.Load(), 1)
 	left := max(b.Limit-spent, 0)
+	if b.IsConcurrency() && left > 0 {
+		// One call at a time at least: a concurrent: 2 over three
+		// replicas would otherwise stop every call while Redis is away.
+		return b.Limit - max(left/n, 1)
+	}
 	return b.Limit - left/n
 }
 
@@ -178,6 +183,7 @@ func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
 	s.restoring.Store(true)
 	defer s.restoring.Store(false)
 	if lost {
+		s.lostAt.Store(time.Now().UnixNano())
 		s.holds.forgetLoss()
 		if err := s.reseed(ctx); err != nil {
 			return err

@@ -37,7 +37,8 @@ import (
 // replica's instance, ARGV[7] and ARGV[8] the hold's and the marker's
 // expiry in milliseconds. Then five arguments per bucket: capacity,
 // refill per microsecond, need, amount, and a budget's expiry in
-// milliseconds (0 for a token bucket).
+// milliseconds (0 for a token bucket). A concurrency limit is a budget
+// of slots whose refill is 0: its expiry is set again at each write.
 //
 // Holds: a take with a request_id keeps what it debited from each bucket
 // in the hold, a hash of bucket key to amount (field "@" names the
@@ -178,7 +179,12 @@ for i = 1, n do
       -- Within 2^53, as the limiter bounds spend: exact in a Lua number.
       local s = math.min(math.max(0, spent[i] + amount), 9007199254740992)
       levels[i] = cap - s
-      redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
+      if rates[i] == 0 then
+        -- A concurrency limit's slots: the key lives past its last hold.
+        redis.call('SET', KEYS[i], string.format('%d', s), 'PX', ARGV[a + 4])
+      else
+        redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
+      end
     end
   elseif write then
     level = level - amount

@@ -62,7 +62,8 @@ func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, level
 		}
 		prev := seen[j]
 		sb := seenBucket{bucket: b, fullAt: fullAt, spent: float64(b.Limit) - levels[i], at: now.UnixNano()}
-		if b.IsBudget() && prev.bucket.Period == b.Period && prev.at > 0 {
+		// A rate of spend; calls in flight come and go.
+		if b.IsBudget() && !b.IsConcurrency() && prev.bucket.Period == b.Period && prev.at > 0 {
 			sb.rate = prev.rate
 			if dt := sb.at - prev.at; dt > 0 && sb.spent >= prev.spent {
 				sb.rate = (prev.rate + (sb.spent-prev.spent)/float64(dt)) / 2

@@ -148,6 +148,10 @@ type Store struct {
 	recoverer atomic.Pointer[func(epochChanged bool) error]
 	// restoring is set while a recovery or a first contact runs.
 	restoring atomic.Bool
+	// lostAt is when (Unix nanoseconds) this replica last recovered from
+	// Redis losing its state: concurrency limits refuse for lossFence
+	// after it (see fencedSlots).
+	lostAt atomic.Int64
 	// restarted is what a restarted sidecar does first (SetRestarted).
 	restarted atomic.Pointer[func() error]
 	// savedEpoch is the epoch the StateFile held at start; saved what it
@@ -262,6 +266,10 @@ func (s *Store) Replicas() int { return int(s.replicas.Load()) }
 
 // Take implements limiter.Store.
 func (s *Store) Take(now time.Time, user string, bs []limiter.Bucket, need, cost []int64, levels []float64) (bool, error) {
+	if hasConcurrency(bs) {
+		// A slot taken without a hold could never be given back.
+		return s.refuseSlots(now, user, bs, levels)
+	}
 	if s.useRedis() {
 		res, err := s.runRecovering(opTake, user, bs, need, cost, "")
 		if err == nil {
@@ -362,7 +370,7 @@ func (s *Store) Seed(user string, b limiter.Bucket, spent int64) (bool, error) {
 		start := time.Now()
 		// Never retried: a SET whose reply was lost may have been applied,
 		// and its retry would answer that the key existed.
-		cmd := redis.NewCmd(ctx, "set", s.userTag(user)+budgetKey(user, b), min(max(spent, 0), limiter.MaxSpend), "nx", "px", budgetTTL(b, start))
+		cmd := redis.NewCmd(ctx, "set", s.userTag(user)+budgetKey(user, b), min(max(spent, 0), limiter.MaxSpend), "nx", "px", s.budgetTTL(b, start))
 		_ = s.opts.Client.Process(ctx, noRetry{cmd})
 		err := cmd.Err()
 		if errors.Is(err, redis.Nil) {
@@ -627,7 +635,7 @@ func (s *Store) scriptArgs(op, user string, bs []limiter.Bucket, need, amounts [
 		}
 		if b.IsBudget() {
 			keys[i] = tag + budgetKey(user, b)
-			ttl = budgetTTL(b, now)
+			ttl = s.budgetTTL(b, now)
 		} else {
 			keys[i] = tag + scopeKey(user, b.Scope)
 		}

@@ -43,8 +43,11 @@ type fileRule struct {
 	Requests  *int64 `yaml:"requests"`
 	Tokens    *int64 `yaml:"tokens"`
 	// USD is a budget in dollars.
-	USD         *decimal `yaml:"usd"`
-	Description string   `yaml:"description"`
+	USD *decimal `yaml:"usd"`
+	// Concurrent is a concurrency limit: calls in flight at once, in
+	// place of a limit_type and its amounts.
+	Concurrent  *int64 `yaml:"concurrent"`
+	Description string `yaml:"description"`
 }
 
 // decimal is a YAML scalar kept as its text, so that an amount such as
@@ -111,6 +114,14 @@ func ParseFile(name string, data []byte) (*File, error) {
 	}
 	for i, fr := range f.Limits {
 		at := fmt.Sprintf("%s:%d", name, lineOf(lines.Limits, i))
+		if fr.Concurrent != nil {
+			r, err := fr.concurrencyRule(at)
+			if err != nil {
+				return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+			}
+			cfg.Rules = append(cfg.Rules, r)
+			continue
+		}
 		if fr.LimitType == "" {
 			return nil, fmt.Errorf("cannot use %s: limits[%d]: limit_type is required (second, minute, hour or day; day, week or month for usd)", at, i)
 		}
@@ -168,6 +179,21 @@ func ParseFile(name string, data []byte) (*File, error) {
 		return nil, fmt.Errorf("cannot use %s: %w", name, err)
 	}
 	return cfg, nil
+}
+
+// concurrencyRule is the rule of an entry with concurrent: N, which
+// counts calls in flight rather than calls in a window.
+func (fr fileRule) concurrencyRule(at string) (limiter.Rule, error) {
+	if fr.LimitType != "" || fr.Requests != nil || fr.Tokens != nil || fr.USD != nil {
+		return limiter.Rule{}, errors.New("concurrent counts the calls in flight, not a window: drop limit_type, requests, tokens and usd here, and give them an entry of their own")
+	}
+	per, err := limiter.ParsePer(fr.Per)
+	if err != nil {
+		return limiter.Rule{}, err
+	}
+	r := limiter.Rule{UserID: fr.UserID, TeamID: fr.TeamID, Per: per, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
+		Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: *fr.Concurrent, Source: at}
+	return r, r.Validate()
 }
 
 func lineOf(nodes []yaml.Node, i int) int {

@@ -38,6 +38,40 @@ func TestParseFileErrors(t *testing.T) {
 	f("limits:\n  - limit_type: day\n    requests: many\n", "cannot unmarshal")
 	f("limits:\n  - limit_type: day\n    requests: 1\n  - limit_type: day\n    requests: 2\n", "limits.yaml:4: a day requests rule with the same scope is already defined at limits.yaml:2")
 	f("providers:\n  - prefix: llama-\n", "limits.yaml:2: providers[0]: both prefix and provider are required")
+	f("limits:\n  - concurrent: 0\n", "limits.yaml:2: limits[0]: concurrent must be between 1 and 100000, got 0")
+	f("limits:\n  - concurrent: 2\n    limit_type: minute\n", "limits.yaml:2: limits[0]: concurrent counts the calls in flight, not a window")
+	f("limits:\n  - concurrent: 2\n    requests: 30\n", "concurrent counts the calls in flight, not a window")
+	f("limits:\n  - concurrent: 2\n  - concurrent: 3\n", "limits.yaml:3: a concurrent concurrent rule with the same scope is already defined at limits.yaml:2")
+}
+
+// TestParseFileConcurrent: concurrent: N, with the usual scopes, is a
+// concurrency limit beside the window limits.
+func TestParseFileConcurrent(t *testing.T) {
+	f, err := ParseFile("limits.yaml", []byte(`limits:
+  - limit_type: minute
+    requests: 30
+  - concurrent: 2
+  - provider: groq
+    model: "llama-*"
+    per: all
+    concurrent: 10
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []limiter.Rule{
+		{Window: limiter.Minute, Unit: limiter.Requests, Limit: 30, Source: "limits.yaml:2"},
+		{Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: 2, Source: "limits.yaml:4"},
+		{Provider: "groq", Model: "llama-*", Per: limiter.PerAll, Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: 10, Source: "limits.yaml:5"},
+	}
+	if len(f.Rules) != len(want) {
+		t.Fatalf("rules %+v, want %+v", f.Rules, want)
+	}
+	for i := range want {
+		if f.Rules[i] != want[i] {
+			t.Fatalf("rule %d = %+v, want %+v", i, f.Rules[i], want[i])
+		}
+	}
 }
 
 func TestParseFile(t *testing.T) {

@@ -108,6 +108,9 @@ func TestMergeSkipsInvalidRows(t *testing.T) {
 		// A budget in whole dollars from limit_value, one in cents from limit_usd.
 		{Table: UserLimitsTable, ID: "13", UserID: "u", LimitType: "month", Unit: "usd", LimitValue: 50},
 		{Table: UserLimitsTable, ID: "14", UserID: "u", LimitType: " Day ", Unit: "USD", LimitValue: 7, LimitUSD: ptr("0.01")},
+		// A concurrency limit, whatever its (NOT NULL) limit_type says, and one of none.
+		{Table: UserLimitsTable, ID: "15", UserID: "u", LimitType: "concurrent", Unit: "concurrent", LimitValue: 3},
+		{Table: UserLimitsTable, ID: "16", UserID: "u", LimitType: "minute", Unit: "Concurrent", LimitValue: 0},
 	})
 	var got []string
 	for _, err := range set.Skipped {
@@ -115,19 +118,21 @@ func TestMergeSkipsInvalidRows(t *testing.T) {
 	}
 	want := []string{
 		`cannot use llm_rate_limits id 5: unknown limit_type "fortnight"; valid: second, minute, hour, day, week, month`,
-		`cannot use llm_rate_limits id 6: unit "dollars" is not requests, tokens or usd`,
+		`cannot use llm_rate_limits id 6: unit "dollars" is not requests, tokens, usd or concurrent`,
 		`cannot use llm_rate_limits id 8: requests must be between 1 and 1125899906842624, got 0`,
 		`cannot use llm_rate_limits id 10: a usd budget counts a calendar day, week or month, not a hour`,
 		`cannot use llm_rate_limits id 11: limit_usd: cannot parse "a lot" as USD: not a decimal number`,
 		`cannot use llm_rate_limits id 12: limit_type week is a calendar window, for usd budgets only; limit tokens per day instead`,
+		`cannot use llm_rate_limits id 16: concurrent must be between 1 and 100000, got 0`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("skipped:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if len(set.InForce) != 3 || set.InForce[0].Unit != limiter.Tokens ||
+	if len(set.InForce) != 4 || set.InForce[0].Unit != limiter.Tokens ||
 		set.InForce[1].Unit != limiter.USD || set.InForce[1].Limit != 50e9 || set.InForce[1].Window != limiter.Month ||
-		set.InForce[2].Unit != limiter.USD || set.InForce[2].Limit != 1e7 || set.InForce[2].Window != limiter.Day {
-		t.Fatalf("in force: %+v, want the tokens rule and the two budgets", set.InForce)
+		set.InForce[2].Unit != limiter.USD || set.InForce[2].Limit != 1e7 || set.InForce[2].Window != limiter.Day ||
+		set.InForce[3].Unit != limiter.Concurrent || set.InForce[3].Limit != 3 || set.InForce[3].Window != limiter.InFlight {
+		t.Fatalf("in force: %+v, want the tokens rule, the two budgets and the concurrency limit", set.InForce)
 	}
 }
 

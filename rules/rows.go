@@ -30,9 +30,10 @@ type Row struct {
 	TeamID string
 	// Per is who shares the rule's buckets: user (also when empty), team or all.
 	Per string
-	// LimitType is second, minute, hour or day.
+	// LimitType is second, minute, hour or day; ignored for unit concurrent.
 	LimitType string
-	// Unit is requests (also when empty) or tokens.
+	// Unit is requests (also when empty), tokens, usd or concurrent (a
+	// concurrency limit of LimitValue calls in flight).
 	Unit string
 	// Provider and Model scope the rule; empty matches every one.
 	Provider, Model string
@@ -60,10 +61,6 @@ func (r Row) source() string {
 // Rule validates the row as a limit rule.
 func (r Row) Rule() (limiter.Rule, error) {
 	at := r.source()
-	w, err := limiter.ParseWindow(strings.ToLower(strings.TrimSpace(r.LimitType)))
-	if err != nil {
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
-	}
 	var unit limiter.Unit
 	switch strings.ToLower(strings.TrimSpace(r.Unit)) {
 	case "requests", "":
@@ -72,8 +69,17 @@ func (r Row) Rule() (limiter.Rule, error) {
 		unit = limiter.Tokens
 	case "usd":
 		unit = limiter.USD
+	case "concurrent":
+		unit = limiter.Concurrent
 	default:
-		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is not requests, tokens or usd", at, r.Unit)
+		return limiter.Rule{}, fmt.Errorf("cannot use %s: unit %q is not requests, tokens, usd or concurrent", at, r.Unit)
+	}
+	w := limiter.InFlight // limit_type is NOT NULL in the seed's tables; its value means nothing here
+	if unit != limiter.Concurrent {
+		var err error
+		if w, err = limiter.ParseWindow(strings.ToLower(strings.TrimSpace(r.LimitType))); err != nil {
+			return limiter.Rule{}, fmt.Errorf("cannot use %s: %w", at, err)
+		}
 	}
 	limit := r.LimitValue
 	if unit == limiter.USD {
