@@ -197,7 +197,9 @@ func TestConcurrencyLocalShare(t *testing.T) {
 		go func() { defer close(done); s.Run(ctx) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
-	waitFor(t, func() bool { return stores[0].Replicas() == 3 && stores[1].Replicas() == 3 && stores[2].Replicas() == 3 })
+	waitFor(t, func() bool {
+		return stores[0].Replicas() == 3 && stores[1].Replicas() == 3 && stores[2].Replicas() == 3
+	})
 	srv.Stop(t)
 	for r, l := range ls {
 		if in := checkAll(t, []*limiter.Limiter{l}, ids(fmt.Sprint("local", r), 5)); len(in) != 1 {
