@@ -25,7 +25,10 @@ import (
 // and its default requests: a bucket of tokens or USD says its unit in
 // the vendor parameter llmusage-unit ("tokens", "usd-micros": a budget
 // counts in millionths of a dollar here, nano-dollars would overflow the
-// 15 digits of a Structured Field integer), and in the policy's name.
+// 15 digits of a Structured Field integer), and in the policy's name. A
+// concurrency limit is the draft's concurrent-requests, without w:
+//
+//	RateLimit-Policy: "concurrent";q=5;qu="concurrent-requests"
 
 // sfMaxInt is the largest Structured Field integer.
 const sfMaxInt = 999_999_999_999_999
@@ -41,6 +44,9 @@ func appendPolicyName(b []byte, s limiter.Status) []byte {
 	if s.Per != limiter.PerUser {
 		b = append(b, s.Per.String()...)
 		b = append(b, '-')
+	}
+	if s.Unit == limiter.Concurrent {
+		return append(b, "concurrent"...)
 	}
 	b = append(b, s.Window.String()...)
 	b = append(b, '-')
@@ -68,8 +74,10 @@ func setRateLimit(h http.Header, d limiter.Decision, now time.Time) {
 	b = appendSFName(b, s)
 	b = append(b, ";q="...)
 	b = strconv.AppendInt(b, sfValue(s.Unit, s.Limit), 10)
-	b = append(b, ";w="...)
-	b = strconv.AppendInt(b, int64(math.Ceil(s.Window.Duration().Seconds())), 10)
+	if s.Unit != limiter.Concurrent { // calls in flight have no window
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, int64(math.Ceil(s.Window.Duration().Seconds())), 10)
+	}
 	b = appendSFUnit(b, s.Unit)
 	n := len(b)
 	b = appendSFName(b, s)
@@ -98,6 +106,8 @@ func appendSFUnit(b []byte, u limiter.Unit) []byte {
 		return append(b, `;llmusage-unit="tokens"`...)
 	case limiter.USD:
 		return append(b, `;llmusage-unit="usd-micros"`...)
+	case limiter.Concurrent:
+		return append(b, `;qu="concurrent-requests"`...)
 	}
 	return b
 }

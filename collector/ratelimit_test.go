@@ -66,3 +66,41 @@ prices:
 		t.Fatalf("check without rules: %d, RateLimit %q, RateLimit-Policy %q", rec.Code, rec.Header().Get("RateLimit"), rec.Header().Get("RateLimit-Policy"))
 	}
 }
+
+// TestConcurrencyCheck: under concurrent: 2 the third check in flight
+// is refused with a wait of a second, the draft's concurrent-requests
+// fields and the limit in its answer; a record of one of the first two
+// lets the next one in.
+func TestConcurrencyCheck(t *testing.T) {
+	s := newTestServer(t, "limits:\n  - concurrent: 2\n")
+	for _, id := range []string{"a", "b"} {
+		rec, _ := s.do(t, http.MethodPost, "/v1/check", "application/json", `{"user_id":"u","model":"m","request_id":"`+id+`"}`)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("check %s: %d %s", id, rec.Code, rec.Body)
+		}
+	}
+	rec, body := s.do(t, http.MethodPost, "/v1/check", "application/json", `{"user_id":"u","model":"m","request_id":"c"}`)
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != "1" {
+		t.Fatalf("third check: %d, Retry-After %q; want 429 and 1", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if got, want := rec.Header().Get("RateLimit-Policy"), `"concurrent";q=2;qu="concurrent-requests"`; got != want {
+		t.Fatalf("RateLimit-Policy %q, want %q", got, want)
+	}
+	if got, want := rec.Header().Get("RateLimit"), `"concurrent";r=0;t=1;qu="concurrent-requests"`; got != want {
+		t.Fatalf("RateLimit %q, want %q", got, want)
+	}
+	limits, _ := body["limits"].([]any)
+	if len(limits) != 1 {
+		t.Fatalf("limits %v", body["limits"])
+	}
+	l := limits[0].(map[string]any)
+	if l["limit_type"] != "concurrent" || l["unit"] != "concurrent" || l["limit"] != 2.0 || l["remaining"] != 0.0 {
+		t.Fatalf("limit %v, want concurrent 2 with 0 remaining", l)
+	}
+	if rec, _ := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"m","request_id":"a","tokens_used":3}`); rec.Code/100 != 2 {
+		t.Fatalf("record: %d %s", rec.Code, rec.Body)
+	}
+	if rec, _ := s.do(t, http.MethodPost, "/v1/check", "application/json", `{"user_id":"u","model":"m","request_id":"c"}`); rec.Code != http.StatusOK {
+		t.Fatalf("check after a record: %d %s", rec.Code, rec.Body)
+	}
+}

@@ -93,6 +93,7 @@ func serveCommand() *cli.Command {
 			stringFlag("otlp-team-attribute", otlp.DefaultTeamAttribute, "span attribute naming the team of an OTLP span's call (its team_id), looked up on the span then on its resource; optional"),
 			stringFlag("otlp-default-user", "", "user of OTLP spans with GenAI usage that name none; empty refuses them (counted, and named in the partial success)"),
 			byteSizeFlag("otlp-max-body-bytes", otlp.DefaultMaxBodyBytes, "largest OTLP request (HTTP body or gRPC message), compressed and once decompressed, in bytes or with a unit"),
+			durationFlag("concurrency-timeout", limiter.DefaultConcurrencyTimeout, "a concurrent limit's slot whose record never comes (its client died) is given back after this long; set it past your longest call"),
 			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
 		}, databaseFlags()...),
 		Action: func(c *cli.Context) error {
@@ -155,6 +156,9 @@ type serveConfig struct {
 	BudgetLocation *time.Location
 	// BudgetAllowUnpriced lets checks of unpriced models pass budgets.
 	BudgetAllowUnpriced bool
+	// ConcurrencyTimeout gives back a concurrency limit's slot whose
+	// record never came.
+	ConcurrencyTimeout time.Duration
 	// Proxy configures proxy mode; run adds the collector.
 	Proxy proxy.Options
 	// OTLP configures the OTLP intake; run adds the collector, token and observer.
@@ -175,6 +179,9 @@ type redisConfig struct {
 	FailMode redisquota.FailMode
 	// Prefix starts every key.
 	Prefix string
+	// HoldTTL is how long a check's hold waits in Redis: past the
+	// longest a slot may wait for its record.
+	HoldTTL time.Duration
 }
 
 // serveConfigFrom reads and validates serve's flags.
@@ -248,6 +255,12 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			return serveConfig{}, err
 		}
 	}
+	if cfg.ConcurrencyTimeout = c.Duration("concurrency-timeout"); cfg.ConcurrencyTimeout < time.Second || cfg.ConcurrencyTimeout > 24*time.Hour {
+		return serveConfig{}, fmt.Errorf("cannot use --concurrency-timeout %s: want 1s to 24h", cfg.ConcurrencyTimeout)
+	}
+	// A hold in Redis outlives its slot's wait, so that the replica that
+	// took it gives it back (Redis dropping it would not).
+	cfg.Redis.HoldTTL = max(20*time.Minute, cfg.ConcurrencyTimeout+5*time.Minute)
 	if cfg.Durability != "fsync" && cfg.Durability != "memory" {
 		return serveConfig{}, fmt.Errorf("cannot use --durability %q: want fsync or memory", cfg.Durability)
 	}
@@ -420,7 +433,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	spend := &ledger.Source{Ledger: s.ledger, Timeout: 2 * time.Second, DB: s.store.SpentByModel, StoredIDs: s.store.StoredIDs}
 	if s.limiter, err = limiter.New(s.rules.Set().InForce, limiter.Options{Store: buckets, Location: cfg.BudgetLocation,
-		Spend: spend, AllowUnpriced: cfg.BudgetAllowUnpriced}); err != nil {
+		Spend: spend, AllowUnpriced: cfg.BudgetAllowUnpriced, ConcurrencyTimeout: cfg.ConcurrencyTimeout}); err != nil {
 		return err
 	}
 	s.exporter.WatchLimiter(s.limiter)
@@ -766,7 +779,7 @@ func openRedis(cfg redisConfig, stateFile string, observer redisquota.Observer, 
 	logger.Info("limits shared through Redis", "redis", store.Redact(cfg.URL), "cluster", cfg.Cluster,
 		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "prefix", cfg.Prefix, "replica", replica)
 	return redisquota.New(redisquota.Options{Client: client, Timeout: cfg.Timeout, FailMode: cfg.FailMode,
-		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger, StateFile: stateFile}), nil
+		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger, StateFile: stateFile, HoldTTL: cfg.HoldTTL}), nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
