@@ -333,7 +333,8 @@ type call struct {
 	promptEstimate int64
 	requestID      string
 	start          time.Time
-	// key is the fingerprint of the API key the call goes out with.
+	// key is the fingerprint of the API key the call goes out with; set
+	// only for Headroom, as it costs a hash.
 	key string
 }
 
@@ -385,8 +386,8 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 	// The provider's refusal is known before the user's check, which
 	// would charge the user's limits for a call never made: nothing to
 	// give back. A bad team then waits for the provider too.
-	c.key = outgoingKey(up, r.Header)
 	if p.headroom != nil {
+		c.key = outgoingKey(up, r.Header)
 		hk := headroomKey{provider: up.Provider, key: c.key, model: c.model}
 		if wait, why := p.headroom.wait(hk, need{prompt: c.promptEstimate, maxTokens: req.maxTokens()}, p.clock.Now()); wait > 0 {
 			p.refuseForProvider(w, up, c, wait, why)
