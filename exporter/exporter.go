@@ -74,6 +74,8 @@ type Exporter struct {
 	otlpSpans *prometheus.CounterVec
 	// providerLimits are the providers' own rate limits, from the proxy.
 	providerLimits *providerLimits
+	// headroomRefusals counts the proxy's --provider-headroom refusals.
+	headroomRefusals *prometheus.CounterVec
 }
 
 // New returns an Exporter with its registry populated.
@@ -105,6 +107,7 @@ func New(opts Options) *Exporter {
 	e.backend = newBackendMetrics()
 	e.otlpSpans = newOTLPSpans()
 	e.providerLimits = newProviderLimits(e.models, opts.UserTTL)
+	e.headroomRefusals = newHeadroomRefusals()
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -125,6 +128,7 @@ func New(opts Options) *Exporter {
 		e.backend.rules,
 		e.otlpSpans,
 		providerLimitsCollector{e.providerLimits, e},
+		e.headroomRefusals,
 	)
 	e.noUserLabel = opts.NoUserLabel
 	if opts.Limiter != nil {

@@ -39,16 +39,39 @@ const DefaultClientRetryMax = 5 * time.Second
 // (both SDKs raise RateLimitError at once), and a shorter one keeps the
 // SDK's retry, which Retry-After times to pass.
 func (p *Proxy) refuse(w http.ResponseWriter, up *Upstream, user string, d limiter.Decision) {
-	secs := max(int64((d.RetryAfter+time.Second-1)/time.Second), 1)
-	h := w.Header()
-	h.Set("Retry-After", strconv.FormatInt(secs, 10))
-	if p.opts.ClientRetryMax < 0 || time.Duration(secs)*time.Second > p.opts.ClientRetryMax {
-		h.Set("X-Should-Retry", "false")
-	}
-	p.opts.Collector.SetRateLimit(h, d)
+	secs := retryAfterSeconds(d.RetryAfter)
+	p.opts.Collector.SetRateLimit(w.Header(), d)
 	msg := fmt.Sprintf("llmusage: user %s is over a limit; retry after %d s", user, secs)
 	if d.Tightest >= 0 && d.Tightest < len(d.Limits) {
 		msg = fmt.Sprintf("llmusage: user %s is over the %s limit; retry after %d s", user, collector.RateLimitPolicyName(d.Limits[d.Tightest]), secs)
+	}
+	p.tooMany(w, up, d.RetryAfter, msg)
+}
+
+// retryAfterSeconds is a wait as Retry-After says it: whole seconds,
+// rounded up, at least 1.
+func retryAfterSeconds(wait time.Duration) int64 {
+	return max(int64((wait+time.Second-1)/time.Second), 1)
+}
+
+// tooMany answers the sidecar's own 429 for a wait of the proxy's, in the
+// provider's format. Retry-After is in whole seconds, as every HTTP
+// client reads it; retry-after-ms, which both SDKs read first, keeps a
+// short wait (300 ms) from being rounded up to a second, a wait that
+// every retrying caller would otherwise add. x-should-retry goes by the
+// whole seconds, so that it agrees with the Retry-After all clients see.
+func (p *Proxy) tooMany(w http.ResponseWriter, up *Upstream, wait time.Duration, msg string) {
+	secs := retryAfterSeconds(wait)
+	h := w.Header()
+	h.Set("Retry-After", strconv.FormatInt(secs, 10))
+	// Rounded up, so that the retry never comes early, but from whole
+	// microseconds: the limiter's float arithmetic leaves a few
+	// nanoseconds over a wait of 300 ms.
+	if ms := int64((wait.Truncate(time.Microsecond) + time.Millisecond - 1) / time.Millisecond); ms > 0 {
+		h.Set("Retry-After-Ms", strconv.FormatInt(ms, 10))
+	}
+	if p.opts.ClientRetryMax < 0 || time.Duration(secs)*time.Second > p.opts.ClientRetryMax {
+		h.Set("X-Should-Retry", "false")
 	}
 	writeError(w, up.Kind, http.StatusTooManyRequests, errorTypeOf(up.Kind, http.StatusTooManyRequests), msg)
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/record"
 )
@@ -170,8 +171,15 @@ type Options struct {
 	// Logger logs upstream failures (never keys); slog.Default() when nil.
 	Logger *slog.Logger
 	// RateLimits is told the provider's quota headers and 429s of every
-	// upstream answer; optional.
+	// upstream answer; optional. When it is also a HeadroomObserver, it
+	// counts the refusals of Headroom.
 	RateLimits RateLimitObserver
+	// Headroom, when HeadroomRespect, refuses at once the calls the
+	// provider's latest answer for the same key and model says it would
+	// refuse (--provider-headroom).
+	Headroom Headroom
+	// Clock tells the time of Headroom's resets; the wall clock when nil.
+	Clock clock.Clock
 }
 
 // Proxy serves the routes.
@@ -180,6 +188,10 @@ type Proxy struct {
 	upstreams map[string]*Upstream
 	transport http.RoundTripper
 	logger    *slog.Logger
+	clock     clock.Clock
+	// headroom is nil unless Options.Headroom is HeadroomRespect.
+	headroom         *headroom
+	headroomObserver HeadroomObserver
 }
 
 // New returns a Proxy.
@@ -211,13 +223,23 @@ func New(opts Options) (*Proxy, error) {
 	if opts.ClientRetryMax == 0 {
 		opts.ClientRetryMax = DefaultClientRetryMax
 	}
-	p := &Proxy{opts: opts, upstreams: map[string]*Upstream{}, transport: opts.Transport, logger: opts.Logger}
+	p := &Proxy{opts: opts, upstreams: map[string]*Upstream{}, transport: opts.Transport, logger: opts.Logger, clock: opts.Clock}
 	if p.logger == nil {
 		p.logger = slog.Default()
+	}
+	if p.clock == nil {
+		p.clock = clock.System{}
+	}
+	if opts.Headroom == HeadroomRespect {
+		p.headroom = newHeadroom()
+		p.headroomObserver, _ = opts.RateLimits.(HeadroomObserver)
 	}
 	for i := range opts.Upstreams {
 		u := &opts.Upstreams[i]
 		p.upstreams[u.Name] = u
+		if p.headroomObserver != nil {
+			p.headroomObserver.ObserveHeadroomRefusals(u.Provider, 0)
+		}
 	}
 	if p.transport == nil {
 		p.transport = &http.Transport{
@@ -311,6 +333,9 @@ type call struct {
 	promptEstimate int64
 	requestID      string
 	start          time.Time
+	// key is the fingerprint of the API key the call goes out with; set
+	// only for Headroom, as it costs a hash.
+	key string
 }
 
 // metered checks, forwards and records one call.
@@ -357,6 +382,17 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		writeError(w, up.Kind, http.StatusBadRequest, "invalid_request_error",
 			fmt.Sprintf("cannot check a call of max_tokens %d: at most %d", mt, int64(collector.MaxTokens)))
 		return
+	}
+	// The provider's refusal is known before the user's check, which
+	// would charge the user's limits for a call never made: nothing to
+	// give back. A bad team then waits for the provider too.
+	if p.headroom != nil {
+		c.key = outgoingKey(up, r.Header)
+		hk := headroomKey{provider: up.Provider, key: c.key, model: c.model}
+		if wait, why := p.headroom.wait(hk, need{prompt: c.promptEstimate, maxTokens: req.maxTokens()}, p.clock.Now()); wait > 0 {
+			p.refuseForProvider(w, up, c, wait, why)
+			return
+		}
 	}
 	d, requestID, err := p.opts.Collector.Check(collector.Call{UserID: c.user, TeamID: c.team, Provider: up.Provider, Model: c.model,
 		PromptTokens: c.promptEstimate, MaxTokens: req.maxTokens()})
@@ -431,6 +467,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			p.observeRateLimits(up, c, resp)
+			if p.headroom != nil && c != nil {
+				p.headroom.observe(headroomKey{provider: up.Provider, key: c.key, model: c.model}, up.Kind, resp.StatusCode, resp.Header, p.clock.Now())
+			}
 			if c != nil {
 				resp.Body = p.meter(r.Context(), resp, c)
 				if c.injected {

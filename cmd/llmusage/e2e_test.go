@@ -267,6 +267,7 @@ func TestStartupErrors(t *testing.T) {
 	f(`cannot use --otlp-default-user "a\tb": it must not be blank or hold control characters`, "serve", "--otlp-default-user", "a\tb")
 	f("cannot use --proxy-client-retry-max 1m0s: want 0 to 59s", "serve", "--proxy-client-retry-max", "60s")
 	f("cannot use --concurrency-timeout 500ms: want 1s to 24h", "serve", "--concurrency-timeout", "500ms")
+	f(`cannot use --provider-headroom "on": want off or respect`, "serve", "--provider-headroom", "on")
 	f("cannot use --max-body-bytes 67108864", "serve", "--max-body-bytes", "67108864", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
 
 	f("cannot migrate", "serve", "--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t),

@@ -96,3 +96,44 @@ func TestSDKsOnTheSidecars429(t *testing.T) {
 		t.Fatalf("refused check: %d, Retry-After %q, RateLimit %q, x-should-retry %q", code, h.Get("Retry-After"), h.Get("RateLimit"), h.Get("X-Should-Retry"))
 	}
 }
+
+// TestSDKsOnProviderHeadroom runs the official SDKs with their default
+// options through a sidecar with --provider-headroom=respect. The fake
+// provider's answer for the model "exhausted" says the key's requests are
+// spent for 30 s: the SDK's next call gets RateLimitError from the
+// sidecar at the first attempt (30 s is past --proxy-client-retry-max),
+// and the provider sees no second call.
+func TestSDKsOnProviderHeadroom(t *testing.T) {
+	up := upstreamtest.Start(t)
+	s := sidecartest.Start(t, sidecartest.Options{
+		Flags: []string{"--upstream", "openai=" + up.URL, "--upstream", "anthropic=" + up.URL, "--flush-interval", "50ms",
+			"--provider-headroom", "respect"},
+	})
+	for _, tc := range []struct{ scenario, base, provider, path string }{
+		{"openai-chat-default-exhausted", s.APIURL() + "/openai/v1", "openai", "/v1/chat/completions"},
+		{"anthropic-message-default-exhausted", s.APIURL() + "/anthropic", "anthropic", "/v1/messages"},
+	} {
+		r := sdktest.Run(t, tc.scenario, tc.base)
+		if r.OK || r.Status != http.StatusTooManyRequests || r.ErrorClass != "RateLimitError" || r.Attempts != 1 {
+			t.Fatalf("%s: %s, want RateLimitError at the first attempt", tc.scenario, r.Line)
+		}
+		if !strings.Contains(r.Message, "no requests left") {
+			t.Errorf("%s: message %q does not say what the provider said", tc.scenario, r.Message)
+		}
+		n := 0
+		for _, req := range up.Requests() {
+			if req.Path == tc.path {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%s: the provider saw %d calls, want 1", tc.scenario, n)
+		}
+		if v := sidecartest.Value(s.Scrape(t), `llmusage_proxy_headroom_refusals_total{provider="`+tc.provider+`"}`); v != 1 {
+			t.Fatalf("llmusage_proxy_headroom_refusals_total of %s = %v, want 1", tc.provider, v)
+		}
+	}
+	if log := s.Log(); !strings.Contains(log, "provider-headroom") || strings.Contains(log, "sk-test-secret-key") {
+		t.Fatalf("the log does not tell the refusals, or leaks the key:\n%s", log)
+	}
+}

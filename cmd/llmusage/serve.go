@@ -84,6 +84,7 @@ func serveCommand() *cli.Command {
 			stringFlag("proxy-team-header", "X-LLMUsage-Team", "header naming the team of a proxied call (else the body's metadata.team_id); optional"),
 			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
 			durationFlag("proxy-client-retry-max", proxy.DefaultClientRetryMax, "proxy: longest wait of the sidecar's own 429 that the SDK is left to retry (Retry-After); a longer one also says x-should-retry: false, and the official SDKs raise at once. 0: every refusal; at most 59s (the openai SDK does not wait 60 s or more)"),
+			stringFlag("provider-headroom", "off", "proxy: off forwards every call the user's limits allow; respect answers 429 at once, without calling upstream, a call the provider's latest answer for the same key and model says it would refuse (nothing left until a reset to come, or its 429's Retry-After)"),
 			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
 			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
 			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
@@ -277,6 +278,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		cfg.Proxy.ClientRetryMax = -1 // proxy.Options' zero is its default
 	default:
 		cfg.Proxy.ClientRetryMax = d
+	}
+	if cfg.Proxy.Headroom, err = proxy.ParseHeadroom(c.String("provider-headroom")); err != nil {
+		return serveConfig{}, err
 	}
 	var overrides []proxy.Upstream
 	for _, s := range c.StringSlice("upstream") {

@@ -233,7 +233,8 @@ func (f *fakeT) Fatalf(format string, args ...any) {
 
 // TestDefaultScenariosAgainstTheFake: the *-default scenarios (the SDKs'
 // default options) call once, the *-twice ones twice, each answered at
-// the first attempt, and say so.
+// the first attempt, and say so (the *-exhausted ones too: the provider
+// says its requests are spent, but only the sidecar acts on it).
 func TestDefaultScenariosAgainstTheFake(t *testing.T) {
 	for _, tc := range []struct {
 		scenario, path string
@@ -243,6 +244,8 @@ func TestDefaultScenariosAgainstTheFake(t *testing.T) {
 		{"openai-chat-default-twice", "/v1/chat/completions", 2},
 		{"anthropic-message-default", "/v1/messages", 1},
 		{"anthropic-message-default-twice", "/v1/messages", 2},
+		{"openai-chat-default-exhausted", "/v1/chat/completions", 2},
+		{"anthropic-message-default-exhausted", "/v1/messages", 2},
 	} {
 		t.Run(tc.scenario, func(t *testing.T) {
 			t.Parallel()

@@ -18,7 +18,10 @@
 //   - "stall": the headers and one content chunk, then nothing until the
 //     client goes away; a JSON request gets nothing at all;
 //   - "slow": the normal answer, each chunk 50 ms after the previous one
-//     (a JSON answer 50 ms late).
+//     (a JSON answer 50 ms late);
+//   - "exhausted": the normal answer, its rate-limit headers saying the
+//     key's last request: limit 1, none remaining, reset in
+//     ExhaustedReset (a provider's daily limit, spent).
 //
 // Formats, from the providers' API references (see also
 // docs: /work/shared/reference.md section 1):
@@ -110,6 +113,9 @@ var (
 	// in message_start, then in each message_delta.
 	AnthropicOutputSteps = []int{1, 5, 9}
 )
+
+// ExhaustedReset is when the model "exhausted"'s requests come back.
+const ExhaustedReset = 30 * time.Second
 
 // Chunks is the text of a normal answer, one content chunk each; Text is
 // their concatenation.
@@ -358,6 +364,11 @@ func (x *exchange) setHeaders() {
 		h.Set("Anthropic-Ratelimit-Tokens-Limit", "50000")
 		h.Set("Anthropic-Ratelimit-Tokens-Remaining", "49000")
 		h.Set("Anthropic-Ratelimit-Tokens-Reset", "2026-12-01T00:00:01Z")
+		if x.req.Model == "exhausted" {
+			h.Set("Anthropic-Ratelimit-Requests-Limit", "1")
+			h.Set("Anthropic-Ratelimit-Requests-Remaining", "0")
+			h.Set("Anthropic-Ratelimit-Requests-Reset", time.Now().Add(ExhaustedReset).UTC().Format(time.RFC3339))
+		}
 		return
 	}
 	h.Set("X-Request-Id", "req_fake")
@@ -367,6 +378,11 @@ func (x *exchange) setHeaders() {
 	h.Set("X-Ratelimit-Limit-Tokens", "6000")
 	h.Set("X-Ratelimit-Remaining-Tokens", "5982")
 	h.Set("X-Ratelimit-Reset-Tokens", "180ms")
+	if x.req.Model == "exhausted" {
+		h.Set("X-Ratelimit-Limit-Requests", "1")
+		h.Set("X-Ratelimit-Remaining-Requests", "0")
+		h.Set("X-Ratelimit-Reset-Requests", ExhaustedReset.String())
+	}
 }
 
 // answerJSON answers a non-streaming request with v, after the model's

@@ -312,6 +312,21 @@ const scenarios = {
     return lastCall(call, call);
   },
 
+  // Two calls in a row of the model whose answer says the key's requests
+  // are spent (the fake provider's "exhausted"); the second's result is
+  // reported.
+  'openai-chat-default-exhausted': async () => {
+    const c = openaiDefault();
+    const call = async () => openaiChat(await c.chat.completions.create({ model: 'exhausted', messages }));
+    return lastCall(call, call);
+  },
+
+  'anthropic-message-default-exhausted': async () => {
+    const c = anthropicDefault();
+    const call = async () => anthropicMessage(await c.messages.create({ model: 'exhausted', max_tokens: 64, messages }));
+    return lastCall(call, call);
+  },
+
   'anthropic-count-tokens': async () => {
     const r = await anthropic().messages.countTokens({ model: anthropicModel, messages });
     return { ok: true, text: '', usage: r, chunks: 0, toolCalls: [] };
