@@ -76,6 +76,8 @@ type Exporter struct {
 	providerLimits *providerLimits
 	// headroomRefusals counts the proxy's --provider-headroom refusals.
 	headroomRefusals *prometheus.CounterVec
+	// inFlight counts the proxy's calls upstream, by user.
+	inFlight *callsInFlight
 }
 
 // New returns an Exporter with its registry populated.
@@ -108,6 +110,7 @@ func New(opts Options) *Exporter {
 	e.otlpSpans = newOTLPSpans()
 	e.providerLimits = newProviderLimits(e.models, opts.UserTTL)
 	e.headroomRefusals = newHeadroomRefusals()
+	e.inFlight = newCallsInFlight(!opts.NoUserLabel)
 	e.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "llmusage_http_request_duration_seconds",
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
@@ -129,6 +132,7 @@ func New(opts Options) *Exporter {
 		e.otlpSpans,
 		providerLimitsCollector{e.providerLimits, e},
 		e.headroomRefusals,
+		e.inFlight,
 	)
 	e.noUserLabel = opts.NoUserLabel
 	if opts.Limiter != nil {

@@ -192,6 +192,15 @@ type Proxy struct {
 	// headroom is nil unless Options.Headroom is HeadroomRespect.
 	headroom         *headroom
 	headroomObserver HeadroomObserver
+	// inFlight counts the calls upstream, when RateLimits is an
+	// InFlightObserver.
+	inFlight InFlightObserver
+}
+
+// InFlightObserver counts the calls the proxy has upstream.
+type InFlightObserver interface {
+	// CallStarted counts a call of user in flight until end is called.
+	CallStarted(user string) (end func())
 }
 
 // New returns a Proxy.
@@ -230,6 +239,7 @@ func New(opts Options) (*Proxy, error) {
 	if p.clock == nil {
 		p.clock = clock.System{}
 	}
+	p.inFlight, _ = opts.RateLimits.(InFlightObserver)
 	if opts.Headroom == HeadroomRespect {
 		p.headroom = newHeadroom()
 		p.headroomObserver, _ = opts.RateLimits.(HeadroomObserver)
@@ -336,6 +346,8 @@ type call struct {
 	// key is the fingerprint of the API key the call goes out with; set
 	// only for Headroom, as it costs a hash.
 	key string
+	// ended ends the call's count in flight; nil when not counted.
+	ended func()
 }
 
 // metered checks, forwards and records one call.
@@ -417,6 +429,9 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 		return
 	}
 	c.requestID = requestID
+	if p.inFlight != nil {
+		c.ended = p.inFlight.CallStarted(c.user)
+	}
 	if c.stream && up.Kind == OpenAI && endpoint == "chat/completions" && !req.includeUsage() {
 		if b, ok := withIncludeUsage(body); ok {
 			body, c.injected = b, true
@@ -521,6 +536,9 @@ func redact(err error) string {
 
 // record makes the call's record and hands it to the collector.
 func (p *Proxy) record(c *call, status int, errorType string, u usage, exact bool, contentChars int64) {
+	if c.ended != nil {
+		defer c.ended()
+	}
 	rec := record.Record{
 		RequestID: c.requestID, UserID: c.user, TeamID: c.team, Provider: c.up.Provider, Model: c.model,
 		Latency: time.Since(c.start), HasLatency: true, Status: record.StatusSuccess,
