@@ -54,6 +54,11 @@ func (x *seenIndex) touch(now time.Time, user string, bs []limiter.Bucket, level
 	seen := sh.users[user]
 	for i, b := range bs {
 		fullAt := now.Add(b.RefillTime(now, float64(b.Limit)-levels[i])).UnixNano()
+		if b.IsConcurrency() && levels[i] < float64(b.Limit) {
+			// Slots come back with records, on any replica: the bucket is
+			// read again (Each) until it is seen with every slot free.
+			fullAt = now.Add(time.Minute).UnixNano()
+		}
 		j := 0
 		for ; j < len(seen) && *seen[j].bucket.Scope != *b.Scope; j++ {
 		}

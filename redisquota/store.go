@@ -449,6 +449,9 @@ func (s *Store) Each(now time.Time, owner limiter.Owner, fn func(user string, b 
 		for i, b := range c.bs {
 			if !math.IsNaN(res[2+i]) { // a budget whose spend Redis lost
 				fn(c.user, b, res[2+i])
+				if b.IsConcurrency() {
+					s.seen.touch(now, c.user, c.bs[i:i+1], res[2+i:3+i])
+				}
 			}
 		}
 	}
