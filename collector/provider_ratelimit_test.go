@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -206,5 +207,30 @@ func TestProviderRateLimitErrors(t *testing.T) {
 	got := s.series(t)
 	if got[`llm_provider_ratelimit_remaining{key="",model="gpt-4o",provider="openai",resource="tokens"}`] != "20" || len(got) != 3 {
 		t.Fatalf("series %v, want tokens' limit and remaining and requests' limit", got)
+	}
+}
+
+// TestReadmeProviderRateLimitExample: the README's record with
+// provider_ratelimit is accepted and feeds the gauges it says.
+func TestReadmeProviderRateLimitExample(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example string
+	for _, block := range strings.Split(string(readme), "```json\n")[1:] {
+		if block, _, _ = strings.Cut(block, "```"); strings.Contains(block, `"provider_ratelimit"`) {
+			example = block
+		}
+	}
+	if example == "" {
+		t.Fatal("README has no json block with provider_ratelimit")
+	}
+	s := newProviderServer(t)
+	if code, body := s.post(t, "application/json", example); code != http.StatusAccepted {
+		t.Fatalf("the README's example: %d %s", code, body)
+	}
+	if got := s.series(t)[`llm_provider_ratelimit_remaining{key="4ecf4d81",model="llama-3.1-8b-instant",provider="groq",resource="tokens"}`]; got != "17850" {
+		t.Fatalf("remaining tokens %q, want the example's 17850", got)
 	}
 }
