@@ -66,13 +66,16 @@ type Options struct {
 
 // Collector serves the intake API.
 type Collector struct {
-	limiter      *limiter.Limiter
-	sink         Sink
-	usage        UsageReader
-	observer     Observer
-	maxBodyBytes int64
-	clock        clock.Clock
-	logger       *slog.Logger
+	limiter  *limiter.Limiter
+	sink     Sink
+	usage    UsageReader
+	observer Observer
+	// providerLimits is the Observer when it takes the provider's own
+	// quota (the exporter), else nil.
+	providerLimits ProviderRateLimitObserver
+	maxBodyBytes   int64
+	clock          clock.Clock
+	logger         *slog.Logger
 	// rules returns the rules in force, swapped whole on every reload.
 	rules     func() *rules.Set
 	parsers   parsers
@@ -107,6 +110,7 @@ func New(opts Options) *Collector {
 	if c.observer == nil {
 		c.observer = nopObserver{}
 	}
+	c.providerLimits, _ = c.observer.(ProviderRateLimitObserver)
 	c.usages.New = func() any { return new([]limiter.Usage) }
 	if c.maxBodyBytes <= 0 {
 		c.maxBodyBytes = 1 << 20
@@ -162,10 +166,18 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	now := c.clock.Now().UTC()
 	recs := make([]record.Record, 0, len(raws))
 	var details []Detail
+	// figs[i] is record i's provider_ratelimit; nil until one has any.
+	var figs []*providerFigures
 	for i, raw := range raws {
-		r, ds := c.parseRecord(raw, i, now)
+		r, fig, ds := c.parseRecord(raw, i, now)
 		details = append(details, ds...)
 		recs = append(recs, r)
+		if fig != nil {
+			if figs == nil {
+				figs = make([]*providerFigures, len(raws))
+			}
+			figs[i] = fig
+		}
 	}
 	if len(recs) > 1 {
 		details = append(details, repeatedRequestIDs(recs)...)
@@ -183,7 +195,28 @@ func (c *Collector) ingest(body []byte, format bodyFormat) (int, error) {
 	if err := c.apply(recs, now); err != nil {
 		return 0, err
 	}
+	c.observeProviderFigures(recs, figs)
 	return len(recs), nil
+}
+
+// observeProviderFigures passes on the provider_ratelimit of accepted
+// records, under their provider and model as they were resolved.
+func (c *Collector) observeProviderFigures(recs []record.Record, figs []*providerFigures) {
+	if c.providerLimits == nil {
+		return
+	}
+	for i, f := range figs {
+		if f == nil {
+			continue
+		}
+		r := &recs[i]
+		for _, rl := range f.limits {
+			c.providerLimits.ObserveProviderRateLimit(r.Provider, r.Model, f.key, rl.Resource, rl.Limit, rl.Remaining, rl.Reset)
+		}
+		if !f.retryAfter.IsZero() {
+			c.providerLimits.ObserveProviderRetryAfter(r.Provider, r.Model, f.key, f.retryAfter)
+		}
+	}
 }
 
 // apply persists valid records, charges them and counts them.

@@ -42,7 +42,7 @@ func TestDeadLetterIsIntake(t *testing.T) {
 		if err := json.Unmarshal(lines[len(lines)-1], &line); err != nil {
 			t.Fatal(err)
 		}
-		got, details := c.parseRecord(line.Record, 0, testNow)
+		got, _, details := c.parseRecord(line.Record, 0, testNow)
 		if len(details) > 0 {
 			t.Fatalf("%s is refused: %+v", line.Record, details)
 		}

@@ -3,6 +3,7 @@ package collector
 import (
 	"bytes"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -23,6 +24,8 @@ func FuzzIngest(f *testing.F) {
 	f.Add([]byte(`[{"user_id":"u","model":"claude-3-opus","metadata":{"provider":"anthropic"}},{"user_id":"v","model":"m"}]`), false)
 	f.Add([]byte("{\"user_id\":\"u\",\"model\":\"m\"}\n{\"user_id\":\"w\",\"model\":\"o3\",\"reasoning_tokens\":3}\n"), true)
 	f.Add([]byte(`{"user_id":"a\"b\\c","model":"m{x=\"y\"}","provider":"p\"q","latency_ms":1e400}`), false)
+	f.Add([]byte(`{"user_id":"u","model":"gpt-4o","provider_ratelimit":{"key":"4ecf4d81","requests":{"limit":30,"remaining":29,"reset_seconds":2.5},"retry_after_seconds":3}}`), false)
+	f.Add([]byte(`{"user_id":"u","model":"claude-3","provider_ratelimit":{"headers":{"anthropic-ratelimit-tokens-reset":"2026-12-08T00:00:01Z","retry-after":"1d2h"}}}`), false)
 	l, err := limiter.New([]limiter.Rule{{Window: limiter.Minute, Unit: limiter.Requests, Limit: 5}, {Window: limiter.Day, Unit: limiter.Tokens, Limit: 1000}}, limiter.Options{})
 	if err != nil {
 		f.Fatal(err)
@@ -92,5 +95,23 @@ func (m multiObserver) ObserveRejected(n int) {
 func (m multiObserver) ObserveCheck(user string, allowed bool) {
 	for _, o := range m {
 		o.ObserveCheck(user, allowed)
+	}
+}
+
+// The provider quota figures of records go to the members that take them
+// (the exporter), so that the fuzzer reaches their gauges too.
+func (m multiObserver) ObserveProviderRateLimit(provider, model, key, resource string, limit, remaining float64, reset time.Time) {
+	for _, o := range m {
+		if p, ok := o.(ProviderRateLimitObserver); ok {
+			p.ObserveProviderRateLimit(provider, model, key, resource, limit, remaining, reset)
+		}
+	}
+}
+
+func (m multiObserver) ObserveProviderRetryAfter(provider, model, key string, at time.Time) {
+	for _, o := range m {
+		if p, ok := o.(ProviderRateLimitObserver); ok {
+			p.ObserveProviderRetryAfter(provider, model, key, at)
+		}
 	}
 }

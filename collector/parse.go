@@ -35,25 +35,26 @@ const (
 var recordFields = []string{
 	"user_id", "model", "provider", "tokens_used", "prompt_tokens", "completion_tokens",
 	"cached_tokens", "reasoning_tokens", "latency_ms", "status", "error_type", "request_id",
-	"timestamp", "metadata", "cache_write_tokens", "cost_usd", "team_id",
+	"timestamp", "metadata", "cache_write_tokens", "cost_usd", "team_id", "provider_ratelimit",
 }
 
 // maxFields sizes a parser's member slice: every known field of a record
 // fits; more (unknown fields) grow it.
-const maxFields = 17
+const maxFields = 18
 
 // checkFields are the fields of a quota check.
 var checkFields = []string{"user_id", "model", "provider", "tokens", "request_id", "prompt_tokens", "max_tokens", "team_id"}
 
 // parseRecord validates one raw record and normalises it; a record
-// without a request_id gets one in ingest, once the batch is valid.
-func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (record.Record, []Detail) {
+// without a request_id gets one in ingest, once the batch is valid. fig
+// is its provider_ratelimit, nil when it has none.
+func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (r record.Record, fig *providerFigures, details []Detail) {
 	p := c.parsers.get(raw, index, recordFields)
 	defer c.parsers.put(p)
 	if p.invalid {
-		return record.Record{}, p.details
+		return record.Record{}, nil, p.details
 	}
-	r := record.Record{
+	r = record.Record{
 		UserID:    p.str("user_id", true, true, MaxIDLength),
 		TeamID:    p.str("team_id", false, true, MaxIDLength),
 		Model:     p.str("model", true, true, MaxIDLength),
@@ -95,7 +96,8 @@ func (c *Collector) parseRecord(raw json.RawMessage, index int, now time.Time) (
 	if !r.HasCost {
 		r.Cost, r.HasCost = c.rules().Prices.Cost(r.Provider, r.Model, r.Timestamp, usageOf(&r))
 	}
-	return r, p.details
+	fig = c.providerRateLimit(p, r.Provider, r.Timestamp)
+	return r, fig, p.details
 }
 
 // checkRequest is a decoded POST /v1/check body.

@@ -18,8 +18,10 @@ const OverflowKey = "__other__"
 const maxProviderKeys = 100
 
 // providerLimits exports the providers' own rate limits as the proxy reads
-// them off the upstream answers (llm_provider_ratelimit_*, the latest value
-// per provider, model, resource and key) and the upstreams' 429s. Provider
+// them off the upstream answers, or a record's provider_ratelimit carries
+// them (llm_provider_ratelimit_*, the latest value per provider, model,
+// resource and key), the latest retry-after per provider, model and key,
+// and the upstreams' 429s. Provider
 // and model go through the model guard, like the usage series, and expire
 // with it; a series not updated for the TTL goes too, as do idle keys.
 type providerLimits struct {
@@ -29,11 +31,22 @@ type providerLimits struct {
 
 	mu        sync.Mutex
 	limits    map[providerLimitKey]*providerLimit
+	retry     map[providerRetryKey]*providerRetry
 	throttled map[modelPair]*providerThrottled
 	// keys holds when each key fingerprint was last seen.
 	keys map[string]time.Time
 
-	limitDesc, remainingDesc, resetDesc, throttledDesc *prometheus.Desc
+	limitDesc, remainingDesc, resetDesc, retryDesc, throttledDesc *prometheus.Desc
+}
+
+type providerRetryKey struct {
+	pair modelPair
+	key  string
+}
+
+// providerRetry is the latest retry-after: when it ends.
+type providerRetry struct {
+	at, seen time.Time
 }
 
 type providerLimitKey struct {
@@ -61,17 +74,21 @@ func newProviderLimits(models *modelGuard, ttl time.Duration) *providerLimits {
 		ttl:       ttl,
 		maxKeys:   maxProviderKeys,
 		limits:    map[providerLimitKey]*providerLimit{},
+		retry:     map[providerRetryKey]*providerRetry{},
 		throttled: map[modelPair]*providerThrottled{},
 		keys:      map[string]time.Time{},
 		limitDesc: prometheus.NewDesc("llm_provider_ratelimit_limit",
-			"The provider's own rate limit, as its latest answer through the proxy said, by provider, model (as sent upstream), resource (requests, tokens, input_tokens, output_tokens) and key (a fingerprint of the API key, never the key).",
+			"The provider's own rate limit, as its latest answer said (through the proxy, or a record's provider_ratelimit), by provider, model (as sent upstream), resource (requests, tokens, input_tokens, output_tokens) and key (a fingerprint of the API key, never the key).",
 			labels, nil),
 		remainingDesc: prometheus.NewDesc("llm_provider_ratelimit_remaining",
-			"What is left of the provider's own rate limit, as its latest answer through the proxy said, by provider, model, resource and key.",
+			"What is left of the provider's own rate limit, as its latest answer said, by provider, model, resource and key.",
 			labels, nil),
 		resetDesc: prometheus.NewDesc("llm_provider_ratelimit_reset_seconds",
 			"Seconds until the provider's own rate limit is whole again, from its latest answer's reset header (0 once past), by provider, model, resource and key.",
 			labels, nil),
+		retryDesc: prometheus.NewDesc("llm_provider_retry_after_seconds",
+			"Seconds until the provider's latest retry-after (retry-after-ms, retry-after) says to retry, counted down at scrape (0 once past), by provider, model and key.",
+			[]string{"provider", "model", "key"}, nil),
 		throttledDesc: prometheus.NewDesc("llm_provider_throttled_total",
 			"Upstream answers through the proxy that were the provider's own 429 (not the sidecar's), by provider and model.",
 			[]string{"provider", "model"}, nil),
@@ -111,6 +128,19 @@ func (p *providerLimits) observe(now time.Time, provider, model, key, resource s
 	l.seen = now
 }
 
+func (p *providerLimits) observeRetry(now time.Time, provider, model, key string, at time.Time) {
+	pair, _ := p.models.label(labelValue(provider), labelValue(model), p.models.nanos(now))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := providerRetryKey{pair: pair, key: p.keyLabel(labelValue(key), now)}
+	r := p.retry[k]
+	if r == nil {
+		r = &providerRetry{}
+		p.retry[k] = r
+	}
+	r.at, r.seen = at, now
+}
+
 func (p *providerLimits) observeAnswer(now time.Time, provider, model string, throttled bool) {
 	pair, _ := p.models.label(labelValue(provider), labelValue(model), p.models.nanos(now))
 	p.mu.Lock()
@@ -137,6 +167,11 @@ func (p *providerLimits) expire(now time.Time, pairs map[modelPair]bool) {
 			delete(p.limits, k)
 		}
 	}
+	for k, r := range p.retry {
+		if pairs[k.pair] || now.Sub(r.seen) > p.ttl {
+			delete(p.retry, k)
+		}
+	}
 	for pair, t := range p.throttled {
 		if pairs[pair] || now.Sub(t.seen) > p.ttl {
 			delete(p.throttled, pair)
@@ -153,6 +188,7 @@ func (p *providerLimits) Describe(ch chan<- *prometheus.Desc) {
 	ch <- p.limitDesc
 	ch <- p.remainingDesc
 	ch <- p.resetDesc
+	ch <- p.retryDesc
 	ch <- p.throttledDesc
 }
 
@@ -172,6 +208,9 @@ func (p *providerLimits) collectAt(ch chan<- prometheus.Metric, now time.Time) {
 			ch <- prometheus.MustNewConstMetric(p.resetDesc, prometheus.GaugeValue, max(l.reset.Sub(now).Seconds(), 0), lv...)
 		}
 	}
+	for k, r := range p.retry {
+		ch <- prometheus.MustNewConstMetric(p.retryDesc, prometheus.GaugeValue, max(r.at.Sub(now).Seconds(), 0), k.pair.provider, k.pair.model, k.key)
+	}
 	for pair, t := range p.throttled {
 		ch <- prometheus.MustNewConstMetric(p.throttledDesc, prometheus.CounterValue, t.n, pair.provider, pair.model)
 	}
@@ -188,9 +227,16 @@ func (c providerLimitsCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // ObserveProviderRateLimit records one of a provider's rate limits as an
-// upstream answer through the proxy said it (proxy.RateLimitObserver).
+// upstream answer through the proxy said it (proxy.RateLimitObserver), or
+// a record carried it (collector.ProviderRateLimitObserver).
 func (e *Exporter) ObserveProviderRateLimit(provider, model, key, resource string, limit, remaining float64, reset time.Time) {
 	e.providerLimits.observe(e.clock.Now(), provider, model, key, resource, limit, remaining, reset)
+}
+
+// ObserveProviderRetryAfter records when a provider's latest answer said
+// to retry (proxy.RateLimitObserver, collector.ProviderRateLimitObserver).
+func (e *Exporter) ObserveProviderRetryAfter(provider, model, key string, at time.Time) {
+	e.providerLimits.observeRetry(e.clock.Now(), provider, model, key, at)
 }
 
 // ObserveProviderAnswer counts an upstream answer through the proxy, and

@@ -25,14 +25,16 @@ func TestProviderRateLimits(t *testing.T) {
 	clk.Advance(30 * time.Second)
 	e.ObserveProviderRateLimit("openai", "gpt-4o", "0a1b2c3d", "tokens", math.NaN(), 0, time.Time{})
 	e.ObserveProviderAnswer("openai", "gpt-4o", true)
+	e.ObserveProviderRetryAfter("openai", "gpt-4o", "0a1b2c3d", testNow.Add(45*time.Second))
+	e.ObserveProviderRetryAfter("openai", "gpt-4o", "", testNow.Add(10*time.Second))
 	// Past the model cap: counted under the provider's overflow pair.
 	e.ObserveProviderRateLimit("openai", "gpt-4o-mini", "0a1b2c3d", "requests", 10, 9, time.Time{})
-	want := `# HELP llm_provider_ratelimit_limit The provider's own rate limit, as its latest answer through the proxy said, by provider, model (as sent upstream), resource (requests, tokens, input_tokens, output_tokens) and key (a fingerprint of the API key, never the key).
+	want := `# HELP llm_provider_ratelimit_limit The provider's own rate limit, as its latest answer said (through the proxy, or a record's provider_ratelimit), by provider, model (as sent upstream), resource (requests, tokens, input_tokens, output_tokens) and key (a fingerprint of the API key, never the key).
 # TYPE llm_provider_ratelimit_limit gauge
 llm_provider_ratelimit_limit{key="0a1b2c3d",model="__other__",provider="openai",resource="requests"} 10
 llm_provider_ratelimit_limit{key="0a1b2c3d",model="gpt-4o",provider="openai",resource="requests"} 60
 llm_provider_ratelimit_limit{key="0a1b2c3d",model="gpt-4o",provider="openai",resource="tokens"} 150000
-# HELP llm_provider_ratelimit_remaining What is left of the provider's own rate limit, as its latest answer through the proxy said, by provider, model, resource and key.
+# HELP llm_provider_ratelimit_remaining What is left of the provider's own rate limit, as its latest answer said, by provider, model, resource and key.
 # TYPE llm_provider_ratelimit_remaining gauge
 llm_provider_ratelimit_remaining{key="0a1b2c3d",model="__other__",provider="openai",resource="requests"} 9
 llm_provider_ratelimit_remaining{key="0a1b2c3d",model="gpt-4o",provider="openai",resource="requests"} 59
@@ -41,11 +43,15 @@ llm_provider_ratelimit_remaining{key="0a1b2c3d",model="gpt-4o",provider="openai"
 # TYPE llm_provider_ratelimit_reset_seconds gauge
 llm_provider_ratelimit_reset_seconds{key="0a1b2c3d",model="gpt-4o",provider="openai",resource="requests"} 0
 llm_provider_ratelimit_reset_seconds{key="0a1b2c3d",model="gpt-4o",provider="openai",resource="tokens"} 330
+# HELP llm_provider_retry_after_seconds Seconds until the provider's latest retry-after (retry-after-ms, retry-after) says to retry, counted down at scrape (0 once past), by provider, model and key.
+# TYPE llm_provider_retry_after_seconds gauge
+llm_provider_retry_after_seconds{key="",model="gpt-4o",provider="openai"} 0
+llm_provider_retry_after_seconds{key="0a1b2c3d",model="gpt-4o",provider="openai"} 15
 # HELP llm_provider_throttled_total Upstream answers through the proxy that were the provider's own 429 (not the sidecar's), by provider and model.
 # TYPE llm_provider_throttled_total counter
 llm_provider_throttled_total{model="gpt-4o",provider="openai"} 1
 `
-	names := []string{"llm_provider_ratelimit_limit", "llm_provider_ratelimit_remaining", "llm_provider_ratelimit_reset_seconds", "llm_provider_throttled_total"}
+	names := []string{"llm_provider_ratelimit_limit", "llm_provider_ratelimit_remaining", "llm_provider_ratelimit_reset_seconds", "llm_provider_retry_after_seconds", "llm_provider_throttled_total"}
 	if err := testutil.GatherAndCompare(e.Registry(), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}

@@ -235,6 +235,7 @@ func TestProviderRateLimitsThroughProxy(t *testing.T) {
 			w.Header().Set("x-ratelimit-remaining-tokens", "0")
 			w.Header().Set("x-ratelimit-reset-tokens", "1m30s")
 			w.Header().Del("x-ratelimit-limit-tokens")
+			w.Header().Set("retry-after", "600")
 			w.WriteHeader(http.StatusTooManyRequests)
 			_, _ = io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"tokens"}}`)
 			return
@@ -283,6 +284,11 @@ func TestProviderRateLimitsThroughProxy(t *testing.T) {
 	}
 	if reset, ok := metricValue(t, text, "llm_provider_ratelimit_reset_seconds"+labels("tokens")); !ok || reset <= 80 || reset > 90 {
 		t.Fatalf("tokens reset in %v s (found %v), want just under 90", reset, ok)
+	}
+	// The 429's retry-after, the latest, replaced the success's 2 s.
+	retry := `llm_provider_retry_after_seconds{key="` + fp + `",model="llama-3.1-8b-instant",provider="groq"}`
+	if s, ok := metricValue(t, text, retry); !ok || s <= 500 || s > 600 {
+		t.Fatalf("%s = %v (found %v), want just under 600", retry, s, ok)
 	}
 
 	// A second key is a series of its own.

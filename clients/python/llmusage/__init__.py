@@ -21,6 +21,10 @@ call, times it and records it::
         response = await openai_client.chat.completions.create(...)
         call.usage(response.usage)
 
+``call.usage(raw)`` of an SDK's ``with_raw_response`` answer also sends the
+provider's own rate-limit headers, for the sidecar's
+``llm_provider_ratelimit_*`` gauges (see :meth:`Call.provider_headers`).
+
 Standard library only (Python 3.9+), in this one file: copy it next to your
 code or ``pip install ./clients/python``. Configuration comes from the
 environment: ``LLMUSAGE_URL`` (default ``http://127.0.0.1:9470``, or
@@ -46,6 +50,7 @@ import concurrent.futures
 import datetime as _dt
 import decimal
 import functools
+import hashlib
 import http.client
 import json
 import logging
@@ -65,6 +70,8 @@ __all__ = [
     "llm_usage_tracker",
     "Call",
     "usage_fields",
+    "key_fingerprint",
+    "provider_ratelimit_headers",
     "LLMUsageError",
     "RateLimited",
     "InvalidRequest",
@@ -218,6 +225,7 @@ class LLMUsageTracker:
         cost_usd: Optional[Union[float, int, decimal.Decimal]] = None,
         timestamp: Optional[Union[_dt.datetime, str]] = None,
         team_id: Any = None,
+        provider_ratelimit: Optional[Mapping[str, Any]] = None,
     ) -> str:
         """Record one LLM call, as the seed's ``log_llm_call`` did.
 
@@ -225,7 +233,10 @@ class LLMUsageTracker:
         ``tokens_used`` is ``prompt_tokens + completion_tokens``, the
         provider comes from ``metadata["provider"]`` or the model name).
         ``team_id`` (optional) is the team the call is for, validated like
-        ``user_id``.
+        ``user_id``. ``provider_ratelimit`` is the provider's own quota as
+        its answer said (``{"headers": provider_ratelimit_headers(h),
+        "key": key_fingerprint(api_key)}``, or the figures), for the
+        sidecar's gauges; it is not stored.
         ``success=False`` is ``status="error"``. A naive ``timestamp`` is
         taken as UTC. Returns the record's ``request_id`` (generated when
         not given), which makes a retry store it once.
@@ -236,7 +247,7 @@ class LLMUsageTracker:
         """
         rec = _record(user_id, model, tokens_used, prompt_tokens, completion_tokens, metadata, provider, latency_ms,
                       status, success, error_type, request_id, cached_tokens, reasoning_tokens, cache_write_tokens,
-                      cost_usd, timestamp, team_id)
+                      cost_usd, timestamp, team_id, provider_ratelimit)
         return await self._in_thread(self._send_record, rec)
 
     async def check_rate_limit(self, user_id: Any, limit_type: str = "minute", *, team_id: Any = None) -> Dict[str, Any]:
@@ -526,11 +537,65 @@ class Call:
         if metadata is not None:
             self._fields["metadata"] = metadata
         self._started: Optional[float] = None
+        # When the provider's headers were taken: their relative resets
+        # count from then, however late the record reaches the sidecar.
+        self._headers_at: Optional[_dt.datetime] = None
 
     def usage(self, usage: Any) -> None:
         """Take the token counts from the provider's usage object or dict
-        (OpenAI, Groq, Anthropic; see :func:`usage_fields`)."""
+        (OpenAI, Groq, Anthropic; see :func:`usage_fields`), or from a
+        whole response that has one (``response.usage``).
+
+        An SDK's raw response (``client.chat.completions.with_raw_response
+        .create(...)``, ``client.messages.with_raw_response.create(...)``)
+        gives its usage (``.parse()``) and its rate-limit headers, as
+        :meth:`provider_headers` takes them, with the fingerprint of the
+        API key of its request.
+        """
+        if _is_raw_response(usage):
+            self._provider_headers_of(usage)
+            usage = usage.parse()
+        inner = _field(usage, "usage")
+        if inner is not None and _field(usage, "prompt_tokens") is None and _field(usage, "input_tokens") is None:
+            usage = inner
         self._fields.update(usage_fields(usage))
+
+    def provider_headers(self, headers: Any, *, api_key: Optional[str] = None) -> None:
+        """Send the provider's own rate-limit headers of the call's answer
+        with its record (``provider_ratelimit``), for the sidecar's
+        ``llm_provider_ratelimit_*`` and ``llm_provider_retry_after_seconds``
+        gauges, as the proxy reads them. ``headers`` is a mapping (the
+        SDK's ``response.headers``) or pairs; only the rate-limit ones are
+        sent. ``api_key`` labels the figures with its
+        :func:`key_fingerprint`; the key itself never leaves the process.
+        """
+        picked = provider_ratelimit_headers(headers)
+        if not picked:
+            return
+        pr: Dict[str, Any] = {"headers": picked}
+        fp = key_fingerprint(api_key) if api_key else ""
+        if fp:
+            pr["key"] = fp
+        self._fields["provider_ratelimit"] = pr
+        self._headers_at = _dt.datetime.now(_dt.timezone.utc)
+
+    def _provider_headers_of(self, obj: Any) -> None:
+        """provider_headers of an SDK's raw response, an httpx response or
+        an SDK error with one (a 429 says when to retry)."""
+        try:
+            resp = obj
+            if not _is_raw_response(obj) and _field(obj, "headers") is None:
+                resp = getattr(obj, "response", None)  # openai.APIStatusError, anthropic.APIStatusError
+            headers = getattr(resp, "headers", None)
+            if headers is None:
+                return
+            try:
+                request = getattr(resp, "http_request", None) or getattr(resp, "request", None)
+            except RuntimeError:  # httpx's Response.request of a response made without one
+                request = None
+            self.provider_headers(headers, api_key=_api_key(getattr(request, "headers", None)))
+        except Exception:  # an object of another shape: the record matters more than its figures
+            logger.debug("cannot read the provider's headers of %r", type(obj).__name__, exc_info=True)
 
     def set(self, **fields: Any) -> None:
         """Set more record fields (``cost_usd``, ``metadata``,
@@ -543,7 +608,7 @@ class Call:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._record(exc_type, self._tracker._send_record)
+        self._record(exc_type, self._tracker._send_record, exc)
 
     async def __aenter__(self) -> "Call":
         self._checked(await self._tracker._in_thread(self._tracker._check, self._check_body()))
@@ -556,7 +621,7 @@ class Call:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         send = self._tracker._send_record
-        await asyncio.shield(self._tracker._in_thread(self._record, exc_type, send))
+        await asyncio.shield(self._tracker._in_thread(self._record, exc_type, send, exc))
 
     def _check_body(self) -> Dict[str, Any]:
         body: Dict[str, Any] = {"user_id": self.user_id, "model": self.model, "request_id": self.request_id}
@@ -570,10 +635,14 @@ class Call:
             body["tokens"] = int(self._estimate)
         return body
 
-    def _record(self, exc_type: Any, send: Callable[[Dict[str, Any]], str]) -> None:
+    def _record(self, exc_type: Any, send: Callable[[Dict[str, Any]], str], exc: Any = None) -> None:
         assert self._started is not None
         self.latency_ms = (time.monotonic() - self._started) * 1000
+        if exc is not None and "provider_ratelimit" not in self._fields:
+            self._provider_headers_of(exc)
         fields = dict(self._fields)
+        if self._headers_at is not None and "provider_ratelimit" in fields:
+            fields.setdefault("timestamp", self._headers_at)
         fields.setdefault("provider", self.provider)
         fields.setdefault("latency_ms", self.latency_ms)
         fields.setdefault("request_id", self.request_id)
@@ -636,6 +705,67 @@ def usage_fields(usage: Any) -> Dict[str, int]:
                     "or Anthropic's input_tokens/output_tokens" % (type(usage).__name__,))
 
 
+# -- the provider's own rate limits ---------------------------------------------
+
+#: Prefixes and names of the providers' rate-limit headers, as the sidecar
+#: reads them (OpenAI, Groq, xAI, Mistral, Anthropic; retry-after).
+_RATELIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "x-ratelimitbysize-", "ratelimitbysize-")
+_RATELIMIT_NAMES = frozenset(("retry-after", "retry-after-ms"))
+
+#: Prefixes the key before hashing, as the sidecar does (provider.KeyFingerprint).
+_KEY_FINGERPRINT_DOMAIN = b"llmusage provider key fingerprint v1\x00"
+
+
+def key_fingerprint(api_key: str) -> str:
+    """The sidecar's name of an API key on its dashboards (the ``key``
+    label): the first 8 hex digits of SHA-256 over a fixed prefix and the
+    key, spaces around it trimmed; ``""`` for no key. The same as the
+    proxy computes, and as
+    ``printf 'llmusage provider key fingerprint v1\\0%s' "$KEY" | sha256sum | cut -c1-8``.
+    """
+    key = (api_key or "").strip()
+    if not key:
+        return ""
+    return hashlib.sha256(_KEY_FINGERPRINT_DOMAIN + key.encode()).hexdigest()[:8]
+
+
+def provider_ratelimit_headers(headers: Any) -> Dict[str, str]:
+    """The rate-limit headers of a provider's answer (a mapping such as
+    httpx's ``Headers``, or pairs), names lower-cased: what
+    ``provider_ratelimit.headers`` of a record takes. Others are left out,
+    so that nothing else of the answer goes to the sidecar."""
+    items = headers.items() if hasattr(headers, "items") else headers
+    out: Dict[str, str] = {}
+    for name, value in items:
+        n = str(name).strip().lower()
+        if n in _RATELIMIT_NAMES or n.startswith(_RATELIMIT_PREFIXES):
+            out[n] = str(value)
+    return out
+
+
+def _is_raw_response(obj: Any) -> bool:
+    """An openai or anthropic SDK's ``with_raw_response`` answer."""
+    return callable(getattr(obj, "parse", None)) and getattr(obj, "headers", None) is not None \
+        and not isinstance(obj, Mapping)
+
+
+def _api_key(headers: Any) -> Optional[str]:
+    """The API key of a request's headers: x-api-key (Anthropic) or the
+    Authorization bearer token, as the proxy reads them."""
+    if headers is None:
+        return None
+    found: Dict[str, str] = {}
+    for name, value in (headers.items() if hasattr(headers, "items") else headers):
+        found[str(name).lower()] = str(value)
+    key = found.get("x-api-key", "").strip()
+    if key:
+        return key
+    auth = found.get("authorization", "").strip()
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
 # -- records ------------------------------------------------------------------
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
@@ -651,7 +781,7 @@ def _record(user_id: Any, model: str, tokens_used: Optional[int] = None, prompt_
             success: Optional[bool] = None, error_type: Optional[str] = None, request_id: Optional[str] = None,
             cached_tokens: Optional[int] = None, reasoning_tokens: Optional[int] = None,
             cache_write_tokens: Optional[int] = None, cost_usd: Any = None, timestamp: Any = None,
-            team_id: Any = None) -> Dict[str, Any]:
+            team_id: Any = None, provider_ratelimit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The JSON record of one call, with a client-side request_id so that
     every retry of it is stored once."""
     if status is None and success is not None:
@@ -674,6 +804,8 @@ def _record(user_id: Any, model: str, tokens_used: Optional[int] = None, prompt_
             rec[name] = value
     if metadata is not None:
         rec["metadata"] = dict(metadata)
+    if provider_ratelimit is not None:
+        rec["provider_ratelimit"] = dict(provider_ratelimit)
     rec["request_id"] = request_id or _new_request_id()
     return rec
 

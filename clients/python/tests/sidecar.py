@@ -117,6 +117,18 @@ class Sidecar:
     def post(self, path: str, body: Any, token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
         return self._request("POST", path, json.dumps(body).encode(), token)
 
+    def metrics_text(self) -> str:
+        """The metrics listener's /metrics, in the Prometheus text format."""
+        host, port = self.metrics.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.status
+            return resp.read().decode()
+        finally:
+            conn.close()
+
     def logs(self, user_id: str) -> List[Dict[str, Any]]:
         """Every stored record of user_id, newest first."""
         rows: List[Dict[str, Any]] = []

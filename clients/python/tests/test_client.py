@@ -107,6 +107,31 @@ class TrackerTest(unittest.IsolatedAsyncioTestCase):
         # (plus the sentinel, a record without a check).
         self.assertEqual(self.rate_limit("call-user")["used"], 2)
 
+    async def test_provider_rate_limit_headers_reach_the_gauges(self) -> None:
+        completion = NS(usage=NS(input_tokens=10, output_tokens=2))
+        raw = NS(headers={"anthropic-ratelimit-input-tokens-limit": "80000",
+                          "anthropic-ratelimit-input-tokens-remaining": "79000",
+                          "anthropic-ratelimit-input-tokens-reset": "2099-01-01T00:00:00Z", "retry-after": "30"},
+                 parse=lambda: completion, http_request=NS(headers={"x-api-key": "sk-ant-e2e"}))
+        async with self.tracker.call("prl-user", "claude-e2e-model") as call:
+            call.usage(raw)
+        fp = llmusage.key_fingerprint("sk-ant-e2e")
+        labels = 'key="%s",model="claude-e2e-model",provider="anthropic"' % fp
+        text = self.sidecar.metrics_text()
+        self.assertIn('llm_provider_ratelimit_limit{%s,resource="input_tokens"} 80000\n' % labels, text)
+        self.assertIn('llm_provider_ratelimit_remaining{%s,resource="input_tokens"} 79000\n' % labels, text)
+        self.assertIn("llm_provider_retry_after_seconds{%s} " % labels, text)
+        self.assertNotIn("sk-ant-e2e", text)
+        # The figures are not stored; the record is.
+        rows = self.sidecar.stored_once_marked("prl-user", "sentinel")
+        self.assertEqual([(r["prompt_tokens"], r["provider"]) for r in rows], [(10, "anthropic")])
+        self.assertNotIn("provider_ratelimit", rows[0])
+
+    async def test_invalid_provider_ratelimit_is_refused_naming_the_field(self) -> None:
+        with self.assertRaises(InvalidRequest) as ctx:
+            await self.tracker.log_llm_call("prl-user", "gpt-4o", provider_ratelimit={"requests": {"limit": -1}})
+        self.assertEqual(ctx.exception.fields, ["provider_ratelimit.requests.limit"])
+
     async def test_call_over_the_limit_raises_rate_limited(self) -> None:
         async with self.tracker.call("once-user", "claude-3-5-haiku-latest", provider="anthropic", estimate=50) as c:
             c.usage({"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100,

@@ -58,6 +58,23 @@ class UsageFieldsTest(unittest.TestCase):
                 usage_fields(bad)
 
 
+class KeyFingerprintTest(unittest.TestCase):
+    def test_the_sidecars_fingerprint(self) -> None:
+        # proxy.KeyFingerprint's and provider.KeyFingerprint's tests pin the same value.
+        self.assertEqual(llmusage.key_fingerprint(" sk-proj-abc123 "), "4ecf4d81")
+        self.assertEqual(llmusage.key_fingerprint(""), "")
+        self.assertNotEqual(llmusage.key_fingerprint("sk-proj-abc124"), "4ecf4d81")
+
+    def test_only_rate_limit_headers_are_kept(self) -> None:
+        got = llmusage.provider_ratelimit_headers({
+            "X-RateLimit-Limit-Tokens": "150000", "anthropic-ratelimit-requests-reset": "2026-12-08T00:00:01Z",
+            "x-ratelimitbysize-limit-minute": "500000", "ratelimitbysize-reset": "29", "Retry-After": "2",
+            "retry-after-ms": "1500", "authorization": "Bearer sk", "x-request-id": "req_1"})
+        self.assertEqual(got, {"x-ratelimit-limit-tokens": "150000", "anthropic-ratelimit-requests-reset": "2026-12-08T00:00:01Z",
+                               "x-ratelimitbysize-limit-minute": "500000", "ratelimitbysize-reset": "29",
+                               "retry-after": "2", "retry-after-ms": "1500"})
+
+
 class FakeSidecar(http.server.ThreadingHTTPServer):
     """Answers 202 to every POST and keeps the bodies and client ports."""
 
@@ -132,6 +149,59 @@ class RequestTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(rec["request_id"], call.request_id)
         self.assertEqual((rec["prompt_tokens"], rec["cache_write_tokens"], rec["metadata"]), (100, 90, {"route": "/x"}))
         self.assertNotIn("cached_tokens", rec)
+
+    async def test_raw_response_sends_usage_and_rate_limit_headers_never_the_key(self) -> None:
+        # The shape of openai's and anthropic's with_raw_response answers:
+        # headers, parse(), and the request as it went out.
+        completion = NS(id="x", usage=NS(prompt_tokens=12, completion_tokens=3))
+        raw = NS(headers={"x-ratelimit-limit-requests": "60", "X-RateLimit-Remaining-Requests": "59",
+                          "x-ratelimit-reset-requests": "1s", "set-cookie": "secret", "content-type": "application/json"},
+                 parse=lambda: completion,
+                 http_request=NS(headers={"Authorization": "Bearer sk-proj-abc123", "Content-Type": "application/json"}))
+        async with self.tracker.call("u4", "gpt-4o") as call:
+            call.usage(raw)
+        rec = self.server.bodies[-1]
+        self.assertEqual((rec["prompt_tokens"], rec["completion_tokens"]), (12, 3))
+        self.assertEqual(rec["provider_ratelimit"], {
+            "key": "4ecf4d81",  # as the Go tests and the runbook compute it
+            "headers": {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+                        "x-ratelimit-reset-requests": "1s"}})
+        # Relative resets count from the record's timestamp: when the
+        # headers came, not when a retried record reaches the sidecar.
+        self.assertIn("timestamp", rec)
+        self.assertNotIn("sk-proj-abc123", json.dumps(self.server.bodies))
+
+    async def test_a_provider_429_raised_in_the_block_sends_its_headers(self) -> None:
+        class RateLimitError(Exception):  # openai.RateLimitError's shape: .response, an httpx.Response
+            def __init__(self) -> None:
+                super().__init__("429")
+                self.response = NS(headers={"retry-after": "20", "anthropic-ratelimit-tokens-remaining": "0"},
+                                   request=NS(headers={"x-api-key": "sk-ant-one"}))
+
+        with self.assertRaises(RateLimitError):
+            async with self.tracker.call("u5", "claude-sonnet-4-5"):
+                raise RateLimitError()
+        rec = self.server.bodies[-1]
+        self.assertEqual((rec["status"], rec["error_type"]), ("error", "RateLimitError"))
+        self.assertEqual(rec["provider_ratelimit"], {"key": llmusage.key_fingerprint("sk-ant-one"),
+                                                     "headers": {"retry-after": "20", "anthropic-ratelimit-tokens-remaining": "0"}})
+
+    async def test_provider_headers_explicitly_and_whole_responses(self) -> None:
+        async with self.tracker.call("u6", "llama-3.1-8b-instant", "groq") as call:
+            call.usage(NS(usage=NS(prompt_tokens=1, completion_tokens=1)))  # a whole (parsed) response
+            call.provider_headers([("x-ratelimit-reset-tokens", "1d2h"), ("server", "x")])
+        rec = self.server.bodies[-1]
+        self.assertEqual(rec["provider_ratelimit"], {"headers": {"x-ratelimit-reset-tokens": "1d2h"}})
+        self.assertEqual(rec["prompt_tokens"], 1)
+        # No rate-limit header: no provider_ratelimit, and no timestamp.
+        async with self.tracker.call("u6", "gpt-4o") as call:
+            call.usage({"usage": {"prompt_tokens": 2, "completion_tokens": 2}})
+            call.provider_headers({"content-type": "application/json"})
+        rec = self.server.bodies[-1]
+        self.assertNotIn("provider_ratelimit", rec)
+        self.assertNotIn("timestamp", rec)
+        await self.tracker.log_llm_call("u6", "gpt-4o", provider_ratelimit={"requests": {"limit": 5}})
+        self.assertEqual(self.server.bodies[-1]["provider_ratelimit"], {"requests": {"limit": 5}})
 
     async def test_connections_are_reused(self) -> None:
         for _ in range(5):
