@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/llmusage/llmusage/provider"
 )
 
 // Headroom says what the proxy does with the provider's own quota, as the
@@ -97,7 +97,7 @@ func (hr *headroom) observe(key headroomKey, k Kind, status int, h http.Header, 
 		}
 	}
 	if status == http.StatusTooManyRequests {
-		if t := retryAfterOf(h, now); t.After(now) {
+		if t := provider.ParseRetryAfter(h, now); t.After(now) {
 			e.retryUntil = t
 			if t.After(e.expires) {
 				e.expires = t
@@ -161,7 +161,7 @@ func (hr *headroom) wait(key headroomKey, n need, now time.Time) (time.Duration,
 	}
 	until, why := e.retryUntil, "retry-after"
 	for _, rl := range e.exhausted {
-		if t := rl.refilled(e.observed, n.of(rl.Resource)); t.After(until) {
+		if t := refilled(rl, e.observed, n.of(rl.Resource)); t.After(until) {
 			until, why = t, rl.Resource
 		}
 	}
@@ -178,7 +178,7 @@ func (hr *headroom) wait(key headroomKey, n need, now time.Time) (time.Duration,
 // request is back long before the reset: waiting for the reset would
 // refuse calls the provider would take. With the limit unknown, only the
 // reset is sure.
-func (rl RateLimit) refilled(observed time.Time, units float64) time.Time {
+func refilled(rl RateLimit, observed time.Time, units float64) time.Time {
 	if math.IsNaN(rl.Limit) || rl.Limit <= rl.Remaining {
 		return rl.Reset
 	}
@@ -188,24 +188,6 @@ func (rl RateLimit) refilled(observed time.Time, units float64) time.Time {
 	return observed.Add(time.Duration(float64(span) * missing / (rl.Limit - rl.Remaining)))
 }
 
-// retryAfterOf reads an answer's retry-after-ms, else its Retry-After
-// (seconds or an HTTP date), as the SDKs do; zero without either.
-func retryAfterOf(h http.Header, now time.Time) time.Time {
-	if ms, err := strconv.ParseFloat(strings.TrimSpace(h.Get("Retry-After-Ms")), 64); err == nil && ms > 0 && ms < 1e12 {
-		return now.Add(time.Duration(ms * float64(time.Millisecond)))
-	}
-	s := strings.TrimSpace(h.Get("Retry-After"))
-	if secs, err := strconv.ParseFloat(s, 64); err == nil {
-		if secs > 0 && secs < 1e9 {
-			return now.Add(time.Duration(secs * float64(time.Second)))
-		}
-		return time.Time{}
-	}
-	if t, err := http.ParseTime(s); err == nil {
-		return t
-	}
-	return time.Time{}
-}
 
 // outgoingKey is the fingerprint of the key a call goes out with: the
 // sidecar's own for an upstream with one, else the client's.

@@ -25,7 +25,8 @@ type countingObserver struct {
 
 func (o *countingObserver) ObserveProviderRateLimit(string, string, string, string, float64, float64, time.Time) {
 }
-func (o *countingObserver) ObserveProviderAnswer(string, string, bool) {}
+func (o *countingObserver) ObserveProviderAnswer(string, string, bool)                  {}
+func (o *countingObserver) ObserveProviderRetryAfter(string, string, string, time.Time) {}
 func (o *countingObserver) ObserveHeadroomRefusals(provider string, n int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
