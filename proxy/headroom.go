@@ -188,7 +188,6 @@ func refilled(rl RateLimit, observed time.Time, units float64) time.Time {
 	return observed.Add(time.Duration(float64(span) * missing / (rl.Limit - rl.Remaining)))
 }
 
-
 // outgoingKey is the fingerprint of the key a call goes out with: the
 // sidecar's own for an upstream with one, else the client's.
 func outgoingKey(up *Upstream, h http.Header) string {
