@@ -76,6 +76,9 @@ func Overview() *dashboard.DashboardBuilder {
 			target(`sum by (decision) (rate(llm_rate_limit_checks_total{`+sel+`}[$__rate_interval]))`, "{{decision}}"))).
 		WithPanel(tablePanel("Users closest to their quota", "The twenty buckets of users with the highest share used, budgets (unit usd) included; 1 means no quota left. Pools are in the Pools row.",
 			target(`topk(20, max by (user, team, limit_type, unit, provider, model) (user_limit_type_unit:llm_quota_used:ratio{`+sel+`}))`, "").Instant())).
+		WithPanel(timeSeries("Calls in flight", "Calls the proxy has upstream now, by user, over every pod (streams count until they end); and the slots in use of each concurrent limit (limit less remaining; with Redis, fleet-wide), which checks take and records give back whether or not the calls go through the proxy. A user at the limit gets 429 with Retry-After: 1.", "short",
+			target(`sum by (user) (llm_calls_in_flight{`+sel+`})`, "{{user}} through the proxy"),
+			target(`max by (user, per, team, provider, model) (llm_quota_limit{`+sel+`, unit="concurrent"} - llm_quota_remaining{`+sel+`, unit="concurrent"})`, "{{user}}{{team}} slots in use (per {{per}} {{provider}} {{model}})"))).
 		WithRow(dashboard.NewRowBuilder("Pools")).
 		WithPanel(tablePanel("Pools", "Buckets shared by a team's users (per team, team is the team) or by every call of a rule's scope (per all; team set for a rule scoped by team_id): limit, used and remaining, one row per pool however many pods report it (with Redis the shared level; without it, the pod closest to refusing). USD pools are in Pool budgets.",
 			target(`max by (per, team, limit_type, unit, provider, model) (llm_quota_limit{`+poolSel+`, unit!="usd"})`, "limit").Instant().RefId("limit"),

@@ -56,6 +56,11 @@ func TestAgainstPrometheus(t *testing.T) {
 		traffic(t, sides, stop)
 	}()
 	defer func() { close(stop); wg.Wait() }()
+	// "streamer" has a call in flight through each replica until the end:
+	// 2 of its 3 concurrent slots in use.
+	for _, s := range shared {
+		go holdCall(t, s, "streamer")
+	}
 	// "light" uses 5 of its 20 requests an hour, "heavy" 17: 85% of the
 	// quota. Both go round-robin over the two replicas that share Redis,
 	// so that both report their buckets.
@@ -465,6 +470,8 @@ limits:
   - per: team
     limit_type: month
     usd: 1000
+  - user_id: streamer
+    concurrent: 3
 `
 
 // startSidecars starts two replicas sharing a real Redis, and a third

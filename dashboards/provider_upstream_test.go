@@ -17,13 +17,30 @@ import (
 // startRateLimitedUpstream is a fake OpenAI API whose answers carry the
 // rate-limit headers of OpenAI's documentation, with 5 of 100 requests
 // left (so that the provider quota panels have data, and the alert's
-// condition holds), and whose every fourth answer is its own 429.
+// condition holds), and whose every fourth answer is its own 429. A call
+// of slowModel streams a chunk a second until the test ends: a call in
+// flight for the Calls in flight panel.
 func startRateLimitedUpstream(t *testing.T) string {
 	t.Helper()
 	var n atomic.Int64
+	done := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(r.Body)
 		h := w.Header()
+		if strings.Contains(string(body), slowModel) {
+			h.Set("Content-Type", "text/event-stream")
+			for {
+				_, _ = io.WriteString(w, `data: {"id":"chatcmpl-2","object":"chat.completion.chunk","model":"`+slowModel+`","choices":[{"index":0,"delta":{"content":"."}}]}`+"\n\n")
+				w.(http.Flusher).Flush()
+				select {
+				case <-done:
+					return
+				case <-r.Context().Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+		}
 		h.Set("x-ratelimit-limit-requests", "100")
 		h.Set("x-ratelimit-remaining-requests", "5")
 		h.Set("x-ratelimit-reset-requests", "1m30s")
@@ -40,7 +57,34 @@ func startRateLimitedUpstream(t *testing.T) string {
 		_, _ = io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}`)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(done) }) // before Close, which waits for the streams
 	return srv.URL
+}
+
+// slowModel is the model whose calls the fake upstream never ends.
+const slowModel = "slow-model"
+
+// holdCall streams a call of slowModel for user through the sidecar's
+// proxy until the test ends.
+func holdCall(t *testing.T, s *sidecartest.Sidecar, user string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.APIURL()+"/openai/v1/chat/completions",
+		strings.NewReader(fmt.Sprintf(`{"model":%q,"user":%q,"stream":true,"messages":[{"role":"user","content":"Hi"}]}`, slowModel, user)))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer sk-test-dashboards")
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		return // the test is over
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a call of %s through the proxy: %d", slowModel, resp.StatusCode)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
 }
 
 // proxyCall makes a chat call through the sidecar's proxy (route openai),
