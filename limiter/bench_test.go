@@ -206,3 +206,39 @@ func BenchmarkCheckWithPool(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCallWithConcurrency is one call's check and record (with its
+// request_id, as a concurrency limit needs) under a minute bucket alone,
+// against the same with a concurrency limit, whose slot the check takes
+// and the record gives back.
+func BenchmarkCallWithConcurrency(b *testing.B) {
+	minute := Rule{Window: Minute, Unit: Requests, Limit: 1 << 40}
+	slots := Rule{Window: InFlight, Unit: Concurrent, Limit: 8}
+	for _, c := range []struct {
+		name  string
+		rules []Rule
+	}{{"minute", []Rule{minute}}, {"minute+concurrent", []Rule{minute, slots}}} {
+		b.Run(c.name, func(b *testing.B) {
+			l := mustNew(b, c.rules, Options{Clock: newManualClock()})
+			ids := make([]string, 1024)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("call-%d", i)
+			}
+			var limits []Status
+			n := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				id := ids[n%len(ids)]
+				n++
+				d, err := l.CheckInto(Request{UserID: "alice", Provider: "groq", Model: "llama", RequestID: id}, limits)
+				if err != nil || !d.Allowed {
+					b.Fatalf("%+v %v", d, err)
+				}
+				limits = d.Limits
+				if err := l.Record(Usage{UserID: "alice", Provider: "groq", Model: "llama", RequestID: id, Tokens: 10}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -175,3 +175,40 @@ func scriptMicros(b *testing.B, srv *redistest.Server) float64 {
 	}
 	return total
 }
+
+// BenchmarkCallWithConcurrencyOnRedis is one call's check and record on
+// Redis, with their request_id, under a minute bucket alone against the
+// same with a concurrency limit: the slot is a hold in a budget of
+// slots, taken by the check's script and given back by the record's.
+func BenchmarkCallWithConcurrencyOnRedis(b *testing.B) {
+	srv, client := standalone(b)
+	minute := limiter.Rule{Window: limiter.Minute, Unit: limiter.Requests, Limit: 1 << 40}
+	slots := limiter.Rule{Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: 8}
+	for _, c := range []struct {
+		name  string
+		rules []limiter.Rule
+	}{{"minute", []limiter.Rule{minute}}, {"minute+concurrent", []limiter.Rule{minute, slots}}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: "bench", Timeout: time.Second})
+			l, err := limiter.New(c.rules, limiter.Options{Clock: clock.NewManual(time.Now()), Store: s})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			srv.Do(b, "CONFIG", "RESETSTAT")
+			b.ReportAllocs()
+			for b.Loop() {
+				n++
+				user := "user-" + strconv.Itoa(n%100)
+				id := "call-" + c.name + strconv.Itoa(n)
+				if d, err := l.Check(limiter.Request{UserID: user, RequestID: id}); err != nil || !d.Allowed {
+					b.Fatalf("%+v %v", d, err)
+				}
+				if err := l.Record(limiter.Usage{UserID: user, RequestID: id, Tokens: 10}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(scriptMicros(b, srv)/float64(n), "redis-us/op")
+		})
+	}
+}
