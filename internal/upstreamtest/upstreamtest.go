@@ -21,7 +21,18 @@
 //     (a JSON answer 50 ms late);
 //   - "exhausted": the normal answer, its rate-limit headers saying the
 //     key's last request: limit 1, none remaining, reset in
-//     ExhaustedReset (a provider's daily limit, spent).
+//     ExhaustedReset (a provider's daily limit, spent);
+//   - "slow-stream": the normal answer spread over SlowStreamDuration (a
+//     stream's events evenly, a JSON answer that late), a call that
+//     stays in flight long enough for others to overlap it;
+//   - "held": a stream's headers and first content chunk, then nothing
+//     until Release (a JSON request: nothing until Release), then the
+//     rest of the normal answer; a call in flight for as long as the test
+//     wants. The client going away or the test's end ends it too.
+//
+// The server counts the requests it is answering (InFlight) and the most
+// it answered at once (InFlightMax), an oracle for a limit of calls in
+// flight in front of it.
 //
 // Formats, from the providers' API references (see also
 // docs: /work/shared/reference.md section 1):
@@ -171,16 +182,22 @@ type Server struct {
 	srv *httptest.Server
 	// done is closed when the test ends, to release stalled handlers.
 	done chan struct{}
-	// mu guards requests.
+	// mu guards requests, inFlight, inFlightMax and held.
 	mu sync.Mutex
 	// requests are the received requests, in order.
 	requests []Request
+	// inFlight counts the requests being answered, inFlightMax the most
+	// at once.
+	inFlight, inFlightMax int
+	// held is closed by Release, which ends the holds of the "held"
+	// requests received before it, and replaced by a new channel.
+	held chan struct{}
 }
 
 // Start starts a server on 127.0.0.1, closed at t.Cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{done: make(chan struct{})}
+	s := &Server{done: make(chan struct{}), held: make(chan struct{})}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	t.Cleanup(func() {
@@ -198,8 +215,35 @@ func (s *Server) Requests() []Request {
 	return append([]Request(nil), s.requests...)
 }
 
+// InFlight returns the number of requests being answered now: received,
+// and their handler not done (a stream's last event written).
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight
+}
+
+// InFlightMax returns the most requests answered at once since Start.
+func (s *Server) InFlightMax() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlightMax
+}
+
+// Release lets the requests of the model "held" received so far finish
+// their answers; those received later wait for the next Release.
+func (s *Server) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.held)
+	s.held = make(chan struct{})
+}
+
 // slowPause is the pause between the chunks of the model "slow".
 const slowPause = 50 * time.Millisecond
+
+// SlowStreamDuration is how long the model "slow-stream" takes to answer.
+const SlowStreamDuration = 2 * time.Second
 
 // request is what the handlers read from a request body.
 type request struct {
@@ -239,7 +283,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		Header: r.Header.Clone(),
 		Body:   body,
 	})
+	s.inFlight++
+	s.inFlightMax = max(s.inFlightMax, s.inFlight)
+	held := s.held
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight--
+		s.mu.Unlock()
+	}()
 
 	var handle func(*exchange)
 	which := openAI
@@ -267,7 +319,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, which, http.StatusBadRequest, "cannot parse the request body as JSON: "+err.Error())
 		return
 	}
-	x := &exchange{s: s, w: w, r: r, body: body, req: req, api: which}
+	x := &exchange{s: s, w: w, r: r, body: body, req: req, api: which, held: held}
 	x.setHeaders()
 	switch req.Model {
 	case "error-400":
@@ -350,6 +402,8 @@ type exchange struct {
 	req request
 	// api tells the headers and error shape.
 	api api
+	// held is closed when a "held" request may finish.
+	held <-chan struct{}
 }
 
 // setHeaders sets the provider's usual response headers: a request id and
@@ -397,13 +451,42 @@ func (x *exchange) answerJSON(v any) {
 		x.stall()
 		return
 	case "slow":
-		select {
-		case <-time.After(slowPause):
-		case <-x.r.Context().Done():
+		if !x.pause(slowPause) {
+			return
+		}
+	case "slow-stream":
+		if !x.pause(SlowStreamDuration) {
+			return
+		}
+	case "held":
+		if !x.hold() {
 			return
 		}
 	}
 	writeJSON(x.w, http.StatusOK, v)
+}
+
+// pause waits d and tells whether the answer goes on: false if the client
+// went away or the test ended meanwhile.
+func (x *exchange) pause(d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-x.r.Context().Done():
+	case <-x.s.done:
+	}
+	return false
+}
+
+// hold waits for Release and tells whether the answer goes on, as pause.
+func (x *exchange) hold() bool {
+	select {
+	case <-x.held:
+		return true
+	case <-x.r.Context().Done():
+	case <-x.s.done:
+	}
+	return false
 }
 
 // stall blocks until the client goes away or the test ends.
@@ -439,7 +522,9 @@ type event struct {
 // stream writes events as server-sent events, flushing each, after the
 // model's behaviour: cut hangs up after the second content event, stall
 // stops after the first until the client goes away, slow pauses 50 ms
-// before each event but the first.
+// before each event but the first, slow-stream spreads the events over
+// SlowStreamDuration, held waits for Release after the first content
+// event.
 func (x *exchange) stream(events []event) {
 	h := x.w.Header()
 	h.Set("Content-Type", "text/event-stream; charset=utf-8")
@@ -453,11 +538,16 @@ func (x *exchange) stream(events []event) {
 	contents := 0
 	var buf bytes.Buffer
 	for i, e := range events {
-		if i > 0 && x.req.Model == "slow" {
-			select {
-			case <-time.After(slowPause):
-			case <-x.r.Context().Done():
-				return
+		if i > 0 {
+			switch x.req.Model {
+			case "slow":
+				if !x.pause(slowPause) {
+					return
+				}
+			case "slow-stream":
+				if !x.pause(SlowStreamDuration / time.Duration(len(events)-1)) {
+					return
+				}
 			}
 		}
 		buf.Reset()
@@ -481,6 +571,10 @@ func (x *exchange) stream(events []event) {
 		case x.req.Model == "stall" && contents == 1:
 			x.stall()
 			return
+		case x.req.Model == "held" && contents == 1 && e.content:
+			if !x.hold() {
+				return
+			}
 		}
 	}
 }

@@ -636,3 +636,119 @@ func TestRequests(t *testing.T) {
 		t.Errorf("second request %+v", got[1])
 	}
 }
+
+// firstContent reads resp's body up to the line holding "Hello" (the
+// first content chunk) and returns a reader of the rest.
+func firstContent(t *testing.T, resp *http.Response) *bufio.Reader {
+	t.Helper()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no content chunk before %v", err)
+		}
+		if strings.Contains(line, "Hello") {
+			return br
+		}
+	}
+}
+
+// TestSlowStream: "slow-stream" answers the normal stream, counted in
+// flight until its last event, and a JSON answer too.
+func TestSlowStream(t *testing.T) {
+	s := Start(t)
+	resp := post(t, context.Background(), s, "/v1/chat/completions", `{"model":"slow-stream","stream":true}`)
+	rest := firstContent(t, resp)
+	if n := s.InFlight(); n != 1 {
+		t.Fatalf("InFlight = %d during the stream, want 1", n)
+	}
+	b, err := io.ReadAll(rest)
+	resp.Body.Close()
+	if err != nil || !strings.Contains(string(b), `" world"`) || !strings.HasSuffix(string(b), "data: [DONE]\n\n") {
+		t.Fatalf("the rest of the stream: %v %q", err, b)
+	}
+	if n := s.InFlight(); n != 0 {
+		t.Fatalf("InFlight = %d after the stream, want 0", n)
+	}
+	code, got := decode(t, post(t, context.Background(), s, "/v1/chat/completions", `{"model":"slow-stream"}`))
+	if code != http.StatusOK || got["model"] != "slow-stream" {
+		t.Fatalf("JSON answer %v", got)
+	}
+	if n := s.InFlightMax(); n != 1 {
+		t.Fatalf("InFlightMax = %d after calls one at a time, want 1", n)
+	}
+}
+
+// TestHeld: "held" streams stop after their first content chunk until
+// Release, counted in flight meanwhile; a request after Release waits for
+// the next; a JSON request waits too.
+func TestHeld(t *testing.T) {
+	s := Start(t)
+	var rests []*bufio.Reader
+	for range 2 {
+		resp := post(t, context.Background(), s, "/v1/messages", `{"model":"held","stream":true}`)
+		defer resp.Body.Close()
+		rests = append(rests, firstContent(t, resp))
+	}
+	if n := s.InFlight(); n != 2 {
+		t.Fatalf("InFlight = %d with two streams held, want 2", n)
+	}
+	jsonDone := make(chan map[string]any, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, s.URL+"/v1/chat/completions", strings.NewReader(`{"model":"held"}`))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			jsonDone <- nil
+			return
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		jsonDone <- m
+	}()
+	waitInFlight(t, s, 3)
+	s.Release()
+	for i, rest := range rests {
+		b, err := io.ReadAll(rest)
+		if err != nil || !strings.Contains(string(b), "message_stop") {
+			t.Fatalf("stream %d after Release: %v %q", i, err, b)
+		}
+	}
+	if m := <-jsonDone; m == nil || m["model"] != "held" {
+		t.Fatalf("JSON answer after Release: %v", m)
+	}
+	// A request after the Release is held until the next.
+	resp := post(t, context.Background(), s, "/v1/chat/completions", `{"model":"held","stream":true}`)
+	defer resp.Body.Close()
+	rest := firstContent(t, resp)
+	ended := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(rest)
+		ended <- string(b)
+	}()
+	select {
+	case b := <-ended:
+		t.Fatalf("a request after Release was not held: %q", b)
+	case <-time.After(200 * time.Millisecond):
+	}
+	s.Release()
+	if b := <-ended; !strings.HasSuffix(b, "data: [DONE]\n\n") {
+		t.Fatalf("the second held stream after the second Release: %q", b)
+	}
+	waitInFlight(t, s, 0)
+	if most := s.InFlightMax(); most != 3 {
+		t.Fatalf("InFlightMax %d after all ended, want 3", most)
+	}
+}
+
+// waitInFlight waits until s answers n requests at once.
+func waitInFlight(t *testing.T, s *Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.InFlight() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("InFlight = %d, want %d", s.InFlight(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -327,6 +327,20 @@ const scenarios = {
     return lastCall(call, call);
   },
 
+  // One stream with the default options, made while another call of the
+  // user holds the only slot of a concurrent: 1 limit: the SDK gets the
+  // sidecar's 429 (retry-after-ms 1000), retries by itself, and streams
+  // once the slot is back.
+  'openai-concurrency-retry': async () =>
+    lastCall(async () =>
+      openaiStream(await openaiDefault().chat.completions.create({ model: openaiModel, messages, stream: true })),
+    ),
+
+  'anthropic-concurrency-retry': async () =>
+    lastCall(async () =>
+      anthropicStream(anthropicDefault().messages.stream({ model: anthropicModel, max_tokens: 64, messages })),
+    ),
+
   'anthropic-count-tokens': async () => {
     const r = await anthropic().messages.countTokens({ model: anthropicModel, messages });
     return { ok: true, text: '', usage: r, chunks: 0, toolCalls: [] };
