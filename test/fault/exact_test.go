@@ -19,8 +19,46 @@
 //  5. a request limit admits at most capacity + refill + the documented
 //     share of the local fail mode.
 //
+// A concurrency limit (concurrent: 6, scenarios i0 and i) is a budget of
+// slots: a check allowed takes one, the record of its request_id gives it
+// back. Its load has more clients than slots (concurrencyWorkers), so
+// that the limit binds, and runs for the scenario's duration; each client
+// counts the calls in flight as it sees them: +1 when its check is
+// answered allowed, -1 just before it posts the record (the call ended).
+// That view can only undercount the sidecars' (a slot is given back after
+// the decrement, when the record arrives), so:
+//
+//  6. the clients' calls in flight never exceed 6 at any instant while
+//     every sidecar answers from Redis (the maximum is kept with atomics,
+//     at each increment). While Redis is away the local fail mode admits
+//     each replica's share, max(1, floor(left / replicas)) of what it
+//     last saw left, beside the slots taken in Redis still in flight, and
+//     a sidecar restarted meanwhile starts from a fresh share: that is not
+//     exact by design, as budgets' shares are not (README, "Where it
+//     errs"), so from the moment Redis stops until every sidecar is back
+//     on Redis, plus one call and a margin, the maximum is only reported.
+//     After Redis restarted empty each replica puts back its slots and
+//     refuses new ones for lossFence (5 s), so that none counts another's
+//     as free: that part is exact, and checked;
+//
+//  7. every acknowledged record is stored once (1, and the rows cost
+//     $0.01 each);
+//
+//  8. once the load and the faults are over, every sidecar's
+//     GET /v1/limits shows the concurrent limit with all 6 slots left
+//     within 30 s (a dead replica's slots come back when it leaves the
+//     registry, 10 s): no slot leaked (else it would be held until
+//     --concurrency-timeout, 10 minutes);
+//
+//  9. progress: in the last progressWindow of the load (Redis's outage
+//     and the fence after it are over by then) the fleet admitted at least 6 calls a second
+//     (of 30 that 6 slots of 200 ms calls allow), and each sidecar at
+//     least 6 in all, so that a sidecar that refuses everything fails
+//     (round-robin, each gets a third of the checks).
+//
 //     go test -tags fault -count=1 -v -run TestExactAccounting ./test/fault/
 //     LLMUSAGE_FAULT_ROUNDS=1 go test ... -run 'TestExactAccounting/redis-empty'
+//     LLMUSAGE_FAULT_ROUNDS=6 go test ... -run 'TestExactAccounting/^i'
 package fault
 
 import (
@@ -96,6 +134,34 @@ const requestLimits = `limits:
     requests: 20
 ` + exactPrices
 
+// concurrencyLimit is the user's concurrent: limit in the concurrency
+// scenarios: 6 divides by replicaCount, so that every replica's local
+// share is a whole 2.
+const concurrencyLimit = 6
+
+// concurrencyLimits gives the user 6 calls in flight, and no budget; the
+// prices make every record cost $0.01, as elsewhere.
+const concurrencyLimits = `limits:
+  - user_id: ` + exactUser + `
+    concurrent: 6
+` + exactPrices
+
+// The concurrency scenarios' load and oracle (6 to 9).
+const (
+	// concurrencyWorkers is more clients than slots: the limit binds.
+	concurrencyWorkers = 10
+	// progressWindow is the end of the load where oracle 9 counts the
+	// calls admitted: the faults and the fence after a Redis loss are over.
+	progressWindow = 3 * time.Second
+	// slotsSettle bounds the wait for every slot to show free (oracle 8):
+	// a dead replica's come back when it leaves the registry (10 s).
+	slotsSettle = 30 * time.Second
+	// exactMargin is how long, past a call, a call admitted by the fail
+	// mode may still be counted in flight by its client after every
+	// sidecar is back on Redis (its answer on the way).
+	exactMargin = 500 * time.Millisecond
+)
+
 // The load: clientWorkers clients, each making one call at a time that
 // lasts callLatency between its check and its record. About 25 calls a
 // second spend the budget in about 4 s, so that faults injected at 1 s
@@ -143,6 +209,17 @@ type scenario struct {
 
 func (sc scenario) requestLimited() bool { return sc.limits == requestLimits }
 
+// concurrencyLimited tells a concurrency scenario (oracles 6 to 9).
+func (sc scenario) concurrencyLimited() bool { return sc.limits == concurrencyLimits }
+
+// workers is the number of clients of the scenario's load.
+func (sc scenario) workers() int {
+	if sc.concurrencyLimited() {
+		return concurrencyWorkers
+	}
+	return clientWorkers
+}
+
 var exactScenarios = []scenario{
 	{name: "z-no-fault", limits: budgetLimits},
 	// At 2 s about half the budget is spent: the fleet spends more during
@@ -186,6 +263,24 @@ var exactScenarios = []scenario{
 	{name: "g-request-limit-redis-restarted-empty", redisFault: true, limits: requestLimits, duration: 12 * time.Second, inject: func(t *testing.T, r *run) {
 		r.at(t, 5*time.Second, "Redis stopped (SIGKILL, no persistence)", func() { r.redis.Stop(t) })
 		r.at(t, 8*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
+	}},
+	// concurrent: 6 under 10 clients, without a fault: the fleet never
+	// has more than 6 calls in flight, and keeps 6 in flight.
+	{name: "i0-concurrency-no-fault", limits: concurrencyLimits, duration: 4 * time.Second},
+	// Every fault of f under concurrent: 6. The load goes on past the
+	// faults for the fence after Redis's loss (5 s from each replica's
+	// recovery, so until about 9 s) and progressWindow after it.
+	{name: "i-concurrency-all-together", redisFault: true, limits: concurrencyLimits, duration: 13 * time.Second, duplicates: 0.2, inject: func(t *testing.T, r *run) {
+		r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() {
+			r.failMode.Store(true)
+			r.redis.Stop(t)
+		})
+		r.at(t, 1500*time.Millisecond, "sidecar 2 kill -9", func() { r.sidecars[1].Kill9(t) })
+		r.at(t, 2000*time.Millisecond, "sidecar 2 restarted on its data dir", func() { r.sidecars[1].Restart(t) })
+		r.at(t, 2500*time.Millisecond, "Postgres stopped (immediate)", func() { mustPG(t, r.pg.Stop()) })
+		r.at(t, 3500*time.Millisecond, "Postgres started", func() { mustPG(t, r.pg.Start()) })
+		r.at(t, 4*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
+		r.endFailMode(t)
 	}},
 }
 
@@ -245,6 +340,16 @@ type run struct {
 	recordRetries, dupPosts int
 	// abandoned counts records the client gave up posting.
 	abandoned int
+
+	// inFlight is the clients' calls in flight (oracle 6): checks
+	// answered allowed whose call has not ended. maxExact is its maximum
+	// while every sidecar answers from Redis, maxFailMode while failMode
+	// is set (from Redis's stop until every sidecar is back on it, plus a
+	// call and exactMargin).
+	inFlight, maxExact, maxFailMode atomic.Int64
+	failMode                        atomic.Bool
+	// stopped is when the load was told to stop (oracle 9's window ends).
+	stopped time.Time
 }
 
 // call is what a client knows of one call, by request_id.
@@ -253,13 +358,15 @@ type call struct {
 	// worker is the client that made it.
 	worker  int
 	allowed bool
+	// at is when its check was answered allowed.
+	at time.Time
 	// acked counts the 2xx answers to its record's posts.
 	acked int
 }
 
 func startRun(t *testing.T, pg *pgtest.Server, sc scenario, round int) *run {
 	t.Helper()
-	r := &run{sc: sc, pg: pg, dbURL: createDatabase(t, pg, fmt.Sprintf("exact_%s_%d", sc.name[:1], round)),
+	r := &run{sc: sc, pg: pg, dbURL: createDatabase(t, pg, fmt.Sprintf("exact_%s_%d", sc.name[:strings.Index(sc.name, "-")], round)),
 		redis: redistest.Start(t), stop: make(chan struct{}), calls: map[string]*call{}, codes: map[string]int{}}
 	r.sidecars = sidecartest.StartN(t, replicaCount, sidecartest.Options{
 		Limits:      sc.limits,
@@ -284,7 +391,7 @@ func startRun(t *testing.T, pg *pgtest.Server, sc scenario, round int) *run {
 		}, "the sidecars did not see each other in Redis's registry")
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 2 * clientWorkers
+	transport.MaxIdleConnsPerHost = 2 * sc.workers()
 	r.client = &http.Client{Timeout: 10 * time.Second, Transport: transport}
 	t.Cleanup(transport.CloseIdleConnections)
 	return r
@@ -328,7 +435,7 @@ func (r *run) at(t *testing.T, offset time.Duration, what string, inject func())
 func (r *run) load(t *testing.T) {
 	t.Helper()
 	r.started = time.Now()
-	for w := 0; w < clientWorkers; w++ {
+	for w := 0; w < r.sc.workers(); w++ {
 		r.wg.Add(1)
 		go r.runClient(w)
 	}
@@ -355,9 +462,45 @@ func (r *run) load(t *testing.T) {
 			t.Logf("the sidecars did not all refuse steadily within %s of load; stopping it", loadDeadline)
 		}
 	}
+	r.stopped = time.Now()
 	close(r.stop)
 	r.wg.Wait()
 	r.elapsed = time.Since(r.started)
+}
+
+// endFailMode waits until every sidecar answers from Redis again, then,
+// past a call and exactMargin (the fail mode's last calls end), ends the
+// window of oracle 6 where the calls in flight are only reported.
+func (r *run) endFailMode(t *testing.T) {
+	t.Helper()
+	sidecartest.WaitFor(t, 30*time.Second, func() bool {
+		for _, s := range r.sidecars {
+			if s.Gauge("llmusage_quota_backend_up") != 1 {
+				return false
+			}
+		}
+		return true
+	}, "the sidecars did not all go back to Redis")
+	t.Logf("%6.2fs every sidecar answers from Redis again", time.Since(r.started).Seconds())
+	time.Sleep(callLatency + exactMargin)
+	r.failMode.Store(false)
+	t.Logf("%6.2fs calls in flight exact again (oracle 6)", time.Since(r.started).Seconds())
+}
+
+// admit counts a call the clients now have in flight, in the maximum of
+// the window it is in.
+func (r *run) admit() {
+	n := r.inFlight.Add(1)
+	peak := &r.maxExact
+	if r.failMode.Load() {
+		peak = &r.maxFailMode
+	}
+	for {
+		m := peak.Load()
+		if n <= m || peak.CompareAndSwap(m, n) {
+			return
+		}
+	}
 }
 
 // runClient is one client: check, then (if allowed) the call and its
@@ -390,10 +533,12 @@ func (r *run) runClient(worker int) {
 			continue
 		}
 		r.streaks[sidecar].Store(0)
+		r.admit()
 		r.mu.Lock()
-		r.calls[id] = &call{sidecar: sidecar, allowed: true, worker: worker}
+		r.calls[id] = &call{sidecar: sidecar, allowed: true, worker: worker, at: time.Now()}
 		r.mu.Unlock()
 		time.Sleep(callLatency) // the LLM call
+		r.inFlight.Add(-1)      // it ended: its record goes
 		r.postRecord(id, sidecar)
 		// Duplicates: a client that posts the record again, as after an
 		// answer it lost; half of them through another replica, as a
@@ -684,6 +829,10 @@ func (r *run) assertOracle(t *testing.T, f figures) {
 		r.assertRequestLimit(t, f)
 		return
 	}
+	if r.sc.concurrencyLimited() {
+		r.assertConcurrency(t)
+		return
+	}
 	// 2. Stored spend within the budget: estimate = actual, so not a
 	// nano-dollar over.
 	if f.storedNanos > budgetNanos {
@@ -727,4 +876,93 @@ func (r *run) assertRequestLimit(t *testing.T, f figures) {
 		t.Errorf("oracle 5 (requests <= capacity + refill + fail-mode share): admitted %d, bound %.2f: %d over",
 			f.allowed, bound, f.allowed-int(math.Floor(bound)))
 	}
+}
+
+// assertConcurrency checks oracles 6, 8 and 9 (7 is oracle 1).
+func (r *run) assertConcurrency(t *testing.T) {
+	t.Helper()
+	// 9. Progress at the end of the load, per second and per sidecar.
+	from := r.stopped.Add(-progressWindow)
+	var perSidecar [replicaCount]int
+	var inWindow int
+	perSecond := map[int]int{}
+	var last int
+	r.mu.Lock()
+	for _, c := range r.calls {
+		if !c.allowed {
+			continue
+		}
+		sec := int(c.at.Sub(r.started) / time.Second)
+		perSecond[sec]++
+		last = max(last, sec)
+		if !c.at.Before(from) {
+			perSidecar[c.sidecar]++
+			inWindow++
+		}
+	}
+	r.mu.Unlock()
+	timeline := make([]string, last+1)
+	for i := range timeline {
+		timeline[i] = strconv.Itoa(perSecond[i])
+	}
+	maxExact, maxFailMode := r.maxExact.Load(), r.maxFailMode.Load()
+	t.Logf("concurrent: %d: calls in flight at most %d while every sidecar answered from Redis, %d in the fail mode's window; admitted per second of the load [%s]; in its last %s %d, per sidecar %v",
+		concurrencyLimit, maxExact, maxFailMode, strings.Join(timeline, " "), progressWindow, inWindow, perSidecar)
+	// 6. Never more calls in flight than slots, while Redis decides.
+	if maxExact > concurrencyLimit {
+		t.Errorf("oracle 6 (calls in flight <= %d): the clients had %d calls in flight at once while every sidecar answered from Redis",
+			concurrencyLimit, maxExact)
+	}
+	minWindow := int(concurrencyLimit * progressWindow.Seconds())
+	if inWindow < minWindow {
+		t.Errorf("oracle 9 (progress): %d calls admitted in the last %s of the load, want at least %d (%d a second)",
+			inWindow, progressWindow, minWindow, concurrencyLimit)
+	}
+	for i, n := range perSidecar {
+		if n < concurrencyLimit {
+			t.Errorf("oracle 9 (progress): sidecar %d admitted %d calls in the last %s of the load, want at least %d",
+				i+1, n, progressWindow, concurrencyLimit)
+		}
+	}
+	// 8. No slot leaked: every slot free on every sidecar once the calls
+	// ended (their records came).
+	var left []int64
+	settled := sidecartest.Eventually(slotsSettle, func() bool {
+		left = left[:0]
+		ok := true
+		for _, s := range r.sidecars {
+			n := slotsLeft(t, s)
+			left = append(left, n)
+			ok = ok && n == concurrencyLimit
+		}
+		return ok
+	})
+	var gone float64
+	for _, s := range r.sidecars {
+		gone += max(0, s.Gauge(`llmusage_quota_holds_released_total{reason="replica_gone"}`))
+	}
+	t.Logf("oracle 8: %v slots left %.1fs after the load; %.0f slots given back by the registry (a replica gone)",
+		left, time.Since(r.stopped).Seconds(), gone)
+	if !settled {
+		t.Errorf("oracle 8 (no slot leaked): %s after the load the sidecars report %v slots left of %d, every call having ended",
+			slotsSettle, left, concurrencyLimit)
+	}
+}
+
+// slotsLeft is what the sidecar reports left of the user's concurrent
+// limit, or -1 where it reports none.
+func slotsLeft(t *testing.T, s *sidecartest.Sidecar) int64 {
+	t.Helper()
+	code, body := s.Get(t, "/v1/limits?user_id="+exactUser)
+	if code != http.StatusOK {
+		t.Fatalf("/v1/limits: %d %v", code, body)
+	}
+	limits, _ := body["limits"].([]any)
+	for _, l := range limits {
+		if m, _ := l.(map[string]any); m["unit"] == "concurrent" && m["limit_type"] == "concurrent" {
+			v, _ := m["remaining"].(float64)
+			return int64(v)
+		}
+	}
+	return -1
 }
