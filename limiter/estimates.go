@@ -27,7 +27,7 @@ type budgetHold struct {
 	user, team, provider, model string
 }
 
-// pendingKey is a 128-bit hash of a request_id, and pendingCheck holds
+// pendingKey is a 128-bit hash of a user's request_id, and pendingCheck holds
 // no pointer either: the collector need not mark the pending map, and
 // no string is kept per estimate. 100,000 estimates keyed by their IDs
 // were half the live heap of a sidecar under checks, marked on every
@@ -141,7 +141,7 @@ func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, u
 func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(req.RequestID)
+	key := l.pendingKey(uh, req.RequestID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if old, dup := sh.byID[key]; dup {
@@ -175,7 +175,7 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fr
 	}
 	uh := l.userHash(u.UserID)
 	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(u.RequestID)
+	key := l.pendingKey(uh, u.RequestID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	p, found := sh.byID[key]
@@ -194,6 +194,9 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fr
 	return p, own, !expired
 }
 
-func (l *Limiter) pendingKey(requestID string) pendingKey {
-	return pendingKey{maphash.String(l.idSeeds[0], requestID), maphash.String(l.idSeeds[1], requestID)}
+// pendingKey names the estimate of the check of request_id requestID
+// of the user whose hash is uh: request_ids are the clients', and two
+// users' may be equal, in the same shard.
+func (l *Limiter) pendingKey(uh uint64, requestID string) pendingKey {
+	return pendingKey{maphash.String(l.idSeeds[0], requestID) ^ uh, maphash.String(l.idSeeds[1], requestID)}
 }
