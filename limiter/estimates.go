@@ -45,6 +45,10 @@ type pendingCheck struct {
 	// reserved it, and the levels of the concurrency limits it holds a
 	// slot of (budgetSlot).
 	budgets uint16
+	// tags are, by level, the tags of the concurrency limits it holds a
+	// slot of (rule.tag): the limit of a level whose scope a reload
+	// changed holds none.
+	tags [numPers]uint16
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
 }
@@ -84,6 +88,9 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 // estimate of p: it was reserved in that period, in a budget of r's
 // level and limit type (one that a reload added since holds nothing).
 func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
+	if r.Unit == Concurrent && p.tags[r.Per] != r.tag {
+		return false
+	}
 	return p.budgets&budgetSlot(r) != 0 && period.Contains(time.Unix(0, p.at))
 }
 
@@ -102,13 +109,16 @@ func budgetSlot(r *rule) uint16 {
 // concurrencySlots are the bits of budgetSlot that concurrency limits use.
 const concurrencySlots = (1<<numPers - 1) << (numPers * 3)
 
-// budgetSlots is the budgets among rules, as bits (budgetSlot).
-func budgetSlots(rules []*rule) uint16 {
-	var slots uint16
+// budgetSlots is the budgets among rules, as bits (budgetSlot), and the
+// tags of their concurrency limits by level.
+func budgetSlots(rules []*rule) (slots uint16, tags [numPers]uint16) {
 	for _, r := range rules {
 		slots |= budgetSlot(r)
+		if r.Unit == Concurrent {
+			tags[r.Per] = r.tag
+		}
 	}
-	return slots
+	return slots, tags
 }
 
 // EstimateStats counts the token estimates of allowed checks, which wait
@@ -138,7 +148,7 @@ func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, u
 // the estimate of the same user's check with this request_id that it
 // replaces, if that one held a budget, and whether it kept this one
 // (not past MaxPending).
-func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
+func (l *Limiter) remember(req Request, cost int64, budgets uint16, tags [numPers]uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
 	key := l.pendingKey(uh, req.RequestID)
@@ -155,7 +165,7 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Dur
 			return prev, hold, false, false
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(ttl).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, tags: tags, at: now.UnixNano(), expires: now.Add(ttl).UnixNano()}
 	if (budgets != 0 && cost > 0) || budgets&concurrencySlots != 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)

@@ -372,8 +372,8 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	} else if req.RequestID != "" && l.holdStore == nil {
 		// A check sent again with its request_id (a client's retry)
 		// replaces the first one's estimate, which its budgets give back.
-		slots := budgetSlots(rules)
-		prev, hold, replaced, kept := l.remember(req, cost, slots, l.holdTTL(sc.buckets[:n]), now)
+		slots, tags := budgetSlots(rules)
+		prev, hold, replaced, kept := l.remember(req, cost, slots, tags, l.holdTTL(sc.buckets[:n]), now)
 		if replaced {
 			l.release(now, hold, prev)
 		}

@@ -52,3 +52,39 @@ func TestReviewConcurrencySameRequestIDOfTwoUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewConcurrencyReloadMovesTheLimit: a reload that changes a
+// concurrency limit's scope (groq only, then every provider) makes a
+// new bucket, which holds none of the calls checked before. Their
+// records gave it back slots it never gave out (an estimate knew the
+// level and limit type of its slots, not their scope): with two calls
+// checked since the reload in flight under concurrent: 2, the records
+// of the two older calls left two slots free, and a third call passed.
+func TestReviewConcurrencyReloadMovesTheLimit(t *testing.T) {
+	groq := Rule{Window: InFlight, Unit: Concurrent, Limit: 2, Provider: "groq"}
+	l, _ := concurrencyLimiter(t, Options{}, groq)
+	for _, id := range []string{"old1", "old2"} {
+		if !mustCheck(t, l, Request{UserID: "u", Provider: "groq", RequestID: id}).Allowed {
+			t.Fatal("refused before the reload")
+		}
+	}
+	if err := l.SetRules([]Rule{concurrent(2)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"new1", "new2"} {
+		if !mustCheck(t, l, Request{UserID: "u", Provider: "openai", RequestID: id}).Allowed {
+			t.Fatal("the new limit's first two calls refused")
+		}
+	}
+	for _, id := range []string{"old1", "old2"} {
+		if err := l.Record(Usage{UserID: "u", Provider: "groq", RequestID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if left := inFlightRemaining(t, l, "u"); left != 0 {
+		t.Fatalf("%d slots left with new1 and new2 in flight under concurrent: 2, want 0", left)
+	}
+	if mustCheck(t, l, Request{UserID: "u", Provider: "openai", RequestID: "new3"}).Allowed {
+		t.Fatal("a third call passed concurrent: 2")
+	}
+}
