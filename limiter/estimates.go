@@ -177,6 +177,17 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, tags [numPer
 	return prev, hold, replaced, true
 }
 
+// peek returns the estimate of user's check with request_id id, if any.
+func (l *Limiter) peek(user, id string) (pendingCheck, bool) {
+	uh := l.userHash(user)
+	sh := &l.pending[uh%numShards]
+	key := l.pendingKey(uh, id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p, ok := sh.byID[key]
+	return p, ok && p.user == uh
+}
+
 // settle takes the estimate of the allowed check that u's record
 // follows: own tells it is its user's, fresh that it is within the TTL.
 func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fresh bool) {

@@ -53,6 +53,50 @@ func TestReviewConcurrencySameRequestIDOfTwoUsers(t *testing.T) {
 	}
 }
 
+// TestReviewConcurrencyRetryAtTheLimit: a check sent again (its answer
+// was lost) under concurrent: 1 is the same call: Redis lets it through
+// (its hold is given back as it is taken again), and so must the memory
+// path, rather than refuse it while its own first check holds the slot
+// (the call, never made, then holds it until the concurrency timeout).
+func TestReviewConcurrencyRetryAtTheLimit(t *testing.T) {
+	l, _ := concurrencyLimiter(t, Options{}, concurrent(1))
+	for i := range 2 {
+		if d := mustCheck(t, l, Request{UserID: "u", RequestID: "a"}); !d.Allowed {
+			t.Fatalf("check %d of request a refused under concurrent: 1", i+1)
+		}
+	}
+	if d := mustCheck(t, l, Request{UserID: "u", RequestID: "b"}); d.Allowed {
+		t.Fatal("a second call passed concurrent: 1")
+	}
+	if err := l.Record(Usage{UserID: "u", RequestID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if left := inFlightRemaining(t, l, "u"); left != 1 {
+		t.Fatalf("%d slots left after the record, want 1", left)
+	}
+}
+
+// TestReviewConcurrencyRetryRefusedByPoolInMemory: the memory-path twin
+// of the Redis test: a retry refused by a pool keeps the call's slot.
+func TestReviewConcurrencyRetryRefusedByPoolInMemory(t *testing.T) {
+	l, _ := concurrencyLimiter(t, Options{}, concurrent(1), Rule{Window: Day, Unit: Tokens, Limit: 100, Per: PerAll})
+	if !mustCheck(t, l, Request{UserID: "u", RequestID: "a", Tokens: 60}).Allowed || !mustCheck(t, l, Request{UserID: "v", RequestID: "b", Tokens: 30}).Allowed {
+		t.Fatal("the first two calls were refused")
+	}
+	if mustCheck(t, l, Request{UserID: "u", RequestID: "a", Tokens: 75}).Allowed {
+		t.Fatal("the retry with 75 tokens passed a pool with 10 left")
+	}
+	if mustCheck(t, l, Request{UserID: "u", RequestID: "c", Tokens: 5}).Allowed {
+		t.Fatal("a second call of u passed concurrent: 1 with a call in flight")
+	}
+	if err := l.Record(Usage{UserID: "u", RequestID: "a", Tokens: 60}); err != nil {
+		t.Fatal(err)
+	}
+	if left := inFlightRemaining(t, l, "u"); left != 1 {
+		t.Fatalf("%d slots left after the record, want 1", left)
+	}
+}
+
 // TestReviewConcurrencyReloadMovesTheLimit: a reload that changes a
 // concurrency limit's scope (groq only, then every provider) makes a
 // new bucket, which holds none of the calls checked before. Their
