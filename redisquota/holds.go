@@ -306,7 +306,8 @@ type hold struct {
 	// keys it holds in until Redis loses them (forgetLoss): a budget
 	// part (Contribute) does not count it again. A check that learnt a
 	// pool's spend while another of this replica's checks took a hold in
-	// the key a replica had just made counted it twice.
+	// the key a replica had just made counted it twice. A hold that
+	// another replica counts after a loss (markCounted) is marked too.
 	inKey bool
 }
 
@@ -413,6 +414,19 @@ func (x *holdIndex) forgetLoss() {
 				h.inKey = false
 				x.byUser[user][id] = h
 			}
+		}
+	}
+}
+
+// markCounted records that the debits of holds hs are counted in their
+// budget keys by others (see rehold): a part does not count them.
+func (x *holdIndex) markCounted(hs []hold) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, h := range hs {
+		if cur, ok := x.byUser[h.user][h.id]; ok {
+			cur.inKey = true
+			x.byUser[h.user][h.id] = cur
 		}
 	}
 }

@@ -1,0 +1,78 @@
+package redisquota
+
+import (
+	"testing"
+	"time"
+
+	"github.com/llmusage/llmusage/limiter"
+)
+
+// Review of concurrent: N limits on Redis. The oracle, as in
+// concurrency_test.go: the slots held equal the calls in flight (checks
+// allowed whose record has not come), whatever the faults.
+
+// endFence ends every store's lossFence, as if its time had passed.
+func endFence(stores []*Store) {
+	for _, s := range stores {
+		s.lostAt.Store(time.Now().Add(-lossFence).UnixNano())
+	}
+}
+
+// TestReviewConcurrencyRecordBeforeHolderRecovers: Redis loses its state
+// with one call in flight, checked on replica 0. The call ends and its
+// record reaches replica 1, which finds the loss first and charges the
+// record (there is no hold to settle: the marker is set). Replica 0 then
+// recovers: its rehold finds the marker and puts nothing back, but its
+// budget part still counts the hold, so a slot stays taken by a call
+// that is over (until the key expires, which a user's calls never let
+// it do).
+func TestReviewConcurrencyRecordBeforeHolderRecovers(t *testing.T) {
+	srv, client := standalone(t)
+	stores, ls := concurrencyReplicas(t, client, 2, FailClosed)
+	if in := checkAll(t, ls[:1], []string{"x"}); len(in) != 1 {
+		t.Fatalf("admitted %v", in)
+	}
+	srv.Do(t, "FLUSHALL")
+	if err := ls[1].Record(limiter.Usage{UserID: "u", RequestID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	inFlightLeft(t, ls[0]) // replica 0 notices the loss and recovers
+	endFence(stores)
+	for i, l := range ls {
+		if left := inFlightLeft(t, l); left != 5 {
+			t.Fatalf("replica %d: %d slots left with no call in flight, want 5", i, left)
+		}
+	}
+}
+
+// TestReviewConcurrencyRetryOnOtherReplicaThenLoss: a check sent again
+// (a client's retry) on another replica moves the call's hold there;
+// the first replica still lists it. After Redis lost its state both put
+// the hold back and both count it: two slots for one call, and after
+// its record one slot stays taken for ever.
+func TestReviewConcurrencyRetryOnOtherReplicaThenLoss(t *testing.T) {
+	srv, client := standalone(t)
+	stores, ls := concurrencyReplicas(t, client, 2, FailClosed)
+	for i := range ls {
+		if in := checkAll(t, ls[i:i+1], []string{"x"}); len(in) != 1 {
+			t.Fatalf("replica %d: admitted %v", i, in)
+		}
+	}
+	if left := inFlightLeft(t, ls[0]); left != 4 {
+		t.Fatalf("%d slots left with one call in flight (checked twice), want 4", left)
+	}
+	srv.Do(t, "FLUSHALL")
+	for _, l := range ls {
+		inFlightLeft(t, l) // each recovers
+	}
+	endFence(stores)
+	if left := inFlightLeft(t, ls[0]); left != 4 {
+		t.Fatalf("after the loss %d slots left with one call in flight, want 4", left)
+	}
+	if err := ls[0].Record(limiter.Usage{UserID: "u", RequestID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if left := inFlightLeft(t, ls[1]); left != 5 {
+		t.Fatalf("after the record %d slots left with no call in flight, want 5", left)
+	}
+}
