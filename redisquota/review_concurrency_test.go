@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmusage/llmusage/internal/clock"
 	"github.com/llmusage/llmusage/limiter"
 )
 
@@ -74,5 +75,44 @@ func TestReviewConcurrencyRetryOnOtherReplicaThenLoss(t *testing.T) {
 	}
 	if left := inFlightLeft(t, ls[1]); left != 5 {
 		t.Fatalf("after the record %d slots left with no call in flight, want 5", left)
+	}
+}
+
+// TestReviewConcurrencyRetryRefusedByPool: a retried check passes the
+// user's concurrent: 1 (its own hold is given back as it is taken
+// again) and is refused by a shared pool of tokens that another user
+// spent meanwhile. Undoing the user's part must leave the call's slot
+// held (the call is in flight), not give it back: else a second call
+// of the user runs beside it.
+func TestReviewConcurrencyRetryRefusedByPool(t *testing.T) {
+	_, client := standalone(t)
+	rules := []limiter.Rule{
+		{Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: 1},
+		{Window: limiter.Day, Unit: limiter.Tokens, Limit: 100, Per: limiter.PerAll},
+	}
+	s := New(Options{Client: client, FailMode: FailClosed, ReplicaID: t.Name(), Timeout: time.Second})
+	l, err := limiter.New(rules, limiter.Options{Clock: clock.System{}, Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	check := func(user, id string, tokens int64) bool {
+		t.Helper()
+		d, err := l.Check(limiter.Request{UserID: user, RequestID: id, Tokens: tokens})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Allowed
+	}
+	if !check("u", "a", 60) || !check("v", "b", 30) {
+		t.Fatal("the first two calls were refused")
+	}
+	if check("u", "a", 75) {
+		t.Fatal("the retry with 75 tokens passed a pool with 10 left and 60 held for it")
+	}
+	if check("u", "c", 5) {
+		t.Fatal("a second call of u passed concurrent: 1 with a call in flight")
 	}
 }

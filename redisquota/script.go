@@ -61,7 +61,8 @@ import (
 // (contributeScript) and call again.
 //
 // It returns {allowed, now, level...}: allowed 1, 0, -1 past the
-// deadline, -2, -3, or 3 for a charge already made; now the server's
+// deadline, -2, -3, 2 for a take that replaced a hold of its request_id
+// (allowed: the check was sent again), or 3 for a charge already made; now the server's
 // clock; levels as strings (a number would be truncated to an integer on
 // its way out of Lua). A bucket that is full again is deleted, and the
 // others expire when they would be full: Redis memory follows the active
@@ -234,6 +235,7 @@ if write and id ~= '' then
   end
 end
 if mode == 'read' then allowed = 1 end
+if write and mode == 'take' and hasHold then allowed = 2 end
 if duplicate then allowed = 3 end
 local out = {allowed, string.format('%.17g', now)}
 for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
