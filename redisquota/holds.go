@@ -29,11 +29,17 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 	if s.useRedis() {
 		res, err := s.runRecovering(opTake, user, bs, need, cost, id)
 		if err == nil {
-			allowed := res[0] == 1 || res[0] == 2
+			allowed := res[0] == 1 || res[0] == 2 || res[0] == 4
 			copy(levels, res[1:])
 			s.seen.touch(now, user, bs, levels)
 			if allowed {
-				s.holds.put(user, id, bs, cost, now.Add(ttl), false)
+				held := cost
+				if res[0] == 4 {
+					// Its call is over: the check holds nothing (and a
+					// pool's refusal of it gives nothing back).
+					held = make([]int64, len(cost))
+				}
+				s.holds.put(user, id, bs, held, now.Add(ttl), false)
 				if res[0] == 2 {
 					s.holds.markRetried(user, id)
 				}

@@ -116,3 +116,32 @@ func TestReviewConcurrencyRetryRefusedByPool(t *testing.T) {
 		t.Fatal("a second call of u passed concurrent: 1 with a call in flight")
 	}
 }
+
+// TestReviewConcurrencyCheckAfterItsRecordThenLoss: a check sent again
+// after its call's record holds nothing in Redis (the charged marker
+// says the call is over), but this replica listed a hold for it with
+// the check's amounts; after Redis lost its state (and the marker) it
+// put that hold back and counted its slot for a call that is over.
+func TestReviewConcurrencyCheckAfterItsRecordThenLoss(t *testing.T) {
+	srv, client := standalone(t)
+	stores, ls := concurrencyReplicas(t, client, 1, FailClosed)
+	l := ls[0]
+	if in := checkAll(t, ls, []string{"x"}); len(in) != 1 {
+		t.Fatalf("admitted %v", in)
+	}
+	if err := l.Record(limiter.Usage{UserID: "u", RequestID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if in := checkAll(t, ls, []string{"x"}); len(in) != 1 { // sent again, late
+		t.Fatalf("admitted %v", in)
+	}
+	if left := inFlightLeft(t, l); left != 5 {
+		t.Fatalf("%d slots left with no call in flight, want 5", left)
+	}
+	srv.Do(t, "FLUSHALL")
+	inFlightLeft(t, l) // recovers
+	endFence(stores)
+	if left := inFlightLeft(t, l); left != 5 {
+		t.Fatalf("after the loss %d slots left with no call in flight, want 5", left)
+	}
+}
