@@ -27,7 +27,7 @@ type budgetHold struct {
 	user, team, provider, model string
 }
 
-// pendingKey is a 128-bit hash of a request_id, and pendingCheck holds
+// pendingKey is a 128-bit hash of a user's request_id, and pendingCheck holds
 // no pointer either: the collector need not mark the pending map, and
 // no string is kept per estimate. 100,000 estimates keyed by their IDs
 // were half the live heap of a sidecar under checks, marked on every
@@ -45,6 +45,10 @@ type pendingCheck struct {
 	// reserved it, and the levels of the concurrency limits it holds a
 	// slot of (budgetSlot).
 	budgets uint16
+	// tags are, by level, the tags of the concurrency limits it holds a
+	// slot of (rule.tag): the limit of a level whose scope a reload
+	// changed holds none.
+	tags [numPers]uint16
 	// at is the check's time and expires its end, in Unix nanoseconds.
 	at, expires int64
 }
@@ -84,6 +88,9 @@ func (l *Limiter) release(now time.Time, h budgetHold, p pendingCheck) {
 // estimate of p: it was reserved in that period, in a budget of r's
 // level and limit type (one that a reload added since holds nothing).
 func (l *Limiter) holds(p pendingCheck, r *rule, period Period) bool {
+	if r.Unit == Concurrent && p.tags[r.Per] != r.tag {
+		return false
+	}
 	return p.budgets&budgetSlot(r) != 0 && period.Contains(time.Unix(0, p.at))
 }
 
@@ -102,13 +109,16 @@ func budgetSlot(r *rule) uint16 {
 // concurrencySlots are the bits of budgetSlot that concurrency limits use.
 const concurrencySlots = (1<<numPers - 1) << (numPers * 3)
 
-// budgetSlots is the budgets among rules, as bits (budgetSlot).
-func budgetSlots(rules []*rule) uint16 {
-	var slots uint16
+// budgetSlots is the budgets among rules, as bits (budgetSlot), and the
+// tags of their concurrency limits by level.
+func budgetSlots(rules []*rule) (slots uint16, tags [numPers]uint16) {
 	for _, r := range rules {
 		slots |= budgetSlot(r)
+		if r.Unit == Concurrent {
+			tags[r.Per] = r.tag
+		}
 	}
-	return slots
+	return slots, tags
 }
 
 // EstimateStats counts the token estimates of allowed checks, which wait
@@ -138,10 +148,10 @@ func (l *Limiter) userHash(user string) uint64 { return maphash.String(l.seed, u
 // the estimate of the same user's check with this request_id that it
 // replaces, if that one held a budget, and whether it kept this one
 // (not past MaxPending).
-func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
+func (l *Limiter) remember(req Request, cost int64, budgets uint16, tags [numPers]uint16, ttl time.Duration, now time.Time) (prev pendingCheck, hold budgetHold, replaced, kept bool) {
 	uh := l.userHash(req.UserID)
 	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(req.RequestID)
+	key := l.pendingKey(uh, req.RequestID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if old, dup := sh.byID[key]; dup {
@@ -155,7 +165,7 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Dur
 			return prev, hold, false, false
 		}
 	}
-	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, at: now.UnixNano(), expires: now.Add(ttl).UnixNano()}
+	sh.byID[key] = pendingCheck{user: uh, tokens: req.Tokens, cost: cost, budgets: budgets, tags: tags, at: now.UnixNano(), expires: now.Add(ttl).UnixNano()}
 	if (budgets != 0 && cost > 0) || budgets&concurrencySlots != 0 {
 		if sh.holds == nil {
 			sh.holds = make(map[pendingKey]budgetHold)
@@ -167,6 +177,17 @@ func (l *Limiter) remember(req Request, cost int64, budgets uint16, ttl time.Dur
 	return prev, hold, replaced, true
 }
 
+// peek returns the estimate of user's check with request_id id, if any.
+func (l *Limiter) peek(user, id string) (pendingCheck, bool) {
+	uh := l.userHash(user)
+	sh := &l.pending[uh%numShards]
+	key := l.pendingKey(uh, id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p, ok := sh.byID[key]
+	return p, ok && p.user == uh
+}
+
 // settle takes the estimate of the allowed check that u's record
 // follows: own tells it is its user's, fresh that it is within the TTL.
 func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fresh bool) {
@@ -175,7 +196,7 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fr
 	}
 	uh := l.userHash(u.UserID)
 	sh := &l.pending[uh%numShards]
-	key := l.pendingKey(u.RequestID)
+	key := l.pendingKey(uh, u.RequestID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	p, found := sh.byID[key]
@@ -194,6 +215,9 @@ func (l *Limiter) settle(u Usage, now time.Time) (estimate pendingCheck, own, fr
 	return p, own, !expired
 }
 
-func (l *Limiter) pendingKey(requestID string) pendingKey {
-	return pendingKey{maphash.String(l.idSeeds[0], requestID), maphash.String(l.idSeeds[1], requestID)}
+// pendingKey names the estimate of the check of request_id requestID
+// of the user whose hash is uh: request_ids are the clients', and two
+// users' may be equal, in the same shard.
+func (l *Limiter) pendingKey(uh uint64, requestID string) pendingKey {
+	return pendingKey{maphash.String(l.idSeeds[0], requestID) ^ uh, maphash.String(l.idSeeds[1], requestID)}
 }

@@ -356,6 +356,18 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 		sc.cost[i] = chargeCost(r.Unit, 1, req.Tokens, cost)
 		sc.owners[i] = r.bucketOwner(req.UserID, req.TeamID)
 	}
+	// A check sent again (a client's retry) is the call its first check
+	// holds a slot for: it needs no other, as in a HoldStore.
+	retried := false
+	if req.RequestID != "" && l.holdStore == nil {
+		if prev, ok := l.peek(req.UserID, req.RequestID); ok {
+			for i, r := range rules {
+				if r.Unit == Concurrent && l.holds(prev, r, sc.buckets[i].Period) {
+					sc.need[i], retried = 0, true
+				}
+			}
+		}
+	}
 	allowed, err := l.takeAll(now, req, sc, n)
 	if err != nil {
 		return Decision{}, err
@@ -372,13 +384,15 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	} else if req.RequestID != "" && l.holdStore == nil {
 		// A check sent again with its request_id (a client's retry)
 		// replaces the first one's estimate, which its budgets give back.
-		slots := budgetSlots(rules)
-		prev, hold, replaced, kept := l.remember(req, cost, slots, l.holdTTL(sc.buckets[:n]), now)
+		slots, tags := budgetSlots(rules)
+		prev, hold, replaced, kept := l.remember(req, cost, slots, tags, l.holdTTL(sc.buckets[:n]), now)
 		if replaced {
 			l.release(now, hold, prev)
 		}
-		if !kept && slots&concurrencySlots != 0 {
-			// No record could give its slot back: refused, as if full.
+		if !kept && slots&concurrencySlots != 0 || retried && !replaced {
+			// No record could give its slot back, or the first check's
+			// slot it counted on was given back meanwhile: refused, as
+			// if full.
 			l.untake(now, req, sc, n)
 			d.Allowed, d.RetryAfter, d.Tightest = false, ConcurrencyRetry, -1
 		}

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"hash/maphash"
 	"math"
 	"sort"
 )
@@ -24,7 +25,14 @@ type ruleSet struct {
 type rule struct {
 	Rule
 	scope *Scope
+	// tag tells apart the scopes of a concurrency limit's level, as an
+	// estimate remembers the slots it holds (see holds): a reload that
+	// changes the rule's scope makes new buckets, which hold none.
+	tag uint16
 }
+
+// scopeSeed hashes rules' scopes into tags, alike across reloads.
+var scopeSeed = maphash.MakeSeed()
 
 type ownerKey struct {
 	user  string
@@ -44,6 +52,7 @@ func newRuleSet(rules []Rule) (*ruleSet, error) {
 		r := &rs.all[i]
 		r.Rule = rules[i]
 		r.scope = &Scope{Provider: r.Provider, Model: r.Model, TeamID: r.TeamID, Per: r.Per, Window: r.Window, Unit: r.Unit}
+		r.tag = uint16(maphash.String(scopeSeed, r.Provider+"\x00"+r.Model+"\x00"+r.TeamID))
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Source, err)
 		}

@@ -29,11 +29,20 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 	if s.useRedis() {
 		res, err := s.runRecovering(opTake, user, bs, need, cost, id)
 		if err == nil {
-			allowed := res[0] == 1
+			allowed := res[0] == 1 || res[0] == 2 || res[0] == 4
 			copy(levels, res[1:])
 			s.seen.touch(now, user, bs, levels)
 			if allowed {
-				s.holds.put(user, id, bs, cost, now.Add(ttl), false)
+				held := cost
+				if res[0] == 4 {
+					// Its call is over: the check holds nothing (and a
+					// pool's refusal of it gives nothing back).
+					held = make([]int64, len(cost))
+				}
+				s.holds.put(user, id, bs, held, now.Add(ttl), false)
+				if res[0] == 2 {
+					s.holds.markRetried(user, id)
+				}
 				if s.cluster {
 					s.indexHold(user, id)
 				}
@@ -73,6 +82,9 @@ func (s *Store) TakeHold(now time.Time, user string, bs []limiter.Bucket, need, 
 	switch {
 	case err == nil && allowed:
 		s.holds.put(user, id, bs, cost, now.Add(ttl), true)
+		if back != nil {
+			s.holds.markRetried(user, id)
+		}
 		s.owed.add(user, bs, cost)
 	case back != nil:
 		for i := range back {
@@ -306,8 +318,13 @@ type hold struct {
 	// keys it holds in until Redis loses them (forgetLoss): a budget
 	// part (Contribute) does not count it again. A check that learnt a
 	// pool's spend while another of this replica's checks took a hold in
-	// the key a replica had just made counted it twice.
+	// the key a replica had just made counted it twice. A hold that
+	// another replica counts after a loss (markCounted) is marked too.
 	inKey bool
+	// retried tells a hold that replaced the hold of the same request_id
+	// (the check was sent again): it stands for a call in flight, and a
+	// pool's refusal of the check sent again does not give it back.
+	retried bool
 }
 
 // maxHolds bounds the holds waiting, as the limiter bounds its estimates.
@@ -417,6 +434,29 @@ func (x *holdIndex) forgetLoss() {
 	}
 }
 
+// markRetried records that the hold of user's id replaced another.
+func (x *holdIndex) markRetried(user, id string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if h, ok := x.byUser[user][id]; ok {
+		h.retried = true
+		x.byUser[user][id] = h
+	}
+}
+
+// markCounted records that the debits of holds hs are counted in their
+// budget keys by others (see rehold): a part does not count them.
+func (x *holdIndex) markCounted(hs []hold) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, h := range hs {
+		if cur, ok := x.byUser[h.user][h.id]; ok {
+			cur.inKey = true
+			x.byUser[h.user][h.id] = cur
+		}
+	}
+}
+
 // heldIn sums what the holds of user whose debit b's key lacks hold in b.
 func (x *holdIndex) heldIn(user string, b limiter.Bucket) int64 {
 	x.mu.Lock()
@@ -481,6 +521,11 @@ func (s *Store) ReleaseHold(now time.Time, user string, bs []limiter.Bucket, id 
 	h, ok := s.holds.get(user, id)
 	if !ok {
 		return false, nil
+	}
+	if h.retried {
+		// The hold of a check sent again took its first check's place:
+		// it holds the call in flight, whose record settles it.
+		return true, nil
 	}
 	back := s.amountsIn(h, bs)
 	for i := range back {

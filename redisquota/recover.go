@@ -247,14 +247,19 @@ func (s *Store) reseed(ctx context.Context) error {
 	return execScripts(ctx, s.opts.Client, pipe)
 }
 
-// rehold puts holds in Redis: the local ones only, or all of them.
+// rehold puts holds in Redis: the local ones only, or, after a loss,
+// all of them. A hold it does not put back after a loss is not this
+// replica's to count in a budget's part: its record was charged since
+// (on another replica, which found the loss first), or another replica
+// put it back (a check sent again there moved it), and counts it.
 func (s *Store) rehold(ctx context.Context, localOnly bool) error {
 	hs := s.holds.all(localOnly)
 	if len(hs) == 0 {
 		return nil
 	}
 	pipe := s.opts.Client.Pipeline()
-	for _, h := range hs {
+	put := make([]*redis.Cmd, len(hs))
+	for i, h := range hs {
 		args := []any{s.instance, s.opts.HoldTTL.Milliseconds()}
 		for j, b := range h.buckets {
 			if h.amounts[j] == 0 {
@@ -266,7 +271,7 @@ func (s *Store) rehold(ctx context.Context, localOnly bool) error {
 			}
 			args = append(args, key, h.amounts[j])
 		}
-		reholdScript.Run(ctx, pipe, []string{s.holdKey(h.user, h.id), s.chargedKey(h.user, h.id)}, args...)
+		put[i] = reholdScript.Run(ctx, pipe, []string{s.holdKey(h.user, h.id), s.chargedKey(h.user, h.id)}, args...)
 		if !s.cluster {
 			pipe.SAdd(ctx, s.holdIndexKey(s.instance), s.holdKey(h.user, h.id))
 			pipe.PExpire(ctx, s.holdIndexKey(s.instance), s.opts.HoldTTL)
@@ -276,6 +281,15 @@ func (s *Store) rehold(ctx context.Context, localOnly bool) error {
 		return err
 	}
 	s.holds.markRedis(hs)
+	if !localOnly {
+		var others []hold
+		for i, h := range hs {
+			if n, _ := put[i].Int(); n == 0 {
+				others = append(others, h)
+			}
+		}
+		s.holds.markCounted(others)
+	}
 	return nil
 }
 

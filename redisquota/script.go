@@ -61,7 +61,9 @@ import (
 // (contributeScript) and call again.
 //
 // It returns {allowed, now, level...}: allowed 1, 0, -1 past the
-// deadline, -2, -3, or 3 for a charge already made; now the server's
+// deadline, -2, -3, 2 for a take that replaced a hold of its request_id
+// (allowed: the check was sent again), 3 for a charge already made, or
+// 4 for a take whose record was charged already (allowed, nothing held); now the server's
 // clock; levels as strings (a number would be truncated to an integer on
 // its way out of Lua). A bucket that is full again is deleted, and the
 // others expire when they would be full: Redis memory follows the active
@@ -97,7 +99,7 @@ if indexed then index, extra = KEYS[extra + 1], extra + 1 end
 if epoch ~= '' then
   if redis.call('GET', KEYS[extra + 1]) ~= epoch then return answer(-3) end
 end
-local duplicate, counted = false, false
+local duplicate, counted, over = false, false, false
 if id ~= '' and mode ~= 'read' then
   local m = redis.call('GET', marker)
   if m == '1' or (m and mode == 'take') then
@@ -105,6 +107,7 @@ if id ~= '' and mode ~= 'read' then
     -- not charged again, and a check sent again after it holds nothing
     -- (its call is over) and is allowed.
     duplicate = mode == 'charge'
+    over = mode == 'take'
     mode = 'read'
   elseif m then
     -- A recovery counted it in the budgets ("p"): charged to the others.
@@ -234,7 +237,9 @@ if write and id ~= '' then
   end
 end
 if mode == 'read' then allowed = 1 end
+if write and mode == 'take' and hasHold then allowed = 2 end
 if duplicate then allowed = 3 end
+if over then allowed = 4 end
 local out = {allowed, string.format('%.17g', now)}
 for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
 return out
