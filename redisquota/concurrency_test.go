@@ -207,3 +207,55 @@ func TestConcurrencyLocalShare(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordOfLocalHoldDuringRecovery: a record of a call checked while
+// Redis was away arrives as the sidecar recovers from Redis losing its
+// state. The record's charge holds the limiter's accepting lock, and a
+// recovery holds the store's recovery lock, then takes the accepting
+// lock to add its parts: the charge must not wait for the recovery lock.
+// The fault test's sidecar froze there, its holds put back in Redis but
+// not counted, and the records of their calls then freed slots nobody
+// had taken.
+func TestRecordOfLocalHoldDuringRecovery(t *testing.T) {
+	srv, client := standalone(t)
+	stores, ls := concurrencyReplicas(t, client, 1, FailLocal)
+	s, l := stores[0], ls[0]
+	srv.Stop(t)
+	if in := checkAll(t, ls, ids("local", 1)); len(in) != 1 {
+		t.Fatalf("the check without Redis was refused")
+	}
+	srv.Restart(t) // empty: a loss
+	// A recovery has begun (restore: calls go to Redis), and holds the
+	// recovery lock when the record comes; it then adds its parts.
+	s.restoring.Store(true)
+	locked := make(chan struct{})
+	recovered := make(chan struct{})
+	go func() {
+		defer close(recovered)
+		s.recovery.Lock()
+		defer s.recovery.Unlock()
+		close(locked)
+		time.Sleep(100 * time.Millisecond) // the record's charge runs
+		_ = (*s.recoverer.Load())(true)
+		s.restoring.Store(false)
+	}()
+	accepted := make(chan error, 1)
+	go func() {
+		accepted <- l.Accept(func() error { <-locked; return nil },
+			[]limiter.Usage{{UserID: "u", RequestID: "local-0", Tokens: 1}})
+	}()
+	for _, done := range []chan struct{}{recovered} {
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the record's charge and the recovery wait for each other")
+		}
+	}
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	s.lostAt.Store(0) // past the fence
+	if left := inFlightLeft(t, l); left != 5 {
+		t.Fatalf("%d slots left after the only call's record, want 5", left)
+	}
+}

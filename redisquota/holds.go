@@ -109,12 +109,15 @@ func (s *Store) ChargeOnce(now time.Time, user string, bs []limiter.Bucket, amou
 		// (Redis refused writes, or was away, and the write-back that puts
 		// it there has not run): the record is charged in full in Redis,
 		// and what the write-back owes for the hold is cancelled. Under
-		// the recovery lock, so that the write-back does not put the hold
-		// in Redis in between (it would be settled, and cancelled too).
+		// s.settling, so that the write-back does not put the hold in
+		// Redis in between (it would be settled, and cancelled too). Not
+		// under s.recovery: a record's charge runs while the limiter holds
+		// its accepting lock, which a recovery takes (contributeAll)
+		// while it holds s.recovery; the sidecar froze in that deadlock.
 		h, held := s.holds.get(user, id)
 		if held && h.local {
-			s.recovery.Lock()
-			defer s.recovery.Unlock()
+			s.settling.Lock()
+			defer s.settling.Unlock()
 			h, held = s.holds.get(user, id)
 		}
 		res, err := s.run(opCharge, user, bs, nil, amounts, id)

@@ -191,10 +191,7 @@ func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
 	}
 	// Holds first: a record that arrives meanwhile settles against its
 	// hold, whose estimate the write-back then brings.
-	if err := s.rehold(ctx, !lost); err != nil {
-		return err
-	}
-	if err := s.writeBack(ctx, epoch, lost); err != nil {
+	if err := s.putBack(ctx, epoch, lost); err != nil {
 		return err
 	}
 	if lost {
@@ -205,6 +202,17 @@ func (s *Store) restore(ctx context.Context, epoch string, lost bool) error {
 		}
 	}
 	return nil
+}
+
+// putBack puts this replica's holds in Redis and writes back what it
+// debited in its local shares, under s.settling (see ChargeOnce).
+func (s *Store) putBack(ctx context.Context, epoch string, lost bool) error {
+	s.settling.Lock()
+	defer s.settling.Unlock()
+	if err := s.rehold(ctx, !lost); err != nil {
+		return err
+	}
+	return s.writeBack(ctx, epoch, lost)
 }
 
 // currentEpoch reads Redis's epoch, setting a new one if it has none.

@@ -146,6 +146,10 @@ type Store struct {
 	// one (see SetRecoverer).
 	recovery  sync.Mutex
 	recoverer atomic.Pointer[func(epochChanged bool) error]
+	// settling is held while a restore puts this replica's holds and
+	// debts in Redis (putBack), and while a record settles a hold taken
+	// in the local shares: it never waits for another lock.
+	settling sync.Mutex
 	// restoring is set while a recovery or a first contact runs.
 	restoring atomic.Bool
 	// lostAt is when (Unix nanoseconds) this replica last recovered from

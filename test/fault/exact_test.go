@@ -267,10 +267,14 @@ var exactScenarios = []scenario{
 	// concurrent: 6 under 10 clients, without a fault: the fleet never
 	// has more than 6 calls in flight, and keeps 6 in flight.
 	{name: "i0-concurrency-no-fault", limits: concurrencyLimits, duration: 4 * time.Second},
-	// Every fault of f under concurrent: 6. The load goes on past the
+	// Every fault of f under concurrent: 6, then a kill -9 of a sidecar
+	// with Redis up (its slots in Redis). The load goes on past the
 	// faults for the fence after Redis's loss (5 s from each replica's
-	// recovery, so until about 9 s) and progressWindow after it.
-	{name: "i-concurrency-all-together", redisFault: true, limits: concurrencyLimits, duration: 13 * time.Second, duplicates: 0.2, inject: func(t *testing.T, r *run) {
+	// recovery, so until about 9 s) and progressWindow after it. The
+	// second kill found a sidecar frozen since the loss: a record of a
+	// call checked without Redis waited for the recovery, which waited
+	// for it (TestRecordOfLocalHoldDuringRecovery).
+	{name: "i-concurrency-all-together", redisFault: true, limits: concurrencyLimits, duration: 14 * time.Second, duplicates: 0.2, inject: func(t *testing.T, r *run) {
 		r.at(t, time.Second, "Redis stopped (SIGKILL, no persistence)", func() {
 			r.failMode.Store(true)
 			r.redis.Stop(t)
@@ -281,6 +285,14 @@ var exactScenarios = []scenario{
 		r.at(t, 3500*time.Millisecond, "Postgres started", func() { mustPG(t, r.pg.Start()) })
 		r.at(t, 4*time.Second, "Redis restarted empty", func() { r.redis.Restart(t) })
 		r.endFailMode(t)
+		r.at(t, 10*time.Second, "sidecar 3 kill -9", func() { r.sidecars[2].Kill9(t) })
+		r.at(t, 10500*time.Millisecond, "sidecar 3 restarted", func() { r.sidecars[2].Restart(t) })
+	}},
+	// A sidecar killed with calls in flight while Redis is up: its slots
+	// come back with their records, or when it leaves the registry.
+	{name: "j-concurrency-kill9", limits: concurrencyLimits, duration: 7 * time.Second, duplicates: 0.2, inject: func(t *testing.T, r *run) {
+		r.at(t, 2*time.Second, "sidecar 3 kill -9", func() { r.sidecars[2].Kill9(t) })
+		r.at(t, 2500*time.Millisecond, "sidecar 3 restarted on its data dir", func() { r.sidecars[2].Restart(t) })
 	}},
 }
 
