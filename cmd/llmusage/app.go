@@ -21,6 +21,7 @@ func newApp() *cli.App {
 			serveCommand(),
 			migrateCommand(),
 			loadgenCommand(),
+			injectCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version, commit and Go version",

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/urfave/cli/v2"
+
+	"github.com/llmusage/llmusage/inject"
+)
+
+func injectCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "inject",
+		Usage:        "run the mutating admission webhook that adds the llmusage sidecar to pods (docs/kubernetes.md, Injection)",
+		OnUsageError: usageError,
+		Flags: []cli.Flag{
+			stringFlag("listen-address", ":8443", "address of the webhook (HTTPS): POST /mutate, /mutate/annotated, /healthz, /readyz"),
+			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz over HTTP to Prometheus and the kubelet"),
+			stringFlag("tls-cert-file", "", "PEM certificate (chain) the webhook serves; reloaded when the file changes (a Secret's update, a renewal)"),
+			stringFlag("tls-key-file", "", "PEM private key of --tls-cert-file; reloaded with it"),
+			durationFlag("tls-reload-interval", 10*time.Second, "time between checks of the TLS files, besides the check of every TLS handshake"),
+			durationFlag("shutdown-timeout", 10*time.Second, "time allowed to finish in-flight reviews on SIGTERM"),
+			stringFlag("log-format", "text", "log format: text or json"),
+			stringFlag("log-level", "info", "log level: debug (every decision), info, warn or error"),
+			stringFlag("sidecar-mode", inject.ModeNative, "native: an init container with restartPolicy Always (Kubernetes 1.29+); classic: a second regular container, for older clusters. Annotation llmusage.io/sidecar-mode"),
+			stringFlag("sidecar-image", "", "the sidecar's image; empty: deploy/kubernetes/deployment.yaml's. Annotation llmusage.io/image"),
+			stringFlag("sidecar-cpu-request", "", "the sidecar's CPU request; empty: the example Deployment's. Annotation llmusage.io/cpu-request"),
+			stringFlag("sidecar-cpu-limit", "", "the sidecar's CPU limit; empty: the example Deployment's (none). Annotation llmusage.io/cpu-limit"),
+			stringFlag("sidecar-memory-request", "", "the sidecar's memory request; empty: the example Deployment's. Annotation llmusage.io/memory-request"),
+			stringFlag("sidecar-memory-limit", "", "the sidecar's memory limit; empty: the example Deployment's. Annotation llmusage.io/memory-limit"),
+			stringFlag("limits-configmap", "", "ConfigMap of the limits file (key limits.yaml), in the pod's namespace; empty: the example Deployment's. Annotation llmusage.io/limits-configmap"),
+			stringFlag("database-secret", "", "Secret of the database URL (key url), in the pod's namespace; empty: the example Deployment's. Annotation llmusage.io/database-secret"),
+			stringFlag("redis-secret", "", "Secret of a Redis URL (key url) that the sidecars share their limits through; empty: none. Annotation llmusage.io/redis-secret"),
+			&cli.StringSliceFlag{Name: "sidecar-args", EnvVars: envVars("sidecar-args"),
+				Usage: "flag added to the sidecar's serve arguments (repeatable; comma-separated in the environment). Annotation llmusage.io/args (space-separated)"},
+		},
+		Action: func(c *cli.Context) error {
+			logger, err := newLogger(c.String("log-format"), c.String("log-level"))
+			if err != nil {
+				return err
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			build := prometheus.NewGauge(prometheus.GaugeOpts{
+				Name:        "llmusage_build_info",
+				Help:        "A metric with a constant '1' value labelled by the version, revision and Go version llmusage was built from.",
+				ConstLabels: prometheus.Labels{"version": version, "revision": revision(), "goversion": runtime.Version()},
+			})
+			build.Set(1)
+			reg.MustRegister(build)
+			srv, err := inject.NewServer(inject.ServerConfig{
+				ListenAddress:   c.String("listen-address"),
+				MetricsAddress:  c.String("metrics-address"),
+				CertFile:        c.String("tls-cert-file"),
+				KeyFile:         c.String("tls-key-file"),
+				ReloadInterval:  c.Duration("tls-reload-interval"),
+				ShutdownTimeout: c.Duration("shutdown-timeout"),
+				Injector: inject.Options{
+					Defaults: inject.Settings{
+						Mode:            c.String("sidecar-mode"),
+						Image:           c.String("sidecar-image"),
+						CPURequest:      c.String("sidecar-cpu-request"),
+						CPULimit:        c.String("sidecar-cpu-limit"),
+						MemoryRequest:   c.String("sidecar-memory-request"),
+						MemoryLimit:     c.String("sidecar-memory-limit"),
+						LimitsConfigMap: c.String("limits-configmap"),
+						DatabaseSecret:  c.String("database-secret"),
+						RedisSecret:     c.String("redis-secret"),
+						Args:            c.StringSlice("sidecar-args"),
+					},
+					Version:    version,
+					Logger:     logger,
+					Registerer: reg,
+				},
+				Gatherer: reg,
+			})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return srv.Run(ctx)
+		},
+	}
+}
