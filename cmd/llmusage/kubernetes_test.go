@@ -11,6 +11,7 @@ import (
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/urfave/cli/v2"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -56,6 +57,10 @@ func TestKubernetesManifests(t *testing.T) {
 			podMonitors, obj = append(podMonitors, pm), pm
 		case "PrometheusRule":
 			obj = &monitoringv1.PrometheusRule{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "MutatingWebhookConfiguration":
+			obj = &admissionregistrationv1.MutatingWebhookConfiguration{}
 		default:
 			t.Fatalf("%s: unexpected kind %q", path, meta.Kind)
 		}
@@ -66,7 +71,8 @@ func TestKubernetesManifests(t *testing.T) {
 			checkLLMUsageContainers(t, path, job.Spec.Template.Spec)
 		}
 	}
-	for kind, want := range map[string]int{"Deployment": 2, "Job": 1, "ConfigMap": 1, "PodMonitor": 1, "PrometheusRule": 1} {
+	for kind, want := range map[string]int{"Deployment": 3, "Job": 1, "ConfigMap": 1, "PodMonitor": 1, "PrometheusRule": 1,
+		"Service": 1, "MutatingWebhookConfiguration": 1} {
 		if kinds[kind] != want {
 			t.Fatalf("%d %s manifests, want %d (%v)", kinds[kind], kind, want, kinds)
 		}
@@ -93,6 +99,9 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Fatalf("deployment %s: selector does not match its pods", d.Name)
 		}
 		for _, pm := range podMonitors {
+			if d.Name == "llmusage-injector" {
+				break // the webhook, not an application (injector/)
+			}
 			for k, v := range pm.Spec.Selector.MatchLabels {
 				if d.Spec.Template.Labels[k] != v {
 					t.Fatalf("PodMonitor %s does not select the pods of %s (%s=%s)", pm.Name, d.Name, k, v)
