@@ -239,3 +239,42 @@ func freeAddr(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// TestInjectorDocs checks that docs/kubernetes.md's table of annotations
+// names every flag of inject that an annotation overrides, with it.
+func TestInjectorDocs(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	_, table, ok := strings.Cut(doc, "### Annotations\n")
+	if !ok {
+		t.Fatal("docs/kubernetes.md has no Annotations section")
+	}
+	table, _, _ = strings.Cut(table, "\n### ")
+	n := 0
+	for _, f := range command("inject").Flags {
+		usage := f.(interface{ GetUsage() string }).GetUsage()
+		_, ann, ok := strings.Cut(usage, "Annotation ")
+		if !ok {
+			continue
+		}
+		ann, _, _ = strings.Cut(ann, " ")
+		n++
+		for _, line := range strings.Split(table, "\n") {
+			if strings.Contains(line, "`"+ann+"`") {
+				if !strings.Contains(line, "`--"+f.Names()[0]+"`") {
+					t.Fatalf("the row of %s does not name --%s: %s", ann, f.Names()[0], line)
+				}
+				ok = false
+			}
+		}
+		if ok {
+			t.Fatalf("the annotations table has no row for %s", ann)
+		}
+	}
+	if n != 10 {
+		t.Fatalf("%d flags with an annotation", n)
+	}
+}
