@@ -7,7 +7,7 @@ GO ?= go
 run:
 	$(GO) run ./cmd/llmusage serve --limits-file deploy/kubernetes/limits.yaml
 
-## test: install and start what the tests need (promtool, PostgreSQL, the npm SDKs of test/sdk), then run every test with the race detector
+## test: install and start what the tests need (promtool, PostgreSQL, etcd and a kube-apiserver built once from the Go module proxy, the npm SDKs of test/sdk), then run every test with the race detector
 test:
 	./scripts/test.sh
 

@@ -4,7 +4,8 @@
 # the dashboards' queries, redis-server and redis-cli (package
 # redis-server) for the quota backend, pgbouncer for the tests through a
 # transaction pooler, python3 with pip (python3-pip) for the Python
-# client's tests, which install it as a new user would. Idempotent.
+# client's tests, which install it as a new user would, etcd (package
+# etcd-server, 3.4) under internal/kubetest's API server. Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -17,6 +18,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing Debian packages ${missing[*]}" >&2
 	as_root apt-get update -qq
@@ -24,3 +26,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 promtool --version 2>&1 | head -n 1 >&2
 redis-server --version >&2
+etcd --version | head -n 1 >&2
