@@ -83,10 +83,16 @@ var shared struct {
 // Main runs the tests, then stops the shared server if one was started.
 func Main(m *testing.M) int {
 	code := m.Run()
+	StopShared()
+	return code
+}
+
+// StopShared stops the shared server if one was started: for a TestMain
+// whose tests another harness's Main runs (sidecartest.Main).
+func StopShared() {
 	if shared.c != nil {
 		shared.c.Stop()
 	}
-	return code
 }
 
 // Start returns the API server the tests of this binary share, starting it
