@@ -115,6 +115,30 @@ func (e *Exporter) SetRulesDigest(sha256 string) {
 	e.backend.rules.WithLabelValues(sha256).Set(1)
 }
 
+// FileReloads is how the limits file's reloads went (rules.Manager).
+type FileReloads interface {
+	FileReloads() (failures uint64, lastOK bool, loaded time.Time)
+}
+
+// WatchFileReloads exports how the limits file's reloads (SIGHUP or a
+// change to the file) went. Call it once, with a limits file.
+func (e *Exporter) WatchFileReloads(r FileReloads) {
+	e.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "llmusage_rules_file_reload_failures_total",
+		Help: "Reloads of the limits file (SIGHUP, or a change to the file) that failed: unreadable, invalid or refused; the previous rules stayed in force.",
+	}, func() float64 { n, _, _ := r.FileReloads(); return float64(n) }))
+	e.addGauge("llmusage_rules_file_last_reload_successful", "Whether the last load of the limits file, at start or on reload, succeeded (1) or failed and left the previous rules in force (0).", func() float64 {
+		if _, ok, _ := r.FileReloads(); ok {
+			return 1
+		}
+		return 0
+	})
+	e.addGauge("llmusage_rules_file_last_reload_success_timestamp_seconds", "When the rules in force were last loaded from the limits file, at start or on reload, in Unix seconds.", func() float64 {
+		_, _, at := r.FileReloads()
+		return float64(at.UnixNano()) / 1e9
+	})
+}
+
 func errorKind(err error) string {
 	var ne net.Error
 	switch {

@@ -36,6 +36,9 @@ type Options struct {
 	// when nil. If DB is also a PriceSource, its llm_model_prices rows
 	// are read and reloaded with the rule rows.
 	Prices *pricing.Table
+	// Watch tunes how Run follows changes to File; the zero value is
+	// what serve uses.
+	Watch WatchOptions
 }
 
 // Manager owns the rules in force: it reads the limits file and the
@@ -64,6 +67,15 @@ type Manager struct {
 	// outage). Run reads them again until a read succeeds, since a watch
 	// only reports changes made after it started.
 	stale atomic.Bool
+	// fileSum is the SHA-256 of the limits file's content last read, or
+	// the error that read it not: a change is a different value. m.mu.
+	fileSum string
+	// fileFailures counts the file's reloads that failed; fileOK tells
+	// whether the last one succeeded, and fileLoaded is when the rules
+	// in force were last loaded from it (Unix nanoseconds).
+	fileFailures atomic.Uint64
+	fileOK       atomic.Bool
+	fileLoaded   atomic.Int64
 }
 
 // staleRetry is how often Run reads the database's rows again while
@@ -97,11 +109,16 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		}
 	}
 	if opts.File != "" {
-		f, err := LoadFile(opts.File)
+		data, sum, err := readFile(opts.File)
 		if err != nil {
 			return nil, err
 		}
-		m.file = f
+		if m.file, err = ParseFile(opts.File, data); err != nil {
+			return nil, err
+		}
+		m.fileSum = sum
+		m.fileOK.Store(true)
+		m.fileLoaded.Store(time.Now().UnixNano())
 	}
 	if opts.DB != nil {
 		rows, err := opts.DB.RuleRows(ctx)
@@ -129,9 +146,10 @@ func (m *Manager) Set() *Set { return m.set.Load() }
 // until a read succeeds.
 func (m *Manager) Stale() bool { return m.stale.Load() }
 
-// Run reloads the limits file on SIGHUP and the database's rows when they
-// change, handing each new Set to apply, until ctx ends. A Set that apply
-// refuses is logged and the one in force stays.
+// Run reloads the limits file on SIGHUP and when its content changes (see
+// watchFile), and the database's rows when they change, handing each new
+// Set to apply, until ctx ends. A file that does not load, or a Set that
+// apply refuses, is logged and the one in force stays.
 func (m *Manager) Run(ctx context.Context, apply func(*Set) error) {
 	m.mu.Lock()
 	m.apply = apply
@@ -146,6 +164,9 @@ func (m *Manager) Run(ctx context.Context, apply func(*Set) error) {
 		}()
 		go m.refreshStale(ctx)
 	}
+	if m.opts.File != "" {
+		go m.watchFile(ctx)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -155,9 +176,15 @@ func (m *Manager) Run(ctx context.Context, apply func(*Set) error) {
 			return
 		case <-hup:
 		}
-		if err := m.ReloadFile(); err != nil {
-			m.logger.Error("limits file not reloaded; the previous rules stay in force", "error", err)
-		}
+		m.reloadFileLogged("SIGHUP", false)
+	}
+}
+
+// reloadFileLogged reloads the limits file, if its content changed since
+// it was last read or always when !onlyChanged, and logs a failure.
+func (m *Manager) reloadFileLogged(trigger string, onlyChanged bool) {
+	if err := m.reloadFile(trigger, onlyChanged); err != nil {
+		m.logger.Error("limits file not reloaded; the previous rules stay in force", "file", m.opts.File, "trigger", trigger, "error", err)
 	}
 }
 
@@ -180,23 +207,54 @@ func (m *Manager) refreshStale(ctx context.Context) {
 	}
 }
 
-// ReloadFile rereads the limits file. A file that does not load changes
-// nothing.
-func (m *Manager) ReloadFile() error {
+// ReloadFile rereads the limits file, as SIGHUP does. A file that does
+// not load changes nothing.
+func (m *Manager) ReloadFile() error { return m.reloadFile("SIGHUP", false) }
+
+// reloadFile rereads the limits file, unless onlyChanged and its content
+// (or the error reading it) is the same as last time: a change that does
+// not load is then reported once, not at every look. It counts a failure
+// in FileReloads.
+func (m *Manager) reloadFile(trigger string, onlyChanged bool) error {
 	if m.opts.File == "" {
 		return ErrNoFile
 	}
-	f, err := LoadFile(m.opts.File)
-	if err != nil {
-		return err
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.update(f, m.rows, m.prices); err != nil {
+	data, sum, err := readFile(m.opts.File)
+	if err != nil {
+		sum = err.Error()
+	}
+	if onlyChanged && sum == m.fileSum {
+		return nil
+	}
+	m.fileSum = sum
+	var f *File
+	if err == nil {
+		if f, err = ParseFile(m.opts.File, data); err == nil {
+			err = m.update(f, m.rows, m.prices)
+		}
+	}
+	if err != nil {
+		m.fileFailures.Add(1)
+		m.fileOK.Store(false)
 		return err
 	}
-	m.logger.Info("limits file reloaded", "file", m.opts.File, "rules", len(f.Rules), "in_force", len(m.Set().InForce))
+	m.fileOK.Store(true)
+	m.fileLoaded.Store(time.Now().UnixNano())
+	m.logger.Info("limits file reloaded", "file", m.opts.File, "trigger", trigger, "rules", len(f.Rules), "in_force", len(m.Set().InForce))
 	return nil
+}
+
+// FileReloads tells how reloads of the limits file went: the number that
+// failed, whether the last one succeeded (the load at start counts), and
+// when the rules in force were last loaded from it. Zero values without
+// a file.
+func (m *Manager) FileReloads() (failures uint64, lastOK bool, loaded time.Time) {
+	if m.opts.File == "" {
+		return 0, false, time.Time{}
+	}
+	return m.fileFailures.Load(), m.fileOK.Load(), time.Unix(0, m.fileLoaded.Load())
 }
 
 // ReloadDB rereads the database's rows. During an outage it changes

@@ -114,6 +114,8 @@ func TestSeedExamples(t *testing.T) {
 //     stored), no samples where it is not (persist_flush_duration_seconds
 //     counts batches, which the flush timer cuts; the steps of
 //     llm_usage_daily_summary, store_rollup_*, are a timer's);
+//   - llmusage_rules_file_last_reload_success_timestamp_seconds: HELP and
+//     TYPE kept, the sample (the start's time) dropped;
 //   - llmusage_build_info: its revision and goversion labels normalised.
 //
 // The llm_* families are deterministic: their latencies are the records'
@@ -135,7 +137,8 @@ func goldenMetrics(metrics string) string {
 				continue
 			}
 		case strings.HasPrefix(name, "llmusage_persist_flush_duration_seconds"),
-			strings.HasPrefix(name, "llmusage_store_rollup_step"):
+			strings.HasPrefix(name, "llmusage_store_rollup_step"),
+			name == "llmusage_rules_file_last_reload_success_timestamp_seconds":
 			continue
 		case name == "llmusage_build_info":
 			line = buildInfoVaries.ReplaceAllString(line, `$1="<$1>"`)

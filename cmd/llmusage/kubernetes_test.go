@@ -30,6 +30,7 @@ const kubeDir = "../../deploy/kubernetes"
 func TestKubernetesManifests(t *testing.T) {
 	var deployments []*appsv1.Deployment
 	var podMonitors []*monitoringv1.PodMonitor
+	var promRules []*monitoringv1.PrometheusRule
 	kinds := map[string]int{}
 	for _, path := range manifestFiles(t) {
 		raw, err := os.ReadFile(path)
@@ -56,7 +57,8 @@ func TestKubernetesManifests(t *testing.T) {
 			pm := &monitoringv1.PodMonitor{}
 			podMonitors, obj = append(podMonitors, pm), pm
 		case "PrometheusRule":
-			obj = &monitoringv1.PrometheusRule{}
+			pr := &monitoringv1.PrometheusRule{}
+			promRules, obj = append(promRules, pr), pr
 		case "Service":
 			obj = &corev1.Service{}
 		case "MutatingWebhookConfiguration":
@@ -122,6 +124,14 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !relabelsJob {
 		t.Fatal(`the PodMonitor must set job="llmusage": the alerts select on it`)
+	}
+	// kube-prometheus-stack's default selectors pick PodMonitors and
+	// PrometheusRules by its release label: without it, nothing scrapes
+	// the sidecars and the alerts never fire.
+	for _, r := range promRules {
+		if got, want := podMonitors[0].Labels["release"], r.Labels["release"]; want == "" || got != want {
+			t.Fatalf("PodMonitor %s has release label %q, want the PrometheusRule %s's %q", podMonitors[0].Name, got, r.Name, want)
+		}
 	}
 }
 

@@ -125,3 +125,59 @@ func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(stri
 		t.Fatalf("bob on openai is under the 100/minute row: %s", got)
 	}
 }
+
+// TestLimitsConfigMapUpdate mounts the limits file as a ConfigMap volume
+// does and edits the ConfigMap as kubelet applies an edit (a symlink swap
+// that leaves the file's path untouched): the sidecar applies it by
+// itself, without SIGHUP; a bad edit keeps the rules in force and shows in
+// the reload metrics; the next good edit applies.
+func TestLimitsConfigMapUpdate(t *testing.T) {
+	v := sidecartest.NewConfigMapVolume(t, "limits.yaml", "limits:\n  - limit_type: minute\n    requests: 3\n")
+	s := sidecartest.Start(t, sidecartest.Options{Flags: []string{"--limits-file", v.Path}})
+	limit := func() string {
+		t.Helper()
+		code, body := s.Get(t, "/v1/rules?user_id=alice&model=gpt-4o")
+		if code != http.StatusOK {
+			t.Fatalf("/v1/rules: %d %v", code, body)
+		}
+		b, _ := json.Marshal(body["applicable"])
+		return string(b)
+	}
+	if got := limit(); !strings.Contains(got, `"limit":3,`) {
+		t.Fatalf("at start: %s, want the file's 3/minute", got)
+	}
+	started := s.Gauge("llmusage_rules_file_last_reload_success_timestamp_seconds")
+	if started <= 0 || s.Gauge("llmusage_rules_file_last_reload_successful") != 1 {
+		t.Fatalf("at start: loaded at %v, last reload successful %v", started, s.Gauge("llmusage_rules_file_last_reload_successful"))
+	}
+
+	v.Update("limits:\n  - limit_type: minute\n    requests: 5\n")
+	sidecartest.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(limit(), `"limit":5,`) }, "the ConfigMap edit did not apply: %s", limit())
+	sidecartest.WaitFor(t, 5*time.Second, func() bool {
+		return s.Gauge("llmusage_rules_file_last_reload_success_timestamp_seconds") > started
+	}, "the reload time did not move")
+	for i, want := range []int{200, 200, 200, 200, 200, 429} {
+		if code, _, body := s.PostJSON(t, "/v1/check", `{"user_id": "alice", "model": "gpt-4o"}`); code != want {
+			t.Fatalf("check %d under 5/minute: %d %v, want %d", i+1, code, body, want)
+		}
+	}
+
+	v.Update("limits:\n  - limit_type: minute\n    requests: many\n")
+	sidecartest.WaitFor(t, 10*time.Second, func() bool {
+		return s.Gauge("llmusage_rules_file_reload_failures_total") == 1 && s.Gauge("llmusage_rules_file_last_reload_successful") == 0
+	}, "the bad edit is not counted as a failed reload")
+	if got := limit(); !strings.Contains(got, `"limit":5,`) {
+		t.Fatalf("after a bad edit: %s, want the 5/minute in force", got)
+	}
+	if !strings.Contains(s.Log(), "limits file not reloaded; the previous rules stay in force") {
+		t.Fatalf("the bad edit is not logged:\n%s", s.Log())
+	}
+
+	v.Update("limits:\n  - limit_type: minute\n    requests: 8\n")
+	sidecartest.WaitFor(t, 10*time.Second, func() bool {
+		return strings.Contains(limit(), `"limit":8,`) && s.Gauge("llmusage_rules_file_last_reload_successful") == 1
+	}, "the fixed edit did not apply: %s", limit())
+	if n := s.Gauge("llmusage_rules_file_reload_failures_total"); n != 1 {
+		t.Fatalf("%v failed reloads, want 1", n)
+	}
+}

@@ -44,7 +44,7 @@ func serveCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			stringFlag("listen-address", "127.0.0.1:9470", "address of the intake API: host:port, or unix:/path/to/socket"),
 			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz to Prometheus and the kubelet"),
-			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded on SIGHUP. No file: nothing is limited"),
+			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded when it changes (a ConfigMap update too) and on SIGHUP. No file: nothing is limited"),
 			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
 			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
 			intFlag("metrics-max-teams", 1_000, "most distinct team label values; further teams are counted as team=\"__other__\""),
@@ -445,6 +445,9 @@ func run(ctx context.Context, cfg serveConfig) error {
 		s.quota.SetRestarted(s.chargeSpooledAgain)
 	}
 	s.exporter.SetRulesDigest(s.rules.Set().Digest())
+	if cfg.LimitsFile != "" {
+		s.exporter.WatchFileReloads(s.rules)
+	}
 	s.ledger.SetEnabled(hasBudget(s.rules.Set().InForce))
 	writerOpts := cfg.Writer
 	writerOpts.Observer, writerOpts.Logger = s.exporter, logger

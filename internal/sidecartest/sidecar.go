@@ -29,7 +29,8 @@ import (
 type Options struct {
 	// Limits is the content of a limits file, written to Dir/limits.yaml
 	// and passed as --limits-file. Empty: no limits file. The file may be
-	// rewritten (Sidecar.LimitsFile) and reloaded with SIGHUP.
+	// rewritten (Sidecar.LimitsFile): the sidecar reloads it by itself, or on
+	// SIGHUP. ConfigMapVolume lays one out as a ConfigMap volume does.
 	Limits string
 	// Flags are more flags for serve, after the harness's own. One that
 	// sets --listen-address, --metrics-address, --log-format, --data-dir
