@@ -4,7 +4,9 @@
 # the dashboards' queries, redis-server and redis-cli (package
 # redis-server) for the quota backend, pgbouncer for the tests through a
 # transaction pooler, python3 with pip (python3-pip) for the Python
-# client's tests, which install it as a new user would. Idempotent.
+# client's tests, which install it as a new user would; and helm
+# (scripts/helm.sh builds it once into the user's cache) for the chart's
+# tests. Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -24,3 +26,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 promtool --version 2>&1 | head -n 1 >&2
 redis-server --version >&2
+./scripts/helm.sh >/dev/null

@@ -582,3 +582,76 @@ func TestHelmChartRejectsBadValues(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmChartReadme checks the chart's README: every --set of its
+// commands renders, and every key of its values table is in values.yaml.
+func TestHelmChartReadme(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sets []string
+	for _, m := range regexp.MustCompile(`--set (\S+)`).FindAllStringSubmatch(string(readme), -1) {
+		sets = append(sets, "--set", m[1])
+	}
+	if len(sets) == 0 {
+		t.Fatal("no --set in the README")
+	}
+	if out, err := helm(t, append([]string{"template", "rel", chartDir}, sets...)...); err != nil {
+		t.Fatalf("the README's %v: %s\n%.500s", sets, err, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	rows := regexp.MustCompile("(?m)^\\| (`[^|]+) \\|").FindAllStringSubmatch(string(readme), -1)
+	if len(rows) < 40 {
+		t.Fatalf("only %d rows in the README's values table", len(rows))
+	}
+	documented := map[string]bool{}
+	for _, row := range rows {
+		// `a.b`, `.c` (a sibling of the previous key), `d`
+		var parent string
+		for _, k := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(row[1], -1) {
+			key := k[1]
+			if strings.HasPrefix(key, ".") {
+				key = parent + key
+			} else if i := strings.LastIndex(key, "."); i >= 0 {
+				parent = key[:i]
+			}
+			var v any = values
+			for _, part := range strings.Split(key, ".") {
+				m, ok := v.(map[string]any)
+				if !ok {
+					t.Fatalf("README key %s is not in values.yaml", key)
+				}
+				if v, ok = m[part]; !ok {
+					t.Fatalf("README key %s is not in values.yaml", key)
+				}
+			}
+			documented[key] = true
+		}
+	}
+	// Every leaf of values.yaml (or map of free-form content) has a row.
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		m, ok := v.(map[string]any)
+		if documented[prefix] || (!ok && prefix != "") || (ok && len(m) == 0) {
+			if !documented[prefix] {
+				t.Errorf("values.yaml's %s is not in the README's table", prefix)
+			}
+			return
+		}
+		for k, sub := range m {
+			if prefix != "" {
+				k = prefix + "." + k
+			}
+			walk(k, sub)
+		}
+	}
+	walk("", values)
+}
