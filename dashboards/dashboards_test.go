@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
@@ -83,19 +84,36 @@ func TestDashboardsLoad(t *testing.T) {
 }
 
 // TestKubernetesManifestsUpToDate fails when the PrometheusRule or the
-// dashboards' ConfigMap under deploy/kubernetes no longer match.
+// dashboards' ConfigMap under deploy/kubernetes, or the Helm chart's
+// copies of the rules and dashboards, no longer match; and when the
+// chart's files/dashboards holds a dashboard that is no longer generated.
 func TestKubernetesManifestsUpToDate(t *testing.T) {
-	files, err := KubernetesFiles()
+	kube, err := KubernetesFiles()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range files {
-		got, err := os.ReadFile(KubernetesDir + "/" + name)
-		if err != nil {
-			t.Fatalf("%s: %s (run go generate ./dashboards)", name, err)
+	helm, err := HelmFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir, files := range map[string]map[string][]byte{KubernetesDir: kube, HelmChartDir: helm} {
+		for name, want := range files {
+			got, err := os.ReadFile(dir + "/" + name)
+			if err != nil {
+				t.Fatalf("%s: %s (run go generate ./dashboards)", name, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%s/%s is stale: run go generate ./dashboards and commit the result", dir, name)
+			}
 		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("%s/%s is stale: run go generate ./dashboards and commit the result", KubernetesDir, name)
+	}
+	extra, err := filepath.Glob(HelmChartDir + "/files/dashboards/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range extra {
+		if _, ok := helm["files/dashboards/"+filepath.Base(path)]; !ok {
+			t.Fatalf("%s is no dashboard of dashboards/: remove it", path)
 		}
 	}
 }

@@ -5,7 +5,9 @@
 # redis-server) for the quota backend, pgbouncer for the tests through a
 # transaction pooler, python3 with pip (python3-pip) for the Python
 # client's tests, which install it as a new user would, etcd (package
-# etcd-server, 3.4) under internal/kubetest's API server. Idempotent.
+# etcd-server, 3.4) under internal/kubetest's API server; and helm
+# (scripts/helm.sh builds it once into the user's cache) for the chart's
+# tests. Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -27,3 +29,4 @@ fi
 promtool --version 2>&1 | head -n 1 >&2
 redis-server --version >&2
 etcd --version | head -n 1 >&2
+./scripts/helm.sh >/dev/null

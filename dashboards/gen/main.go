@@ -1,5 +1,6 @@
 // Command gen writes the dashboards' JSON next to their Go source, and
-// the Kubernetes manifests made from them: go generate ./dashboards.
+// the Kubernetes manifests and the Helm chart's files made from them:
+// go generate ./dashboards.
 package main
 
 import (
@@ -27,6 +28,20 @@ func main() {
 	for name, out := range files {
 		path := filepath.Join(dashboards.KubernetesDir, name)
 		if err := os.WriteFile(path, out, 0o644); err != nil {
+			fail(path, err)
+		}
+	}
+	helm, err := dashboards.HelmFiles()
+	if err != nil {
+		fail(dashboards.HelmChartDir, err)
+	}
+	for name, out := range helm {
+		path := filepath.Join(dashboards.HelmChartDir, name)
+		err := os.MkdirAll(filepath.Dir(path), 0o755)
+		if err == nil {
+			err = os.WriteFile(path, out, 0o644)
+		}
+		if err != nil {
 			fail(path, err)
 		}
 	}
