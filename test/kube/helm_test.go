@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,44 +14,56 @@ import (
 	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
-// TestHelmInstallThenInject is the issue's first hour in a real API
-// server: `helm install llmusage deploy/helm/llmusage`, then `kubectl
-// label namespace my-app llmusage.io/inject=enabled`, then the app's pod
-// comes back with the sidecar. The chart's webhook configuration is used
-// as installed, but for its clientConfigs, pointed at the injector run as
-// a local process (no pod runs here). An upgrade keeps the certificate
-// the chart made.
+// TestHelmInstallThenInject runs docs/kubernetes.md's install, the
+// issue's first hour, in a real API server: its three commands as written
+// (but for --set migration.hook=false added to helm's: a hook Job waits
+// for a pod, and no pod runs here), then the app's pod comes back with the
+// sidecar, and every ConfigMap and Secret the pod mounts or reads is in
+// its namespace. The chart's webhook configuration is used as installed,
+// but for its clientConfigs, pointed at the injector run as a local
+// process. An upgrade keeps the certificate the chart made.
 func TestHelmInstallThenInject(t *testing.T) {
 	c := kubetest.Start(t)
 	c.InstallPrometheusOperatorCRDs(t)
 	helm := helmBinary(t)
-	release := c.Namespace(t)
-	// No hooks: a hook Job waits for a pod that never runs here; the Job
-	// is created as an object of the release instead.
-	install := func(verb string) {
-		t.Helper()
-		cmd := exec.Command(helm, verb, "llmusage", "../../deploy/helm/llmusage", "--namespace", release,
-			"--kubeconfig", c.Kubeconfig(), "--set", "migration.hook=false")
+	const app = "my-app" // the docs' namespace
+	// With its default ServiceAccount, which no controller makes here.
+	if _, err := c.RunKubectl("", "create", "namespace", app); err != nil {
+		t.Fatal(err)
+	}
+	c.Kubectl(t, "-n", app, "create", "serviceaccount", "default")
+	for _, line := range docCommands(t) {
+		if strings.HasPrefix(line, "helm install") {
+			line += " --set migration.hook=false"
+		}
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Dir = "../.."
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig(), "PATH="+filepath.Dir(helm)+":"+os.Getenv("PATH"))
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("helm %s: %v\n%s", verb, err, out)
+			t.Fatalf("%s: %v\n%s", line, err, out)
 		}
 	}
-	install("install")
-	objects := c.Kubectl(t, "-n", release, "get", "deployment,service,job,configmap,secret,podmonitor,prometheusrule", "-o", "name")
+	objects := c.Kubectl(t, "-n", app, "get", "deployment,service,job,configmap,secret,podmonitor,prometheusrule", "-o", "name")
 	for _, want := range []string{"deployment.apps/llmusage-injector", "service/llmusage-injector", "job.batch/llmusage-migrate",
 		"configmap/llmusage-limits", "secret/llmusage-injector-tls", "podmonitor.monitoring.coreos.com/", "prometheusrule.monitoring.coreos.com/"} {
 		if !strings.Contains(objects, want) {
 			t.Fatalf("helm install created\n%s\nwithout %s", objects, want)
 		}
 	}
-	if got := c.Kubectl(t, "-n", release, "get", "podmonitor", "-o", "jsonpath={.items[*].metadata.labels.release}"); !strings.Contains(got, "prometheus") {
+	if got := c.Kubectl(t, "-n", app, "get", "podmonitor", "-o", "jsonpath={.items[*].metadata.labels.release}"); !strings.Contains(got, "prometheus") {
 		t.Fatalf("the PodMonitors' release labels are %q: kube-prometheus-stack's default selector would not scrape them", got)
 	}
+	if got := c.Kubectl(t, "-n", app, "get", "job", "llmusage-migrate", "-o", `jsonpath={.spec.template.metadata.annotations.llmusage\.io/inject}`); got != "false" {
+		t.Fatalf("the migration Job's pod is not opted out of injection: %q", got)
+	}
 	tlsSecret := func() string {
-		return c.Kubectl(t, "-n", release, "get", "secret", "llmusage-injector-tls", "-o", "jsonpath={.data.tls\\.crt}")
+		return c.Kubectl(t, "-n", app, "get", "secret", "llmusage-injector-tls", "-o", "jsonpath={.data.tls\\.crt}")
 	}
 	before := tlsSecret()
-	install("upgrade")
+	if out, err := exec.Command(helm, "upgrade", "llmusage", "../../deploy/helm/llmusage", "-n", app, "--kubeconfig", c.Kubeconfig(),
+		"--set", "migration.hook=false").CombinedOutput(); err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
 	if tlsSecret() != before {
 		t.Fatal("helm upgrade made a new certificate for the injector")
 	}
@@ -73,17 +86,52 @@ func TestHelmInstallThenInject(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Kubectl(t, "delete", "mutatingwebhookconfiguration", "llmusage-injector") })
 
-	app := c.Namespace(t)
-	c.Kubectl(t, "label", "namespace", app, "llmusage.io/inject=enabled")
 	pod := appPod(t)
 	sidecartest.WaitFor(t, 30*time.Second, func() bool { return hasSidecar(create(t, c, app, pod, nil)) },
 		"a pod of a labelled namespace is not injected through the chart's webhook configuration")
-	checkInjected(t, create(t, c, app, pod, nil))
-	// The release's own namespace is left out, labelled or not.
-	c.Kubectl(t, "label", "namespace", release, "llmusage.io/inject=enabled")
-	if hasSidecar(create(t, c, release, pod, nil)) {
-		t.Fatal("a pod of the release's namespace was injected")
+	got := create(t, c, app, pod, nil)
+	checkInjected(t, got)
+	// What the injected pod needs is in its namespace.
+	for _, v := range got.Spec.Volumes {
+		if v.ConfigMap != nil {
+			c.Kubectl(t, "-n", app, "get", "configmap", v.ConfigMap.Name)
+		}
+		if v.Secret != nil {
+			c.Kubectl(t, "-n", app, "get", "secret", v.Secret.SecretName)
+		}
 	}
+	for _, ctr := range append(got.Spec.InitContainers, got.Spec.Containers...) {
+		for _, e := range ctr.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && (e.ValueFrom.SecretKeyRef.Optional == nil || !*e.ValueFrom.SecretKeyRef.Optional) {
+				c.Kubectl(t, "-n", app, "get", "secret", e.ValueFrom.SecretKeyRef.Name)
+			}
+		}
+	}
+}
+
+// docCommands are the shell commands of docs/kubernetes.md's install.
+func docCommands(t *testing.T) []string {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(doc)
+	start := strings.Index(section, "## Install: `helm install`")
+	if start < 0 {
+		t.Fatal("docs/kubernetes.md has no install section")
+	}
+	section = section[start:]
+	block := section[strings.Index(section, "```sh\n")+len("```sh\n"):]
+	block = block[:strings.Index(block, "```")]
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(block), "\n") {
+		lines = append(lines, strings.TrimSpace(l))
+	}
+	if len(lines) != 3 {
+		t.Fatalf("the install has %d commands, want the secret, helm install and the label", len(lines))
+	}
+	return lines
 }
 
 // helmBinary is the helm CLI of scripts/helm.sh (LLMUSAGE_HELM).
