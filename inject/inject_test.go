@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -619,6 +620,86 @@ func TestInjectClassic(t *testing.T) {
 				t.Fatalf("annotations %v", got.Annotations)
 			}
 		})
+	}
+}
+
+// restrictedViolations are what Pod Security Admission's "restricted"
+// profile (k8s.io/pod-security-admission/policy) refuses of a pod spec:
+// its seccompProfile, runAsNonRoot, runAsUser, allowPrivilegeEscalation
+// and capabilities checks, which a sidecar's container can break.
+func restrictedViolations(spec *corev1.PodSpec) []string {
+	psc := spec.SecurityContext
+	if psc == nil {
+		psc = &corev1.PodSecurityContext{}
+	}
+	okSeccomp := func(p *corev1.SeccompProfile) bool {
+		return p != nil && (p.Type == corev1.SeccompProfileTypeRuntimeDefault || p.Type == corev1.SeccompProfileTypeLocalhost)
+	}
+	var out []string
+	for _, c := range append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...) {
+		sc := c.SecurityContext
+		if sc == nil {
+			sc = &corev1.SecurityContext{}
+		}
+		if sc.SeccompProfile == nil && !okSeccomp(psc.SeccompProfile) || sc.SeccompProfile != nil && !okSeccomp(sc.SeccompProfile) {
+			out = append(out, c.Name+": seccompProfile")
+		}
+		if nonRoot := sc.RunAsNonRoot; nonRoot == nil && (psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot) || nonRoot != nil && !*nonRoot {
+			out = append(out, c.Name+": runAsNonRoot")
+		}
+		if u := sc.RunAsUser; u != nil && *u == 0 || u == nil && psc.RunAsUser != nil && *psc.RunAsUser == 0 {
+			out = append(out, c.Name+": runAsUser 0")
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			out = append(out, c.Name+": allowPrivilegeEscalation")
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			out = append(out, c.Name+": capabilities.drop ALL")
+		}
+		if sc.Capabilities != nil {
+			for _, a := range sc.Capabilities.Add {
+				if a != "NET_BIND_SERVICE" {
+					out = append(out, c.Name+": capabilities.add "+string(a))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestInjectRestricted: a pod that Pod Security "restricted" admits stays
+// admitted once injected, in a namespace that enforces it, whether the
+// pod sets its seccompProfile on the pod or on each container only (as
+// many charts do): the sidecar must not be the container it refuses.
+func TestInjectRestricted(t *testing.T) {
+	yes, no, user := true, false, int64(1000)
+	hardened := &corev1.SecurityContext{AllowPrivilegeEscalation: &no, RunAsNonRoot: &yes, RunAsUser: &user,
+		Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	for _, mode := range []string{ModeNative, ModeClassic} {
+		ts := startServer(t, Settings{Mode: mode})
+		for _, podLevel := range []bool{true, false} {
+			pod := appPod()
+			for i := range pod.Spec.Containers {
+				pod.Spec.Containers[i].SecurityContext = hardened.DeepCopy()
+				if podLevel {
+					pod.Spec.Containers[i].SecurityContext.SeccompProfile = nil
+				}
+			}
+			if podLevel {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+			}
+			if v := restrictedViolations(&pod.Spec); len(v) != 0 {
+				t.Fatalf("the test's pod is not restricted: %v", v)
+			}
+			got, _ := ts.review(t, "/mutate", pod)
+			if container(append(got.Spec.InitContainers, got.Spec.Containers...), "llmusage") == nil {
+				t.Fatalf("%s: not injected", mode)
+			}
+			if v := restrictedViolations(&got.Spec); len(v) != 0 {
+				t.Fatalf("%s, seccompProfile on the pod %v: Pod Security restricted refuses the injected pod: %v", mode, podLevel, v)
+			}
+		}
 	}
 }
 
