@@ -21,6 +21,9 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/yaml"
 
 	"github.com/llmusage/llmusage/rules"
@@ -459,6 +462,11 @@ func checkHelmInjector(t *testing.T, variant string, r *rendered, limitsConfigMa
 				t.Fatalf("webhook %s excludes the release's namespace, which may be the application's", wh.Name)
 			}
 		}
+		for what, sel := range map[string]*metav1.LabelSelector{"namespaceSelector": wh.NamespaceSelector, "objectSelector": wh.ObjectSelector} {
+			if errs := metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, field.NewPath(what)); len(errs) > 0 {
+				t.Fatalf("webhook %s: the API server refuses its %s: %v", wh.Name, what, errs.ToAggregate())
+			}
+		}
 		excludesPods := false
 		for _, e := range wh.ObjectSelector.MatchExpressions {
 			excludesPods = excludesPods || (e.Operator == "NotIn" && slices.Contains(e.Values, d.Spec.Template.Labels[e.Key]))
@@ -530,6 +538,30 @@ func checkHelmInjector(t *testing.T, variant string, r *rendered, limitsConfigMa
 	for _, wh := range w.Webhooks {
 		if len(wh.ClientConfig.CABundle) != 0 {
 			t.Fatalf("webhook %s: a caBundle besides cert-manager's", wh.Name)
+		}
+	}
+}
+
+// TestHelmChartWebhookSelectors: the webhooks' selectors are valid
+// whatever injector.webhook.excludeNamespaces holds; an empty list (or
+// null) excludes no namespace, where "NotIn" with no values would have
+// made the API server refuse the MutatingWebhookConfiguration.
+func TestHelmChartWebhookSelectors(t *testing.T) {
+	for _, values := range [][]string{
+		{"--set-json", "injector.webhook.excludeNamespaces=[]"},
+		{"--set", "injector.webhook.excludeNamespaces=null"},
+		{"--set", "injector.webhook.excludeNamespaces={kube-system,kube-system}"},
+	} {
+		r := helmTemplate(t, values...)
+		if len(r.webhooks) != 1 || len(r.webhooks[0].Webhooks) != 2 {
+			t.Fatalf("%v: webhooks %+v", values, r.webhooks)
+		}
+		for _, wh := range r.webhooks[0].Webhooks {
+			for what, sel := range map[string]*metav1.LabelSelector{"namespaceSelector": wh.NamespaceSelector, "objectSelector": wh.ObjectSelector} {
+				if errs := metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, field.NewPath(what)); len(errs) > 0 {
+					t.Fatalf("%v: webhook %s: the API server refuses its %s: %v", values, wh.Name, what, errs.ToAggregate())
+				}
+			}
 		}
 	}
 }
