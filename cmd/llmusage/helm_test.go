@@ -566,6 +566,30 @@ func TestHelmChartWebhookSelectors(t *testing.T) {
 	}
 }
 
+// TestHelmChartNativeSidecarKubeVersion: before Kubernetes 1.29 the API
+// server drops an init container's restartPolicy (after the webhook's
+// patch), so that a native sidecar becomes an init container that never
+// ends and every injected pod stays in Init: the chart refuses
+// injector.sidecar.mode=native there, and says to use classic.
+func TestHelmChartNativeSidecarKubeVersion(t *testing.T) {
+	for _, v := range []string{"1.28.5", "v1.28.5-eks-5e0fdde"} {
+		out, err := helm(t, "template", "rel", chartDir, "--kube-version", v)
+		if err == nil || !strings.Contains(out, "injector.sidecar.mode=classic") {
+			t.Fatalf("Kubernetes %s, native sidecars: want an error naming injector.sidecar.mode=classic, got %v\n%.500s", v, err, out)
+		}
+	}
+	for _, values := range [][]string{
+		{"--kube-version", "1.28.5", "--set", "injector.sidecar.mode=classic"},
+		{"--kube-version", "1.28.5", "--set", "injector.enabled=false"},
+		{"--kube-version", "1.29.0"},
+		{"--kube-version", "v1.29.1-gke.1589000"},
+	} {
+		if out, err := helm(t, append([]string{"template", "rel", chartDir}, values...)...); err != nil {
+			t.Fatalf("helm template %v: %s\n%.500s", values, err, out)
+		}
+	}
+}
+
 // TestHelmChartRejectsBadValues: values.schema.json turns a value of the
 // wrong type, an unknown key or a value out of range into an error of
 // helm template (and so of install and upgrade).
