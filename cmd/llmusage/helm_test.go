@@ -590,6 +590,40 @@ func TestHelmChartNativeSidecarKubeVersion(t *testing.T) {
 	}
 }
 
+// TestHelmChartNamespaceRelease: the README's release for another
+// application namespace makes the limits ConfigMap only. The first
+// release's PodMonitor (namespaceSelector any), PrometheusRule and
+// dashboards cover every namespace already: a second copy would scrape
+// each sidecar twice into the same series and fire each alert twice.
+func TestHelmChartNamespaceRelease(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sets []string
+	for _, block := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(readme), -1) {
+		if strings.Contains(block[1], "injector.enabled=false") {
+			for _, m := range regexp.MustCompile(`--set (\S+)`).FindAllStringSubmatch(block[1], -1) {
+				sets = append(sets, "--set", m[1])
+			}
+		}
+	}
+	if len(sets) == 0 {
+		t.Fatal("the README has no command for another namespace (injector.enabled=false)")
+	}
+	r := helmTemplate(t, sets...)
+	if want := map[string]int{"ConfigMap": 1}; !reflect.DeepEqual(r.kinds, want) || r.configMaps[0].Data["limits.yaml"] == "" {
+		t.Fatalf("the README's %v renders %v, want the limits ConfigMap only", sets, r.kinds)
+	}
+	doc, err := os.ReadFile("../../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(doc), "--set injector.enabled=false`") {
+		t.Fatal("docs/kubernetes.md gives another namespace a release with injector.enabled=false only")
+	}
+}
+
 // TestHelmChartRejectsBadValues: values.schema.json turns a value of the
 // wrong type, an unknown key or a value out of range into an error of
 // helm template (and so of install and upgrade).
