@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,7 +200,8 @@ func checkHelmObjects(t *testing.T, variant string, r *rendered) {
 	case "all-on":
 		want["Certificate"] = 1
 	case "cert-manager":
-		want["Certificate"], want["Issuer"] = 1, 1
+		// The serving certificate, and the chart's own CA that signs it.
+		want["Certificate"], want["Issuer"] = 2, 2
 	case "namespace-only":
 		want = map[string]int{"ConfigMap": 1, "Job": 1, "PodMonitor": 1}
 	}
@@ -518,16 +520,42 @@ func checkHelmInjector(t *testing.T, variant string, r *rendered, limitsConfigMa
 		}
 		return
 	}
-	var cert map[string]any
+	objects := map[string]map[string]any{} // by kind/name
 	for _, o := range r.certManager {
-		if o["kind"] == "Certificate" {
-			cert = o
-		}
+		meta, _ := o["metadata"].(map[string]any)
+		objects[o["kind"].(string)+"/"+meta["name"].(string)] = o
 	}
-	meta, _ := cert["metadata"].(map[string]any)
+	injectFrom := w.Annotations["cert-manager.io/inject-ca-from"]
+	name, ok := strings.CutPrefix(injectFrom, chartNamespace+"/")
+	cert := objects["Certificate/"+name]
+	if !ok || cert == nil {
+		t.Fatalf("cert-manager.io/inject-ca-from is %q, not %s/ and a Certificate of the chart", injectFrom, chartNamespace)
+	}
 	certSpec, _ := cert["spec"].(map[string]any)
-	if want := chartNamespace + "/" + meta["name"].(string); w.Annotations["cert-manager.io/inject-ca-from"] != want {
-		t.Fatalf("cert-manager.io/inject-ca-from is %q, want %s", w.Annotations["cert-manager.io/inject-ca-from"], want)
+	// With the chart's own issuer, the webhook's certificate is signed by
+	// a CA (the caBundle) that outlives its renewals: a self-signed
+	// serving certificate would change the caBundle at each renewal, a
+	// minute or two before the kubelet gives the injector the new files.
+	if variant == "cert-manager" {
+		ref, _ := certSpec["issuerRef"].(map[string]any)
+		issuer := objects[fmt.Sprintf("%v/%v", ref["kind"], ref["name"])]
+		issuerSpec, _ := issuer["spec"].(map[string]any)
+		ca, _ := issuerSpec["ca"].(map[string]any)
+		if ca == nil {
+			t.Fatalf("the webhook's Certificate is issued by %v, not by a CA Issuer", ref)
+		}
+		var caCert map[string]any
+		for _, o := range r.certManager {
+			if spec, _ := o["spec"].(map[string]any); o["kind"] == "Certificate" && spec["secretName"] == ca["secretName"] {
+				caCert = spec
+			}
+		}
+		if caCert == nil || caCert["isCA"] != true {
+			t.Fatalf("the CA Issuer's Secret %v is not that of a Certificate with isCA", ca["secretName"])
+		}
+		if pk, _ := caCert["privateKey"].(map[string]any); pk["rotationPolicy"] != "Never" {
+			t.Fatal("the CA's key changes when it is renewed: the certificates it signed would no longer verify")
+		}
 	}
 	if certSpec["secretName"] != tlsSecret {
 		t.Fatalf("the Certificate's Secret %v is not the injector's %s", certSpec["secretName"], tlsSecret)
