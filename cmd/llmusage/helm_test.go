@@ -652,6 +652,32 @@ func TestHelmChartNamespaceRelease(t *testing.T) {
 	}
 }
 
+// TestHelmChartPullPolicy: with the default tag (appVersion, latest) the
+// injector and the migration Job pull their image, as the sidecars do
+// (Kubernetes' default for latest): with IfNotPresent a node would run
+// the "latest" it pulled first, and the migration an older schema than
+// the sidecars'.
+func TestHelmChartPullPolicy(t *testing.T) {
+	r := helmTemplate(t)
+	var specs []corev1.PodSpec
+	for _, d := range r.deployments {
+		specs = append(specs, d.Spec.Template.Spec)
+	}
+	for _, j := range r.jobs {
+		specs = append(specs, j.Spec.Template.Spec)
+	}
+	for _, spec := range specs {
+		for _, c := range spec.Containers {
+			if strings.HasSuffix(c.Image, ":latest") && c.ImagePullPolicy != "" && c.ImagePullPolicy != corev1.PullAlways {
+				t.Fatalf("container %s: image %s with imagePullPolicy %s", c.Name, c.Image, c.ImagePullPolicy)
+			}
+		}
+	}
+	if len(specs) != 2 {
+		t.Fatalf("%d pods, want the injector's and the Job's", len(specs))
+	}
+}
+
 // TestHelmChartRejectsBadValues: values.schema.json turns a value of the
 // wrong type, an unknown key or a value out of range into an error of
 // helm template (and so of install and upgrade).
