@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -410,22 +409,6 @@ func (l *Limiter) CheckInto(req Request, limits []Status) (Decision, error) {
 	return d, nil
 }
 
-// leastLeft is the index of the status with the least left relative to
-// its limit (the first of equals), -1 for none.
-func leastLeft(limits []Status) int {
-	best, bestShare := -1, 0.0
-	for i, s := range limits {
-		share := 0.0
-		if s.Limit > 0 {
-			share = float64(s.Remaining) / float64(s.Limit)
-		}
-		if best < 0 || share < bestShare {
-			best, bestShare = i, share
-		}
-	}
-	return best
-}
-
 // Record charges a finished call. A call is never refused (it already
 // happened), so it may put buckets into debt that later checks wait out.
 // If an allowed check with the same RequestID and user came first, the
@@ -661,27 +644,9 @@ func (l *Limiter) bucket(r *rule, now time.Time) Bucket {
 	case USD:
 		b.Period = PeriodOf(r.Window, now, l.location)
 	case Concurrent:
-		b.Period = ConcurrencyPeriod
+		b.Period = Period{End: concurrencyPeriodEnd}
 	}
 	return b
-}
-
-// DefaultConcurrencyTimeout is Options.ConcurrencyTimeout's default.
-const DefaultConcurrencyTimeout = 10 * time.Minute
-
-// ConcurrencyPeriod is every concurrency limit's Period: its slots are
-// spent by checks and given back by records, never by a period's end.
-var ConcurrencyPeriod = Period{Start: 0, End: math.MaxInt64}
-
-// holdTTL is how long a check's estimates on bs wait for its record: a
-// slot in flight waits ConcurrencyTimeout.
-func (l *Limiter) holdTTL(bs []Bucket) time.Duration {
-	for _, b := range bs {
-		if b.IsConcurrency() {
-			return l.concurrencyTimeout
-		}
-	}
-	return l.pendingTTL
 }
 
 // reported tells whether one of rules owns buckets of scope sc.
@@ -720,22 +685,4 @@ func chargeCost(u Unit, requests, tokens, cost int64) int64 {
 		return cost
 	}
 	return tokens
-}
-
-// status describes rule r's bucket without its level.
-func (r *rule) status() Status {
-	return Status{Window: r.Window, Unit: r.Unit, Provider: r.Provider, Model: r.Model, TeamID: r.TeamID, Per: r.Per, Limit: r.Limit}
-}
-
-// statusAt reports bucket b of rule r holding level units. A budget
-// resets when its period ends, spent or not.
-func statusAt(r *rule, b Bucket, level float64, now time.Time) Status {
-	s := r.status()
-	s.Remaining = max(0, int64(math.Floor(level)))
-	if b.IsBudget() && !b.IsConcurrency() {
-		s.ResetAt = time.Unix(b.Period.End, 0).UTC()
-	} else {
-		s.ResetAt = now.Add(b.RefillTime(now, float64(r.Limit)-level))
-	}
-	return s
 }

@@ -125,12 +125,6 @@ func (b Bucket) RefillPerSecond() float64 {
 	return float64(b.Limit) / b.Scope.Window.Duration().Seconds()
 }
 
-// ConcurrencyRetry is the wait a concurrency limit's refusal reports: a
-// slot comes back when a call ends, which no clock tells, and calls
-// last seconds, so a client tries again soon (and an SDK's own retry
-// does, see proxy/errors.go) rather than waiting out a window.
-const ConcurrencyRetry = time.Second
-
 // RefillTime is how long, from now, the bucket takes to gain missing
 // units: a budget gains them all when its period ends; a concurrency
 // limit's wait is ConcurrencyRetry.
