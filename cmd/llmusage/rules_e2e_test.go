@@ -102,10 +102,13 @@ func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(stri
 	start := time.Now()
 	var seen string
 	if !sidecartest.Eventually(2*time.Second, func() bool {
+		// The UPDATE and the INSERT are two notifications, which may be
+		// applied by two reloads: wait for both.
 		seen = rules("")
-		return strings.Contains(rules("?user_id=alice&model=gpt-4o"), `"limit":100`)
+		return strings.Contains(rules("?user_id=alice&model=gpt-4o"), `"limit":100`) &&
+			strings.Contains(rules("?user_id=bob&model=gpt-4o&provider=azure"), `"limit":2,`)
 	}) {
-		t.Fatalf("the seed's UPDATE did not apply within 2 s; the rules: %s", seen)
+		t.Fatalf("the seed's UPDATE and INSERT did not apply within 2 s; the rules: %s", seen)
 	}
 	t.Logf("the UPDATE applied after %s", time.Since(start).Round(time.Millisecond))
 	code, body := s.Get(t, "/v1/limits?user_id=alice&model=gpt-4o")
