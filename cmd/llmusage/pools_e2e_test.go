@@ -274,17 +274,17 @@ func TestSeedRateLimitSaysThePool(t *testing.T) {
 // example: its limits file, and the /v1/rules answer it shows, compared
 // with the real one.
 func TestReadmeSharedLimitsExample(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/limits.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	section := string(readme)
-	start := strings.Index(section, "### Shared limits")
+	start := strings.Index(section, "## Shared limits")
 	if start < 0 {
-		t.Fatal(`README has no "### Shared limits" section`)
+		t.Fatal(`docs/limits.md has no "## Shared limits" section`)
 	}
 	section = section[start:]
-	section = section[:strings.Index(section, "\n### ")+1]
+	section = section[:strings.Index(section, "\n## ")+1]
 	yamlStart := strings.Index(section, "```yaml\n") + len("```yaml\n")
 	limits := section[yamlStart : yamlStart+strings.Index(section[yamlStart:], "```")]
 	const curl = "curl -s 'localhost:9470"

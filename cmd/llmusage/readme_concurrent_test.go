@@ -10,13 +10,13 @@ import (
 	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 
-// TestReadmeConcurrentExample runs the README's "Calls in flight"
+// TestReadmeConcurrentExample runs docs/limits.md's "Calls in flight"
 // section as a reader would: its limits file, then each curl command of
 // its shell example against the sidecar, in order, comparing what each
 // prints with the "# " lines shown under it ("…" stands for a part that
 // varies, such as a time).
 func TestReadmeConcurrentExample(t *testing.T) {
-	section := readmeSection(t, "### Calls in flight")
+	section := readmeSection(t, "## Calls in flight")
 	yamlStart := strings.Index(section, "```yaml\n") + len("```yaml\n")
 	limits := section[yamlStart : yamlStart+strings.Index(section[yamlStart:], "```")]
 	shStart := strings.Index(section, "```sh\n") + len("```sh\n")
@@ -53,11 +53,11 @@ func TestReadmeConcurrentExample(t *testing.T) {
 	}
 }
 
-// readmeSection returns the README's section that starts with heading,
+// readmeSection returns docs/limits.md's section that starts with heading,
 // up to the next heading of its level or above.
 func readmeSection(t *testing.T, heading string) string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/limits.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,9 +67,6 @@ func readmeSection(t *testing.T, heading string) string {
 	}
 	section := string(readme)[start+len(heading):]
 	if end := strings.Index(section, "\n## "); end >= 0 {
-		section = section[:end]
-	}
-	if end := strings.Index(section, "\n### "); end >= 0 {
 		section = section[:end]
 	}
 	return section
