@@ -475,6 +475,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		}()
 		logger.Info("OTLP/gRPC serving", "address", grpcLn.Addr().String())
 	}
+	logStart(logger, cfg.Proxy.Upstreams, s.rules.Set().InForce)
 	s.ready.Store(true)
 	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(s.rules.Set().InForce))
 
