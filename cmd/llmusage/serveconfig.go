@@ -252,4 +252,3 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 	return cfg, nil
 }
-
