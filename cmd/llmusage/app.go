@@ -36,10 +36,6 @@ func newApp() *cli.App {
 	}
 }
 
-func usageError(_ *cli.Context, err error, _ bool) error {
-	return fmt.Errorf("cannot parse the command line: %w (see --help)", err)
-}
-
 // envVars names the environment variable that sets a flag:
 // --listen-address is LLMUSAGE_LISTEN_ADDRESS.
 func envVars(flag string) []string {
