@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"net"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -103,24 +101,4 @@ func waitFor(t *testing.T, out *lockedBuffer, exited <-chan error, within time.D
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// lockedBuffer is the output of a process, read while it is written.
-type lockedBuffer struct {
-	// mu guards b.
-	mu sync.Mutex
-	// b holds what was written.
-	b bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
