@@ -109,7 +109,7 @@ func serveFlags() []cli.Flag {
 // and flag name: the longer story the one-line usage of --help leaves out.
 func flagDetails() map[string]map[string]string {
 	db := map[string]string{
-		"database-url":        "Empty: SQLite in `<data-dir>/llmusage.db`. See the README's Database section.",
+		"database-url":        "See [database.md](database.md).",
 		"database-max-conns":  "The writer, the reads (usage API, budgets' spend, rule reloads) and the `LISTEN` for rule changes share them.",
 		"database-exec-mode":  "`auto`: `cache_statement` on a direct connection, `cache_describe` through a pooler (detected); or pgx's `cache_statement`, `cache_describe`, `describe_exec`, `exec`, `simple_protocol`.",
 		"database-listen-url": "A direct connection to the same database, for `LISTEN` only, where `--database-url` goes through a transaction pooler (PgBouncer). Empty: `LISTEN` on `--database-url`, or, through a pooler, poll the rule tables every second.",
@@ -121,7 +121,7 @@ func flagDetails() map[string]map[string]string {
 		"max-body-bytes":              "Larger bodies get `413`. Sizes are bytes or take `KiB`, `MiB`, `GiB` (`KB`, `MB`, `GB`: powers of 1000).",
 		"auth-token-file":             "Then required as `Authorization: Bearer <token>` (`401` otherwise); the proxy takes it in `X-LLMUsage-Token`.",
 		"metrics-auth":                "Probes (`/healthz`, `/readyz`) stay open.",
-		"limits-file":                 "Reloaded when it changes (a ConfigMap update too) and on SIGHUP; a bad file is refused at start and, at a reload, logged while the rules in force stay. See the README's Limits file section.",
+		"limits-file":                 "Reloaded when it changes (a ConfigMap update too) and on SIGHUP; a bad file is refused at start and, at a reload, logged while the rules in force stay. See [limits.md](limits.md).",
 		"budget-timezone":             "Such as `Europe/Paris`. Weeks start on Monday.",
 		"budget-unpriced":             "`refuse` answers `400` naming the model; `allow` lets the check pass while the budget is not spent, and its records cost nothing.",
 		"concurrency-timeout":         "Its client died. Set it past your longest call; `1s` to `24h`.",
