@@ -22,7 +22,7 @@ func flagsMarkdown(app *cli.App) string {
 	b.WriteString("`--listen-address` is `LLMUSAGE_LISTEN_ADDRESS`. A flag given on the command line wins over its variable.\n")
 	b.WriteString("A repeatable flag takes a comma-separated list in its variable. Sizes are bytes or take `KiB`, `MiB`, `GiB`\n")
 	b.WriteString("(`KB`, `MB`, `GB`: powers of 1000); durations are Go's (`90s`, `5m`, `1h30m`).\n")
-	b.WriteString("`llmusage COMMAND --help` shows the same flags, one line each.\n")
+	b.WriteString("`llmusage COMMAND --help` shows the same flags, one line each. A bad flag, a busy port or a bad limits file ends `serve` with one line\nand exit code 1. `llmusage version` prints the version.\n")
 	for _, cmd := range app.Commands {
 		if len(cmd.Flags) == 0 {
 			continue
