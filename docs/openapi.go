@@ -26,8 +26,8 @@ type OpenAPI struct {
 	once sync.Once
 	// body is the document in JSON.
 	body []byte
-	// err is why the conversion failed; the test of the package makes
-	// sure it does not.
+	// err is why the conversion failed; TestOpenAPIDocument
+	// (cmd/llmusage) makes sure it does not.
 	err error
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -109,6 +110,10 @@ func checkAPIPage(t *testing.T, doc *openapi3.T, answers map[string][]byte) {
 		if err := json.Unmarshal(bytes.TrimSpace(real), &got); err != nil {
 			t.Errorf("the real answer of %s is not JSON: %v", key, err)
 			continue
+		}
+		// An error's answer is the same whenever asked: it is shown as it is.
+		if _, isError := got.(map[string]any)["error"]; isError && !reflect.DeepEqual(example, got) {
+			t.Errorf("docs/api.md's example of %s is not the real answer: %s", key, truncateBody(real))
 		}
 		if want, have := shapeOf(example), shapeOf(got); want != have {
 			t.Errorf("docs/api.md's example of %s has the shape\n%s\nand the real answer\n%s\n(the answer: %s)", key, want, have, truncateBody(real))
