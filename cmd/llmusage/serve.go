@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
