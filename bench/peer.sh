@@ -53,6 +53,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+# shellcheck source=bench/lib.sh
 . bench/lib.sh
 
 # cpu PID: user + system CPU seconds of a process so far.
@@ -150,6 +151,11 @@ i = sys.argv.index("--")
 names, runs = sys.argv[1:i], [json.loads(a) for a in sys.argv[i + 1:]]
 label = {"baseline": "net/http baseline", "local": "llmusage, local buckets", "redis": "llmusage, Redis", "ratelimit": "envoyproxy/ratelimit"}
 by = {n: [r for r in runs if r["server"] == n] for n in names}
+for n in names:
+    # A process id that is not the server's (the shell that started it,
+    # say) reads no CPU: say so rather than print a cost of zero.
+    if any(r["server_cpu_us"] == 0 for r in by[n]):
+        print(f"warning: {n}'s process used no CPU in a round: is its process id the server's own?", file=sys.stderr)
 med = lambda n, f: statistics.median(f(r) for r in by[n])
 base = med("baseline", lambda r: r["per_second"])
 def cmds(n):
