@@ -121,6 +121,7 @@ for name in "${names[@]}"; do
 	# Warm up: connections to Redis, first buckets, the Go runtime's heap.
 	load "$name" 16 1 >/dev/null
 done
+echo "load average before: $(cut -d ' ' -f 1-3 /proc/loadavg)" >&2
 runs=()
 for round in $(seq 1 "$rounds"); do
 	for name in "${names[@]}"; do
@@ -145,6 +146,7 @@ PY
 		echo "${runs[-1]}"
 	done
 done
+echo "load average after: $(cut -d ' ' -f 1-3 /proc/loadavg)" >&2
 python3 - "${names[@]}" -- "${runs[@]}" <<'PY'
 import json, statistics, sys
 i = sys.argv.index("--")
@@ -157,7 +159,10 @@ for n in names:
     if any(r["server_cpu_us"] == 0 for r in by[n]):
         print(f"warning: {n}'s process used no CPU in a round: is its process id the server's own?", file=sys.stderr)
 med = lambda n, f: statistics.median(f(r) for r in by[n])
-base = med("baseline", lambda r: r["per_second"])
+# The ratio to the baseline of the same round, then the median: rounds
+# on a busy machine move every server together.
+base_of = {r["round"]: r["per_second"] for r in by["baseline"]}
+ratio = lambda n: statistics.median(r["per_second"] / base_of[r["round"]] for r in by[n])
 def cmds(n):
     keys = sorted({k for r in by[n] for k in r["redis_commands"]})
     per = {k: med(n, lambda r: r["redis_commands"].get(k, 0)) for k in keys}
@@ -166,7 +171,7 @@ def cmds(n):
         return "0"
     return f"{sum(per.values()):.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in per.items()) + ")"
 rows = [
-    ("checks/s, 16 connections (vs baseline)", lambda n: f"{med(n, lambda r: r['per_second']):,.0f} ({med(n, lambda r: r['per_second']) / base:.2f})"),
+    ("checks/s, 16 connections (vs baseline)", lambda n: f"{med(n, lambda r: r['per_second']):,.0f} ({ratio(n):.2f})"),
     ("p50 / p99, 2 connections", lambda n: f"{med(n, lambda r: r['low']['p50_us']) / 1000:.3f} / {med(n, lambda r: r['low']['p99_us']) / 1000:.3f} ms"),
     ("p50 / p99, 16 connections", lambda n: f"{med(n, lambda r: r['high']['p50_us']) / 1000:.3f} / {med(n, lambda r: r['high']['p99_us']) / 1000:.3f} ms"),
     ("server CPU per check", lambda n: f"{med(n, lambda r: r['server_cpu_us']):.1f} us"),
