@@ -161,8 +161,8 @@ for n in names:
 med = lambda n, f: statistics.median(f(r) for r in by[n])
 # The ratio to the baseline of the same round, then the median: rounds
 # on a busy machine move every server together.
-base_of = {r["round"]: r["per_second"] for r in by["baseline"]}
-ratio = lambda n: statistics.median(r["per_second"] / base_of[r["round"]] for r in by[n])
+per_round = {(r["server"], r["round"]): r["per_second"] for r in runs}
+ratio = lambda n, to="baseline": statistics.median(r["per_second"] / per_round[(to, r["round"])] for r in by[n])
 def cmds(n):
     keys = sorted({k for r in by[n] for k in r["redis_commands"]})
     per = {k: med(n, lambda r: r["redis_commands"].get(k, 0)) for k in keys}
@@ -172,6 +172,7 @@ def cmds(n):
     return f"{sum(per.values()):.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in per.items()) + ")"
 rows = [
     ("checks/s, 16 connections (vs baseline)", lambda n: f"{med(n, lambda r: r['per_second']):,.0f} ({ratio(n):.2f})"),
+    *([("checks/s vs llmusage on Redis (same round)", lambda n: f"{ratio(n, 'redis'):.2f}" if n in ("redis", "ratelimit") else "")] if "ratelimit" in names else []),
     ("p50 / p99, 2 connections", lambda n: f"{med(n, lambda r: r['low']['p50_us']) / 1000:.3f} / {med(n, lambda r: r['low']['p99_us']) / 1000:.3f} ms"),
     ("p50 / p99, 16 connections", lambda n: f"{med(n, lambda r: r['high']['p50_us']) / 1000:.3f} / {med(n, lambda r: r['high']['p99_us']) / 1000:.3f} ms"),
     ("server CPU per check", lambda n: f"{med(n, lambda r: r['server_cpu_us']):.1f} us"),
