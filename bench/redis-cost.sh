@@ -3,10 +3,10 @@
 # and this tree's) on Redis, in alternating rounds of the same run, for
 # checks over one bucket and over a user bucket, a pool bucket and a
 # budget. Per round, on a fresh sidecar and an empty Redis: a warm-up
-# run (closed loop, discarded: it fills the sidecar's room for holds, as
-# the load generator sends no records, so that the measured checks take
-# the same path), a closed-loop run (16 connections) and a run paced at
-# 5,000 checks/s; for each, checks/s, sidecar and Redis CPU per check
+# (closed loop, discarded, until 110,000 checks: it fills the sidecar's
+# room for 100,000 holds, as the load generator sends no records, so that
+# every measured check takes the same path, without a hold), a closed-loop run (16 connections) and a run paced at
+# --rate checks/s (RATE, default 2,000); for each, checks/s, sidecar and Redis CPU per check
 # (user + system time from /proc/PID/stat over the run, divided by the
 # checks), scripts and commands per check (INFO commandstats, INFO
 # stats). The sidecar runs on CPU 0; the load generator and Redis share
@@ -78,10 +78,14 @@ measure() {
 		--limits-file "$work/$limits.yaml" --budget-unpriced allow --redis-url "redis://127.0.0.1:$redis_port/0" >"$work/$bin.log" 2>&1 & pids+=($!)
 	local pid=${pids[-1]}
 	wait_up "http://$metrics/readyz" "$pid"
-	"${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration "${secs}s" --users "$users" --json >/dev/null
+	local warm=0
+	while [ "$warm" -lt 110000 ]; do
+		warm=$((warm + $("${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration 5s --users "$users" --json |
+			python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')))
+	done
 	for kind in closed paced; do
 		local rate=()
-		[ "$kind" = paced ] && rate=(--rate 5000)
+		[ "$kind" = paced ] && rate=(--rate "${RATE:-2000}")
 		local c0 r0 e0 k0 out c1 r1 e1 k1
 		c0=$(cpu "$pid"); r0=$(cpu "$redis_pid"); e0=$(evals); k0=$(commands)
 		out=$("${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration "${secs}s" --users "$users" "${rate[@]}" --json)

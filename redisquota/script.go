@@ -126,9 +126,10 @@ if epoch ~= '' then
   end
   if e ~= epoch then return answer(-3) end
 end
-local duplicate, counted, over = false, false, false
+local duplicate, counted, over, marked = false, false, false, false
 if id ~= '' and mode ~= 'read' then
   local m = redis.call('GET', marker)
+  marked = m ~= false and m ~= nil
   if m == '1' or (m and mode == 'take') then
     -- The record of this request_id was charged: a record sent again is
     -- not charged again, and a check sent again after it holds nothing
@@ -244,7 +245,8 @@ end
 if write and id ~= '' then
   if mode == 'charge' then
     redis.call('SET', marker, '1', 'PX', ARGV[ao + 8])
-  elseif redis.call('EXISTS', marker) == 0 then
+  elseif not marked then
+    -- (A marker read at the start: no write of this call sets one.)
     local fields = {'@', ARGV[ao + 6]}
     for i = 1, n do
       local a = ao + B + 1 + (i - 1) * 5
