@@ -70,6 +70,12 @@ func (s *Store) callScript(c *scriptCall) error {
 		case <-c.done:
 			return nil
 		case <-c.ctx.Done():
+			select {
+			case <-c.done:
+				// Answered as the time ran out: the answer counts.
+				return nil
+			default:
+			}
 			// The batch may still carry it: its deadline in Redis makes it
 			// change nothing once this caller has given up.
 			return c.ctx.Err()
