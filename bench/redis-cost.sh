@@ -84,6 +84,11 @@ measure() {
 			python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')))
 	done
 	for kind in closed paced; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			echo "$bin sidecar exited (round $round, $limits); its log ends:" >&2
+			tail -20 "$work/$bin.log" >&2
+			return
+		fi
 		local rate=()
 		[ "$kind" = paced ] && rate=(--rate "${RATE:-2000}")
 		local c0 r0 e0 k0 out c1 r1 e1 k1
