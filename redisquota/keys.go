@@ -2,7 +2,6 @@ package redisquota
 
 import (
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
@@ -92,21 +91,5 @@ func parseResult(cmd *redis.Cmd, n int) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(vals) != n+2 {
-		return nil, fmt.Errorf("cannot read the bucket script's answer: %d values, want %d", len(vals), n+2)
-	}
-	out := make([]float64, n+2)
-	if allowed, ok := vals[0].(int64); ok {
-		out[0] = float64(allowed)
-	}
-	for i := 1; i <= n+1; i++ {
-		str, ok := vals[i].(string)
-		if !ok {
-			return nil, fmt.Errorf("cannot read the bucket script's level %d: %T", i, vals[i])
-		}
-		if out[i], err = strconv.ParseFloat(str, 64); err != nil {
-			return nil, fmt.Errorf("cannot read the bucket script's level %d: %w", i, err)
-		}
-	}
-	return out, nil
+	return parseValues(vals, n)
 }

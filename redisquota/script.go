@@ -68,6 +68,17 @@ import (
 // its way out of Lua). A bucket that is full again is deleted, and the
 // others expire when they would be full: Redis memory follows the active
 // users.
+//
+// A batch: several calls' keys one after the other, then their arguments
+// one after the other (each call's count of keys follows from its
+// arguments). The script judges them in turn, atomically as a whole, on
+// one reading of the clock and of the epoch key, and answers each call's
+// {allowed, now, level...} one after the other; a call whose judgement
+// fails (a key of another type, say) answers allowed -9 and the error in
+// place of now, having changed what it wrote before failing, as a lone
+// call that fails does, and the calls after it are judged still. The
+// sidecar batches the calls that queue while one is in flight (see
+// batch.go).
 var bucketScript = redis.NewScript(bucketSource)
 
 // argsBefore is the number of ARGV before the buckets' five each.
@@ -76,32 +87,49 @@ const argsBefore = 9
 const bucketSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nowText = string.format('%.17g', now)
 local B = 9
-local mode = ARGV[1]
-local deadline = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local epoch = ARGV[4]
-local id = ARGV[5]
+-- A hundred years: the longest wait the limiter reports. A debt of 10^12
+-- tokens against a small bucket would otherwise ask for an expiry Redis
+-- cannot parse, and the script would fail after its first writes.
+local maxTTL = 3153600000000
+-- The epoch key's value, read once a batch: no check writes it.
+local epochs = {}
+-- check judges the call whose keys start after KEYS[ko] and whose
+-- arguments start after ARGV[ao].
+local function check(ko, ao)
+local mode = ARGV[ao + 1]
+local deadline = tonumber(ARGV[ao + 2])
+local n = tonumber(ARGV[ao + 3])
+local epoch = ARGV[ao + 4]
+local id = ARGV[ao + 5]
 local function answer(code)
-  local out = {code, string.format('%.17g', now)}
+  local out = {code, nowText}
   for i = 1, n do out[i + 2] = '0' end
   return out
 end
 if deadline > 0 and now > deadline then return answer(-1) end
-local indexed = ARGV[9] == '1'
+local indexed = ARGV[ao + 9] == '1'
 -- After the buckets: the hold and the marker (with a request_id), the
 -- index (when indexed), the epoch key (when checked).
 local extra = n
 local hold, marker
-if id ~= '' then hold, marker, extra = KEYS[n + 1], KEYS[n + 2], n + 2 end
+if id ~= '' then hold, marker, extra = KEYS[ko + n + 1], KEYS[ko + n + 2], n + 2 end
 local index
-if indexed then index, extra = KEYS[extra + 1], extra + 1 end
+if indexed then index, extra = KEYS[ko + extra + 1], extra + 1 end
 if epoch ~= '' then
-  if redis.call('GET', KEYS[extra + 1]) ~= epoch then return answer(-3) end
+  local ek = KEYS[ko + extra + 1]
+  local e = epochs[ek]
+  if e == nil then
+    e = redis.call('GET', ek)
+    epochs[ek] = e
+  end
+  if e ~= epoch then return answer(-3) end
 end
-local duplicate, counted, over = false, false, false
+local duplicate, counted, over, marked = false, false, false, false
 if id ~= '' and mode ~= 'read' then
   local m = redis.call('GET', marker)
+  marked = m ~= false and m ~= nil
   if m == '1' or (m and mode == 'take') then
     -- The record of this request_id was charged: a record sent again is
     -- not charged again, and a check sent again after it holds nothing
@@ -124,20 +152,17 @@ if id ~= '' and mode ~= 'read' then
     hasHold = true
   end
 end
--- A hundred years: the longest wait the limiter reports. A debt of 10^12
--- tokens against a small bucket would otherwise ask for an expiry Redis
--- cannot parse, and the script would fail after its first writes.
-local maxTTL = 3153600000000
 local levels, rates, stale, spent, back = {}, {}, {}, {}, {}
 local allowed, unknown = 1, false
 for i = 1, n do
-  local a = B + 1 + (i - 1) * 5
+  local a = ao + B + 1 + (i - 1) * 5
+  local k = KEYS[ko + i]
   local cap = tonumber(ARGV[a])
   local rate = tonumber(ARGV[a + 1])
   rates[i] = rate
-  back[i] = held[KEYS[i]] or 0
-  held[KEYS[i]] = nil
-  local v = redis.call('GET', KEYS[i])
+  back[i] = held[k] or 0
+  held[k] = nil
+  local v = redis.call('GET', k)
   local level = cap
   if tonumber(ARGV[a + 4]) > 0 then
     if v then
@@ -157,9 +182,9 @@ for i = 1, n do
   if level + back[i] < tonumber(ARGV[a + 2]) then allowed = 0 end
 end
 if unknown then
-  local out = {-2, string.format('%.17g', now)}
+  local out = {-2, nowText}
   for i = 1, n do
-    if tonumber(ARGV[B + 1 + (i - 1) * 5 + 4]) > 0 and not spent[i] then
+    if tonumber(ARGV[ao + B + 1 + (i - 1) * 5 + 4]) > 0 and not spent[i] then
       out[i + 2] = 'nan'
     else
       out[i + 2] = string.format('%.17g', levels[i])
@@ -170,7 +195,8 @@ end
 if mode == 'charge' then allowed = 1 end
 local write = allowed == 1 and mode ~= 'read'
 for i = 1, n do
-  local a = B + 1 + (i - 1) * 5
+  local a = ao + B + 1 + (i - 1) * 5
+  local k = KEYS[ko + i]
   local cap = tonumber(ARGV[a])
   local level = levels[i]
   -- What this call debits: its amount less what its hold gives back.
@@ -184,9 +210,9 @@ for i = 1, n do
       levels[i] = cap - s
       if rates[i] == 0 then
         -- A concurrency limit's slots: the key lives past its last hold.
-        redis.call('SET', KEYS[i], string.format('%d', s), 'PX', ARGV[a + 4])
+        redis.call('SET', k, string.format('%d', s), 'PX', ARGV[a + 4])
       else
-        redis.call('SET', KEYS[i], string.format('%d', s), 'KEEPTTL')
+        redis.call('SET', k, string.format('%d', s), 'KEEPTTL')
       end
     end
   elseif write then
@@ -198,10 +224,10 @@ for i = 1, n do
   -- key must live until the bucket is full at this one.
   if not spent[i] and (write or stale[i]) then
     if level >= cap then
-      redis.call('DEL', KEYS[i])
+      redis.call('DEL', k)
     else
       local ttl = math.min(math.ceil((cap - level) / rates[i] / 1000) + 1000, maxTTL)
-      redis.call('SET', KEYS[i], string.format('%.17g %.17g ', level, now) .. ARGV[a + 1], 'PX', string.format('%d', ttl))
+      redis.call('SET', k, string.format('%.17g %.17g ', level, now) .. ARGV[a + 1], 'PX', string.format('%d', ttl))
     end
   end
 end
@@ -218,21 +244,22 @@ if write and hasHold then
 end
 if write and id ~= '' then
   if mode == 'charge' then
-    redis.call('SET', marker, '1', 'PX', ARGV[8])
-  elseif redis.call('EXISTS', marker) == 0 then
-    local fields = {'@', ARGV[6]}
+    redis.call('SET', marker, '1', 'PX', ARGV[ao + 8])
+  elseif not marked then
+    -- (A marker read at the start: no write of this call sets one.)
+    local fields = {'@', ARGV[ao + 6]}
     for i = 1, n do
-      local a = B + 1 + (i - 1) * 5
+      local a = ao + B + 1 + (i - 1) * 5
       if tonumber(ARGV[a + 3]) ~= 0 then
-        fields[#fields + 1] = KEYS[i]
+        fields[#fields + 1] = KEYS[ko + i]
         fields[#fields + 1] = ARGV[a + 3]
       end
     end
     redis.call('HSET', hold, unpack(fields))
-    redis.call('PEXPIRE', hold, ARGV[7])
+    redis.call('PEXPIRE', hold, ARGV[ao + 7])
     if indexed then
       redis.call('SADD', index, hold)
-      redis.call('PEXPIRE', index, ARGV[7])
+      redis.call('PEXPIRE', index, ARGV[ao + 7])
     end
   end
 end
@@ -240,8 +267,35 @@ if mode == 'read' then allowed = 1 end
 if write and mode == 'take' and hasHold then allowed = 2 end
 if duplicate then allowed = 3 end
 if over then allowed = 4 end
-local out = {allowed, string.format('%.17g', now)}
+local out = {allowed, nowText}
 for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
+return out
+end
+-- keysOf is how many keys the call whose arguments start after ARGV[ao]
+-- has.
+local function keysOf(ao)
+  local k = tonumber(ARGV[ao + 3])
+  if ARGV[ao + 5] ~= '' then k = k + 2 end
+  if ARGV[ao + 9] == '1' then k = k + 1 end
+  if ARGV[ao + 4] ~= '' then k = k + 1 end
+  return k
+end
+local first = B + 5 * tonumber(ARGV[3])
+if first == #ARGV then return check(0, 0) end
+-- A batch: each call judged in turn, its error its own answer.
+local out = {}
+local ko, ao = 0, 0
+while ao < #ARGV do
+  local n = tonumber(ARGV[ao + 3])
+  local ok, res = pcall(check, ko, ao)
+  if not ok then
+    res = {-9, tostring(res)}
+    for i = 1, n do res[i + 2] = '0' end
+  end
+  for j = 1, #res do out[#out + 1] = res[j] end
+  ko = ko + keysOf(ao)
+  ao = ao + B + 5 * n
+end
 return out
 `
 
@@ -394,20 +448,16 @@ func (noRetry) NoRetry() bool { return true }
 
 // runBucketScript runs the bucket script by EVALSHA, and by EVAL when
 // Redis does not know it (a restart, a new cluster node), never retried.
-func runBucketScript(ctx context.Context, c redis.UniversalClient, keys []string, args []any) *redis.Cmd {
-	run := func(name, script string) *redis.Cmd {
-		cmdArgs := make([]any, 0, 3+len(keys)+len(args))
-		cmdArgs = append(cmdArgs, name, script, len(keys))
-		for _, k := range keys {
-			cmdArgs = append(cmdArgs, k)
-		}
-		cmd := redis.NewCmd(ctx, append(cmdArgs, args...)...)
-		_ = c.Process(ctx, noRetry{cmd})
-		return cmd
-	}
-	cmd := run("evalsha", bucketScript.Hash())
+// cmdArgs are the command's, its first two (the command and the script)
+// left for it to fill: the number of keys, the keys, the arguments.
+func runBucketScript(ctx context.Context, c redis.UniversalClient, cmdArgs []any) *redis.Cmd {
+	cmdArgs[0], cmdArgs[1] = "evalsha", bucketScript.Hash()
+	cmd := redis.NewCmd(ctx, cmdArgs...)
+	_ = c.Process(ctx, noRetry{cmd})
 	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		cmd = run("eval", bucketSource)
+		cmdArgs[0], cmdArgs[1] = "eval", bucketSource
+		cmd = redis.NewCmd(ctx, cmdArgs...)
+		_ = c.Process(ctx, noRetry{cmd})
 	}
 	return cmd
 }

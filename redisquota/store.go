@@ -163,6 +163,8 @@ type Store struct {
 	savedEpoch string
 	saved      savedState
 	stateMu    sync.Mutex
+	// batch queues the bucket script's calls while one is in flight.
+	batch batcher
 	// wake nudges Run's probe loop when a call fails.
 	wake chan struct{}
 	// transition serialises going down (seeding the local shares) and
@@ -545,11 +547,17 @@ func (s *Store) runAt(epoch, op, user string, bs []limiter.Bucket, need, amounts
 	defer cancel()
 	start := time.Now()
 	keys, args := s.scriptArgs(op, user, bs, need, amounts, s.serverDeadline(start), id, epoch)
-	res, err := parseResult(runBucketScript(ctx, s.opts.Client, keys, args), len(bs))
+	c := scriptCall{ctx: ctx, keys: keys, args: args, n: len(bs)}
+	err := s.callScript(&c)
+	if err == nil {
+		err = c.err
+	}
+	res := c.res
 	end := time.Now()
 	if err == nil {
-		// Past its deadline or not, the answer tells the server's clock.
-		s.learnClock(start, end, int64(res[1]))
+		// Past its deadline or not, the answer tells the server's clock,
+		// read while its batch was in flight.
+		s.learnClock(c.sent, c.answered, int64(res[1]))
 		switch res[0] {
 		case -1:
 			err = errPastDeadline
