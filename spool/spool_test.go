@@ -462,3 +462,24 @@ func TestScan(t *testing.T) {
 		t.Fatalf("Peek after Scan: %v, %v", got, err)
 	}
 }
+
+// TestOpenRefusesALockedDir: a second Open of a spool in use fails with
+// an error that names the holder, and succeeds once the first is closed.
+func TestOpenRefusesALockedDir(t *testing.T) {
+	dir := t.TempDir()
+	first, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("another llmusage (pid %d) holds it", os.Getpid())) {
+		t.Fatalf("a second Open of a spool in use: %v", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	second.Close()
+}

@@ -295,6 +295,35 @@ func TestStartupErrors(t *testing.T) {
 		"--metrics-address", sidecartest.FreeAddr(t), "--otlp-grpc-address", busy.Addr().String())
 }
 
+// TestSharedDataDirRefused: two sidecars appending to one spool would
+// overwrite each other's acknowledged records, so a second sidecar on a
+// running one's --data-dir refuses to start, naming it, and the first
+// keeps every record it acknowledged.
+func TestSharedDataDirRefused(t *testing.T) {
+	first := sidecartest.Start(t, sidecartest.Options{})
+	out, err := sidecartest.Run(t, "serve", "--data-dir", first.DataDir,
+		"--listen-address", sidecartest.FreeAddr(t), "--metrics-address", sidecartest.FreeAddr(t))
+	if err == nil {
+		t.Fatal("a second sidecar on the same --data-dir started")
+	}
+	want := fmt.Sprintf("cannot use the spool in %s: another llmusage (pid %d) holds it; give each sidecar its own --data-dir", filepath.Join(first.DataDir, "spool"), first.PID())
+	if !strings.Contains(out, want) {
+		t.Fatalf("the second sidecar said %q, want %q", out, want)
+	}
+	for i := 0; i < 20; i++ {
+		if code, _, body := first.PostJSON(t, "/v1/calls", fmt.Sprintf(`{"user_id": "u%d", "model": "gpt-4o", "tokens_used": 1}`, i)); code != http.StatusAccepted && code != http.StatusOK {
+			t.Fatalf("record %d: %d %v", i, code, body)
+		}
+	}
+	var body map[string]any
+	if !sidecartest.Eventually(10*time.Second, func() bool {
+		_, body = first.Get(t, "/api/llm/usage/summary")
+		return body["calls_today"] == float64(20)
+	}) {
+		t.Fatalf("summary after 20 records: %v", body)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	out, err := sidecartest.Run(t, "version")
 	if err != nil {
