@@ -28,8 +28,31 @@ type snapshotData struct {
 	byName map[string]*provTable
 	// byID maps genai-prices provider ids to their tables, fallbacks included.
 	byID map[string]*provTable
-	// models is the listing of Table.Models, without overrides.
-	models []ModelInfo
+	// date is the snapshot's date: Table.Models lists the prices in
+	// effect then.
+	date time.Time
+	// names are the keys of byName, sorted: Table.Models' order.
+	names []string
+}
+
+// listing is the listing of Table.Models without overrides. It is built
+// on each call rather than kept: only the models API asks for it, and it
+// is a fifth of the parsed snapshot's memory in every idle sidecar.
+func (d *snapshotData) listing() []ModelInfo {
+	var models []ModelInfo
+	for _, name := range d.names {
+		for _, m := range d.byName[name].models {
+			c := m.priceAt(d.date, true)
+			if c.empty {
+				continue
+			}
+			models = append(models, ModelInfo{
+				Provider: name, ModelID: m.id, Name: m.name, Price: c.price,
+				Deprecated: m.deprecated, ContextWindow: m.contextWindow, Source: d.snapshot.Source,
+			})
+		}
+	}
+	return models
 }
 
 // provTable is a genai-prices provider.
@@ -390,18 +413,7 @@ func parseSnapshot(b []byte) (*snapshotData, error) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		for _, m := range d.byName[name].models {
-			c := m.priceAt(date, true)
-			if c.empty {
-				continue
-			}
-			d.models = append(d.models, ModelInfo{
-				Provider: name, ModelID: m.id, Name: m.name, Price: c.price,
-				Deprecated: m.deprecated, ContextWindow: m.contextWindow, Source: d.snapshot.Source,
-			})
-		}
-	}
+	d.names, d.date = names, date
 	return d, nil
 }
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

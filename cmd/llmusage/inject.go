@@ -8,9 +8,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/urfave/cli/v2"
 
 	"github.com/llmusage/llmusage/inject"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 func injectCommand() *cli.Command {

@@ -8,9 +8,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/loadgen"
 )
 

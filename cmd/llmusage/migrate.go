@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/urfave/cli/v2"
-
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/store"
 )
 

@@ -20,11 +20,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
-	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/otlp"
