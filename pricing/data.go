@@ -17,8 +17,12 @@ import (
 	"github.com/llmusage/llmusage/usd"
 )
 
+// A string, not a []byte: the linker puts it with the read-only data,
+// whose pages an idle sidecar drops once start-up has parsed it
+// (releaseStartupMemory in cmd/llmusage), rather than with the writable.
+//
 //go:embed data/genai-prices.json
-var embeddedJSON []byte
+var embeddedJSON string
 
 // snapshotData is a parsed snapshot, shared by every table made from it.
 type snapshotData struct {
@@ -351,9 +355,9 @@ type (
 	}
 )
 
-func parseSnapshot(b []byte) (*snapshotData, error) {
+func parseSnapshot(b string) (*snapshotData, error) {
 	var f fileJSON
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec := json.NewDecoder(strings.NewReader(b))
 	dec.UseNumber()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("cannot parse the genai-prices snapshot: %w", err)

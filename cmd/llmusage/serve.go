@@ -530,6 +530,11 @@ func run(ctx context.Context, cfg serveConfig) error {
 		logger.Info("OTLP/gRPC serving", "address", grpcLn.Addr().String())
 	}
 	s.ready.Store(true)
+	// What start-up alone used need not stay resident. Start-up's tail
+	// counts: the rule watcher reads the embedded store until its files
+	// settle (store.stampSettle), and the first flush and sweep run.
+	release := time.AfterFunc(startupTail, releaseStartupMemory)
+	defer release.Stop()
 	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(s.rules.Set().InForce))
 
 	select {
