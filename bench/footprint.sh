@@ -24,7 +24,7 @@ trap cleanup EXIT
 bin=${LLMUSAGE_BIN:-$work/llmusage}
 [ -n "${LLMUSAGE_BIN:-}" ] || make -s build BIN="$bin" >/dev/null
 size=$(stat -c %s "$bin")
-printf 'binary: %d bytes (%.1f MB)\n' "$size" "$(echo "$size / 1000000" | bc -l)"
+printf 'binary: %d bytes (%.1f MB)\n' "$size" "$(awk -v s="$size" 'BEGIN {print s / 1e6}')"
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 & pids+=($!)
