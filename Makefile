@@ -3,9 +3,9 @@ GO ?= go
 
 .PHONY: run test bench fault build
 
-## run: start the sidecar on its defaults, with the example limits file
+## run: build the binary, then run the sidecar in the foreground on its defaults, with the example limits file; ARGS adds flags (make run ARGS="--redis-url redis://localhost:6379"); kill -HUP reloads the limits file
 run:
-	$(GO) run ./cmd/llmusage serve --limits-file deploy/kubernetes/limits.yaml
+	exec env GO="$(GO)" ./scripts/run.sh $(ARGS)
 
 ## test: install and start what the tests need (promtool, PostgreSQL, etcd and a kube-apiserver built once from the Go module proxy, the npm SDKs of test/sdk), then run every test with the race detector
 test:

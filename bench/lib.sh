@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154
 # Sourced by the bench scripts: the helpers they share. The script keeps
 # its servers' PIDs in the array pids.
 

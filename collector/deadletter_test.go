@@ -16,7 +16,7 @@ import (
 )
 
 // TestDeadLetterIsIntake: the record of a dead-letter line, posted again
-// as the README says, is accepted as the record that was refused. The
+// as docs/database.md says, is accepted as the record that was refused. The
 // dead letter writes the intake format and the parser reads it; this
 // holds the two to one contract.
 func TestDeadLetterIsIntake(t *testing.T) {

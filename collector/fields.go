@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/llmusage/llmusage/internal/suggest"
 	"github.com/llmusage/llmusage/usd"
 )
 
@@ -84,7 +85,7 @@ func (p *fieldParser) parse(raw json.RawMessage, index int, known []string) {
 		if !containsBytes(known, f.name) {
 			name := string(f.name)
 			msg := "unknown field"
-			if s := suggest(name, known); s != "" {
+			if s := suggest.Nearest(name, known); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
 			}
 			p.fail(name, "%s", msg)

@@ -210,10 +210,10 @@ func TestProviderRateLimitErrors(t *testing.T) {
 	}
 }
 
-// TestReadmeProviderRateLimitExample: the README's record with
+// TestDocProviderRateLimitExample: docs/proxy.md's record with
 // provider_ratelimit is accepted and feeds the gauges it says.
-func TestReadmeProviderRateLimitExample(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+func TestDocProviderRateLimitExample(t *testing.T) {
+	readme, err := os.ReadFile("../docs/proxy.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +224,11 @@ func TestReadmeProviderRateLimitExample(t *testing.T) {
 		}
 	}
 	if example == "" {
-		t.Fatal("README has no json block with provider_ratelimit")
+		t.Fatal("docs/proxy.md has no json block with provider_ratelimit")
 	}
 	s := newProviderServer(t)
 	if code, body := s.post(t, "application/json", example); code != http.StatusAccepted {
-		t.Fatalf("the README's example: %d %s", code, body)
+		t.Fatalf("docs/proxy.md's example: %d %s", code, body)
 	}
 	if got := s.series(t)[`llm_provider_ratelimit_remaining{key="4ecf4d81",model="llama-3.1-8b-instant",provider="groq",resource="tokens"}`]; got != "17850" {
 		t.Fatalf("remaining tokens %q, want the example's 17850", got)

@@ -10,6 +10,7 @@ import (
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/provider"
 	"github.com/llmusage/llmusage/usage"
+	"github.com/llmusage/llmusage/usd"
 )
 
 // UsageReader answers usage queries from the stored records.
@@ -28,8 +29,8 @@ const (
 )
 
 // serveSummary answers what the seed's usage card showed: calls and
-// tokens today (UTC) and, for a user, each limit type's quota; and
-// today's cost.
+// tokens today (UTC) and, for a user, each limit type's quota and the
+// usd budgets; and today's cost.
 func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 	user := r.URL.Query().Get("user_id")
 	now := c.clock.Now().UTC()
@@ -64,8 +65,50 @@ func (c *Collector) serveSummary(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		answer["limits"] = limits
+		answer["budgets"] = budgetsOf(statuses)
 	}
 	writeJSON(w, http.StatusOK, answer)
+}
+
+// budgetJSON is one of a user's usd budgets in the summary, in dollars:
+// the usage card shows what is left of the money as it does of the calls.
+type budgetJSON struct {
+	// LimitType is the budget's calendar period: day, week or month.
+	LimitType string `json:"limit_type"`
+	// LimitUSD is the budget.
+	LimitUSD usd.Amount `json:"limit_usd"`
+	// SpentUSD is what the period has spent of it, at most LimitUSD
+	// (a budget in debt reports it whole).
+	SpentUSD usd.Amount `json:"spent_usd"`
+	// RemainingUSD is LimitUSD less SpentUSD.
+	RemainingUSD usd.Amount `json:"remaining_usd"`
+	// PeriodEnd is when the period ends and the budget is whole again.
+	PeriodEnd string `json:"period_end"`
+	// Provider, Model and TeamID are the rule's scope; empty when unscoped.
+	Provider string `json:"provider,omitempty"`
+	Model    string `json:"model,omitempty"`
+	TeamID   string `json:"team_id,omitempty"`
+	// Per and Pool name a shared budget (per team or all) and its pool.
+	Per  string `json:"per,omitempty"`
+	Pool string `json:"pool,omitempty"`
+}
+
+// budgetsOf picks the usd budgets of statuses, as /v1/limits reports them.
+func budgetsOf(statuses []limiter.Status) []budgetJSON {
+	out := []budgetJSON{}
+	for _, s := range statuses {
+		if s.Unit != limiter.USD {
+			continue
+		}
+		b := budgetJSON{LimitType: s.Window.String(), LimitUSD: usd.Amount(s.Limit), SpentUSD: usd.Amount(s.Limit - s.Remaining),
+			RemainingUSD: usd.Amount(s.Remaining), PeriodEnd: formatResetAt(s.ResetAt), Provider: s.Provider, Model: s.Model,
+			TeamID: s.TeamID, Pool: s.Pool}
+		if s.Per != limiter.PerUser {
+			b.Per = s.Per.String()
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // serveStats answers the seed's get_usage_stats(user_id, days).

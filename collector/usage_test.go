@@ -4,6 +4,9 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/llmusage/llmusage/internal/clock"
@@ -16,7 +19,21 @@ import (
 // through a real Writer.
 func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 	t.Helper()
+	return newStoreServerWithLimits(t, maxQueue, "")
+}
+
+// newStoreServerWithLimits is newStoreServer with a limits file of
+// limitsYAML; empty for none.
+func newStoreServerWithLimits(t *testing.T, maxQueue int, limitsYAML string) (*testServer, *store.Writer) {
+	t.Helper()
 	ctx := context.Background()
+	file := ""
+	if limitsYAML != "" {
+		file = filepath.Join(t.TempDir(), "limits.yaml")
+		if err := os.WriteFile(file, []byte(limitsYAML), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s, err := store.Open(ctx, store.Options{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +42,7 @@ func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 	if _, err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	m, err := rules.New(ctx, rules.Options{DB: s})
+	m, err := rules.New(ctx, rules.Options{File: file, DB: s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +59,55 @@ func newStoreServer(t *testing.T, maxQueue int) (*testServer, *store.Writer) {
 		mux.Handle(r.Pattern, r.Handler)
 	}
 	return &testServer{handler: mux, observer: obs, limiter: l, clock: clk}, w
+}
+
+// TestSummaryBudgets: a user's summary tells each usd budget's limit,
+// spend, what is left and when its period ends, as /v1/limits does.
+func TestSummaryBudgets(t *testing.T) {
+	s, _ := newStoreServerWithLimits(t, 100, `limits:
+  - limit_type: day
+    usd: 0.01
+  - user_id: vip
+    limit_type: month
+    usd: 5
+prices:
+  - model: house-model
+    input: 10
+    output: 40
+`)
+	// 100 prompt tokens at $10 per million: $0.001.
+	rec, _ := s.do(t, http.MethodPost, "/v1/calls", "application/json", `{"user_id":"u","model":"house-model","prompt_tokens":100,"completion_tokens":0}`)
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("record: %d %s", rec.Code, rec.Body)
+	}
+	_, sum := s.do(t, http.MethodGet, "/api/llm/usage/summary?user_id=u", "", "")
+	want := []any{map[string]any{"limit_type": "day", "limit_usd": 0.01, "spent_usd": 0.001, "remaining_usd": 0.009, "period_end": "2026-11-28T00:00:00Z"}}
+	if !reflect.DeepEqual(sum["budgets"], want) {
+		t.Fatalf("u's budgets %v, want %v", sum["budgets"], want)
+	}
+	_, vip := s.do(t, http.MethodGet, "/api/llm/usage/summary?user_id=vip", "", "")
+	budgets, _ := vip["budgets"].([]any)
+	if len(budgets) != 2 {
+		t.Fatalf("vip's budgets %v, want the day and the month budgets", vip["budgets"])
+	}
+	for _, b := range budgets {
+		if m := b.(map[string]any); m["limit_type"] == "month" &&
+			(m["limit_usd"] != float64(5) || m["spent_usd"] != float64(0) || m["remaining_usd"] != float64(5) || m["period_end"] != "2026-12-01T00:00:00Z") {
+			t.Fatalf("vip's month budget %v", m)
+		}
+	}
+	// Without a budget, the list is empty rather than absent.
+	_, none := newStoreServerSummary(t)
+	if b, ok := none["budgets"].([]any); !ok || len(b) != 0 {
+		t.Fatalf("budgets without a budget rule: %v", none["budgets"])
+	}
+}
+
+func newStoreServerSummary(t *testing.T) (*testServer, map[string]any) {
+	t.Helper()
+	s, _ := newStoreServer(t, 10)
+	_, sum := s.do(t, http.MethodGet, "/api/llm/usage/summary?user_id=u", "", "")
+	return s, sum
 }
 
 func TestUsageAPI(t *testing.T) {

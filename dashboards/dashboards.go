@@ -205,6 +205,9 @@ func Sidecar() *dashboard.DashboardBuilder {
 			target(`sum(rate(llmusage_records_rejected_total{`+sel+`}[$__rate_interval]))`, "rejected"))).
 		WithPanel(timeSeries("API latency (p99) by route", "Time to answer, measured by the sidecar.", "s",
 			target(`histogram_quantile(0.99, sum by (handler, le) (rate(llmusage_http_request_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "{{handler}}"))).
+		WithPanel(timeSeries("Added latency (p50, p99) by path", "Time the sidecar adds to a call (llmusage_added_latency_seconds): a check or a record from its arrival to its answer, a proxied call less its wait on the provider.", "s",
+			target(`histogram_quantile(0.5, sum by (path, le) (rate(llmusage_added_latency_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p50 {{path}}"),
+			target(`histogram_quantile(0.99, sum by (path, le) (rate(llmusage_added_latency_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99 {{path}}"))).
 		WithPanel(timeSeries("API errors by route and code", "4xx and 5xx answers per second.", "reqps",
 			target(`sum by (handler, code) (rate(llmusage_http_request_duration_seconds_count{`+sel+`, code=~"4..|5.."}[$__rate_interval]))`, "{{handler}} {{code}}"))).
 		WithRow(dashboard.NewRowBuilder("Persistence")).

@@ -78,6 +78,10 @@ type Exporter struct {
 	headroomRefusals *prometheus.CounterVec
 	// inFlight counts the proxy's calls upstream, by user.
 	inFlight *callsInFlight
+	// added is llmusage_added_latency_seconds; addedProxy its child for
+	// the proxy, looked up once.
+	added      *prometheus.HistogramVec
+	addedProxy prometheus.Observer
 }
 
 // New returns an Exporter with its registry populated.
@@ -116,6 +120,13 @@ func New(opts Options) *Exporter {
 		Help:    "Duration of HTTP requests served by the sidecar, by route.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	}, []string{"handler", "method", "code"})
+	e.added = newAddedLatency()
+	// Every path's series from the start, at zero: a dashboard's quantile
+	// then shows "no calls" rather than "no metric".
+	for _, p := range []string{AddedCheck, AddedRecord, AddedProxy} {
+		e.added.WithLabelValues(p)
+	}
+	e.addedProxy = e.added.WithLabelValues(AddedProxy)
 
 	e.reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -126,6 +137,7 @@ func New(opts Options) *Exporter {
 		e.teams,
 		e.models,
 		e.httpDur,
+		e.added,
 		e.persist.persisted, e.persist.errors, e.persist.deadLettered, e.persist.duplicates, e.persist.flush,
 		e.persist.deleted, e.persist.summarySteps, e.persist.summaryStep,
 		e.backend.rules,

@@ -14,13 +14,18 @@ import (
 // lower case or "unknown", status code). promhttp's builds a label map
 // and wraps the writer anew for every request, a fifth of the garbage a
 // check made; this one looks its observers up once per method and code,
-// and recycles its writers.
+// and recycles its writers. The same duration is the added latency
+// (llmusage_added_latency_seconds) of a check and of a record.
 func (e *Exporter) InstrumentRoute(name string, h http.Handler) http.Handler {
-	return &instrumentedRoute{
+	ir := &instrumentedRoute{
 		vec:       e.httpDur.MustCurryWith(prometheus.Labels{"handler": name}),
 		next:      h,
 		observers: map[routeKey]prometheus.Observer{},
 	}
+	if p := addedRoute(name); p != "" {
+		ir.added = e.added.WithLabelValues(p)
+	}
+	return ir
 }
 
 type instrumentedRoute struct {
@@ -33,6 +38,9 @@ type instrumentedRoute struct {
 	observers map[routeKey]prometheus.Observer
 	// writers recycles statusWriters.
 	writers sync.Pool
+	// added observes the route's added latency; nil for routes that are
+	// not a check or a record.
+	added prometheus.Observer
 }
 
 type routeKey struct {
@@ -51,7 +59,11 @@ func (ir *instrumentedRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	code := sw.status
 	sw.ResponseWriter = nil
 	ir.writers.Put(sw)
-	ir.observer(routeKey{method: methodLabel(r.Method), code: code}).Observe(time.Since(start).Seconds())
+	d := time.Since(start).Seconds()
+	ir.observer(routeKey{method: methodLabel(r.Method), code: code}).Observe(d)
+	if ir.added != nil {
+		ir.added.Observe(d)
+	}
 }
 
 func (ir *instrumentedRoute) observer(k routeKey) prometheus.Observer {

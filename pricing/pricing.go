@@ -32,7 +32,7 @@
 // cache writes, ...) are not read: the record carries no usage for them,
 // and without that usage the source prices them at zero too.
 //
-// Overrides (Table.With) come before the embedded data; see README.md.
+// Overrides (Table.With) come before the embedded data; see docs/cost.md.
 package pricing
 
 import (

@@ -195,6 +195,16 @@ type Proxy struct {
 	// inFlight counts the calls upstream, when RateLimits is an
 	// InFlightObserver.
 	inFlight InFlightObserver
+	// added is told the time each call spent in the proxy, when
+	// RateLimits is an AddedLatencyObserver.
+	added AddedLatencyObserver
+}
+
+// AddedLatencyObserver is told the time the proxy added to each call.
+type AddedLatencyObserver interface {
+	// ObserveProxyAddedLatency counts the time one call spent in the
+	// proxy: its total less its wait on the upstream.
+	ObserveProxyAddedLatency(d time.Duration)
 }
 
 // InFlightObserver counts the calls the proxy has upstream.
@@ -240,6 +250,7 @@ func New(opts Options) (*Proxy, error) {
 		p.clock = clock.System{}
 	}
 	p.inFlight, _ = opts.RateLimits.(InFlightObserver)
+	p.added, _ = opts.RateLimits.(AddedLatencyObserver)
 	if opts.Headroom == HeadroomRespect {
 		p.headroom = newHeadroom()
 		p.headroomObserver, _ = opts.RateLimits.(HeadroomObserver)
@@ -283,26 +294,37 @@ func (p *Proxy) Routes() []collector.Route {
 // handler serves one upstream's route.
 func (p *Proxy) handler(up *Upstream) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rest := strings.TrimPrefix(r.URL.Path, "/"+up.Name)
-		if !strings.HasPrefix(rest, "/") || strings.Contains(rest, "/../") || strings.HasSuffix(rest, "/..") {
-			writeError(w, up.Kind, http.StatusNotFound, "not_found_error", "cannot find "+r.URL.Path)
-			return
+		start := time.Now()
+		waited := &upstreamWait{}
+		p.serve(w, r, up, waited)
+		if p.added != nil {
+			p.added.ObserveProxyAddedLatency(time.Since(start) - waited.d)
 		}
-		endpoint := meteredEndpoint(up.Kind, r.Method, rest)
-		if endpoint == "" {
-			// With the sidecar's own key, only reads and count_tokens go
-			// through unmetered: anything else would spend the key with
-			// no user, no check and no record.
-			if up.Key != "" && r.Method != http.MethodGet && !strings.HasSuffix(strings.TrimSuffix(rest, "/"), "/count_tokens") {
-				writeError(w, up.Kind, http.StatusForbidden, "permission_error",
-					fmt.Sprintf("llmusage: %s %s is not metered, and upstream %s is called with the sidecar's key: refused", r.Method, rest, up.Name))
-				return
-			}
-			p.forward(w, r, up, rest, nil, nil)
-			return
-		}
-		p.metered(w, r, up, rest, endpoint)
 	})
+}
+
+// serve answers one request to up's route, adding the time it waits on
+// the upstream to waited.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, up *Upstream, waited *upstreamWait) {
+	rest := strings.TrimPrefix(r.URL.Path, "/"+up.Name)
+	if !strings.HasPrefix(rest, "/") || strings.Contains(rest, "/../") || strings.HasSuffix(rest, "/..") {
+		writeError(w, up.Kind, http.StatusNotFound, "not_found_error", "cannot find "+r.URL.Path)
+		return
+	}
+	endpoint := meteredEndpoint(up.Kind, r.Method, rest)
+	if endpoint == "" {
+		// With the sidecar's own key, only reads and count_tokens go
+		// through unmetered: anything else would spend the key with
+		// no user, no check and no record.
+		if up.Key != "" && r.Method != http.MethodGet && !strings.HasSuffix(strings.TrimSuffix(rest, "/"), "/count_tokens") {
+			writeError(w, up.Kind, http.StatusForbidden, "permission_error",
+				fmt.Sprintf("llmusage: %s %s is not metered, and upstream %s is called with the sidecar's key: refused", r.Method, rest, up.Name))
+			return
+		}
+		p.forward(w, r, up, rest, nil, nil, waited)
+		return
+	}
+	p.metered(w, r, up, rest, endpoint, waited)
 }
 
 // meteredEndpoint names the call a request makes, or "" for one passed
@@ -351,7 +373,7 @@ type call struct {
 }
 
 // metered checks, forwards and records one call.
-func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, rest, endpoint string) {
+func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, rest, endpoint string, waited *upstreamWait) {
 	start := time.Now()
 	body, err := io.ReadAll(io.LimitReader(r.Body, p.opts.MaxBodyBytes+1))
 	if err != nil {
@@ -437,14 +459,15 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, up *Upstream, re
 			body, c.injected = b, true
 		}
 	}
-	p.forward(w, r, up, rest, body, c)
+	p.forward(w, r, up, rest, body, c, waited)
 }
 
 // forward sends the request upstream and relays the answer, metering it
-// when c is set. body replaces the request's when set.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, rest string, body []byte, c *call) {
+// when c is set. body replaces the request's when set. The time spent
+// waiting on the upstream is added to waited.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *Upstream, rest string, body []byte, c *call, waited *upstreamWait) {
 	rp := &httputil.ReverseProxy{
-		Transport:     p.transport,
+		Transport:     &timedTransport{next: p.transport, wait: waited},
 		FlushInterval: -1, // every chunk as it comes: no buffering of streams
 		ErrorLog:      slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
 		Rewrite: func(pr *httputil.ProxyRequest) {

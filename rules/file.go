@@ -90,11 +90,14 @@ func LoadFile(path string) (*File, error) {
 // ParseFile parses and validates a limits file's content; name prefixes
 // messages, which carry the line of the offending entry.
 func ParseFile(name string, data []byte) (*File, error) {
+	if err := checkShape(name, data); err != nil {
+		return nil, err
+	}
 	var f configFile
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("cannot parse %s: %w", name, err)
+		return nil, fmt.Errorf("cannot parse %s", syntaxError(name, err))
 	}
 	// A second pass keeps each entry's node, for line numbers in messages.
 	var lines struct {

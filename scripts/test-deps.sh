@@ -7,7 +7,7 @@
 # client's tests, which install it as a new user would, etcd (package
 # etcd-server, 3.4) under internal/kubetest's API server; and helm
 # (scripts/helm.sh builds it once into the user's cache) for the chart's
-# tests. Idempotent.
+# tests; wrk for bench/peer.sh (make bench). Idempotent.
 set -euo pipefail
 
 as_root() {
@@ -21,6 +21,7 @@ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing Debian packages ${missing[*]}" >&2
 	as_root apt-get update -qq

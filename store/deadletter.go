@@ -24,7 +24,7 @@ type DeadLetter interface {
 // DeadLetterFile appends rejected records to an NDJSON file, one
 // {"error": ..., "record": {...}} per line, fsynced. Each "record" is in
 // the intake format, so that once the cause is mended the records can be
-// posted again (README: the command). A crash between Put and the
+// posted again (docs/database.md: the command). A crash between Put and the
 // queue's commit can write a record twice; the store skips a request_id
 // it already has.
 type DeadLetterFile struct {

@@ -33,11 +33,11 @@ func newApp() *cli.App {
 		},
 		// One clear line instead of the usage text, for a bad flag.
 		OnUsageError: usageError,
+		// Every flag has its variable by the same rule: said once, on top
+		// of each command's one line per flag.
+		OptionsNote: "Every flag can also be set by the environment: --flag-name by LLMUSAGE_FLAG_NAME.\nDetails and defaults: docs/flags.md.",
+		HideEnvVars: true,
 	}
-}
-
-func usageError(_ *cli.Context, err error, _ bool) error {
-	return fmt.Errorf("cannot parse the command line: %w (see --help)", err)
 }
 
 // envVars names the environment variable that sets a flag:

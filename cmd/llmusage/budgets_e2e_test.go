@@ -181,7 +181,7 @@ func TestBudgetAcrossReplicasOnRedis(t *testing.T) {
 	// $1.00 of alice's $2.00 spent, then 50 concurrent checks that each
 	// reserve $0.10 (100 output tokens at $1,000 per million). The spend
 	// is learnt from the database alone: a record learnt from the spool
-	// while the writer stores it can count twice (README "Where it
+	// while the writer stores it can count twice (docs/limits.md "Where it
 	// errs"), which made this test refuse all 50 in one CI run.
 	postCosted(t, sidecars[0], "alice", 1)
 	sidecartest.WaitFor(t, 10*time.Second, func() bool {

@@ -111,7 +111,7 @@ func TestSeedExamples(t *testing.T) {
 //     HELP, TYPE and the _count samples kept where the count is that of the
 //     test's requests (llmusage_http_request_duration_seconds, but for
 //     handler="metrics": the test polls /metrics until the records are
-//     stored), no samples where it is not (persist_flush_duration_seconds
+//     stored; llmusage_added_latency_seconds), no samples where it is not (persist_flush_duration_seconds
 //     counts batches, which the flush timer cuts; the steps of
 //     llm_usage_daily_summary, store_rollup_*, are a timer's);
 //   - llmusage_rules_file_last_reload_success_timestamp_seconds: HELP and
@@ -134,6 +134,10 @@ func goldenMetrics(metrics string) string {
 		case strings.HasPrefix(line, "#"):
 		case strings.HasPrefix(name, "llmusage_http_request_duration_seconds"):
 			if !strings.HasSuffix(name, "_count") || strings.Contains(line, `handler="metrics"`) {
+				continue
+			}
+		case strings.HasPrefix(name, "llmusage_added_latency_seconds"):
+			if !strings.HasSuffix(name, "_count") {
 				continue
 			}
 		case strings.HasPrefix(name, "llmusage_persist_flush_duration_seconds"),

@@ -9,15 +9,27 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/llmusage/llmusage/collector"
 )
 
 // handleHealth serves /healthz (the process is alive) and /readyz (it
 // answers checks).
 func (s *sidecar) handleHealth(mux *http.ServeMux) {
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeStatus(w, http.StatusOK, map[string]any{"status": "ok"})
-	})
-	mux.HandleFunc("/readyz", s.serveReady)
+	for _, r := range s.healthRoutes() {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+}
+
+// healthRoutes are the probes of both listeners, which take any method
+// and no token.
+func (s *sidecar) healthRoutes() []collector.Route {
+	return []collector.Route{
+		{Pattern: "/healthz", Name: "healthz", Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeStatus(w, http.StatusOK, map[string]any{"status": "ok"})
+		})},
+		{Pattern: "/readyz", Name: "readyz", Handler: http.HandlerFunc(s.serveReady)},
+	}
 }
 
 // serveReady answers 503 only while the sidecar cannot answer checks at

@@ -255,12 +255,12 @@ func TestInjectorDocs(t *testing.T) {
 	table, _, _ = strings.Cut(table, "\n### ")
 	n := 0
 	for _, f := range command("inject").Flags {
-		usage := f.(interface{ GetUsage() string }).GetUsage()
-		_, ann, ok := strings.Cut(usage, "Annotation ")
+		// The annotation is named in the flag's details (docs/flags.md).
+		_, ann, ok := strings.Cut(flagDetails()["inject"][f.Names()[0]], "Annotation `")
 		if !ok {
 			continue
 		}
-		ann, _, _ = strings.Cut(ann, " ")
+		ann, _, _ = strings.Cut(ann, "`")
 		n++
 		for _, line := range strings.Split(table, "\n") {
 			if strings.Contains(line, "`"+ann+"`") {

@@ -20,7 +20,7 @@ func loadgenCommand() *cli.Command {
 		OnUsageError: usageError,
 		Flags: []cli.Flag{
 			stringFlag("target", "http://127.0.0.1:9470", "the sidecar's API: http://host:port or unix:/path/to/socket"),
-			stringFlag("mode", "record", "record (one record per request), batch (NDJSON of --batch-size records) or check"),
+			stringFlag("mode", "record", "record (one record per request), batch (--batch-size records) or check"),
 			intFlag("connections", 8, "concurrent connections"),
 			durationFlag("duration", 10*time.Second, "how long to drive load"),
 			intFlag("batch-size", 100, "records per request in batch mode"),
@@ -28,7 +28,7 @@ func loadgenCommand() *cli.Command {
 			&cli.Float64Flag{Name: "rate", Usage: "requests per second in all (open loop); 0 sends as fast as answers come", EnvVars: envVars("rate")},
 			boolFlag("json", false, "print the result as JSON"),
 			stringFlag("auth-token-file", "", "send the token in this file as Authorization: Bearer"),
-			stringFlag("serve-baseline", "", "instead of driving load, serve the bare net/http baseline (read the body, answer 202) on this address until SIGTERM"),
+			stringFlag("serve-baseline", "", "serve the bare net/http baseline on this address instead of driving load"),
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)

@@ -54,7 +54,7 @@ func migrateCommand() *cli.Command {
 }
 
 func databaseURLFlag() cli.Flag {
-	return stringFlag("database-url", "", "postgres://user:password@host/db for Postgres, sqlite:/path/file.db, or empty for <data-dir>/llmusage.db")
+	return stringFlag("database-url", "", "postgres://user:password@host/db, sqlite:/path/file.db; empty: SQLite in --data-dir")
 }
 
 // databaseFlags are --database-url and how to reach it, shared by serve
@@ -62,14 +62,14 @@ func databaseURLFlag() cli.Flag {
 func databaseFlags() []cli.Flag {
 	return []cli.Flag{
 		databaseURLFlag(),
-		intFlag("database-max-conns", store.DefaultMaxConns, "most connections to --database-url: the writer, the reads (usage API, budgets' spend, rule reloads) and the LISTEN for rule changes share them"),
-		stringFlag("database-exec-mode", "auto", "how statements are sent: auto (cache_statement on a direct connection, cache_describe through a pooler, detected), or pgx's cache_statement, cache_describe, describe_exec, exec, simple_protocol"),
-		stringFlag("database-listen-url", "", "a direct connection to the same database, for LISTEN only, where --database-url goes through a transaction pooler (PgBouncer); empty: LISTEN on --database-url, or poll the rule tables every second through a pooler"),
+		intFlag("database-max-conns", store.DefaultMaxConns, "most connections to --database-url"),
+		stringFlag("database-exec-mode", "auto", "how statements are sent: auto, or one of pgx's modes"),
+		stringFlag("database-listen-url", "", "a direct connection for LISTEN only, where --database-url goes through a pooler"),
 	}
 }
 
 func dataDirFlag() cli.Flag {
-	return stringFlag("data-dir", "./llmusage-data", "directory of the embedded database (and, later, the spool)")
+	return stringFlag("data-dir", "./llmusage-data", "directory of the spool and of the embedded SQLite database")
 }
 
 // storeOptions reads and checks the database flags.

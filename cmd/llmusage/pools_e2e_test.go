@@ -2,10 +2,7 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -267,51 +264,5 @@ func TestSeedRateLimitSaysThePool(t *testing.T) {
 	}
 	if code, body := s.Get(t, "/api/llm/usage/rate-limits?user_id=fresh&team_id=%00"); code != http.StatusBadRequest {
 		t.Fatalf("a bad team_id: %d %v", code, body)
-	}
-}
-
-// TestReadmeSharedLimitsExample runs the README's "Shared limits"
-// example: its limits file, and the /v1/rules answer it shows, compared
-// with the real one.
-func TestReadmeSharedLimitsExample(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	section := string(readme)
-	start := strings.Index(section, "### Shared limits")
-	if start < 0 {
-		t.Fatal(`README has no "### Shared limits" section`)
-	}
-	section = section[start:]
-	section = section[:strings.Index(section, "\n### ")+1]
-	yamlStart := strings.Index(section, "```yaml\n") + len("```yaml\n")
-	limits := section[yamlStart : yamlStart+strings.Index(section[yamlStart:], "```")]
-	const curl = "curl -s 'localhost:9470"
-	at := strings.Index(section, curl)
-	if at < 0 {
-		t.Fatal("no curl example in the section")
-	}
-	line := section[at+len(curl):]
-	path := line[:strings.Index(line, "'")]
-	var shown strings.Builder
-	for _, l := range strings.Split(line[strings.Index(line, "\n")+1:], "\n") {
-		l = strings.TrimSpace(l)
-		if !strings.HasPrefix(l, "# ") {
-			break
-		}
-		shown.WriteString(strings.TrimSpace(strings.TrimPrefix(l, "#")))
-	}
-	s := sidecartest.Start(t, sidecartest.Options{Limits: limits})
-	resp, err := http.Get(s.APIURL() + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	// The README runs serve --limits-file limits.yaml in the file's directory.
-	got := strings.ReplaceAll(strings.TrimSpace(string(body)), filepath.Dir(s.LimitsFile)+"/", "")
-	if got != shown.String() {
-		t.Fatalf("README shows for %s:\n%s\nthe sidecar answers:\n%s", path, shown.String(), got)
 	}
 }

@@ -7,12 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
-	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -20,7 +16,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/docs"
 	"github.com/llmusage/llmusage/exporter"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/otlp"
@@ -32,10 +30,28 @@ import (
 	"github.com/llmusage/llmusage/store"
 )
 
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "serve",
+		Usage:        "run the sidecar: intake API, limits and /metrics",
+		OnUsageError: usageError,
+		Flags:        serveFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := serveConfigFrom(c)
+			if err != nil {
+				return err
+			}
+			return run(c.Context, cfg)
+		},
+	}
+}
+
 // sidecar holds what run wires together.
 type sidecar struct {
 	// cfg is the validated configuration.
 	cfg serveConfig
+	// openAPI is the document GET /v1/openapi.json serves.
+	openAPI docs.OpenAPI
 	// logger is cfg.Logger.
 	logger *slog.Logger
 	// rules owns the limit rules and reloads them.
@@ -222,6 +238,7 @@ func run(ctx context.Context, cfg serveConfig) error {
 		}()
 		logger.Info("OTLP/gRPC serving", "address", grpcLn.Addr().String())
 	}
+	logStart(logger, cfg.Proxy.Upstreams, s.rules.Set().InForce)
 	s.ready.Store(true)
 	// What start-up alone used need not stay resident. Start-up's tail
 	// counts: the rule watcher reads the embedded store until its files
@@ -258,103 +275,6 @@ func run(ctx context.Context, cfg serveConfig) error {
 		logger.Error("records not persisted before shutdown", "records", s.writer.Len(), "error", err)
 	}
 	return nil
-}
-
-// retentionKeepSince is MaintenanceOptions.KeepSince: the start of the
-// budgets' current periods, or, while the database's rule rows could not
-// be read (its budgets unknown), the beginning of time: retention then
-// deletes nothing.
-func retentionKeepSince(m *rules.Manager, loc *time.Location) func(time.Time) time.Time {
-	return func(now time.Time) time.Time {
-		if m.Stale() {
-			return time.Time{}
-		}
-		return budgetPeriodsStart(m.Set().InForce, now, loc)
-	}
-}
-
-// budgetPeriodsStart is the start of the earliest current period of the
-// usd budgets in rules at now, or now without budgets: a budget's spend
-// is rebuilt from its period's rows, which retention must keep.
-func budgetPeriodsStart(rules []limiter.Rule, now time.Time, loc *time.Location) time.Time {
-	start := now
-	for _, r := range rules {
-		if !r.IsBudget() {
-			continue
-		}
-		if p := time.Unix(limiter.PeriodOf(r.Window, now, loc).Start, 0); p.Before(start) {
-			start = p
-		}
-	}
-	return start
-}
-
-// stopGRPC lets in-flight exports finish until ctx ends, then cuts them.
-func stopGRPC(ctx context.Context, gs *grpc.Server, logger *slog.Logger) {
-	done := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		gs.Stop()
-		logger.Warn("cannot finish in-flight OTLP/gRPC exports in time")
-	}
-}
-
-// hasBudget tells whether one of rules is a usd budget: the ledger of
-// pending spend is kept only then.
-func hasBudget(rules []limiter.Rule) bool {
-	for _, r := range rules {
-		if r.IsBudget() {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *sidecar) apiHandler() http.Handler {
-	mux := http.NewServeMux()
-	routes := s.collector.Routes()
-	if s.proxy != nil {
-		routes = append(routes, s.proxy.Routes()...)
-	}
-	if s.otlp != nil {
-		routes = append(routes, s.otlp.Routes()...)
-	}
-	for _, r := range routes {
-		h := r.Handler
-		switch {
-		case s.cfg.Token != "" && strings.HasPrefix(r.Name, "proxy_"):
-			h = collector.RequireTokenHeader(s.cfg.Token, h)
-		case s.cfg.Token != "":
-			h = collector.RequireBearer(s.cfg.Token, h)
-		}
-		mux.Handle(r.Pattern, s.exporter.InstrumentRoute(r.Name, h))
-	}
-	s.handleHealth(mux)
-	mux.HandleFunc("/", collector.NotFound)
-	return mux
-}
-
-func (s *sidecar) metricsHandler() http.Handler {
-	mux := http.NewServeMux()
-	metrics := s.exporter.Handler()
-	if s.cfg.MetricsAuth {
-		metrics = collector.RequireBearer(s.cfg.Token, metrics)
-	}
-	mux.Handle("/metrics", s.exporter.InstrumentRoute("metrics", metrics))
-	if s.cfg.DebugPprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	s.handleHealth(mux)
-	mux.HandleFunc("/", collector.NotFound)
-	return mux
 }
 
 // openQueue opens the durable spool in the data directory, or with
@@ -452,34 +372,4 @@ func (s *sidecar) sweepLoop(ctx context.Context, every time.Duration) {
 			}
 		}
 	}
-}
-
-// openRedis connects to the shared quota store. Redis need not answer
-// yet: until it does, checks are answered by the fail mode.
-func openRedis(cfg redisConfig, stateFile string, observer redisquota.Observer, logger *slog.Logger) (*redisquota.Store, error) {
-	client, err := redisquota.NewClient(cfg.URL, cfg.Cluster)
-	if err != nil {
-		return nil, fmt.Errorf("cannot parse --redis-url %s: %w", store.Redact(cfg.URL), err)
-	}
-	replica, _ := os.Hostname()
-	replica += "/" + strconv.Itoa(os.Getpid())
-	logger.Info("limits shared through Redis", "redis", store.Redact(cfg.URL), "cluster", cfg.Cluster,
-		"timeout", cfg.Timeout, "fail_mode", string(cfg.FailMode), "prefix", cfg.Prefix, "replica", replica)
-	return redisquota.New(redisquota.Options{Client: client, Timeout: cfg.Timeout, FailMode: cfg.FailMode,
-		Prefix: cfg.Prefix, ReplicaID: replica, Observer: observer, Logger: logger, StateFile: stateFile, HoldTTL: cfg.HoldTTL}), nil
-}
-
-func newLogger(format, level string) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("cannot use --log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("cannot use --log-format %q: want text or json", format)
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -34,6 +35,13 @@ type App struct {
 	// OnUsageError turns a command-line error into the error Run returns
 	// (the error itself if nil).
 	OnUsageError UsageErrorFunc
+	// OptionsNote is said under OPTIONS: in the help of each command that
+	// has flags, one indented line per line: what every flag has in common.
+	OptionsNote string
+	// HideEnvVars leaves the flags' environment variables out of the help
+	// text's lines, for an app whose variables follow one rule that
+	// OptionsNote states.
+	HideEnvVars bool
 }
 
 // UsageErrorFunc turns a command-line error into the error to return;
@@ -100,7 +108,8 @@ func (a *App) RunContext(ctx context.Context, args []string) error {
 		return nil
 	}
 	if strings.HasPrefix(name, "-") {
-		return a.usageError(c, fmt.Errorf("flag provided but not defined: %s", name), false)
+		// Worded as the flag package words a command's unknown flag.
+		return a.usageError(c, fmt.Errorf("flag provided but not defined: -%s", strings.TrimLeft(name, "-")), false)
 	}
 	cmd := a.command(name)
 	if cmd == nil {
@@ -219,12 +228,78 @@ func (a *App) printHelp() {
 	_ = w.Flush()
 }
 
+// printCommandHelp shows a command's flags, one line each: filed under
+// their categories (sorted, the flags sorted by name within each, as
+// urfave/cli did) if any flag has one, else in their order.
 func (a *App) printCommandHelp(c *Command) {
-	w := tabwriter.NewWriter(a.Writer, 1, 8, 2, ' ', 0)
-	fmt.Fprintf(w, "NAME:\n   %s %s - %s\n\nUSAGE:\n   %s %s [options]\n\nOPTIONS:\n", a.Name, c.Name, c.Usage, a.Name, c.Name)
-	for _, f := range c.Flags {
-		fmt.Fprintf(w, "   %s\t%s\n", f.helpName(), f.helpUsage())
+	var b strings.Builder
+	fmt.Fprintf(&b, "NAME:\n   %s %s - %s\n\nUSAGE:\n   %s %s [command options]\n\nOPTIONS:\n", a.Name, c.Name, c.Usage, a.Name, c.Name)
+	if a.OptionsNote != "" && len(c.Flags) > 0 {
+		for _, l := range strings.Split(strings.TrimRight(a.OptionsNote, "\n"), "\n") {
+			b.WriteString("   " + l + "\n")
+		}
+		b.WriteString("\n")
 	}
-	fmt.Fprintf(w, "   --help, -h\tshow help\n")
-	_ = w.Flush()
+	width := helpColumn
+	for _, f := range c.Flags {
+		width = max(width, len(flagHelpName(f))+1)
+	}
+	groups := map[string][]Flag{}
+	for _, f := range c.Flags {
+		groups[f.GetCategory()] = append(groups[f.GetCategory()], f)
+	}
+	if _, ok := groups[""]; len(groups) > 1 || (len(groups) == 1 && !ok) {
+		cats := make([]string, 0, len(groups))
+		for cat := range groups {
+			cats = append(cats, cat)
+		}
+		sort.Strings(cats)
+		for i, cat := range cats {
+			if i > 0 {
+				b.WriteString("\n")
+			}
+			if cat != "" {
+				b.WriteString("   " + cat + ":\n")
+			}
+			flags := groups[cat]
+			sort.SliceStable(flags, func(i, j int) bool { return flags[i].Names()[0] < flags[j].Names()[0] })
+			for _, f := range flags {
+				a.writeFlagLine(&b, f, width)
+			}
+		}
+		b.WriteString("\n")
+	} else {
+		for _, f := range c.Flags {
+			a.writeFlagLine(&b, f, width)
+		}
+	}
+	fmt.Fprintf(&b, "   %-*sshow help\n", width, "--help, -h")
+	_, _ = io.WriteString(a.Writer, b.String())
+}
+
+// helpColumn is where the help text's descriptions start at least: one
+// column for every command, as wide as serve's longest flag needs.
+const helpColumn = 36
+
+// writeFlagLine is a flag's line of help: its name, usage, default and,
+// unless hidden, variables.
+func (a *App) writeFlagLine(b *strings.Builder, f Flag, width int) {
+	usage := f.GetUsage()
+	if d := f.GetDefaultText(); d != "" {
+		usage += " (default: " + d + ")"
+	}
+	if !a.HideEnvVars {
+		for _, e := range f.GetEnvVars() {
+			usage += " [$" + e + "]"
+		}
+	}
+	fmt.Fprintf(b, "   %-*s%s\n", width, flagHelpName(f), usage)
+}
+
+// flagHelpName is the flag as the help text shows it.
+func flagHelpName(f Flag) string {
+	if f.TakesValue() {
+		return "--" + f.Names()[0] + " value"
+	}
+	return "--" + f.Names()[0]
 }

@@ -113,7 +113,7 @@ func TestUsageErrors(t *testing.T) {
 		"go --d=3":     `cannot parse the command line: invalid value "3" for flag -d: want a duration`,
 		"go extra":     `cannot parse the command line: unexpected argument "extra"`,
 		"stop":         `cannot parse the command line: no command "stop"`,
-		"--verbose go": "cannot parse the command line: flag provided but not defined: --verbose",
+		"--verbose go": "cannot parse the command line: flag provided but not defined: -verbose",
 	} {
 		if _, _, err := run(t, strings.Fields(args)...); err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("%s: got %v, want %s", args, err, want)

@@ -17,12 +17,38 @@ type Flag interface {
 	GetEnvVars() []string
 	// GetUsage is the flag's description.
 	GetUsage() string
+	// GetCategory is the heading the help text files the flag under
+	// (none if empty).
+	GetCategory() string
+	// GetDefaultText is the default as the help text and docs show it
+	// (quoted for a string; empty for no default).
+	GetDefaultText() string
+	// TakesValue is false for a flag that is given alone (a bool's --name).
+	TakesValue() bool
 	// apply declares the flag, at its default, on a parse's flag set.
 	apply(fs *flag.FlagSet)
-	// helpName is the flag as the help text shows it.
-	helpName() string
-	// helpUsage is the flag's description, default and variable.
-	helpUsage() string
+}
+
+// CategorizableFlag is a flag with a category, under urfave/cli's name:
+// every Flag is one.
+type CategorizableFlag interface {
+	Flag
+	// GetCategory is the flag's heading in the help text.
+	GetCategory() string
+}
+
+// DocGenerationFlag is what a generator of flag docs reads of a flag,
+// under urfave/cli's name: every Flag is one.
+type DocGenerationFlag interface {
+	Flag
+	// TakesValue is false for a flag given alone.
+	TakesValue() bool
+	// GetUsage is the flag's description.
+	GetUsage() string
+	// GetDefaultText is the default as shown.
+	GetDefaultText() string
+	// GetEnvVars are the environment variables that set the flag.
+	GetEnvVars() []string
 }
 
 // StringFlag is a string flag.
@@ -35,6 +61,8 @@ type StringFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // IntFlag is an int flag.
@@ -47,6 +75,8 @@ type IntFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // Float64Flag is a float64 flag.
@@ -59,6 +89,8 @@ type Float64Flag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // BoolFlag is a bool flag: --name, --name=true or --name=false.
@@ -71,6 +103,8 @@ type BoolFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // DurationFlag is a time.Duration flag (90s, 1h).
@@ -83,6 +117,8 @@ type DurationFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // StringSliceFlag is a repeatable flag whose values may also be
@@ -96,6 +132,8 @@ type StringSliceFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // GenericFlag is a flag of any flag.Value; Context.Generic returns it.
@@ -108,6 +146,8 @@ type GenericFlag struct {
 	Usage string
 	// EnvVars are the environment variables that set the flag.
 	EnvVars []string
+	// Category is the heading the help text files the flag under.
+	Category string
 }
 
 // GenericValue is the value of a GenericFlag.
@@ -220,57 +260,59 @@ func (f *GenericFlag) apply(fs *flag.FlagSet) {
 	fs.Var(&genericValue{v: f.Value}, f.Name, f.Usage)
 }
 
-func (f *StringFlag) helpName() string   { return "--" + f.Name + " value" }
-func (f *IntFlag) helpName() string      { return "--" + f.Name + " value" }
-func (f *Float64Flag) helpName() string  { return "--" + f.Name + " value" }
-func (f *BoolFlag) helpName() string     { return "--" + f.Name }
-func (f *DurationFlag) helpName() string { return "--" + f.Name + " value" }
-func (f *StringSliceFlag) helpName() string {
-	return "--" + f.Name + " value [ --" + f.Name + " value ]"
-}
-func (f *GenericFlag) helpName() string { return "--" + f.Name + " value" }
+func (f *StringFlag) GetCategory() string      { return f.Category }
+func (f *IntFlag) GetCategory() string         { return f.Category }
+func (f *Float64Flag) GetCategory() string     { return f.Category }
+func (f *BoolFlag) GetCategory() string        { return f.Category }
+func (f *DurationFlag) GetCategory() string    { return f.Category }
+func (f *StringSliceFlag) GetCategory() string { return f.Category }
+func (f *GenericFlag) GetCategory() string     { return f.Category }
 
-func (f *StringFlag) helpUsage() string {
-	d := ""
-	if f.Value != "" {
-		d = strconv.Quote(f.Value)
+func (f *StringFlag) TakesValue() bool      { return true }
+func (f *IntFlag) TakesValue() bool         { return true }
+func (f *Float64Flag) TakesValue() bool     { return true }
+func (f *BoolFlag) TakesValue() bool        { return false }
+func (f *DurationFlag) TakesValue() bool    { return true }
+func (f *StringSliceFlag) TakesValue() bool { return true }
+func (f *GenericFlag) TakesValue() bool     { return true }
+
+// The default texts are urfave/cli's, which docs/flags.md was generated
+// with: a string quoted, an empty string or slice none.
+
+func (f *StringFlag) GetDefaultText() string {
+	if f.Value == "" {
+		return ""
 	}
-	return help(f.Usage, d, f.EnvVars)
+	return strconv.Quote(f.Value)
 }
 
-func (f *IntFlag) helpUsage() string {
-	return help(f.Usage, strconv.Itoa(f.Value), f.EnvVars)
+func (f *IntFlag) GetDefaultText() string { return strconv.Itoa(f.Value) }
+
+func (f *Float64Flag) GetDefaultText() string {
+	return strconv.FormatFloat(f.Value, 'g', -1, 64)
 }
 
-func (f *Float64Flag) helpUsage() string {
-	return help(f.Usage, strconv.FormatFloat(f.Value, 'g', -1, 64), f.EnvVars)
-}
+func (f *BoolFlag) GetDefaultText() string     { return strconv.FormatBool(f.Value) }
+func (f *DurationFlag) GetDefaultText() string { return f.Value.String() }
 
-func (f *BoolFlag) helpUsage() string {
-	return help(f.Usage, strconv.FormatBool(f.Value), f.EnvVars)
-}
-
-func (f *DurationFlag) helpUsage() string {
-	return help(f.Usage, f.Value.String(), f.EnvVars)
-}
-
-func (f *StringSliceFlag) helpUsage() string {
-	return help(f.Usage, f.Value.String(), f.EnvVars)
-}
-
-func (f *GenericFlag) helpUsage() string {
-	return help(f.Usage, f.Value.String(), f.EnvVars)
-}
-
-// help is a flag's line of help: its usage, default and variables.
-func help(usage, def string, env []string) string {
-	if def != "" {
-		usage += " (default: " + def + ")"
+func (f *StringSliceFlag) GetDefaultText() string {
+	if f.Value == nil {
+		return ""
 	}
-	for _, e := range env {
-		usage += " [$" + e + "]"
+	var q []string
+	for _, v := range f.Value.values {
+		if v != "" {
+			q = append(q, strconv.Quote(v))
+		}
 	}
-	return usage
+	return strings.Join(q, ", ")
+}
+
+func (f *GenericFlag) GetDefaultText() string {
+	if f.Value == nil {
+		return ""
+	}
+	return f.Value.String()
 }
 
 // The values a parse sets; each parse has its own, at the flag's default.

@@ -34,7 +34,7 @@
 //     each replica's share, max(1, floor(left / replicas)) of what it
 //     last saw left, beside the slots taken in Redis still in flight, and
 //     a sidecar restarted meanwhile starts from a fresh share: that is not
-//     exact by design, as budgets' shares are not (README, "Where it
+//     exact by design, as budgets' shares are not (docs/limits.md, "Where it
 //     errs"), so from the moment Redis stops until every sidecar is back
 //     on Redis, plus one call and a margin, the maximum is only reported.
 //     After Redis restarted empty each replica puts back its slots and
@@ -392,7 +392,7 @@ func startRun(t *testing.T, pg *pgtest.Server, sc scenario, round int) *run {
 		// The local fail mode shares a limit or a budget out among the
 		// replicas each saw in Redis's registry (refreshed every 2 s):
 		// before they saw each other each would take the whole of it,
-		// which is not the fault under test (README, "Where it errs").
+		// which is not the fault under test (docs/limits.md, "Where it errs").
 		sidecartest.WaitFor(t, 10*time.Second, func() bool {
 			for _, s := range r.sidecars {
 				if s.Gauge("llmusage_quota_replicas") != replicaCount {
@@ -871,7 +871,7 @@ func (r *run) assertOracle(t *testing.T, f figures) {
 // assertRequestLimit checks oracle 5: a request limit admits at most its
 // capacity, plus its refill over the run, plus what the local fail mode
 // documents on top: each of N replicas answers from its own share,
-// ceil(limit / N) (README "Limits across replicas", redisquota.FailLocal),
+// ceil(limit / N) (docs/limits.md "Limits across replicas", redisquota.FailLocal),
 // seeded where the shared bucket stood, so the fleet may admit
 // N * ceil(limit / N) - limit more, and refill that much faster, while
 // Redis is away.

@@ -9,12 +9,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/prometheus/common/model"
-
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
 	"github.com/llmusage/llmusage/internal/cli"
-	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/otlp"
 	"github.com/llmusage/llmusage/proxy"
 	"github.com/llmusage/llmusage/redisquota"
@@ -22,77 +19,6 @@ import (
 	"github.com/llmusage/llmusage/spool"
 	"github.com/llmusage/llmusage/store"
 )
-
-func serveCommand() *cli.Command {
-	return &cli.Command{
-		Name:         "serve",
-		Usage:        "run the sidecar: intake API, limits and /metrics",
-		OnUsageError: usageError,
-		Flags: append([]cli.Flag{
-			stringFlag("listen-address", "127.0.0.1:9470", "address of the intake API: host:port, or unix:/path/to/socket"),
-			stringFlag("metrics-address", ":9471", "address serving /metrics, /healthz and /readyz to Prometheus and the kubelet"),
-			stringFlag("limits-file", "", "YAML file of limit rules, budgets, price overrides and provider prefixes; reloaded when it changes (a ConfigMap update too) and on SIGHUP. No file: nothing is limited"),
-			byteSizeFlag("max-body-bytes", 1<<20, "largest request body accepted, in bytes or with a unit (1MiB); at most 32MiB"),
-			intFlag("metrics-max-users", 10_000, "most distinct user label values; further users are counted as user=\"__other__\""),
-			intFlag("metrics-max-teams", 1_000, "most distinct team label values; further teams are counted as team=\"__other__\""),
-			intFlag("metrics-max-models", 1_000, "most distinct provider and model label pairs; further pairs are counted as model=\"__other__\""),
-			durationFlag("metrics-user-ttl", time.Hour, "remove the series of users, and of provider and model pairs, idle this long"),
-			boolFlag("metrics-user-label", true, "label usage metrics by user; false drops the label and the per-user quota gauges"),
-			stringFlag("metrics-push-url", "", "also push metrics in the Prometheus text format to this URL (VictoriaMetrics, vmagent)"),
-			durationFlag("metrics-push-interval", 15*time.Second, "interval between pushes to --metrics-push-url"),
-			durationFlag("shutdown-timeout", 15*time.Second, "time allowed to finish in-flight requests on SIGTERM"),
-			stringFlag("log-format", "text", "log format: text or json"),
-			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
-			boolFlag("debug-pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-address (keep that port off the internet)"),
-			stringFlag("memory-limit", "auto", "Go soft memory limit: auto (90% of the container's memory limit, if any), 0 for none, or a size such as 256MiB; GOMEMLIMIT wins"),
-			stringFlag("auth-token-file", "", "file holding a shared token that /v1/* and /api/* then require as Authorization: Bearer <token>"),
-			boolFlag("metrics-auth", false, "require the --auth-token-file token on /metrics too"),
-			dataDirFlag(),
-			boolFlag("migrate", true, "apply the embedded schema migrations at start"),
-			intFlag("batch-size", 5000, "most records one database transaction writes"),
-			stringFlag("retention", "", "delete rows of llm_usage_logs older than this (90d, 2w, 36h), in batches, one sidecar of a fleet at a time; never those a usd budget's current period needs. llm_usage_daily_summary keeps their days. Empty: keep every row"),
-			durationFlag("summary-interval", time.Minute, "time between steps of llm_usage_daily_summary (Postgres; one sidecar of a fleet at a time, as refresh_llm_usage_summary()); 0 leaves it to cron"),
-			durationFlag("flush-interval", time.Second, "longest a record waits before it is written, while the database is healthy"),
-			stringFlag("durability", "fsync", "fsync: a record is acknowledged once fsynced to the spool in --data-dir, and survives a crash; memory: acknowledged once queued in memory, and lost if the process dies before the database has it"),
-			byteSizeFlag("spool-max-bytes", 1<<30, "most bytes of records the spool holds for the database (1GiB); past it, POST /v1/calls answers 503"),
-			stringFlag("redis-url", "", "redis://[user:password@]host:port/db (rediss:// for TLS) of a Redis or Valkey that every replica shares: one user's limits then hold across all of them. Empty: each sidecar's own buckets"),
-			boolFlag("redis-cluster", false, "--redis-url names a node of a Redis Cluster"),
-			stringFlag("redis-prefix", "llmusage", "starts every key in Redis: deployments that share a Redis (a cluster has one database) each need their own, or they share buckets and replica counts"),
-			durationFlag("redis-timeout", 50*time.Millisecond, "longest a check waits for Redis before --redis-fail-mode answers it"),
-			stringFlag("redis-fail-mode", "local", "how checks are answered while Redis is out of reach: local (this replica's share of each limit: limit / live replicas), open (allowed) or closed (refused with 503)"),
-			intFlag("queue-max-records", 100_000, "with --durability=memory: most records waiting for the database; past it, POST /v1/calls answers 503"),
-			stringFlag("budget-timezone", "UTC", "time zone (IANA name, such as Europe/Paris) of usd budgets' calendar days, weeks (from Monday) and months"),
-			&cli.StringSliceFlag{Name: "upstream", EnvVars: envVars("upstream"),
-				Usage: "NAME=URL: a proxy route /NAME/... to URL (repeatable; comma-separated in the environment). Adds to or overrides the built-in openai, anthropic, groq, mistral, deepseek and xai"},
-			&cli.StringSliceFlag{Name: "upstream-key-file", EnvVars: envVars("upstream-key-file"),
-				Usage: "NAME=/path: the proxy sends the key in this file to upstream NAME instead of the client's (repeatable)"},
-			byteSizeFlag("proxy-max-body-bytes", 32<<20, "proxy: largest request body forwarded (images and PDFs travel in it), in bytes or with a unit"),
-			stringFlag("proxy-user-header", "X-LLMUsage-User", "header naming the user of a proxied call (else the body's user, safety_identifier or metadata.user_id)"),
-			stringFlag("proxy-team-header", "X-LLMUsage-Team", "header naming the team of a proxied call (else the body's metadata.team_id); optional"),
-			stringFlag("proxy-default-user", "", "user of proxied calls that name none; empty refuses them with 400"),
-			durationFlag("proxy-client-retry-max", proxy.DefaultClientRetryMax, "proxy: longest wait of the sidecar's own 429 that the SDK is left to retry (Retry-After); a longer one also says x-should-retry: false, and the official SDKs raise at once. 0: every refusal; at most 59s (the openai SDK does not wait 60 s or more)"),
-			stringFlag("provider-headroom", "off", "proxy: off forwards every call the user's limits allow; respect answers 429 at once, without calling upstream, a call the provider's latest answer for the same key and model says it would refuse (nothing left until a reset to come, or its 429's Retry-After)"),
-			durationFlag("upstream-connect-timeout", 5*time.Second, "proxy: longest wait to connect to an upstream"),
-			durationFlag("upstream-first-byte-timeout", 120*time.Second, "proxy: longest wait for an upstream's response headers"),
-			durationFlag("upstream-idle-timeout", 120*time.Second, "proxy: longest silence between two chunks of an upstream's answer"),
-			stringFlag("otlp-grpc-address", "", "also take OTLP/gRPC traces on this address (host:port, or unix:/path); empty: OTLP over HTTP only, at POST /v1/traces"),
-			&cli.StringSliceFlag{Name: "otlp-user-attribute", EnvVars: envVars("otlp-user-attribute"), Value: cli.NewStringSlice(otlp.DefaultUserAttributes...),
-				Usage: "span attribute naming the user of an OTLP span's call, looked up on the span then on its resource; repeatable or comma-separated, first found wins"},
-			stringFlag("otlp-team-attribute", otlp.DefaultTeamAttribute, "span attribute naming the team of an OTLP span's call (its team_id), looked up on the span then on its resource; optional"),
-			stringFlag("otlp-default-user", "", "user of OTLP spans with GenAI usage that name none; empty refuses them (counted, and named in the partial success)"),
-			byteSizeFlag("otlp-max-body-bytes", otlp.DefaultMaxBodyBytes, "largest OTLP request (HTTP body or gRPC message), compressed and once decompressed, in bytes or with a unit"),
-			durationFlag("concurrency-timeout", limiter.DefaultConcurrencyTimeout, "a concurrent limit's slot whose record never comes (its client died) is given back after this long; set it past your longest call"),
-			stringFlag("budget-unpriced", "refuse", "a check for a model without a price under a usd budget: refuse (400 naming the model) or allow (passes while the budget is not spent; its records cost nothing)"),
-		}, databaseFlags()...),
-		Action: func(c *cli.Context) error {
-			cfg, err := serveConfigFrom(c)
-			if err != nil {
-				return err
-			}
-			return run(c.Context, cfg)
-		},
-	}
-}
 
 // serveConfig is everything serve's flags say, read once and validated.
 type serveConfig struct {
@@ -324,22 +250,4 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		return serveConfig{}, fmt.Errorf("cannot use --budget-unpriced %q: want refuse or allow", c.String("budget-unpriced"))
 	}
 	return cfg, nil
-}
-
-// maintenanceOptions reads --retention (a duration as Prometheus writes
-// them, 90d or 2w, which time.ParseDuration cannot) and
-// --summary-interval.
-func maintenanceOptions(c *cli.Context) (store.MaintenanceOptions, error) {
-	o := store.MaintenanceOptions{SummaryInterval: c.Duration("summary-interval")}
-	if o.SummaryInterval < 0 {
-		return o, fmt.Errorf("cannot use --summary-interval %s: want a positive duration, or 0 for none", o.SummaryInterval)
-	}
-	if v := c.String("retention"); v != "" {
-		d, err := model.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return o, fmt.Errorf("cannot use --retention %q: want a positive duration such as 90d, 2w or 36h, or empty to keep every row", v)
-		}
-		o.Retention = time.Duration(d)
-	}
-	return o, nil
 }

@@ -1,10 +1,13 @@
-package collector
+// Package suggest finds the known name a misspelt one was meant to be,
+// so that the API, the limits file and the command line answer a typo
+// the same way.
+package suggest
 
 import "math"
 
-// suggest returns the known field closest to name, if it is close enough
-// to be a typo.
-func suggest(name string, known []string) string {
+// Nearest returns the name of known closest to name, if it is close
+// enough to be a typo of it (an edit distance under 3), else "".
+func Nearest(name string, known []string) string {
 	best, bestDist := "", 3
 	for _, k := range known {
 		if d := editDistance(name, k); d < bestDist {
@@ -15,7 +18,7 @@ func suggest(name string, known []string) string {
 }
 
 // editDistance is the Levenshtein distance of a and b; past 64 bytes a
-// name is no typo of a known field, and the table would cost too much.
+// name is no typo of a known one, and the table would cost too much.
 func editDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return math.MaxInt
