@@ -136,3 +136,152 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// categorized is an app whose command files its flags under categories,
+// with the environment's rule said once on top.
+func categorized(out *bytes.Buffer) *App {
+	return &App{Name: "prog", Usage: "a test", Writer: out, ErrWriter: out,
+		OptionsNote: "Every flag has a variable.\nSee the docs.", HideEnvVars: true,
+		Commands: []*Command{{
+			Name: "go", Usage: "reads its flags",
+			Flags: []Flag{
+				&StringFlag{Name: "zeta", Value: "z", Usage: "last of B", EnvVars: []string{"T_ZETA"}, Category: "B"},
+				&BoolFlag{Name: "alpha", Usage: "first of B", Category: "B"},
+				&IntFlag{Name: "n", Value: 3, Usage: "in A", Category: "A"},
+				&DurationFlag{Name: "none", Usage: "in no category"},
+				&StringSliceFlag{Name: "very-long-flag-name-past-the-column", Usage: "wider", Category: "A"},
+			},
+		}},
+	}
+}
+
+// TestHelpCategories: a command's help files its flags under their
+// categories, sorted, and the flags by name within each; flags of no
+// category come first, under no heading.
+func TestHelpCategories(t *testing.T) {
+	var out bytes.Buffer
+	if err := categorized(&out).Run([]string{"prog", "go", "--help"}); err != nil {
+		t.Fatal(err)
+	}
+	want := `NAME:
+   prog go - reads its flags
+
+USAGE:
+   prog go [command options]
+
+OPTIONS:
+   Every flag has a variable.
+   See the docs.
+
+   --none value                                in no category (default: 0s)
+
+   A:
+   --n value                                   in A (default: 3)
+   --very-long-flag-name-past-the-column value wider
+
+   B:
+   --alpha                                     first of B (default: false)
+   --zeta value                                last of B (default: "z")
+
+   --help, -h                                  show help
+`
+	if out.String() != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", out.String(), want)
+	}
+}
+
+// TestHelpColumn: without categories, the flags keep their order, and
+// descriptions start at one column for every command.
+func TestHelpColumn(t *testing.T) {
+	_, out, err := run(t, "go", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "   --str value                         a string (default: \"x\") [$T_STR]\n"
+	if !strings.Contains(out, want) || strings.Index(out, "--str") > strings.Index(out, "--size") {
+		t.Fatalf("got:\n%s\nwant a line %q, --str before --size", out, want)
+	}
+}
+
+// TestDocGeneration: what a docs generator reads of each kind of flag.
+func TestDocGeneration(t *testing.T) {
+	def := size(1024)
+	for _, tc := range []struct {
+		flag       Flag
+		def        string
+		takesValue bool
+	}{
+		{&StringFlag{Name: "s", Value: "v"}, `"v"`, true},
+		{&StringFlag{Name: "s"}, "", true},
+		{&IntFlag{Name: "i", Value: 7}, "7", true},
+		{&Float64Flag{Name: "f", Value: 0.5}, "0.5", true},
+		{&BoolFlag{Name: "b"}, "false", false},
+		{&DurationFlag{Name: "d", Value: 90 * time.Second}, "1m30s", true},
+		{&StringSliceFlag{Name: "l", Value: NewStringSlice("a", "", "b")}, `"a", "b"`, true},
+		{&StringSliceFlag{Name: "l"}, "", true},
+		{&GenericFlag{Name: "g", Value: &def}, "1KiB", true},
+	} {
+		df, ok := tc.flag.(DocGenerationFlag)
+		if !ok {
+			t.Fatalf("%T is not a DocGenerationFlag", tc.flag)
+		}
+		if got := df.GetDefaultText(); got != tc.def || df.TakesValue() != tc.takesValue {
+			t.Errorf("%T %s: default %q, takes a value %v; want %q, %v", tc.flag, tc.flag.Names()[0], got, df.TakesValue(), tc.def, tc.takesValue)
+		}
+		if _, ok := tc.flag.(CategorizableFlag); !ok {
+			t.Errorf("%T is not a CategorizableFlag", tc.flag)
+		}
+	}
+}
+
+// TestOnUsageError: the hook gets every command-line error with the
+// context it happened in (the command, whose flags it can suggest from),
+// and a command's own hook wins over the app's.
+func TestOnUsageError(t *testing.T) {
+	var out bytes.Buffer
+	type call struct {
+		// command is the context's command's name ("" for none).
+		command string
+		// sub is the hook's isSubcommand.
+		sub bool
+		// err is the error the hook was given.
+		err string
+	}
+	var calls []call
+	hook := func(c *Context, err error, sub bool) error {
+		name := ""
+		if c.Command != nil {
+			name = c.Command.Name
+		}
+		calls = append(calls, call{name, sub, err.Error()})
+		return fmt.Errorf("hooked: %w", err)
+	}
+	app := categorized(&out)
+	app.OnUsageError = hook
+	app.Commands = append(app.Commands, &Command{Name: "own", Flags: []Flag{&IntFlag{Name: "k"}},
+		OnUsageError: func(_ *Context, err error, _ bool) error { return fmt.Errorf("own: %w", err) }})
+	for _, tc := range []struct {
+		args string
+		want string
+		call call
+	}{
+		{"go --zeat=1", "hooked: flag provided but not defined: -zeat", call{"go", true, "flag provided but not defined: -zeat"}},
+		{"go --n=x", `hooked: invalid value "x" for flag -n: want an integer`, call{"go", true, `invalid value "x" for flag -n: want an integer`}},
+		{"--zeta go", "hooked: flag provided but not defined: -zeta", call{"", false, "flag provided but not defined: -zeta"}},
+		{"stop", `hooked: no command "stop"`, call{"", false, `no command "stop"`}},
+		{"own --j=1", "own: flag provided but not defined: -j", call{}},
+	} {
+		calls = nil
+		err := app.Run(append([]string{"prog"}, strings.Fields(tc.args)...))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got %v, want %s", tc.args, err, tc.want)
+		}
+		if tc.call == (call{}) {
+			if len(calls) != 0 {
+				t.Errorf("%s: the app's hook ran: %v", tc.args, calls)
+			}
+		} else if len(calls) != 1 || calls[0] != tc.call {
+			t.Errorf("%s: hook calls %v, want %v", tc.args, calls, tc.call)
+		}
+	}
+}
