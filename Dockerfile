@@ -8,8 +8,11 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
+# grpcnotrace: gRPC without golang.org/x/net/trace, whose html/template
+# would make the linker keep every exported method of every type (10 MB;
+# docs/benchmarks.md, Footprint). `make build` builds the same way.
 # build:
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/llmusage ./cmd/llmusage
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/llmusage ./cmd/llmusage
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/llmusage /usr/local/bin/llmusage

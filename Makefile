@@ -19,5 +19,8 @@ bench:
 fault:
 	./scripts/fault.sh
 
+## build: the binary ./llmusage (BIN=path for another), built as the Dockerfile builds it: static, stripped, without gRPC's /debug/requests tracing (whose html/template would make the linker keep every exported method; docs/benchmarks.md, Footprint)
+BIN ?= llmusage
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 build:
-	$(GO) build -o llmusage ./cmd/llmusage
+	CGO_ENABLED=0 $(GO) build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/llmusage

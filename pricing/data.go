@@ -17,8 +17,12 @@ import (
 	"github.com/llmusage/llmusage/usd"
 )
 
+// A string, not a []byte: the linker puts it with the read-only data,
+// whose pages an idle sidecar drops once start-up has parsed it
+// (releaseStartupMemory in cmd/llmusage), rather than with the writable.
+//
 //go:embed data/genai-prices.json
-var embeddedJSON []byte
+var embeddedJSON string
 
 // snapshotData is a parsed snapshot, shared by every table made from it.
 type snapshotData struct {
@@ -28,8 +32,31 @@ type snapshotData struct {
 	byName map[string]*provTable
 	// byID maps genai-prices provider ids to their tables, fallbacks included.
 	byID map[string]*provTable
-	// models is the listing of Table.Models, without overrides.
-	models []ModelInfo
+	// date is the snapshot's date: Table.Models lists the prices in
+	// effect then.
+	date time.Time
+	// names are the keys of byName, sorted: Table.Models' order.
+	names []string
+}
+
+// listing is the listing of Table.Models without overrides. It is built
+// on each call rather than kept: only the models API asks for it, and it
+// is a fifth of the parsed snapshot's memory in every idle sidecar.
+func (d *snapshotData) listing() []ModelInfo {
+	var models []ModelInfo
+	for _, name := range d.names {
+		for _, m := range d.byName[name].models {
+			c := m.priceAt(d.date, true)
+			if c.empty {
+				continue
+			}
+			models = append(models, ModelInfo{
+				Provider: name, ModelID: m.id, Name: m.name, Price: c.price,
+				Deprecated: m.deprecated, ContextWindow: m.contextWindow, Source: d.snapshot.Source,
+			})
+		}
+	}
+	return models
 }
 
 // provTable is a genai-prices provider.
@@ -328,9 +355,9 @@ type (
 	}
 )
 
-func parseSnapshot(b []byte) (*snapshotData, error) {
+func parseSnapshot(b string) (*snapshotData, error) {
 	var f fileJSON
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec := json.NewDecoder(strings.NewReader(b))
 	dec.UseNumber()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("cannot parse the genai-prices snapshot: %w", err)
@@ -390,18 +417,7 @@ func parseSnapshot(b []byte) (*snapshotData, error) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		for _, m := range d.byName[name].models {
-			c := m.priceAt(date, true)
-			if c.empty {
-				continue
-			}
-			d.models = append(d.models, ModelInfo{
-				Provider: name, ModelID: m.id, Name: m.name, Price: c.price,
-				Deprecated: m.deprecated, ContextWindow: m.contextWindow, Source: d.snapshot.Source,
-			})
-		}
-	}
+	d.names, d.date = names, date
 	return d, nil
 }
 

@@ -225,8 +225,6 @@ type Table struct {
 	data *snapshotData
 	// overrides are tried first, in order.
 	overrides []override
-	// models is the listing Models returns copies of.
-	models []ModelInfo
 }
 
 // Embedded returns the table of the embedded snapshot. It is parsed once.
@@ -294,11 +292,6 @@ func (t *Table) With(overrides []Override) (*Table, error) {
 		}})
 	}
 	n.overrides = append(n.overrides, t.overrides...)
-	n.models = make([]ModelInfo, 0, len(n.overrides)+len(t.data.models))
-	for _, o := range n.overrides {
-		n.models = append(n.models, ModelInfo{Provider: o.Provider, ModelID: o.Model, Price: o.price, Source: o.Source})
-	}
-	n.models = append(n.models, t.data.models...)
 	return n, nil
 }
 
@@ -309,8 +302,16 @@ func (t *Table) Snapshot() Snapshot { return t.data.snapshot }
 // with an embedded table, by provider name (a genai-prices provider
 // serving two llmusage names is listed under both). Models priced only
 // through a fallback provider are not repeated. The Tiers slices are
-// shared: do not modify them.
-func (t *Table) Models() []ModelInfo { return append([]ModelInfo(nil), t.models...) }
+// shared: do not modify them. The listing is built on each call, not
+// kept: every table (one per rules reload) would hold a copy of it, and
+// only the models API asks for it.
+func (t *Table) Models() []ModelInfo {
+	models := make([]ModelInfo, 0, len(t.overrides))
+	for _, o := range t.overrides {
+		models = append(models, ModelInfo{Provider: o.Provider, ModelID: o.Model, Price: o.price, Source: o.Source})
+	}
+	return append(models, t.data.listing()...)
+}
 
 // embedded parses the embedded snapshot once.
 var embedded = sync.OnceValues(func() (*Table, error) {
@@ -318,7 +319,7 @@ var embedded = sync.OnceValues(func() (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Table{data: d, models: d.models}, nil
+	return &Table{data: d}, nil
 })
 
 // override is a validated Override with its Price.

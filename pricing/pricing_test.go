@@ -442,7 +442,7 @@ func TestParseSnapshotFailure(t *testing.T) {
 	f := func(models, wantErr string) {
 		t.Helper()
 		b := `{"version":"0.1.8","date":"2026-09-23","providers":[{"id":"openai","models":[` + models + `]}]}`
-		_, err := parseSnapshot([]byte(b))
+		_, err := parseSnapshot(b)
 		if err == nil || !strings.HasPrefix(err.Error(), "cannot ") || !strings.Contains(err.Error(), wantErr) {
 			t.Fatalf("unexpected error for %s: %v; want %q", models, err, wantErr)
 		}

@@ -473,7 +473,7 @@ func jittered(backoff time.Duration) time.Duration {
 // poll reads the rule and price rows every pollInterval and calls
 // changed when they differ from the last read: three small queries.
 func (s *postgresStore) poll(ctx context.Context, changed func()) error {
-	return pollRules(ctx, s.pollInterval, s, changed)
+	return pollRules(ctx, s.pollInterval, s, nil, changed)
 }
 
 // listen LISTENs until the connection fails or ctx ends.

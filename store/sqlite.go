@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -233,9 +235,41 @@ func sqliteSpent(q usage.SpendQuery) (string, []any) {
 }
 
 // WatchRules polls the rule tables and llm_model_prices and calls changed
-// when their content differs from the last poll.
+// when their content differs from the last poll. The rows are read only
+// when the database's files have changed since: an idle sidecar then runs
+// no SQLite code every second (docs/benchmarks.md, Footprint).
 func (s *sqliteStore) WatchRules(ctx context.Context, changed func()) error {
-	return pollRules(ctx, sqlitePollInterval, s, changed)
+	return pollRules(ctx, sqlitePollInterval, s, s.stamp, changed)
+}
+
+// stampSettle is longer than the timestamp granularity of the file
+// systems a data directory is on (2 s on FAT; ext4, XFS and overlayfs
+// are finer).
+const stampSettle = 3 * time.Second
+
+// stamp describes the database file and its WAL (size and modification
+// time): any commit, by this process or another, changes one of
+// them. settled tells whether both were last modified long enough before
+// now that a write in the same timestamp tick as the stamp would have
+// changed it. An empty key (a file that cannot be read) means: read.
+func (s *sqliteStore) stamp(now time.Time) (string, bool) {
+	var key strings.Builder
+	settled := true
+	for _, name := range []string{s.path, s.path + "-wal"} {
+		fi, err := os.Stat(name)
+		if errors.Is(err, fs.ErrNotExist) && name != s.path {
+			key.WriteString("absent;")
+			continue
+		}
+		if err != nil {
+			return "", false
+		}
+		fmt.Fprintf(&key, "%d:%d;", fi.Size(), fi.ModTime().UnixNano())
+		if now.Sub(fi.ModTime()) < stampSettle {
+			settled = false
+		}
+	}
+	return key.String(), settled
 }
 
 // Usage adds up whole days from llmusage_daily_totals (the summary's

@@ -236,20 +236,36 @@ func trimDecimal(s *string) *string {
 }
 
 // pollRules reads src's rule and price rows every interval until ctx
-// ends and calls changed when they differ from the last read.
+// ends and calls changed when they differ from the last read. stamp, if
+// not nil, describes the database's files (see sqliteStore.stamp): while
+// it stays the same, the rows are not read again.
 func pollRules(ctx context.Context, interval time.Duration, src interface {
 	rules.Source
 	rules.PriceSource
-}, changed func()) error {
+}, stamp func(now time.Time) (key string, settled bool), changed func()) error {
 	last := ""
+	lastKey, lastSettled := "", false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if sum, err := readFingerprint(ctx, src); err == nil {
-			if last != "" && sum != last {
-				changed()
+		key, settled := "", false
+		if stamp != nil {
+			key, settled = stamp(time.Now())
+		}
+		// The stamp is taken before the read, so that a write after it
+		// changes the next one; a write within the file system's timestamp
+		// granularity of it may not, which is why an unsettled stamp is
+		// read again.
+		if stamp == nil || key == "" || key != lastKey || !lastSettled || last == "" {
+			if sum, err := readFingerprint(ctx, src); err == nil {
+				if last != "" && sum != last {
+					changed()
+				}
+				last = sum
+				lastKey, lastSettled = key, settled
+			} else {
+				lastKey, lastSettled = "", false
 			}
-			last = sum
 		}
 		select {
 		case <-ctx.Done():

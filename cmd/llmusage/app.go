@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +33,10 @@ func newApp() *cli.App {
 		},
 		// One clear line instead of the usage text, for a bad flag.
 		OnUsageError: usageError,
+		// Every flag has its variable by the same rule: said once, on top
+		// of each command's one line per flag.
+		OptionsNote: "Every flag can also be set by the environment: --flag-name by LLMUSAGE_FLAG_NAME.\nDetails and defaults: docs/flags.md.",
+		HideEnvVars: true,
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/urfave/cli/v2"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 // byteSize is a flag value in bytes, written as 1048576, 512KiB, 256MiB or
@@ -25,7 +25,7 @@ func bytesOf(c *cli.Context, name string) int64 {
 	return int64(*c.Generic(name).(*byteSize))
 }
 
-// Set parses a size; it is how urfave/cli assigns the flag.
+// Set parses a size; it is how the command line assigns the flag.
 func (b *byteSize) Set(s string) error {
 	n, err := parseBytes(s)
 	if err != nil {

@@ -12,7 +12,8 @@ import (
 // TestDockerfileBuild runs the build command of the Dockerfile (no Docker
 // engine is needed) and checks that it yields a static binary that runs:
 // the distroless image has no libc, so a dynamically linked binary would
-// not start there.
+// not start there; and that it links nothing that TestMakeBuildLinks
+// keeps out.
 func TestDockerfileBuild(t *testing.T) {
 	raw, err := os.ReadFile("../../Dockerfile")
 	if err != nil {
@@ -52,4 +53,5 @@ func TestDockerfileBuild(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(got), "llmusage v0.0.0-test ") {
 		t.Fatalf("llmusage version: %s %v", got, err)
 	}
+	checkLinks(t, out)
 }

@@ -6,8 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/internal/suggest"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/otlp"
@@ -15,7 +14,7 @@ import (
 )
 
 // The categories of serve's flags, as --help and docs/flags.md group them
-// (urfave/cli sorts them by name).
+// (sorted by name).
 const (
 	catAPI     = "API"
 	catLimits  = "Limits and budgets"
@@ -218,15 +217,12 @@ var undefinedFlag = regexp.MustCompile(`^flag provided but not defined: -+(.+)$`
 func usageError(c *cli.Context, err error, _ bool) error {
 	msg := err.Error()
 	if m := undefinedFlag.FindStringSubmatch(msg); m != nil && c != nil {
-		var flags []cli.Flag
-		if c.Command != nil && c.Command.Name != "" {
-			flags = c.Command.Flags
-		} else if c.App != nil {
-			flags = c.App.Flags
-		}
+		// The app has no flags of its own: only a command's can be meant.
 		var names []string
-		for _, f := range flags {
-			names = append(names, f.Names()...)
+		if c.Command != nil {
+			for _, f := range c.Command.Flags {
+				names = append(names, f.Names()...)
+			}
 		}
 		if s := suggest.Nearest(m[1], names); s != "" {
 			msg += fmt.Sprintf("; did you mean --%s?", s)
@@ -234,26 +230,3 @@ func usageError(c *cli.Context, err error, _ bool) error {
 	}
 	return fmt.Errorf("cannot parse the command line: %s (see --help)", strings.TrimSpace(msg))
 }
-
-// commandHelp is the --help of a command with many flags: one line per
-// flag under its category, without the environment variable that every
-// flag has by the same rule (said once, on top).
-const commandHelp = `{{define "flagLine"}}   {{if .TakesValue}}{{printf "--%s value" (index .Names 0) | printf "%-36s"}}{{else}}{{printf "--%s" (index .Names 0) | printf "%-36s"}}{{end}}{{.GetUsage}}{{if .GetDefaultText}} (default: {{.GetDefaultText}}){{end}}
-{{end}}NAME:
-   {{template "helpNameTemplate" .}}
-
-USAGE:
-   {{template "usageTemplate" .}}{{if .Description}}
-
-DESCRIPTION:
-   {{template "descriptionTemplate" .}}{{end}}
-
-OPTIONS:
-   Every flag can also be set by the environment: --flag-name by LLMUSAGE_FLAG_NAME.
-   Details and defaults: docs/flags.md.
-{{if .VisibleFlagCategories}}{{range .VisibleFlagCategories}}
-{{if .Name}}   {{.Name}}:
-{{end}}{{range .Flags}}{{template "flagLine" .}}{{end}}{{end}}
-   {{printf "--help, -h" | printf "%-36s"}}show help
-{{else}}
-{{range .VisibleFlags}}{{template "flagLine" .}}{{end}}{{end}}`

@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/urfave/cli/v2"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 // flagsMarkdown renders docs/flags.md from the commands' flags: one table

@@ -8,8 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/urfave/cli/v2"
-
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/internal/sidecartest"
 )
 

@@ -8,17 +8,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/urfave/cli/v2"
 
 	"github.com/llmusage/llmusage/inject"
+	"github.com/llmusage/llmusage/internal/cli"
 )
 
 func injectCommand() *cli.Command {
 	return &cli.Command{
-		Name:               "inject",
-		Usage:              "run the mutating admission webhook that adds the llmusage sidecar to pods (docs/kubernetes.md, Injection)",
-		OnUsageError:       usageError,
-		CustomHelpTemplate: commandHelp,
+		Name:         "inject",
+		Usage:        "run the mutating admission webhook that adds the llmusage sidecar to pods (docs/kubernetes.md, Injection)",
+		OnUsageError: usageError,
 		Flags: concat(
 			inCategory("Webhook",
 				stringFlag("listen-address", ":8443", "address of the webhook (HTTPS): POST /mutate, /mutate/annotated, /healthz, /readyz"),

@@ -11,11 +11,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/urfave/cli/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/internal/sidecartest"
 	"github.com/llmusage/llmusage/redisquota"
 )

@@ -8,18 +8,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/llmusage/llmusage/collector"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/loadgen"
 )
 
 func loadgenCommand() *cli.Command {
 	return &cli.Command{
-		Name:               "loadgen",
-		Usage:              "drive a running sidecar with records or checks and report throughput and latency",
-		OnUsageError:       usageError,
-		CustomHelpTemplate: commandHelp,
+		Name:         "loadgen",
+		Usage:        "drive a running sidecar with records or checks and report throughput and latency",
+		OnUsageError: usageError,
 		Flags: []cli.Flag{
 			stringFlag("target", "http://127.0.0.1:9470", "the sidecar's API: http://host:port or unix:/path/to/socket"),
 			stringFlag("mode", "record", "record (one record per request), batch (--batch-size records) or check"),

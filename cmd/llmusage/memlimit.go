@@ -7,7 +7,12 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 )
+
+// startupTail is how long after the sidecar starts serving its start-up
+// memory is released (releaseStartupMemory).
+const startupTail = 10 * time.Second
 
 // applyMemoryLimit sets the Go runtime's soft memory limit, so that the
 // garbage collector works harder before the container's limit is hit

@@ -6,17 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/urfave/cli/v2"
-
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/store"
 )
 
 func migrateCommand() *cli.Command {
 	return &cli.Command{
-		Name:               "migrate",
-		Usage:              "apply the embedded schema migrations (adopting the seed's groq_* tables if present)",
-		OnUsageError:       usageError,
-		CustomHelpTemplate: commandHelp,
+		Name:         "migrate",
+		Usage:        "apply the embedded schema migrations (adopting the seed's groq_* tables if present)",
+		OnUsageError: usageError,
 		Flags: append(databaseFlags(),
 			dataDirFlag(),
 			boolFlag("status", false, "list the migrations and whether each is applied, changing nothing"),

@@ -13,12 +13,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
 
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/docs"
 	"github.com/llmusage/llmusage/exporter"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/ledger"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/otlp"
@@ -32,11 +32,10 @@ import (
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
-		Name:               "serve",
-		Usage:              "run the sidecar: intake API, limits and /metrics",
-		OnUsageError:       usageError,
-		CustomHelpTemplate: commandHelp,
-		Flags:              serveFlags(),
+		Name:         "serve",
+		Usage:        "run the sidecar: intake API, limits and /metrics",
+		OnUsageError: usageError,
+		Flags:        serveFlags(),
 		Action: func(c *cli.Context) error {
 			cfg, err := serveConfigFrom(c)
 			if err != nil {
@@ -241,6 +240,11 @@ func run(ctx context.Context, cfg serveConfig) error {
 	}
 	logStart(logger, cfg.Proxy.Upstreams, s.rules.Set().InForce)
 	s.ready.Store(true)
+	// What start-up alone used need not stay resident. Start-up's tail
+	// counts: the rule watcher reads the embedded store until its files
+	// settle (store.stampSettle), and the first flush and sweep run.
+	release := time.AfterFunc(startupTail, releaseStartupMemory)
+	defer release.Stop()
 	logger.Info("llmusage serving", "version", version, "api", apiLn.Addr().String(), "metrics", metricsLn.Addr().String(), "rules", len(s.rules.Set().InForce))
 
 	select {

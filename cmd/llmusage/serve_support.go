@@ -8,13 +8,14 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
+
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/limiter"
 	"github.com/llmusage/llmusage/redisquota"
 	"github.com/llmusage/llmusage/rules"
 	"github.com/llmusage/llmusage/store"
-	"github.com/prometheus/common/model"
-	"github.com/urfave/cli/v2"
-	"google.golang.org/grpc"
 )
 
 // maintenanceOptions reads --retention (a duration as Prometheus writes

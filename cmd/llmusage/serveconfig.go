@@ -9,10 +9,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/llmusage/llmusage/collector"
 	"github.com/llmusage/llmusage/exporter"
+	"github.com/llmusage/llmusage/internal/cli"
 	"github.com/llmusage/llmusage/otlp"
 	"github.com/llmusage/llmusage/proxy"
 	"github.com/llmusage/llmusage/redisquota"
