@@ -212,11 +212,17 @@ func concat(lists ...[]cli.Flag) []cli.Flag {
 // undefinedFlag matches the flag package's error for an unknown flag.
 var undefinedFlag = regexp.MustCompile(`^flag provided but not defined: -+(.+)$`)
 
+// unknownCommand matches internal/cli's error for an unknown command.
+var unknownCommand = regexp.MustCompile(`^no command "(.+)"$`)
+
 // usageError is every command's answer to a bad command line: one line,
-// naming the flag nearest an unknown one.
+// naming the flag (or command) nearest an unknown one.
 func usageError(c *cli.Context, err error, _ bool) error {
 	msg := err.Error()
 	if m := undefinedFlag.FindStringSubmatch(msg); m != nil && c != nil {
+		// Named as the docs and --help name flags, with two dashes,
+		// where the flag package's error has one.
+		msg = "flag provided but not defined: --" + m[1]
 		// The app has no flags of its own: only a command's can be meant.
 		var names []string
 		if c.Command != nil {
@@ -226,6 +232,15 @@ func usageError(c *cli.Context, err error, _ bool) error {
 		}
 		if s := suggest.Nearest(m[1], names); s != "" {
 			msg += fmt.Sprintf("; did you mean --%s?", s)
+		}
+	}
+	if m := unknownCommand.FindStringSubmatch(msg); m != nil && c != nil && c.App != nil {
+		var names []string
+		for _, cmd := range c.App.Commands {
+			names = append(names, cmd.Name)
+		}
+		if s := suggest.Nearest(m[1], names); s != "" {
+			msg += fmt.Sprintf("; did you mean %s?", s)
 		}
 	}
 	return fmt.Errorf("cannot parse the command line: %s (see --help)", strings.TrimSpace(msg))

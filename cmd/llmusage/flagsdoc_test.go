@@ -86,11 +86,11 @@ func TestUnknownFlagSuggestion(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"serve", "--databse-url", "x"}, "llmusage: cannot parse the command line: flag provided but not defined: -databse-url; did you mean --database-url? (see --help)\n"},
+		{[]string{"serve", "--databse-url", "x"}, "llmusage: cannot parse the command line: flag provided but not defined: --databse-url; did you mean --database-url? (see --help)\n"},
 		{[]string{"serve", "--redis-fail-mod=open"}, "did you mean --redis-fail-mode?"},
 		{[]string{"migrate", "--statsu"}, "did you mean --status?"},
-		{[]string{"inject", "--tls-cert=x"}, "flag provided but not defined: -tls-cert (see --help)"},
-		{[]string{"serve", "--colour"}, "flag provided but not defined: -colour (see --help)"},
+		{[]string{"inject", "--tls-cert=x"}, "flag provided but not defined: --tls-cert (see --help)"},
+		{[]string{"serve", "--colour"}, "flag provided but not defined: --colour (see --help)"},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		out, err := cmd.CombinedOutput()
