@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -313,7 +314,13 @@ func (m *Manager) merge(file *File, rows []Row, prices []PriceRow) *Set {
 	set.Skipped = append(set.Skipped, skipped...)
 	for _, s := range set.Shadowed {
 		r := s.Rule
-		m.logger.Info("limit rule shadowed by a rule of the same scope", "rule", r.Source, "by", s.By,
+		// A seeded default yielding to the limits file is the expected
+		// case, not news: logged only at debug.
+		level := slog.LevelInfo
+		if strings.HasSuffix(r.Source, "(seeded default)") {
+			level = slog.LevelDebug
+		}
+		m.logger.Log(context.Background(), level, "limit rule shadowed by a rule of the same scope", "rule", r.Source, "by", s.By,
 			"limit_type", r.Window.String(), "unit", r.Unit.String(), "user_id", r.UserID, "provider", r.Provider, "model", r.Model)
 	}
 	return set

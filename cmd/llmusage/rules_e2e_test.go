@@ -92,8 +92,8 @@ func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(stri
 	if got := rules(""); !strings.Contains(got, `"shadowed_by":"the limits file `) || !strings.Contains(got, `(seeded default)`) {
 		t.Fatalf("/v1/rules does not show the seeded defaults yielding to the file: %s", got)
 	}
-	if !strings.Contains(s.Log(), "limit rule shadowed by a rule of the same scope") {
-		t.Fatalf("no shadowed rule logged at start:\n%s", s.Log())
+	if strings.Contains(s.Log(), "limit rule shadowed by a rule of the same scope") {
+		t.Fatalf("the seeded defaults yielding to the file are logged above debug:\n%s", s.Log())
 	}
 
 	// The seed's UPDATE, as written there: within 2 seconds the limit is 100.
@@ -117,6 +117,9 @@ func checkRulesAfterChanges(t *testing.T, s *sidecartest.Sidecar, exec func(stri
 	}
 	if got := rules(""); !strings.Contains(got, `"shadowed_by":"llm_rate_limit_configs id 1"`) {
 		t.Fatalf("/v1/rules does not show the file rule shadowed by the updated row: %s", got)
+	}
+	if !strings.Contains(s.Log(), `"msg":"limit rule shadowed by a rule of the same scope","rule":"`+file+`:2","by":"llm_rate_limit_configs id 1"`) {
+		t.Fatalf("the file rule shadowed by the updated row is not logged:\n%s", s.Log())
 	}
 
 	// A row written 'Azure' limits checks sent as azure (and as the
