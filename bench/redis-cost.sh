@@ -11,7 +11,13 @@
 # checks), scripts and commands per check (INFO commandstats, INFO
 # stats). The sidecar runs on CPU 0; the load generator and Redis share
 # CPU 1.
-# Usage: bench/redis-cost.sh BASE_COMMIT [seconds per run, default 10]
+# HOLDS=1: every measured check takes a hold (the common case in
+# production, where each check's record follows it): each run gets a
+# fresh sidecar and an empty Redis, a warm-up of 1 s only, and the run
+# must stay under the sidecar's 100,000 holds (keep the seconds per run
+# at 5 or fewer under the closed loop of this host); "holds" reports the
+# index's SADDs per check (1 when every check took one).
+# Usage: [HOLDS=1] bench/redis-cost.sh BASE_COMMIT [seconds per run, default 10]
 # [rounds, default 3] [users, default 10000].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +52,7 @@ redis_pid=${pids[-1]}
 for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 rcli() { redis-cli -p "$redis_port" "$@"; }
 evals() { rcli info commandstats | sed -n 's/^cmdstat_\(evalsha\|eval\):calls=\([0-9]*\).*/\2/p' | awk '{s += $1} END {print s + 0}'; }
+sadds() { rcli info commandstats | sed -n 's/^cmdstat_sadd:calls=\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'; }
 commands() { rcli info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p' | tr -d '\r'; }
 
 # One bucket a check: each user's requests a minute, high enough that
@@ -68,22 +75,36 @@ limits:
     usd: 1000000
 YAML
 
-# measure BIN LIMITS ROUND: prints one JSON line per run of the round.
-measure() {
-	local bin=$1 limits=$2 round=$3
-	local api=127.0.0.1:$(free_port) metrics=127.0.0.1:$(free_port)
+# start BIN LIMITS: a fresh sidecar on an empty Redis, warmed up; sets
+# api and pid.
+start() {
+	local bin=$1 limits=$2
+	api=127.0.0.1:$(free_port)
+	local metrics=127.0.0.1:$(free_port)
 	rcli flushall >/dev/null
 	rm -rf "$work/data"
 	"${on_server[@]}" "$work/$bin" serve --listen-address "$api" --metrics-address "$metrics" --data-dir "$work/data" \
 		--limits-file "$work/$limits.yaml" --budget-unpriced allow --redis-url "redis://127.0.0.1:$redis_port/0" >"$work/$bin.log" 2>&1 & pids+=($!)
-	local pid=${pids[-1]}
+	pid=${pids[-1]}
 	wait_up "http://$metrics/readyz" "$pid"
-	local warm=0
-	while [ "$warm" -lt 110000 ]; do
-		warm=$((warm + $("${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration 5s --users "$users" --json |
+	local warm=0 until=110000 chunk=5s
+	[ -n "${HOLDS:-}" ] && until=1 chunk=1s
+	while [ "$warm" -lt "$until" ]; do
+		warm=$((warm + $("${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration "$chunk" --users "$users" --json |
 			python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')))
 	done
+}
+
+# measure BIN LIMITS ROUND: prints one JSON line per run of the round.
+measure() {
+	local bin=$1 limits=$2 round=$3
+	local api pid
+	[ -z "${HOLDS:-}" ] && start "$bin" "$limits"
 	for kind in closed paced; do
+		if [ -n "${HOLDS:-}" ]; then
+			[ "$kind" = paced ] && stop_last
+			start "$bin" "$limits"
+		fi
 		if ! kill -0 "$pid" 2>/dev/null; then
 			echo "$bin sidecar exited (round $round, $limits); its log ends:" >&2
 			tail -20 "$work/$bin.log" >&2
@@ -91,20 +112,20 @@ measure() {
 		fi
 		local rate=()
 		[ "$kind" = paced ] && rate=(--rate "${RATE:-2000}")
-		local c0 r0 e0 k0 out c1 r1 e1 k1
-		c0=$(cpu "$pid"); r0=$(cpu "$redis_pid"); e0=$(evals); k0=$(commands)
+		local c0 r0 e0 k0 s0 out c1 r1 e1 k1 s1
+		c0=$(cpu "$pid"); r0=$(cpu "$redis_pid"); e0=$(evals); k0=$(commands); s0=$(sadds)
 		out=$("${on_client[@]}" "$work/new" loadgen --target "http://$api" --mode check --connections 16 --duration "${secs}s" --users "$users" "${rate[@]}" --json)
-		c1=$(cpu "$pid"); r1=$(cpu "$redis_pid"); e1=$(evals); k1=$(commands)
-		python3 - "$bin" "$limits" "$kind" "$round" "$out" "$c0" "$c1" "$r0" "$r1" "$e0" "$e1" "$k0" "$k1" <<'PY'
+		c1=$(cpu "$pid"); r1=$(cpu "$redis_pid"); e1=$(evals); k1=$(commands); s1=$(sadds)
+		python3 - "$bin" "$limits" "$kind" "$round" "$out" "$c0" "$c1" "$r0" "$r1" "$e0" "$e1" "$k0" "$k1" "$s0" "$s1" <<'PY'
 import json, sys
 bin, limits, kind, rnd, out = sys.argv[1:6]
 out = json.loads(out)
 c0, c1, r0, r1 = map(float, sys.argv[6:10])
-e0, e1, k0, k1 = map(int, sys.argv[10:14])
+e0, e1, k0, k1, s0, s1 = map(int, sys.argv[10:16])
 n = out["requests"]
 print(json.dumps({"bin": bin, "limits": limits, "kind": kind, "round": int(rnd), "per_second": round(out["requests_per_second"]),
     "p50_ms": out["latency_p50_ms"], "p99_ms": out["latency_p99_ms"], "sidecar_cpu_us": round((c1 - c0) / n * 1e6, 1),
-    "redis_cpu_us": round((r1 - r0) / n * 1e6, 1), "scripts": round((e1 - e0) / n, 3), "commands": round((k1 - k0) / n, 2)}))
+    "redis_cpu_us": round((r1 - r0) / n * 1e6, 1), "scripts": round((e1 - e0) / n, 3), "commands": round((k1 - k0) / n, 2), "holds": round((s1 - s0) / n, 3)}))
 PY
 	done
 	stop_last
@@ -126,7 +147,7 @@ echo "== medians over $rounds rounds (base $base, new $(git rev-parse --short HE
 python3 - "${results[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(a) for a in sys.argv[1:]]
-keys = ["per_second", "p50_ms", "p99_ms", "sidecar_cpu_us", "redis_cpu_us", "scripts", "commands"]
+keys = ["per_second", "p50_ms", "p99_ms", "sidecar_cpu_us", "redis_cpu_us", "scripts", "commands", "holds"]
 for limits in ("one", "three"):
     for kind in ("closed", "paced"):
         for bin in ("base", "new"):

@@ -245,13 +245,11 @@ func (s *Store) sweepHolds(now time.Time) {
 // indexHold adds a hold to this instance's index where the bucket script
 // cannot (a Redis Cluster keeps the index in another slot). A hold left
 // out of the index is given back by its wait, not when its replica dies.
+// The index's expiry is set by the registration (replicasScript).
 func (s *Store) indexHold(user, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 	defer cancel()
-	pipe := s.opts.Client.Pipeline()
-	pipe.SAdd(ctx, s.holdIndexKey(s.instance), s.holdKey(user, id))
-	pipe.PExpire(ctx, s.holdIndexKey(s.instance), s.opts.HoldTTL)
-	_, _ = pipe.Exec(ctx)
+	_ = s.opts.Client.SAdd(ctx, s.holdIndexKey(s.instance), s.holdKey(user, id)).Err()
 }
 
 // releaseLapsed gives back the holds of the instances that left the

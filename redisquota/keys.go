@@ -16,8 +16,11 @@ import (
 // that a Redis Cluster keeps them in one slot.
 func (s *Store) globalKey(name string) string { return s.opts.Prefix + ":{g}:" + name }
 
-// holdKey names the hold of user's check id, in the user's slot.
-func (s *Store) holdKey(user, id string) string { return s.userTag(user) + "h:" + id }
+// holdKey names the hold of user's check id, in the user's slot. ("h:"
+// named a hold that was a hash: a replica of that version finds none
+// under this name, rather than failing on a string, during a rolling
+// upgrade.)
+func (s *Store) holdKey(user, id string) string { return s.userTag(user) + "hs:" + id }
 
 // chargedKey names the marker of user's record id charged.
 func (s *Store) chargedKey(user, id string) string { return s.userTag(user) + "c:" + id }

@@ -390,8 +390,9 @@ func (s *Store) register(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, max(4*s.opts.Timeout, 200*time.Millisecond))
 	defer cancel()
 	start := time.Now()
-	keys := []string{s.globalKey("replicas"), s.globalKey("epoch"), s.globalKey("lapsed")}
-	vals, err := replicasScript.Run(rctx, s.opts.Client, keys, s.instance, replicaTTL.Milliseconds(), randomID()).Slice()
+	keys := []string{s.globalKey("replicas"), s.globalKey("epoch"), s.globalKey("lapsed"), s.holdIndexKey(s.instance)}
+	vals, err := replicasScript.Run(rctx, s.opts.Client, keys, s.instance, replicaTTL.Milliseconds(), randomID(),
+		(s.opts.HoldTTL + 2*replicaTTL).Milliseconds()).Slice()
 	end := time.Now()
 	var n int64
 	var epoch string

@@ -41,8 +41,8 @@ import (
 // of slots whose refill is 0: its expiry is set again at each write.
 //
 // Holds: a take with a request_id keeps what it debited from each bucket
-// in the hold, a hash of bucket key to amount (field "@" names the
-// replica instance that made it), so that the record of that request_id
+// in the hold, a string (holdLua) of the replica instance that made it
+// and each bucket key with its amount, so that the record of that request_id
 // settles it on whichever replica it reaches: a charge with a request_id
 // debits its amount less what the hold holds in that bucket, deletes the
 // hold, and sets the charged marker, after which a charge of the same
@@ -95,6 +95,7 @@ local B = 9
 local maxTTL = 3153600000000
 -- The epoch key's value, read once a batch: no check writes it.
 local epochs = {}
+` + holdLua + `
 -- check judges the call whose keys start after KEYS[ko] and whose
 -- arguments start after ARGV[ao].
 local function check(ko, ao)
@@ -126,9 +127,22 @@ if epoch ~= '' then
   end
   if e ~= epoch then return answer(-3) end
 end
+-- One MGET reads the hold, the marker and the buckets (their slot is the
+-- user's): a check that takes a hold paid a GET, an HGETALL and a GET a
+-- bucket. MGET answers nil for a key of another type where GET fails, so
+-- a bucket it does not find is read again by GET, which does.
+local rk, off = {}, 0
+if id ~= '' and mode ~= 'read' then rk[1], rk[2], off = hold, marker, 2 end
+for i = 1, n do rk[off + i] = KEYS[ko + i] end
+local vals = {}
+if #rk == 1 then
+  vals = {redis.call('GET', rk[1])}
+elseif #rk > 1 then
+  vals = redis.call('MGET', unpack(rk))
+end
 local duplicate, counted, over, marked = false, false, false, false
 if id ~= '' and mode ~= 'read' then
-  local m = redis.call('GET', marker)
+  local m = vals[2]
   marked = m ~= false and m ~= nil
   if m == '1' or (m and mode == 'take') then
     -- The record of this request_id was charged: a record sent again is
@@ -145,12 +159,10 @@ end
 -- What the hold of this request_id holds in each bucket.
 local held = {}
 local hasHold = false
-if id ~= '' and mode ~= 'read' then
-  local h = redis.call('HGETALL', hold)
-  for j = 1, #h, 2 do
-    if h[j] ~= '@' then held[h[j]] = tonumber(h[j + 1]) end
-    hasHold = true
-  end
+if id ~= '' and mode ~= 'read' and vals[1] then
+  local f = holdFields(vals[1])
+  for j = 2, #f, 2 do held[f[j]] = tonumber(f[j + 1]) end
+  hasHold = true
 end
 local levels, rates, stale, spent, back = {}, {}, {}, {}, {}
 local allowed, unknown = 1, false
@@ -162,7 +174,8 @@ for i = 1, n do
   rates[i] = rate
   back[i] = held[k] or 0
   held[k] = nil
-  local v = redis.call('GET', k)
+  local v = vals[off + i]
+  if not v and off + n > 1 then v = redis.call('GET', k) end
   local level = cap
   if tonumber(ARGV[a + 4]) > 0 then
     if v then
@@ -240,27 +253,26 @@ if write and hasHold then
       redis.call('SET', k, string.format('%d', math.max(0, tonumber(v) - amount)), 'KEEPTTL')
     end
   end
-  redis.call('DEL', hold)
+  -- (A take sets the hold again below.)
+  if mode == 'charge' then redis.call('DEL', hold) end
 end
 if write and id ~= '' then
   if mode == 'charge' then
     redis.call('SET', marker, '1', 'PX', ARGV[ao + 8])
   elseif not marked then
     -- (A marker read at the start: no write of this call sets one.)
-    local fields = {'@', ARGV[ao + 6]}
+    local f = {holdField(ARGV[ao + 6])}
     for i = 1, n do
       local a = ao + B + 1 + (i - 1) * 5
       if tonumber(ARGV[a + 3]) ~= 0 then
-        fields[#fields + 1] = KEYS[ko + i]
-        fields[#fields + 1] = ARGV[a + 3]
+        f[#f + 1] = holdField(KEYS[ko + i])
+        f[#f + 1] = holdField(ARGV[a + 3])
       end
     end
-    redis.call('HSET', hold, unpack(fields))
-    redis.call('PEXPIRE', hold, ARGV[ao + 7])
-    if indexed then
-      redis.call('SADD', index, hold)
-      redis.call('PEXPIRE', index, ARGV[ao + 7])
-    end
+    redis.call('SET', hold, table.concat(f), 'PX', ARGV[ao + 7])
+    -- The index's expiry is set by the registration (replicasScript),
+    -- not at each hold.
+    if indexed then redis.call('SADD', index, hold) end
   end
 end
 if mode == 'read' then allowed = 1 end
@@ -303,7 +315,11 @@ return out
 // scored by the server's clock in milliseconds, and forgets the instances
 // not seen for ARGV[2] milliseconds, moving them to the set KEYS[3] of
 // instances whose holds are to be given back. It sets the epoch KEYS[2]
-// to ARGV[3] unless Redis holds one. It returns {how many instances are
+// to ARGV[3] unless Redis holds one. It keeps this instance's index of
+// holds KEYS[4] for ARGV[4] milliseconds more: every 2 s rather than at
+// each hold, which saves a PEXPIRE a check; an index a replica killed
+// between a hold and its next registration leaves without an expiry is
+// deleted by the replica that gives its holds back (releaseLapsed). It returns {how many instances are
 // live, the server's clock in microseconds, the epoch}.
 var replicasScript = redis.NewScript(`
 local t = redis.call('TIME')
@@ -315,6 +331,7 @@ if #gone > 0 then
   redis.call('SADD', KEYS[3], unpack(gone))
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[3], 'NX')
 return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', tonumber(t[1]) * 1000000 + tonumber(t[2])), redis.call('GET', KEYS[2])}
 `)
@@ -323,12 +340,22 @@ return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', tonumber(t[1]) * 10
 // (any instance when ARGV[1] is empty): what it holds in budgets is taken
 // off their spend, and the hold is deleted. Token and request buckets
 // refill by themselves. It returns 1 if there was such a hold.
-var releaseScript = redis.NewScript(`
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return 0 end
+var releaseScript = redis.NewScript(holdLua + `
+local ok, v = pcall(redis.call, 'GET', KEYS[1])
 local by, amounts = nil, {}
-for j = 1, #h, 2 do
-  if h[j] == '@' then by = h[j + 1] else amounts[h[j]] = tonumber(h[j + 1]) end
+if ok then
+  if not v then return 0 end
+  local f = holdFields(v)
+  by = f[1]
+  for j = 2, #f, 2 do amounts[f[j]] = tonumber(f[j + 1]) end
+else
+  -- A hash: a hold of a version before holds were strings, in the index
+  -- of a replica of that version that left during a rolling upgrade.
+  local h = redis.call('HGETALL', KEYS[1])
+  if #h == 0 then return 0 end
+  for j = 1, #h, 2 do
+    if h[j] == '@' then by = h[j + 1] else amounts[h[j]] = tonumber(h[j + 1]) end
+  end
 end
 if ARGV[1] ~= '' and by ~= ARGV[1] then return 0 end
 for k, amount in pairs(amounts) do
@@ -428,14 +455,32 @@ return 1
 // marker, ARGV[1] the instance, ARGV[2] the hold's expiry in
 // milliseconds, then pairs of bucket key and amount. A request_id
 // already charged gets no hold.
-var reholdScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = {'@', ARGV[1]}
-for j = 3, #ARGV do fields[#fields + 1] = ARGV[j] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+var reholdScript = redis.NewScript(holdLua + `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local f = {holdField(ARGV[1])}
+for j = 3, #ARGV do f[#f + 1] = holdField(ARGV[j]) end
+if redis.call('SET', KEYS[1], table.concat(f), 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 `)
+
+// holdLua reads and writes a hold: one string of fields, each its length,
+// a colon and its bytes (a bucket key may hold any byte): the instance
+// that made it, then each bucket key and what it holds there. One SET PX
+// writes it where a hash took HSET and PEXPIRE, and the bucket script
+// reads it in the MGET that reads the buckets.
+const holdLua = `
+local function holdField(s) return #s .. ':' .. s end
+local function holdFields(v)
+  local out, pos = {}, 1
+  while pos <= #v do
+    local c = string.find(v, ':', pos, true)
+    local len = tonumber(string.sub(v, pos, c - 1))
+    out[#out + 1] = string.sub(v, c + 1, c + len)
+    pos = c + len + 1
+  end
+  return out
+end
+`
 
 // noRetry is a command go-redis must not send twice: a script whose
 // connection is lost after it was written may have run, and no call of
