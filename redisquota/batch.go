@@ -10,10 +10,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// batcher sends the bucket script's calls that arrive while one is in
-// flight together, as one call of the script (see bucketSource): the
-// first call goes at once; those that arrive meanwhile queue, and go
-// together when it returns. Redis then reads, dispatches and answers
+// batcher sends the bucket script's calls that arrive while
+// maxInFlight are in flight together, as one call of the script (see
+// bucketSource): a call goes at once while fewer are in flight; those
+// that arrive meanwhile queue, and go together when one returns. Redis then reads, dispatches and answers
 // one command for the batch, and reads the clock and the epoch once,
 // and the sidecar encodes and sends one: the cost a call that does not
 // depend on its buckets is shared by the batch. Each call keeps its own
@@ -22,13 +22,20 @@ import (
 // not batched: a script reaches the keys of one slot only, and calls of
 // different users are in different slots.
 type batcher struct {
-	// mu guards busy and queue.
+	// mu guards inFlight and queue.
 	mu sync.Mutex
-	// busy is set while a call of the script is in flight.
-	busy bool
+	// inFlight counts the calls of the script in flight.
+	inFlight int
 	// queue holds the calls waiting for it to return, in order.
 	queue []*scriptCall
 }
+
+// maxInFlight is how many calls of the script go at once before the
+// next queue: more than one, so that a check at low load never waits
+// for another's round trip (with one, two connections' checks took
+// turns, and their latency doubled); few, so that under load the calls
+// batch. See docs/benchmarks.md.
+const maxInFlight = 2
 
 // maxBatch bounds the calls of one batch, so that one script call does
 // not hold Redis long, nor a batch's reply grow without bound.
@@ -62,7 +69,7 @@ func (s *Store) callScript(c *scriptCall) error {
 	}
 	b := &s.batch
 	b.mu.Lock()
-	if b.busy {
+	if b.inFlight >= maxInFlight {
 		c.done = make(chan struct{})
 		b.queue = append(b.queue, c)
 		b.mu.Unlock()
@@ -81,7 +88,7 @@ func (s *Store) callScript(c *scriptCall) error {
 			return c.ctx.Err()
 		}
 	}
-	b.busy = true
+	b.inFlight++
 	b.mu.Unlock()
 	s.sendBatch([]*scriptCall{c})
 	if next := b.next(); next != nil {
@@ -90,15 +97,16 @@ func (s *Store) callScript(c *scriptCall) error {
 	return nil
 }
 
-// next takes the next batch from the queue, or, when it is empty, marks
-// the batcher idle and returns nil.
+// next takes the next batch from the queue for a sender that is done
+// with its call, or, when it is empty, counts that sender out and
+// returns nil.
 func (b *batcher) next() []*scriptCall {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	batch := b.queue
 	switch {
 	case len(batch) == 0:
-		b.busy = false
+		b.inFlight--
 		return nil
 	case len(batch) > maxBatch:
 		batch = batch[:maxBatch:maxBatch]
