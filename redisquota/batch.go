@@ -130,10 +130,13 @@ func (s *Store) drain(batch []*scriptCall) {
 func (s *Store) sendBatch(calls []*scriptCall) {
 	live := calls[:0:0]
 	for _, c := range calls {
-		if c.ctx.Err() == nil {
+		if err := c.ctx.Err(); err == nil {
 			live = append(live, c)
-		} else if c.done != nil {
-			close(c.done)
+		} else {
+			c.err = err
+			if c.done != nil {
+				close(c.done)
+			}
 		}
 	}
 	if len(live) == 0 {

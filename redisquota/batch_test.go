@@ -1,6 +1,7 @@
 package redisquota
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"sync"
@@ -220,5 +221,27 @@ func TestBatchedChecksAfterEpochLoss(t *testing.T) {
 	wg.Wait()
 	if got := allowed.Load(); got != 4 {
 		t.Fatalf("%d checks allowed after the loss, want the 4 left", got)
+	}
+}
+
+// TestExpiredCallIsAnError: a call whose time ran out before it was
+// sent (alone, or queued behind a batch) is not sent and answers its
+// ctx's error, so that the check goes to the fail mode; it once came
+// back with neither an answer nor an error, and Take panicked.
+func TestExpiredCallIsAnError(t *testing.T) {
+	_, client := standalone(t)
+	s := New(Options{Client: client, FailMode: FailOpen, ReplicaID: "x", Timeout: time.Nanosecond})
+	levels := make([]float64, 1)
+	if _, err := s.Take(time.Now(), "u", []limiter.Bucket{bucket(limiter.Requests, 10, "")}, []int64{1}, []int64{1}, levels); err != nil {
+		t.Fatalf("a check past its time under the open fail mode: %v", err)
+	}
+
+	s = newStoreWithin(t, client, FailClosed, 5*time.Second)
+	c := takeCall(t, s, "u", bucket(limiter.Requests, 10, ""), 1, 0, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.ctx = ctx
+	if err := s.callScript(c); err == nil && c.err == nil {
+		t.Fatalf("a lone call past its time: no error and answer %v", c.res)
 	}
 }
