@@ -128,21 +128,24 @@ func ParseFile(name string, data []byte) (*File, error) {
 		if fr.LimitType == "" {
 			return nil, fmt.Errorf("cannot use %s: limits[%d]: limit_type is required (second, minute, hour or day; day, week or month for usd)", at, i)
 		}
+		// A bad value is told at its key's line; the rule's source stays
+		// the entry's line.
+		keyAt := func(key string) string { return fmt.Sprintf("%s:%d", name, keyLine(lines.Limits, i, key)) }
 		w, err := limiter.ParseWindow(fr.LimitType)
 		if err != nil {
-			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", keyAt("limit_type"), i, err)
 		}
 		if fr.Requests == nil && fr.Tokens == nil && fr.USD == nil {
 			return nil, fmt.Errorf("cannot use %s: limits[%d]: set requests, tokens, usd or several", at, i)
 		}
 		per, err := limiter.ParsePer(fr.Per)
 		if err != nil {
-			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", at, i, err)
+			return nil, fmt.Errorf("cannot use %s: limits[%d]: %w", keyAt("per"), i, err)
 		}
 		if fr.USD != nil {
 			budget, err := usd.Parse(string(*fr.USD))
 			if err != nil {
-				return nil, fmt.Errorf("cannot use %s: limits[%d]: usd must be an amount of dollars such as 50 or 0.01, got %q", at, i, *fr.USD)
+				return nil, fmt.Errorf("cannot use %s: limits[%d]: usd must be an amount of dollars such as 50 or 0.01, got %q", keyAt("usd"), i, *fr.USD)
 			}
 			r := limiter.Rule{
 				UserID: fr.UserID, TeamID: fr.TeamID, Per: per, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
@@ -197,6 +200,20 @@ func (fr fileRule) concurrencyRule(at string) (limiter.Rule, error) {
 	r := limiter.Rule{UserID: fr.UserID, TeamID: fr.TeamID, Per: per, Provider: provider.Normalize(fr.Provider), Model: fr.Model,
 		Window: limiter.InFlight, Unit: limiter.Concurrent, Limit: *fr.Concurrent, Source: at}
 	return r, r.Validate()
+}
+
+// keyLine is the line of key's value in the mapping nodes[i], or the
+// entry's line when it has no such key.
+func keyLine(nodes []yaml.Node, i int, key string) int {
+	if i < len(nodes) && nodes[i].Kind == yaml.MappingNode {
+		m := nodes[i].Content
+		for j := 0; j+1 < len(m); j += 2 {
+			if m[j].Value == key {
+				return m[j+1].Line
+			}
+		}
+	}
+	return lineOf(nodes, i)
 }
 
 func lineOf(nodes []yaml.Node, i int) int {

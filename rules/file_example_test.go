@@ -58,12 +58,14 @@ func TestIssueExampleLoads(t *testing.T) {
 	if want := "user/ all/ all/ team/search user/search"; strings.Join(got, " ") != want {
 		t.Fatalf("levels %s, want %s", strings.Join(got, " "), want)
 	}
-	for _, bad := range []struct{ yaml, want string }{
-		{"limits:\n  - limit_type: minute\n    requests: 1\n    per: everyone\n", `unknown per "everyone"`},
-		{"limits:\n  - user_id: bob\n    limit_type: minute\n    requests: 1\n    per: all\n", "user_id"},
+	// A bad value is told at its key's line; a bad combination at the
+	// entry's.
+	for _, bad := range []struct{ yaml, line, want string }{
+		{"limits:\n  - limit_type: minute\n    requests: 1\n    per: everyone\n", "limits.yaml:4:", `unknown per "everyone"`},
+		{"limits:\n  - user_id: bob\n    limit_type: minute\n    requests: 1\n    per: all\n", "limits.yaml:2:", "user_id"},
 	} {
-		if _, err := ParseFile("limits.yaml", []byte(bad.yaml)); err == nil || !strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), "limits.yaml:2") {
-			t.Fatalf("%q: error %v, want one naming line 2 and %q", bad.yaml, err, bad.want)
+		if _, err := ParseFile("limits.yaml", []byte(bad.yaml)); err == nil || !strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), bad.line) {
+			t.Fatalf("%q: error %v, want one naming %s and %q", bad.yaml, err, bad.line, bad.want)
 		}
 	}
 }
