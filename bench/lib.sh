@@ -15,3 +15,16 @@ wait_up() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # stop_last stops the server started last.
 stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
+# cpu PID: user + system CPU seconds of a process so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+# pin_cpus sets the arrays on_server (CPU 0) and on_client (CPU 1) to
+# prefix commands with, or leaves both empty without 2 CPUs or taskset.
+pin_cpus() {
+	on_server=(taskset -c 0)
+	on_client=(taskset -c 1)
+	if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
+		echo "fewer than 2 CPUs or no taskset: not pinning" >&2
+		on_server=()
+		on_client=()
+	fi
+}

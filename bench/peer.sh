@@ -56,15 +56,7 @@ trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-# cpu PID: user + system CPU seconds of a process so far.
-cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-on_server=(taskset -c 0)
-on_client=(taskset -c 1)
-if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
-	echo "fewer than 2 CPUs or no taskset: not pinning" >&2
-	on_server=()
-	on_client=()
-fi
+pin_cpus
 
 if [ -n "${REDIS_ADDR:-}" ]; then
 	redis_host=${REDIS_ADDR%:*}

@@ -38,14 +38,7 @@ git archive "$base" | tar -x -C "$work/base-src"
 (cd "$work/base-src" && go build -o "$work/base" ./cmd/llmusage)
 go build -o "$work/new" ./cmd/llmusage
 
-cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-on_server=(taskset -c 0)
-on_client=(taskset -c 1)
-if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
-	echo "fewer than 2 CPUs or no taskset: not pinning" >&2
-	on_server=()
-	on_client=()
-fi
+pin_cpus
 redis_port=$(free_port)
 "${on_client[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 & pids+=($!)
 redis_pid=${pids[-1]}

@@ -24,15 +24,7 @@ cleanup() {
 trap cleanup EXIT
 . bench/lib.sh
 
-# cpu PID: user + system CPU seconds of a process so far.
-cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-on_server=(taskset -c 0)
-on_client=(taskset -c 1)
-if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
-	echo "fewer than 2 CPUs or no taskset: not pinning" >&2
-	on_server=()
-	on_client=()
-fi
+pin_cpus
 
 redis_port=$(free_port)
 "${on_client[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 & pids+=($!)

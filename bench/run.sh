@@ -53,13 +53,7 @@ stop_last
 # latency measures the server and the path to it rather than the two
 # fighting over both cores (unpinned, a bare server's p99 doubles).
 echo "== checks, 100,000 users; server pinned to CPU 0, generator to CPU 1; $runs paced runs"
-on_server=(taskset -c 0)
-on_client=(taskset -c 1)
-if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
-	echo "fewer than 2 CPUs or no taskset: not pinning" >&2
-	on_server=()
-	on_client=()
-fi
+pin_cpus
 "${on_server[@]}" "$bin" serve --listen-address $api --metrics-address $metrics --data-dir "$work/check" >"$work/check.log" 2>&1 & pids+=($!)
 wait_up http://$metrics/readyz "${pids[-1]}"
 check_max=$("${on_client[@]}" "$bin" loadgen --target "http://$api" --mode check --connections 8 --duration "$dur" --users 100000 --json)
